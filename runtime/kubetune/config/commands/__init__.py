@@ -1,0 +1,1 @@
+"""CLI subcommands owned by kubetune.config (`kubetune validate`, `kubetune schema`)."""

@@ -1,0 +1,164 @@
+"""Axolotl compatibility: the Axolotl keys kubetune knows but does not implement.
+
+Real Axolotl configs are full of bare `key:` lines, so such a key is accepted when its value is
+empty (null, "", [], {}) or, for a switch, off (false). Set to anything else it is an error that names
+the key: kubetune never silently ignores a setting. The key names follow Axolotl's config schema
+(`src/axolotl/utils/schemas/`), plus older spellings still common in published configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_TP_CP = (
+    "kubetune does not implement tensor, context or sequence parallelism yet; train with FSDP "
+    "(fsdp: [full_shard, auto_wrap]) across all GPUs instead"
+)
+_LAUNCHER = "the launcher sets this (torchrun, or the operator on Kubernetes); remove it"
+_ARCH = "kubetune reads the architecture from the model's config; remove it"
+_DERIVED = "kubetune computes this itself; remove it"
+
+
+@dataclass(frozen=True)
+class Unimplemented:
+    """A known Axolotl key kubetune does not implement."""
+
+    hint: str = ""  # what to do instead, when there is something
+    inert: tuple[object, ...] = (False,)  # values (besides empty ones) that mean "off" and are accepted
+
+    def accepts(self, value: object) -> bool:
+        if value is None or (isinstance(value, (str, list, dict, tuple)) and len(value) == 0):
+            return True
+        return any(value is v or (type(value) is type(v) and value == v) for v in self.inert)
+
+
+def _table(names: str, hint: str = "", **kwargs) -> dict[str, Unimplemented]:
+    return {name: Unimplemented(hint, **kwargs) for name in names.split()}
+
+
+# Top-level keys.
+TOP_LEVEL: dict[str, Unimplemented] = {
+    # Everything below is accepted when empty/off and refused when set.
+    **_table(
+        """accelerator_config activation_offloading adam_beta3 adam_epsilon2 added_tokens_overrides
+        auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
+        center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
+        cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
+        comet_project_name comet_workspace cosine_constant_lr_ratio cpo_alpha curriculum_sampling
+        dataloader_drop_last dataset_exact_deduplication dataset_keep_in_memory dataset_shard_idx
+        dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb ddp_find_unused_parameters deepcompile
+        default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
+        do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
+        dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
+        dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
+        embeddings_skip_upcast eot_tokens eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
+        eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
+        flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum
+        flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
+        fp8_enable_fsdp_float8_all_gather freeze_mm_modules fused_attn_kernel gc_collect_steps gc_steps
+        gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
+        generation_prompt_ratio generation_temperature generation_top_k generation_top_p gptq gptq_groupsize
+        gptq_model_v1 gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
+        gradio_temperature gradio_title greater_is_better group_by_length hub_revision hub_strategy
+        image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
+        jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kto_desirable_weight
+        kto_undesirable_weight landmark_attention large_head_attention layer_offloading lisa_layers_attribute
+        lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
+        lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
+        lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
+        loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
+        lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
+        metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
+        model_quantization_config_kwargs model_revision multipack_real_batches neftune_noise_alpha
+        noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
+        optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
+        peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
+        peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices plugins
+        pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
+        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size pretraining_dataset
+        pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
+        profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
+        qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size
+        qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
+        quantize_moe_experts ray_num_workers ray_run_name reinit_weights relora relora_anneal_steps
+        relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
+        remove_unused_columns resize_token_embeddings_to_32x resources_per_worker reward_model rl rl_beta
+        role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
+        sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
+        save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
+        selective_checkpointing shrink_embeddings shuffle_before_merging_datasets simpo_gamma
+        skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
+        tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_use_mistral_common torch_compile_backend
+        torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
+        trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters unsloth_cross_entropy_loss
+        unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
+        use_kernels use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
+        xpos_rope liger_rope liger_rms_norm liger_glu_activation liger_layer_norm
+        liger_fused_linear_cross_entropy cut_cross_entropy"""
+    ),
+    # With something to say.
+    **_table(
+        "sequence_parallel_degree context_parallel_degree dp_shard_size dp_replicate_size heads_k_stride ring_attn_func",
+        _TP_CP,
+    ),
+    **_table("local_rank world_size ddp device device_map", _LAUNCHER),
+    **_table(
+        "is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_qwen_derived_model model_config_type",
+        _ARCH,
+    ),
+    **_table("total_num_tokens total_supervised_tokens sample_packing_eff_est axolotl_config_path", _DERIVED),
+    "dataset_processes": Unimplemented("use dataset_num_proc"),
+    "fsdp_version": Unimplemented("set fsdp_config.fsdp_version"),
+    "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
+    "eval_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
+    "evaluation_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
+    "save_strategy": Unimplemented("use save_steps or saves_per_epoch"),
+    "max_packed_sequence_len": Unimplemented("use sample_packing: true with sequence_len"),
+    "bfloat16": Unimplemented("use bf16: true"),
+    "float16": Unimplemented("use fp16: true"),
+    "float32": Unimplemented("use bf16: false and fp16: false"),
+    "eager_attention": Unimplemented("use attn_implementation: eager"),
+    "batch_size": Unimplemented("use micro_batch_size and gradient_accumulation_steps"),
+    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable"),
+    "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
+    "debug": Unimplemented("remove it"),
+    # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
+    "shuffle_merged_datasets": Unimplemented(
+        "kubetune always shuffles the merged datasets by seed", inert=(True,)
+    ),
+    "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
+    "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),
+    "experimental_skip_move_to_device": Unimplemented("", inert=(True,)),
+}
+
+# Keys of a `datasets[]` / `test_datasets[]` entry.
+DATASET: dict[str, Unimplemented] = {
+    **_table(
+        """input_transform shards shards_idx preprocess_shards input_format field_tools field_thinking
+        template_thinking_key message_field_training message_field_training_detail split_thinking
+        logprobs_field temperature drop_system_message skip text_column no_input_format system_format format
+        field_system system_prompt""",
+        "a custom format (type: module.ClassName) can do this",
+    ),
+    "conversation": Unimplemented("use type: chat_template with chat_template (chatml, llama3, ...)"),
+    "field_human": Unimplemented("use roles: {user: [human]}"),
+    "field_model": Unimplemented("use roles: {assistant: [gpt]}"),
+    "message_property_mappings": Unimplemented(
+        "use message_field_role and message_field_content (e.g. message_field_role: from)"
+    ),
+    "train_on_eot": Unimplemented("use train_on_eos"),
+    "trust_remote_code": Unimplemented("datasets loading scripts are not run; remove it"),
+}
+
+# Keys of `fsdp_config` (either spelling, with or without the `fsdp_` prefix).
+FSDP_CONFIG: dict[str, Unimplemented] = {
+    "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
+    "fsdp_mixed_precision_policy": Unimplemented("use bf16 / fp16"),
+    "fsdp_cpu_offload_pin_memory": Unimplemented(""),
+    "fsdp_backward_prefetch": Unimplemented(""),
+    "fsdp_forward_prefetch": Unimplemented(""),
+    "fsdp_sharding_strategy": Unimplemented(
+        "put the strategy in the fsdp list, e.g. fsdp: [full_shard, auto_wrap]"
+    ),
+    "fsdp_offload_optimizer": Unimplemented("use fsdp_offload_params"),
+}

@@ -1,0 +1,123 @@
+"""Top-level data keys: which datasets, how they are split, tokenized and packed."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import BeforeValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from .base import Section, field
+from .datasets import DatasetConfig
+
+
+def _number(value: object, what: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PydanticCustomError(
+            "number_type", "expected {what}, got {value!r}", {"what": what, "value": value}
+        )
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "number_parse", "expected {what}, got {value!r}", {"what": what, "value": value}
+            ) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError(
+            "number_finite", "expected {what}, got {value!r}", {"what": what, "value": value}
+        )
+    return value
+
+
+def _val_set_size(value: object) -> float | int:
+    what = "a fraction in [0, 1) or a whole number of examples"
+    number = _number(value, what)
+    if isinstance(number, int):
+        if number < 0:
+            raise PydanticCustomError(
+                "val_set_size", "expected {what}, got {value!r}", {"what": what, "value": value}
+            )
+        return number
+    if 0 <= number < 1:
+        return number
+    raise PydanticCustomError(
+        "val_set_size", "expected {what}, got {value!r}", {"what": what, "value": value}
+    )
+
+
+def steps_or_fraction(value: object) -> float | int:
+    """A step interval: a whole number >= 1, or a float in (0, 1) meaning that fraction of the total steps."""
+    what = "a whole number of steps >= 1 or a fraction of the total steps in (0, 1)"
+    number = _number(value, what)
+    if isinstance(number, float) and number.is_integer() and number >= 1:
+        number = int(number)
+    if (isinstance(number, int) and number >= 1) or (isinstance(number, float) and 0 < number < 1):
+        return number
+    raise PydanticCustomError(
+        "step_interval", "expected {what}, got {value!r}", {"what": what, "value": value}
+    )
+
+
+ValSetSize = Annotated[
+    float | int,
+    BeforeValidator(_val_set_size),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+StepInterval = Annotated[
+    float | int,
+    BeforeValidator(steps_or_fraction),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
+]
+
+
+class DataKeys(Section):
+    """Data"""
+
+    datasets: list[DatasetConfig] = field(
+        description="Training datasets (required, at least one); each entry is a mapping, see "
+        "[Dataset entries](#dataset-entries). Their rows are concatenated and shuffled by `seed`.",
+        min_length=1,
+    )
+    test_datasets: list[DatasetConfig] | None = field(
+        None,
+        description="Evaluation datasets (same entry shape). Mutually exclusive with a `val_set_size` above 0.",
+        min_length=1,
+    )
+    dataset_prepared_path: str | None = field(
+        None,
+        description="Directory for the tokenized, packed dataset cache, keyed by a hash of the data, "
+        "tokenizer and token-affecting keys (rank 0 prepares, the other ranks wait and reuse it). "
+        "Relative paths resolve against the config's directory. Default: `<output_dir>/prepared`.",
+    )
+    dataset_num_proc: int | None = field(
+        None, description="Worker processes for tokenization. Default: the CPUs available, at most 8.", ge=1
+    )
+    val_set_size: ValSetSize = field(
+        0,
+        description="Held-out evaluation split taken from the training data: a fraction in [0, 1) or a "
+        "whole number of examples. Deterministic for a given `seed`. Default: 0 (no split).",
+    )
+    seed: int = field(42, description="Random seed for shuffling, the validation split and initialisation.")
+    sequence_len: int = field(
+        512,
+        description="Maximum tokens per training row. With `sample_packing` it is the packing bin size, "
+        "and it must then be set explicitly. Default: 512.",
+        ge=1,
+    )
+    sample_packing: bool = field(
+        False,
+        description="Pack several examples into each `sequence_len` row. Position ids restart per example and "
+        "example boundaries travel with the batch, so attention never crosses examples.",
+    )
+    eval_sample_packing: bool | None = field(
+        None, description="Pack evaluation rows too. Default: same as `sample_packing`."
+    )
+    pad_to_sequence_len: bool = field(
+        False, description="Pad every batch to `sequence_len` tokens (steady memory use and shapes)."
+    )
+    train_on_inputs: bool = field(
+        False,
+        description="Train on the prompt tokens as well. Default false: only response tokens carry labels.",
+    )

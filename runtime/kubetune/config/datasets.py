@@ -1,0 +1,223 @@
+"""Dataset entries (`datasets[]`, `test_datasets[]`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
+from .base import Section
+from .base import field as _field
+from .model import ChatTemplateName, check_chat_template_name
+
+BUILTIN_DATASET_TYPES: tuple[str, ...] = (
+    "alpaca",
+    "chat_template",
+    "completion",
+    "input_output",
+    "pretokenized",
+)
+# A user-defined format: `module.ClassName` (module importable from the config's directory).
+CUSTOM_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+# Axolotl prompt strategies kubetune does not implement, with what to write instead where one exists.
+AXOLOTL_ONLY_DATASET_TYPES: dict[str, str] = {
+    "sharegpt": "type: chat_template with field_messages: conversations, message_field_role: from, "
+    "message_field_content: value",
+    "alpaca_chat": "type: alpaca",
+    "alpaca_w_system": "type: alpaca",
+    "alpaca_instruct": "type: alpaca",
+    "oasst": "type: chat_template",
+    "gpteacher": "type: alpaca",
+    "pygmalion": "type: chat_template",
+    "metharme": "type: completion or a custom format (module.ClassName)",
+    "user_defined": "a custom format (module.ClassName)",
+    "jeopardy": "type: alpaca with field_instruction/field_output",
+    "explainchoice": "a custom format (module.ClassName)",
+    "concisechoice": "a custom format (module.ClassName)",
+    "summarizetldr": "a custom format (module.ClassName)",
+    "context_qa": "a custom format (module.ClassName)",
+    "creative_acr": "a custom format (module.ClassName)",
+    "reflection": "a custom format (module.ClassName)",
+    "bradley_terry": "a custom format (module.ClassName)",
+    "stepwise_supervised": "a custom format (module.ClassName)",
+    "orpo": "a custom format (module.ClassName)",
+    "dpo": "a custom format (module.ClassName)",
+    "kto": "a custom format (module.ClassName)",
+}
+
+DatasetFileType = Literal["json", "jsonl", "parquet", "csv", "arrow", "text"]
+TrainOnEos = Literal["all", "turn", "last", "none"]
+
+# Role aliases applied when `roles` does not name a role (the common ShareGPT spellings included).
+DEFAULT_ROLES: dict[str, list[str]] = {
+    "system": ["system"],
+    "user": ["user", "human"],
+    "assistant": ["assistant", "gpt", "model"],
+    "tool": ["tool"],
+}
+
+# Keys every dataset entry may set; the rest belong to one type (custom formats may read any of them).
+COMMON_DATASET_KEYS = frozenset({"path", "type", "name", "split", "data_files", "ds_type", "revision"})
+DATASET_KEYS_BY_TYPE: dict[str, frozenset[str]] = {
+    "alpaca": frozenset({"field_instruction", "field_input", "field_output"}),
+    "chat_template": frozenset(
+        {
+            "field_messages",
+            "message_field_role",
+            "message_field_content",
+            "roles",
+            "roles_to_train",
+            "train_on_eos",
+            "chat_template",
+            "chat_template_jinja",
+        }
+    ),
+    "completion": frozenset({"field"}),
+    "input_output": frozenset(),
+    "pretokenized": frozenset(),
+}
+
+
+def check_dataset_type(value: object) -> object:
+    if not isinstance(value, str):
+        if isinstance(value, dict):
+            raise PydanticCustomError(
+                "dataset_type_mapping",
+                "a mapping `type:` (Axolotl's user-defined prompt format) is not supported",
+            )
+        return value
+    if value in BUILTIN_DATASET_TYPES:
+        return value
+    head = value.split(".", 1)[0].split(":", 1)[0]
+    if head in AXOLOTL_ONLY_DATASET_TYPES or value in AXOLOTL_ONLY_DATASET_TYPES:
+        raise PydanticCustomError(
+            "dataset_type_axolotl_only",
+            "'{value}' is an Axolotl prompt strategy kubetune does not implement",
+            {"value": value},
+        )
+    if head in BUILTIN_DATASET_TYPES:
+        raise PydanticCustomError(
+            "dataset_type_builtin_variant",
+            "'{value}' names a variant of the built-in type '{head}'; kubetune's built-in types take no suffix",
+            {"value": value, "head": head},
+        )
+    if not CUSTOM_TYPE_PATTERN.match(value):
+        raise PydanticCustomError(
+            "dataset_type_unknown",
+            "unknown dataset type '{value}': expected one of alpaca, chat_template, completion, input_output, "
+            "pretokenized, or a custom format written module.ClassName",
+            {"value": value},
+        )
+    return value
+
+
+class DatasetConfig(Section):
+    """One entry of `datasets` (training data) or `test_datasets` (evaluation data)."""
+
+    path: str = _field(
+        description="Hub dataset id, or a local file or directory (relative paths resolve against the "
+        "config's directory): a .json/.jsonl/.parquet/.csv file, a directory of them, or a dataset saved "
+        "with `save_to_disk`.",
+        min_length=1,
+    )
+    type: str = _field(
+        description="Row format: `alpaca` (instruction/input/output), `chat_template` (a list of messages "
+        "rendered with a chat template), `completion` (raw text, all tokens trained), `input_output` "
+        "(`segments` of text, each with a `label` train flag), `pretokenized` (`input_ids` and optional "
+        "`labels`), or a custom format `module.ClassName` (a subclass of kubetune's format base class, "
+        "imported from the config's directory when the data is prepared).",
+        min_length=1,
+    )
+    name: str | None = _field(None, description="Dataset configuration name (the hub dataset's subset).")
+    split: str = _field("train", description="Split to read.")
+    data_files: str | list[str] | None = _field(
+        None, description="File(s) inside `path` to read (a glob or a list of names)."
+    )
+    ds_type: DatasetFileType | None = _field(
+        None,
+        description="File format of local data when the file extension does not say it: json, jsonl, "
+        "parquet, csv, arrow or text.",
+    )
+    revision: str | None = _field(None, description="Hub revision (branch, tag or commit) of the dataset.")
+
+    # alpaca
+    field_instruction: str | None = _field(
+        None, description="alpaca: column holding the instruction. Default: `instruction`."
+    )
+    field_input: str | None = _field(
+        None, description="alpaca: column holding the optional input. Default: `input`."
+    )
+    field_output: str | None = _field(
+        None, description="alpaca: column holding the response. Default: `output`."
+    )
+
+    # completion
+    field: str | None = _field(None, description="completion: column holding the text. Default: `text`.")
+
+    # chat_template
+    field_messages: str | None = _field(
+        None, description="chat_template: column holding the list of messages. Default: `messages`."
+    )
+    message_field_role: str | None = _field(
+        None,
+        description="chat_template: key of a message's role (`from` for ShareGPT data). Default: `role`.",
+    )
+    message_field_content: str | None = _field(
+        None,
+        description="chat_template: key of a message's text (`value` for ShareGPT data). Default: `content`.",
+    )
+    roles: dict[str, list[str]] | None = _field(
+        None,
+        description="chat_template: role name -> the values of the role field that mean it, e.g. "
+        "`{user: [human], assistant: [gpt]}`. Entries replace the defaults for the roles they name; "
+        "defaults: system: [system], user: [user, human], assistant: [assistant, gpt, model], tool: [tool].",
+    )
+    roles_to_train: list[str] | None = _field(
+        None,
+        description="chat_template: roles whose messages are trained (carry labels). Default: `[assistant]`.",
+    )
+    train_on_eos: TrainOnEos | None = _field(
+        None,
+        description="chat_template: which end-of-turn tokens are trained: `turn` (after each trained "
+        "message), `all` (after every message), `last` (only the final one) or `none`. Default: `turn`.",
+    )
+    chat_template: ChatTemplateName | None = _field(
+        None, description="chat_template: template for this dataset. Default: the top-level `chat_template`."
+    )
+    chat_template_jinja: str | None = _field(
+        None, description="chat_template: a custom Jinja template for this dataset.", min_length=1
+    )
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_shape(cls, value: object) -> object:
+        return check_dataset_type(value)
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _known_template(cls, value: object) -> object:
+        return check_chat_template_name(value)
+
+    @property
+    def is_custom_type(self) -> bool:
+        """True when `type` names a user-defined format (`module.ClassName`)."""
+        return self.type not in BUILTIN_DATASET_TYPES
+
+    def custom_type_parts(self) -> tuple[str, str]:
+        """(`module`, `ClassName`) of a custom format; the module resolves against cfg.source_dir."""
+        if not self.is_custom_type:
+            raise ValueError(f"dataset type {self.type!r} is built in, not a custom format")
+        module, _, attr = self.type.rpartition(".")
+        return module, attr
+
+    def effective_roles(self) -> dict[str, list[str]]:
+        """Role name -> accepted values of the role field: DEFAULT_ROLES overlaid with `roles`."""
+        merged = {role: list(aliases) for role, aliases in DEFAULT_ROLES.items()}
+        merged.update({role: list(aliases) for role, aliases in (self.roles or {}).items()})
+        return merged
+
+    def effective_roles_to_train(self) -> list[str]:
+        return list(self.roles_to_train) if self.roles_to_train is not None else ["assistant"]

@@ -1,0 +1,180 @@
+"""docs/config.md, generated from the field descriptions (`python scripts/generate.py`)."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from . import compat
+from .datasets import DatasetConfig
+from .model import SpecialTokens
+from .parallel import FsdpConfig
+from .schema import SECTIONS, TrainConfig
+from .training import GradientCheckpointingKwargs
+
+_NESTED_ANCHORS = {
+    DatasetConfig: "dataset-entries",
+    FsdpConfig: "fsdp_config",
+    SpecialTokens: "special_tokens",
+    GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
+}
+
+RULES_TEXT = """\
+- `adapter: qlora` needs `load_in_4bit: true`; `adapter: lora` with `load_in_4bit: true` should be `qlora`.
+- `load_in_4bit` and `load_in_8bit` exclude each other; either needs an adapter; `bnb_4bit_*` keys need `load_in_4bit`.
+- `lora_*` / `peft_*` keys set (to a non-default value) without an `adapter` are refused.
+- With an adapter, `lora_target_modules` or `lora_target_linear` is required (unless `lora_model_dir` is given).
+- `tokens` with an adapter needs `lora_modules_to_save` (the embedding and output layers).
+- `bf16: true` and `fp16: true` exclude each other; so do `flash_attention` and `sdp_attention`, and
+  `attn_implementation` must agree with them.
+- `sample_packing` / `pad_to_sequence_len` need `sequence_len` set explicitly.
+- `test_datasets` and `val_set_size` > 0 exclude each other.
+- `chat_template: jinja` needs `chat_template_jinja`; `chat_template_jinja` with another named template is refused
+  (top level and per dataset).
+- A dataset entry may only set the keys of its `type` (custom `module.ClassName` formats may set any);
+  `roles_to_train` must name roles of the dataset.
+- `num_epochs` or `max_steps` is required (both: training stops at whichever comes first).
+- `warmup_steps` / `warmup_ratio`, `save_steps` / `saves_per_epoch`, `eval_steps` / `evals_per_epoch`: one of each pair.
+- `cosine_min_lr_ratio` needs `lr_scheduler: cosine`; Adam settings with `optimizer: sgd` are refused.
+- `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
+- `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
+  implement tensor or context parallelism yet (use FSDP).
+- `fsdp` and `deepspeed` exclude each other; `fsdp_config` needs `fsdp`; `fsdp` names at most one sharding
+  strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `fsdp_activation_checkpointing` and
+  `gradient_checkpointing` exclude each other; `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;
+  `fsdp_transformer_layer_cls_to_wrap` / `fsdp_auto_wrap_policy` need `auto_wrap` in `fsdp`; FSDP1-only and
+  FSDP2-only options must match `fsdp_version`.
+- `load_in_8bit` cannot be combined with FSDP or DeepSpeed.
+- `deepspeed` given as a path must name an existing JSON file (relative to the config's directory).
+- `dataloader_prefetch_factor` needs `dataloader_num_workers` > 0.
+- `wandb_*` / `mlflow_*` keys need their tracker switched on (`wandb_project` / `mlflow_tracking_uri`).
+"""
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        if set(names) == {"integer", "number"}:
+            return "number"
+        return " \\| ".join(dict.fromkeys(names))
+    if origin is Literal:
+        return " \\| ".join(_literal(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        anchor = _NESTED_ANCHORS.get(annotation)
+        return f"[mapping](#{anchor})" if anchor else "mapping"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, "any")
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"`{value}`"
+
+
+def _default(value: Any) -> str:
+    if value is PydanticUndefined:
+        return "**required**"
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    return f"`{value}`"
+
+
+def _escape(text: str) -> str:
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def _table(model: type[BaseModel], names: typing.Iterable[str]) -> list[str]:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name in names:
+        info = model.model_fields[name]
+        lines.append(
+            f"| `{name}` | {_type_name(info.annotation)} | {_default(info.default)} | {_escape(info.description or '')} |"
+        )
+    return lines
+
+
+def _own_fields(section: type[BaseModel]) -> list[str]:
+    own = section.__dict__.get("__annotations__", {})
+    return [name for name in section.model_fields if name in own]
+
+
+def _compat_lines(table: dict[str, compat.Unimplemented]) -> list[str]:
+    plain = sorted(name for name, entry in table.items() if not entry.hint)
+    hinted = sorted((name, entry.hint) for name, entry in table.items() if entry.hint)
+    lines = []
+    if hinted:
+        lines += ["| key | instead |", "|---|---|"]
+        lines += [f"| `{name}` | {_escape(hint)} |" for name, hint in hinted]
+        lines.append("")
+    if plain:
+        lines.append(", ".join(f"`{name}`" for name in plain))
+        lines.append("")
+    return lines
+
+
+def render_markdown() -> str:
+    out = [
+        "# Config reference",
+        "",
+        "<!-- Generated by scripts/generate.py from runtime/kubetune/config; do not edit by hand. -->",
+        "",
+        "kubetune reads Axolotl-style YAML: the key names below are Axolotl's, plus a few marked",
+        "*kubetune*. Check a config without a GPU or network with `kubetune validate CONFIG`",
+        "(exit 0 valid, 2 invalid); `kubetune schema` prints the JSON schema.",
+        "",
+        "- A bare `key:` line (null) means the key is not set: its default applies.",
+        "- An unknown key is an error, with a suggestion when a known key is close.",
+        "- A known Axolotl key that kubetune does not implement is accepted when empty (or off) and is an",
+        "  error when set; see [the list](#axolotl-keys-kubetune-does-not-implement).",
+        "- Every problem is reported at once, each with its key path (`datasets[0].type`) and a fix.",
+        "- Relative paths resolve against the directory of the config file.",
+        "- Overlays (`kubetune validate base.yml --overlay more.yml`) replace the base's top-level keys.",
+        "",
+    ]
+    for section in SECTIONS:
+        title = (section.__doc__ or section.__name__).strip().splitlines()[0]
+        out += [f"## {title}", "", *_table(TrainConfig, _own_fields(section)), ""]
+    nested = [
+        ("Dataset entries", DatasetConfig, "Each item of `datasets` and `test_datasets`."),
+        ("fsdp_config", FsdpConfig, (FsdpConfig.__doc__ or "").strip()),
+        ("special_tokens", SpecialTokens, (SpecialTokens.__doc__ or "").strip()),
+        (
+            "gradient_checkpointing_kwargs",
+            GradientCheckpointingKwargs,
+            (GradientCheckpointingKwargs.__doc__ or "").strip(),
+        ),
+    ]
+    for title, model, blurb in nested:
+        out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]
+    out += ["## Cross-field rules", "", RULES_TEXT]
+    out += [
+        "## Axolotl keys kubetune does not implement",
+        "",
+        'Accepted when empty (null, `""`, `[]`, `{}`) or off (`false`; for a few keys their Axolotl default),',
+        "an error naming the key otherwise.",
+        "",
+        "### Top level",
+        "",
+        *_compat_lines(compat.TOP_LEVEL),
+        "### In a dataset entry",
+        "",
+        *_compat_lines(compat.DATASET),
+        "### In fsdp_config",
+        "",
+        *_compat_lines(compat.FSDP_CONFIG),
+    ]
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,61 @@
+"""Precision, attention implementation and data loading."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
+from .base import Section, field
+
+
+class PrecisionKeys(Section):
+    """Precision and attention"""
+
+    bf16: bool | Literal["auto"] = field(
+        "auto",
+        description="Train in bfloat16 mixed precision: true, false or `auto` (on when the GPU supports it). "
+        "Default: `auto`.",
+    )
+    fp16: bool = field(False, description="Train in float16 mixed precision (with loss scaling).")
+    tf32: bool | Literal["auto"] = field(
+        False, description="Allow TF32 matmuls on Ampere and newer GPUs: true, false or `auto`."
+    )
+    flash_attention: bool = field(
+        False, description="Use FlashAttention 2 (needs flash-attn); packed rows use its varlen kernels."
+    )
+    sdp_attention: bool = field(False, description="Use PyTorch scaled-dot-product attention.")
+    xformers_attention: bool = field(
+        False, description="Axolotl's xformers attention: not implemented by kubetune (must be false)."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = field(
+        None,
+        description="transformers attention implementation, an alternative spelling of the flags above. "
+        "Default: `flash_attention_2` with `flash_attention`, else `sdpa`.",
+    )
+    torch_compile: bool = field(False, description="kubetune: compile the model with `torch.compile`.")
+
+    @field_validator("xformers_attention")
+    @classmethod
+    def _no_xformers(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(
+                "xformers_unsupported",
+                "kubetune does not implement xformers attention; use flash_attention or sdp_attention",
+            )
+        return value
+
+
+class LoaderKeys(Section):
+    """Data loading"""
+
+    dataloader_num_workers: int = field(
+        0, description="Background worker processes per rank feeding batches. Default: 0 (in-process).", ge=0
+    )
+    dataloader_prefetch_factor: int | None = field(
+        None, description="Batches each worker loads ahead (needs `dataloader_num_workers` > 0).", ge=1
+    )
+    dataloader_pin_memory: bool = field(
+        True, description="Pin host memory of batches for faster copies. Default: true."
+    )

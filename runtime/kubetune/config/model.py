@@ -1,0 +1,114 @@
+"""Model and tokenizer keys."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
+from .base import IDENTIFIER, Section, field
+
+# Named chat templates kubetune ships (the data pipeline renders them); `jinja` means chat_template_jinja.
+ChatTemplateName = Literal[
+    "tokenizer_default",
+    "chatml",
+    "llama3",
+    "jinja",
+    "tokenizer_default_fallback_chatml",
+    "tokenizer_default_fallback_llama3",
+]
+CHAT_TEMPLATE_NAMES: tuple[str, ...] = ChatTemplateName.__args__  # type: ignore[attr-defined]
+
+# Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
+AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(
+    """alpaca mistral_v1 mistral_v2v3 mistral_v3_tekken mistral_v7_tekken gemma cohere llama3_2_vision
+    llama4 phi_3 phi_35 deepseek_v2 deepseek_v3 jamba qwen_25 qwen3 qwen3_5 falcon_h1 nemotron_h exaone
+    exaone4 metharme pixtral llava qwen2_vl gemma3 gemma3n gemma4 gemma4_unified command_a
+    command_a_tool_use command_a_rag aya""".split()
+)
+
+
+def check_chat_template_name(value: object) -> object:
+    """Before-validator shared by the top-level and per-dataset `chat_template`."""
+    if isinstance(value, str) and value not in CHAT_TEMPLATE_NAMES:
+        name = value.removeprefix("tokenizer_default_fallback_")
+        if name in AXOLOTL_ONLY_CHAT_TEMPLATES:
+            raise PydanticCustomError(
+                "chat_template_not_shipped",
+                "'{value}' is an Axolotl chat template kubetune does not ship; kubetune ships "
+                "tokenizer_default, chatml, llama3 and jinja (with chat_template_jinja)",
+                {"value": value},
+            )
+    return value
+
+
+class SpecialTokens(Section):
+    """Special tokens to set on the tokenizer (added to the vocabulary when missing)."""
+
+    bos_token: str | None = field(None, description="Beginning-of-sequence token.")
+    eos_token: str | None = field(
+        None, description="End-of-sequence token (also ends every trained response)."
+    )
+    pad_token: str | None = field(
+        None,
+        description="Padding token. Needed for tokenizers without one (e.g. Llama 3: `<|end_of_text|>`).",
+    )
+    unk_token: str | None = field(None, description="Unknown-token placeholder.")
+    additional_special_tokens: list[str] | None = field(
+        None, description="Further special tokens (never split by the tokenizer)."
+    )
+
+
+class ModelKeys(Section):
+    """Model and tokenizer"""
+
+    base_model: str = field(
+        description="Hub id or local directory of the model to fine-tune (required). A local path is "
+        "resolved relative to the config's directory.",
+        min_length=1,
+    )
+    base_model_config: str | None = field(
+        None, description="Hub id or directory to read the model config from. Default: `base_model`."
+    )
+    model_type: str | None = field(
+        None,
+        description="transformers class used to load the model, e.g. `AutoModelForCausalLM` or "
+        "`LlamaForCausalLM`. Default: `AutoModelForCausalLM`.",
+        pattern=IDENTIFIER,
+    )
+    tokenizer_type: str | None = field(
+        None,
+        description="transformers tokenizer class, e.g. `AutoTokenizer`. Default: `AutoTokenizer`.",
+        pattern=IDENTIFIER,
+    )
+    tokenizer_config: str | None = field(
+        None, description="Hub id or directory to load the tokenizer from. Default: `base_model`."
+    )
+    trust_remote_code: bool = field(
+        False, description="Allow model and tokenizer code from the model repository to run."
+    )
+    special_tokens: SpecialTokens | None = field(
+        None, description="Special tokens to set on the tokenizer (a mapping: bos_token, eos_token, ...)."
+    )
+    tokens: list[str] | None = field(
+        None,
+        description="Extra (non-special) tokens to add to the vocabulary. With an adapter, also list the "
+        "embedding and output layers in `lora_modules_to_save` so the new rows are trained.",
+    )
+    chat_template: ChatTemplateName | None = field(
+        None,
+        description="Chat template for `chat_template` datasets: `tokenizer_default` (the tokenizer's own), "
+        "`chatml`, `llama3`, `tokenizer_default_fallback_<chatml|llama3>` (the tokenizer's own, else the "
+        "named one) or `jinja` (the template in `chat_template_jinja`). Default: `tokenizer_default`.",
+    )
+    chat_template_jinja: str | None = field(
+        None,
+        description="A custom Jinja chat template (implies `chat_template: jinja`).",
+        min_length=1,
+    )
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _known_template(cls, value: object) -> object:
+        return check_chat_template_name(value)

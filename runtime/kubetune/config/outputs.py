@@ -1,0 +1,63 @@
+"""Where results go, and experiment trackers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
+from .base import Section, field
+
+
+class OutputKeys(Section):
+    """Outputs and tracking"""
+
+    output_dir: str = field(
+        "./model-out",
+        description="Directory for checkpoints, the trained adapter or model, the tokenizer and "
+        "`training_summary.json` (relative paths resolve against the config's directory). Default: `./model-out`.",
+        min_length=1,
+    )
+    save_safetensors: bool = field(
+        True, description="Save weights as safetensors. kubetune writes only safetensors: must be true."
+    )
+    hub_model_id: str | None = field(
+        None, description="Hub repository to push the result to when training ends."
+    )
+
+    use_wandb: bool | None = field(
+        None, description="Log to Weights & Biases. Default: on when `wandb_project` is set."
+    )
+    wandb_project: str | None = field(None, description="Weights & Biases project.")
+    wandb_entity: str | None = field(None, description="Weights & Biases entity (user or team).")
+    wandb_name: str | None = field(None, description="Weights & Biases run name.")
+    wandb_run_id: str | None = field(None, description="Weights & Biases run id (to resume a run).")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = field(
+        None, description="Weights & Biases mode."
+    )
+    wandb_watch: str | None = field(
+        None, description="Weights & Biases model watching: `gradients`, `parameters` or `all`."
+    )
+    wandb_log_model: str | None = field(
+        None, description="Upload to Weights & Biases: `checkpoint` (every checkpoint) or `end`."
+    )
+
+    use_mlflow: bool | None = field(
+        None, description="Log to MLflow. Default: on when `mlflow_tracking_uri` is set."
+    )
+    mlflow_tracking_uri: str | None = field(None, description="MLflow tracking server URI.")
+    mlflow_experiment_name: str | None = field(None, description="MLflow experiment name.")
+    mlflow_run_name: str | None = field(None, description="MLflow run name.")
+    hf_mlflow_log_artifacts: bool | None = field(
+        None, description="Upload the outputs to MLflow as artifacts."
+    )
+
+    @field_validator("save_safetensors")
+    @classmethod
+    def _safetensors_only(cls, value: bool) -> bool:
+        if not value:
+            raise PydanticCustomError(
+                "safetensors_only", "kubetune saves weights only as safetensors; false is not supported"
+            )
+        return value

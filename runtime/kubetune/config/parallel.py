@@ -1,0 +1,94 @@
+"""Multi-GPU and multi-node training: FSDP, DeepSpeed, DDP; tensor/context parallelism (not yet)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .base import Section, field
+
+FsdpOption = Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard", "offload", "auto_wrap"]
+FSDP_SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
+
+
+class FsdpConfig(Section):
+    """`fsdp_config`: FSDP options. Keys may also be written without the `fsdp_` prefix (newer Axolotl style)."""
+
+    fsdp_version: Literal[1, 2] = field(
+        1, description="FSDP implementation: 1 (FullyShardedDataParallel) or 2 (fully_shard). Default: 1."
+    )
+    fsdp_offload_params: bool | None = field(
+        None,
+        description="Offload parameters (and gradients) to CPU. Default: true when `fsdp` lists `offload`.",
+    )
+    fsdp_state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] | None = field(
+        None,
+        description="Checkpoint layout: FULL_STATE_DICT (gathered on rank 0) or SHARDED_STATE_DICT (one shard "
+        "per rank; faster). The final model is always saved in full. Default: SHARDED_STATE_DICT.",
+    )
+    fsdp_transformer_layer_cls_to_wrap: str | None = field(
+        None,
+        description="Decoder layer class to wrap as an FSDP unit, e.g. `LlamaDecoderLayer`. Default: the "
+        "model's `_no_split_modules`.",
+    )
+    fsdp_auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP"] | None = field(
+        None, description="How modules are wrapped. Default: TRANSFORMER_BASED_WRAP."
+    )
+    fsdp_min_num_params: int | None = field(
+        None, description="SIZE_BASED_WRAP: minimum parameters of a wrapped module.", ge=1
+    )
+    fsdp_cpu_ram_efficient_loading: bool | None = field(
+        None,
+        description="Load the weights on rank 0 only and broadcast them (saves host memory). Default: true.",
+    )
+    fsdp_sync_module_states: bool | None = field(
+        None, description="Broadcast module states from rank 0 after wrapping. Default: true."
+    )
+    fsdp_use_orig_params: bool | None = field(
+        None, description="FSDP1: keep the original parameters visible (needed for adapters). Default: true."
+    )
+    fsdp_activation_checkpointing: bool | None = field(
+        None, description="FSDP's own activation checkpointing (instead of `gradient_checkpointing`)."
+    )
+    fsdp_reshard_after_forward: bool | None = field(
+        None, description="FSDP2: free gathered parameters after the forward pass. Default: true."
+    )
+
+
+class ParallelKeys(Section):
+    """Distributed training"""
+
+    fsdp: list[FsdpOption] | None = field(
+        None,
+        description="Enable FSDP with these options: one sharding strategy (full_shard, shard_grad_op, "
+        "hybrid_shard, no_shard; default full_shard), plus `auto_wrap` and/or `offload`.",
+        min_length=1,
+    )
+    fsdp_config: FsdpConfig | None = field(None, description="FSDP options (a mapping), used with `fsdp`.")
+    deepspeed: str | dict[str, Any] | None = field(
+        None,
+        description="DeepSpeed config: a path to its JSON file (relative paths resolve against the "
+        "config's directory; the file must exist) or the config inline as a mapping.",
+    )
+    tensor_parallel_size: int = field(
+        1,
+        description="Tensor parallel degree. kubetune does not implement tensor parallelism yet: must be 1.",
+        ge=1,
+    )
+    context_parallel_size: int = field(
+        1,
+        description="Context parallel degree. kubetune does not implement context parallelism yet: must be 1.",
+        ge=1,
+    )
+    ring_attn: bool = field(
+        False,
+        description="Ring attention for context parallelism. Not implemented by kubetune yet: must be false.",
+    )
+    ddp_backend: Literal["auto", "nccl", "gloo"] = field(
+        "auto",
+        description="kubetune: torch.distributed backend. Default: `auto` (nccl on GPUs, gloo on CPU).",
+    )
+    ddp_timeout: int = field(
+        1800,
+        description="Seconds a collective may wait before the job fails (e.g. while rank 0 prepares data). Default: 1800.",
+        ge=1,
+    )

@@ -1,0 +1,430 @@
+"""Cross-field rules: each looks at the validated config and yields problems with key path and fix.
+
+Rules run on a config whose invalid values were already reported and replaced by defaults, so every
+rule may assume well-typed values. A rule never raises; `run_all` collects them all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
+from .parallel import FSDP_SHARDING_STRATEGIES
+from .problems import ConfigProblem
+from .schema import TrainConfig
+
+Rule = Callable[[TrainConfig, "Path | None"], Iterator[ConfigProblem]]
+RULES: list[Rule] = []
+
+
+def rule(function: Rule) -> Rule:
+    RULES.append(function)
+    return function
+
+
+def run_all(config: TrainConfig, source_dir: Path | None) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for check in RULES:
+        problems.extend(check(config, source_dir))
+    return problems
+
+
+def is_set(model: BaseModel, key: str) -> bool:
+    """Set in the config to a value other than the default (a value that changes something)."""
+    if key not in model.model_fields_set:
+        return False
+    return getattr(model, key) != type(model).model_fields[key].default
+
+
+def _has_eval_data(cfg: TrainConfig) -> bool:
+    return bool(cfg.test_datasets) or cfg.val_set_size > 0
+
+
+# -- adapters and quantization --------------------------------------------------------------------
+
+LORA_KEYS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_linear",
+    "lora_modules_to_save",
+    "lora_fan_in_fan_out",
+    "lora_model_dir",
+    "peft_use_dora",
+    "peft_use_rslora",
+)
+BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
+
+
+@rule
+def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if cfg.adapter == "qlora" and not cfg.load_in_4bit:
+        yield ConfigProblem(
+            "load_in_4bit",
+            "adapter: qlora trains LoRA on a 4-bit base model, but load_in_4bit is not true",
+            "add `load_in_4bit: true` (or use `adapter: lora` for an unquantized base)",
+        )
+    if cfg.adapter == "lora" and cfg.load_in_4bit:
+        yield ConfigProblem(
+            "adapter",
+            "adapter: lora with load_in_4bit: true is QLoRA",
+            "set `adapter: qlora`",
+        )
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        yield ConfigProblem(
+            "load_in_8bit",
+            "load_in_4bit and load_in_8bit are both true; the base model is loaded in one precision",
+            "keep one of them (load_in_4bit for qlora, load_in_8bit for lora)",
+        )
+    for key, suggestion in (("load_in_4bit", "qlora"), ("load_in_8bit", "lora")):
+        if getattr(cfg, key) and cfg.adapter is None:
+            yield ConfigProblem(
+                key,
+                f"{key}: true without an adapter: quantized weights cannot be trained in full",
+                f"add `adapter: {suggestion}`, or remove {key} for a full fine-tune",
+            )
+    if cfg.adapter is None:
+        for key in LORA_KEYS:
+            if is_set(cfg, key):
+                yield ConfigProblem(
+                    key,
+                    f"{key} is set but no adapter is configured, so it would have no effect",
+                    f"add `adapter: lora` (or qlora), or remove {key}",
+                )
+    elif not cfg.lora_target_modules and not cfg.lora_target_linear and not cfg.lora_model_dir:
+        yield ConfigProblem(
+            "lora_target_modules",
+            f"adapter: {cfg.adapter} needs to know which modules get LoRA weights",
+            "list them in lora_target_modules (e.g. [q_proj, k_proj, v_proj, o_proj]) or set "
+            "`lora_target_linear: true`",
+        )
+    if not cfg.load_in_4bit:
+        for key in BNB_4BIT_KEYS:
+            if key in cfg.model_fields_set:
+                yield ConfigProblem(
+                    key,
+                    f"{key} applies to a 4-bit base model, but load_in_4bit is not true",
+                    f"add `load_in_4bit: true` (with adapter: qlora), or remove {key}",
+                )
+    if cfg.adapter and cfg.tokens and not cfg.lora_modules_to_save:
+        yield ConfigProblem(
+            "lora_modules_to_save",
+            "tokens adds new vocabulary rows, but with an adapter the embeddings stay frozen",
+            "add `lora_modules_to_save: [embed_tokens, lm_head]` (the model's embedding and output layers)",
+        )
+
+
+# -- precision and attention ----------------------------------------------------------------------
+
+
+@rule
+def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if cfg.bf16 is True and cfg.fp16:
+        yield ConfigProblem(
+            "fp16",
+            "bf16 and fp16 are both true; training uses one mixed precision",
+            "keep one of bf16 / fp16",
+        )
+    if cfg.flash_attention and cfg.sdp_attention:
+        yield ConfigProblem(
+            "sdp_attention",
+            "flash_attention and sdp_attention are both true; only one attention implementation is used",
+            "keep one of them",
+        )
+    expected = {"flash_attention": ("flash_attention_2", "flash_attention_3"), "sdp_attention": ("sdpa",)}
+    if cfg.attn_implementation:
+        for flag, allowed in expected.items():
+            if getattr(cfg, flag) and cfg.attn_implementation not in allowed:
+                yield ConfigProblem(
+                    "attn_implementation",
+                    f"attn_implementation: {cfg.attn_implementation} contradicts {flag}: true",
+                    f"remove {flag}, or set attn_implementation to {' / '.join(allowed)}",
+                )
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@rule
+def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if "sequence_len" not in cfg.model_fields_set:
+        for key in ("sample_packing", "pad_to_sequence_len"):
+            if getattr(cfg, key):
+                yield ConfigProblem(
+                    "sequence_len",
+                    f"{key}: true works in rows of sequence_len tokens, but sequence_len is not set",
+                    "add `sequence_len: N` (e.g. 2048)",
+                )
+                break
+    if cfg.test_datasets and cfg.val_set_size > 0:
+        yield ConfigProblem(
+            "val_set_size",
+            "val_set_size splits evaluation data off the training data, but test_datasets is also given",
+            "remove val_set_size (evaluation uses test_datasets) or remove test_datasets",
+        )
+    yield from _chat_template_pair(cfg, "")
+    for list_key in ("datasets", "test_datasets"):
+        for index, entry in enumerate(getattr(cfg, list_key) or []):
+            yield from _dataset(entry, f"{list_key}[{index}]")
+
+
+def _chat_template_pair(model: BaseModel, prefix: str) -> Iterator[ConfigProblem]:
+    template = getattr(model, "chat_template", None)
+    jinja = getattr(model, "chat_template_jinja", None)
+    if template == "jinja" and not jinja:
+        yield ConfigProblem(
+            prefix + "chat_template_jinja",
+            "chat_template: jinja needs the template text in chat_template_jinja",
+            "add `chat_template_jinja: |` followed by the template",
+        )
+    if jinja and template not in (None, "jinja"):
+        yield ConfigProblem(
+            prefix + "chat_template",
+            f"chat_template: {template} contradicts chat_template_jinja (which is also set)",
+            "remove chat_template (or set it to jinja), or remove chat_template_jinja",
+        )
+
+
+def _dataset(entry: DatasetConfig, path: str) -> Iterator[ConfigProblem]:
+    if entry.type in DATASET_KEYS_BY_TYPE:
+        allowed = COMMON_DATASET_KEYS | DATASET_KEYS_BY_TYPE[entry.type]
+        for key in sorted(entry.model_fields_set - allowed, key=list(type(entry).model_fields).index):
+            owners = [t for t, keys in DATASET_KEYS_BY_TYPE.items() if key in keys]
+            yield ConfigProblem(
+                f"{path}.{key}",
+                f"{key} applies to {' / '.join(owners) or 'other'} datasets, not type {entry.type}",
+                f"remove {key}, or change the entry's type",
+            )
+    yield from _chat_template_pair(entry, path + ".")
+    if entry.roles_to_train is not None and (entry.type == "chat_template" or entry.is_custom_type):
+        roles = entry.effective_roles()
+        for index, role in enumerate(entry.roles_to_train):
+            if role not in roles:
+                yield ConfigProblem(
+                    f"{path}.roles_to_train[{index}]",
+                    f"role '{role}' is not a role of this dataset (roles: {', '.join(roles)})",
+                    f"use one of {', '.join(roles)}, or add '{role}' to roles",
+                )
+
+
+# -- schedule, evaluation, checkpoints ------------------------------------------------------------
+
+
+@rule
+def schedule(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if cfg.num_epochs is None and cfg.max_steps is None:
+        yield ConfigProblem(
+            "num_epochs",
+            "the training length is not set: neither num_epochs nor max_steps",
+            "add `num_epochs: 1` (or `max_steps: N`)",
+        )
+    pairs = (
+        ("warmup_steps", "warmup_ratio", "warmup length"),
+        ("save_steps", "saves_per_epoch", "checkpoint interval"),
+        ("eval_steps", "evals_per_epoch", "evaluation interval"),
+    )
+    for first, second, what in pairs:
+        if getattr(cfg, first) is not None and getattr(cfg, second) is not None:
+            yield ConfigProblem(
+                second, f"{first} and {second} both set the {what}", f"keep only one of {first} / {second}"
+            )
+    if cfg.cosine_min_lr_ratio is not None and cfg.lr_scheduler != "cosine":
+        yield ConfigProblem(
+            "cosine_min_lr_ratio",
+            f"cosine_min_lr_ratio applies to the cosine schedule, but lr_scheduler is {cfg.lr_scheduler}",
+            "remove cosine_min_lr_ratio, or set `lr_scheduler: cosine`",
+        )
+    if cfg.optimizer == "sgd":
+        for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+            if is_set(cfg, key):
+                yield ConfigProblem(
+                    key,
+                    f"{key} is an Adam setting, but optimizer is sgd",
+                    f"remove {key}, or pick an Adam optimizer",
+                )
+    if cfg.early_stopping_patience is not None and not _has_eval_data(cfg):
+        yield ConfigProblem(
+            "early_stopping_patience",
+            "early stopping watches the eval loss, but there is no evaluation data",
+            "add `val_set_size: 0.05` (or test_datasets), or remove early_stopping_patience",
+        )
+
+
+# -- distributed ----------------------------------------------------------------------------------
+
+
+@rule
+def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigProblem]:
+    not_yet = "kubetune does not implement tensor or context parallelism (tensor_parallel_size, context_parallel_size, ring_attn) yet"
+    instead = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
+    if cfg.tensor_parallel_size > 1:
+        yield ConfigProblem(
+            "tensor_parallel_size", f"{not_yet}; tensor_parallel_size is {cfg.tensor_parallel_size}", instead
+        )
+    if cfg.context_parallel_size > 1:
+        yield ConfigProblem(
+            "context_parallel_size",
+            f"{not_yet}; context_parallel_size is {cfg.context_parallel_size}",
+            instead,
+        )
+    if cfg.ring_attn:
+        yield ConfigProblem("ring_attn", f"{not_yet}; ring_attn is true", instead)
+
+    if cfg.fsdp and cfg.deepspeed is not None:
+        yield ConfigProblem(
+            "deepspeed",
+            "fsdp and deepspeed are both configured; a job uses one of them",
+            "keep only fsdp or deepspeed",
+        )
+    if cfg.fsdp_config is not None and not cfg.fsdp:
+        yield ConfigProblem(
+            "fsdp_config",
+            "fsdp_config is set but FSDP is not enabled",
+            "add `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
+        )
+    if cfg.fsdp:
+        yield from _fsdp(cfg)
+    if cfg.load_in_8bit and (cfg.fsdp or cfg.deepspeed is not None):
+        yield ConfigProblem(
+            "load_in_8bit",
+            "8-bit base weights cannot be sharded by FSDP or DeepSpeed",
+            "use `load_in_4bit: true` with `adapter: qlora`, or drop the sharding",
+        )
+    if isinstance(cfg.deepspeed, str):
+        yield from _deepspeed_file(cfg.deepspeed, source_dir)
+    if cfg.dataloader_prefetch_factor is not None and cfg.dataloader_num_workers == 0:
+        yield ConfigProblem(
+            "dataloader_prefetch_factor",
+            "dataloader_prefetch_factor needs background workers, but dataloader_num_workers is 0",
+            "set `dataloader_num_workers` to 1 or more, or remove dataloader_prefetch_factor",
+        )
+
+
+def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    options = list(cfg.fsdp or [])
+    strategies = [o for o in options if o in FSDP_SHARDING_STRATEGIES]
+    if len(strategies) > 1:
+        yield ConfigProblem(
+            "fsdp",
+            f"fsdp names {len(strategies)} sharding strategies ({', '.join(strategies)})",
+            "keep one of them",
+        )
+    duplicates = sorted({o for o in options if options.count(o) > 1})
+    if duplicates:
+        yield ConfigProblem(
+            "fsdp", f"fsdp lists {', '.join(duplicates)} more than once", "list each option once"
+        )
+    fc = cfg.fsdp_config
+    if fc is None:
+        return
+    if "offload" in options and fc.fsdp_offload_params is False:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_offload_params",
+            "fsdp lists offload but fsdp_config.fsdp_offload_params is false",
+            "remove offload from fsdp, or set fsdp_offload_params: true",
+        )
+    if fc.fsdp_activation_checkpointing and cfg.gradient_checkpointing:
+        yield ConfigProblem(
+            "gradient_checkpointing",
+            "gradient_checkpointing and fsdp_config.fsdp_activation_checkpointing both checkpoint activations",
+            "keep only one of them",
+        )
+    size_based = fc.fsdp_auto_wrap_policy == "SIZE_BASED_WRAP"
+    if size_based and fc.fsdp_min_num_params is None:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_min_num_params",
+            "fsdp_auto_wrap_policy SIZE_BASED_WRAP needs fsdp_min_num_params",
+            "add `fsdp_min_num_params: 100000000` (or use TRANSFORMER_BASED_WRAP)",
+        )
+    if not size_based and fc.fsdp_min_num_params is not None:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_min_num_params",
+            "fsdp_min_num_params applies to SIZE_BASED_WRAP only",
+            "remove it, or set `fsdp_auto_wrap_policy: SIZE_BASED_WRAP`",
+        )
+    if size_based and fc.fsdp_transformer_layer_cls_to_wrap:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_transformer_layer_cls_to_wrap",
+            "fsdp_transformer_layer_cls_to_wrap applies to TRANSFORMER_BASED_WRAP, not SIZE_BASED_WRAP",
+            "remove one of the two",
+        )
+    if (fc.fsdp_transformer_layer_cls_to_wrap or fc.fsdp_auto_wrap_policy) and "auto_wrap" not in options:
+        key = (
+            "fsdp_transformer_layer_cls_to_wrap"
+            if fc.fsdp_transformer_layer_cls_to_wrap
+            else "fsdp_auto_wrap_policy"
+        )
+        yield ConfigProblem(
+            f"fsdp_config.{key}", f"{key} needs auto_wrap in the fsdp list", "add auto_wrap to fsdp"
+        )
+    version_only = {1: ("fsdp_use_orig_params",), 2: ("fsdp_reshard_after_forward",)}
+    for version, keys in version_only.items():
+        if fc.fsdp_version != version:
+            for key in keys:
+                if key in fc.model_fields_set:
+                    yield ConfigProblem(
+                        f"fsdp_config.{key}",
+                        f"{key} is an FSDP{version} option, but fsdp_version is {fc.fsdp_version}",
+                        f"remove it, or set `fsdp_version: {version}`",
+                    )
+    if fc.fsdp_version == 2:
+        others = [s for s in strategies if s != "full_shard"]
+        if others:
+            yield ConfigProblem(
+                "fsdp",
+                f"fsdp_version 2 shards fully (resharding is fsdp_reshard_after_forward); {others[0]} is FSDP1 only",
+                "use full_shard (with fsdp_reshard_after_forward: false for shard_grad_op behaviour)",
+            )
+
+
+def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProblem]:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        if source_dir is None:
+            return  # a mapping without a file: nothing to resolve against
+        path = source_dir / path
+    if not path.is_file():
+        yield ConfigProblem(
+            "deepspeed",
+            f"the DeepSpeed config file does not exist: {path}",
+            "give the path of a DeepSpeed JSON file (relative to the config's directory), or inline the JSON "
+            "as a mapping",
+        )
+        return
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        yield ConfigProblem(
+            "deepspeed", f"the DeepSpeed config {path} is not valid JSON: {exc}", "fix the file"
+        )
+        return
+    if not isinstance(content, dict):
+        yield ConfigProblem("deepspeed", f"the DeepSpeed config {path} is not a JSON object", "fix the file")
+
+
+# -- outputs and trackers -------------------------------------------------------------------------
+
+
+@rule
+def trackers(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    wandb_on = cfg.use_wandb is True or (cfg.use_wandb is None and bool(cfg.wandb_project))
+    for key in ("wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode", "wandb_watch", "wandb_log_model"):
+        if getattr(cfg, key) is not None and not wandb_on:
+            yield ConfigProblem(
+                key,
+                f"{key} is set but Weights & Biases logging is off",
+                "set wandb_project (or use_wandb: true)",
+            )
+    mlflow_on = cfg.use_mlflow is True or (cfg.use_mlflow is None and bool(cfg.mlflow_tracking_uri))
+    for key in ("mlflow_experiment_name", "mlflow_run_name", "hf_mlflow_log_artifacts"):
+        if getattr(cfg, key) is not None and not mlflow_on:
+            yield ConfigProblem(
+                key,
+                f"{key} is set but MLflow logging is off",
+                "set mlflow_tracking_uri (or use_mlflow: true)",
+            )
