@@ -1,0 +1,108 @@
+"""The single-turn formats: alpaca, completion, input_output, and pretokenized rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubetune.data.formats.base import PromptFormat, RowProblem, Segment
+
+# Axolotl's alpaca prompts, byte for byte, so configs and checkpoints carry over.
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def _text(row: Mapping[str, Any], field: str, *, optional: bool = False) -> str:
+    value = row.get(field)
+    if value is None:
+        if optional:
+            return ""
+        raise RowProblem(f"field {field!r} is empty")
+    if not isinstance(value, str):
+        raise RowProblem(f"field {field!r} must be text, got {type(value).__name__}")
+    return value
+
+
+class Alpaca(PromptFormat):
+    """instruction [+ input] -> output. Trained: the output and the eos after it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instruction_field = self.option("field_instruction", "instruction")
+        self.input_field = self.option("field_input", "input")
+        self.output_field = self.option("field_output", "output")
+        self.required_fields = (self.instruction_field, self.output_field)
+
+    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+        instruction = _text(row, self.instruction_field)
+        extra = _text(row, self.input_field, optional=True)
+        if extra:
+            prompt = ALPACA_WITH_INPUT.format(instruction=instruction, input=extra)
+        else:
+            prompt = ALPACA_NO_INPUT.format(instruction=instruction)
+        return [
+            (self.bos_ids, False),
+            (prompt, False),
+            (_text(row, self.output_field), True),
+            (self.eos_ids, True),
+        ]
+
+
+class Completion(PromptFormat):
+    """Raw text (`field`, default "text"), all of it trained, eos appended."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.text_field = self.option("field", "text")
+        self.required_fields = (self.text_field,)
+
+    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+        return [(self.bos_ids, False), (_text(row, self.text_field), True), (self.eos_ids, True)]
+
+
+class InputOutput(PromptFormat):
+    """`segments: [{"text": ..., "label": true|false}, ...]`, tokenized as written.
+
+    Like Axolotl's template-free format, nothing is added: put bos/eos in the texts yourself.
+    """
+
+    required_fields = ("segments",)
+
+    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+        pieces = row.get("segments")
+        if not isinstance(pieces, list) or not pieces:
+            raise RowProblem("'segments' must be a non-empty list of {text, label} objects")
+        out = []
+        for number, piece in enumerate(pieces):
+            if not isinstance(piece, Mapping) or not isinstance(piece.get("text"), str):
+                raise RowProblem(f"segments[{number}] needs a 'text' string")
+            label = piece.get("label", True)
+            if not isinstance(label, bool):
+                raise RowProblem(f"segments[{number}].label must be true or false")
+            out.append((piece["text"], label))
+        return out
+
+
+class Pretokenized(PromptFormat):
+    """Rows that already hold `input_ids` (and optionally `labels`); taken as they are."""
+
+    required_fields = ("input_ids",)
+
+    def tokenize_row(self, row: Mapping[str, Any]) -> dict[str, list[int]]:
+        input_ids = row.get("input_ids")
+        if not input_ids:
+            raise RowProblem("'input_ids' is empty")
+        labels = row.get("labels")
+        if labels is None:  # given labels are the user's masking decision, kept as they are
+            labels = input_ids
+        if len(labels) != len(input_ids):
+            raise RowProblem(f"'labels' has {len(labels)} entries but 'input_ids' has {len(input_ids)}")
+        return {"input_ids": list(input_ids), "labels": list(labels)}

@@ -1,0 +1,165 @@
+"""Rows from a `datasets[i]` entry: local files, saved datasets directories, or hub ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kubetune.data.errors import DataError, data_error
+
+# file suffix -> datasets builder
+FILE_TYPES = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+HUB_FIX = "for a local file give its path; hub datasets need network access and the right name/split"
+
+
+def option(entry: Any, name: str, default: Any = None) -> Any:
+    """A key of a dataset config entry (pydantic model, plain object or mapping); default when unset."""
+    value = entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
+    return default if value is None else value
+
+
+def local_path(path: str, source_dir: str | Path | None) -> Path | None:
+    """The local file or directory `path` names, or None for a hub id.
+
+    Relative paths resolve against the config's directory (the working directory for a config
+    built in memory), as every path in a config does. A path that looks local (absolute, ./ or ~,
+    a data-file suffix) but does not exist is an error rather than a confusing hub lookup.
+    """
+    given = Path(path).expanduser()
+    candidate = given if given.is_absolute() else Path(source_dir or Path.cwd()) / given
+    if candidate.exists():
+        return candidate.resolve()
+    if given.is_absolute() or path.startswith((".", "~")) or given.suffix in FILE_TYPES:
+        raise FileNotFoundError(candidate)
+    return None
+
+
+def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
+    """The rows of one dataset entry as a `datasets.Dataset`; DataError naming `where` otherwise."""
+    import datasets
+    import pyarrow as pa
+
+    path = option(entry, "path")
+    if not path:
+        raise data_error(f"{where}.path", "no path given", "set path to a data file, a directory or a hub id")
+    ds_type = option(entry, "ds_type")
+    split = option(entry, "split", "train")
+    name = option(entry, "name")
+    data_files = option(entry, "data_files")
+    try:
+        local = local_path(str(path), source_dir)
+    except FileNotFoundError as missing:
+        base = f"the config's directory ({source_dir})" if source_dir else "the working directory"
+        raise data_error(
+            f"{where}.path",
+            f"no such file or directory: {missing}",
+            f"fix the path; relative paths are resolved against {base}",
+        ) from None
+    try:
+        if local is None:
+            rows = datasets.load_dataset(str(path), name=name, split=split, data_files=data_files)
+        elif local.is_dir() and _is_saved_dataset(local):
+            rows = datasets.load_from_disk(str(local))
+            if isinstance(rows, datasets.DatasetDict):
+                if split not in rows:
+                    raise data_error(
+                        f"{where}.split",
+                        f"{local} has no split {split!r}",
+                        f"use one of: {', '.join(rows)}",
+                    )
+                rows = rows[split]
+        else:
+            files = _data_files(local, data_files)
+            builder = FILE_TYPES.get(f".{ds_type}", ds_type) or _builder_for(files, where)
+            if builder not in FILE_TYPES.values():
+                raise data_error(
+                    f"{where}.ds_type",
+                    f"unknown ds_type {builder!r}",
+                    f"use one of: {', '.join(sorted(set(FILE_TYPES.values())))}",
+                )
+            if not isinstance(files, Mapping) and not split.startswith("train"):
+                raise data_error(
+                    f"{where}.split",
+                    f"local files without a split mapping only have the split 'train', not {split!r}",
+                    "drop split (or use slicing such as train[:90%]), or give data_files as {split: files}",
+                )
+            file_split = split
+            rows = datasets.load_dataset(builder, data_files=files, split=file_split)
+    except DataError:
+        raise
+    except (datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) as exc:
+        raise data_error(f"{where}.path", f"dataset {path!r} not found: {exc}", HUB_FIX) from exc
+    except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError, ValueError, OSError) as exc:
+        raise data_error(
+            f"{where}.path",
+            f"cannot read {local or path}: {type(exc).__name__}: {exc}",
+            "check the file's format (one JSON object per line for .jsonl), or set ds_type "
+            "(json, parquet, csv, arrow, text)" + ("" if local else "; " + HUB_FIX),
+        ) from exc
+    return rows
+
+
+def data_fingerprint(entry: Any, source_dir: str | Path | None) -> dict[str, Any]:
+    """What identifies an entry's data without loading it: local file contents, or the hub id."""
+    import hashlib
+
+    path = str(option(entry, "path", ""))
+    try:
+        local = local_path(path, source_dir)
+    except FileNotFoundError:
+        return {"missing": path}  # load_rows reports it properly
+    if local is None:
+        keys = ("path", "name", "split", "data_files", "revision")
+        return {"hub": {key: option(entry, key) for key in keys}}
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(local) if local.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"local": digest.hexdigest()}
+
+
+def _is_saved_dataset(directory: Path) -> bool:
+    return (directory / "dataset_dict.json").exists() or (directory / "state.json").exists()
+
+
+def _data_files(local: Path, data_files: Any) -> Any:
+    """The files to load: the file itself, or `data_files` (or every data file) inside a directory."""
+    if local.is_file():
+        return str(local)
+    if data_files:
+        if isinstance(data_files, Mapping):
+            return {split: _under(local, files) for split, files in data_files.items()}
+        return _under(local, data_files)
+    files = sorted(str(p) for p in local.rglob("*") if p.suffix in FILE_TYPES and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{local} holds no data files ({', '.join(FILE_TYPES)})")
+    return files
+
+
+def _under(directory: Path, files: Any) -> list[str]:
+    return [str(directory / f) for f in ([files] if isinstance(files, str) else files)]
+
+
+def _builder_for(files: Any, where: str) -> str:
+    flat = [f for group in files.values() for f in group] if isinstance(files, Mapping) else files
+    flat = [flat] if isinstance(flat, str) else flat
+    suffixes = {Path(f).suffix for f in flat}
+    builders = {FILE_TYPES.get(suffix) for suffix in suffixes}
+    if len(builders) != 1 or None in builders:
+        raise data_error(
+            f"{where}.ds_type",
+            f"cannot tell the file type from the suffixes {sorted(suffixes)}",
+            "set ds_type: json, parquet, csv, arrow or text",
+        )
+    return builders.pop()

@@ -1,0 +1,368 @@
+"""prepare_datasets: config + tokenizer -> tokenized, masked, packed, cached train/eval datasets."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubetune.data import cache
+from kubetune.data.errors import DataError, data_error
+from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, RowProblem, TokenizedExamples, resolve_format
+from kubetune.data.formats.base import gather_index
+from kubetune.data.formats.instruct import Pretokenized
+from kubetune.data.loading import data_fingerprint, load_rows, option
+from kubetune.data.packing import pack, packing_efficiency
+
+log = logging.getLogger("kubetune.data")
+
+CHUNK_ROWS = 8192  # rows tokenized per batched call: large enough to amortise, small enough for memory
+# Config keys that change the prepared tokens; everything else (lr, lora, ...) reuses the cache.
+TOKEN_KEYS = (
+    "datasets",
+    "test_datasets",
+    "sequence_len",
+    "sample_packing",
+    "eval_sample_packing",
+    "train_on_inputs",
+    "val_set_size",
+    "seed",
+    "chat_template",
+    "chat_template_jinja",
+    "special_tokens",
+    "tokens",
+)
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset: input_ids, labels, position_ids[, seq_lens]
+    eval: Any | None
+    stats: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def prepare_datasets(cfg, tokenizer, *, rank: int = 0, world_size: int = 1) -> PreparedData:
+    """Tokenize, mask, split and pack cfg.datasets into cfg.dataset_prepared_path (or reuse it).
+
+    Under torchrun pass the global rank: rank 0 prepares, the others wait for the finished
+    directory and load it. Raises DataError naming `datasets[i]` when a dataset is unusable.
+    """
+    key = preparation_key(cfg, tokenizer)
+    root = prepared_root(cfg)
+    started = time.perf_counter()
+    path, built = cache.build_or_wait(
+        root,
+        key,
+        lambda out: write_prepared(build_prepared(cfg, tokenizer), out),
+        rank=rank if world_size > 1 else 0,
+    )
+    data = load_prepared(path)
+    log.info(
+        "%s prepared data %s in %.1fs: %s",
+        "built" if built else "reused",
+        path,
+        time.perf_counter() - started,
+        json.dumps(
+            {k: data.stats[k] for k in ("examples", "packed_rows", "packing_efficiency") if k in data.stats}
+        ),
+    )
+    return data
+
+
+def prepared_root(cfg) -> Path:
+    """dataset_prepared_path, default <output_dir>/prepared; relative to the config's directory."""
+    value = _get(cfg, "dataset_prepared_path")
+    if not value:
+        value = Path(_get(cfg, "output_dir") or "outputs") / "prepared"
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(_get(cfg, "source_dir") or Path.cwd()) / path
+
+
+def preparation_key(cfg, tokenizer) -> str:
+    """The cache key: data content, tokenizer, token-affecting config keys, pipeline version."""
+    source_dir = _get(cfg, "source_dir")
+    entries = [*_entries(cfg, "datasets"), *_entries(cfg, "test_datasets")]
+    return cache.digest(
+        {
+            "version": cache.PIPELINE_VERSION,
+            "config": {name: _plain(_get(cfg, name)) for name in TOKEN_KEYS},
+            "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
+            "formats": [_format_source(entry, source_dir) for _, entry in entries],
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+        }
+    )
+
+
+def build_prepared(cfg, tokenizer) -> PreparedData:
+    """Everything prepare_datasets does, in memory, without the cache."""
+    started = time.perf_counter()
+    sequence_len = int(_get(cfg, "sequence_len") or 2048)
+    seed = int(_get(cfg, "seed") or 42)
+    per_dataset: list[dict[str, Any]] = []
+    train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    if not _entries(cfg, "datasets"):
+        raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
+    val_set_size = float(_get(cfg, "val_set_size") or 0)
+    if _entries(cfg, "test_datasets"):
+        if val_set_size:
+            raise data_error(
+                "val_set_size",
+                "both test_datasets and val_set_size are set",
+                "set val_set_size: 0 to evaluate on test_datasets, or drop test_datasets",
+            )
+        evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_dataset)
+    else:
+        train, evaluation = split_eval(train, val_set_size, seed)
+    if not len(train):
+        raise data_error(
+            "datasets",
+            "no training examples are left after dropping empty and over-long ones",
+            f"check the data and sequence_len ({sequence_len}); see the per-dataset counts in the log",
+        )
+    packed = bool(_get(cfg, "sample_packing"))
+    eval_packed = _get(cfg, "eval_sample_packing")
+    eval_packed = packed if eval_packed is None else bool(eval_packed)
+    train_rows, train_stats = to_rows(train, sequence_len, packed=packed, seed=seed)
+    stats: dict[str, Any] = {
+        **train_stats,
+        "datasets": per_dataset,
+        "dropped_too_long": sum(d["dropped_too_long"] for d in per_dataset),
+        "dropped_untrained": sum(d["dropped_untrained"] for d in per_dataset),
+        "sequence_len": sequence_len,
+    }
+    eval_rows = None
+    if evaluation is not None and len(evaluation):
+        eval_rows, eval_stats = to_rows(evaluation, sequence_len, packed=eval_packed, seed=seed)
+        stats["eval"] = eval_stats
+    stats["prepare_seconds"] = round(time.perf_counter() - started, 3)
+    return PreparedData(train=train_rows, eval=eval_rows, stats=stats)
+
+
+def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = None) -> PromptFormat:
+    """The format object for one dataset entry (type None with input_ids columns = pretokenized)."""
+    type_name = option(entry, "type")
+    if type_name is None and columns is not None and "input_ids" in columns:
+        cls: type[PromptFormat] = Pretokenized
+    elif type_name is None:
+        raise data_error(
+            f"{where}.type",
+            "no type given",
+            f"set type to one of {', '.join(BUILTIN_FORMATS)} or my_module.MyFormat",
+        )
+    elif not isinstance(type_name, str):
+        raise data_error(
+            f"{where}.type", f"type must be a name, got {type(type_name).__name__}", "e.g. type: alpaca"
+        )
+    else:
+        cls = resolve_format(type_name, path=f"{where}.type", source_dir=_get(cfg, "source_dir"))
+    chat_template = _get(cfg, "chat_template")
+    if _get(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
+        chat_template = _get(cfg, "chat_template_jinja")  # the template text itself
+    try:
+        return cls(
+            tokenizer, entry, train_on_inputs=bool(_get(cfg, "train_on_inputs")), chat_template=chat_template
+        )
+    except ValueError as exc:
+        raise data_error(where, str(exc), "see docs/data.md for this format's options") from exc
+
+
+def tokenize_rows(rows, fmt: PromptFormat, where: str, chunk_rows: int = CHUNK_ROWS) -> TokenizedExamples:
+    """All rows of a datasets.Dataset through `fmt`, a chunk at a time."""
+    missing = [name for name in fmt.required_fields if name not in rows.column_names]
+    if missing:
+        raise data_error(
+            where,
+            f"the rows have no {', '.join(repr(m) for m in missing)} column (columns: {', '.join(rows.column_names)})",
+            "map your column names with the format's field keys (field_instruction, field_input, "
+            "field_output, field, field_messages, ...), or pick the type that matches the data",
+        )
+    parts = []
+    for start in range(0, len(rows), chunk_rows):
+        columns = rows[start : start + chunk_rows]
+        names = list(columns)
+        batch = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        try:
+            parts.append(fmt.tokenize_rows(batch, first_index=start))
+        except RowProblem as problem:
+            raise data_error(
+                where,
+                str(problem),
+                "fix or remove that row (rows count from 0 in file order)",
+            ) from None
+    return TokenizedExamples.concat(parts)
+
+
+def drop_unusable(examples: TokenizedExamples, sequence_len: int) -> tuple[TokenizedExamples, int, int]:
+    """Drop examples longer than sequence_len (as Axolotl does) or with no trained token."""
+    too_long = examples.lengths > sequence_len
+    untrained = examples.trained_per_example == 0
+    keep = ~(too_long | untrained)
+    if keep.all():
+        return examples, 0, 0
+    return examples.select(np.flatnonzero(keep)), int(too_long.sum()), int((untrained & ~too_long).sum())
+
+
+def split_eval(examples: TokenizedExamples, val_set_size: float, seed: int):
+    """(train, eval) by a seeded permutation: a fraction when < 1, else a count. eval None when 0."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    if not val_set_size:
+        return examples.select(order), None
+    count = math.ceil(len(examples) * val_set_size) if val_set_size < 1 else int(val_set_size)
+    if count >= len(examples):
+        raise data_error(
+            "val_set_size",
+            f"val_set_size {val_set_size} leaves no training examples (there are {len(examples)})",
+            "use a fraction below 1 or a smaller count",
+        )
+    return examples.select(order[count:]), examples.select(np.sort(order[:count]))
+
+
+def to_rows(examples: TokenizedExamples, sequence_len: int, *, packed: bool, seed: int):
+    """(datasets.Dataset, stats): packed rows with seq_lens, or one example per row."""
+    lengths = examples.lengths
+    stats: dict[str, Any] = {
+        "examples": len(examples),
+        "tokens": int(lengths.sum()),
+        "trained_tokens": int((examples.labels != -100).sum()),
+        "max_example_len": int(lengths.max()) if len(lengths) else 0,
+        "mean_example_len": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+    }
+    if packed:
+        arrays = pack(examples, sequence_len)
+        rows = len(arrays["row_offsets"]) - 1
+        # Shuffle the rows: packing orders them longest-first.
+        order = np.random.default_rng(seed).permutation(rows)
+        table = _packed_table(arrays, order)
+        stats |= {
+            "packed_rows": rows,
+            "packing_efficiency": round(packing_efficiency(lengths, rows, sequence_len), 4),
+        }
+    else:
+        position_ids = np.arange(len(examples.input_ids)) - np.repeat(examples.offsets[:-1], lengths)
+        table = _table(
+            {"input_ids": examples.input_ids, "labels": examples.labels, "position_ids": position_ids},
+            examples.offsets,
+        )
+        stats |= {"packed_rows": len(examples), "packing_efficiency": None}
+    return _dataset(table), stats
+
+
+def write_prepared(data: PreparedData, out: Path) -> None:
+    data.train.save_to_disk(str(out / "train"))
+    if data.eval is not None:
+        data.eval.save_to_disk(str(out / "eval"))
+    (out / "stats.json").write_text(json.dumps(data.stats, indent=2, sort_keys=True) + "\n")
+
+
+def load_prepared(path: Path) -> PreparedData:
+    import datasets
+
+    stats = json.loads((path / "stats.json").read_text())
+    train = datasets.load_from_disk(str(path / "train"))
+    evaluation = datasets.load_from_disk(str(path / "eval")) if (path / "eval").exists() else None
+    return PreparedData(train=train, eval=evaluation, stats=stats, path=path)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: list) -> TokenizedExamples:
+    parts = []
+    for where, entry in _entries(cfg, key):
+        rows = load_rows(entry, where, _get(cfg, "source_dir"))
+        fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
+        examples, too_long, untrained = drop_unusable(tokenize_rows(rows, fmt, where), sequence_len)
+        per_dataset.append(
+            {
+                "dataset": where,
+                "rows": len(rows),
+                "examples": len(examples),
+                "dropped_too_long": too_long,
+                "dropped_untrained": untrained,
+            }
+        )
+        if too_long:
+            log.warning("%s: dropped %d examples longer than sequence_len=%d", where, too_long, sequence_len)
+        if untrained:
+            log.warning("%s: dropped %d examples with no trained token", where, untrained)
+        parts.append(examples)
+    return TokenizedExamples.concat(parts)
+
+
+def _entries(cfg, key: str) -> list[tuple[str, Any]]:
+    return [(f"{key}[{index}]", entry) for index, entry in enumerate(_get(cfg, key) or [])]
+
+
+def _get(cfg, name: str) -> Any:
+    return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able form of config values (pydantic models, plain objects, containers)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return {k: _plain(v) for k, v in vars(value).items() if v is not None and not k.startswith("_")}
+    return value
+
+
+def _format_source(entry, source_dir) -> str | None:
+    """Hash of a user format's source file, so editing it invalidates the cache."""
+    type_name = option(entry, "type")
+    if not isinstance(type_name, str) or type_name in BUILTIN_FORMATS or "." not in type_name:
+        return None
+    try:
+        source = inspect.getsource(
+            inspect.getmodule(resolve_format(type_name, path="", source_dir=source_dir))
+        )
+    except (DataError, OSError, TypeError):
+        return None  # reported by make_format when the data is prepared
+    return cache.digest(source)
+
+
+def _table(columns: dict[str, np.ndarray], offsets: np.ndarray):
+    import pyarrow as pa
+
+    large = offsets[-1] >= 2**31  # list<> offsets are int32
+    offset_array = pa.array(offsets.astype(np.int64 if large else np.int32))
+    make = pa.LargeListArray.from_arrays if large else pa.ListArray.from_arrays
+    return pa.table(
+        {name: make(offset_array, pa.array(values.astype(np.int32))) for name, values in columns.items()}
+    )
+
+
+def _packed_table(arrays: dict[str, np.ndarray], order: np.ndarray):
+
+    row_offsets, seq_offsets = arrays["row_offsets"], arrays["seq_offsets"]
+    row_lens = np.diff(row_offsets)[order]
+    gather = gather_index(row_offsets[:-1][order], row_lens)
+    new_offsets = np.concatenate([[0], np.cumsum(row_lens)])
+    seq_counts = np.diff(seq_offsets)[order]
+    seq_gather = gather_index(seq_offsets[:-1][order], seq_counts)
+    table = _table(
+        {name: arrays[name][gather] for name in ("input_ids", "labels", "position_ids")}, new_offsets
+    )
+    seq_lens = _table(
+        {"seq_lens": arrays["seq_lens"][seq_gather]}, np.concatenate([[0], np.cumsum(seq_counts)])
+    )
+    return table.append_column("seq_lens", seq_lens.column("seq_lens"))
+
+
+def _dataset(table):
+    import datasets
+    from datasets.table import InMemoryTable
+
+    return datasets.Dataset(InMemoryTable(table))

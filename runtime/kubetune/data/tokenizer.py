@@ -1,0 +1,44 @@
+"""load_tokenizer(cfg): the one tokenizer both `kubetune preprocess` and training use.
+
+The prepared-data cache is keyed by the tokenizer, so preprocess and train must build it the
+same way: this function is that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubetune.data.formats.chat_template import NAMED_TEMPLATES, resolve_chat_template
+
+
+def load_tokenizer(cfg):
+    """AutoTokenizer from tokenizer_config / base_model_config / base_model, with special_tokens,
+    tokens and the selected chat template applied (so the saved tokenizer carries them)."""
+    import transformers
+
+    source = _get(cfg, "tokenizer_config") or _get(cfg, "base_model_config") or _get(cfg, "base_model")
+    kwargs = {"trust_remote_code": bool(_get(cfg, "trust_remote_code"))}
+    tokenizer_type = _get(cfg, "tokenizer_type")
+    loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
+    tokenizer = loader.from_pretrained(str(source), **kwargs)
+    special = dict(_get(cfg, "special_tokens") or {})
+    if special:
+        tokenizer.add_special_tokens(special)
+    tokens = list(_get(cfg, "tokens") or [])
+    if tokens:
+        tokenizer.add_tokens(tokens)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # Llama 3 ships without one; padding is masked anyway
+    choice = _get(cfg, "chat_template")
+    if (
+        choice in NAMED_TEMPLATES
+        or choice == "jinja"
+        or (isinstance(choice, str) and choice.startswith("tokenizer_default_fallback_"))
+    ):
+        tokenizer.chat_template = resolve_chat_template(choice, tokenizer, _get(cfg, "chat_template_jinja"))
+    return tokenizer
+
+
+def _get(cfg, name: str) -> Any:
+    return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
