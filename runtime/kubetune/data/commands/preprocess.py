@@ -27,13 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.config import ConfigError, load_config
-    from kubetune.data import DataError, load_tokenizer, prepare_datasets
+    from kubetune.data import load_tokenizer, prepare_datasets
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, overlays=args.overlay)
         data = prepare_datasets(cfg, load_tokenizer(cfg))
-    except (ConfigError, DataError) as exc:
+    except ConfigError as exc:  # DataError included: unusable data is reported like bad config
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:  # the tokenizer directory is missing or unreadable

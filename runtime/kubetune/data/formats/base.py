@@ -128,8 +128,8 @@ def _flatten(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     if array.null_count:
         raise RowProblem("token list is null", int(np.flatnonzero(array.is_null().to_numpy(False))[0]))
     offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
+    values = array.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    return np.array(values, dtype=np.int32), offsets - offsets[0]  # a writable copy, not arrow's buffer
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
