@@ -36,6 +36,7 @@ def _render(relative: str) -> str:
 # output path (relative to the repo) -> producer of its text
 GENERATED: dict[str, Callable[[], str]] = {
     "docs/config.md": _call("kubetune.config.docs:render_markdown"),
+    "crds/finetunejob.yaml": _call("kubetune_operator.crd:render_crd_yaml"),
 }
 
 

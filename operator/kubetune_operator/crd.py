@@ -1,0 +1,338 @@
+"""The FineTuneJob CRD, generated from the pydantic models (spec.py and kubetune.config).
+
+    python scripts/generate.py      # writes crds/finetunejob.yaml from render_crd_yaml()
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no $ref, no anyOf carrying
+types, no `const`, no `additionalProperties: false`. `structural()` turns pydantic's JSON schema into
+one. Where a value really takes two shapes (`bf16: true | auto`) the node accepts any value and the
+webhook/operator validation, which run the pydantic models themselves, decide.
+
+Inside `spec.config` every object keeps unknown keys (x-kubernetes-preserve-unknown-fields) instead
+of letting the apiserver prune them silently: a misspelt key must reach the validation, which names
+it and suggests the right spelling.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from kubetune.config import training_config_json_schema
+
+from kubetune_operator.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    FineTuneJobSpec,
+)
+
+# Schema keywords Kubernetes accepts and we keep; everything else (title, default, examples, ...) goes.
+# Defaults are dropped on purpose: the apiserver would write them into the stored spec, and GitOps
+# tools would then see a spec that differs from the one in git.
+KEPT = {
+    "type", "description", "properties", "required", "items", "enum", "nullable", "pattern",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+    "minItems", "maxItems", "minProperties", "maxProperties", "additionalProperties", "format",
+}  # fmt: skip
+FORMATS = {"int32", "int64", "float", "double", "byte", "date", "date-time", "uri", "email", "uuid"}
+ANY = {"x-kubernetes-preserve-unknown-fields": True}
+
+# Fields that define the run. Changing them mid-run would make checkpoints meaningless or the
+# workers disagree; a new run is a new FineTuneJob. (As for a Kubernetes Job's pod template.)
+IMMUTABLE = (
+    "config", "configMapRef", "image", "workers", "gpusPerWorker", "resources", "storage", "cache",
+    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize",
+)  # fmt: skip
+# Where pods may run can change only while the job is suspended (e.g. a queue such as Kueue picks
+# the nodes, then unsuspends): the new template applies to the pods created on resume.
+SCHEDULING = ("nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def structural(node: Any, *, keep_unknown: bool = False) -> dict[str, Any]:
+    """A JSON schema node (refs already inlined) as a Kubernetes structural schema node."""
+    if not isinstance(node, dict):
+        return dict(ANY)
+    node = copy.deepcopy(node)
+    nullable = False
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if isinstance(node.get("type"), list):
+        types = [t for t in node["type"] if t != "null"]
+        nullable = len(types) < len(node["type"])
+        node["type"] = types[0] if len(types) == 1 else None
+        if node["type"] is None:
+            node.pop("type")
+            node["anyOf"] = [{"type": t} for t in types]
+    for junctor in ("anyOf", "oneOf"):
+        if junctor in node:
+            every = node.pop(junctor)
+            branches = [b for b in every if b != {"type": "null"}]
+            nullable = nullable or len(branches) < len(every)
+            merged = _merge_branches(branches)
+            if merged is None:
+                return _described({**ANY, **({"nullable": True} if nullable else {})}, node)
+            node = {**merged, **node}
+    if "enum" in node and None in node["enum"]:
+        node["enum"] = [v for v in node["enum"] if v is not None]
+        nullable = True
+    if "allOf" in node:  # pydantic wraps a described $ref as allOf: [target]
+        for part in node.pop("allOf"):
+            node = {**part, **node}
+    kind = node.get("type")
+    out: dict[str, Any] = {k: v for k, v in node.items() if k in KEPT}
+    if out.get("format") not in FORMATS:
+        out.pop("format", None)
+    for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out.get(bound), bool):
+            out["minimum" if bound == "exclusiveMinimum" else "maximum"] = out[bound]
+            out[bound] = True
+    if nullable:
+        out["nullable"] = True
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["x-kubernetes-int-or-string"] = True
+        return out
+    if kind == "object" or "properties" in node:
+        out["type"] = "object"
+        extra = node.get("additionalProperties")
+        if "properties" in node:
+            out["properties"] = {
+                k: structural(v, keep_unknown=keep_unknown) for k, v in node["properties"].items()
+            }
+            out.pop("additionalProperties", None)
+            if keep_unknown or extra is True or isinstance(extra, dict):
+                out["x-kubernetes-preserve-unknown-fields"] = True
+        elif isinstance(extra, dict) and extra:
+            out["additionalProperties"] = structural(extra, keep_unknown=keep_unknown)
+        else:
+            out.pop("additionalProperties", None)
+            out.update(ANY)
+        return out
+    if kind == "array":
+        out["items"] = structural(node.get("items", {}), keep_unknown=keep_unknown)
+        return out
+    if kind in ("string", "integer", "number", "boolean"):
+        return out
+    return _described(dict(ANY), out)
+
+
+def _merge_branches(branches: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One schema for all branches, or None when they only agree on 'any value'."""
+    if len(branches) == 1:
+        return branches[0]
+    types = {b.get("type") for b in branches}
+    if types == {"integer", "string"} and all(set(b) <= {"type"} for b in branches):
+        return {"x-kubernetes-int-or-string": True}
+    return None
+
+
+def _described(out: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    if node.get("description"):
+        out["description"] = node["description"]
+    return out
+
+
+def _spec_schema() -> dict[str, Any]:
+    raw = FineTuneJobSpec.model_json_schema(mode="validation")
+    defs = raw.pop("$defs", {})
+    spec = structural(_inline(raw, defs))
+    spec["properties"]["config"] = {
+        **structural(training_config_json_schema(), keep_unknown=True),
+        "description": FineTuneJobSpec.model_fields["config"].description,
+    }
+    spec["x-kubernetes-validations"] = _spec_rules()
+    return spec
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target = copy.deepcopy(defs[ref.rsplit("/", 1)[1]])
+            target.update({k: v for k, v in node.items() if k != "$ref"})
+            return _inline(target, defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
+
+
+def _spec_rules() -> list[dict[str, Any]]:
+    rules = [
+        {
+            "rule": "has(self.config) != has(self.configMapRef)",
+            "message": "set exactly one of spec.config (inline) and spec.configMapRef",
+        }
+    ]
+    for name in IMMUTABLE:
+        rules.append(
+            {
+                "rule": f"self.?{name} == oldSelf.?{name}",
+                "message": f"spec.{name} is immutable: it defines the run (create a new FineTuneJob instead)",
+                "fieldPath": f".{name}",
+                "reason": "FieldValueForbidden",
+            }
+        )
+    for name in SCHEDULING:
+        rules.append(
+            {
+                "rule": f"oldSelf.?suspend.orValue(false) || self.?{name} == oldSelf.?{name}",
+                "message": f"spec.{name} can change only while the job is suspended",
+                "fieldPath": f".{name}",
+                "reason": "FieldValueForbidden",
+            }
+        )
+    return rules
+
+
+def _status_schema() -> dict[str, Any]:
+    text = {"type": "string"}
+    integer = {"type": "integer"}
+    time = {"type": "string", "format": "date-time"}
+    condition = {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": text,
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": text,
+            "message": text,
+            "lastTransitionTime": time,
+            "observedGeneration": {"type": "integer", "format": "int64"},
+        },
+    }
+    progress = {
+        "type": "object",
+        "description": "Live progress pushed by rank 0 (docs/internals.md).",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "step": integer,
+            "totalSteps": integer,
+            "epoch": {"type": "number"},
+            "loss": {"type": "number"},
+            "learningRate": {"type": "number"},
+            "tokensPerSecond": {"type": "number"},
+            "trainedTokens": integer,
+            "etaSeconds": {"type": "number"},
+            "lastCheckpoint": text,
+            "resumedFromStep": integer,
+            "completed": {"type": "boolean"},
+            "outputDir": text,
+            "updatedAt": time,
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed", "Suspended"]},
+            "reason": text,
+            "message": text,
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "startTime": time,
+            "completionTime": time,
+            "restarts": integer,
+            "workers": {"type": "string", "description": "Running workers / desired workers."},
+            "readyWorkers": integer,
+            "progressPercent": text,
+            "outputs": {
+                "type": "object",
+                "description": "Where the finished run's outputs are, and rank 0's summary.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "progress": progress,
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    columns = [
+        ("Phase", "string", ".status.phase", 0),
+        ("Progress", "string", ".status.progressPercent", 0),
+        ("Step", "integer", ".status.progress.step", 0),
+        ("Loss", "number", ".status.progress.loss", 0),
+        ("Workers", "string", ".status.workers", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+        ("Restarts", "integer", ".status.restarts", 1),
+        ("ETA", "number", ".status.progress.etaSeconds", 1),
+        ("Reason", "string", ".status.reason", 1),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "kubetune"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["kubetune"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": n, "type": t, "jsonPath": p, **({"priority": pr} if pr else {})}
+                        for n, t, p, pr in columns
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": f"{KIND} ({API_VERSION}): a config-driven LLM fine-tune run on Kubernetes.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": _spec_schema(),
+                                "status": _status_schema(),
+                            },
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                                    "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
+                                    "(it names the job's StatefulSet)",
+                                }
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+FIRST = ("type", "format", "description")
+
+
+def _ordered(node: Any) -> Any:
+    """type, format and description first in every schema node: the file is read by people too."""
+    if isinstance(node, list):
+        return [_ordered(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    keys = [k for k in FIRST if k in node] + [k for k in node if k not in FIRST]
+    return {k: _ordered(node[k]) for k in keys}
+
+
+def render_crd_yaml() -> str:
+    header = "# Generated by scripts/generate.py from kubetune_operator.crd; do not edit.\n"
+    return header + yaml.safe_dump(_ordered(crd()), sort_keys=False, width=120)

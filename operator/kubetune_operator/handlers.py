@@ -1,0 +1,114 @@
+"""Thin kopf handlers: every watch event only says "look at this job again".
+
+Why watch events and not kopf's create/update/resume handlers with timers: those keep per-object
+progress and a diff base in the object, and timers put a finalizer on it, so deleting a job would
+hang while the operator is down. Watch-event handlers keep no state in the object at all: the
+operator's only write to a FineTuneJob is its status (GitOps tools see no drift), and deletion
+never waits for the operator. Deadlines and TTLs are wake-ups in the work queue instead of kopf
+timers; after a restart the initial listing wakes every job again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from kubetune_operator import metrics
+from kubetune_operator.builders import JOB_LABEL, MANAGED_BY
+from kubetune_operator.reconcile import Reconciler
+from kubetune_operator.spec import GROUP, PLURAL, VERSION
+from kubetune_operator.workqueue import WorkQueue
+
+CHILD_SELECTOR = {"app.kubernetes.io/managed-by": MANAGED_BY}
+RESYNC_SECONDS = 300.0
+
+Key = tuple[str, str]
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share; kopf hands it to each of them as `memo.state`."""
+
+    reconciler: Reconciler
+    workers: int = 4
+    queue: WorkQueue | None = None
+    phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
+    known: set[Key] = field(default_factory=set)
+    resync_task: asyncio.Task | None = None
+
+    def reconcile(self, key: Key) -> float | None:
+        result = self.reconciler.reconcile(*key)
+        self.phases.set(key, result.phase)
+        if result.phase is None:  # the job is gone (a late pod event may have woken us)
+            self.known.discard(key)
+        return result.requeue_after
+
+    def touch(self, key: Key) -> None:
+        self.known.add(key)
+        assert self.queue is not None, "the startup handler creates the queue"
+        self.queue.add(key)
+
+    def gone(self, key: Key) -> None:
+        self.known.discard(key)
+        self.phases.set(key, None)
+        self.reconciler.forget(*key)
+        if self.queue is not None:
+            self.queue.forget(key)
+
+    async def resync(self) -> None:
+        """Now and then, re-apply every job's children (repairs a child someone deleted or edited)."""
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            self.reconciler.forget_all()
+            for key in list(self.known):
+                self.touch(key)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.startup(registry=registry)
+    async def start(memo: Any, **_: Any) -> None:
+        state: OperatorState = memo.state
+        state.queue = WorkQueue(
+            state.reconcile, workers=state.workers, on_done=lambda _k, s, e: metrics.observe_reconcile(s, e)
+        )
+        state.queue.start()
+        state.resync_task = asyncio.create_task(state.resync(), name="resync")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: Any, **_: Any) -> None:
+        state: OperatorState = memo.state
+        if state.resync_task is not None:
+            state.resync_task.cancel()
+        if state.queue is not None:
+            await state.queue.stop()
+
+    @kopf.on.probe(id="queue", registry=registry)
+    def queue_depth(memo: Any, **_: Any) -> int:
+        return len(memo.state.queue or ())
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def job_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if type == "DELETED":
+            memo.state.gone(key)
+        else:
+            memo.state.touch(key)
+
+    @kopf.on.event("v1", "pods", labels=CHILD_SELECTOR, registry=registry)
+    async def pod_event(body: Any, memo: Any, **_: Any) -> None:
+        job = body["metadata"].get("labels", {}).get(JOB_LABEL)
+        if job:
+            memo.state.touch((body["metadata"]["namespace"], job))
+
+    @kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_SELECTOR, registry=registry)
+    async def statefulset_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        job = body["metadata"].get("labels", {}).get(JOB_LABEL)
+        if not job:
+            return
+        if type == "DELETED":
+            # Someone removed the StatefulSet: apply the children again instead of trusting the cache.
+            memo.state.reconciler.forget(body["metadata"]["namespace"], job)
+        memo.state.touch((body["metadata"]["namespace"], job))

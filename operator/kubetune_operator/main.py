@@ -1,0 +1,127 @@
+"""`kubetune-operator`: run the FineTuneJob operator against the current KUBECONFIG (or in-cluster).
+
+kubetune-operator --standalone --namespace team-a
+kubetune-operator --webhook-cert-dir /certs --metrics-port 8080 --health-port 8081
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import kopf
+
+from kubetune_operator import handlers, metrics, webhook
+from kubetune_operator.builders import DEFAULT_IMAGE, BuildOptions
+from kubetune_operator.k8s import Kube
+from kubetune_operator.reconcile import Reconciler
+from kubetune_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("kubetune_operator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune-operator", description=__doc__.splitlines()[0])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; globs like team-* work)")  # fmt: skip
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--webhook-cert-dir", type=Path, metavar="DIR",
+                        help="directory with tls.crt and tls.key; without it no webhook server runs")  # fmt: skip
+    parser.add_argument("--webhook-port", type=int, default=9443, help="webhook HTTPS port (default 9443)")
+    parser.add_argument(
+        "--webhook-host", default="0.0.0.0", help="address the webhook listens on (default 0.0.0.0)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 = off")
+    parser.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 = off")
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME",
+                         help="kopf peering object shared by the replicas (default: 'kubetune' when its CRD exists)")  # fmt: skip
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering: the only operator on the cluster"
+    )
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority; the highest live replica works, the others wait (default: random)")  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=("json", "plain"), default="json", help="log format (default json)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--runtime-image", default=os.environ.get("KUBETUNE_RUNTIME_IMAGE", DEFAULT_IMAGE),
+                        help="image of training pods whose job names none (env KUBETUNE_RUNTIME_IMAGE)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=4, help="jobs reconciled in parallel (default 4)")
+    return parser
+
+
+def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Server-side filtering: the operator only ever needs the pods and StatefulSets it created.
+    selector = ",".join(f"{k}={v}" for k, v in handlers.CHILD_SELECTOR.items())
+    settings.watching.label_selectors["v1", "pods"] = selector
+    settings.watching.label_selectors["apps", "v1", "statefulsets"] = selector
+    # Replicas get distinct priorities: the highest live one works, the others stay paused until
+    # its keep-alive lapses (kopf pauses *all* replicas of equal priority, which would stop work).
+    settings.peering.priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    settings.peering.name = args.peering or "kubetune"
+    settings.peering.mandatory = args.peering is not None
+    settings.peering.standalone = args.standalone
+    # kopf's own per-handler k8s events are for create/update handlers, which this operator has none of.
+    settings.posting.level = logging.WARNING
+    if args.webhook_cert_dir is not None:
+        settings.admission.server = kopf.WebhookServer(
+            addr=args.webhook_host,
+            port=args.webhook_port,
+            certfile=args.webhook_cert_dir / "tls.crt",
+            pkeyfile=args.webhook_cert_dir / "tls.key",
+        )
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.webhook_cert_dir is not None:
+        for name in ("tls.crt", "tls.key"):
+            if not (args.webhook_cert_dir / name).is_file():
+                print(
+                    f"kubetune-operator: {args.webhook_cert_dir / name} is missing (--webhook-cert-dir)",
+                    file=sys.stderr,
+                )
+                return 2
+
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry)
+    if args.webhook_cert_dir is not None:
+        webhook.register(registry)
+
+    options = BuildOptions.from_env(os.environ, default_image=args.runtime_image)
+    state = handlers.OperatorState(reconciler=Reconciler(Kube(), options), workers=args.workers)
+    metrics.serve(args.metrics_port)
+    log.info(
+        "kubetune-operator watching %s/%s/%s in %s",
+        GROUP,
+        VERSION,
+        PLURAL,
+        ", ".join(args.namespace) if args.namespace else "all namespaces",
+        extra={"launcher": list(options.launcher), "runtime_image": options.default_image},
+    )
+    kopf.run(
+        registry=registry,
+        settings=settings_for(args),
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone or None,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+        memo=kopf.Memo(state=state),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

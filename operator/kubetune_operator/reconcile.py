@@ -1,0 +1,158 @@
+"""One reconcile of one FineTuneJob: observe, decide (status.py), act (k8s.py).
+
+Level-triggered: whatever woke us (the job changed, a pod changed, a timer), we read the job and its
+pods afresh and converge. Running it twice in a row, or after an operator restart, is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+from kubetune.config import ConfigProblem
+
+from kubetune_operator import builders
+from kubetune_operator.builders import BuildOptions, JobRef
+from kubetune_operator.k8s import ApiError, Kube
+from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
+from kubetune_operator.status import FINAL, Observed, Plan, decide, status_patch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    phase: str | None  # None: the job is gone
+    requeue_after: float | None = None
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, options: BuildOptions):
+        self.kube = kube
+        self.options = options
+        # (namespace, name) -> hash of the children last applied by this process. Re-applying an
+        # unchanged set is a no-op for the apiserver but still costs a request per child, and a busy
+        # job is reconciled at every progress report; forget() drops an entry when a child vanishes.
+        self._applied: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._applied.pop((namespace, name), None)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._applied.clear()
+
+    def reconcile(self, namespace: str, name: str) -> Result:
+        job = self.kube.get("FineTuneJob", namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return Result(phase=None)
+        ref = JobRef.of(job)
+        pods = self.kube.list("Pod", namespace, builders.selector_labels(ref))
+        observed, config = self._observe(job, ref, pods)
+        plan = decide(observed)
+        if plan.apply_children and config is not None:
+            try:
+                self._apply_children(ref, observed.spec, config, plan.replicas)
+            except ApiError as error:
+                if not error.invalid:
+                    raise
+                # The apiserver refused a child built from the spec (e.g. a malformed toleration):
+                # only a spec change can fix that, so the job fails with the apiserver's words.
+                problem = ConfigProblem("spec", error.message, "fix the field the message names")
+                plan = decide(replace(observed, problems=[problem], problem_reason="InvalidSpec"))
+        self._act(job, ref, pods, plan)
+        return Result(phase=plan.status.get("phase"), requeue_after=plan.requeue_after)
+
+    # --- observe ------------------------------------------------------------------------------------
+
+    def _observe(self, job: dict, ref: JobRef, pods: list) -> tuple[Observed, dict[str, Any] | None]:
+        now = datetime.now(timezone.utc)
+        validation = validate_job(job)
+        spec = validation.spec
+        base = Observed(job=job, spec=spec, pods=pods, now=now, problems=validation.problems)
+        if not validation.ok or spec is None or (job.get("status") or {}).get("phase") in FINAL:
+            return base, None
+        if validation.config is not None:
+            config = validation.config.to_mapping()
+        else:
+            config, waiting, problems = self._referenced_config(ref, spec)
+            if problems or waiting:
+                return replace(base, problems=problems, waiting=waiting), None
+        rendered = builders.render_config(ref, spec, config)
+        outputs = builders.outputs_location(ref, spec, rendered)
+        return replace(base, outputs=outputs), config
+
+    def _referenced_config(
+        self, ref: JobRef, spec: FineTuneJobSpec
+    ) -> tuple[dict | None, tuple[str, str] | None, list[ConfigProblem]]:
+        """A configMapRef is read once: after the first start the job keeps its own rendered copy."""
+        own = self.kube.get("ConfigMap", ref.namespace, ref.configmap)
+        if own is not None and _owned_by(own, ref):
+            return yaml.safe_load(own["data"][CONFIG_FILE]), None, []
+        source_ref = spec.configMapRef
+        assert source_ref is not None  # validate_spec guarantees config or configMapRef
+        source = self.kube.get("ConfigMap", ref.namespace, source_ref.name)
+        text = ((source or {}).get("data") or {}).get(source_ref.key)
+        if text is None:
+            what = "ConfigMap" if source is None else f"key {source_ref.key!r} in ConfigMap"
+            return None, ("ConfigMapNotFound", f"waiting for {what} {source_ref.name!r}"), []
+        config, problems = load_referenced_config(text, f"{source_ref.name}/{source_ref.key}")
+        if config is None:
+            return None, None, problems
+        return config.to_mapping(), None, []
+
+    # --- act ----------------------------------------------------------------------------------------
+
+    def _apply_children(self, ref: JobRef, spec: FineTuneJobSpec, config: dict, replicas: int) -> None:
+        objects = builders.children(ref, spec, config, replicas, self.options)
+        digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
+        key = (ref.namespace, ref.name)
+        with self._lock:
+            if self._applied.get(key) == digest:
+                return
+        for obj in objects:
+            self.kube.apply(obj)
+        with self._lock:
+            self._applied[key] = digest
+
+    def _act(self, job: dict, ref: JobRef, pods: list, plan: Plan) -> None:
+        # Pods go before the status write: should the write fail, the next reconcile sees the
+        # replacement pods, not the old failure, so a restart is never counted twice.
+        uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
+        for pod in plan.delete_pods:
+            self.kube.delete("Pod", ref.namespace, pod, uid=uids.get(pod))
+        if plan.scale_to_zero:
+            try:
+                self.kube.scale("StatefulSet", ref.namespace, ref.statefulset, 0)
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+            self.forget(ref.namespace, ref.name)
+        patch = status_patch(job.get("status"), plan.status)
+        if patch is not None:
+            self.kube.patch_status(ref.namespace, ref.name, patch)
+        for event in plan.events:
+            log.info("%s/%s: %s: %s", ref.namespace, ref.name, event.reason, event.message)
+            try:
+                self.kube.post_event(job, event.type, event.reason, event.message)
+            except ApiError as error:  # an event lost is not worth a retry of the whole reconcile
+                log.warning(
+                    "could not post event %s for %s/%s: %s", event.reason, ref.namespace, ref.name, error
+                )
+        if plan.delete_job:
+            log.info("%s/%s: ttlSecondsAfterFinished passed; deleting the job", ref.namespace, ref.name)
+            self.kube.delete("FineTuneJob", ref.namespace, ref.name, uid=ref.uid)
+            self.forget(ref.namespace, ref.name)
+
+
+def _owned_by(obj: dict, ref: JobRef) -> bool:
+    return any(o.get("uid") == ref.uid for o in obj["metadata"].get("ownerReferences") or [])

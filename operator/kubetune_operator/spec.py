@@ -1,0 +1,375 @@
+"""The FineTuneJob resource: its spec as pydantic models, and the one validation everybody runs.
+
+The admission webhook, the reconciler (with the webhook off) and the CRD generator all start here,
+so a bad job is described the same way wherever it is caught: one `ConfigProblem` per fault, with
+the key path from the top of the object (``spec.config.datasets[0].type``) and what to write
+instead.
+
+Kubernetes-native pieces of the pod (env, volumes, tolerations, affinity, ...) are kept as plain
+mappings: the apiserver validates them precisely when the StatefulSet is applied, and copying their
+whole schemas into ours would only go stale.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from kubetune.config import ConfigError, ConfigProblem, TrainConfig, load_config, validate_mapping
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+# The StatefulSet is named after the job and its pods' controller-revision-hash label is
+# "<name>-<10 chars>", which must fit a 63-character label: Kubernetes caps StatefulSet names at 52.
+MAX_NAME_LENGTH = 52
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+# Where the pods see things (fixed, so a job's YAML never needs to know the operator's layout).
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_FILE = "config.yaml"
+OUTPUTS_DIR = "/var/lib/kubetune/outputs"
+CACHE_DIR = "/var/cache/kubetune"
+RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache"})
+RESERVED_MOUNT_PATHS = frozenset({CONFIG_DIR, OUTPUTS_DIR, CACHE_DIR, "/dev/shm"})
+
+QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+|[KMGTPE]i?|[mkMGTPE])?$"
+
+K8sObject = dict[str, Any]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigMapRef(_Model):
+    """A ConfigMap holding the training config (read once, when the job first starts)."""
+
+    name: str = Field(min_length=1, description="Name of the ConfigMap in the job's namespace.")
+    key: str = Field(CONFIG_FILE, min_length=1, description="Key of the config YAML inside the ConfigMap.")
+
+
+class ClaimTemplate(_Model):
+    """A PersistentVolumeClaim the operator creates for the job."""
+
+    size: str = Field(pattern=QUANTITY, description='Requested capacity, e.g. "100Gi".')
+    storageClassName: str | None = Field(None, description="StorageClass; the cluster default when absent.")
+    accessModes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"],
+        min_length=1,
+        description="Access modes; multi-node jobs on ReadWriteOnce storage only work on one node.",
+    )
+    whenDeleted: Literal["Delete", "Retain"] = Field(
+        "Delete",
+        description="Delete: the claim belongs to the job and goes with it. Retain: it outlives the job.",
+    )
+
+
+class VolumeChoice(_Model):
+    """Exactly one of: an existing claim, a claim template, or any Kubernetes volume source."""
+
+    existingClaim: str | None = Field(None, min_length=1, description="Name of an existing PVC.")
+    claimTemplate: ClaimTemplate | None = Field(None, description="A PVC the operator creates.")
+    volume: K8sObject | None = Field(
+        None, description="Any Kubernetes volume source, e.g. {hostPath: {path: /data}} or {nfs: {...}}."
+    )
+    subPath: str | None = Field(None, description="Mount only this sub-directory of the volume.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeChoice:
+        chosen = [k for k in ("existingClaim", "claimTemplate", "volume") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"set exactly one of existingClaim, claimTemplate or volume (found {', '.join(chosen) or 'none'})"
+            )
+        return self
+
+
+class Storage(VolumeChoice):
+    """Where outputs and checkpoints go (mounted at /var/lib/kubetune/outputs)."""
+
+
+class Cache(VolumeChoice):
+    """A volume for model and dataset caches shared between runs (mounted at /var/cache/kubetune)."""
+
+    readOnly: bool = Field(False, description="Mount the cache read-only.")
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, int | str] = Field(
+        default_factory=dict, description="Resource requests per worker pod."
+    )
+    limits: dict[str, int | str] = Field(default_factory=dict, description="Resource limits per worker pod.")
+
+
+class RunPolicy(_Model):
+    backoffLimit: int = Field(3, ge=0, description="Group restarts allowed before the job is Failed.")
+    activeDeadlineSeconds: int | None = Field(
+        None, ge=1, description="Fail the job (DeadlineExceeded) this long after it started running."
+    )
+    ttlSecondsAfterFinished: int | None = Field(
+        None, ge=0, description="Delete the job (and its children) this long after it finished."
+    )
+
+
+class PodMetadata(_Model):
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on the worker pods."
+    )
+
+
+class EnvVar(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, description="Variable name.")
+
+
+class Volume(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, description="Volume name (unique in the pod).")
+
+
+class VolumeMount(_Model):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, description="Name of the volume to mount.")
+    mountPath: str = Field(min_length=1, description="Where the volume appears in the trainer container.")
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1, description="Name of the Secret.")
+
+
+class FineTuneJobSpec(_Model):
+    """What to train (config) and where and how to run it (everything else)."""
+
+    config: dict[str, Any] | None = Field(
+        None, description="The training config inline (Axolotl key names; see docs/config.md)."
+    )
+    configMapRef: ConfigMapRef | None = Field(
+        None, description="Or: a ConfigMap holding the training config."
+    )
+    image: str | None = Field(
+        None, min_length=1, description="Runtime image; the operator's default when absent."
+    )
+    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Image pull policy."
+    )
+    workers: int = Field(1, ge=1, le=1024, description="Number of worker pods (torchrun nodes).")
+    gpusPerWorker: int = Field(
+        0, ge=0, le=64, description="GPUs (and training processes) per pod; 0 trains on CPU with one process."
+    )
+    resources: ResourceRequirements | None = Field(
+        None, description="CPU/memory requests and limits per pod."
+    )
+    nodeSelector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for the worker pods."
+    )
+    tolerations: list[K8sObject] = Field(default_factory=list, description="Tolerations for the worker pods.")
+    affinity: K8sObject | None = Field(None, description="Affinity of the worker pods.")
+    priorityClassName: str | None = Field(None, description="PriorityClass of the worker pods.")
+    serviceAccountName: str | None = Field(
+        None, description="Run pods under this ServiceAccount (the operator binds progress reporting to it)."
+    )
+    imagePullSecrets: list[LocalObjectReference] = Field(default_factory=list, description="Pull secrets.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment (overrides the defaults).")
+    envFrom: list[K8sObject] = Field(default_factory=list, description="Environment from Secrets/ConfigMaps.")
+    volumes: list[Volume] = Field(default_factory=list, description="Extra volumes of the worker pods.")
+    volumeMounts: list[VolumeMount] = Field(default_factory=list, description="Extra mounts in the trainer.")
+    storage: Storage | None = Field(
+        None, description="Outputs and checkpoints; without it they live in an emptyDir and die with the pod."
+    )
+    cache: Cache | None = Field(None, description="Optional cache volume for models and datasets.")
+    shmSize: str | None = Field(
+        None, pattern=QUANTITY, description="Size limit of /dev/shm (a memory emptyDir)."
+    )
+    podMetadata: PodMetadata | None = Field(None, description="Extra labels/annotations on worker pods.")
+    terminationGracePeriodSeconds: int = Field(
+        120, ge=0, description="Time a worker gets after SIGTERM to write its checkpoint."
+    )
+    suspend: bool = Field(
+        False, description="Scale the job to zero; unsuspend resumes from the last checkpoint."
+    )
+    runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadline and clean-up.")
+
+    @property
+    def processes_per_worker(self) -> int:
+        return max(1, self.gpusPerWorker)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The outcome of validating a job: the parsed spec (when it parses), the config, every problem."""
+
+    spec: FineTuneJobSpec | None
+    config: TrainConfig | None  # None while the config lives in a ConfigMap, or when invalid
+    problems: list[ConfigProblem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def pydantic_problems(error: ValidationError, prefix: str) -> list[ConfigProblem]:
+    """One problem per pydantic error, with a key path like ``spec.volumes[2].name``."""
+    problems = []
+    for item in error.errors():
+        path = prefix
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        fix = _FIXES.get(item["type"], "")
+        message = item["msg"].removeprefix("Value error, ")
+        if isinstance(item.get("input"), (str, int, float, bool)) and item["type"] != "missing":
+            message += f" (found {item['input']!r})"
+        problems.append(ConfigProblem(path=path, message=message, fix=fix))
+    return problems
+
+
+_FIXES = {
+    "extra_forbidden": "remove this key (check its spelling against the FineTuneJob reference)",
+    "missing": "add this key",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "bool_parsing": "write true or false",
+    "string_type": "write a string",
+    "greater_than_equal": "raise the value",
+    "less_than_equal": "lower the value",
+    "string_pattern_mismatch": 'write a Kubernetes quantity such as "8Gi"',
+    "literal_error": "use one of the values listed",
+}
+
+
+def validate_spec(spec: Any) -> tuple[FineTuneJobSpec | None, list[ConfigProblem]]:
+    """The spec alone: types, ranges, and the rules between fields that pydantic cannot see."""
+    if not isinstance(spec, Mapping):
+        return None, [ConfigProblem("spec", "spec must be a mapping", "add a spec with config and workers")]
+    try:
+        parsed = FineTuneJobSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        return None, pydantic_problems(error, "spec")
+    problems = []
+    if (parsed.config is None) == (parsed.configMapRef is None):
+        problems.append(
+            ConfigProblem(
+                "spec.config",
+                "set exactly one of spec.config and spec.configMapRef",
+                "put the training config inline under spec.config, or name a ConfigMap in spec.configMapRef",
+            )
+        )
+    for index, volume in enumerate(parsed.volumes):
+        if volume.name in RESERVED_VOLUMES:
+            problems.append(
+                ConfigProblem(
+                    f"spec.volumes[{index}].name",
+                    f"volume name {volume.name!r} is used by the operator",
+                    f"rename it (reserved: {', '.join(sorted(RESERVED_VOLUMES))})",
+                )
+            )
+    declared = {volume.name for volume in parsed.volumes}
+    for index, mount in enumerate(parsed.volumeMounts):
+        if mount.name not in declared:
+            problems.append(
+                ConfigProblem(
+                    f"spec.volumeMounts[{index}].name",
+                    f"no volume named {mount.name!r} in spec.volumes",
+                    "add the volume to spec.volumes or fix the name",
+                )
+            )
+        if mount.mountPath.rstrip("/") in RESERVED_MOUNT_PATHS:
+            problems.append(
+                ConfigProblem(
+                    f"spec.volumeMounts[{index}].mountPath",
+                    f"{mount.mountPath} is where the operator mounts its own volume",
+                    "mount it somewhere else",
+                )
+            )
+    gpu_request = _gpu_resource(parsed)
+    if gpu_request is not None and str(gpu_request) != str(parsed.gpusPerWorker):
+        problems.append(
+            ConfigProblem(
+                "spec.resources.limits.nvidia.com/gpu",
+                f"nvidia.com/gpu is {gpu_request} but gpusPerWorker is {parsed.gpusPerWorker}",
+                "set spec.gpusPerWorker only; the operator requests the GPUs",
+            )
+        )
+    return parsed, problems
+
+
+def _gpu_resource(spec: FineTuneJobSpec) -> int | str | None:
+    if spec.resources is None:
+        return None
+    return spec.resources.limits.get("nvidia.com/gpu", spec.resources.requests.get("nvidia.com/gpu"))
+
+
+def validate_name(name: Any) -> list[ConfigProblem]:
+    if not isinstance(name, str) or not name:
+        return [ConfigProblem("metadata.name", "the job needs a name", "set metadata.name")]
+    problems = []
+    if len(name) > MAX_NAME_LENGTH:
+        problems.append(
+            ConfigProblem(
+                "metadata.name",
+                f"name is {len(name)} characters; the job's StatefulSet allows {MAX_NAME_LENGTH}",
+                f"use a name of at most {MAX_NAME_LENGTH} characters",
+            )
+        )
+    if not re.match(DNS_1035_LABEL, name):
+        problems.append(
+            ConfigProblem(
+                "metadata.name",
+                f"{name!r} cannot name the job's Service (lower-case letters, digits and '-', starting with a letter)",
+                "rename the job, e.g. llama3-lora-1",
+            )
+        )
+    return problems
+
+
+def config_problems(config: Any, prefix: str) -> list[ConfigProblem]:
+    """The training config's own validation, with key paths starting at `prefix`."""
+    return [
+        ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix)
+        for p in validate_mapping(config)
+    ]
+
+
+def validate_job(obj: Mapping[str, Any]) -> Validation:
+    """Everything checkable from the object alone (a configMapRef's content is checked when read)."""
+    problems = validate_name(obj.get("metadata", {}).get("name"))
+    raw_spec = obj.get("spec")
+    spec, spec_problems = validate_spec(raw_spec)
+    problems += spec_problems
+    inline = raw_spec.get("config") if isinstance(raw_spec, Mapping) else None
+    config = None
+    if inline is not None:
+        problems += config_problems(inline, "spec.config")
+    if inline is not None and not problems:
+        config = load_config(inline)
+    return Validation(spec=spec, config=config, problems=problems)
+
+
+def load_referenced_config(text: str, source: str) -> tuple[TrainConfig | None, list[ConfigProblem]]:
+    """The config read from a ConfigMap, validated like an inline one (paths name the ConfigMap key)."""
+    prefix = f"configMap {source}"
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        return None, [ConfigProblem(prefix, f"not valid YAML: {error}", "fix the YAML syntax")]
+    if not isinstance(mapping, Mapping):
+        return None, [ConfigProblem(prefix, "the config must be a YAML mapping", "write key: value pairs")]
+    problems = config_problems(mapping, prefix)
+    if problems:
+        return None, problems
+    return load_config(mapping), []
+
+
+def report(problems: list[ConfigProblem]) -> str:
+    """The message a user sees, identical in the webhook's refusal and in a Failed job's status."""
+    return str(ConfigError(problems, source="FineTuneJob"))

@@ -1,0 +1,466 @@
+"""Pure lifecycle logic: what the job's status should say, and what to do, given what is observed.
+
+`decide(Observed) -> Plan` is the whole state machine; the reconciler only gathers the observation
+and carries out the plan. Deciding from observations (pods, progress, the previous status) rather
+than from remembered events is what makes a restarted operator pick up exactly where the last one
+stopped.
+
+Phases: Pending -> Running -> Succeeded | Failed, and Suspended while spec.suspend is true.
+Succeeded and Failed are final.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune.config import ConfigProblem
+
+from kubetune_operator.builders import CONTAINER, POD_INDEX_LABEL
+from kubetune_operator.spec import FineTuneJobSpec, report
+
+PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
+FINAL = frozenset({SUCCEEDED, FAILED})
+CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
+# Status keys the operator owns. Everything else (status.progress) belongs to rank 0.
+OWNED_KEYS = (
+    "phase",
+    "reason",
+    "message",
+    "conditions",
+    "observedGeneration",
+    "startTime",
+    "completionTime",
+    "restarts",
+    "workers",
+    "readyWorkers",
+    "progressPercent",
+    "outputs",
+)
+# A container waiting for one of these will not start without someone changing something.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+CONFIG_RETRY_SECONDS = 10.0
+MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    job: Mapping[str, Any]
+    spec: FineTuneJobSpec | None
+    pods: list[Mapping[str, Any]]
+    now: datetime
+    problems: list[ConfigProblem] = field(default_factory=list)
+    problem_reason: str = "InvalidConfig"
+    waiting: tuple[str, str] | None = None  # (reason, message): children cannot be built yet
+    outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    apply_children: bool = False
+    replicas: int = 0
+    scale_to_zero: bool = False
+    delete_pods: list[str] = field(default_factory=list)
+    delete_job: bool = False
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def wake_in(self, seconds: float) -> None:
+        seconds = max(seconds, 0.5)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+# --- time -----------------------------------------------------------------------------------------
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# --- pods -----------------------------------------------------------------------------------------
+
+
+def pod_index(pod: Mapping[str, Any]) -> int | None:
+    meta = pod.get("metadata", {})
+    label = meta.get("labels", {}).get(POD_INDEX_LABEL)
+    text = label if label is not None else meta.get("name", "").rsplit("-", 1)[-1]
+    return int(text) if text.isdigit() else None
+
+
+def _trainer(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            return status
+    return {}
+
+
+def _terminations(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    trainer = _trainer(pod)
+    found = [trainer.get(key, {}).get("terminated") for key in ("state", "lastState")]
+    return [t for t in found if t]
+
+
+def live_pods(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Pods not on their way out: a pod being deleted is from a generation we already dealt with."""
+    return [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+
+
+def is_running(pod: Mapping[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") == "Running" and "running" in _trainer(pod).get("state", {})
+
+
+def success_summary(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Rank 0's trainer exited 0: its termination message (one JSON line) is the run's summary."""
+    for pod in pods:
+        if pod_index(pod) != 0:
+            continue
+        for terminated in _terminations(pod):
+            if terminated.get("exitCode") == 0:
+                return _parse_summary(terminated.get("message"))
+    return None
+
+
+def _parse_summary(message: str | None) -> dict[str, Any]:
+    if not message:
+        return {}
+    try:
+        parsed = json.loads(message.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        return {"message": message[-MESSAGE_LIMIT:]}
+    return parsed if isinstance(parsed, dict) else {"message": message[-MESSAGE_LIMIT:]}
+
+
+def failure(pods: list[Mapping[str, Any]]) -> str | None:
+    """A description of the first failed worker, or None: a non-zero exit or a pod the kubelet gave up on."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        name = pod.get("metadata", {}).get("name")
+        for terminated in _terminations(pod):
+            code = terminated.get("exitCode")
+            if code not in (0, None):
+                detail = (terminated.get("message") or terminated.get("reason") or "").strip()
+                text = f"worker {name} exited with code {code}"
+                return f"{text}: {detail[-MESSAGE_LIMIT:]}" if detail else text
+        if pod.get("status", {}).get("phase") == "Failed":
+            reason = pod.get("status", {}).get("reason") or "Failed"
+            detail = pod.get("status", {}).get("message") or ""
+            return f"worker {name} failed ({reason}) {detail}".strip()
+    return None
+
+
+def stuck(pods: list[Mapping[str, Any]]) -> str | None:
+    """Why pods are not running yet, when it needs someone's attention (bad image, missing secret, no node)."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name")
+        waiting = _trainer(pod).get("state", {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return f"worker {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+        for condition in pod.get("status", {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return f"worker {name} cannot be scheduled: {condition.get('message', '')}".strip()
+    return None
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for item in status.get("conditions") or []:
+        if item.get("type") == kind:
+            return item
+    return {}
+
+
+def _set_condition(
+    conditions: list[dict[str, Any]],
+    kind: str,
+    true: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> None:
+    value = "True" if true else "False"
+    for item in conditions:
+        if item["type"] == kind:
+            if item["status"] != value:
+                item["lastTransitionTime"] = rfc3339(now)
+            item.update(status=value, reason=reason, message=message, observedGeneration=generation)
+            return
+    conditions.append(
+        {
+            "type": kind,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": rfc3339(now),
+            "observedGeneration": generation,
+        }
+    )
+
+
+class _Status:
+    """The operator-owned status being rewritten, with the old one at hand for transitions."""
+
+    def __init__(self, obs: Observed):
+        self.obs = obs
+        self.old: Mapping[str, Any] = obs.job.get("status") or {}
+        self.generation = int(obs.job.get("metadata", {}).get("generation") or 0)
+        self.new: dict[str, Any] = {k: _copy(self.old[k]) for k in OWNED_KEYS if k in self.old}
+        conditions = self.new.get("conditions") or []
+        self.conditions: list[dict[str, Any]] = [
+            dict(c) for c in conditions if c.get("type") in CONDITION_TYPES
+        ]
+        self.new["conditions"] = self.conditions
+        self.new["observedGeneration"] = self.generation
+        self.new.setdefault("restarts", 0)
+
+    def cond(self, kind: str, true: bool, reason: str, message: str = "") -> None:
+        _set_condition(
+            self.conditions, kind, true, reason, message[:MESSAGE_LIMIT], self.obs.now, self.generation
+        )
+
+    def phase(self, phase: str, reason: str, message: str) -> None:
+        self.new.update(phase=phase, reason=reason, message=message[:MESSAGE_LIMIT])
+
+    @property
+    def old_phase(self) -> str | None:
+        return self.old.get("phase")
+
+
+def _copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _progress_percent(progress: Mapping[str, Any]) -> str | None:
+    step, total = progress.get("step"), progress.get("totalSteps")
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return f"{min(100, int(100 * step / total))}%"
+    return None
+
+
+def decide(obs: Observed) -> Plan:
+    """The new status and the actions that get the cluster there; every phase change gets an Event."""
+    plan = _decide(obs)
+    old_phase = (obs.job.get("status") or {}).get("phase")
+    new_phase = plan.status.get("phase")
+    if new_phase != old_phase and not plan.events:
+        plan.events.append(Event("Normal", new_phase or "Unknown", plan.status.get("message", "")))
+    return plan
+
+
+def _decide(obs: Observed) -> Plan:
+    st = _Status(obs)
+    plan = Plan(status=st.new)
+    spec = obs.spec
+    created = condition(st.old, "Created").get("status") == "True"
+    live = live_pods(obs.pods)
+    progress = (obs.job.get("status") or {}).get("progress") or {}
+
+    if st.old_phase in FINAL:
+        _finished(st, plan, spec, created, live)
+        return plan
+
+    if obs.problems or spec is None:
+        _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
+        return plan
+
+    percent = _progress_percent(progress)
+    if percent is not None:
+        st.new["progressPercent"] = percent
+
+    if spec.suspend:
+        _suspend(st, plan, spec, live)
+        return plan
+
+    if obs.waiting is not None:
+        reason, message = obs.waiting
+        st.cond("Created", False, reason, message)
+        st.phase(PENDING, reason, message)
+        _workers(st, live, spec.workers)
+        plan.wake_in(CONFIG_RETRY_SECONDS)
+        return plan
+
+    # Active from here on: children exist (or are about to) with every worker scheduled.
+    plan.apply_children, plan.replicas = True, spec.workers
+    if not created:
+        st.cond(
+            "Created",
+            True,
+            "ChildrenCreated",
+            f"ConfigMap, Service and StatefulSet of {spec.workers} worker(s)",
+        )
+        plan.events.append(Event("Normal", "Created", f"created the children for {spec.workers} worker(s)"))
+    if st.old_phase == SUSPENDED:
+        plan.events.append(Event("Normal", "Resumed", "resumed; training continues from the last checkpoint"))
+    st.cond("Suspended", False, "Active")
+    if not st.new.get("startTime"):
+        st.new["startTime"] = rfc3339(obs.now)
+    st.new.pop("completionTime", None)
+
+    summary = success_summary(live)
+    if progress.get("completed") or summary is not None:
+        _succeed(st, plan, obs, summary or {}, progress)
+        return plan
+
+    deadline = spec.runPolicy.activeDeadlineSeconds
+    if deadline is not None:
+        started = parse_time(st.new["startTime"]) or obs.now
+        left = (started + timedelta(seconds=deadline) - obs.now).total_seconds()
+        if left <= 0:
+            _fail(
+                st,
+                plan,
+                "DeadlineExceeded",
+                f"the job ran longer than activeDeadlineSeconds ({deadline}s)",
+                True,
+            )
+            return plan
+        plan.wake_in(left)
+
+    failed = failure(live)
+    if failed is not None:
+        restarts = int(st.new.get("restarts") or 0)
+        limit = spec.runPolicy.backoffLimit
+        if restarts >= limit:
+            message = f"{failed} (backoffLimit {limit} reached after {restarts} restart(s))"
+            _fail(st, plan, "BackoffLimitExceeded", message, True)
+            return plan
+        st.new["restarts"] = restarts + 1
+        plan.delete_pods = [p["metadata"]["name"] for p in live]
+        message = (
+            f"{failed}; restarting all workers from the last checkpoint (restart {restarts + 1} of {limit})"
+        )
+        plan.events.append(Event("Warning", "Restarting", message))
+        st.cond("Running", False, "Restarting", message)
+        st.phase(PENDING, "Restarting", message)
+        _workers(st, [], spec.workers)
+        return plan
+
+    running = [p for p in live if is_running(p)]
+    _workers(st, running, spec.workers)
+    if len(running) >= spec.workers:
+        message = f"all {spec.workers} worker(s) running"
+        st.cond("Running", True, "WorkersRunning", message)
+        st.phase(RUNNING, "WorkersRunning", message)
+        if st.old_phase != RUNNING:
+            plan.events.append(Event("Normal", "Running", message))
+    else:
+        blocked = stuck(live)
+        reason = "WorkersBlocked" if blocked else "WorkersStarting"
+        message = blocked or f"{len(running)} of {spec.workers} worker(s) running"
+        st.cond("Running", False, reason, message)
+        st.phase(PENDING, reason, message)
+        if blocked and st.old.get("message") != message:
+            plan.events.append(Event("Warning", reason, message))
+    return plan
+
+
+def _workers(st: _Status, running: list, desired: int) -> None:
+    st.new["readyWorkers"] = len(running)
+    st.new["workers"] = f"{len(running)}/{desired}"
+
+
+def _suspend(st: _Status, plan: Plan, spec: FineTuneJobSpec, live: list) -> None:
+    plan.apply_children, plan.replicas = True, 0
+    st.cond("Suspended", True, "Suspended", "spec.suspend is true; workers scaled to zero")
+    st.cond("Running", False, "Suspended", "suspended")
+    st.phase(SUSPENDED, "Suspended", "spec.suspend is true; workers scaled to zero")
+    # Like a Kubernetes Job: the deadline clock restarts when the job resumes.
+    st.new.pop("startTime", None)
+    _workers(st, [p for p in live if is_running(p)], 0)
+    if st.old_phase != SUSPENDED:
+        plan.events.append(Event("Normal", "Suspended", "suspended; workers scaled to zero"))
+
+
+def _succeed(st: _Status, plan: Plan, obs: Observed, summary: dict, progress: Mapping[str, Any]) -> None:
+    outputs = dict(obs.outputs or {})
+    if progress.get("outputDir"):
+        outputs["outputDir"] = progress["outputDir"]
+    if summary:
+        outputs["summary"] = summary
+    st.new["outputs"] = outputs
+    st.new["progressPercent"] = "100%"
+    st.new["completionTime"] = rfc3339(obs.now)
+    message = f"training finished; outputs in {outputs.get('outputDir', 'the outputs volume')}"
+    st.cond("Running", False, "Completed", message)
+    st.cond("Succeeded", True, "Completed", message)
+    st.phase(SUCCEEDED, "Completed", message)
+    _workers(st, [], 0)
+    plan.apply_children, plan.replicas = False, 0
+    plan.scale_to_zero = True
+    plan.events.append(Event("Normal", "Succeeded", message))
+    _schedule_ttl(st, plan, obs)
+
+
+def _fail(st: _Status, plan: Plan, reason: str, message: str, scale_to_zero: bool) -> None:
+    st.new["completionTime"] = rfc3339(st.obs.now)
+    st.cond("Running", False, reason, message)
+    st.cond("Failed", True, reason, message)
+    st.phase(FAILED, reason, message)
+    _workers(st, [], 0)
+    plan.apply_children = False
+    plan.scale_to_zero = scale_to_zero
+    plan.events.append(Event("Warning", reason, message))
+    _schedule_ttl(st, plan, st.obs)
+
+
+def _finished(st: _Status, plan: Plan, spec: FineTuneJobSpec | None, created: bool, live: list) -> None:
+    """A final job keeps its status; it only keeps its workers at zero and waits for its TTL."""
+    st.new["observedGeneration"] = st.old.get("observedGeneration", st.generation)
+    plan.scale_to_zero = created and bool(live)
+    _schedule_ttl(st, plan, st.obs)
+
+
+def _schedule_ttl(st: _Status, plan: Plan, obs: Observed) -> None:
+    ttl = obs.spec.runPolicy.ttlSecondsAfterFinished if obs.spec is not None else None
+    finished = parse_time(st.new.get("completionTime"))
+    if ttl is None or finished is None:
+        return
+    left = (finished + timedelta(seconds=ttl) - obs.now).total_seconds()
+    if left <= 0:
+        plan.delete_job = True
+    else:
+        plan.wake_in(left)
+
+
+def owned_status(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The operator-owned part of a status, to compare with a plan's (and skip writes that change nothing)."""
+    status = status or {}
+    return {k: status[k] for k in OWNED_KEYS if k in status}
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning the old owned status into the new one (None when nothing changes)."""
+    before = owned_status(old)
+    if before == new:
+        return None
+    patch: dict[str, Any] = {k: v for k, v in new.items() if before.get(k) != v}
+    for key in before:
+        if key not in new:
+            patch[key] = None  # merge patch: null removes the key
+    return patch

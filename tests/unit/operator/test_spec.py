@@ -1,0 +1,117 @@
+import pytest
+import yaml
+from kubetune_operator.spec import (
+    FineTuneJobSpec,
+    load_referenced_config,
+    report,
+    validate_job,
+    validate_name,
+)
+
+from tests.unit.operator.cases import BAD_SPECS, SEED, SEED_CONFIG, bad_job, job, seed_file_config
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="shared seed configs not present")
+def test_the_tests_use_the_reference_config_as_written():
+    assert seed_file_config() == SEED_CONFIG
+
+
+def test_a_job_with_the_reference_config_is_valid():
+    validation = validate_job(job())
+    assert validation.ok, report(validation.problems)
+    assert validation.config is not None and validation.config.base_model == SEED_CONFIG["base_model"]
+    assert validation.spec.workers == 2 and validation.spec.runPolicy.backoffLimit == 3
+
+
+def test_spec_defaults():
+    spec = FineTuneJobSpec.model_validate({"config": {}})
+    assert (spec.workers, spec.gpusPerWorker, spec.processes_per_worker, spec.suspend) == (1, 0, 1, False)
+
+
+@pytest.mark.parametrize(
+    ("case", "path"), [(c, p) for c, _, p in BAD_SPECS], ids=[c for c, _, _ in BAD_SPECS]
+)
+def test_each_bad_job_is_refused_with_its_key_path(case, path):
+    validation = validate_job(bad_job(case))
+    assert not validation.ok
+    assert path in [p.path for p in validation.problems], report(validation.problems)
+    text = report(validation.problems)
+    assert text.startswith("FineTuneJob:") and path in text
+
+
+def test_all_problems_are_reported_at_once():
+    body = bad_job("misspelt-key")
+    body["spec"]["workers"] = 0
+    body["metadata"]["name"] = "Bad_Name"
+    paths = [p.path for p in validate_job(body).problems]
+    assert {"metadata.name", "spec.workers", "spec.config.lerning_rate"} <= set(paths)
+
+
+def test_config_and_config_map_ref_are_exclusive():
+    body = job(configMapRef={"name": "cfg"})
+    assert [p.path for p in validate_job(body).problems] == ["spec.config"]
+    del body["spec"]["config"], body["spec"]["configMapRef"]
+    assert [p.path for p in validate_job(body).problems] == ["spec.config"]
+
+
+def test_a_config_map_job_is_valid_without_its_config():
+    body = job(configMapRef={"name": "cfg"})
+    del body["spec"]["config"]
+    validation = validate_job(body)
+    assert validation.ok and validation.config is None and validation.spec.configMapRef.key == "config.yaml"
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("llama3-lora", True),
+        ("a" * 52, True),
+        ("a" * 53, False),
+        ("1job", False),
+        ("Job", False),
+        ("a_b", False),
+    ],
+)
+def test_job_names_must_fit_the_children(name, ok):
+    assert (validate_name(name) == []) is ok
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"workers": 0}, "spec.workers"),
+        ({"gpusPerWorker": -1}, "spec.gpusPerWorker"),
+        ({"runPolicy": {"backoffLimit": -1}}, "spec.runPolicy.backoffLimit"),
+        ({"runPolicy": {"activeDeadlineSeconds": 0}}, "spec.runPolicy.activeDeadlineSeconds"),
+        ({"storage": {"claimTemplate": {"size": "lots"}}}, "spec.storage.claimTemplate.size"),
+        ({"shmSize": "8 gigs"}, "spec.shmSize"),
+        ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
+        ({"workerz": 2}, "spec.workerz"),
+        ({"env": [{"value": "x"}]}, "spec.env[0].name"),
+        ({"volumeMounts": [{"name": "x"}], "volumes": [{"name": "x"}]}, "spec.volumeMounts[0].mountPath"),
+        ({"volumes": [{"name": "x"}], "volumeMounts": [{"name": "x", "mountPath": "/var/lib/kubetune/outputs"}]},
+         "spec.volumeMounts[0].mountPath"),
+    ],
+)  # fmt: skip
+def test_spec_problems_name_their_key(changes, path):
+    body = job()
+    body["spec"].update(changes)
+    problems = validate_job(body).problems
+    assert path in [p.path for p in problems], report(problems)
+
+
+def test_spec_must_be_a_mapping():
+    assert [p.path for p in validate_job({"metadata": {"name": "x"}, "spec": "nope"}).problems] == ["spec"]
+
+
+def test_referenced_config_is_validated_like_an_inline_one():
+    config, problems = load_referenced_config("base_model: x\nlerning_rate: 1\n", "cfg/config.yaml")
+    assert config is None
+    paths = [p.path for p in problems]
+    assert "configMap cfg/config.yaml.lerning_rate" in paths
+    config, problems = load_referenced_config("a: [", "cfg/config.yaml")
+    assert config is None and "not valid YAML" in problems[0].message
+    config, problems = load_referenced_config("- a list\n", "cfg/config.yaml")
+    assert config is None and problems[0].path == "configMap cfg/config.yaml"
+    config, problems = load_referenced_config(yaml.safe_dump(SEED_CONFIG), "cfg/config.yaml")
+    assert problems == [] and config.learning_rate == 0.0002
