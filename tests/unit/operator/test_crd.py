@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubetune_operator.crd import IMMUTABLE, SCHEDULING, crd, render_crd_yaml, structural
+from kubetune_operator.crd import (
+    IMMUTABLE,
+    SCHEDULING,
+    crd,
+    render_crd_yaml,
+    render_peering_crd_yaml,
+    structural,
+)
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[3]
@@ -89,11 +96,13 @@ def test_cel_rules_make_the_run_immutable_but_not_suspend():
     rules = {
         r.get("fieldPath", ""): r["rule"] for r in schema()["properties"]["spec"]["x-kubernetes-validations"]
     }
-    assert rules[".config"] == "self.?config == oldSelf.?config"
-    assert rules[".workers"] == "self.?workers == oldSelf.?workers"
+    assert rules[".config"] == (
+        "has(self.config) == has(oldSelf.config) && (!has(self.config) || self.config == oldSelf.config)"
+    )
+    assert "self.workers == oldSelf.workers" in rules[".workers"]
     assert ".suspend" not in rules and ".runPolicy" not in rules
     assert set(IMMUTABLE) | set(SCHEDULING) == {k.lstrip(".") for k in rules if k}
-    assert rules[".nodeSelector"].startswith("oldSelf.?suspend.orValue(false) ||")
+    assert rules[".nodeSelector"].startswith("(has(oldSelf.suspend) && oldSelf.suspend) || (")
     assert rules[""] == "has(self.config) != has(self.configMapRef)"
     root = schema()["x-kubernetes-validations"][0]
     assert root["rule"] == "self.metadata.name.size() <= 52"
@@ -139,3 +148,10 @@ def test_structural_conversion_of_pydantic_shapes(keep_unknown):
     assert props["tags"]["items"] == {"x-kubernetes-preserve-unknown-fields": True}
     assert out.get("x-kubernetes-preserve-unknown-fields", False) is keep_unknown
     assert "title" not in out and "default" not in props["items"]
+
+
+def test_peering_crds_for_replicas():
+    docs = list(yaml.safe_load_all(render_peering_crd_yaml()))
+    assert [d["spec"]["names"]["kind"] for d in docs] == ["ClusterKopfPeering", "KopfPeering"]
+    assert [d["spec"]["scope"] for d in docs] == ["Cluster", "Namespaced"]
+    assert all(d["spec"]["group"] == "kopf.dev" for d in docs)

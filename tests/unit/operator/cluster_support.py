@@ -1,0 +1,204 @@
+"""Helpers for the operator's tests against a real cluster (integration tier and the bench).
+
+The operator runs as a subprocess (`kubetune-operator`, the console script users run), with the
+fake trainer as its launcher; its webhook, when wanted, listens on 127.0.0.1 with a certificate
+from a throw-away CA, registered by a ValidatingWebhookConfiguration that only covers namespaces
+carrying WEBHOOK_LABEL (other suites' jobs in the same cluster are never affected).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "crds" / "finetunejob.yaml"
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+WEBHOOK_LABEL = "kubetune.dev/operator-test-webhook"
+WEBHOOK_PATH = "validate-finetunejob"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def install_crd(cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.dev", "--timeout=60s")
+
+
+def write_certificates(directory: Path) -> bytes:
+    """A CA and a server certificate for 127.0.0.1 (tls.crt, tls.key); returns the CA in PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-operator-test-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ca.public_bytes(serialization.Encoding.PEM)
+
+
+def register_webhook(cluster, name: str, port: int, ca_pem: bytes) -> None:
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "finetunejobs.kubetune.dev",
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{port}/{WEBHOOK_PATH}",
+                    "caBundle": base64.b64encode(ca_pem).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": ["kubetune.dev"],
+                        "apiVersions": ["v1alpha1"],
+                        "resources": ["finetunejobs"],
+                        "operations": ["CREATE", "UPDATE"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {WEBHOOK_LABEL: "on"}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(config))
+
+
+class OperatorProcess:
+    """`kubetune-operator` in a subprocess, with its log in a file."""
+
+    def __init__(self, cluster, log_path: Path, namespaces: list[str], webhook_dir: Path | None = None,
+                 webhook_port: int | None = None, extra_env: dict | None = None):  # fmt: skip
+        self.cluster = cluster
+        self.log_path = log_path
+        self.namespaces = namespaces
+        self.webhook_dir = webhook_dir
+        self.webhook_port = webhook_port
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [str(Path(sys.executable).with_name("kubetune-operator")), "--standalone", "--log-format", "json",
+               "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port)]  # fmt: skip
+        for namespace in self.namespaces:
+            cmd += ["--namespace", namespace]
+        if self.webhook_dir is not None:
+            cmd += ["--webhook-cert-dir", str(self.webhook_dir), "--webhook-host", "127.0.0.1",
+                    "--webhook-port", str(self.webhook_port)]  # fmt: skip
+        return cmd
+
+    def start(self) -> OperatorProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.cluster.kubeconfig,
+            "KUBETUNE_OPERATOR_TORCHRUN": f"{sys.executable} {FAKE_TRAINER}",
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"kubetune-operator exited {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"kubetune-operator not healthy after 60 s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up (a crash, an OOM kill, a node loss)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

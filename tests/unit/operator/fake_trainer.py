@@ -1,0 +1,91 @@
+"""A stand-in for `torchrun -m kubetune train CONFIG` in the operator's cluster tests.
+
+The operator's tests must not depend on the training engine, so the operator runs this instead
+(KUBETUNE_OPERATOR_TORCHRUN="python fake_trainer.py"). It checks what the operator promised the
+pod (the config file, the PET_* variables), then behaves as FAKE_MODE says:
+
+    run      rank 0 reports progress through the job's status every FAKE_INTERVAL seconds; runs on
+    succeed  as `run` for FAKE_STEPS steps, then rank 0 writes KUBETUNE_COMPLETE and its
+             termination message and every rank exits 0
+    crash    exits 1 after FAKE_DELAY seconds with a traceback-like message
+    crash-once-rank1  rank 1 crashes once (a marker in the outputs directory remembers), then runs
+
+Progress goes out exactly as the runtime sends it: a JSON merge patch of status.progress with the
+pod's service-account token, over plain HTTPS (stdlib only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def patch_progress(progress: dict) -> None:
+    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+    ns, name = os.environ["KUBETUNE_JOB_NAMESPACE"], os.environ["KUBETUNE_JOB_NAME"]
+    url = f"https://{host}:{port}/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/{name}/status"
+    body = json.dumps({"status": {"progress": progress}}).encode()
+    request = urllib.request.Request(url, data=body, method="PATCH")
+    request.add_header("Authorization", f"Bearer {(SA_DIR / 'token').read_text().strip()}")
+    request.add_header("Content-Type", "application/merge-patch+json")
+    context = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+    context.check_hostname = False  # the local apiserver's certificate names its own address
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            response.read()
+    except OSError as error:  # progress is best effort, as in the runtime
+        print(f"progress report failed: {error}", flush=True)
+
+
+def main() -> int:
+    config_path = Path(sys.argv[-1])
+    config = yaml.safe_load(config_path.read_text())
+    rank = int(os.environ["PET_NODE_RANK"])
+    mode = os.environ.get("FAKE_MODE", "run")
+    steps = int(os.environ.get("FAKE_STEPS", "1000000"))
+    interval = float(os.environ.get("FAKE_INTERVAL", "1"))
+    output_dir = Path(config["output_dir"])
+    print(json.dumps({
+        "argv": sys.argv[1:], "rank": rank, "mode": mode, "output_dir": str(output_dir),
+        "pet": {k: v for k, v in os.environ.items() if k.startswith("PET_")},
+    }), flush=True)  # fmt: skip
+
+    if mode == "crash":
+        time.sleep(float(os.environ.get("FAKE_DELAY", "1")))
+        print("Traceback (most recent call last):\nRuntimeError: fake trainer crashed", flush=True)
+        return 1
+    if mode == "crash-once-rank1" and rank == 1:
+        marker = output_dir / "crashed-once"
+        if not marker.exists():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text("1")
+            time.sleep(1)
+            print("RuntimeError: rank 1 lost its GPU", flush=True)
+            return 1
+
+    step = 0
+    while step < steps or mode != "succeed":
+        step += 1
+        if rank == 0 and step <= steps:
+            patch_progress({"step": step, "totalSteps": steps, "loss": round(2.0 / step, 4), "epoch": 0.0})
+        time.sleep(interval)
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "KUBETUNE_COMPLETE").write_text("done\n")
+        patch_progress({"step": steps, "totalSteps": steps, "completed": True, "outputDir": str(output_dir)})
+        summary = {"steps": steps, "final_loss": round(2.0 / steps, 4), "output_dir": str(output_dir)}
+        Path("/dev/termination-log").write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
