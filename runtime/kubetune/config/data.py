@@ -12,52 +12,42 @@ from .base import Section, field
 from .datasets import DatasetConfig
 
 
-def _number(value: object, what: str) -> float | int:
+def _invalid(kind: str, what: str, fix: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, "expected {what}", {"what": what, "fix": fix})
+
+
+def _number(value: object, what: str, fix: str) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise PydanticCustomError(
-            "number_type", "expected {what}, got {value!r}", {"what": what, "value": value}
-        )
+        raise _invalid("number_type", what, fix)
     if isinstance(value, str):
         try:
-            value = float(value) if any(c in value for c in ".eE") else int(value)
+            value = float(value) if any(c in value for c in ".eEnN") else int(value)
         except ValueError:
-            raise PydanticCustomError(
-                "number_parse", "expected {what}, got {value!r}", {"what": what, "value": value}
-            ) from None
+            raise _invalid("number_parsing", what, fix) from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise PydanticCustomError(
-            "number_finite", "expected {what}, got {value!r}", {"what": what, "value": value}
-        )
+        raise _invalid("number_finite", what, fix)
     return value
 
 
 def _val_set_size(value: object) -> float | int:
     what = "a fraction in [0, 1) or a whole number of examples"
-    number = _number(value, what)
-    if isinstance(number, int):
-        if number < 0:
-            raise PydanticCustomError(
-                "val_set_size", "expected {what}, got {value!r}", {"what": what, "value": value}
-            )
+    fix = "write e.g. `val_set_size: 0.05` (5% of the examples) or `val_set_size: 500` (500 examples)"
+    number = _number(value, what, fix)
+    if (isinstance(number, int) and number >= 0) or (isinstance(number, float) and 0 <= number < 1):
         return number
-    if 0 <= number < 1:
-        return number
-    raise PydanticCustomError(
-        "val_set_size", "expected {what}, got {value!r}", {"what": what, "value": value}
-    )
+    raise _invalid("val_set_size", what, fix)
 
 
 def steps_or_fraction(value: object) -> float | int:
     """A step interval: a whole number >= 1, or a float in (0, 1) meaning that fraction of the total steps."""
     what = "a whole number of steps >= 1 or a fraction of the total steps in (0, 1)"
-    number = _number(value, what)
+    fix = "write e.g. 100 (every 100 steps) or 0.25 (every quarter of the training)"
+    number = _number(value, what, fix)
     if isinstance(number, float) and number.is_integer() and number >= 1:
         number = int(number)
     if (isinstance(number, int) and number >= 1) or (isinstance(number, float) and 0 < number < 1):
         return number
-    raise PydanticCustomError(
-        "step_interval", "expected {what}, got {value!r}", {"what": what, "value": value}
-    )
+    raise _invalid("step_interval", what, fix)
 
 
 ValSetSize = Annotated[

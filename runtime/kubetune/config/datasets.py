@@ -87,29 +87,37 @@ def check_dataset_type(value: object) -> object:
             raise PydanticCustomError(
                 "dataset_type_mapping",
                 "a mapping `type:` (Axolotl's user-defined prompt format) is not supported",
+                {
+                    "fix": "use type: alpaca with field_instruction/field_input/field_output, or a custom format "
+                    "(type: module.ClassName)"
+                },
             )
         return value
     if value in BUILTIN_DATASET_TYPES:
         return value
     head = value.split(".", 1)[0].split(":", 1)[0]
     if head in AXOLOTL_ONLY_DATASET_TYPES or value in AXOLOTL_ONLY_DATASET_TYPES:
+        hint = AXOLOTL_ONLY_DATASET_TYPES.get(value) or AXOLOTL_ONLY_DATASET_TYPES.get(head, "")
         raise PydanticCustomError(
             "dataset_type_axolotl_only",
             "'{value}' is an Axolotl prompt strategy kubetune does not implement",
-            {"value": value},
+            {"value": value, "fix": f"use {hint}"},
         )
     if head in BUILTIN_DATASET_TYPES:
         raise PydanticCustomError(
             "dataset_type_builtin_variant",
             "'{value}' names a variant of the built-in type '{head}'; kubetune's built-in types take no suffix",
-            {"value": value, "head": head},
+            {"value": value, "head": head, "fix": f"write type: {head}"},
         )
     if not CUSTOM_TYPE_PATTERN.match(value):
         raise PydanticCustomError(
             "dataset_type_unknown",
-            "unknown dataset type '{value}': expected one of alpaca, chat_template, completion, input_output, "
-            "pretokenized, or a custom format written module.ClassName",
-            {"value": value},
+            "unknown dataset type '{value}'",
+            {
+                "value": value,
+                "fix": "use alpaca, chat_template, completion, input_output or pretokenized, or a custom format "
+                "written module.ClassName (a module in the config's directory)",
+            },
         )
     return value
 

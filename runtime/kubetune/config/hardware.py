@@ -42,7 +42,8 @@ class PrecisionKeys(Section):
         if value:
             raise PydanticCustomError(
                 "xformers_unsupported",
-                "kubetune does not implement xformers attention; use flash_attention or sdp_attention",
+                "kubetune does not implement xformers attention",
+                {"fix": "remove xformers_attention and set flash_attention: true or sdp_attention: true"},
             )
         return value
 

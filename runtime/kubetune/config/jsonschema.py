@@ -11,8 +11,9 @@ from .schema import TrainConfig
 def training_config_json_schema() -> dict[str, Any]:
     """TrainConfig's JSON schema with every `$ref` inlined and `anyOf [X, null]` collapsed to X.
 
-    A null value means "not set" in a config, so dropping the null branches loses nothing. What remains
-    are plain `type`/`properties`/`items`/`enum` nodes, except where a key truly takes two shapes
+    A null value means "not set" in a config, so dropping the null branches loses nothing; `const`
+    becomes a one-item `enum`. What remains are plain `type`/`properties`/`items`/`enum` nodes, except
+    where a key truly takes two shapes
     (`bf16: true|auto`, `deepspeed: path|mapping`, `lora_target_modules: name|list`): those stay `anyOf`.
     """
     schema = TrainConfig.model_json_schema(mode="validation")
@@ -42,6 +43,8 @@ def _simplify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     node = {key: _simplify(value) for key, value in node.items()}
+    if "const" in node:  # a one-value Literal: Kubernetes schemas know enum, not const
+        node["enum"] = [node.pop("const")]
     branches = node.get("anyOf")
     if isinstance(branches, list):
         kept = [b for b in branches if b != {"type": "null"}]

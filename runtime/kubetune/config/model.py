@@ -38,7 +38,11 @@ def check_chat_template_name(value: object) -> object:
                 "chat_template_not_shipped",
                 "'{value}' is an Axolotl chat template kubetune does not ship; kubetune ships "
                 "tokenizer_default, chatml, llama3 and jinja (with chat_template_jinja)",
-                {"value": value},
+                {
+                    "value": value,
+                    "fix": "use chat_template: tokenizer_default (the model's own template), chatml or llama3, "
+                    "or paste the template into chat_template_jinja",
+                },
             )
     return value
 

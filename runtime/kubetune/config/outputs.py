@@ -58,6 +58,8 @@ class OutputKeys(Section):
     def _safetensors_only(cls, value: bool) -> bool:
         if not value:
             raise PydanticCustomError(
-                "safetensors_only", "kubetune saves weights only as safetensors; false is not supported"
+                "safetensors_only",
+                "kubetune saves weights only as safetensors; false is not supported",
+                {"fix": "remove save_safetensors (or set it to true)"},
             )
         return value

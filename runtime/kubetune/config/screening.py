@@ -172,8 +172,14 @@ def _screen_value(annotation: Any, value: Any, problems: list[ConfigProblem], pa
 
 
 def _short(value: object, limit: int = 60) -> str:
+    """A value as the YAML user wrote it (true, null, 'text'), cut to one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a report must never fail on an odd value
         text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -163,14 +163,7 @@ def translate(error: ValidationError, data: Mapping) -> list[ConfigProblem]:
 
 
 def _problem(path: str, errs: list[dict]) -> ConfigProblem:
-    custom = [
-        e
-        for e in errs
-        if (e.get("ctx") or {}).get("fix")
-        or e.get("type", "").startswith(
-            ("dataset_", "chat_", "safetensors", "xformers", "number_", "val_set", "step_")
-        )
-    ]
+    custom = [e for e in errs if (e.get("ctx") or {}).get("fix")]
     first = custom[0] if custom else errs[0]
     kind = first.get("type", "")
     ctx = first.get("ctx") or {}
@@ -184,21 +177,17 @@ def _problem(path: str, errs: list[dict]) -> ConfigProblem:
             "required key is missing",
             f"add `{key}: ...`" + (f" ({description})" if description else ""),
         )
-
-    if custom or len(errs) == 1:
-        message = _message(first)
-    else:
-        nouns = []
-        for e in errs:
-            noun = _NOUNS.get(e.get("type", ""))
-            if noun and noun not in nouns:
-                nouns.append(noun)
-        message = (
-            ("expected " + " or ".join(nouns)) if nouns else "; ".join(sorted({_message(e) for e in errs}))
-        )
-    if "got" not in message and kind != "missing":
+    if not custom and len(errs) > 1:
+        nouns = list(dict.fromkeys(_NOUNS[e["type"]] for e in errs if e.get("type") in _NOUNS))
+        if nouns:
+            expected = " or ".join(nouns)
+            return ConfigProblem(
+                path, f"expected {expected}, got {_short(value)}", f"write {key} as {expected}"
+            )
+    message = _message(first)
+    if _short(value) not in message:
         message += f", got {_short(value)}"
-    return ConfigProblem(path, message, ctx.get("fix") or _fix(first, key))
+    return ConfigProblem(path, message, ctx.get("fix") or _fix(first, key, path.rpartition(".")[2] or path))
 
 
 def _message(err: dict) -> str:
@@ -208,7 +197,7 @@ def _message(err: dict) -> str:
     return msg[0].lower() + msg[1:] if msg[:2] != msg[:2].upper() else msg
 
 
-def _fix(err: dict, key: str) -> str:
+def _fix(err: dict, key: str, segment: str) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "literal_error":
@@ -228,13 +217,17 @@ def _fix(err: dict, key: str) -> str:
     if kind in bounds:
         name, text = bounds[kind]
         return "use " + text.format(ctx.get(name))
-    if kind in ("too_short", "string_too_short"):
+    if kind == "too_short":
+        return f"give {key} at least one entry"
+    if kind == "string_too_short":
         return f"give {key} a non-empty value"
+    if kind == "finite_number":
+        return "use a finite number"
     if kind == "string_pattern_mismatch":
         return f"{key} must be a Python class name such as AutoModelForCausalLM"
     noun = _NOUNS.get(kind)
     if noun:
-        return f"write {key} as {noun}"
+        return f"write {segment} as {noun}"
     return f"see the description of {key} in docs/config.md"
 
 

@@ -1,7 +1,6 @@
 """The seed configs, unchanged: the base and the QLoRA/FSDP overlay are valid, the TP/CP overlay is refused."""
 
 import pytest
-
 from kubetune.config import ConfigError, DatasetConfig, TrainConfig, load_config, validate_mapping
 
 from .conftest import BASE, OVERLAYS
@@ -55,7 +54,10 @@ def test_overlays_are_merged_by_top_level_replacement(seed_mapping):
     overlay = yaml.safe_load(OVERLAYS["mistral-qlora-fsdp"].read_text())
     merged = {**seed_mapping, **overlay}
     assert validate_mapping(merged) == []
-    assert load_config(merged).to_mapping() == load_config(BASE, overlays=[OVERLAYS["mistral-qlora-fsdp"]]).to_mapping()
+    assert (
+        load_config(merged).to_mapping()
+        == load_config(BASE, overlays=[OVERLAYS["mistral-qlora-fsdp"]]).to_mapping()
+    )
 
 
 def test_seed_files_are_not_modified():

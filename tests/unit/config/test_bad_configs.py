@@ -1,0 +1,200 @@
+"""A battery of bad configs: each is refused with a problem at the exact key path, with a fix."""
+
+import copy
+
+import pytest
+from kubetune.config import ConfigProblem, validate_mapping
+
+DROP = object()
+
+
+def _apply(base: dict, changes: dict) -> dict:
+    config = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is DROP:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+QLORA = {"adapter": "qlora", "load_in_4bit": True}
+FSDP = {"fsdp": ["full_shard", "auto_wrap"]}
+
+# (id, changes to the seed llama3-lora config, the key path a problem must name)
+BAD = [
+    ("unknown-top-level-key", {"learning_rat": 1e-4}, "learning_rat"),
+    (
+        "unknown-dataset-key",
+        {"datasets": [{"path": "d", "type": "alpaca", "feild": "x"}]},
+        "datasets[0].feild",
+    ),
+    (
+        "unknown-fsdp-config-key",
+        {**FSDP, "fsdp_config": {"fsdp_ofload_params": True}},
+        "fsdp_config.fsdp_ofload_params",
+    ),
+    ("unknown-special-token", {"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad"),
+    ("axolotl-key-set", {"group_by_length": True}, "group_by_length"),
+    (
+        "axolotl-dataset-key-set",
+        {"datasets": [{"path": "d", "type": "alpaca", "shards": 4}]},
+        "datasets[0].shards",
+    ),
+    ("missing-base-model", {"base_model": DROP}, "base_model"),
+    ("missing-datasets", {"datasets": DROP}, "datasets"),
+    ("empty-datasets", {"datasets": []}, "datasets"),
+    ("missing-learning-rate", {"learning_rate": DROP}, "learning_rate"),
+    ("dataset-missing-path", {"datasets": [{"type": "alpaca"}]}, "datasets[0].path"),
+    ("dataset-missing-type", {"datasets": [{"path": "d"}]}, "datasets[0].type"),
+    ("dataset-type-unknown", {"datasets": [{"path": "d", "type": "alpacca"}]}, "datasets[0].type"),
+    (
+        "dataset-type-axolotl-only",
+        {"datasets": [{"path": "a", "type": "alpaca"}, {"path": "d", "type": "sharegpt"}]},
+        "datasets[1].type",
+    ),
+    (
+        "dataset-type-bad-custom-shape",
+        {"datasets": [{"path": "d", "type": "my-module.Fmt"}]},
+        "datasets[0].type",
+    ),
+    ("dataset-not-a-mapping", {"datasets": ["tatsu-lab/alpaca"]}, "datasets[0]"),
+    (
+        "dataset-ds-type",
+        {"datasets": [{"path": "d", "type": "alpaca", "ds_type": "xml"}]},
+        "datasets[0].ds_type",
+    ),
+    (
+        "dataset-train-on-eos",
+        {"datasets": [{"path": "d", "type": "chat_template", "train_on_eos": "sometimes"}]},
+        "datasets[0].train_on_eos",
+    ),
+    (
+        "dataset-key-of-other-type",
+        {"datasets": [{"path": "d", "type": "alpaca", "field_messages": "conversations"}]},
+        "datasets[0].field_messages",
+    ),
+    (
+        "dataset-roles-to-train-unknown",
+        {"datasets": [{"path": "d", "type": "chat_template", "roles_to_train": ["assistant", "bot"]}]},
+        "datasets[0].roles_to_train[1]",
+    ),
+    ("test-dataset-type", {"test_datasets": [{"path": "d", "type": "nope"}]}, "test_datasets[0].type"),
+    ("learning-rate-zero", {"learning_rate": 0}, "learning_rate"),
+    ("learning-rate-text", {"learning_rate": "fast"}, "learning_rate"),
+    ("micro-batch-zero", {"micro_batch_size": 0}, "micro_batch_size"),
+    ("grad-accum-negative", {"gradient_accumulation_steps": -1}, "gradient_accumulation_steps"),
+    ("sequence-len-text", {"sequence_len": "long"}, "sequence_len"),
+    ("optimizer-unknown", {"optimizer": "adamw"}, "optimizer"),
+    ("scheduler-unknown", {"lr_scheduler": "cosine_with_restarts"}, "lr_scheduler"),
+    ("lora-dropout-range", {"lora_dropout": 1.5}, "lora_dropout"),
+    ("lora-target-modules-not-strings", {"lora_target_modules": ["q_proj", 7]}, "lora_target_modules[1]"),
+    ("qlora-without-4bit", {"adapter": "qlora"}, "load_in_4bit"),
+    ("lora-with-4bit", {"load_in_4bit": True}, "adapter"),
+    ("4bit-and-8bit", {**QLORA, "load_in_8bit": True}, "load_in_8bit"),
+    ("lora-keys-without-adapter", {"adapter": DROP}, "lora_r"),
+    ("adapter-without-targets", {"lora_target_modules": DROP}, "lora_target_modules"),
+    ("bnb-key-without-4bit", {"bnb_4bit_quant_type": "nf4"}, "bnb_4bit_quant_type"),
+    ("bnb-quant-type", {**QLORA, "bnb_4bit_quant_type": "int4"}, "bnb_4bit_quant_type"),
+    ("bnb-compute-dtype", {**QLORA, "bnb_4bit_compute_dtype": "fp16"}, "bnb_4bit_compute_dtype"),
+    ("save-steps-and-saves-per-epoch", {"save_steps": 100, "saves_per_epoch": 2}, "saves_per_epoch"),
+    ("eval-steps-and-evals-per-epoch", {"eval_steps": 100, "evals_per_epoch": 2}, "evals_per_epoch"),
+    ("eval-steps-negative", {"eval_steps": -5}, "eval_steps"),
+    ("warmup-steps-and-ratio", {"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_ratio"),
+    ("no-training-length", {"num_epochs": DROP}, "num_epochs"),
+    ("bf16-and-fp16", {"bf16": True, "fp16": True}, "fp16"),
+    ("flash-and-sdp", {"flash_attention": True, "sdp_attention": True}, "sdp_attention"),
+    ("xformers", {"xformers_attention": True}, "xformers_attention"),
+    (
+        "attn-implementation-contradiction",
+        {"flash_attention": True, "attn_implementation": "sdpa"},
+        "attn_implementation",
+    ),
+    ("packing-without-sequence-len", {"sequence_len": DROP}, "sequence_len"),
+    ("val-set-size-one", {"val_set_size": 1.0}, "val_set_size"),
+    (
+        "val-set-size-with-test-datasets",
+        {"val_set_size": 0.1, "test_datasets": [{"path": "t", "type": "alpaca"}]},
+        "val_set_size",
+    ),
+    ("fsdp-and-deepspeed", {**FSDP, "deepspeed": {"zero_optimization": {"stage": 3}}}, "deepspeed"),
+    ("fsdp-option-unknown", {"fsdp": ["full_shard", "auto_wrapp"]}, "fsdp[1]"),
+    ("fsdp-two-strategies", {"fsdp": ["full_shard", "shard_grad_op"]}, "fsdp"),
+    ("fsdp-config-without-fsdp", {"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
+    ("fsdp-version-3", {**FSDP, "fsdp_config": {"fsdp_version": 3}}, "fsdp_config.fsdp_version"),
+    (
+        "fsdp-state-dict-type",
+        {**FSDP, "fsdp_config": {"fsdp_state_dict_type": "FULL"}},
+        "fsdp_config.fsdp_state_dict_type",
+    ),
+    (
+        "fsdp-offload-contradiction",
+        {"fsdp": ["full_shard", "offload"], "fsdp_config": {"fsdp_offload_params": False}},
+        "fsdp_config.fsdp_offload_params",
+    ),
+    (
+        "fsdp-activation-and-gradient-checkpointing",
+        {**FSDP, "gradient_checkpointing": True, "fsdp_config": {"fsdp_activation_checkpointing": True}},
+        "gradient_checkpointing",
+    ),
+    ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
+    ("tensor-parallel", {"tensor_parallel_size": 2}, "tensor_parallel_size"),
+    ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
+    ("ring-attention", {"ring_attn": True}, "ring_attn"),
+    ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
+    ("chat-template-unshipped", {"chat_template": "gemma"}, "chat_template"),
+    ("chat-template-jinja-missing", {"chat_template": "jinja"}, "chat_template_jinja"),
+    ("save-safetensors-false", {"save_safetensors": False}, "save_safetensors"),
+    ("model-type-not-a-class-name", {"model_type": "Auto Model"}, "model_type"),
+    ("deepspeed-wrong-type", {"deepspeed": 3}, "deepspeed"),
+    (
+        "gradient-checkpointing-kwargs-typo",
+        {"gradient_checkpointing_kwargs": {"use_reentrent": False}},
+        "gradient_checkpointing_kwargs.use_reentrent",
+    ),
+    ("prefetch-without-workers", {"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor"),
+    ("wandb-key-without-project", {"wandb_name": "run-1"}, "wandb_name"),
+    ("early-stopping-without-eval-data", {"early_stopping_patience": 3}, "early_stopping_patience"),
+    (
+        "cosine-floor-with-linear",
+        {"lr_scheduler": "linear", "cosine_min_lr_ratio": 0.1},
+        "cosine_min_lr_ratio",
+    ),
+    ("tokens-with-adapter-need-modules-to-save", {"tokens": ["<tool>"]}, "lora_modules_to_save"),
+    ("learning-rate-nan", {"learning_rate": float("nan")}, "learning_rate"),
+]
+
+
+def test_battery_is_large_enough():
+    assert len(BAD) >= 25
+    assert len({case[0] for case in BAD}) == len(BAD)
+
+
+@pytest.mark.parametrize(("changes", "path"), [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_config_is_refused_at_the_key_path(seed_mapping, changes, path):
+    problems = validate_mapping(_apply(seed_mapping, changes))
+    assert problems, "the config was accepted"
+    assert all(isinstance(p, ConfigProblem) for p in problems)
+    assert path in [p.path for p in problems], "\n".join(map(str, problems))
+    for problem in problems:
+        assert problem.message and problem.fix, problem
+        assert not problem.message.startswith("internal error"), problem
+
+
+def test_all_problems_are_reported_at_once(seed_mapping):
+    config = _apply(
+        seed_mapping,
+        {"learning_rat": 1e-4, "micro_batch_size": 0, "save_steps": 10, "saves_per_epoch": 2},
+    )
+    config.pop("learning_rate")
+    problems = validate_mapping(config)
+    assert sorted(p.path for p in problems) == sorted(
+        ["learning_rat", "micro_batch_size", "saves_per_epoch", "learning_rate"]
+    )
+
+
+def test_three_faults_of_three_kinds_give_three_problems(seed_mapping):
+    # An unknown key (screening), a bad value (types) and a contradiction (cross-field rule).
+    config = _apply(seed_mapping, {"warmup_stepz": 10, "lora_dropout": 2, "bf16": True, "fp16": True})
+    problems = validate_mapping(config)
+    assert sorted(p.path for p in problems) == ["fp16", "lora_dropout", "warmup_stepz"]
