@@ -1,0 +1,120 @@
+"""Attention backend: which kernel runs, and how a packed batch tells it where examples end.
+
+Every backend honours packing boundaries; they differ only in how the boundaries are handed over:
+
+  flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all)
+  flex          torch flex attention with a document-causal BlockMask (CUDA, when flash-attn is absent)
+  sdpa, eager   kubetune.data's dense block-diagonal causal 4D mask (CPU, or when asked for)
+
+`select_backend` picks one from the config and the machine (logging any fallback);
+`AttentionBackend.model_inputs` turns a collated batch into the decoder's keyword arguments.
+Everything attention-specific lives here so a faster kernel is a change to this module only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from kubetune.train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str  # flash_varlen | flex | sdpa | eager
+    hf_implementation: str  # the `attn_implementation` transformers loads the model with
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Decoder keyword arguments (besides input_ids) for a collated, on-device batch."""
+        position_ids = batch["position_ids"]
+        if self.name == "flash_varlen":
+            # The kernel reads the boundaries directly; max_seqlen stays a Python int (no device sync).
+            cu = batch["cu_seqlens"].to(torch.int32)
+            max_len = int(batch["max_seqlen"])
+            return {
+                "position_ids": position_ids,
+                "attention_mask": None,
+                "cu_seq_lens_q": cu,
+                "cu_seq_lens_k": cu,
+                "max_length_q": max_len,
+                "max_length_k": max_len,
+            }
+        if self.name == "flex":
+            documents = torch.cumsum((position_ids == 0).to(torch.int32), dim=-1)
+            return {"position_ids": position_ids, "attention_mask": document_block_mask(documents)}
+        from kubetune.data.collator import block_causal_mask
+
+        # SDPA takes a boolean mask (True = may attend); eager adds a float mask to its scores.
+        mask = block_causal_mask(position_ids, dtype=torch.float32 if self.name == "eager" else None)
+        return {"position_ids": position_ids, "attention_mask": mask}
+
+
+def document_block_mask(documents: torch.Tensor):
+    """A flex-attention BlockMask: causal within each example (blocks of other examples are skipped).
+
+    `documents` [B, T] numbers the examples of each row (padding is an example of its own).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (documents[b, q_idx] == documents[b, kv_idx])
+
+    batch, length = documents.shape
+    return create_block_mask(mask_mod, batch, None, length, length, device=documents.device)
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def requested_backend(cfg) -> str | None:
+    """What the config asks for: flash | sdpa | eager, or None (choose for the machine)."""
+    if cfg.attn_implementation in FLASH_IMPLEMENTATIONS or cfg.flash_attention:
+        return "flash"
+    if cfg.attn_implementation == "sdpa" or cfg.sdp_attention:
+        return "sdpa"
+    if cfg.attn_implementation == "eager":
+        return "eager"
+    return None
+
+
+def check_request(cfg, *, cuda: bool) -> None:
+    """Refuse what cannot run here before anything is loaded (bad input, exit 2)."""
+    if requested_backend(cfg) == "flash" and not cuda:
+        key = "attn_implementation" if cfg.attn_implementation in FLASH_IMPLEMENTATIONS else "flash_attention"
+        raise UserError(
+            f"{key} asks for FlashAttention, which needs a CUDA GPU, and this machine has none.",
+            "Run on a GPU node, or set `flash_attention: false` (and leave attn_implementation unset) to "
+            "train with PyTorch SDPA attention on CPU.",
+            key=key,
+        )
+
+
+def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
+    """The backend for this config on this machine; a fallback is logged, never silent."""
+    check_request(cfg, cuda=cuda)
+    wanted = requested_backend(cfg)
+    if wanted == "eager":
+        return AttentionBackend("eager", "eager")
+    if wanted == "sdpa":
+        return AttentionBackend("sdpa", "sdpa")
+    if not cuda:
+        return AttentionBackend("sdpa", "sdpa")
+    if flash_attn_installed():
+        implementation = cfg.attn_implementation if cfg.attn_implementation in FLASH_IMPLEMENTATIONS else None
+        return AttentionBackend("flash_varlen", implementation or "flash_attention_2")
+    if wanted == "flash":
+        log.warning(
+            "flash_attention requested but flash-attn is not installed: falling back to flex attention "
+            "with a document mask (packing boundaries are still honoured)"
+        )
+    else:
+        log.info("attention: flex attention with a document mask (flash-attn is not installed)")
+    return AttentionBackend("flex", "flex_attention")

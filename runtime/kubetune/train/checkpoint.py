@@ -1,0 +1,215 @@
+"""Checkpoints: written atomically, verified before use, pruned, found again on restart.
+
+Layout: <output_dir>/checkpoints/checkpoint-<step>/ holds accelerate's state (model or adapter
+weights, optimizer, scheduler, RNG of every rank), `trainer_state.json` (step, epoch, data position,
+counters) and `COMPLETE`, a manifest of every file and its size, written last. All of it is first
+written to `.tmp-checkpoint-<step>` and renamed into place, so a reader sees a whole checkpoint or
+none; a directory whose files do not match its manifest (truncated, half-copied) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from kubetune.train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+ADAPTER_WEIGHTS = "model.safetensors"  # accelerate's file name for model 0 (only trainable weights kept)
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that a resumed run needs to continue exactly where it stopped."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch: the data position
+    trained_tokens: int = 0  # label tokens trained on, all ranks
+    input_tokens: int = 0  # non-pad tokens processed, all ranks
+    train_seconds: float = 0.0  # wall time spent in the training loop, summed over restarts
+    last_loss: float | None = None
+    best_loss: float | None = None
+    last_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    evals_without_improvement: int = 0
+    resumed_from_step: int | None = None
+    history: list = field(default_factory=list)  # logged {step, loss, lr}, for the summary and tests
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainerState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def checkpoints_root(output_dir: Path) -> Path:
+    return output_dir / CHECKPOINTS
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint-<step> directory, oldest first (complete or not)."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), path) for path in root.iterdir() if (m := _NAME.match(path.name)) and path.is_dir()
+    ]
+    return sorted(found)
+
+
+def problem(path: Path) -> str | None:
+    """Why this checkpoint cannot be used, or None when it is complete and whole."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return f"no {MARKER} marker (the write was interrupted)"
+    try:
+        manifest = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {MARKER} manifest ({err})"
+    for name, size in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is truncated ({file.stat().st_size} of {size} bytes)"
+    return None
+
+
+def find_resumable(output_dir: Path) -> Path | None:
+    """The newest usable checkpoint; newer unusable ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(output_dir)):
+        reason = problem(path)
+        if reason is None:
+            return path
+        log.warning("skipping checkpoint %s (step %d): %s", path, step, reason)
+    return None
+
+
+def explicit_checkpoint(cfg, value: str) -> Path:
+    path = cfg.resolve_path(value)
+    reason = problem(path) if path.is_dir() else "the directory does not exist"
+    if reason:
+        raise UserError(
+            f"resume_from_checkpoint {path} cannot be used: {reason}.",
+            "Point it at a complete checkpoint (one with a COMPLETE file), or remove the key to resume from "
+            "the newest complete checkpoint in output_dir automatically.",
+            key="resume_from_checkpoint",
+        )
+    return path
+
+
+def remove_partial(output_dir: Path) -> None:
+    """Delete temp directories of checkpoint writes that a kill interrupted (main process only)."""
+    root = checkpoints_root(output_dir)
+    if root.is_dir():
+        for path in root.glob(".tmp-checkpoint-*"):
+            log.warning("removing the interrupted checkpoint write %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def register_adapter_hooks(accelerator, module) -> None:
+    """Checkpoint only the trainable weights (the adapter) instead of the whole frozen base model.
+
+    accelerate calls the save hook with the full state dicts it is about to write, and the load hook
+    before it loads them; both apply to plain DDP / single-device runs (FSDP and DeepSpeed checkpoint
+    through their own formats).
+    """
+    from safetensors.torch import load_file
+
+    def trainable(model) -> set[str]:
+        return {name for name, param in model.named_parameters() if param.requires_grad}
+
+    def save_hook(models, weights, output_dir):
+        for i, model in enumerate(models[: len(weights)]):
+            keep = trainable(model)
+            weights[i] = {name: tensor for name, tensor in weights[i].items() if name in keep}
+
+    def load_hook(models, input_dir):
+        for model in models:
+            state = load_file(os.path.join(input_dir, ADAPTER_WEIGHTS), device="cpu")
+            expected = trainable(model)
+            if set(state) != expected:
+                missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+                raise RuntimeError(
+                    f"checkpoint {input_dir} does not match the trainable weights of this run "
+                    f"(missing {missing}, unexpected {extra}); was the adapter configuration changed?"
+                )
+            model.load_state_dict(state, strict=False)
+        models.clear()  # loaded here; accelerate must not load them again
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int | None) -> Path:
+    """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path."""
+    root = checkpoints_root(output_dir)
+    final = root / f"checkpoint-{state.step}"
+    temp = root / f".tmp-checkpoint-{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(temp / STATE_FILE, asdict(state))
+        files = {str(p.relative_to(temp)): p.stat().st_size for p in sorted(temp.rglob("*")) if p.is_file()}
+        _write_json(temp / MARKER, {"step": state.step, "files": files})
+        _fsync_dir(temp)
+        if final.exists():  # the same step saved again (e.g. SIGTERM right after a scheduled save)
+            shutil.rmtree(final)
+        os.replace(temp, final)
+        _fsync_dir(root)
+        prune(output_dir, total_limit)
+        log.info("checkpoint saved: %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator, path: Path) -> TrainerState:
+    """Restore model/adapter, optimizer, scheduler and RNG from `path` (collective); return its state."""
+    accelerator.load_state(str(path))
+    return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+
+
+def prune(output_dir: Path, total_limit: int | None) -> None:
+    """Keep the newest `total_limit` complete checkpoints; everything older goes (complete or not)."""
+    if not total_limit:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    complete = [step for step, path in checkpoints if problem(path) is None]
+    if len(complete) <= total_limit:
+        return
+    oldest_kept = complete[-total_limit]
+    for step, path in checkpoints:
+        if step < oldest_kept:
+            log.info("deleting old checkpoint %s (save_total_limit=%d)", path, total_limit)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,210 @@
+"""The accelerate `Accelerator` for this run: DDP by default, FSDP 1/2 or DeepSpeed ZeRO from the config.
+
+torchrun (or the operator's pods, through PET_* variables) sets RANK / WORLD_SIZE / LOCAL_RANK;
+accelerate reads them and initialises the process group: NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from kubetune.train.errors import UserError
+from kubetune.train.model import Precision
+
+SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
+
+
+@dataclass(frozen=True)
+class Topology:
+    rank: int
+    world_size: int
+    local_rank: int
+    cuda: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def topology() -> Topology:
+    """Where this process sits, from torchrun's environment (1 process when not under torchrun)."""
+    import torch
+
+    return Topology(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        cuda=torch.cuda.is_available(),
+    )
+
+
+def check_request(cfg, *, cuda: bool) -> None:
+    if cfg.deepspeed is not None:
+        if not cuda:
+            raise UserError(
+                "deepspeed needs CUDA GPUs, and this machine has none.",
+                "Remove `deepspeed` to train with DDP (gloo) on CPU, or run on GPU nodes.",
+                key="deepspeed",
+            )
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError(
+                "deepspeed is configured but the deepspeed package is not installed.",
+                "Install it in the training image (pip install 'kubetune[gpu]'), or use `fsdp` instead.",
+                key="deepspeed",
+            )
+        deepspeed_config(cfg)  # read and check the file now, before anything is loaded
+    if cfg.fsdp and cfg.deepspeed is not None:
+        raise UserError("fsdp and deepspeed are both set.", "Keep one of the two.", key="fsdp")
+    if cfg.ddp_backend == "nccl" and not cuda:
+        raise UserError(
+            "ddp_backend: nccl needs CUDA GPUs, and this machine has none.",
+            "Set `ddp_backend: auto` (gloo on CPU).",
+            key="ddp_backend",
+        )
+    if cfg.fsdp:
+        fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # type: ignore[arg-type]  # raises on a bad combination
+
+
+def uses_sharding(cfg) -> bool:
+    """FSDP and DeepSpeed place the weights themselves; plain DDP loads them straight onto the GPU."""
+    return bool(cfg.fsdp) or cfg.deepspeed is not None
+
+
+def build_accelerator(cfg, precision: Precision, topo: Topology):
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        GradientAccumulationPlugin,
+        InitProcessGroupKwargs,
+    )
+
+    process_group = {"timeout": timedelta(seconds=cfg.ddp_timeout)}
+    if cfg.ddp_backend != "auto":
+        process_group["backend"] = cfg.ddp_backend
+    kwargs = {
+        "cpu": not topo.cuda,
+        "mixed_precision": precision.mixed_precision,
+        # The loop hands accelerate exactly gradient_accumulation_steps micro-batches per optimizer step.
+        "gradient_accumulation_plugin": GradientAccumulationPlugin(
+            num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        "kwargs_handlers": [
+            InitProcessGroupKwargs(**process_group),
+            DistributedDataParallelKwargs(find_unused_parameters=False),
+        ],
+        "step_scheduler_with_optimizer": False,
+    }
+    if cfg.fsdp:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**fsdp_plugin_kwargs(cfg, precision))
+    if cfg.deepspeed is not None:
+        from accelerate import DeepSpeedPlugin
+
+        ds = deepspeed_config(cfg, precision=precision, world_size=topo.world_size)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+    return Accelerator(**kwargs)
+
+
+def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
+    """accelerate FullyShardedDataParallelPlugin arguments from `fsdp: [...]` and `fsdp_config`."""
+    options = set(cfg.fsdp)
+    fc = cfg.fsdp_config
+    strategies = [option for option in cfg.fsdp if option in SHARDING_STRATEGIES]
+    if len(strategies) > 1:
+        raise UserError(
+            f"fsdp lists several sharding strategies: {', '.join(strategies)}.",
+            "Keep one of full_shard, shard_grad_op, hybrid_shard, no_shard.",
+            key="fsdp",
+        )
+    strategy = strategies[0] if strategies else "full_shard"
+    version = fc.fsdp_version if fc else 1
+    get = (lambda name: getattr(fc, name)) if fc else (lambda name: None)
+
+    wrap = get("fsdp_auto_wrap_policy")
+    if wrap == "SIZE_BASED_WRAP":
+        policy = "size_based_wrap"
+    elif wrap == "TRANSFORMER_BASED_WRAP" or "auto_wrap" in options:
+        policy = "transformer_based_wrap"
+    else:
+        policy = "no_wrap"
+    layer_cls = get("fsdp_transformer_layer_cls_to_wrap")
+    offload = get("fsdp_offload_params")
+    kwargs = {
+        "fsdp_version": version,
+        "auto_wrap_policy": policy,
+        "transformer_cls_names_to_wrap": [layer_cls] if layer_cls else None,
+        "min_num_params": get("fsdp_min_num_params"),
+        "cpu_offload": ("offload" in options) if offload is None else offload,
+        "state_dict_type": get("fsdp_state_dict_type") or "SHARDED_STATE_DICT",
+        "activation_checkpointing": bool(get("fsdp_activation_checkpointing")),
+        # Every rank loads the weights itself (see docs/training.md); no broadcast is needed.
+        "cpu_ram_efficient_loading": False,
+        "sync_module_states": bool(get("fsdp_sync_module_states")),
+    }
+    if precision.mixed_precision != "no":
+        kwargs["mixed_precision_policy"] = precision.mixed_precision
+    if version == 1:
+        kwargs["sharding_strategy"] = strategy.upper()
+        # Adapters mix frozen and trainable weights in one FSDP unit, which needs the original parameters.
+        use_orig = get("fsdp_use_orig_params")
+        kwargs["use_orig_params"] = True if use_orig is None else use_orig
+    else:
+        if strategy in ("hybrid_shard", "no_shard"):
+            raise UserError(
+                f"fsdp: {strategy} is an FSDP1 sharding strategy; FSDP2 (fsdp_version: 2) shards fully.",
+                "Use full_shard (or shard_grad_op) with fsdp_version 2, or set fsdp_version: 1.",
+                key="fsdp",
+            )
+        reshard = get("fsdp_reshard_after_forward")
+        kwargs["reshard_after_forward"] = (strategy == "full_shard") if reshard is None else reshard
+    return kwargs
+
+
+def deepspeed_config(cfg, *, precision: Precision | None = None, world_size: int = 1) -> dict:
+    """The DeepSpeed config (a JSON file or inline), with its "auto" values filled in from the config."""
+    if isinstance(cfg.deepspeed, str):
+        path = cfg.resolve_path(cfg.deepspeed)
+        try:
+            ds = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(
+                f"cannot read the DeepSpeed config {path}: {err}",
+                "Point `deepspeed` at a readable JSON file (relative paths resolve against the config's "
+                "directory), or give the DeepSpeed config inline as a mapping.",
+                key="deepspeed",
+            ) from err
+    else:
+        ds = copy.deepcopy(dict(cfg.deepspeed))
+    for owned in ("optimizer", "scheduler"):
+        if owned in ds:
+            raise UserError(
+                f"the DeepSpeed config defines its own {owned}; kubetune builds it from the config "
+                f"(`optimizer`, `lr_scheduler`).",
+                f"Remove the `{owned}` section from the DeepSpeed config.",
+                key="deepspeed",
+            )
+    mbs, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation_steps
+    fill = {
+        "train_micro_batch_size_per_gpu": mbs,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": mbs * accumulation * world_size,
+        "gradient_clipping": cfg.max_grad_norm,
+    }
+    for key, value in fill.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    if precision is not None:
+        for section, on in (
+            ("bf16", precision.mixed_precision == "bf16"),
+            ("fp16", precision.mixed_precision == "fp16"),
+        ):
+            block = ds.setdefault(section, {})
+            if block.get("enabled", "auto") == "auto":
+                block["enabled"] = on
+    return ds

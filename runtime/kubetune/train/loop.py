@@ -1,0 +1,461 @@
+"""The training run, in one readable flow: setup → train → save.
+
+    summary = train(cfg)
+
+setup:  refuse bad input (before output_dir is touched) → tokenizer → accelerator → data → model →
+        optimizer and schedule → resume from the newest complete checkpoint
+train:  per optimizer step, gradient_accumulation_steps micro-batches; the loss is a token SUM
+        divided by the trained tokens of the whole step on all ranks; clip, step, log, evaluate,
+        checkpoint; SIGTERM → checkpoint at the next step boundary → exit 143
+save:   adapter or model + tokenizer, training_summary.json, KUBETUNE_COMPLETE
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from kubetune import __version__
+from kubetune.train import attention, checkpoint, distributed, optim, outputs
+from kubetune.train import model as model_lib
+from kubetune.train.batches import Collate, Plan, eval_batches, make_plan, train_windows
+from kubetune.train.checkpoint import TrainerState
+from kubetune.train.errors import Preempted, UserError
+from kubetune.train.loss import CausalLMLoss
+from kubetune.train.progress import Progress, Reporters, build_reporters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything setup builds; the training loop only reads it (and mutates `state`)."""
+
+    cfg: object
+    accelerator: object
+    module: torch.nn.Module  # the prepared CausalLMLoss
+    optimizer: object
+    scheduler: object
+    tokenizer: object
+    data: object
+    plan: Plan
+    backend: attention.AttentionBackend
+    collate: Collate
+    state: TrainerState
+    output_dir: Path
+    reporters: Reporters
+    last_checkpoint: str | None = None
+    clock: float = 0.0  # perf_counter of the last train_seconds update
+
+
+class StopFlag:
+    """Set by SIGTERM (Kubernetes preemption); the loop checks it at every step boundary."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            log.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
+        self.requested = True
+
+
+def preflight(cfg, topo: distributed.Topology) -> None:
+    """Every check that needs no model weights: bad input stops here, before anything is written."""
+    attention.check_request(cfg, cuda=topo.cuda)
+    model_lib.check_request(cfg, cuda=topo.cuda)
+    optim.check_request(cfg, cuda=topo.cuda)
+    distributed.check_request(cfg, cuda=topo.cuda)
+    model_lib.model_source(cfg, cfg.base_model, "base_model")
+    if cfg.tokenizer_config:
+        model_lib.model_source(cfg, cfg.tokenizer_config, "tokenizer_config")
+    if cfg.lora_model_dir:
+        model_lib.model_source(cfg, cfg.lora_model_dir, "lora_model_dir")
+    if cfg.resume_from_checkpoint:
+        checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint)
+    model_lib.check_pad_token(cfg)
+
+
+def setup(cfg, stop: StopFlag) -> Run | None:
+    """Build the run; None when output_dir already holds a completed run (a restarted worker)."""
+    topo = distributed.topology()
+    output_dir = cfg.resolve_path(cfg.output_dir)
+    if outputs.is_complete(output_dir):
+        log.info("%s already holds a completed run (%s): nothing to do", output_dir, outputs.COMPLETE_MARKER)
+        return None
+    preflight(cfg, topo)
+    tokenizer = model_lib.load_tokenizer(cfg)
+    precision = model_lib.resolve_precision(cfg, cuda=topo.cuda)
+    if topo.cuda and cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    accelerator = distributed.build_accelerator(cfg, precision, topo)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    data = _prepare_data(cfg, tokenizer, accelerator)
+    plan = make_plan(cfg, len(data.train), accelerator.num_processes, has_eval=data.eval is not None)
+    backend = attention.select_backend(cfg, cuda=topo.cuda)
+    model = model_lib.load_model(
+        cfg,
+        tokenizer,
+        precision=precision,
+        backend=backend,
+        device=None if distributed.uses_sharding(cfg) else accelerator.device,
+    )
+    trainable, total = model_lib.parameter_counts(model)
+    log.info(
+        "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
+    )
+
+    module = CausalLMLoss(model)
+    if accelerator.is_fsdp2 or not cfg.fsdp:
+        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
+    else:  # FSDP1: the optimizer must see the wrapped (flattened) parameters
+        module = accelerator.prepare(module)
+        optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
+    scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    if cfg.adapter and not distributed.uses_sharding(cfg):
+        checkpoint.register_adapter_hooks(accelerator, module)
+
+    # From here on output_dir is written to.
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partial(output_dir)
+    accelerator.wait_for_everyone()
+    state = TrainerState()
+    resume = _resume_point(cfg, output_dir)
+    if resume is not None:
+        state = checkpoint.load(accelerator, resume)
+        state.resumed_from_step = state.step
+        log.info("resumed from %s at step %d (epoch %d)", resume, state.step, state.epoch)
+
+    collator = _collator(cfg, tokenizer)
+    run = Run(
+        cfg,
+        accelerator,
+        module,
+        optimizer,
+        scheduler,
+        tokenizer,
+        data,
+        plan,
+        backend,
+        Collate(collator),
+        state,
+        output_dir,
+        build_reporters(accelerator.is_main_process),
+    )
+    run.last_checkpoint = str(resume) if resume else None
+    log.info(
+        "plan: %d steps (%d per epoch, %d rows per step), eval every %s, checkpoint every %s steps",
+        plan.total_steps,
+        plan.steps_per_epoch,
+        plan.rows_per_step,
+        plan.eval_every,
+        plan.save_every,
+    )
+    return run
+
+
+def train(cfg) -> dict:
+    """Run the whole fine-tune; returns the training summary (raises UserError, Preempted)."""
+    started = time.time()
+    stop = StopFlag()
+    stop.install()
+    run = setup(cfg, stop)
+    if run is None:
+        return {"status": "already_complete"}
+    try:
+        status = train_loop(run, stop)
+        summary = finish(run, status, wall_time=time.time() - started)
+    finally:
+        run.reporters.close()
+    run.accelerator.end_training()
+    return summary
+
+
+def train_loop(run: Run, stop: StopFlag) -> str:
+    """Optimizer steps until the plan is done; returns "completed" or "stopped_early"."""
+    cfg, acc, state, plan = run.cfg, run.accelerator, run.state, run.plan
+    device = acc.device
+    windows = train_windows(
+        run.data.train,
+        plan,
+        run.collate,
+        cfg,
+        epoch=state.epoch,
+        step_in_epoch=state.step_in_epoch,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        pin_memory=device.type == "cuda",
+    )
+    run.module.train()
+    interval = _Interval(time.perf_counter())
+    run.clock = loop_start = time.perf_counter()
+    first_step = state.step
+    grad_norm = None
+    while state.step < plan.total_steps:
+        window = next(windows)
+        # One small all-reduce per step: the step's token counts on all ranks, and whether any rank
+        # was asked to stop (so that all of them stop at this same boundary).
+        counts = torch.tensor(
+            [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)],
+            device=device,
+            dtype=torch.float64,
+        )
+        trained, tokens, stopping = acc.reduce(counts, reduction="sum").tolist()
+        if stopping:
+            preempt(run)
+        # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over ranks: undo both,
+        # so the gradient is that of (sum of token losses) / (trained tokens of the step, all ranks).
+        scale = acc.num_processes * cfg.gradient_accumulation_steps / max(trained, 1.0)
+        for batch in window:
+            with acc.accumulate(run.module):
+                loss_sum = run.module(**_model_inputs(run, batch, device))
+                acc.backward(loss_sum * scale)
+                interval.loss_sum += loss_sum.detach().float()
+        grad_norm = acc.clip_grad_norm_(run.module.parameters(), cfg.max_grad_norm or math.inf)
+        run.optimizer.step()
+        if not acc.optimizer_step_was_skipped:
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+        state.step += 1
+        state.step_in_epoch += 1
+        if state.step_in_epoch == plan.steps_per_epoch:
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        state.trained_tokens += int(trained)
+        state.input_tokens += int(tokens)
+        interval.trained += trained
+        interval.tokens += tokens
+        last = state.step == plan.total_steps
+
+        if state.step % cfg.logging_steps == 0 or last:
+            elapsed = time.perf_counter() - loop_start
+            eta = (plan.total_steps - state.step) * elapsed / max(1, state.step - first_step)
+            log_train_step(run, interval, grad_norm, eta)
+            interval = _Interval(time.perf_counter())
+        stop_early = False
+        if plan.eval_every and (state.step % plan.eval_every == 0 or last):
+            stop_early = evaluate_and_track(run)
+        if (plan.save_every and state.step % plan.save_every == 0 and not last) or (stop_early and not last):
+            save_checkpoint(run)
+        if stop_early:
+            log.info(
+                "early stopping: eval loss has not improved for %d evaluations",
+                state.evals_without_improvement,
+            )
+            _tick(run)
+            return "stopped_early"
+    _tick(run)
+    return "completed"
+
+
+@dataclass
+class _Interval:
+    """Sums since the last log line."""
+
+    started: float
+    loss_sum: torch.Tensor | float = 0.0
+    trained: float = 0.0
+    tokens: float = 0.0
+
+
+def _tick(run: Run) -> None:
+    """Add the loop time since the last tick to state.train_seconds (kept across restarts)."""
+    now = time.perf_counter()
+    run.state.train_seconds += now - run.clock
+    run.clock = now
+
+
+def _model_inputs(run: Run, batch: dict, device: torch.device) -> dict:
+    on_device = {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+    return {
+        "input_ids": on_device["input_ids"],
+        "targets": on_device["targets"],
+        **run.backend.model_inputs(on_device),
+    }
+
+
+def log_train_step(run: Run, interval: _Interval, grad_norm, eta: float) -> None:
+    acc, state = run.accelerator, run.state
+    loss_sum = (
+        interval.loss_sum
+        if isinstance(interval.loss_sum, torch.Tensor)
+        else torch.zeros((), device=acc.device)
+    )
+    total = acc.reduce(loss_sum.reshape(1).to(acc.device), reduction="sum").item()  # collective
+    loss = total / max(interval.trained, 1.0)
+    seconds = max(time.perf_counter() - interval.started, 1e-9)
+    state.last_loss = loss
+    state.best_loss = loss if state.best_loss is None else min(state.best_loss, loss)
+    lr = run.scheduler.get_last_lr()[0]
+    norm = None if grad_norm is None else float(grad_norm)
+    state.history.append({"step": state.step, "loss": round(loss, 6), "lr": lr})
+    report(
+        run,
+        "train",
+        loss=loss,
+        learning_rate=lr,
+        grad_norm=norm,
+        tokens_per_second=interval.tokens / seconds,
+        eta_seconds=eta,
+    )
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> tuple[float, float]:
+    """(loss, perplexity) over the whole evaluation split, all ranks."""
+    acc = run.accelerator
+    run.module.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    batches = eval_batches(
+        run.data.eval,
+        run.collate,
+        run.cfg,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        pin_memory=acc.device.type == "cuda",
+    )
+    for batch in batches:
+        loss_sum = run.module(**_model_inputs(run, batch, acc.device))
+        sums[0] += loss_sum.double()
+        sums[1] += batch["n_trained"]
+    run.module.train()
+    loss_sum, count = acc.reduce(sums, reduction="sum").tolist()
+    loss = loss_sum / max(count, 1.0)
+    return loss, math.exp(min(loss, 50.0))
+
+
+def evaluate_and_track(run: Run) -> bool:
+    """Evaluate, report, track the best; True when early stopping says stop."""
+    state, patience = run.state, run.cfg.early_stopping_patience
+    loss, perplexity = evaluate(run)
+    state.last_eval_loss = loss
+    if state.best_eval_loss is None or loss < state.best_eval_loss:
+        state.best_eval_loss, state.evals_without_improvement = loss, 0
+    else:
+        state.evals_without_improvement += 1
+    report(run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss)
+    return bool(patience) and state.evals_without_improvement >= patience
+
+
+def save_checkpoint(run: Run) -> str:
+    _tick(run)
+    path = checkpoint.save(run.accelerator, run.state, run.output_dir, total_limit=run.cfg.save_total_limit)
+    run.last_checkpoint = str(path)
+    report(run, "checkpoint", force=True, loss=run.state.last_loss)
+    return run.last_checkpoint
+
+
+def preempt(run: Run) -> None:
+    """SIGTERM: checkpoint unless nothing changed since the last one, then stop (exit 143)."""
+    state = run.state
+    saved = run.last_checkpoint and run.last_checkpoint.endswith(f"checkpoint-{state.step}")
+    path = run.last_checkpoint if saved or state.step == 0 else save_checkpoint(run)
+    report(run, "preempted", force=True, loss=state.last_loss)
+    raise Preempted(state.step, path)
+
+
+def report(run: Run, event: str, *, force: bool = False, completed: bool = False, **metrics) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    state = run.state
+    progress = Progress(
+        step=state.step,
+        total_steps=run.plan.total_steps,
+        epoch=run.plan.epochs_at(state.step),
+        trained_tokens=state.trained_tokens,
+        last_checkpoint=run.last_checkpoint,
+        resumed_from_step=state.resumed_from_step,
+        completed=completed,
+        output_dir=str(run.output_dir),
+        event=event,
+        **metrics,
+    )
+    run.reporters.report(progress, force=force)
+
+
+def finish(run: Run, status: str, *, wall_time: float) -> dict:
+    """Save the result, write the summary and the completion marker (collective)."""
+    acc, state, cfg = run.accelerator, run.state, run.cfg
+    if run.data.eval is not None and state.last_eval_loss is None:
+        evaluate_and_track(run)
+    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir)
+    summary = {
+        "status": status,
+        "steps": state.step,
+        "total_steps": run.plan.total_steps,
+        "epochs": round(run.plan.epochs_at(state.step), 4),
+        "trained_tokens": state.trained_tokens,
+        "input_tokens": state.input_tokens,
+        "final_train_loss": state.last_loss,
+        "best_train_loss": state.best_loss,
+        "final_eval_loss": state.last_eval_loss,
+        "best_eval_loss": state.best_eval_loss,
+        "final_eval_perplexity": None
+        if state.last_eval_loss is None
+        else math.exp(min(state.last_eval_loss, 50.0)),
+        "tokens_per_s": round(state.input_tokens / state.train_seconds, 1) if state.train_seconds else None,
+        "train_seconds": round(state.train_seconds, 2),
+        "wall_time_s": round(wall_time, 2),
+        "resumed_from_step": state.resumed_from_step,
+        "world_size": acc.num_processes,
+        "adapter": cfg.adapter,
+        "base_model": cfg.base_model,
+        "attention": run.backend.name,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
+        "config_hash": cfg.config_hash(),
+        "kubetune_version": __version__,
+        "history": state.history,
+        "completed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if acc.is_main_process:
+        outputs.mark_complete(run.output_dir, summary)
+        report(run, "done", force=True, completed=True, loss=state.last_loss)
+    acc.wait_for_everyone()
+    return summary
+
+
+def _prepare_data(cfg, tokenizer, accelerator):
+    from kubetune.data import DataError, prepare_datasets
+
+    try:
+        return prepare_datasets(
+            cfg, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes
+        )
+    except DataError as err:
+        raise UserError(err.report(), "Fix the dataset entries named above.", key="datasets") from err
+
+
+def _collator(cfg, tokenizer):
+    from kubetune.data import PackedCollator
+
+    return PackedCollator(
+        tokenizer.pad_token_id, pad_to=cfg.sequence_len if cfg.pad_to_sequence_len else None
+    )
+
+
+def _resume_point(cfg, output_dir: Path) -> Path | None:
+    if cfg.resume_from_checkpoint:
+        return checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint)
+    if cfg.auto_resume_from_checkpoints:
+        return checkpoint.find_resumable(output_dir)
+    return None

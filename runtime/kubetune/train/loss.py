@@ -1,0 +1,63 @@
+"""The training objective: token-sum cross-entropy from the decoder's hidden states.
+
+The loss is a SUM over trained tokens; the loop divides by the number of trained tokens of the whole
+optimizer step (all accumulated micro-batches on all ranks), so every trained token weighs the same
+however the tokens fall into micro-batches. Logits are computed here, from the hidden states and the
+output head, and only for trained positions, so a chunked or fused kernel can replace
+`causal_lm_loss_sum` without touching the loop or the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def shift_targets(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """targets[:, t] = the label of token t+1 (what position t predicts), IGNORE_INDEX where not trained.
+
+    A position whose next token starts another packed example (position id 0) predicts nothing: the
+    last token of one example must not learn the first token of the next.
+    """
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    if position_ids is not None:
+        targets[:, :-1].masked_fill_(position_ids[:, 1:] == 0, IGNORE_INDEX)
+    return targets
+
+
+def causal_lm_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """Sum of the cross-entropies of the trained positions (targets != IGNORE_INDEX), in float32."""
+    trained = targets != IGNORE_INDEX
+    logits = lm_head(hidden[trained]).float()
+    return F.cross_entropy(logits, targets[trained], reduction="sum")
+
+
+class CausalLMLoss(nn.Module):
+    """The module the distributed wrapper (DDP, FSDP, DeepSpeed) wraps: decoder → hidden → loss sum.
+
+    Wrapping the loss together with the model keeps the output head's call inside the wrapper's
+    forward (FSDP gathers it there, ZeRO-3 fetches it by hook) while never materialising the logits of
+    untrained positions.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn=causal_lm_loss_sum):
+        super().__init__()
+        self.model = model  # the transformers model, or the peft model around it
+        self.loss_fn = loss_fn
+        # FSDP's auto-wrap and accelerate read these from the wrapped root.
+        self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, **decoder_inputs) -> torch.Tensor:
+        lm = causal_lm(self.model)
+        hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs).last_hidden_state
+        return self.loss_fn(hidden, targets, lm.get_output_embeddings())
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers *ForCausalLM inside a peft model (or the model itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model

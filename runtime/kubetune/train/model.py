@@ -1,0 +1,317 @@
+"""Tokenizer and model: load, pick dtype and attention, quantize, attach the adapter.
+
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, tokenizer, precision=..., backend=..., device=...)
+
+Every problem the user can fix (a missing directory, no pad token, a GPU-only option on a machine
+without CUDA, a library that is not installed) is a `UserError` raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kubetune.train.attention import AttentionBackend
+from kubetune.train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    load_dtype: torch.dtype  # dtype of the weights as loaded
+    mixed_precision: str  # accelerate's autocast setting: "no" | "bf16" | "fp16"
+
+
+def resolve_precision(cfg, *, cuda: bool) -> Precision:
+    """bf16 / fp16 / auto on a GPU; always float32 on CPU (CPU autocast is slow and rarely what you want)."""
+    if not cuda:
+        if cfg.bf16 is True or cfg.fp16:
+            log.warning("bf16/fp16 requested but there is no CUDA GPU: training in float32")
+        return Precision(torch.float32, "no")
+    if cfg.bf16 is True or (cfg.bf16 == "auto" and not cfg.fp16 and torch.cuda.is_bf16_supported()):
+        return Precision(torch.bfloat16, "bf16")
+    if cfg.fp16:
+        # Loss scaling cannot unscale fp16 gradients, so trainable weights stay float32 in a full fine-tune.
+        return Precision(torch.float16 if cfg.adapter else torch.float32, "fp16")
+    return Precision(torch.float32, "no")
+
+
+def check_request(cfg, *, cuda: bool) -> None:
+    """Quantization needs CUDA and bitsandbytes; say so before loading anything."""
+    quantized = cfg.load_in_4bit or cfg.load_in_8bit or cfg.adapter == "qlora"
+    if not quantized:
+        return
+    key = "adapter" if cfg.adapter == "qlora" else ("load_in_4bit" if cfg.load_in_4bit else "load_in_8bit")
+    if not cuda:
+        raise UserError(
+            f"{key} asks for a bitsandbytes-quantized base model, which needs a CUDA GPU, and this machine "
+            "has none.",
+            "Run on a GPU node, or train a plain LoRA on CPU: `adapter: lora` with `load_in_4bit: false` "
+            "and `load_in_8bit: false`.",
+            key=key,
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            f"{key} needs the bitsandbytes package, which is not installed.",
+            "pip install 'kubetune[gpu]' (or just bitsandbytes) in the training image, or use `adapter: lora` "
+            "without 4/8-bit loading.",
+            key=key,
+        )
+
+
+def model_source(cfg, value: str, key: str) -> str:
+    """A local directory (resolved against the config's directory) or a hub id, checked for existence."""
+    path = cfg.resolve_path(value)
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise UserError(
+            f"{key} {value!r} is a file ({path}), not a model directory.",
+            f"Point {key} at the directory.",
+            key=key,
+        )
+    looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+    if looks_local:
+        raise UserError(
+            f"{key} is the directory {path}, which does not exist.",
+            f"Fix the path in {key} (relative paths resolve against the config file's directory), or mount "
+            "the volume holding the model there.",
+            key=key,
+        )
+    return value  # a hub id
+
+
+def _load_error(key: str, source: str, err: Exception) -> UserError:
+    return UserError(
+        f"could not load {key} {source!r}: {err}",
+        f"Check that {key} names a local model directory or a hub id this machine can reach (with HF_TOKEN "
+        "set for gated models).",
+        key=key,
+    )
+
+
+def check_pad_token(cfg) -> None:
+    """Batching needs a pad token: the tokenizer's own, or `special_tokens.pad_token` from the config.
+
+    A tokenizer without one is bad input (exit 2) rather than silently padded with eos: the fix is one
+    config line, and it keeps the choice visible in the config (and in the prepared-data cache key).
+    """
+    if cfg.special_tokens and cfg.special_tokens.pad_token:
+        return
+    import transformers
+
+    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
+    source = model_source(cfg, cfg.tokenizer_config or cfg.base_model, key)
+    tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer", None)
+    if tokenizer_cls is None:
+        raise UserError(
+            f"tokenizer_type {cfg.tokenizer_type!r} is not a transformers tokenizer class.",
+            "Use AutoTokenizer (the default) or a class transformers exports, e.g. PreTrainedTokenizerFast.",
+            key="tokenizer_type",
+        )
+    try:
+        tokenizer = tokenizer_cls.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(key, source, err) from err
+    if tokenizer.pad_token is None:
+        suggestion = tokenizer.eos_token or "<pad>"
+        raise UserError(
+            f"the tokenizer of {source} has no pad token, which batching needs.",
+            f'Add to the config:  special_tokens: {{pad_token: "{suggestion}"}}  (the eos token is the usual '
+            "choice; padding never carries a label, so it is never trained on).",
+            key="special_tokens.pad_token",
+        )
+
+
+def load_tokenizer(cfg):
+    """kubetune.data's tokenizer (the prepared-data cache is keyed by it), with load errors as UserError."""
+    from kubetune.data import load_tokenizer as data_load_tokenizer
+
+    try:
+        return data_load_tokenizer(cfg)
+    except (OSError, ValueError) as err:
+        raise _load_error("base_model", cfg.tokenizer_config or cfg.base_model, err) from err
+
+
+def load_model(
+    cfg, tokenizer, *, precision: Precision, backend: AttentionBackend, device: torch.device | None
+):
+    """The model ready for training: trainable parameters are exactly what the config trains.
+
+    `device`: where to load the weights directly (one process per GPU); None loads on CPU and leaves
+    placement to the distributed wrapper (FSDP, DeepSpeed).
+    """
+    import transformers
+
+    source = model_source(cfg, cfg.base_model, "base_model")
+    model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM", None)
+    if model_cls is None:
+        raise UserError(
+            f"model_type {cfg.model_type!r} is not a transformers model class.",
+            "Use AutoModelForCausalLM (the default) or a class transformers exports, e.g. LlamaForCausalLM.",
+            key="model_type",
+        )
+    kwargs = {
+        "dtype": precision.load_dtype,
+        "attn_implementation": backend.hf_implementation,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.base_model_config:
+        kwargs["config"] = transformers.AutoConfig.from_pretrained(
+            model_source(cfg, cfg.base_model_config, "base_model_config"),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    quantization = quantization_config(cfg, precision)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device is not None:
+        kwargs["device_map"] = {"": device}
+    try:
+        model = model_cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error("base_model", source, err) from err
+    model.config.use_cache = False  # training never reuses a KV cache
+
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        log.info("resizing the embeddings to %d tokens for the added tokens", len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+        if cfg.adapter and not _saves_embeddings(cfg):
+            log.warning(
+                "new tokens were added but lora_modules_to_save does not list the embedding and output layers: "
+                "their new rows stay untrained (add `lora_modules_to_save: [embed_tokens, lm_head]`)"
+            )
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.config, name, getattr(tokenizer, name))
+
+    checkpointing = {
+        "use_reentrant": bool(
+            cfg.gradient_checkpointing_kwargs and cfg.gradient_checkpointing_kwargs.use_reentrant
+        )
+    }
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+
+    if cfg.adapter:
+        model = attach_adapter(cfg, model)
+    if cfg.torch_compile:
+        # Regional compilation: each decoder layer once (same code, so one graph), not the whole model.
+        for layer in _decoder_layers(model):
+            layer.compile()
+    return model
+
+
+def quantization_config(cfg, precision: Precision):
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = (
+        getattr(torch, cfg.bnb_4bit_compute_dtype) if cfg.bnb_4bit_compute_dtype else precision.load_dtype
+    )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type or "nf4",
+        bnb_4bit_use_double_quant=True
+        if cfg.bnb_4bit_use_double_quant is None
+        else cfg.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute,
+        # FSDP shards the packed 4-bit weights as this dtype, so it must match the other parameters.
+        bnb_4bit_quant_storage=precision.load_dtype if cfg.fsdp else torch.uint8,
+    )
+
+
+def lora_target_modules(cfg, model: nn.Module) -> list[str] | str:
+    """The configured targets; lora_target_linear adds every linear layer except the output head."""
+    targets = cfg.lora_target_modules
+    if not cfg.lora_target_linear:
+        return list(targets) if isinstance(targets, list) else targets
+    if isinstance(targets, str):
+        raise UserError(
+            "lora_target_linear cannot be combined with a regular expression in lora_target_modules.",
+            "Give lora_target_modules as a list of module names, or drop one of the two keys.",
+            key="lora_target_modules",
+        )
+    head = model.get_output_embeddings()
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head
+    }
+    head_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head}
+    return sorted((linear - head_names) | set(targets or ()))
+
+
+def attach_adapter(cfg, model: nn.Module) -> nn.Module:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.lora_model_dir:
+        source = model_source(cfg, cfg.lora_model_dir, "lora_model_dir")
+        log.info("continuing the adapter in %s", source)
+        try:
+            return PeftModel.from_pretrained(model, source, is_trainable=True)
+        except (OSError, ValueError) as err:
+            raise _load_error("lora_model_dir", source, err) from err
+    targets = lora_target_modules(cfg, model)
+    if not targets:
+        raise UserError(
+            "an adapter needs target modules, and none are configured.",
+            "Set `lora_target_linear: true` (every linear layer) or list them, e.g. "
+            "`lora_target_modules: [q_proj, k_proj, v_proj, o_proj]`.",
+            key="lora_target_modules",
+        )
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=list(cfg.lora_modules_to_save) if cfg.lora_modules_to_save else None,
+        fan_in_fan_out=cfg.lora_fan_in_fan_out,
+        use_dora=cfg.peft_use_dora,
+        use_rslora=cfg.peft_use_rslora,
+        bias="none",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as err:  # e.g. a target module name that matches nothing
+        raise UserError(
+            f"the adapter cannot be attached: {err}",
+            "Check lora_target_modules / lora_modules_to_save against the model's module names.",
+            key="lora_target_modules",
+        ) from err
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _saves_embeddings(cfg) -> bool:
+    saved = set(cfg.lora_modules_to_save or ())
+    return bool(saved & {"embed_tokens", "wte", "word_embeddings"}) and bool(
+        saved & {"lm_head", "output", "embed_out"}
+    )
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]

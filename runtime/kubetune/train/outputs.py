@@ -1,0 +1,107 @@
+"""What a finished run leaves in output_dir, and the signals that it finished.
+
+    output_dir/
+      adapter_config.json + adapter_model.safetensors    (adapter runs; loads with plain peft)
+      config.json + model*.safetensors                   (full fine-tunes; loads with transformers)
+      tokenizer files, training_summary.json
+      checkpoints/checkpoint-<step>/                     (see checkpoint.py)
+      KUBETUNE_COMPLETE                                  (written last)
+
+Files are written to a staging directory inside output_dir and renamed into place one by one, so
+no file is ever seen half-written; KUBETUNE_COMPLETE is written only after all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "KUBETUNE_COMPLETE"
+SUMMARY = "training_summary.json"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def is_complete(output_dir: Path) -> bool:
+    return (output_dir / COMPLETE_MARKER).is_file()
+
+
+def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
+    """Save the adapter or the full model and the tokenizer (collective: every rank calls it).
+
+    `module` is the prepared CausalLMLoss; the weights are gathered from FSDP / ZeRO-3 shards first.
+    """
+    state_dict = accelerator.get_state_dict(module)  # full (gathered) weights on the main process
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return []
+    model = accelerator.unwrap_model(module).model
+    prefix = "model."
+    state_dict = {
+        key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
+    }
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-"))
+    try:
+        base_config = getattr(model, "get_base_model", lambda: model)().config
+        base_config.use_cache = True  # for whoever loads the result to generate
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        else:  # transformers writes safetensors shards (5 GB each, with an index beyond one)
+            model.save_pretrained(staging, state_dict=state_dict, max_shard_size="5GB")
+        tokenizer.save_pretrained(staging)
+        names = publish(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return names
+
+
+def publish(staging: Path, output_dir: Path) -> list[str]:
+    """Move every file of `staging` into output_dir (each an atomic rename, same filesystem)."""
+    names = []
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            target = output_dir / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            names.append(str(path.relative_to(staging)))
+    return names
+
+
+def write_json(path: Path, data: dict) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+def mark_complete(output_dir: Path, summary: dict) -> None:
+    """training_summary.json, then KUBETUNE_COMPLETE (the marker a restarted worker looks for)."""
+    write_json(output_dir / SUMMARY, summary)
+    write_json(
+        output_dir / COMPLETE_MARKER,
+        {"completed_at": summary.get("completed_at"), "steps": summary.get("steps")},
+    )
+
+
+def write_termination_log(summary: dict, path: str | None = None) -> None:
+    """One line of JSON for `kubectl describe pod`; only where Kubernetes provides the file."""
+    path = path or os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)
+    if not os.path.exists(path) or not os.access(path, os.W_OK):
+        return
+    keys = ("status", "steps", "final_train_loss", "final_eval_loss", "trained_tokens", "exit_code", "reason")
+    line = json.dumps({key: summary[key] for key in keys if summary.get(key) is not None})
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(line[:4000] + "\n")  # the kubelet keeps at most 4096 bytes
+    except OSError as err:
+        log.warning("could not write the termination log %s: %s", path, err)

@@ -1,0 +1,289 @@
+"""Progress reporting from rank 0: log lines for people, `status.progress` for the operator.
+
+    reporters = build_reporters(output_dir)     # from the environment (docs/internals.md)
+    reporters.report(progress)                  # every logging step; external ones are rate-bounded
+    reporters.close()                           # flushes the final report
+
+Reporters:
+  * stdout: a progress bar on a terminal, otherwise one JSON line per logging step;
+  * KUBETUNE_PROGRESS_FILE: the status.progress JSON, atomically rewritten;
+  * Kubernetes: a JSON merge patch of the FineTuneJob's status.progress, over plain HTTPS with the
+    pod's service-account token (no kubernetes client), from a background thread.
+A reporter that fails logs a warning; it never stops training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_INTERVAL = 5.0
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens: int = 0
+    eta_seconds: float | None = None
+    last_checkpoint: str | None = None
+    resumed_from_step: int | None = None
+    completed: bool = False
+    output_dir: str | None = None
+    event: str = "train"  # train | eval | checkpoint | done | preempted (log lines only)
+    eval_loss: float | None = None
+    eval_perplexity: float | None = None
+
+    def status(self) -> dict:
+        """The `status.progress` object (camelCase, exactly the fields of the contract)."""
+        return {
+            "step": self.step,
+            "totalSteps": self.total_steps,
+            "epoch": round(self.epoch, 4),
+            "loss": _round(self.loss),
+            "learningRate": self.learning_rate,
+            "tokensPerSecond": _round(self.tokens_per_second, 1),
+            "trainedTokens": self.trained_tokens,
+            "etaSeconds": None if self.eta_seconds is None else int(self.eta_seconds),
+            "lastCheckpoint": self.last_checkpoint,
+            "resumedFromStep": self.resumed_from_step,
+            "completed": self.completed,
+            "outputDir": self.output_dir,
+            "updatedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def log_line(self) -> dict:
+        """The JSON log line (snake_case); None values are left out."""
+        line = {
+            "event": self.event,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": round(self.epoch, 4),
+            "loss": _round(self.loss),
+            "lr": self.learning_rate,
+            "grad_norm": _round(self.grad_norm),
+            "trained_tokens": self.trained_tokens,
+            "tokens_per_s": _round(self.tokens_per_second, 1),
+            "eta_s": None if self.eta_seconds is None else int(self.eta_seconds),
+            "eval_loss": _round(self.eval_loss),
+            "eval_perplexity": _round(self.eval_perplexity),
+            "checkpoint": self.last_checkpoint if self.event == "checkpoint" else None,
+        }
+        return {key: value for key, value in line.items() if value is not None}
+
+
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+class StdoutReporter:
+    """JSON lines on stdout; on a terminal, a tqdm progress bar instead (events still print a line)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.bar = None
+        self.tty = self.stream.isatty()
+
+    def report(self, progress: Progress) -> None:
+        if not self.tty:
+            print(json.dumps(progress.log_line()), file=self.stream, flush=True)
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(
+                total=progress.total_steps, initial=progress.step, unit="step", dynamic_ncols=True
+            )
+        self.bar.n = progress.step
+        postfix = {"loss": progress.loss, "lr": progress.learning_rate, "tok/s": progress.tokens_per_second}
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if v is not None}, refresh=True)
+        if progress.event != "train":
+            self.bar.write(json.dumps(progress.log_line()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class FileReporter:
+    """Rewrites a JSON file with the latest status.progress (temp file, then rename)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def report(self, progress: Progress) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(progress.status()))
+        os.replace(temp, self.path)
+
+    def close(self) -> None:
+        pass
+
+
+class KubernetesReporter:
+    """PATCHes status.progress of the FineTuneJob from a background thread (the loop never waits on it)."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        namespace: str,
+        name: str,
+        token_path: Path,
+        ca_path: Path | None,
+        timeout: float = 5.0,
+    ):
+        self.url = f"{api_url.rstrip('/')}/apis/kubetune.dev/v1alpha1/namespaces/{namespace}/finetunejobs/{name}/status"
+        self.token_path = token_path
+        self.context = ssl.create_default_context(cafile=str(ca_path)) if ca_path else None
+        self.timeout = timeout
+        self._pending: dict | None = None
+        self._lock = threading.Condition()
+        self._closed = False
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="kubetune-progress", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_environment(cls) -> KubernetesReporter | None:
+        name, namespace = os.environ.get("KUBETUNE_JOB_NAME"), os.environ.get("KUBETUNE_JOB_NAMESPACE")
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
+        )
+        token = SERVICE_ACCOUNT / "token"
+        if not (name and namespace and host and token.is_file()):
+            return None
+        host = f"[{host}]" if ":" in host else host  # IPv6 service address
+        ca = SERVICE_ACCOUNT / "ca.crt"
+        return cls(
+            api_url=f"https://{host}:{port}",
+            namespace=namespace,
+            name=name,
+            token_path=token,
+            ca_path=ca if ca.is_file() else None,
+        )
+
+    def report(self, progress: Progress) -> None:
+        with self._lock:
+            self._pending = progress.status()  # only the newest matters
+            self._lock.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._lock.wait()
+                body, self._pending = self._pending, None
+                if body is None:  # closed with nothing left to send
+                    return
+            self._send(body)
+
+    def _send(self, status: dict) -> None:
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps({"status": {"progress": status}}).encode(),
+            method="PATCH",
+            headers={
+                # Re-read each time: projected service-account tokens are rotated by the kubelet.
+                "Authorization": f"Bearer {self.token_path.read_text().strip()}",
+                "Content-Type": "application/merge-patch+json",
+                "Accept": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
+                response.read()
+            self._failures = 0
+        except (OSError, urllib.error.URLError, ssl.SSLError) as err:
+            self._failures += 1
+            # One warning per streak of failures, then every 20th, so a dead API server cannot flood the log.
+            if self._failures == 1 or self._failures % 20 == 0:
+                log.warning(
+                    "could not report progress to %s (%d failures in a row): %s",
+                    self.url,
+                    self._failures,
+                    err,
+                )
+
+
+class Throttled:
+    """At most one report per `interval` seconds; a forced report (final, checkpoint) always goes out."""
+
+    def __init__(self, reporter, interval: float, clock=time.monotonic):
+        self.reporter = reporter
+        self.interval = interval
+        self.clock = clock
+        self._last: float | None = None
+
+    def report(self, progress: Progress, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and self._last is not None and now - self._last < self.interval:
+            return
+        self._last = now
+        self.reporter.report(progress)
+
+    def close(self) -> None:
+        self.reporter.close()
+
+
+class Reporters:
+    """Every reporter of this run; a failing one is logged and skipped, never raised."""
+
+    def __init__(self, reporters: list):
+        self.reporters = reporters
+
+    def report(self, progress: Progress, *, force: bool = False) -> None:
+        for reporter in self.reporters:
+            try:
+                if isinstance(reporter, Throttled):
+                    reporter.report(progress, force=force or progress.completed)
+                else:
+                    reporter.report(progress)
+            except Exception as err:  # noqa: BLE001 - reporting must never kill training
+                log.warning("progress reporter %s failed: %s", type(reporter).__name__, err)
+
+    def close(self) -> None:
+        for reporter in self.reporters:
+            try:
+                reporter.close()
+            except Exception as err:  # noqa: BLE001
+                log.warning("progress reporter %s failed to close: %s", type(reporter).__name__, err)
+
+
+def build_reporters(enabled: bool = True) -> Reporters:
+    """The reporters the environment asks for (none on ranks other than 0: pass enabled=False)."""
+    if not enabled:
+        return Reporters([])
+    interval = float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+    reporters: list = [StdoutReporter()]
+    if path := os.environ.get("KUBETUNE_PROGRESS_FILE"):
+        reporters.append(Throttled(FileReporter(path), interval))
+    if kubernetes := KubernetesReporter.from_environment():
+        reporters.append(Throttled(kubernetes, interval))
+    return Reporters(reporters)

@@ -1,0 +1,75 @@
+"""Loading what a run left in output_dir: the base model + adapter, or the fully fine-tuned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kubetune.train.errors import UserError
+from kubetune.train.model import model_source
+
+
+def result_kind(output_dir: Path) -> str | None:
+    """ "adapter", "model" or None (nothing trained there yet)."""
+    if (output_dir / "adapter_config.json").is_file():
+        return "adapter"
+    if (output_dir / "config.json").is_file():
+        return "model"
+    return None
+
+
+def require_result(cfg) -> tuple[Path, str]:
+    output_dir = cfg.resolve_path(cfg.output_dir)
+    kind = result_kind(output_dir)
+    if kind is None:
+        raise UserError(
+            f"output_dir {output_dir} holds no trained adapter or model.",
+            "Run `kubetune train` with this config first (or point output_dir at a finished run).",
+            key="output_dir",
+        )
+    return output_dir, kind
+
+
+def inference_dtype(cfg, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    if cfg.bf16 is True or (cfg.bf16 == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16 if cfg.fp16 else torch.float32
+
+
+def load_tokenizer(output_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(output_dir)  # the tokenizer the run saved (special tokens included)
+
+
+def load_base_with_adapter(
+    cfg, output_dir: Path, tokenizer, *, dtype: torch.dtype | str, device: torch.device
+):
+    """The base model (unquantized, even after a QLoRA run) with the trained adapter attached."""
+    import transformers
+    from peft import PeftModel
+
+    model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM")
+    base = model_cls.from_pretrained(
+        model_source(cfg, cfg.base_model, "base_model"), dtype=dtype, trust_remote_code=cfg.trust_remote_code
+    ).to(device)
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(base, output_dir).eval()
+
+
+def load_result(cfg, *, device: torch.device):
+    """(model, tokenizer) ready for generation."""
+    from transformers import AutoModelForCausalLM
+
+    output_dir, kind = require_result(cfg)
+    tokenizer = load_tokenizer(output_dir)
+    dtype = inference_dtype(cfg, device)
+    if kind == "adapter":
+        model = load_base_with_adapter(cfg, output_dir, tokenizer, dtype=dtype, device=device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype).to(device).eval()
+    return model, tokenizer
