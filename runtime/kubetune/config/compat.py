@@ -45,7 +45,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
         comet_project_name comet_workspace cosine_constant_lr_ratio cpo_alpha curriculum_sampling
-        dataloader_drop_last dataset_exact_deduplication dataset_keep_in_memory dataset_shard_idx
+        dataloader_drop_last dataset_exact_deduplication dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb ddp_find_unused_parameters deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
@@ -107,7 +107,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         _ARCH,
     ),
     **_table("total_num_tokens total_supervised_tokens sample_packing_eff_est axolotl_config_path", _DERIVED),
-    "dataset_processes": Unimplemented("use dataset_num_proc"),
     "fsdp_version": Unimplemented("set fsdp_config.fsdp_version"),
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
     "eval_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
@@ -135,7 +134,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 DATASET: dict[str, Unimplemented] = {
     **_table(
         """input_transform shards shards_idx preprocess_shards input_format field_tools field_thinking
-        template_thinking_key message_field_training message_field_training_detail split_thinking
+        template_thinking_key message_field_training_detail split_thinking
         logprobs_field temperature drop_system_message skip text_column no_input_format system_format format
         field_system system_prompt""",
         "a custom format (type: module.ClassName) can do this",
@@ -143,9 +142,6 @@ DATASET: dict[str, Unimplemented] = {
     "conversation": Unimplemented("use type: chat_template with chat_template (chatml, llama3, ...)"),
     "field_human": Unimplemented("use roles: {user: [human]}"),
     "field_model": Unimplemented("use roles: {assistant: [gpt]}"),
-    "message_property_mappings": Unimplemented(
-        "use message_field_role and message_field_content (e.g. message_field_role: from)"
-    ),
     "train_on_eot": Unimplemented("use train_on_eos"),
     "trust_remote_code": Unimplemented("datasets loading scripts are not run; remove it"),
 }

@@ -81,9 +81,6 @@ class DataKeys(Section):
         "tokenizer and token-affecting keys (rank 0 prepares, the other ranks wait and reuse it). "
         "Relative paths resolve against the config's directory. Default: `<output_dir>/prepared`.",
     )
-    dataset_num_proc: int | None = field(
-        None, description="Worker processes for tokenization. Default: the CPUs available, at most 8.", ge=1
-    )
     val_set_size: ValSetSize = field(
         0,
         description="Held-out evaluation split taken from the training data: a fraction in [0, 1) or a "

@@ -68,6 +68,8 @@ DATASET_KEYS_BY_TYPE: dict[str, frozenset[str]] = {
             "field_messages",
             "message_field_role",
             "message_field_content",
+            "message_property_mappings",
+            "message_field_training",
             "roles",
             "roles_to_train",
             "train_on_eos",
@@ -177,6 +179,16 @@ class DatasetConfig(Section):
         None,
         description="chat_template: key of a message's text (`value` for ShareGPT data). Default: `content`.",
     )
+    message_property_mappings: dict[str, str] | None = _field(
+        None,
+        description="chat_template: Axolotl's newer spelling of the two keys above, e.g. "
+        "`{role: from, content: value}` (only `role` and `content` are accepted).",
+    )
+    message_field_training: str | None = _field(
+        None,
+        description="chat_template: key of an optional per-message true/false that overrides "
+        "`roles_to_train` for that message. Default: `training`.",
+    )
     roles: dict[str, list[str]] | None = _field(
         None,
         description="chat_template: role name -> the values of the role field that mean it, e.g. "
@@ -208,6 +220,18 @@ class DatasetConfig(Section):
     @classmethod
     def _known_template(cls, value: object) -> object:
         return check_chat_template_name(value)
+
+    @field_validator("message_property_mappings")
+    @classmethod
+    def _role_and_content_only(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        extra = sorted(set(value or {}) - {"role", "content"})
+        if extra:
+            raise PydanticCustomError(
+                "message_property_mappings_keys",
+                "message_property_mappings maps only role and content, not {extra}",
+                {"extra": ", ".join(extra), "fix": "keep only the role and content entries"},
+            )
+        return value
 
     @property
     def is_custom_type(self) -> bool:

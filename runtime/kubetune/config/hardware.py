@@ -34,7 +34,7 @@ class PrecisionKeys(Section):
         description="transformers attention implementation, an alternative spelling of the flags above. "
         "Default: `flash_attention_2` with `flash_attention`, else `sdpa`.",
     )
-    torch_compile: bool = field(False, description="kubetune: compile the model with `torch.compile`.")
+    torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
 
     @field_validator("xformers_attention")
     @classmethod

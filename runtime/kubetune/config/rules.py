@@ -201,6 +201,15 @@ def _dataset(entry: DatasetConfig, path: str) -> Iterator[ConfigProblem]:
                 f"remove {key}, or change the entry's type",
             )
     yield from _chat_template_pair(entry, path + ".")
+    for part in ("role", "content"):
+        if f"message_field_{part}" in entry.model_fields_set and part in (
+            entry.message_property_mappings or {}
+        ):
+            yield ConfigProblem(
+                f"{path}.message_property_mappings",
+                f"message_property_mappings.{part} and message_field_{part} both name the {part} key",
+                f"keep only message_field_{part}",
+            )
     if entry.roles_to_train is not None and (entry.type == "chat_template" or entry.is_custom_type):
         roles = entry.effective_roles()
         for index, role in enumerate(entry.roles_to_train):

@@ -24,6 +24,8 @@ from .parallel import FsdpConfig
 from .problems import ConfigProblem
 from .schema import TrainConfig
 
+_DROPPED = object()  # a value already reported by the screening
+
 
 def join(path: str, key: object) -> str:
     if isinstance(key, int) and not isinstance(key, bool):
@@ -136,7 +138,9 @@ def screen(
                 )
                 continue
         if name in fields:
-            out[name] = _screen_value(fields[name].annotation, value, problems, join(path, name))
+            screened = _screen_value(fields[name].annotation, value, problems, join(path, name))
+            if screened is not _DROPPED:
+                out[name] = screened
             continue
         entry = table.get(name) or (table.get(f"fsdp_{name}") if model is FsdpConfig else None)
         if entry is not None:
@@ -154,7 +158,30 @@ def screen(
     return out
 
 
+def _numeric_only(annotation: Any) -> bool:
+    """True when a field takes numbers only (so true/false there is a mistake, not 1/0)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric_only(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_numeric_only(a) for a in args)
+    if origin is typing.Literal:
+        args = typing.get_args(annotation)
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    return annotation in (int, float)
+
+
 def _screen_value(annotation: Any, value: Any, problems: list[ConfigProblem], path: str) -> Any:
+    if isinstance(value, bool) and _numeric_only(annotation):
+        problems.append(
+            ConfigProblem(
+                path,
+                f"expected a number, got {_short(value)}",
+                f"write {path.rpartition('.')[2]} as a number",
+            )
+        )
+        return _DROPPED
     nested = _nested_model(annotation)
     if nested is None:
         return value

@@ -62,6 +62,7 @@ def check(
 
 
 def _check(mapping: object, source_dir: Path | None) -> tuple[list[ConfigProblem], TrainConfig | None]:
+    source_dir = Path(source_dir) if source_dir is not None else None
     if not isinstance(mapping, Mapping):
         kind = "empty" if mapping is None else f"a {type(mapping).__name__}"
         return [
@@ -74,18 +75,19 @@ def _check(mapping: object, source_dir: Path | None) -> tuple[list[ConfigProblem
 
     problems: list[ConfigProblem] = []
     cleaned = screen(mapping, problems)
+    screened = {problem.path for problem in problems}  # reported already: no second problem there
     config: TrainConfig | None = None
     bad_paths: set[str] = set()
     try:
         config = TrainConfig.model_validate(cleaned)
     except ValidationError as error:
-        problems.extend(translate(error, cleaned))
+        problems.extend(p for p in translate(error, cleaned) if p.path not in screened)
         config, bad_paths = _partial(cleaned, error)
 
     if config is not None:
         config._source_dir = source_dir
         for problem in rules.run_all(config, source_dir):
-            if not _covered(problem.path, bad_paths):
+            if problem.path not in screened and not _covered(problem.path, bad_paths):
                 problems.append(problem)
 
     problems = _dedupe(problems)
@@ -186,7 +188,7 @@ def _problem(path: str, errs: list[dict]) -> ConfigProblem:
             )
     message = _message(first)
     if _short(value) not in message:
-        message += f", got {_short(value)}"
+        message += f": {_short(value)}" if " got " in message else f", got {_short(value)}"
     return ConfigProblem(path, message, ctx.get("fix") or _fix(first, key, path.rpartition(".")[2] or path))
 
 
@@ -225,6 +227,8 @@ def _fix(err: dict, key: str, segment: str) -> str:
         return "use a finite number"
     if kind == "string_pattern_mismatch":
         return f"{key} must be a Python class name such as AutoModelForCausalLM"
+    if kind == "list_type":
+        return f"write {segment} as a list, one `- ` item per entry"
     noun = _NOUNS.get(kind)
     if noun:
         return f"write {segment} as {noun}"

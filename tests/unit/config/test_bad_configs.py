@@ -162,6 +162,22 @@ BAD = [
     ),
     ("tokens-with-adapter-need-modules-to-save", {"tokens": ["<tool>"]}, "lora_modules_to_save"),
     ("learning-rate-nan", {"learning_rate": float("nan")}, "learning_rate"),
+    ("learning-rate-boolean", {"learning_rate": True}, "learning_rate"),
+    ("fsdp-version-boolean", {**FSDP, "fsdp_config": {"fsdp_version": True}}, "fsdp_config.fsdp_version"),
+    ("datasets-as-a-mapping", {"datasets": {"path": "d", "type": "alpaca"}}, "datasets"),
+    (
+        "message-property-mappings-extra-key",
+        {
+            "datasets": [
+                {
+                    "path": "d",
+                    "type": "chat_template",
+                    "message_property_mappings": {"role": "from", "text": "value"},
+                }
+            ]
+        },
+        "datasets[0].message_property_mappings",
+    ),
 ]
 
 
@@ -191,6 +207,12 @@ def test_all_problems_are_reported_at_once(seed_mapping):
     assert sorted(p.path for p in problems) == sorted(
         ["learning_rat", "micro_batch_size", "saves_per_epoch", "learning_rate"]
     )
+
+
+def test_a_value_reported_once_is_not_reported_again(seed_mapping):
+    # learning_rate: true is refused as a value; it must not also be reported as missing.
+    problems = validate_mapping(_apply(seed_mapping, {"learning_rate": True, "num_epochs": False}))
+    assert sorted(p.path for p in problems) == ["learning_rate", "num_epochs"]
 
 
 def test_three_faults_of_three_kinds_give_three_problems(seed_mapping):
