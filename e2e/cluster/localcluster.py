@@ -1,0 +1,397 @@
+"""Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and the node agent, each a detached process group with its own log.
+
+Driven by e2e/localcluster.sh (which builds the binaries first); usable directly:
+
+    python e2e/cluster/localcluster.py up --bin-dir DIR     # last line: kubeconfig path
+    python e2e/cluster/localcluster.py down
+    python e2e/cluster/localcluster.py env                  # export KUBECONFIG=...
+
+Everything lives in the state directory (``$KUBETUNE_STATE_DIR``, default /tmp/kubetune-cluster):
+pki/, etcd/, logs/<component>.log, pids/<component>.pid, kubeconfig, node/ (pods' files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
+
+ETCD_PORT = int(os.environ.get("KUBETUNE_ETCD_PORT", "23790"))
+APISERVER_PORT = int(os.environ.get("KUBETUNE_APISERVER_PORT", "6443"))
+KUBELET_PORT = int(os.environ.get("KUBETUNE_KUBELET_PORT", "10250"))
+BRIDGE = os.environ.get("KUBETUNE_BRIDGE", "kt0")
+POD_CIDR = ipaddress.ip_network(os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
+GATEWAY = str(next(POD_CIDR.hosts()))  # 10.244.0.1: host side of the bridge; pods reach the API here
+SERVICE_CIDR = "10.96.0.0/16"
+NODE_NAME = os.environ.get("KUBETUNE_NODE_NAME", "kubetune-node")
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent"]
+
+
+def log(msg: str) -> None:
+    print(f"localcluster: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- certificates
+def _pki(pki: Path) -> None:
+    """CA, serving and client certificates and the service-account key pair (EC P-256)."""
+    if (pki / "done").exists():
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    pki.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    later = now + dt.timedelta(days=3650)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def write(name: str, key, cert=None) -> None:
+        (pki / f"{name}.key").write_bytes(key_pem(key))
+        os.chmod(pki / f"{name}.key", 0o600)
+        if cert is not None:
+            (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name("kubetune-local-ca")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("ca", ca_key, ca)
+
+    def leaf(fname: str, cn: str, org: str | None = None, *, server: bool = False, client: bool = False,
+             dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn, org))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if dns or ips:
+            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        write(fname, key, b.sign(ca_key, hashes.SHA256()))
+
+    svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+    leaf("apiserver", "kube-apiserver", server=True,
+         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+              "kubernetes.default.svc.cluster.local"),
+         ips=("127.0.0.1", GATEWAY, svc_ip))
+    leaf("admin", "kubernetes-admin", "system:masters", client=True)
+    leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True)
+    leaf("kubelet", f"system:node:{NODE_NAME}", "system:nodes", server=True, client=True,
+         dns=("localhost", NODE_NAME), ips=("127.0.0.1", GATEWAY))
+    sa_key = ec.generate_private_key(ec.SECP256R1())
+    write("sa", sa_key)
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (pki / "done").write_text("ok\n")
+
+
+def _kubeconfig(path: Path, pki: Path) -> None:
+    import yaml
+
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubetune-local", "cluster": {
+            "server": f"https://127.0.0.1:{APISERVER_PORT}",
+            "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": "kubetune-admin", "user": {
+            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
+        "contexts": [{"name": "kubetune-local", "context": {
+            "cluster": "kubetune-local", "user": "kubetune-admin", "namespace": "default"}}],
+        "current-context": "kubetune-local",
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+# ---------------------------------------------------------------- processes
+def _pidfile(comp: str) -> Path:
+    return STATE / "pids" / f"{comp}.pid"
+
+
+def _alive(comp: str) -> int | None:
+    try:
+        pid = int(_pidfile(comp).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:  # a zombie or a reused pid does not count
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    except OSError:
+        return None
+    return pid
+
+
+def _spawn(comp: str, argv: list[str], env: dict | None = None) -> None:
+    logf = open(STATE / "logs" / f"{comp}.log", "ab")  # noqa: SIM115 - handed to the child
+    logf.write(f"\n==== {dt.datetime.now().isoformat()} {' '.join(argv)}\n".encode())
+    logf.flush()
+    p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env=env, close_fds=True, cwd=STATE)
+    _pidfile(comp).write_text(str(p.pid))
+    logf.close()
+
+
+def _ssl_ctx(pki: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def _get(pki: Path, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{APISERVER_PORT}{path}", timeout=timeout,
+                                    context=_ssl_ctx(pki)) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def _wait(what: str, fn, timeout: float, comps: list[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return
+        for c in comps:
+            if _alive(c) is None:
+                tail = (STATE / "logs" / f"{c}.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"localcluster: {c} exited while waiting for {what}; log tail:\n{tail}")
+        time.sleep(0.2)
+    raise SystemExit(f"localcluster: timed out after {timeout:.0f}s waiting for {what} (logs: {STATE}/logs)")
+
+
+def _is_ready(pki: Path) -> bool:
+    if any(_alive(c) is None for c in COMPONENTS):
+        return False
+    code, _ = _get(pki, "/readyz")
+    if code != 200:
+        return False
+    code, body = _get(pki, f"/api/v1/nodes/{NODE_NAME}")
+    if code != 200:
+        return False
+    node = json.loads(body)
+    conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+    if conds.get("Ready") != "True":
+        return False
+    code, _ = _get(pki, "/api/v1/namespaces/default/serviceaccounts/default")
+    return code == 200
+
+
+def _bridge() -> None:
+    def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+    if ip("link", "show", BRIDGE, check=False).returncode != 0:
+        ip("link", "add", BRIDGE, "type", "bridge")
+    addr = f"{GATEWAY}/{POD_CIDR.prefixlen}"
+    if addr not in ip("-o", "addr", "show", "dev", BRIDGE).stdout:
+        ip("addr", "add", addr, "dev", BRIDGE)
+    ip("link", "set", BRIDGE, "up")
+
+
+def up(bin_dir: Path, python: str, timeout: float) -> Path:
+    pki = STATE / "pki"
+    kubeconfig = STATE / "kubeconfig"
+    if kubeconfig.exists() and _is_ready(pki):
+        return kubeconfig
+    # anything half-running is stopped first (keeping etcd's data and the certificates)
+    down(wipe=False, quiet=True)
+    t0 = time.monotonic()
+    for d in ("logs", "pids", "etcd", "node"):
+        (STATE / d).mkdir(parents=True, exist_ok=True)
+    _pki(pki)
+    _kubeconfig(kubeconfig, pki)
+    _bridge()
+    b = bin_dir
+    _spawn("etcd", [
+        str(b / "etcd"), "--name=kubetune", f"--data-dir={STATE / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
+        f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
+        f"--listen-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
+        f"--initial-cluster=kubetune=http://127.0.0.1:{ETCD_PORT + 10}",
+        "--unsafe-no-fsync", "--log-level=warn",
+        "--quota-backend-bytes=4294967296",
+    ])
+    _spawn("kube-apiserver", [
+        str(b / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+        "--bind-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
+        f"--advertise-address={GATEWAY}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--profiling=false", "--v=1",
+    ])
+    _wait("etcd", lambda: _port_open(ETCD_PORT), 30, ["etcd"])
+    _wait("kube-apiserver /readyz", lambda: _get(pki, "/readyz")[0] == 200, timeout, ["etcd", "kube-apiserver"])
+    _spawn("kube-controller-manager", [
+        str(b / "kube-controller-manager"),
+        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1", "--secure-port=10257",
+        "--leader-elect=false", "--controllers=*",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--concurrent-statefulset-syncs=5", "--concurrent-gc-syncs=10",
+        "--profiling=false", "--v=1",
+    ])
+    _spawn("kube-scheduler", [
+        str(b / "kube-scheduler"),
+        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1", "--secure-port=10259",
+        "--leader-elect=false", "--profiling=false", "--v=1",
+    ])
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": str(REPO / "e2e"), "PYTHONUNBUFFERED": "1",
+        "KUBECONFIG": str(kubeconfig), "KUBETUNE_STATE_DIR": str(STATE),
+        "KUBETUNE_NODE_NAME": NODE_NAME, "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
+        "KUBETUNE_BRIDGE": BRIDGE, "KUBETUNE_POD_CIDR": str(POD_CIDR),
+        "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
+    })
+    _spawn("nodeagent", [python, "-m", "nodeagent"], env=env)
+    _wait("node Ready and the default ServiceAccount", lambda: _is_ready(pki), timeout, COMPONENTS)
+    log(f"ready in {time.monotonic() - t0:.1f}s; logs in {STATE / 'logs'}")
+    return kubeconfig
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def down(wipe: bool = True, quiet: bool = False) -> None:
+    # the node agent first: it stops its pods' process groups
+    for comp in reversed(COMPONENTS):
+        pid = _alive(comp)
+        if pid is None:
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            continue
+        deadline = time.monotonic() + (15 if comp == "nodeagent" else 10)
+        while time.monotonic() < deadline and _alive(comp) is not None:
+            time.sleep(0.1)
+        if _alive(comp) is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not quiet:
+            log(f"stopped {comp}")
+    # leftovers of the node agent: pods' process groups, mounts, network namespaces
+    sys.path.insert(0, str(REPO / "e2e"))
+    from nodeagent import cleanup
+
+    cleanup.cleanup_node(STATE / "node", BRIDGE if wipe else None)
+    if wipe:
+        import shutil
+
+        for d in ("etcd", "node", "pids", "pki"):
+            shutil.rmtree(STATE / d, ignore_errors=True)
+        (STATE / "kubeconfig").unlink(missing_ok=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["up", "down", "env", "status"])
+    ap.add_argument("--bin-dir", type=Path)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--timeout", type=float, default=120)
+    a = ap.parse_args()
+    STATE.mkdir(parents=True, exist_ok=True)
+    if a.cmd == "up":
+        if a.bin_dir is None:
+            ap.error("up needs --bin-dir")
+        kc = up(a.bin_dir, a.python, a.timeout)
+        print(kc)
+    elif a.cmd == "down":
+        down()
+    elif a.cmd == "env":
+        print(f"export KUBECONFIG={STATE / 'kubeconfig'}")
+    else:
+        ok = (STATE / "kubeconfig").exists() and _is_ready(STATE / "pki")
+        print("ready" if ok else "not ready")
+        sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Local node agent: registers a Node and runs the pods bound to it as local processes."""

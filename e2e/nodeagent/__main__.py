@@ -1,0 +1,3 @@
+from nodeagent.agent import main
+
+main()

@@ -1,0 +1,103 @@
+"""A 2-replica StatefulSet behind a headless Service whose pods all-reduce with torch.distributed
+(gloo), finding each other through the StatefulSet DNS names, as the operator's workers do."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tests.kube_cluster import TEST_IMAGE, wait_for
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = """
+import datetime, os, socket, sys, time
+import torch
+import torch.distributed as dist
+
+rank = int(os.environ["POD_INDEX"])
+master = f"ar-0.ar.{os.environ['POD_NS']}.svc.cluster.local"
+print(f"rank {rank} on {socket.gethostname()}; master {master}", flush=True)
+deadline = time.time() + 60
+while True:  # the peer's name resolves once its pod has an address
+    try:
+        socket.getaddrinfo(master, 29500)
+        break
+    except socket.gaierror:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+dist.init_process_group("gloo", init_method=f"tcp://{master}:29500", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+t = torch.tensor([float(rank + 1), 10.0 * (rank + 1)])
+dist.all_reduce(t)
+assert t.tolist() == [3.0, 30.0], t
+print(f"all_reduce ok: {t.tolist()}", flush=True)
+with open("/data/done", "w") as f:
+    f.write(f"rank {rank} ok\\n")
+dist.destroy_process_group()
+with open("/dev/termination-log", "w") as f:
+    f.write(f"rank {rank} all_reduce {t.tolist()}")
+"""
+
+
+def test_statefulset_gloo_all_reduce_over_dns_names(kube_cluster, kube_namespace):
+    api = kube_cluster.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    ns = kube_namespace
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "ar-script"}, "data": {"allreduce.py": SCRIPT}})
+    core.create_namespaced_service(ns, {"metadata": {"name": "ar"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "ar"}, "publishNotReadyAddresses": True,
+        "ports": [{"name": "c10d", "port": 29500}]}})
+    sts = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ar"},
+        "spec": {
+            "serviceName": "ar", "replicas": 2, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "ar"}},
+            "template": {"metadata": {"labels": {"app": "ar"}}, "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "worker", "image": TEST_IMAGE,
+                    "command": ["python", "-u", "/scripts/allreduce.py"],
+                    "env": [
+                        {"name": "POD_INDEX", "valueFrom": {"fieldRef": {
+                            "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}},
+                        {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        {"name": "OMP_NUM_THREADS", "value": "1"},
+                    ],
+                    "volumeMounts": [{"name": "scripts", "mountPath": "/scripts"},
+                                     {"name": "data", "mountPath": "/data"}],
+                }],
+                "volumes": [{"name": "scripts", "configMap": {"name": "ar-script"}}],
+            }},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    }
+    apps.create_namespaced_stateful_set(ns, sts)
+
+    def completed_once(name):
+        try:
+            st = core.read_namespaced_pod_status(name, ns).status
+        except client.ApiException:
+            return None
+        for cs in st.container_statuses or []:
+            for s in (cs.state, cs.last_state):
+                if s and s.terminated:
+                    return s.terminated
+        return None
+
+    results = {}
+    for name in ("ar-0", "ar-1"):
+        results[name] = wait_for(lambda n=name: completed_once(n), 120, interval=0.5,
+                                 what=f"{name} to finish its all-reduce")
+    logs = {n: kube_cluster.kubectl("logs", n, "-n", ns, "--previous", check=False).stdout +
+            kube_cluster.kubectl("logs", n, "-n", ns, check=False).stdout for n in results}
+    for name, term in results.items():
+        assert term.exit_code == 0, (name, term, logs[name])
+        assert "all_reduce [3.0, 30.0]" in (term.message or ""), (name, term)
+        assert "all_reduce ok" in logs[name]
+    # both claims were bound to provisioned local volumes
+    pvcs = core.list_namespaced_persistent_volume_claim(ns).items
+    assert sorted(p.metadata.name for p in pvcs) == ["data-ar-0", "data-ar-1"]
+    assert all(p.status.phase == "Bound" for p in pvcs)
