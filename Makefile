@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev]'
 	touch $@
 
+# A local control plane, the operator, and a tiny CPU fine-tune through it (examples/finetune-cpu-smoke.yaml).
+demo: venv
+	bash e2e/demo.sh
+
 # Every tier that needs no GPU: unit, integration (real control plane) and e2e (pods train).
 test: venv
 	$(PY) -m pytest
