@@ -36,11 +36,17 @@ class KubeCluster:
     local: bool
     env: dict = field(default_factory=dict)
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None,  # noqa: A002
-                timeout: float | None = 120) -> subprocess.CompletedProcess:
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,  # noqa: A002
+        timeout: float | None = 120,
+    ) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.env, "KUBECONFIG": self.kubeconfig}
-        p = subprocess.run([self.kubectl_bin, *args], capture_output=True, text=True, env=env,
-                           input=input, timeout=timeout)
+        p = subprocess.run(
+            [self.kubectl_bin, *args], capture_output=True, text=True, env=env, input=input, timeout=timeout
+        )
         if check and p.returncode != 0:
             raise AssertionError(
                 f"kubectl {' '.join(args)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
@@ -60,8 +66,12 @@ class KubeCluster:
         from kubernetes import client
 
         core = client.CoreV1Api(self.api_client())
-        wait_for(lambda: core.read_namespaced_service_account("default", name), 30,
-                 interval=0.1, what=f"ServiceAccount {name}/default")
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", name),
+            30,
+            interval=0.1,
+            what=f"ServiceAccount {name}/default",
+        )
         return name
 
 
@@ -72,8 +82,9 @@ def _kubectl_binary(build_dir: str | None) -> str:
         return str(Path(build_dir) / "kubectl")
     found = shutil.which("kubectl")
     if not found:
-        pytest.fail("no kubectl: set KUBETUNE_KUBECTL or put kubectl on PATH "
-                    "(e2e/localcluster.sh bin builds one)")
+        pytest.fail(
+            "no kubectl: set KUBETUNE_KUBECTL or put kubectl on PATH (e2e/localcluster.sh bin builds one)"
+        )
     return found
 
 
@@ -86,31 +97,40 @@ def kube_cluster(request):
         build_dir = None
         if not os.environ.get("KUBETUNE_KUBECTL") and not shutil.which("kubectl"):
             build_dir = _build()
-        yield KubeCluster(kubeconfig=kc.split(os.pathsep)[0], kubectl_bin=_kubectl_binary(build_dir),
-                          logs_dir=None, local=False)
+        yield KubeCluster(
+            kubeconfig=kc.split(os.pathsep)[0],
+            kubectl_bin=_kubectl_binary(build_dir),
+            logs_dir=None,
+            local=False,
+        )
         return
 
     if os.geteuid() != 0:
-        pytest.skip("the local cluster needs root (network namespaces, bind mounts); "
-                    "or set KUBETUNE_USE_EXISTING_CLUSTER=1 with KUBECONFIG")
+        pytest.skip(
+            "the local cluster needs root (network namespaces, bind mounts); "
+            "or set KUBETUNE_USE_EXISTING_CLUSTER=1 with KUBECONFIG"
+        )
     build_dir = _build()
     state = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
     was_up = subprocess.run([str(LOCALCLUSTER), "status"], capture_output=True, text=True).returncode == 0
     p = subprocess.run([str(LOCALCLUSTER), "up"], capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
-        pytest.fail(f"e2e/localcluster.sh up failed ({p.returncode}); logs in {state / 'logs'}\n"
-                    f"{p.stderr[-5000:]}")
+        pytest.fail(
+            f"e2e/localcluster.sh up failed ({p.returncode}); logs in {state / 'logs'}\n{p.stderr[-5000:]}"
+        )
     kubeconfig = p.stdout.strip().splitlines()[-1]
-    cluster = KubeCluster(kubeconfig=kubeconfig, kubectl_bin=_kubectl_binary(build_dir),
-                          logs_dir=state / "logs", local=True)
+    cluster = KubeCluster(
+        kubeconfig=kubeconfig, kubectl_bin=_kubectl_binary(build_dir), logs_dir=state / "logs", local=True
+    )
     yield cluster
     if not was_up and os.environ.get("KUBETUNE_KEEP_CLUSTER") != "1":
         subprocess.run([str(LOCALCLUSTER), "down"], capture_output=True, text=True, timeout=300)
 
 
 def _build() -> str:
-    p = subprocess.run([str(REPO / "e2e" / "cluster" / "build.sh"), "build"], capture_output=True,
-                       text=True, timeout=5400)
+    p = subprocess.run(
+        [str(REPO / "e2e" / "cluster" / "build.sh"), "build"], capture_output=True, text=True, timeout=5400
+    )
     if p.returncode != 0:
         pytest.fail(f"e2e/cluster/build.sh failed:\n{p.stderr[-5000:]}")
     return p.stdout.strip().splitlines()[-1]
@@ -124,9 +144,9 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call" and rep.failed and "kube_cluster" in getattr(item, "fixturenames", ()):
         state = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
         if os.environ.get("KUBETUNE_USE_EXISTING_CLUSTER") != "1":
-            rep.sections.append(("kube_cluster", f"component logs: {state / 'logs'}; "
-                                                 f"pod logs: {state / 'logs' / 'pods'}"))
-
+            rep.sections.append(
+                ("kube_cluster", f"component logs: {state / 'logs'}; pod logs: {state / 'logs' / 'pods'}")
+            )
 
 
 # ---------------------------------------------------------------- helpers for cluster tests

@@ -32,6 +32,8 @@ STATE = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
 ETCD_PORT = int(os.environ.get("KUBETUNE_ETCD_PORT", "23790"))
 APISERVER_PORT = int(os.environ.get("KUBETUNE_APISERVER_PORT", "6443"))
 KUBELET_PORT = int(os.environ.get("KUBETUNE_KUBELET_PORT", "10250"))
+KCM_PORT = int(os.environ.get("KUBETUNE_KCM_PORT", "10257"))
+SCHEDULER_PORT = int(os.environ.get("KUBETUNE_SCHEDULER_PORT", "10259"))
 BRIDGE = os.environ.get("KUBETUNE_BRIDGE", "kt0")
 POD_CIDR = ipaddress.ip_network(os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
 GATEWAY = str(next(POD_CIDR.hosts()))  # 10.244.0.1: host side of the bridge; pods reach the API here
@@ -94,8 +96,16 @@ def _pki(pki: Path) -> None:
     )
     write("ca", ca_key, ca)
 
-    def leaf(fname: str, cn: str, org: str | None = None, *, server: bool = False, client: bool = False,
-             dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
+    def leaf(
+        fname: str,
+        cn: str,
+        org: str | None = None,
+        *,
+        server: bool = False,
+        client: bool = False,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -123,14 +133,30 @@ def _pki(pki: Path) -> None:
         write(fname, key, b.sign(ca_key, hashes.SHA256()))
 
     svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
-    leaf("apiserver", "kube-apiserver", server=True,
-         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-              "kubernetes.default.svc.cluster.local"),
-         ips=("127.0.0.1", GATEWAY, svc_ip))
+    leaf(
+        "apiserver",
+        "kube-apiserver",
+        server=True,
+        dns=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ips=("127.0.0.1", GATEWAY, svc_ip),
+    )
     leaf("admin", "kubernetes-admin", "system:masters", client=True)
     leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True)
-    leaf("kubelet", f"system:node:{NODE_NAME}", "system:nodes", server=True, client=True,
-         dns=("localhost", NODE_NAME), ips=("127.0.0.1", GATEWAY))
+    leaf(
+        "kubelet",
+        f"system:node:{NODE_NAME}",
+        "system:nodes",
+        server=True,
+        client=True,
+        dns=("localhost", NODE_NAME),
+        ips=("127.0.0.1", GATEWAY),
+    )
     sa_key = ec.generate_private_key(ec.SECP256R1())
     write("sa", sa_key)
     (pki / "sa.pub").write_bytes(
@@ -147,13 +173,27 @@ def _kubeconfig(path: Path, pki: Path) -> None:
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kubetune-local", "cluster": {
-            "server": f"https://127.0.0.1:{APISERVER_PORT}",
-            "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "kubetune-admin", "user": {
-            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
-        "contexts": [{"name": "kubetune-local", "context": {
-            "cluster": "kubetune-local", "user": "kubetune-admin", "namespace": "default"}}],
+        "clusters": [
+            {
+                "name": "kubetune-local",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{APISERVER_PORT}",
+                    "certificate-authority": str(pki / "ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "kubetune-admin",
+                "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+            }
+        ],
+        "contexts": [
+            {
+                "name": "kubetune-local",
+                "context": {"cluster": "kubetune-local", "user": "kubetune-admin", "namespace": "default"},
+            }
+        ],
         "current-context": "kubetune-local",
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -183,8 +223,16 @@ def _spawn(comp: str, argv: list[str], env: dict | None = None) -> None:
     logf = open(STATE / "logs" / f"{comp}.log", "ab")  # noqa: SIM115 - handed to the child
     logf.write(f"\n==== {dt.datetime.now().isoformat()} {' '.join(argv)}\n".encode())
     logf.flush()
-    p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=env, close_fds=True, cwd=STATE)
+    p = subprocess.Popen(
+        argv,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+        close_fds=True,
+        cwd=STATE,
+    )
     _pidfile(comp).write_text(str(p.pid))
     logf.close()
 
@@ -197,8 +245,9 @@ def _ssl_ctx(pki: Path) -> ssl.SSLContext:
 
 def _get(pki: Path, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{APISERVER_PORT}{path}", timeout=timeout,
-                                    context=_ssl_ctx(pki)) as r:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{APISERVER_PORT}{path}", timeout=timeout, context=_ssl_ctx(pki)
+        ) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -262,67 +311,103 @@ def up(bin_dir: Path, python: str, timeout: float) -> Path:
     _kubeconfig(kubeconfig, pki)
     _bridge()
     b = bin_dir
-    _spawn("etcd", [
-        str(b / "etcd"), "--name=kubetune", f"--data-dir={STATE / 'etcd'}",
-        f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
-        f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
-        f"--listen-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
-        f"--initial-cluster=kubetune=http://127.0.0.1:{ETCD_PORT + 10}",
-        "--unsafe-no-fsync", "--log-level=warn",
-        "--quota-backend-bytes=4294967296",
-    ])
-    _spawn("kube-apiserver", [
-        str(b / "kube-apiserver"),
-        f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-        "--bind-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
-        f"--advertise-address={GATEWAY}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        "--authorization-mode=Node,RBAC",
-        "--enable-admission-plugins=NodeRestriction",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--allow-privileged=true",
-        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-        "--kubelet-preferred-address-types=InternalIP",
-        "--profiling=false", "--v=1",
-    ])
+    _spawn(
+        "etcd",
+        [
+            str(b / "etcd"),
+            "--name=kubetune",
+            f"--data-dir={STATE / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
+            f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
+            f"--listen-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
+            f"--initial-cluster=kubetune=http://127.0.0.1:{ETCD_PORT + 10}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+            "--quota-backend-bytes=4294967296",
+        ],
+    )
+    _spawn(
+        "kube-apiserver",
+        [
+            str(b / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={APISERVER_PORT}",
+            f"--advertise-address={GATEWAY}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
     _wait("etcd", lambda: _port_open(ETCD_PORT), 30, ["etcd"])
-    _wait("kube-apiserver /readyz", lambda: _get(pki, "/readyz")[0] == 200, timeout, ["etcd", "kube-apiserver"])
-    _spawn("kube-controller-manager", [
-        str(b / "kube-controller-manager"),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1", "--secure-port=10257",
-        "--leader-elect=false", "--controllers=*",
-        "--use-service-account-credentials=true",
-        f"--service-account-private-key-file={pki / 'sa.key'}",
-        f"--root-ca-file={pki / 'ca.crt'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--concurrent-statefulset-syncs=5", "--concurrent-gc-syncs=10",
-        "--profiling=false", "--v=1",
-    ])
-    _spawn("kube-scheduler", [
-        str(b / "kube-scheduler"),
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1", "--secure-port=10259",
-        "--leader-elect=false", "--profiling=false", "--v=1",
-    ])
+    _wait(
+        "kube-apiserver /readyz", lambda: _get(pki, "/readyz")[0] == 200, timeout, ["etcd", "kube-apiserver"]
+    )
+    _spawn(
+        "kube-controller-manager",
+        [
+            str(b / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={KCM_PORT}",
+            "--leader-elect=false",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--concurrent-statefulset-syncs=5",
+            "--concurrent-gc-syncs=10",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
+    _spawn(
+        "kube-scheduler",
+        [
+            str(b / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={SCHEDULER_PORT}",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
     env = dict(os.environ)
-    env.update({
-        "PYTHONPATH": str(REPO / "e2e"), "PYTHONUNBUFFERED": "1",
-        "KUBECONFIG": str(kubeconfig), "KUBETUNE_STATE_DIR": str(STATE),
-        "KUBETUNE_NODE_NAME": NODE_NAME, "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
-        "KUBETUNE_BRIDGE": BRIDGE, "KUBETUNE_POD_CIDR": str(POD_CIDR),
-        "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(REPO / "e2e"),
+            "PYTHONUNBUFFERED": "1",
+            "KUBECONFIG": str(kubeconfig),
+            "KUBETUNE_STATE_DIR": str(STATE),
+            "KUBETUNE_NODE_NAME": NODE_NAME,
+            "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
+            "KUBETUNE_BRIDGE": BRIDGE,
+            "KUBETUNE_POD_CIDR": str(POD_CIDR),
+            "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
+        }
+    )
     _spawn("nodeagent", [python, "-m", "nodeagent"], env=env)
     _wait("node Ready and the default ServiceAccount", lambda: _is_ready(pki), timeout, COMPONENTS)
     log(f"ready in {time.monotonic() - t0:.1f}s; logs in {STATE / 'logs'}")
@@ -361,7 +446,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
     sys.path.insert(0, str(REPO / "e2e"))
     from nodeagent import cleanup
 
-    cleanup.cleanup_node(STATE / "node", BRIDGE if wipe else None)
+    cleanup.cleanup_node(STATE / "node", BRIDGE, delete_bridge=wipe)
     if wipe:
         import shutil
 

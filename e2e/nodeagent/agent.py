@@ -51,8 +51,9 @@ class Agent:
         self.node_name = os.environ.get("KUBETUNE_NODE_NAME", "kubetune-node")
         self.kubelet_port = int(os.environ.get("KUBETUNE_KUBELET_PORT", "10250"))
         self.apiserver_port = int(os.environ.get("KUBETUNE_APISERVER_PORT", "6443"))
-        self.network = Network(os.environ.get("KUBETUNE_BRIDGE", "kt0"),
-                               os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
+        self.network = Network(
+            os.environ.get("KUBETUNE_BRIDGE", "kt0"), os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24")
+        )
         self.allocatable = {
             "cpu": os.environ.get("KUBETUNE_NODE_CPU", "16"),
             "memory": os.environ.get("KUBETUNE_NODE_MEMORY", str(_mem_bytes())),
@@ -72,57 +73,86 @@ class Agent:
         t = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
         def cond(ctype: str, status: str, reason: str, msg: str) -> dict:
-            return {"type": ctype, "status": status, "reason": reason, "message": msg,
-                    "lastHeartbeatTime": t, "lastTransitionTime": self.started_at}
+            return {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": msg,
+                "lastHeartbeatTime": t,
+                "lastTransitionTime": self.started_at,
+            }
 
         return {
             "capacity": self.allocatable,
             "allocatable": self.allocatable,
             "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory"),
+                cond(
+                    "MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory"
+                ),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond(
+                    "PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"
+                ),
                 cond("Ready", "True", "KubeletReady", "kubetune node agent is posting ready status"),
             ],
-            "addresses": [{"type": "InternalIP", "address": self.network.gateway},
-                          {"type": "Hostname", "address": self.node_name}],
+            "addresses": [
+                {"type": "InternalIP", "address": self.network.gateway},
+                {"type": "Hostname", "address": self.node_name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "",
-                "kernelVersion": platform.release(), "osImage": "kubetune node agent (pods are processes)",
-                "containerRuntimeVersion": "kubetune://0.1", "kubeletVersion": self.kube_version,
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": platform.release(),
+                "osImage": "kubetune node agent (pods are processes)",
+                "containerRuntimeVersion": "kubetune://0.1",
+                "kubeletVersion": self.kube_version,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
             },
         }
 
     def register(self) -> None:
         self.started_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.kube_version = client.VersionApi(self.api).get_code().git_version
-        labels = {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", "kubetune.dev/local-node": "true"}
+        labels = {
+            "kubernetes.io/hostname": self.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "kubetune.dev/local-node": "true",
+        }
         try:
-            self.core.create_node({"apiVersion": "v1", "kind": "Node",
-                                   "metadata": {"name": self.node_name, "labels": labels}})
+            self.core.create_node(
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": labels}}
+            )
         except ApiException as e:
             if e.status != 409:
                 raise
             self.core.patch_node(self.node_name, {"metadata": {"labels": labels}, "spec": {"taints": None}})
-        self.core.patch_node_status(self.node_name, {"status": self.node_status()},
-                                    _content_type="application/merge-patch+json")
+        self.core.patch_node_status(
+            self.node_name, {"status": self.node_status()}, _content_type="application/merge-patch+json"
+        )
 
     def heartbeat_loop(self) -> None:
         coord = client.CoordinationV1Api(self.api)
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.node_name, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": self.node_name, "leaseDurationSeconds": 40}}
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.node_name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": self.node_name, "leaseDurationSeconds": 40},
+        }
         while not self.stopping.is_set():
             try:
                 body["spec"]["renewTime"] = micro_now()
                 try:
-                    coord.patch_namespaced_lease(self.node_name, "kube-node-lease",
-                                                 {"spec": {"renewTime": body["spec"]["renewTime"],
-                                                           "holderIdentity": self.node_name}},
-                                                 _content_type="application/merge-patch+json")
+                    coord.patch_namespaced_lease(
+                        self.node_name,
+                        "kube-node-lease",
+                        {"spec": {"renewTime": body["spec"]["renewTime"], "holderIdentity": self.node_name}},
+                        _content_type="application/merge-patch+json",
+                    )
                 except ApiException as e:
                     if e.status != 404:
                         raise
@@ -130,8 +160,11 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - keep beating
                 log.warning("lease renewal failed: %s", str(e).splitlines()[0])
             try:
-                self.core.patch_node_status(self.node_name, {"status": self.node_status()},
-                                            _content_type="application/merge-patch+json")
+                self.core.patch_node_status(
+                    self.node_name,
+                    {"status": self.node_status()},
+                    _content_type="application/merge-patch+json",
+                )
             except Exception as e:  # noqa: BLE001 - keep beating
                 log.warning("node status update failed: %s", str(e).splitlines()[0])
             self.stopping.wait(10)
@@ -197,9 +230,12 @@ class Agent:
                     stale = [w for uid, w in self.workers.items() if uid not in seen]
                 for w in stale:
                     w.gone()
-                for ev in watch.Watch().stream(core.list_pod_for_all_namespaces, field_selector=sel,
-                                               resource_version=lst.metadata.resource_version,
-                                               timeout_seconds=300):
+                for ev in watch.Watch().stream(
+                    core.list_pod_for_all_namespaces,
+                    field_selector=sel,
+                    resource_version=lst.metadata.resource_version,
+                    timeout_seconds=300,
+                ):
                     self.on_pod(ev["type"], self.api.sanitize_for_serialization(ev["object"]))
                     if self.stopping.is_set():
                         return
@@ -223,8 +259,9 @@ class Agent:
         if phase in ("Succeeded", "Failed"):
             if pod["metadata"].get("deletionTimestamp"):  # finished before an agent restart
                 try:
-                    self.core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"],
-                                                    grace_period_seconds=0)
+                    self.core.delete_namespaced_pod(
+                        pod["metadata"]["name"], pod["metadata"]["namespace"], grace_period_seconds=0
+                    )
                 except ApiException:
                     pass
             return
@@ -238,10 +275,17 @@ class Agent:
     # ---------------------------------------------------------------- volumes
     def ensure_storage_class(self) -> None:
         st = client.StorageV1Api(self.api)
-        body = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": STORAGE_CLASS,
-                             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-                "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}
+        body = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        }
         try:
             st.create_storage_class(body)
         except ApiException as e:
@@ -283,7 +327,8 @@ class Agent:
         path.mkdir(parents=True, exist_ok=True)
         size = ((pvc.spec.resources.requests or {}) if pvc.spec.resources else {}).get("storage", "1Gi")
         body = {
-            "apiVersion": "v1", "kind": "PersistentVolume",
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
             "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
             "spec": {
                 "capacity": {"storage": size},
@@ -292,9 +337,13 @@ class Agent:
                 "storageClassName": sc or "",
                 "volumeMode": pvc.spec.volume_mode or "Filesystem",
                 "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                             "namespace": pvc.metadata.namespace, "name": pvc.metadata.name,
-                             "uid": pvc.metadata.uid},
+                "claimRef": {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "namespace": pvc.metadata.namespace,
+                    "name": pvc.metadata.name,
+                    "uid": pvc.metadata.uid,
+                },
             },
         }
         try:
@@ -321,19 +370,26 @@ class Agent:
     # ---------------------------------------------------------------- run
     def run(self) -> None:
         self.node_dir.mkdir(parents=True, exist_ok=True)
-        cleanup.cleanup_node(self.node_dir, None)  # what a previous agent left
+        cleanup.cleanup_node(self.node_dir, self.network.bridge)  # what a previous agent left
         self.network.ensure_bridge()
         fwd = TCPForwarder((self.network.gateway, self.apiserver_port), ("127.0.0.1", self.apiserver_port))
         fwd.start()
         self.register()
         self.ensure_storage_class()
         pki = self.state / "pki"
-        kubeletapi.serve(self, self.network.gateway, self.kubelet_port, pki / "kubelet.crt",
-                         pki / "kubelet.key", pki / "ca.crt")
+        kubeletapi.serve(
+            self,
+            self.network.gateway,
+            self.kubelet_port,
+            pki / "kubelet.crt",
+            pki / "kubelet.key",
+            pki / "ca.crt",
+        )
         for fn in (self.heartbeat_loop, self.pod_loop, self.provision_loop):
             threading.Thread(target=fn, name=fn.__name__, daemon=True).start()
-        log.info("node %s registered (kubernetes client %s); running pods", self.node_name,
-                 kubernetes.__version__)
+        log.info(
+            "node %s registered (kubernetes client %s); running pods", self.node_name, kubernetes.__version__
+        )
 
     def shutdown(self) -> None:
         self.stopping.set()
@@ -345,7 +401,7 @@ class Agent:
                 if c.proc is not None:
                     procs.append(c.proc.pid)
         cleanup.kill_pgids(procs, grace=5)
-        cleanup.cleanup_node(self.node_dir, None)
+        cleanup.cleanup_node(self.node_dir, self.network.bridge)
 
 
 def main() -> None:

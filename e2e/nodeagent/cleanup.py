@@ -57,11 +57,11 @@ def unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", m], capture_output=True)
 
 
-def cleanup_node(node_dir: Path, bridge: str | None) -> None:
+def cleanup_node(node_dir: Path, bridge: str, delete_bridge: bool = False) -> None:
     if node_dir.exists():
         kill_pgids(_pod_pgids(node_dir))
         unmount_under(node_dir)
-    for ns in list_netns():
+    for ns in list_netns(bridge):
         ip("netns", "del", ns, check=False)
-    if bridge:
+    if delete_bridge:
         ip("link", "del", bridge, check=False)

@@ -87,8 +87,9 @@ def make_handler(agent):
                                 if limit is not None and sent >= limit:
                                     break
                                 continue
-                            still = (agent.find(ns, pod) is w and c.runs - 1 == run_index and
-                                     (c.proc is not None))
+                            still = (
+                                agent.find(ns, pod) is w and c.runs - 1 == run_index and (c.proc is not None)
+                            )
                             if not still:
                                 rest = fh.read()
                                 self._chunk(rest)

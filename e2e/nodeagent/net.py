@@ -6,8 +6,6 @@ import ipaddress
 import subprocess
 import threading
 
-NETNS_PREFIX = "kt-"
-
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     p = subprocess.run(["ip", *args], capture_output=True, text=True)
@@ -16,9 +14,14 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def list_netns() -> list[str]:
+def netns_prefix(bridge: str) -> str:
+    """Pods' network namespaces are named <bridge>-<pod key>: each local cluster has its own bridge."""
+    return f"{bridge}-"
+
+
+def list_netns(bridge: str) -> list[str]:
     out = ip("netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(NETNS_PREFIX)]
+    return [line.split()[0] for line in out.splitlines() if line.startswith(netns_prefix(bridge))]
 
 
 class Network:
@@ -44,7 +47,7 @@ class Network:
         with self._lock:
             addr = self._free.pop(0)
             self._used[key] = addr
-        ns = NETNS_PREFIX + key
+        ns = netns_prefix(self.bridge) + key
         hv = "ktv" + key[:11]
         ip("netns", "del", ns, check=False)
         ip("link", "del", hv, check=False)
@@ -58,7 +61,7 @@ class Network:
         return f"/run/netns/{ns}", addr
 
     def teardown(self, key: str) -> None:
-        ip("netns", "del", NETNS_PREFIX + key, check=False)
+        ip("netns", "del", netns_prefix(self.bridge) + key, check=False)
         ip("link", "del", "ktv" + key[:11], check=False)
         with self._lock:
             addr = self._used.pop(key, None)

@@ -96,11 +96,17 @@ class PodWorker(threading.Thread):
         self.message = ""
         self.reason = ""
         spec = pod["spec"]
-        prev = {c["name"]: c.get("restartCount", 0)
-                for c in (pod.get("status") or {}).get("containerStatuses") or []}
-        self.init_ctrs = [Container(c, True, self.logs_root / c["name"]) for c in spec.get("initContainers") or []]
-        self.ctrs = [Container(c, False, self.logs_root / c["name"], prev.get(c["name"], 0))
-                     for c in spec.get("containers") or []]
+        prev = {
+            c["name"]: c.get("restartCount", 0)
+            for c in (pod.get("status") or {}).get("containerStatuses") or []
+        }
+        self.init_ctrs = [
+            Container(c, True, self.logs_root / c["name"]) for c in spec.get("initContainers") or []
+        ]
+        self.ctrs = [
+            Container(c, False, self.logs_root / c["name"], prev.get(c["name"], 0))
+            for c in spec.get("containers") or []
+        ]
         self.initialized = not self.init_ctrs
         self.start_time = now()
         self._last_status: str | None = None
@@ -143,8 +149,9 @@ class PodWorker(threading.Thread):
         # sandbox: volumes (retried while referenced objects are missing) and network
         while not self._deleting:
             try:
-                self.volumes = podspec.prepare_volumes(self.agent.core, self.pod, self.dir / "volumes",
-                                                       {}, self.agent.allocatable)
+                self.volumes = podspec.prepare_volumes(
+                    self.agent.core, self.pod, self.dir / "volumes", {}, self.agent.allocatable
+                )
                 break
             except podspec.NotReady as e:
                 self._set_waiting_all("ContainerCreating", str(e))
@@ -224,9 +231,13 @@ class PodWorker(threading.Thread):
             c.backoff = 1.0 if (c.backoff == 0 or ran > BACKOFF_RESET) else min(c.backoff * 2, MAX_BACKOFF)
             c.next_start = time.monotonic() + c.backoff
             c.last_state = {"terminated": term}
-            c.state = {"waiting": {"reason": "CrashLoopBackOff" if code != 0 else "Completed",
-                                   "message": f"back-off {c.backoff:.0f}s restarting failed container="
-                                              f"{c.name} pod={self.name}_{self.ns}({self.uid})"}}
+            c.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff" if code != 0 else "Completed",
+                    "message": f"back-off {c.backoff:.0f}s restarting failed container="
+                    f"{c.name} pod={self.name}_{self.ns}({self.uid})",
+                }
+            }
             c.restart_count += 1
         else:
             c.state = {"terminated": term}
@@ -236,15 +247,17 @@ class PodWorker(threading.Thread):
     def _base_env(self) -> dict[str, str]:
         venv_bin = os.path.dirname(sys.executable)
         env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV_PREFIXES)}
-        env.update({
-            "PATH": f"{venv_bin}:{DEFAULT_PATH}",
-            "HOME": "/root",
-            "HOSTNAME": self.hostname,
-            "KUBERNETES_SERVICE_HOST": self.agent.network.gateway,
-            "KUBERNETES_SERVICE_PORT": str(self.agent.apiserver_port),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.agent.apiserver_port),
-            "KUBERNETES_PORT": f"tcp://{self.agent.network.gateway}:{self.agent.apiserver_port}",
-        })
+        env.update(
+            {
+                "PATH": f"{venv_bin}:{DEFAULT_PATH}",
+                "HOME": "/root",
+                "HOSTNAME": self.hostname,
+                "KUBERNETES_SERVICE_HOST": self.agent.network.gateway,
+                "KUBERNETES_SERVICE_PORT": str(self.agent.apiserver_port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(self.agent.apiserver_port),
+                "KUBERNETES_PORT": f"tcp://{self.agent.network.gateway}:{self.agent.apiserver_port}",
+            }
+        )
         if sys.prefix != sys.base_prefix:
             env["VIRTUAL_ENV"] = sys.prefix
         return env
@@ -255,8 +268,9 @@ class PodWorker(threading.Thread):
 
     def _start(self, c: Container) -> None:
         try:
-            env = podspec.container_env(self.agent.core, self.pod_with_status(), c.spec, self._base_env(),
-                                        self.agent.allocatable)
+            env = podspec.container_env(
+                self.agent.core, self.pod_with_status(), c.spec, self._base_env(), self.agent.allocatable
+            )
             mounts = podspec.container_mounts(c.spec, self.volumes)
         except podspec.NotReady as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
@@ -264,8 +278,12 @@ class PodWorker(threading.Thread):
             return
         argv = [podspec.expand(a, env) for a in (c.spec.get("command") or []) + (c.spec.get("args") or [])]
         if not argv:
-            c.state = {"waiting": {"reason": "CreateContainerError",
-                                   "message": "no command: images are not run by this node agent"}}
+            c.state = {
+                "waiting": {
+                    "reason": "CreateContainerError",
+                    "message": "no command: images are not run by this node agent",
+                }
+            }
             c.next_start = time.monotonic() + 5.0
             return
         cdir = self.dir / "containers" / c.name
@@ -278,16 +296,29 @@ class PodWorker(threading.Thread):
         if not (self.dir / "hosts").exists():
             (self.dir / "hosts").write_text(self.agent.hosts_for(self))
         workdir = c.spec.get("workingDir") or str(self.dir / "root")
-        spec = {"netns": self.netns, "hostname": self.hostname, "mounts": mounts, "argv": argv,
-                "env": env, "cwd": workdir, "scratch": str(cdir)}
+        spec = {
+            "netns": self.netns,
+            "hostname": self.hostname,
+            "mounts": mounts,
+            "argv": argv,
+            "env": env,
+            "cwd": workdir,
+            "scratch": str(cdir),
+        }
         spec_file = cdir / "spec.json"
         spec_file.write_text(json.dumps(spec))
         c.log_dir.mkdir(parents=True, exist_ok=True)
         logf = open(c.log_dir / f"{c.runs}.log", "wb")  # noqa: SIM115
         c.runs += 1
-        c.proc = subprocess.Popen([sys.executable, "-S", SANDBOX, str(spec_file)], stdout=logf,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True, close_fds=True, env={"PATH": DEFAULT_PATH})
+        c.proc = subprocess.Popen(
+            [sys.executable, "-S", SANDBOX, str(spec_file)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env={"PATH": DEFAULT_PATH},
+        )
         logf.close()
         (self.dir / "pgids" / str(c.proc.pid)).write_text("")
         c.started_mono = time.monotonic()
@@ -314,9 +345,12 @@ class PodWorker(threading.Thread):
     # ---------------------------------------------------------------- status
     def pod_with_status(self) -> dict:
         p = dict(self.pod)
-        p["status"] = {"hostIP": self.agent.network.gateway, "podIP": self.pod_ip,
-                       "hostIPs": [{"ip": self.agent.network.gateway}],
-                       "podIPs": [{"ip": self.pod_ip}] if self.pod_ip else []}
+        p["status"] = {
+            "hostIP": self.agent.network.gateway,
+            "podIP": self.pod_ip,
+            "hostIPs": [{"ip": self.agent.network.gateway}],
+            "podIPs": [{"ip": self.pod_ip}] if self.pod_ip else [],
+        }
         return p
 
     def _push_status(self, final: bool = False) -> None:
@@ -331,8 +365,12 @@ class PodWorker(threading.Thread):
         t = now()
 
         def cond(ctype: str, ok: bool, reason: str | None = None) -> dict:
-            d = {"type": ctype, "status": "True" if ok else "False", "lastProbeTime": None,
-                 "lastTransitionTime": t}
+            d = {
+                "type": ctype,
+                "status": "True" if ok else "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": t,
+            }
             if reason and not ok:
                 d["reason"] = reason
             return d
@@ -340,10 +378,16 @@ class PodWorker(threading.Thread):
         conds = [
             cond("PodReadyToStartContainers", bool(self.netns) or bool(self.pod_ip)),
             cond("Initialized", self.initialized, "ContainersNotInitialized"),
-            cond("Ready", ready, "ContainersNotReady" if self.phase not in ("Succeeded", "Failed")
-                 else "PodCompleted"),
-            cond("ContainersReady", ready, "ContainersNotReady" if self.phase not in ("Succeeded", "Failed")
-                 else "PodCompleted"),
+            cond(
+                "Ready",
+                ready,
+                "ContainersNotReady" if self.phase not in ("Succeeded", "Failed") else "PodCompleted",
+            ),
+            cond(
+                "ContainersReady",
+                ready,
+                "ContainersNotReady" if self.phase not in ("Succeeded", "Failed") else "PodCompleted",
+            ),
             cond("PodScheduled", True),
         ]
         old = {c["type"]: c for c in (self.pod.get("status") or {}).get("conditions") or []}
@@ -366,12 +410,14 @@ class PodWorker(threading.Thread):
         if self.message:
             status["message"] = self.message
         key = json.dumps({k: v for k, v in status.items() if k != "conditions"}, sort_keys=True) + json.dumps(
-            [(c["type"], c["status"]) for c in conds])
+            [(c["type"], c["status"]) for c in conds]
+        )
         if key == self._last_status and not final:
             return
         try:
             res = self.agent.core.patch_namespaced_pod_status(
-                self.name, self.ns, {"status": status}, _content_type="application/merge-patch+json")
+                self.name, self.ns, {"status": status}, _content_type="application/merge-patch+json"
+            )
             self.pod["status"] = self.agent.api.sanitize_for_serialization(res).get("status")
             self._last_status = key
         except ApiException as e:
@@ -417,8 +463,10 @@ class PodWorker(threading.Thread):
 
             try:
                 self.agent.core.delete_namespaced_pod(
-                    self.name, self.ns,
-                    body=V1DeleteOptions(grace_period_seconds=0, preconditions=V1Preconditions(uid=self.uid)))
+                    self.name,
+                    self.ns,
+                    body=V1DeleteOptions(grace_period_seconds=0, preconditions=V1Preconditions(uid=self.uid)),
+                )
             except ApiException as e:
                 if e.status not in (404, 409):
                     log.warning("delete of %s/%s failed: %s", self.ns, self.name, e.reason)

@@ -51,8 +51,14 @@ def field_ref(pod: dict, path: str) -> str:
 
 def resource_ref(pod: dict, container: str | None, ref: dict, node_alloc: dict) -> str:
     cname = ref.get("containerName") or container
-    ctr = next((c for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
-                if c["name"] == cname), None)
+    ctr = next(
+        (
+            c
+            for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
+            if c["name"] == cname
+        ),
+        None,
+    )
     if ctr is None:
         raise NotReady(f"resourceFieldRef: no container {cname!r}")
     kind, _, res = ref["resource"].partition(".")
@@ -74,7 +80,7 @@ def expand(s: str, env: dict[str, str]) -> str:
             i += 2
         elif s.startswith("$(", i):
             j = s.find(")", i)
-            name = s[i + 2:j] if j > 0 else None
+            name = s[i + 2 : j] if j > 0 else None
             if name is not None and name in env:
                 out.append(env[name])
                 i = j + 1
@@ -141,7 +147,7 @@ def container_env(core, pod: dict, ctr: dict, base: dict[str, str], node_alloc: 
             if d is None or r["key"] not in d:
                 if r.get("optional"):
                     continue
-                raise NotReady(f'couldn\'t find key {r["key"]} in ConfigMap {ns}/{r["name"]}')
+                raise NotReady(f"couldn't find key {r['key']} in ConfigMap {ns}/{r['name']}")
             env[name] = d[r["key"]].decode()
         elif "secretKeyRef" in vf:
             r = vf["secretKeyRef"]
@@ -149,7 +155,7 @@ def container_env(core, pod: dict, ctr: dict, base: dict[str, str], node_alloc: 
             if d is None or r["key"] not in d:
                 if r.get("optional"):
                     continue
-                raise NotReady(f'couldn\'t find key {r["key"]} in Secret {ns}/{r["name"]}')
+                raise NotReady(f"couldn't find key {r['key']} in Secret {ns}/{r['name']}")
             env[name] = d[r["key"]].decode()
         else:
             raise NotReady(f"unsupported valueFrom for env {name}: {sorted(vf)}")
@@ -158,9 +164,11 @@ def container_env(core, pod: dict, ctr: dict, base: dict[str, str], node_alloc: 
 
 def _write_items(dest: Path, data: dict[str, bytes], items: list | None, mode: int | None) -> None:
     mode = 0o644 if mode is None else mode
-    pairs = [(it["key"], it["path"], it.get("mode", mode)) for it in items] if items else [
-        (k, k, mode) for k in data
-    ]
+    pairs = (
+        [(it["key"], it["path"], it.get("mode", mode)) for it in items]
+        if items
+        else [(k, k, mode) for k in data]
+    )
     for key, path, m in pairs:
         if key not in data:
             raise NotReady(f"key {key!r} not found")
@@ -173,7 +181,8 @@ def _write_items(dest: Path, data: dict[str, bytes], items: list | None, mode: i
 def _token(core, pod: dict, sa_src: dict) -> bytes:
     md = pod["metadata"]
     body = {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
         "spec": {
             "audiences": [sa_src["audience"]] if sa_src.get("audience") else [],
             "expirationSeconds": sa_src.get("expirationSeconds", 3600),
@@ -234,8 +243,9 @@ def prepare_volumes(core, pod: dict, vol_dir: Path, pv_dirs: dict, node_alloc: d
             if (pvc.status.phase or "") != "Bound" or not pvc.spec.volume_name:
                 raise NotReady(f'persistentvolumeclaim "{claim}" is not bound')
             pv = core.read_persistent_volume(pvc.spec.volume_name)
-            path = (pv.spec.host_path.path if pv.spec.host_path else
-                    pv.spec.local.path if pv.spec.local else None)
+            path = (
+                pv.spec.host_path.path if pv.spec.host_path else pv.spec.local.path if pv.spec.local else None
+            )
             if not path:
                 raise NotReady(f"persistentvolume {pv.metadata.name} has no local path")
             Path(path).mkdir(parents=True, exist_ok=True)
@@ -254,8 +264,9 @@ def prepare_volumes(core, pod: dict, vol_dir: Path, pv_dirs: dict, node_alloc: d
                 _write_items(d, data, c.get("items"), c.get("defaultMode", 0o644))
             elif "downwardAPI" in v:
                 c = v["downwardAPI"]
-                _write_items(d, _downward_items(pod, c.get("items") or [], node_alloc), None,
-                             c.get("defaultMode"))
+                _write_items(
+                    d, _downward_items(pod, c.get("items") or [], node_alloc), None, c.get("defaultMode")
+                )
             else:
                 c = v["projected"]
                 mode = c.get("defaultMode")
@@ -273,8 +284,12 @@ def prepare_volumes(core, pod: dict, vol_dir: Path, pv_dirs: dict, node_alloc: d
                         _write_items(d, _downward_items(pod, items, node_alloc), None, mode)
                     elif "serviceAccountToken" in src:
                         s = src["serviceAccountToken"]
-                        _write_items(d, {"t": _token(core, pod, s)},
-                                     [{"key": "t", "path": s["path"]}], mode if mode is not None else 0o600)
+                        _write_items(
+                            d,
+                            {"t": _token(core, pod, s)},
+                            [{"key": "t", "path": s["path"]}],
+                            mode if mode is not None else 0o600,
+                        )
                     else:
                         raise NotReady(f"unsupported projected source {sorted(src)}")
             out[name] = {"source": str(d), "readonly": True}
@@ -295,6 +310,11 @@ def container_mounts(ctr: dict, volumes: dict[str, dict]) -> list[dict]:
             src = os.path.join(src, vm["subPath"])
             if not os.path.exists(src):
                 os.makedirs(src, exist_ok=True)
-        mounts.append({"source": src, "target": vm["mountPath"],
-                       "readonly": bool(vm.get("readOnly") or vol.get("readonly"))})
+        mounts.append(
+            {
+                "source": src,
+                "target": vm["mountPath"],
+                "readonly": bool(vm.get("readOnly") or vol.get("readonly")),
+            }
+        )
     return mounts

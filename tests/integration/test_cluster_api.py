@@ -34,46 +34,73 @@ def test_crd_round_trip_and_schema_validation(kube_cluster, kube_namespace):
             "group": group,
             "scope": "Namespaced",
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": {"type": "object", "required": ["size"], "properties": {
-                            "size": {"type": "integer", "minimum": 1, "maximum": 8},
-                            "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
-                        }},
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {
+                                        "size": {"type": "integer", "minimum": 1, "maximum": 8},
+                                        "mode": {
+                                            "type": "string",
+                                            "enum": ["fast", "slow"],
+                                            "default": "fast",
+                                        },
+                                    },
+                                },
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
     ext.create_custom_resource_definition(crd)
     try:
+
         def established():
             c = ext.read_custom_resource_definition(f"widgets.{group}")
             return any(x.type == "Established" and x.status == "True" for x in c.status.conditions or [])
 
         wait_for(established, 30, what="CRD Established")
-        body = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w1"},
-                "spec": {"size": 3, "unknownField": "pruned"}}
-        wait_for(lambda: co.create_namespaced_custom_object(group, "v1", kube_namespace, "widgets", body),
-                 30, what="custom resource accepted")
+        body = {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1"},
+            "spec": {"size": 3, "unknownField": "pruned"},
+        }
+        wait_for(
+            lambda: co.create_namespaced_custom_object(group, "v1", kube_namespace, "widgets", body),
+            30,
+            what="custom resource accepted",
+        )
         got = co.get_namespaced_custom_object(group, "v1", kube_namespace, "widgets", "w1")
         # defaulting and pruning by the structural schema
         assert got["spec"] == {"size": 3, "mode": "fast"}
-        co.patch_namespaced_custom_object_status(group, "v1", kube_namespace, "widgets", "w1",
-                                                 {"status": {"phase": "Ready"}})
+        co.patch_namespaced_custom_object_status(
+            group, "v1", kube_namespace, "widgets", "w1", {"status": {"phase": "Ready"}}
+        )
         got = co.get_namespaced_custom_object(group, "v1", kube_namespace, "widgets", "w1")
         assert got["status"] == {"phase": "Ready"} and got["spec"]["size"] == 3
         # kubectl sees it too
         out = kube_cluster.kubectl("get", f"widgets.{group}", "-n", kube_namespace, "-o", "json").stdout
         assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["w1"]
 
-        for bad, field in (({"size": 0}, "spec.size"), ({"size": 2, "mode": "warp"}, "spec.mode"),
-                           ({"mode": "slow"}, "spec.size"), ({"size": "three"}, "spec.size")):
+        for bad, field in (
+            ({"size": 0}, "spec.size"),
+            ({"size": 2, "mode": "warp"}, "spec.mode"),
+            ({"mode": "slow"}, "spec.size"),
+            ({"size": "three"}, "spec.size"),
+        ):
             bad_body = {**body, "metadata": {"name": "bad"}, "spec": bad}
             with pytest.raises(ApiException) as ei:
                 co.create_namespaced_custom_object(group, "v1", kube_namespace, "widgets", bad_body)
@@ -89,7 +116,8 @@ def test_deleting_an_owner_garbage_collects_its_children(kube_cluster, kube_name
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
     for i in range(3):
         core.create_namespaced_config_map(
-            kube_namespace, {"metadata": {"name": f"child-{i}", "ownerReferences": [ref]}})
+            kube_namespace, {"metadata": {"name": f"child-{i}", "ownerReferences": [ref]}}
+        )
     core.create_namespaced_config_map(kube_namespace, {"metadata": {"name": "bystander"}})
     core.delete_namespaced_config_map("owner", kube_namespace)
 
@@ -101,11 +129,34 @@ def test_deleting_an_owner_garbage_collects_its_children(kube_cluster, kube_name
 
 
 def test_rbac_is_enforced_for_service_accounts(kube_cluster, kube_namespace):
-    p = kube_cluster.kubectl("auth", "can-i", "list", "secrets", "-n", kube_namespace,
-                             f"--as=system:serviceaccount:{kube_namespace}:default", check=False)
+    p = kube_cluster.kubectl(
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "-n",
+        kube_namespace,
+        f"--as=system:serviceaccount:{kube_namespace}:default",
+        check=False,
+    )
     assert p.stdout.strip() == "no"
-    kube_cluster.kubectl("create", "rolebinding", "view", "--clusterrole=view",
-                         f"--serviceaccount={kube_namespace}:default", "-n", kube_namespace)
-    p = kube_cluster.kubectl("auth", "can-i", "list", "configmaps", "-n", kube_namespace,
-                             f"--as=system:serviceaccount:{kube_namespace}:default", check=False)
+    kube_cluster.kubectl(
+        "create",
+        "rolebinding",
+        "view",
+        "--clusterrole=view",
+        f"--serviceaccount={kube_namespace}:default",
+        "-n",
+        kube_namespace,
+    )
+    p = kube_cluster.kubectl(
+        "auth",
+        "can-i",
+        "list",
+        "configmaps",
+        "-n",
+        kube_namespace,
+        f"--as=system:serviceaccount:{kube_namespace}:default",
+        check=False,
+    )
     assert p.stdout.strip() == "yes"

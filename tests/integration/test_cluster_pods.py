@@ -18,8 +18,12 @@ pytestmark = pytest.mark.integration
 def _pod(name: str, script: str, *, restart: str = "Never", **spec) -> dict:
     ctr = {"name": "main", "image": TEST_IMAGE, "command": ["python", "-u", "-c", textwrap.dedent(script)]}
     ctr.update(spec.pop("container", {}))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **spec.pop("metadata", {})},
-            "spec": {"restartPolicy": restart, "containers": [ctr], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, **spec.pop("metadata", {})},
+        "spec": {"restartPolicy": restart, "containers": [ctr], **spec},
+    }
 
 
 def _status(core, ns: str, name: str):
@@ -35,8 +39,9 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
     api = kube_cluster.api_client()
     core = client.CoreV1Api(api)
     ns = kube_namespace
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"},
-                                           "data": {"greeting": "hello", "config.yaml": "a: 1\n"}})
+    core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "cfg"}, "data": {"greeting": "hello", "config.yaml": "a: 1\n"}}
+    )
     core.create_namespaced_secret(ns, {"metadata": {"name": "sec"}, "stringData": {"token": "s3cret"}})
     script = """
         import json, os, socket
@@ -60,37 +65,48 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
         with open("/dev/termination-log", "w") as f:
             json.dump(out, f)
     """
-    pod = _pod("envpod", script,
-               metadata={"labels": {"apps.kubernetes.io/pod-index": "1", "app": "t"}},
-               container={
-                   "workingDir": "/tmp/kubetune-envpod-wd",
-                   "resources": {"limits": {"cpu": "1500m"}},
-                   "env": [
-                       {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                       {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                       {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                       {"name": "INDEX", "valueFrom": {"fieldRef": {
-                           "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}},
-                       {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
-                       {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
-                       {"name": "CPU_LIMIT_M", "valueFrom": {"resourceFieldRef": {
-                           "resource": "limits.cpu", "divisor": "1m"}}},
-                       {"name": "LITERAL", "value": "lit"},
-                       {"name": "EXPANDED", "value": "$(LITERAL)-$(POD_NAME)"},
-                   ],
-                   "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "FROM_CM_"}],
-                   "volumeMounts": [
-                       {"name": "cfg", "mountPath": "/etc/cfg"},
-                       {"name": "podinfo", "mountPath": "/etc/podinfo"},
-                       {"name": "scratch", "mountPath": "/scratch"},
-                   ],
-               },
-               volumes=[
-                   {"name": "cfg", "configMap": {"name": "cfg"}},
-                   {"name": "podinfo", "downwardAPI": {"items": [
-                       {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-                   {"name": "scratch", "emptyDir": {}},
-               ])
+    pod = _pod(
+        "envpod",
+        script,
+        metadata={"labels": {"apps.kubernetes.io/pod-index": "1", "app": "t"}},
+        container={
+            "workingDir": "/tmp/kubetune-envpod-wd",
+            "resources": {"limits": {"cpu": "1500m"}},
+            "env": [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {
+                    "name": "INDEX",
+                    "valueFrom": {
+                        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+                    },
+                },
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+                {
+                    "name": "CPU_LIMIT_M",
+                    "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}},
+                },
+                {"name": "LITERAL", "value": "lit"},
+                {"name": "EXPANDED", "value": "$(LITERAL)-$(POD_NAME)"},
+            ],
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "FROM_CM_"}],
+            "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/cfg"},
+                {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                {"name": "scratch", "mountPath": "/scratch"},
+            ],
+        },
+        volumes=[
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {
+                "name": "podinfo",
+                "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+            },
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    )
     core.create_namespaced_pod(ns, pod)
     st = wait_for(lambda: _phase(core, ns, "envpod", "Succeeded", "Failed"), 60, what="pod finished")
     cs = st.container_statuses[0]
@@ -99,8 +115,15 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
     assert term.exit_code == 0 and term.reason == "Completed"
     out = json.loads(term.message)
     assert out["env"] == {
-        "POD_NAME": "envpod", "POD_NS": ns, "POD_IP": st.pod_ip, "INDEX": "1", "GREETING": "hello",
-        "TOKEN": "s3cret", "CPU_LIMIT_M": "1500", "LITERAL": "lit", "EXPANDED": "lit-envpod",
+        "POD_NAME": "envpod",
+        "POD_NS": ns,
+        "POD_IP": st.pod_ip,
+        "INDEX": "1",
+        "GREETING": "hello",
+        "TOKEN": "s3cret",
+        "CPU_LIMIT_M": "1500",
+        "LITERAL": "lit",
+        "EXPANDED": "lit-envpod",
         "FROM_CM_greeting": "hello",
     }
     assert st.pod_ip
@@ -117,8 +140,9 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
 def test_failing_container_is_restarted_with_rising_restart_count(kube_cluster, kube_namespace):
     core = client.CoreV1Api(kube_cluster.api_client())
     ns = kube_namespace
-    core.create_namespaced_pod(ns, _pod("crasher", "import sys, time; print('attempt', time.time()); sys.exit(1)",
-                                        restart="Always"))
+    core.create_namespaced_pod(
+        ns, _pod("crasher", "import sys, time; print('attempt', time.time()); sys.exit(1)", restart="Always")
+    )
 
     def restarted_twice():
         st = _status(core, ns, "crasher")
@@ -133,8 +157,11 @@ def test_failing_container_is_restarted_with_rising_restart_count(kube_cluster, 
     assert "attempt" in prev
     # the count keeps rising
     first = cs.restart_count
-    wait_for(lambda: _status(core, ns, "crasher").container_statuses[0].restart_count > first, 30,
-             what="another restart")
+    wait_for(
+        lambda: _status(core, ns, "crasher").container_statuses[0].restart_count > first,
+        30,
+        what="another restart",
+    )
 
 
 def test_on_failure_pod_succeeds_after_init_containers_and_a_retry(kube_cluster, kube_namespace):
@@ -150,13 +177,21 @@ def test_on_failure_pod_succeeds_after_init_containers_and_a_retry(kube_cluster,
     """
 
     def init(name):
-        return {"name": name, "image": TEST_IMAGE, "volumeMounts": [{"name": "work", "mountPath": "/shared"}],
-                "command": ["python", "-c", f"open('/shared/init-order', 'a').write('{name} ')"]}
+        return {
+            "name": name,
+            "image": TEST_IMAGE,
+            "volumeMounts": [{"name": "work", "mountPath": "/shared"}],
+            "command": ["python", "-c", f"open('/shared/init-order', 'a').write('{name} ')"],
+        }
 
-    pod = _pod("retry", script, restart="OnFailure",
-               container={"volumeMounts": [{"name": "work", "mountPath": "/shared"}]},
-               initContainers=[init("first"), init("second")],
-               volumes=[{"name": "work", "emptyDir": {}}])
+    pod = _pod(
+        "retry",
+        script,
+        restart="OnFailure",
+        container={"volumeMounts": [{"name": "work", "mountPath": "/shared"}]},
+        initContainers=[init("first"), init("second")],
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
     core.create_namespaced_pod(ns, pod)
     st = wait_for(lambda: _phase(core, ns, "retry", "Succeeded", "Failed"), 60, what="pod finished")
     assert st.phase == "Succeeded"
@@ -168,8 +203,11 @@ def test_on_failure_pod_succeeds_after_init_containers_and_a_retry(kube_cluster,
 def test_never_restart_pod_fails_with_exit_code(kube_cluster, kube_namespace):
     core = client.CoreV1Api(kube_cluster.api_client())
     ns = kube_namespace
-    pod = _pod("fails", "import sys; print('bad input', file=sys.stderr); sys.exit(2)",
-               container={"terminationMessagePolicy": "FallbackToLogsOnError"})
+    pod = _pod(
+        "fails",
+        "import sys; print('bad input', file=sys.stderr); sys.exit(2)",
+        container={"terminationMessagePolicy": "FallbackToLogsOnError"},
+    )
     core.create_namespaced_pod(ns, pod)
     st = wait_for(lambda: _phase(core, ns, "fails", "Succeeded", "Failed"), 60, what="pod finished")
     t = st.container_statuses[0].state.terminated
@@ -192,12 +230,19 @@ def test_deleted_pod_gets_sigterm_and_logs_follow(kube_cluster, kube_namespace):
             time.sleep(0.1)
     """
     core.create_namespaced_pod(ns, _pod("sleeper", script, terminationGracePeriodSeconds=30))
-    wait_for(lambda: "ready" in kube_cluster.kubectl("logs", "sleeper", "-n", ns, check=False).stdout,
-             60, what="pod running")
+    wait_for(
+        lambda: "ready" in kube_cluster.kubectl("logs", "sleeper", "-n", ns, check=False).stdout,
+        60,
+        what="pod running",
+    )
     env_kc = {"KUBECONFIG": kube_cluster.kubeconfig}
-    follow = subprocess.Popen([kube_cluster.kubectl_bin, "logs", "-f", "sleeper", "-n", ns],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**__import__("os").environ, **env_kc})
+    follow = subprocess.Popen(
+        [kube_cluster.kubectl_bin, "logs", "-f", "sleeper", "-n", ns],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, **env_kc},
+    )
     try:
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -207,8 +252,11 @@ def test_deleted_pod_gets_sigterm_and_logs_follow(kube_cluster, kube_namespace):
         follow.kill()
     assert "ready" in out and "got SIGTERM, cleaning up" in out, (out, err)
     # graceful: it exits on SIGTERM long before the 30 s grace period, and the pod object goes away
-    wait_for(lambda: not [p for p in core.list_namespaced_pod(ns).items if p.metadata.name == "sleeper"],
-             20, what="pod object removed")
+    wait_for(
+        lambda: not [p for p in core.list_namespaced_pod(ns).items if p.metadata.name == "sleeper"],
+        20,
+        what="pod object removed",
+    )
     assert time.monotonic() - t0 < 20
 
 
@@ -223,10 +271,16 @@ def test_sigkill_after_grace_period(kube_cluster, kube_namespace):
             time.sleep(0.1)
     """
     core.create_namespaced_pod(ns, _pod("stubborn", script, terminationGracePeriodSeconds=2))
-    wait_for(lambda: "ignoring" in kube_cluster.kubectl("logs", "stubborn", "-n", ns, check=False).stdout,
-             60, what="pod running")
+    wait_for(
+        lambda: "ignoring" in kube_cluster.kubectl("logs", "stubborn", "-n", ns, check=False).stdout,
+        60,
+        what="pod running",
+    )
     t0 = time.monotonic()
     core.delete_namespaced_pod("stubborn", ns)
-    wait_for(lambda: not [p for p in core.list_namespaced_pod(ns).items if p.metadata.name == "stubborn"],
-             30, what="pod object removed")
+    wait_for(
+        lambda: not [p for p in core.list_namespaced_pod(ns).items if p.metadata.name == "stubborn"],
+        30,
+        what="pod object removed",
+    )
     assert 1.5 < time.monotonic() - t0 < 15

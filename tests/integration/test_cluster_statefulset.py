@@ -16,6 +16,10 @@ import torch
 import torch.distributed as dist
 
 rank = int(os.environ["POD_INDEX"])
+if os.path.exists("/data/done"):  # restarted after success (restartPolicy Always): stay up
+    print("already done", flush=True)
+    while True:
+        time.sleep(1)
 master = f"ar-0.ar.{os.environ['POD_NS']}.svc.cluster.local"
 print(f"rank {rank} on {socket.gethostname()}; master {master}", flush=True)
 deadline = time.time() + 60
@@ -45,58 +49,96 @@ def test_statefulset_gloo_all_reduce_over_dns_names(kube_cluster, kube_namespace
     api = kube_cluster.api_client()
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     ns = kube_namespace
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "ar-script"}, "data": {"allreduce.py": SCRIPT}})
-    core.create_namespaced_service(ns, {"metadata": {"name": "ar"}, "spec": {
-        "clusterIP": "None", "selector": {"app": "ar"}, "publishNotReadyAddresses": True,
-        "ports": [{"name": "c10d", "port": 29500}]}})
+    core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "ar-script"}, "data": {"allreduce.py": SCRIPT}}
+    )
+    core.create_namespaced_service(
+        ns,
+        {
+            "metadata": {"name": "ar"},
+            "spec": {
+                "clusterIP": "None",
+                "selector": {"app": "ar"},
+                "publishNotReadyAddresses": True,
+                "ports": [{"name": "c10d", "port": 29500}],
+            },
+        },
+    )
     sts = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ar"},
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "ar"},
         "spec": {
-            "serviceName": "ar", "replicas": 2, "podManagementPolicy": "Parallel",
+            "serviceName": "ar",
+            "replicas": 2,
+            "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": {"app": "ar"}},
-            "template": {"metadata": {"labels": {"app": "ar"}}, "spec": {
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{
-                    "name": "worker", "image": TEST_IMAGE,
-                    "command": ["python", "-u", "/scripts/allreduce.py"],
-                    "env": [
-                        {"name": "POD_INDEX", "valueFrom": {"fieldRef": {
-                            "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}},
-                        {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                        {"name": "OMP_NUM_THREADS", "value": "1"},
+            "template": {
+                "metadata": {"labels": {"app": "ar"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": TEST_IMAGE,
+                            "command": ["python", "-u", "/scripts/allreduce.py"],
+                            "env": [
+                                {
+                                    "name": "POD_INDEX",
+                                    "valueFrom": {
+                                        "fieldRef": {
+                                            "fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"
+                                        }
+                                    },
+                                },
+                                {
+                                    "name": "POD_NS",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                                },
+                                {"name": "OMP_NUM_THREADS", "value": "1"},
+                            ],
+                            "volumeMounts": [
+                                {"name": "scripts", "mountPath": "/scripts"},
+                                {"name": "data", "mountPath": "/data"},
+                            ],
+                        }
                     ],
-                    "volumeMounts": [{"name": "scripts", "mountPath": "/scripts"},
-                                     {"name": "data", "mountPath": "/data"}],
-                }],
-                "volumes": [{"name": "scripts", "configMap": {"name": "ar-script"}}],
-            }},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+                    "volumes": [{"name": "scripts", "configMap": {"name": "ar-script"}}],
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                }
+            ],
         },
     }
     apps.create_namespaced_stateful_set(ns, sts)
 
     def completed_once(name):
+        """The worker's run that exited; once it is lastState the pod has settled (see SCRIPT)."""
         try:
             st = core.read_namespaced_pod_status(name, ns).status
         except client.ApiException:
             return None
         for cs in st.container_statuses or []:
-            for s in (cs.state, cs.last_state):
-                if s and s.terminated:
-                    return s.terminated
+            if cs.last_state and cs.last_state.terminated and cs.state.running:
+                return cs.last_state.terminated
+            if cs.state.terminated and cs.state.terminated.exit_code != 0:
+                raise AssertionError(f"{name} failed: {cs.state.terminated}")
         return None
 
     results = {}
     for name in ("ar-0", "ar-1"):
-        results[name] = wait_for(lambda n=name: completed_once(n), 120, interval=0.5,
-                                 what=f"{name} to finish its all-reduce")
-    logs = {n: kube_cluster.kubectl("logs", n, "-n", ns, "--previous", check=False).stdout +
-            kube_cluster.kubectl("logs", n, "-n", ns, check=False).stdout for n in results}
+        results[name] = wait_for(
+            lambda n=name: completed_once(n), 120, interval=0.5, what=f"{name} to finish its all-reduce"
+        )
     for name, term in results.items():
-        assert term.exit_code == 0, (name, term, logs[name])
+        log = kube_cluster.kubectl("logs", name, "-n", ns, "--previous").stdout
+        assert term.exit_code == 0 and term.reason == "Completed", (name, term, log)
         assert "all_reduce [3.0, 30.0]" in (term.message or ""), (name, term)
-        assert "all_reduce ok" in logs[name]
+        assert "all_reduce ok: [3.0, 30.0]" in log and f"on {name};" in log, log
     # both claims were bound to provisioned local volumes
     pvcs = core.list_namespaced_persistent_volume_claim(ns).items
     assert sorted(p.metadata.name for p in pvcs) == ["data-ar-0", "data-ar-1"]
