@@ -68,6 +68,12 @@ class OperatorState:
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
+    # A registry of our own has none of kopf's default handlers: log in as the kubernetes client does
+    # (the pod's service account in a cluster, else the current KUBECONFIG).
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def start(memo: Any, **_: Any) -> None:
         state: OperatorState = memo.state

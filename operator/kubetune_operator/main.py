@@ -80,6 +80,10 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     return settings
 
 
+def _quiet_handler_successes(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.INFO and record.getMessage().startswith("Handler "))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.webhook_cert_dir is not None:
@@ -95,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
+    if not args.verbose:
+        # kopf logs every watch-event handler call at INFO: one line per pod change and progress
+        # report. The operator logs what matters itself (transitions, restarts, errors).
+        logging.getLogger("kopf.objects").addFilter(_quiet_handler_successes)
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     if args.webhook_cert_dir is not None:

@@ -162,14 +162,22 @@ def failure(pods: list[Mapping[str, Any]]) -> str | None:
         for terminated in _terminations(pod):
             code = terminated.get("exitCode")
             if code not in (0, None):
-                detail = (terminated.get("message") or terminated.get("reason") or "").strip()
+                detail = _tail(terminated.get("message") or terminated.get("reason") or "")
                 text = f"worker {name} exited with code {code}"
-                return f"{text}: {detail[-MESSAGE_LIMIT:]}" if detail else text
+                return f"{text}: {detail}" if detail else text
         if pod.get("status", {}).get("phase") == "Failed":
             reason = pod.get("status", {}).get("reason") or "Failed"
             detail = pod.get("status", {}).get("message") or ""
             return f"worker {name} failed ({reason}) {detail}".strip()
     return None
+
+
+def _tail(text: str, lines: int = 3, limit: int = 500) -> str:
+    """The end of a termination message: with FallbackToLogsOnError it is the log's tail, and the last
+    lines (a traceback's exception) say the most."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+    joined = " | ".join(kept)
+    return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
 def stuck(pods: list[Mapping[str, Any]]) -> str | None:

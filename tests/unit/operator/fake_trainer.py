@@ -54,10 +54,10 @@ def main() -> int:
     steps = int(os.environ.get("FAKE_STEPS", "1000000"))
     interval = float(os.environ.get("FAKE_INTERVAL", "1"))
     output_dir = Path(config["output_dir"])
-    print(json.dumps({
-        "argv": sys.argv[1:], "rank": rank, "mode": mode, "output_dir": str(output_dir),
-        "pet": {k: v for k, v in os.environ.items() if k.startswith("PET_")},
-    }), flush=True)  # fmt: skip
+    print(
+        f"fake trainer: rank {rank}, mode {mode}, nnodes {os.environ['PET_NNODES']}, outputs {output_dir}",
+        flush=True,
+    )
 
     if mode == "crash":
         time.sleep(float(os.environ.get("FAKE_DELAY", "1")))

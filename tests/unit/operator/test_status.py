@@ -258,3 +258,14 @@ def test_status_patch_removes_dropped_keys_and_keeps_progress():
     old = {"phase": "Running", "startTime": "x", "progress": {"step": 3}}
     assert status_patch(old, {"phase": "Suspended"}) == {"phase": "Suspended", "startTime": None}
     assert status_patch(old, {"phase": "Running", "startTime": "x"}) is None
+
+
+def test_a_long_crash_log_is_cut_to_its_last_lines():
+    log = (
+        "\n".join(f"line {i}" for i in range(100))
+        + "\nTraceback (most recent call last):\nValueError: bad shape\n"
+    )
+    j = Job(runPolicy={"backoffLimit": 0})
+    j.step([pod(0, exit_code=1, message=log)])
+    assert j.status["message"].startswith("worker demo-0 exited with code 1: line 99 | Traceback")
+    assert "ValueError: bad shape" in j.status["message"] and "line 98" not in j.status["message"]
