@@ -31,3 +31,19 @@ lint: venv
 
 generate: venv
 	$(PY) scripts/generate.py
+
+# ---- local Kubernetes for tests (e2e/localcluster.sh; docs/testing.md) ----------------------------
+# cluster-build: etcd + kube-apiserver/controller-manager/scheduler/kubectl + helm from Go modules
+# into ~/.cache/kubetune/cluster/<hash>/bin (cold: ~15 min on 2 cores; a no-op while cached).
+.PHONY: cluster cluster-build cluster-down test-integration
+cluster-build:
+	e2e/cluster/build.sh build
+
+cluster: venv cluster-build
+	e2e/localcluster.sh up
+
+cluster-down:
+	e2e/localcluster.sh down
+
+test-integration: venv cluster-build
+	$(PY) -m pytest -m integration tests/integration

@@ -349,6 +349,9 @@ def up(bin_dir: Path, python: str, timeout: float) -> Path:
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--kubelet-preferred-address-types=InternalIP",
+            # webhooks and aggregated APIs behind a Service are called at an endpoint's pod IP
+            # (there is no kube-proxy; pod IPs are reachable from the host through the bridge)
+            "--enable-aggregator-routing=true",
             "--profiling=false",
             "--v=1",
         ],

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import socket
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -56,8 +57,8 @@ def ensure_target(path: str, is_file: bool) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def bind(src: str, dst: str, readonly: bool = False) -> None:
-    ensure_target(dst, not os.path.isdir(src))
+def bind(src: str, dst: str, readonly: bool = False, is_dir: bool | None = None) -> None:
+    ensure_target(dst, not (os.path.isdir(src) if is_dir is None else is_dir))
     mount(src, dst, None, MS_BIND | MS_REC)
     if readonly:
         mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
@@ -98,13 +99,14 @@ def main() -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     socket.sethostname(spec["hostname"])
     private_dev(spec["scratch"])
-    # parents before children: sort by depth of the mount path
-    for m in sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/")):
-        if m.get("tmpfs"):
-            ensure_target(m["target"], False)
-            mount("tmpfs", m["target"], "tmpfs", 0, m.get("tmpfs_opts") or None)
-        else:
-            bind(m["source"], m["target"], m.get("readonly", False))
+    # Sources are opened before anything is mounted: a volume mounted over /tmp (say) must not hide
+    # the sources of the others, which live under the node's state directory.
+    mounts = sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/"))  # parents first
+    fds = [os.open(m["source"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
+    for m, fd in zip(mounts, fds, strict=True):
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        bind(f"/proc/self/fd/{fd}", m["target"], m.get("readonly", False), is_dir=is_dir)
+        os.close(fd)
     cwd = spec.get("cwd") or "/"
     os.makedirs(cwd, exist_ok=True)
     os.chdir(cwd)

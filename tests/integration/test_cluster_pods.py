@@ -58,6 +58,7 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
             "has_token": len(read(sa + "/token")) > 20,
             "has_ca": "BEGIN CERTIFICATE" in read(sa + "/ca.crt"),
             "scratch_writable": open("/scratch/x", "w").write("x") == 1,
+            "tmp_is_private": os.listdir("/tmp") == [],
             "hostname": socket.gethostname(),
             "cwd": os.getcwd(),
         }
@@ -70,7 +71,7 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
         script,
         metadata={"labels": {"apps.kubernetes.io/pod-index": "1", "app": "t"}},
         container={
-            "workingDir": "/tmp/kubetune-envpod-wd",
+            "workingDir": "/scratch/wd",
             "resources": {"limits": {"cpu": "1500m"}},
             "env": [
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -96,6 +97,7 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
                 {"name": "cfg", "mountPath": "/etc/cfg"},
                 {"name": "podinfo", "mountPath": "/etc/podinfo"},
                 {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "tmp", "mountPath": "/tmp"},
             ],
         },
         volumes=[
@@ -105,6 +107,7 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
                 "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
             },
             {"name": "scratch", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory"}},
         ],
     )
     core.create_namespaced_pod(ns, pod)
@@ -130,8 +133,11 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
     assert out["config"] == "a: 1\n"
     assert 'apps.kubernetes.io/pod-index="1"' in out["labels"]
     assert out["sa_namespace"] == ns and out["has_token"] and out["has_ca"] and out["scratch_writable"]
+    assert out[
+        "tmp_is_private"
+    ]  # an emptyDir over /tmp hides neither the other volumes nor the agent's state
     assert out["hostname"] == "envpod"
-    assert out["cwd"] == "/tmp/kubetune-envpod-wd"
+    assert out["cwd"] == "/scratch/wd"
     conds = {c.type: c.status for c in st.conditions}
     assert conds["PodScheduled"] == "True" and conds["Initialized"] == "True"
     assert "stdout line" in kube_cluster.kubectl("logs", "envpod", "-n", ns).stdout
