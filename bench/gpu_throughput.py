@@ -288,8 +288,9 @@ class Recorder:
 
 
 def summary_line(r: dict) -> str:
-    if r["system"] == "check" and not r.get("error"):
-        return f"check {json.dumps({k: v for k, v in r.items() if 'err' in k})}"
+    if r["system"] in ("check", "parity") and not r.get("error"):
+        keys = ("err", "loss", "diff", "tokens")
+        return f"{r['system']} {json.dumps({k: v for k, v in r.items() if any(x in k for x in keys)})}"
     if r.get("error") or r.get("skipped"):
         return f"{r['system']:12} {r['case']:24} {r.get('variant', ''):58} {'-- ' + (r.get('error') or r.get('skipped'))[:90]}"
     loss = r.get("final_loss")
@@ -336,7 +337,7 @@ def result_fields(tokens: int, seconds: float, shape: dict, attended: float, ful
 
 
 def run_hf_baseline(
-    model, case: Case, examples, shape, args, gc_on: bool, lr: float, steps: int, warmup: int
+    model, case: Case, examples, shape, args, gc_on: bool, lr: float, steps: int, warmup: int, heldout=None
 ) -> dict:
     from peft import get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -392,12 +393,34 @@ def run_hf_baseline(
         tokens, marks[str(steps)] - marks[str(warmup)], shape, attended_length(examples, case.data, shape)
     )
     row.update(final_loss=losses[-1] if losses else None, losses=losses, steps=steps, warmup=warmup)
+    row["trained_tokens"] = sum(
+        int((e.labels[1:] != -100).sum()) for e in examples[: steps * case.micro_batch]
+    )
+    if heldout is not None:
+        row["heldout_loss"] = hf_heldout_loss(peft_model, heldout)
     if gc_on:
         peft_model.get_base_model().gradient_checkpointing_disable()
     peft_model.unload()
     del trainer, peft_model
     reset_memory()
     return row
+
+
+@torch.no_grad()
+def hf_heldout_loss(model, examples: list[Example]) -> float:
+    """Token-mean loss of held-out examples through plain transformers (one example per forward)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    total, count = 0.0, 0
+    model.eval()
+    for e in examples:
+        ids = torch.from_numpy(e.ids)[None].to(device)
+        labels = torch.from_numpy(e.labels)[None].to(device)
+        n = int((labels[:, 1:] != -100).sum())
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            total += float(model(input_ids=ids, labels=labels).loss) * n
+        count += n
+    model.train()
+    return total / count
 
 
 # ---------------------------------------------------------------- the lever step (a plain loop)
@@ -520,6 +543,48 @@ def check_paths(model, examples, shape) -> dict:
     return out
 
 
+def kubetune_row(result: dict, shape: dict, examples, kind: str, variant: str) -> dict:
+    row = result_fields(
+        result["timed_tokens"], result["timed_seconds"], shape, attended_length(examples, kind, shape)
+    )
+    # The child's own peak (this process holds nothing on the GPU by then).
+    row["peak_mem_gib"], row["peak_reserved_gib"] = result["peak_mem_gib"], result["peak_reserved_gib"]
+    extra = {
+        k: v
+        for k, v in result.items()
+        if k not in ("timed_tokens", "timed_seconds", "peak_mem_gib", "peak_reserved_gib")
+    }
+    return {**row, **extra}
+
+
+def parity_report(rec: Recorder) -> None:
+    """Held-out loss and late training loss of the two parity runs, side by side."""
+    rows = {r["system"]: r for r in rec.rows if r["case"] == "lora-all-alpaca-parity" and "heldout_loss" in r}
+    if len(rows) != 2:
+        return
+    base, ours = rows["hf_baseline"], rows["kubetune"]
+
+    def late(r):  # mean loss over the last quarter of the steps
+        losses = r["losses"]
+        tail = losses[-max(1, len(losses) // 4) :]
+        return sum(tail) / len(tail)
+
+    rec.add(
+        system="parity",
+        case="lora-all-alpaca-parity",
+        variant="kubetune vs hf_baseline, same examples, one pass",
+        heldout_loss_hf=base["heldout_loss"],
+        heldout_loss_kubetune=ours["heldout_loss"],
+        heldout_rel_diff=abs(ours["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"],
+        late_train_loss_hf=late(base),
+        late_train_loss_kubetune=late(ours),
+        trained_tokens_hf=base.get("trained_tokens"),
+        trained_tokens_kubetune=ours.get("trained_tokens"),
+        first_loss_hf=base["losses"][0],
+        first_loss_kubetune=ours["losses"][0],
+    )
+
+
 # ---------------------------------------------------------------- suites
 
 
@@ -609,6 +674,50 @@ def qlora_cases() -> list[Case]:
     ]
 
 
+def kubetune_cases() -> list[tuple[str, str, str, dict]]:
+    """(case, data, variant, config overrides): the seed config plus what the case asks for."""
+    qlora = {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "gradient_checkpointing": True,
+    }
+    return [
+        ("lora-all-dense", "dense", "torch_compile", {"torch_compile": True}),
+        ("lora-all-alpaca", "alpaca", "torch_compile", {"torch_compile": True}),
+        (
+            "lora-all-gc-dense",
+            "dense",
+            "torch_compile,gc",
+            {"torch_compile": True, "gradient_checkpointing": True},
+        ),
+        ("qlora-dense", "dense", "nf4,double-quant,gc", qlora),
+        ("qlora-dense", "dense", "nf4,double-quant,gc,torch_compile", {**qlora, "torch_compile": True}),
+        ("lora-all-dense", "dense", "defaults (no compile)", {}),
+        ("lora-all-alpaca", "alpaca", "defaults (no compile)", {}),
+    ]
+
+
+def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> dict:
+    """One kubetune run in its own process (bench/gpu_kubetune.py); its result line, parsed."""
+    import subprocess
+
+    spec_path = work / f"spec-{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    child = Path(__file__).resolve().parent / "gpu_kubetune.py"
+    proc = subprocess.run(
+        [sys.executable, str(child), str(spec_path)], capture_output=True, text=True, timeout=timeout
+    )
+    with log.open("a") as fh:
+        fh.write(f"===== {name} rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-12000:]}\n")
+    for line in proc.stdout.splitlines():
+        if line.startswith("KUBETUNE_RESULT "):
+            return json.loads(line.removeprefix("KUBETUNE_RESULT "))
+    tail = [x for x in proc.stderr.strip().splitlines() if x.strip()][-3:]
+    raise RuntimeError(f"kubetune child rc={proc.returncode}: {' | '.join(tail)}")
+
+
 def guarded(rec: Recorder, deadline: float, system: str, case: Case, variant: str, fn) -> dict | None:
     if time.monotonic() - START > deadline:
         return rec.add(system=system, case=case.name, variant=variant, skipped="time budget spent")
@@ -649,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--qkvo", action="store_true", help="also the q,k,v,o baseline case")
     parser.add_argument("--only", default="", help="substring filter on lever labels")
+    parser.add_argument(
+        "--work", default="/tmp/kubetune-bench", help="model directory and data for kubetune runs"
+    )
+    parser.add_argument("--parity-examples", type=int, default=420)
+    parser.add_argument("--parity-lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
     suites = (
         {"baseline", "levers", "qlora", "kubetune", "parity"}
@@ -684,6 +798,30 @@ def main(argv: list[str] | None = None) -> int:
                     model, case, data[case.data], shape, args, gc_on, args.lr, args.steps, args.warmup
                 ),
             )
+
+    parity_train = make_examples(args.parity_examples, shape, "alpaca", seed=3)
+    parity_heldout = make_examples(48, shape, "alpaca", seed=4)
+    if "parity" in suites:
+        case = Case("lora-all-alpaca-parity", "alpaca", "padded", 7)
+        guarded(
+            rec,
+            args.deadline,
+            "hf_baseline",
+            case,
+            "parity: trainer, mb 7 padded, one pass",
+            lambda: run_hf_baseline(
+                model,
+                case,
+                parity_train,
+                shape,
+                args,
+                False,
+                args.parity_lr,
+                len(parity_train) // 7,
+                args.warmup,
+                heldout=parity_heldout,
+            ),
+        )
 
     def lever_run(case: Case):
         from peft import get_peft_model
@@ -740,6 +878,21 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             lever_run(case)
 
+    work = Path(args.work)
+    kt_data: dict[str, Path] = {}
+    if {"kubetune", "parity"} & suites:
+        import gpu_kubetune as kt
+
+        work.mkdir(parents=True, exist_ok=True)
+        t = time.monotonic()
+        kt.write_model_dir(model, work / "model")
+        for kind in ("dense", "alpaca"):
+            kt_data[kind] = kt.write_examples(data[kind], work / f"{kind}.jsonl")
+        if "parity" in suites:
+            kt_data["parity"] = kt.write_examples(parity_train, work / "parity.jsonl")
+            kt.write_examples(parity_heldout, work / "heldout.jsonl")
+        print(f"model directory and data written in {time.monotonic() - t:.1f}s", flush=True)
+
     if "qlora" in suites:
         cases = qlora_cases()
         why = lv.missing(cases[0].levers)
@@ -752,6 +905,70 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nf4 model: {torch.cuda.memory_allocated() / 2**30:.1f} GiB", flush=True)
             for case in cases:
                 lever_run(case)
+
+    model = None  # the kubetune children load their own copy from disk
+    reset_memory()
+    log = args.out.parent / "kubetune_children.log"
+    if "kubetune" in suites or "parity" in suites:
+        import gpu_kubetune as kt
+
+    if "kubetune" in suites:
+        for name, kind, variant, overrides in kubetune_cases():
+            case = Case(name, kind, "packed", 2)
+            config = kt.base_config(
+                work / "model",
+                kt_data[kind],
+                work,
+                f"{name}-{len(rec.rows)}",
+                steps=args.steps,
+                micro_batch=2,
+                lr=args.lr,
+                seq_len=shape["seq_len"],
+            )
+            config.update(overrides)
+            if device == "cpu":  # the CPU smoke test checks the wiring, not the compiler
+                config["torch_compile"] = False
+            spec = {"config": config, "warmup": args.warmup}
+            guarded(
+                rec,
+                args.deadline,
+                "kubetune",
+                case,
+                variant,
+                lambda spec=spec, name=name, kind=kind, variant=variant: kubetune_row(
+                    run_child(spec, work, f"{name}-{len(rec.rows)}", log, timeout=300),
+                    shape,
+                    data[kind],
+                    kind,
+                    variant,
+                ),
+            )
+
+    if "parity" in suites:
+        case = Case("lora-all-alpaca-parity", "alpaca", "packed", 1)
+        config = kt.base_config(
+            work / "model",
+            kt_data["parity"],
+            work,
+            "parity",
+            steps=1,
+            micro_batch=1,
+            lr=args.parity_lr,
+            seq_len=shape["seq_len"],
+        )
+        config.update({"torch_compile": device == "cuda", "max_steps": None, "num_epochs": 1})
+        spec = {"config": config, "warmup": args.warmup, "heldout": str(work / "heldout.jsonl")}
+        guarded(
+            rec,
+            args.deadline,
+            "kubetune",
+            case,
+            "parity: torch_compile, mb 1 packed row, one epoch",
+            lambda: kubetune_row(
+                run_child(spec, work, "parity", log, timeout=300), shape, parity_train, "alpaca", "parity"
+            ),
+        )
+        parity_report(rec)
 
     print("\n" + rec.table(), flush=True)
     return 0

@@ -3,7 +3,9 @@
 Every backend honours packing boundaries; they differ only in how the boundaries are handed over:
 
   flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all)
-  flex          torch flex attention with a document-causal BlockMask (CUDA, when flash-attn is absent)
+  torch_varlen  the same FlashAttention-2 kernels as built into torch (torch.nn.attention.varlen), for
+                bf16/fp16 on CUDA when flash-attn is absent: no wheel to carry, no mask to build
+  flex          torch flex attention with a document-causal BlockMask (CUDA, fp32, or an older torch)
   sdpa, eager   kubetune.data's dense block-diagonal causal 4D mask (CPU, or when asked for)
 
 `select_backend` picks one from the config and the machine (logging any fallback);
@@ -24,11 +26,12 @@ from kubetune.train.errors import UserError
 log = logging.getLogger(__name__)
 
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
+TORCH_VARLEN = "kubetune_torch_varlen"  # the name it is registered under with transformers
 
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    name: str  # flash_varlen | flex | sdpa | eager
+    name: str  # flash_varlen | torch_varlen | flex | sdpa | eager
     hf_implementation: str  # the `attn_implementation` transformers loads the model with
 
     def model_inputs(self, batch: dict) -> dict:
@@ -45,6 +48,19 @@ class AttentionBackend:
                 "cu_seq_lens_k": cu,
                 "max_length_q": max_len,
                 "max_length_k": max_len,
+            }
+        if self.name == "torch_varlen":
+            # max_length is the row width, a constant, so compiled layers see no new int each batch
+            # (it only sizes the kernel's grid: blocks past a segment's end exit at once).
+            cu = batch["cu_seqlens"].to(torch.int32)
+            width = position_ids.shape[-1]
+            return {
+                "position_ids": position_ids,
+                "attention_mask": None,
+                "cu_seq_lens_q": cu,
+                "cu_seq_lens_k": cu,
+                "max_length_q": width,
+                "max_length_k": width,
             }
         if self.name == "flex":
             documents = torch.cumsum((position_ids == 0).to(torch.int32), dim=-1)
@@ -72,6 +88,48 @@ def document_block_mask(documents: torch.Tensor):
 
 def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
+
+
+def torch_varlen_available() -> bool:
+    """torch ships FlashAttention-2's varlen kernels (torch >= 2.10); they need a GPU of sm80 or newer."""
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability() >= (8, 0)
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function over torch's varlen flash kernel: [B, H, T, D] in, [B, T, H, D] out.
+
+    The batch is one flat stream of segments given by cu_seq_lens_q (the attention mask is unused:
+    the boundaries are the mask). Grouped-query attention needs no repeat: the kernel takes fewer
+    key/value heads as they are.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    batch, heads, length, dim = query.shape
+    cu_seqlens, max_length = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+    out = varlen_attn(
+        q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, scale=scaling, window_size=(-1, 0)
+    )
+    return out.view(batch, length, heads, dim), None
+
+
+def register_torch_varlen() -> None:
+    """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(TORCH_VARLEN, varlen_attention_forward)
+    # No mask is ever built for it: the model gets cu_seqlens instead.
+    AttentionMaskInterface.register(TORCH_VARLEN, lambda *args, **kwargs: None)
+
+
+def _half_precision(cfg) -> bool:
+    """Whether the run computes in bf16/fp16 (as kubetune.train.model.resolve_precision decides on CUDA)."""
+    return bool(cfg.fp16 or cfg.bf16 is True or (cfg.bf16 == "auto" and torch.cuda.is_bf16_supported()))
 
 
 def requested_backend(cfg) -> str | None:
@@ -110,11 +168,26 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
     if flash_attn_installed():
         implementation = cfg.attn_implementation if cfg.attn_implementation in FLASH_IMPLEMENTATIONS else None
         return AttentionBackend("flash_varlen", implementation or "flash_attention_2")
-    if wanted == "flash":
-        log.warning(
-            "flash_attention requested but flash-attn is not installed: falling back to flex attention "
-            "with a document mask (packing boundaries are still honoured)"
+    if torch_varlen_available() and _half_precision(cfg):
+        register_torch_varlen()
+        message = "torch's built-in FlashAttention varlen kernels (torch.nn.attention.varlen)"
+        if wanted == "flash":
+            log.warning("flash_attention requested but flash-attn is not installed: using %s", message)
+        else:
+            log.info("attention: %s (flash-attn is not installed)", message)
+        return AttentionBackend("torch_varlen", TORCH_VARLEN)
+    if torch_varlen_available():
+        reason = (
+            "flash-attn is not installed and FlashAttention needs bf16/fp16; this run computes in float32"
         )
     else:
-        log.info("attention: flex attention with a document mask (flash-attn is not installed)")
+        reason = "flash-attn is not installed and this torch/GPU has no built-in varlen flash kernels"
+    if wanted == "flash":
+        log.warning(
+            "flash_attention requested but %s: falling back to flex attention with a document mask "
+            "(packing boundaries are still honoured)",
+            reason,
+        )
+    else:
+        log.info("attention: flex attention with a document mask (%s)", reason)
     return AttentionBackend("flex", "flex_attention")

@@ -9,11 +9,15 @@ output head, and only for trained positions, so a chunked or fused kernel can re
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
 def shift_targets(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,10 +34,62 @@ def shift_targets(labels: torch.Tensor, position_ids: torch.Tensor | None = None
 
 
 def causal_lm_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    """Sum of the cross-entropies of the trained positions (targets != IGNORE_INDEX), in float32."""
+    """Sum of the cross-entropies of the trained positions (targets != IGNORE_INDEX), in float32.
+
+    On CUDA with liger-kernel installed the fused kernel computes it (same value, no logits kept);
+    otherwise the logits of the trained positions are materialised here.
+    """
+    if fused_loss_applies(hidden, lm_head):
+        return fused_loss_sum(hidden, targets, lm_head)
     trained = targets != IGNORE_INDEX
     logits = lm_head(hidden[trained]).float()
     return F.cross_entropy(logits, targets[trained], reduction="sum")
+
+
+_reported: set[str] = set()
+
+
+def _once(message: str, *args) -> None:
+    if message not in _reported:
+        _reported.add(message)
+        log.info(message, *args)
+
+
+def fused_loss_applies(hidden: torch.Tensor, lm_head: nn.Module) -> bool:
+    """Whether liger-kernel's fused linear cross-entropy can stand in for the plain loss here.
+
+    It reads the output head's weight directly, so the head must be a plain Linear whose full weight is
+    present: not a peft wrapper, not a DeepSpeed ZeRO-3 partition (gathered only when the module itself
+    runs), not a DTensor shard.
+    """
+    if not hidden.is_cuda:
+        return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        _once("loss: plain cross-entropy over materialised logits (liger-kernel is not installed)")
+        return False
+    weight = getattr(lm_head, "weight", None)
+    plain = type(lm_head) is nn.Linear and weight is not None and not hasattr(weight, "ds_id")
+    if not plain or type(weight).__name__ == "DTensor":
+        _once("loss: plain cross-entropy (the output head is wrapped or sharded)")
+        return False
+    _once("loss: liger-kernel fused linear cross-entropy (logits never materialised)")
+    return True
+
+
+def fused_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """liger-kernel's fused linear cross-entropy, summed: the logits are computed and consumed in
+    chunks inside the kernel, and the gradients of hidden (and of the head, when trained) come out of
+    the forward pass, so neither [tokens, vocab] logits nor their gradient are ever stored."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    weight = lm_head.weight
+    if weight.dtype != flat.dtype:  # e.g. a float32 head after k-bit preparation; autocast skips Triton
+        weight = weight.to(flat.dtype)
+    bias = None if lm_head.bias is None else lm_head.bias.to(flat.dtype)
+    return liger_fused_linear_cross_entropy(
+        flat, weight, targets.reshape(-1), bias=bias, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 class CausalLMLoss(nn.Module):

