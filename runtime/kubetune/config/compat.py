@@ -69,7 +69,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
         lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
         metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
-        model_quantization_config_kwargs model_revision multipack_real_batches neftune_noise_alpha
+        model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
@@ -94,20 +94,32 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_kernels use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
         xpos_rope liger_rope liger_rms_norm liger_glu_activation liger_layer_norm
-        liger_fused_linear_cross_entropy cut_cross_entropy"""
+        liger_fused_linear_cross_entropy cut_cross_entropy liger_rms_norm_gated use_scattermoe use_sonicmoe
+        swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
+        swanlab_log_model swanlab_log_completions swanlab_completion_log_interval swanlab_completion_max_buffer
+        use_swanlab gptq_disable_exllama llmcompressor diffusion base_model_ignore_patterns nvfp4_merge_aware
+        use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode eta_min"""
     ),
     # With something to say.
     **_table(
         "sequence_parallel_degree context_parallel_degree dp_shard_size dp_replicate_size heads_k_stride ring_attn_func",
         _TP_CP,
     ),
+    **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _TP_CP),
     **_table("local_rank world_size ddp device device_map", _LAUNCHER),
+    "revision_of_model": Unimplemented(
+        "pin the revision by downloading the model to a directory (base_model: /path)"
+    ),
+    "model_revision": Unimplemented(
+        "pin the revision by downloading the model to a directory (base_model: /path)"
+    ),
+    "torch_dtype": Unimplemented("use bf16 / fp16"),
+    "full_finetune": Unimplemented("leave adapter unset for a full fine-tune"),
     **_table(
         "is_falcon_derived_model is_llama_derived_model is_mistral_derived_model is_qwen_derived_model model_config_type",
         _ARCH,
     ),
     **_table("total_num_tokens total_supervised_tokens sample_packing_eff_est axolotl_config_path", _DERIVED),
-    "fsdp_version": Unimplemented("set fsdp_config.fsdp_version"),
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
     "eval_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
     "evaluation_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
@@ -139,6 +151,11 @@ DATASET: dict[str, Unimplemented] = {
         field_system system_prompt""",
         "a custom format (type: module.ClassName) can do this",
     ),
+    **_table(
+        "field_chosen field_rejected field_prompt field_completion field_label step_separator "
+        "train_on_last_step_only max_completion_length",
+        "preference / reward datasets (DPO, KTO, PRM) are not supported by kubetune",
+    ),
     "conversation": Unimplemented("use type: chat_template with chat_template (chatml, llama3, ...)"),
     "field_human": Unimplemented("use roles: {user: [human]}"),
     "field_model": Unimplemented("use roles: {assistant: [gpt]}"),
@@ -153,8 +170,6 @@ FSDP_CONFIG: dict[str, Unimplemented] = {
     "fsdp_cpu_offload_pin_memory": Unimplemented(""),
     "fsdp_backward_prefetch": Unimplemented(""),
     "fsdp_forward_prefetch": Unimplemented(""),
-    "fsdp_sharding_strategy": Unimplemented(
-        "put the strategy in the fsdp list, e.g. fsdp: [full_shard, auto_wrap]"
-    ),
     "fsdp_offload_optimizer": Unimplemented("use fsdp_offload_params"),
+    "fsdp_limit_all_gathers": Unimplemented("", inert=(True,)),
 }

@@ -9,6 +9,15 @@ from pydantic_core import PydanticCustomError
 
 from .base import Section, field
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+ATTN_HINTS = {
+    "xformers": "use sdpa or flash_attention_2",
+    "flex_attention": "leave attn_implementation unset: kubetune picks flex attention itself where it is the "
+    "best kernel for packed rows",
+    "sage": "use flash_attention_2",
+    "s2": "use flash_attention_2",
+}
+
 
 class PrecisionKeys(Section):
     """Precision and attention"""
@@ -35,6 +44,24 @@ class PrecisionKeys(Section):
         "Default: `flash_attention_2` with `flash_attention`, else `sdpa`.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
+
+    @field_validator("attn_implementation", mode="before")
+    @classmethod
+    def _known_implementation(cls, value: object) -> object:
+        if not isinstance(value, str) or value in ATTN_IMPLEMENTATIONS:
+            return value
+        hint = ATTN_HINTS.get(value)
+        if hint is None and "/" in value:
+            hint = (
+                "hub attention kernels are not loaded by kubetune; use flash_attention_2 or flash_attention_3"
+            )
+        if hint is None:
+            return value  # the Literal's own error lists the choices
+        raise PydanticCustomError(
+            "attn_implementation_not_implemented",
+            "attn_implementation '{value}' is not implemented by kubetune",
+            {"value": value, "fix": hint},
+        )
 
     @field_validator("xformers_attention")
     @classmethod

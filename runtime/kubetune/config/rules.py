@@ -290,7 +290,7 @@ def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigPro
             "fsdp and deepspeed are both configured; a job uses one of them",
             "keep only fsdp or deepspeed",
         )
-    if cfg.fsdp_config is not None and not cfg.fsdp:
+    if cfg.fsdp_config is not None and cfg.fsdp_config.model_fields_set and not cfg.fsdp:
         yield ConfigProblem(
             "fsdp_config",
             "fsdp_config is set but FSDP is not enabled",

@@ -4,11 +4,70 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
 from .base import Section, field
 from .data import StepInterval
 
 Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "sgd"]
 LrScheduler = Literal["cosine", "linear", "constant"]
+
+# Values Axolotl (through transformers) accepts that kubetune does not: what to write instead.
+AXOLOTL_OPTIMIZERS: dict[str, str] = {
+    "adamw_8bit": "write optimizer: adamw_bnb_8bit (the same bitsandbytes 8-bit AdamW)",
+    "adamw_hf": "write optimizer: adamw_torch",
+    "adamw_torch_4bit": "use adamw_bnb_8bit or paged_adamw_8bit",
+    "paged_adamw_32bit": "use paged_adamw_8bit, or adamw_torch_fused",
+    "adamw_bnb_32bit": "use adamw_torch_fused",
+    "adafactor": "use adamw_torch_fused, or adamw_bnb_8bit to save memory",
+    "lion_8bit": "use adamw_bnb_8bit",
+    "lion_32bit": "use adamw_torch_fused",
+    "paged_lion_8bit": "use paged_adamw_8bit",
+    "paged_lion_32bit": "use adamw_torch_fused",
+    "sgd_8bit": "write optimizer: sgd",
+    "adamw_torch_8bit": "use adamw_bnb_8bit (bitsandbytes 8-bit AdamW)",
+    "adamw_anyprecision": "use adamw_torch_fused",
+    "adamw_apex_fused": "use adamw_torch_fused",
+    "adamw_torch_xla": "use adamw_torch_fused",
+    "adamw_torch_npu_fused": "use adamw_torch_fused",
+    "adagrad": "use adamw_torch_fused",
+    "rmsprop": "use adamw_torch_fused",
+    "galore_adamw": "use adamw_bnb_8bit to save optimizer memory",
+    "galore_adamw_8bit": "use adamw_bnb_8bit",
+    "lomo": "use adamw_bnb_8bit to save optimizer memory",
+    "adalomo": "use adamw_bnb_8bit to save optimizer memory",
+    "schedule_free_adamw": "use adamw_torch_fused",
+    "grokadamw": "use adamw_torch_fused",
+    **dict.fromkeys(
+        "optimi_adamw ao_adamw_4bit ao_adamw_8bit ao_adamw_fp8 adopt_adamw came_pytorch muon dion sinkgd "
+        "flash_adamw flash_adam flash_lion q_galore_adamw8bit".split(),
+        "use adamw_torch_fused, or adamw_bnb_8bit / paged_adamw_8bit to save optimizer memory",
+    ),
+    **dict.fromkeys("flash_sgd flash_sgdw".split(), "use sgd"),
+}
+AXOLOTL_SCHEDULERS: dict[str, str] = {
+    "constant_with_warmup": "write lr_scheduler: constant (kubetune's constant schedule warms up first)",
+    "cosine_with_min_lr": "write lr_scheduler: cosine with cosine_min_lr_ratio",
+    "cosine_with_restarts": "use cosine",
+    "polynomial": "use linear",
+    "inverse_sqrt": "use cosine or linear",
+    "reduce_lr_on_plateau": "use cosine or linear",
+    "one_cycle": "use cosine with warmup_ratio",
+    "rex": "use cosine or linear",
+    "log_sweep": "use cosine or linear",
+    "warmup_stable_decay": "use cosine or linear",
+}
+
+
+def _known_choice(value: object, table: dict[str, str], what: str) -> object:
+    if isinstance(value, str) and value in table:
+        raise PydanticCustomError(
+            f"{what}_not_implemented",
+            "'{value}' is an Axolotl {what} kubetune does not implement",
+            {"value": value, "what": what.replace("_", " "), "fix": table[value]},
+        )
+    return value
 
 
 class GradientCheckpointingKwargs(Section):
@@ -21,6 +80,27 @@ class GradientCheckpointingKwargs(Section):
 
 class TrainingKeys(Section):
     """Training"""
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _known_optimizer(cls, value: object) -> object:
+        return _known_choice(value, AXOLOTL_OPTIMIZERS, "optimizer")
+
+    @field_validator("warmup_steps", mode="before")
+    @classmethod
+    def _steps_not_ratio(cls, value: object) -> object:
+        if isinstance(value, float) and 0 < value < 1:
+            raise PydanticCustomError(
+                "warmup_steps_fraction",
+                "warmup_steps counts steps; {value} looks like a fraction",
+                {"value": value, "fix": f"write warmup_ratio: {value} instead"},
+            )
+        return value
+
+    @field_validator("lr_scheduler", mode="before")
+    @classmethod
+    def _known_scheduler(cls, value: object) -> object:
+        return _known_choice(value, AXOLOTL_SCHEDULERS, "lr_scheduler")
 
     num_epochs: float | None = field(
         None,
@@ -49,9 +129,9 @@ class TrainingKeys(Section):
     )
     cosine_min_lr_ratio: float | None = field(
         None,
-        description="cosine: floor of the decay as a fraction of `learning_rate`, in [0, 1).",
+        description="cosine: floor of the decay as a fraction of `learning_rate`, in [0, 1].",
         ge=0,
-        lt=1,
+        le=1,
     )
     warmup_steps: int | None = field(
         None, description="Linear warmup steps. Set this or `warmup_ratio`.", ge=0
@@ -70,6 +150,18 @@ class TrainingKeys(Section):
     gradient_checkpointing: bool = field(
         False, description="Recompute activations in the backward pass to save memory."
     )
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _no_offload(cls, value: object) -> object:
+        if isinstance(value, str) and value in ("offload", "offload_disk"):
+            raise PydanticCustomError(
+                "gradient_checkpointing_offload",
+                "gradient_checkpointing: {value} (activation offloading) is not implemented by kubetune",
+                {"value": value, "fix": "write gradient_checkpointing: true"},
+            )
+        return value
+
     gradient_checkpointing_kwargs: GradientCheckpointingKwargs | None = field(
         None, description="Options for gradient checkpointing (`use_reentrant`)."
     )
@@ -79,7 +171,9 @@ class TrainingKeys(Section):
         description="Evaluate every N steps (a float in (0, 1): that fraction of the total steps). "
         "Set this or `evals_per_epoch`. Needs evaluation data to have an effect.",
     )
-    evals_per_epoch: int | None = field(None, description="Evaluate this many times per epoch.", ge=1)
+    evals_per_epoch: int | None = field(
+        None, description="Evaluate this many times per epoch (0: never).", ge=0
+    )
     save_steps: StepInterval | None = field(
         None,
         description="Checkpoint every N steps (a float in (0, 1): that fraction of the total steps). "

@@ -120,7 +120,22 @@ BAD = [
     ("fsdp-and-deepspeed", {**FSDP, "deepspeed": {"zero_optimization": {"stage": 3}}}, "deepspeed"),
     ("fsdp-option-unknown", {"fsdp": ["full_shard", "auto_wrapp"]}, "fsdp[1]"),
     ("fsdp-two-strategies", {"fsdp": ["full_shard", "shard_grad_op"]}, "fsdp"),
-    ("fsdp-config-without-fsdp", {"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
+    ("fsdp-version-without-fsdp", {"fsdp_version": 2}, "fsdp_version"),
+    (
+        "fsdp-version-twice-disagreeing",
+        {**FSDP, "fsdp_version": 2, "fsdp_config": {"fsdp_version": 1}},
+        "fsdp_version",
+    ),
+    (
+        "fsdp-sharding-strategy-unknown",
+        {"fsdp_config": {"sharding_strategy": "WHOLE"}},
+        "fsdp_config.fsdp_sharding_strategy",
+    ),
+    (
+        "fsdp-sharding-strategy-contradicts-list",
+        {**FSDP, "fsdp_config": {"sharding_strategy": "NO_SHARD"}},
+        "fsdp_config.fsdp_sharding_strategy",
+    ),
     ("fsdp-version-3", {**FSDP, "fsdp_config": {"fsdp_version": 3}}, "fsdp_config.fsdp_version"),
     (
         "fsdp-state-dict-type",

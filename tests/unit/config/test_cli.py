@@ -70,3 +70,18 @@ def test_schema_prints_the_json_schema_and_writes_a_file(tmp_path):
     out = tmp_path / "schema.json"
     assert kubetune("schema", "--output", out).returncode == 0
     assert json.loads(out.read_text()) == schema
+
+
+def test_validate_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from kubetune.cli import main\n"
+        f"rc = main(['validate', {str(BASE)!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft'))\n"
+        "print(rc, ','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0", result.stdout

@@ -79,7 +79,7 @@ def _assert_clean(problems):
         str(problem)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(top_level)
 def test_arbitrary_mappings_give_a_clean_report(mapping):
     _assert_clean(validate_mapping(mapping))
@@ -114,7 +114,7 @@ def test_arbitrary_yaml_text_gives_a_clean_report(text):
         _assert_clean(error.problems)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(top_level)
 def test_generated_mapping_survives_a_yaml_round_trip(mapping):
     try:

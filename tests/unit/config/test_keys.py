@@ -144,3 +144,37 @@ def test_chat_template_dataset_defaults_and_roles(seed_mapping):
     assert ds.effective_roles()["user"] == ["human"] and ds.effective_roles()["system"] == ["system"]
     assert ds.effective_roles_to_train() == ["assistant"]
     assert ds.split == "train"
+
+
+def test_newer_axolotl_fsdp_spelling_is_folded_into_the_fsdp_list(seed_mapping):
+    # Axolotl >= 0.10 style: top-level fsdp_version, unprefixed fsdp_config keys, no fsdp list.
+    config = {
+        **seed_mapping,
+        "fsdp_version": 2,
+        "fsdp_config": {
+            "offload_params": True,
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+            "reshard_after_forward": True,
+        },
+    }
+    cfg = load_config(config)
+    assert cfg.fsdp == ["full_shard", "auto_wrap", "offload"]
+    assert cfg.fsdp_config.fsdp_version == 2 and cfg.fsdp_config.fsdp_offload_params is True
+    assert load_config(cfg.to_mapping()).to_mapping() == cfg.to_mapping()
+
+
+def test_sharding_strategy_in_fsdp_config_becomes_the_list_strategy(seed_mapping):
+    cfg = load_config(
+        {**seed_mapping, "fsdp": ["auto_wrap"], "fsdp_config": {"fsdp_sharding_strategy": "SHARD_GRAD_OP"}}
+    )
+    assert cfg.fsdp == ["shard_grad_op", "auto_wrap"]
+    cfg = load_config({**seed_mapping, "fsdp_config": {"sharding_strategy": "FULL_SHARD"}})
+    assert cfg.fsdp == ["full_shard", "auto_wrap"]
+
+
+def test_empty_fsdp_config_enables_nothing(seed_mapping):
+    for empty in (None, {}):
+        cfg = load_config({**seed_mapping, "fsdp_config": empty})
+        assert not cfg.fsdp
