@@ -37,6 +37,9 @@ def _render(relative: str) -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "docs/config.md": _call("kubetune.config.docs:render_markdown"),
     "crds/finetunejob.yaml": _call("kubetune_operator.crd:render_crd_yaml"),
+    # The Helm chart's copies (rendered by helm/kubetune/templates/crds/).
+    "helm/kubetune/files/crds/finetunejob.yaml": _copy_of("crds/finetunejob.yaml"),
+    "helm/kubetune/files/crds/kopf-peering.yaml": _call("kubetune_operator.crd:render_peering_crd_yaml"),
 }
 
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# End-to-end on kind, for hosts with Docker (a workstation, GitHub Actions): build the operator
+# and CPU runtime images, load them into a kind cluster, install the Helm chart, apply the CPU
+# smoke FineTuneJob and wait for it to succeed. The development machines of this project have no
+# Docker engine, so this runs in CI (e2e/kind/github-workflow.yaml) and by hand, not in `make test`;
+# `make test` covers the same path on the local process cluster (tests/e2e/test_helm_install.py).
+#
+#   e2e/kind/run.sh            create (or reuse) the cluster, run, keep the cluster
+#   e2e/kind/run.sh down       delete the cluster
+#
+# Needs on PATH: docker, kind (>= v0.27), kubectl, helm (v3.14+ or v4).
+# Environment (all optional):
+#   KIND_CLUSTER_NAME   cluster name                           (kubetune-e2e)
+#   KIND_NODE_IMAGE     kindest/node image to create it with   (kind's default)
+#   IMAGE_TAG           tag of the locally built images        (e2e)
+#   NAMESPACE           where the chart is installed           (kubetune-system)
+#   JOB_NAMESPACE       where the smoke job runs               (default)
+#   TIMEOUT             wait for Succeeded                     (20m)
+#   ARTIFACTS           directory for diagnostics on failure   (./kind-e2e-artifacts)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+CLUSTER="${KIND_CLUSTER_NAME:-kubetune-e2e}"
+TAG="${IMAGE_TAG:-e2e}"
+NAMESPACE="${NAMESPACE:-kubetune-system}"
+JOB_NAMESPACE="${JOB_NAMESPACE:-default}"
+TIMEOUT="${TIMEOUT:-20m}"
+ARTIFACTS="${ARTIFACTS:-$PWD/kind-e2e-artifacts}"
+OPERATOR_IMAGE="kubetune/operator:$TAG"
+RUNTIME_IMAGE="kubetune/runtime:$TAG-cpu"
+EXAMPLE="$REPO/examples/finetune-cpu-smoke.yaml"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+need() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "e2e/kind/run.sh: missing on PATH: ${missing[*]} (see the header of this script)" >&2
+    exit 2
+  fi
+}
+
+diagnostics() {
+  log "diagnostics -> $ARTIFACTS"
+  mkdir -p "$ARTIFACTS"
+  kubectl get ftj,statefulsets,pods,pvc,events -A -o wide >"$ARTIFACTS/objects.txt" 2>&1 || true
+  kubectl get ftj -A -o yaml >"$ARTIFACTS/finetunejobs.yaml" 2>&1 || true
+  kubectl -n "$NAMESPACE" logs deployment/kubetune --all-containers --tail=-1 >"$ARTIFACTS/operator.log" 2>&1 || true
+  local pod
+  for pod in $(kubectl -n "$JOB_NAMESPACE" get pods -o name 2>/dev/null); do
+    kubectl -n "$JOB_NAMESPACE" logs "$pod" --all-containers --tail=-1 >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
+    kubectl -n "$JOB_NAMESPACE" logs "$pod" --all-containers --previous --tail=-1 \
+      >"$ARTIFACTS/${pod#pod/}.previous.log" 2>/dev/null || true
+  done
+  kind export logs "$ARTIFACTS/kind" --name "$CLUSTER" >/dev/null 2>&1 || true
+  tail -n 50 "$ARTIFACTS/operator.log" >&2 || true
+}
+
+if [ "${1:-}" = "down" ]; then
+  need kind
+  kind delete cluster --name "$CLUSTER"
+  exit 0
+fi
+
+need docker kind kubectl helm
+[ -f "$EXAMPLE" ] || { echo "e2e/kind/run.sh: $EXAMPLE not found" >&2; exit 2; }
+
+log "kind cluster $CLUSTER"
+if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  kind create cluster --name "$CLUSTER" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
+fi
+kubectl config use-context "kind-$CLUSTER" >/dev/null
+
+log "build images ($OPERATOR_IMAGE, $RUNTIME_IMAGE)"
+cd "$REPO"
+export DOCKER_BUILDKIT=1
+docker build -f images/operator/Dockerfile -t "$OPERATOR_IMAGE" \
+  --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
+docker build -f images/runtime/Dockerfile.cpu -t "$RUNTIME_IMAGE" .
+
+log "load images into kind"
+kind load docker-image "$OPERATOR_IMAGE" "$RUNTIME_IMAGE" --name "$CLUSTER"
+
+trap 'status=$?; [ $status -eq 0 ] || diagnostics; exit $status' EXIT
+
+log "helm install"
+helm lint helm/kubetune
+helm upgrade --install kubetune helm/kubetune \
+  --namespace "$NAMESPACE" --create-namespace \
+  --set image.repository=kubetune/operator --set image.tag="$TAG" --set image.pullPolicy=Never \
+  --set training.image.repository=kubetune/runtime --set training.image.tag="$TAG-cpu" \
+  --wait --timeout 5m
+kubectl -n "$NAMESPACE" rollout status deployment/kubetune --timeout=180s
+
+log "the webhook refuses a bad config with its key path"
+bad_output="$(kubectl -n "$JOB_NAMESPACE" apply -f - 2>&1 <<'YAML' || true
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: kind-e2e-bad-config
+spec:
+  workers: 1
+  config:
+    base_model: /nonexistent
+    datasets:
+      - path: /nonexistent.jsonl
+        type: not-a-format
+YAML
+)"
+echo "$bad_output" >&2
+case "$bad_output" in
+  *"denied the request"*"datasets[0].type"*) ;;
+  *) echo "e2e/kind/run.sh: the webhook did not refuse the bad job with its key path" >&2; exit 1 ;;
+esac
+
+log "apply $EXAMPLE"
+kubectl -n "$JOB_NAMESPACE" apply -f "$EXAMPLE"
+job="$(kubectl -n "$JOB_NAMESPACE" get ftj -o jsonpath='{.items[0].metadata.name}')"
+
+log "wait for FineTuneJob/$job to succeed (timeout $TIMEOUT)"
+# Print progress while waiting, so the CI log shows the run.
+( while sleep 15; do kubectl -n "$JOB_NAMESPACE" get ftj "$job" --no-headers 2>/dev/null || true; done ) &
+watcher=$!
+if ! kubectl -n "$JOB_NAMESPACE" wait "ftj/$job" --for=jsonpath='{.status.phase}'=Succeeded --timeout="$TIMEOUT"; then
+  kill "$watcher" 2>/dev/null || true
+  kubectl -n "$JOB_NAMESPACE" get ftj "$job" -o yaml >&2 || true
+  echo "e2e/kind/run.sh: FineTuneJob/$job did not succeed" >&2
+  exit 1
+fi
+kill "$watcher" 2>/dev/null || true
+kubectl -n "$JOB_NAMESPACE" get ftj "$job" -o wide
+kubectl -n "$JOB_NAMESPACE" get ftj "$job" -o jsonpath='{.status.progress}{"\n"}'
+log "kind e2e passed"
