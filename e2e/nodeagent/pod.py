@@ -295,6 +295,15 @@ class PodWorker(threading.Thread):
         mounts.append({"source": str(self.dir / "hosts"), "target": "/etc/hosts", "readonly": True})
         if not (self.dir / "hosts").exists():
             (self.dir / "hosts").write_text(self.agent.hosts_for(self))
+        # No DNS server: names resolve from /etc/hosts, anything else fails at once (a nameserver
+        # the pod cannot reach would make every unknown name cost the resolver's full timeout).
+        resolv = self.dir / "resolv.conf"
+        if not resolv.exists():
+            resolv.write_text(
+                f"search {self.ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+                "nameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:1\n"
+            )
+        mounts.append({"source": str(resolv), "target": "/etc/resolv.conf", "readonly": True})
         workdir = c.spec.get("workingDir") or str(self.dir / "root")
         spec = {
             "netns": self.netns,

@@ -143,3 +143,73 @@ def test_statefulset_gloo_all_reduce_over_dns_names(kube_cluster, kube_namespace
     pvcs = core.list_namespaced_persistent_volume_claim(ns).items
     assert sorted(p.metadata.name for p in pvcs) == ["data-ar-0", "data-ar-1"]
     assert all(p.status.phase == "Bound" for p in pvcs)
+
+
+TORCHRUN_SCRIPT = """
+import os, time
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()}/{dist.get_world_size()} sum {t.item()}", flush=True)
+assert t.item() == 3.0
+"""
+
+
+def test_statefulset_torchrun_c10d_rendezvous(kube_cluster, kube_namespace):
+    """torchrun with the c10d rendezvous on <sts>-0.<svc>.<ns>.svc.cluster.local, as the operator runs it."""
+    api = kube_cluster.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    ns = kube_namespace
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "tr"}, "data": {"ar.py": TORCHRUN_SCRIPT}})
+    core.create_namespaced_service(
+        ns,
+        {
+            "metadata": {"name": "tr"},
+            "spec": {"clusterIP": "None", "selector": {"app": "tr"}, "publishNotReadyAddresses": True},
+        },
+    )
+    run = (
+        "test -e /done/$POD_NAME || { torchrun --nnodes=2 --nproc-per-node=1 --node-rank=$POD_INDEX"
+        " --rdzv-backend=c10d --rdzv-endpoint=tr-0.tr.$POD_NS.svc.cluster.local:29400 --rdzv-id=$POD_NS"
+        " /s/ar.py && touch /done/$POD_NAME && exit 0; }; echo already done; exec sleep 3600"
+    )
+    env = [
+        {
+            "name": "POD_INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}},
+        },
+        {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+    ]
+    apps.create_namespaced_stateful_set(ns, {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "tr"},
+        "spec": {
+            "serviceName": "tr", "replicas": 2, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "tr"}},
+            "template": {"metadata": {"labels": {"app": "tr"}}, "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "w", "image": TEST_IMAGE, "command": ["sh", "-c", run], "env": env,
+                                "volumeMounts": [{"name": "s", "mountPath": "/s"},
+                                                 {"name": "done", "mountPath": "/done"}]}],
+                "volumes": [{"name": "s", "configMap": {"name": "tr"}},
+                            {"name": "done", "emptyDir": {}}],
+            }},
+        },
+    })  # fmt: skip
+
+    def finished(name):
+        st = core.read_namespaced_pod_status(name, ns).status
+        for cs in st.container_statuses or []:
+            if cs.last_state and cs.last_state.terminated and cs.state.running:
+                return cs.last_state.terminated
+        return None
+
+    for name in ("tr-0", "tr-1"):
+        term = wait_for(lambda n=name: finished(n), 120, interval=0.5, what=f"{name} torchrun to finish")
+        log = kube_cluster.kubectl("logs", name, "-n", ns, "--previous").stdout
+        assert term.exit_code == 0, (name, term, log)
+        assert "/2 sum 3.0" in log, log
