@@ -340,7 +340,10 @@ def _table(columns: dict[str, np.ndarray], offsets: np.ndarray):
     offset_array = pa.array(offsets.astype(np.int64 if large else np.int32))
     make = pa.LargeListArray.from_arrays if large else pa.ListArray.from_arrays
     return pa.table(
-        {name: make(offset_array, pa.array(values.astype(np.int32))) for name, values in columns.items()}
+        {
+            name: make(offset_array, pa.array(values.astype(np.int32, copy=False)))
+            for name, values in columns.items()
+        }
     )
 
 
@@ -362,7 +365,10 @@ def _packed_table(arrays: dict[str, np.ndarray], order: np.ndarray):
 
 
 def _dataset(table):
+    import uuid
+
     import datasets
     from datasets.table import InMemoryTable
 
-    return datasets.Dataset(InMemoryTable(table))
+    # A fresh fingerprint: letting datasets derive one would hash (pickle) every token.
+    return datasets.Dataset(InMemoryTable(table), fingerprint=uuid.uuid4().hex)

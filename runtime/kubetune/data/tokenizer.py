@@ -22,7 +22,8 @@ def load_tokenizer(cfg):
     tokenizer_type = _get(cfg, "tokenizer_type")
     loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
     tokenizer = loader.from_pretrained(str(source), **kwargs)
-    special = dict(_get(cfg, "special_tokens") or {})
+    # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
+    special = {k: v for k, v in dict(_get(cfg, "special_tokens") or {}).items() if v is not None}
     if special:
         tokenizer.add_special_tokens(special)
     tokens = list(_get(cfg, "tokens") or [])
