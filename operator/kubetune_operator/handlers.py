@@ -33,7 +33,7 @@ class OperatorState:
     """What the handlers share; kopf hands it to each of them as `memo.state`."""
 
     reconciler: Reconciler
-    workers: int = 4
+    workers: int = 8
     queue: WorkQueue | None = None
     phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
     known: set[Key] = field(default_factory=set)

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--runtime-image", default=os.environ.get("KUBETUNE_RUNTIME_IMAGE", DEFAULT_IMAGE),
                         help="image of training pods whose job names none (env KUBETUNE_RUNTIME_IMAGE)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=4, help="jobs reconciled in parallel (default 4)")
+    parser.add_argument("--workers", type=int, default=8, help="jobs reconciled in parallel (default 8)")
     return parser
 
 

@@ -302,6 +302,8 @@ def _decide(obs: Observed) -> Plan:
         st.new["progressPercent"] = percent
 
     if spec.suspend:
+        if not created:
+            st.cond("Created", True, "ChildrenCreated", "children created with no workers (suspended)")
         _suspend(st, plan, spec, live)
         return plan
 

@@ -122,7 +122,8 @@ class OperatorProcess:
     """`kubetune-operator` in a subprocess, with its log in a file."""
 
     def __init__(self, cluster, log_path: Path, namespaces: list[str], webhook_dir: Path | None = None,
-                 webhook_port: int | None = None, extra_env: dict | None = None):  # fmt: skip
+                 webhook_port: int | None = None, extra_env: dict | None = None,
+                 extra_args: tuple[str, ...] = (), standalone: bool = True):  # fmt: skip
         self.cluster = cluster
         self.log_path = log_path
         self.namespaces = namespaces
@@ -131,13 +132,18 @@ class OperatorProcess:
         self.health_port = free_port()
         self.metrics_port = free_port()
         self.extra_env = extra_env or {}
+        self.extra_args = list(extra_args)
+        self.standalone = standalone
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        cmd = [str(Path(sys.executable).with_name("kubetune-operator")), "--standalone", "--log-format", "json",
+        cmd = [str(Path(sys.executable).with_name("kubetune-operator")), "--log-format", "json",
                "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port)]  # fmt: skip
+        if self.standalone:
+            cmd.append("--standalone")
         for namespace in self.namespaces:
             cmd += ["--namespace", namespace]
+        cmd += self.extra_args
         if self.webhook_dir is not None:
             cmd += ["--webhook-cert-dir", str(self.webhook_dir), "--webhook-host", "127.0.0.1",
                     "--webhook-port", str(self.webhook_port)]  # fmt: skip

@@ -219,6 +219,7 @@ def test_a_job_created_suspended_never_starts_its_clock():
     j = Job(suspend=True)
     plan = j.step()
     assert j.status["phase"] == "Suspended" and plan.replicas == 0 and "startTime" not in j.status
+    assert j.condition("Created")["status"] == "True" and [e.reason for e in plan.events] == ["Suspended"]
 
 
 def test_ttl_after_finished_deletes_the_job():
