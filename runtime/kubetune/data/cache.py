@@ -114,7 +114,7 @@ def _wait(final: Path, failed: Path, timeout_s: float | None, poll_s: float) -> 
         if time.time() - started > timeout_s:
             raise data_error(
                 "dataset_prepared_path",
-                f"waited {timeout_s:.0f}s for rank 0 to prepare {final}, and it is still not there",
+                f"waited {timeout_s:g}s for rank 0 to prepare {final}, and it is still not there",
                 "check rank 0's log; dataset_prepared_path must be storage every rank sees (or run "
                 "`kubetune preprocess` first); KUBETUNE_PREPARE_TIMEOUT sets the wait in seconds",
             )

@@ -1,0 +1,230 @@
+"""prepare_datasets on the reference config: masking end to end, the cache key, the split, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kubetune.config import load_config
+from kubetune.data import DataError, build_prepared, preparation_key, prepare_datasets
+from kubetune.tiny import alpaca_rows, chat_rows, write_jsonl
+
+from .conftest import decoded_spans
+
+SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    write_jsonl(alpaca_rows(120, seed=1), out / "alpaca.jsonl")
+    write_jsonl(chat_rows(60, seed=2), out / "chat.jsonl")
+    return out
+
+
+def config(tmp_path, data_dir, **overrides):
+    """The reference config as written, with local data and a temporary cache in place of the hub."""
+    values = {
+        "base_model": str(tmp_path / "model"),
+        "datasets": [{"path": str(data_dir / "alpaca.jsonl"), "type": "alpaca"}],
+        "dataset_prepared_path": str(tmp_path / "prepared"),
+    }
+    return load_config(SEED, overrides=values | overrides)
+
+
+def examples_of(dataset):
+    """Every packed example as (input_ids, labels), split by seq_lens."""
+    out = []
+    for row in dataset:
+        cuts = np.cumsum(row["seq_lens"])[:-1]
+        positions = np.split(np.array(row["position_ids"]), cuts)
+        assert all(np.array_equal(p, np.arange(len(p))) for p in positions)  # restart per example
+        out += list(
+            zip(
+                np.split(np.array(row["input_ids"]), cuts),
+                np.split(np.array(row["labels"]), cuts),
+                strict=True,
+            )
+        )
+    return out
+
+
+def test_reference_config_prepares_packed_rows_with_exact_masks(tmp_path, data_dir, tokenizer):
+    cfg = config(tmp_path, data_dir)
+    assert cfg.sample_packing and cfg.sequence_len == 2048
+    data = prepare_datasets(cfg, tokenizer)
+    assert data.eval is None and data.path.parent == tmp_path / "prepared"
+    assert data.stats["examples"] == 120 and data.stats["packed_rows"] == len(data.train)
+    assert all(len(row["input_ids"]) <= 2048 for row in data.train)
+    expected = sorted(row["output"] + "</s>" for row in alpaca_rows(120, seed=1))
+    decoded = sorted(decoded_spans(tokenizer, labels.tolist())[0] for _, labels in examples_of(data.train))
+    assert decoded == expected
+
+
+def test_the_cache_is_reused_and_keyed_by_what_changes_tokens(tmp_path, data_dir, tokenizer):
+    import copy
+
+    cfg = config(tmp_path, data_dir)
+    first = prepare_datasets(cfg, tokenizer)
+    assert prepare_datasets(cfg, tokenizer).path == first.path
+    key = preparation_key(cfg, tokenizer)
+    assert preparation_key(config(tmp_path, data_dir, learning_rate=0.1, lora_r=8), tokenizer) == key
+    assert preparation_key(config(tmp_path, data_dir, sequence_len=1024), tokenizer) != key
+    assert preparation_key(config(tmp_path, data_dir, train_on_inputs=True), tokenizer) != key
+    other_tokenizer = copy.deepcopy(tokenizer)
+    other_tokenizer.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    assert preparation_key(cfg, other_tokenizer) != key
+    edited = tmp_path / "edited.jsonl"
+    write_jsonl(alpaca_rows(120, seed=1)[:-1], edited)
+    assert (
+        preparation_key(
+            config(tmp_path, data_dir, datasets=[{"path": str(edited), "type": "alpaca"}]), tokenizer
+        )
+        != key
+    )
+
+
+def test_validation_split_is_deterministic_by_seed(tmp_path, data_dir, tokenizer):
+    def eval_inputs(**overrides):
+        data = build_prepared(config(tmp_path, data_dir, **overrides), tokenizer)
+        return sorted(tuple(ids.tolist()) for ids, _ in examples_of(data.eval)), data
+
+    first, data = eval_inputs(val_set_size=0.1, seed=7)
+    assert len(first) == 12 and data.stats["examples"] == 108 and data.stats["eval"]["examples"] == 12
+    assert eval_inputs(val_set_size=0.1, seed=7)[0] == first
+    assert eval_inputs(val_set_size=0.1, seed=8)[0] != first
+    assert len(eval_inputs(val_set_size=5, seed=7)[0]) == 5  # a whole number is a count
+
+
+def test_test_datasets_and_mixed_formats_unpacked(tmp_path, data_dir, tokenizer):
+    cfg = config(
+        tmp_path,
+        data_dir,
+        sample_packing=False,
+        datasets=[
+            {"path": str(data_dir / "alpaca.jsonl"), "type": "alpaca"},
+            {"path": str(data_dir / "chat.jsonl"), "type": "chat_template"},
+        ],
+        test_datasets=[
+            {"path": str(data_dir / "chat.jsonl"), "type": "chat_template", "split": "train[:10]"}
+        ],
+    )
+    data = build_prepared(cfg, tokenizer)
+    assert (
+        data.stats["examples"] == 180 and len(data.train) == 180 and data.stats["packing_efficiency"] is None
+    )
+    assert "seq_lens" not in data.train.column_names
+    assert len(data.eval) == 10
+    for row in data.eval:
+        assert row["position_ids"] == list(range(len(row["input_ids"])))
+        assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>system\nYou are terse.<|im_end|>")
+    answers = {row["messages"][-1]["content"] + "<|im_end|>" for row in chat_rows(60, seed=2)[:10]}
+    assert {decoded_spans(tokenizer, row["labels"])[0] for row in data.eval} <= answers
+
+
+def test_too_long_and_untrained_examples_are_dropped_and_counted(tmp_path, tokenizer):
+    rows = [{"text": "red " * n} for n in (3, 200)] + [{"text": ""}]
+    write_jsonl(rows, tmp_path / "text.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        sequence_len=64,
+        datasets=[{"path": str(tmp_path / "text.jsonl"), "type": "completion"}],
+    )
+    data = build_prepared(cfg, tokenizer)
+    assert (data.stats["examples"], data.stats["dropped_too_long"]) == (2, 1)  # "" still trains its eos
+
+
+@pytest.mark.parametrize("writer", ["json", "parquet", "csv", "saved", "directory"])
+def test_local_file_kinds(tmp_path, tokenizer, writer):
+    import datasets
+
+    rows = alpaca_rows(12, seed=3)
+    table = datasets.Dataset.from_list(rows)
+    entry = {"type": "alpaca"}
+    if writer == "json":  # a JSON array, not JSON lines
+        (tmp_path / "rows.json").write_text(json.dumps(rows))
+        entry["path"] = str(tmp_path / "rows.json")
+    elif writer == "parquet":
+        table.to_parquet(tmp_path / "rows.parquet")
+        entry["path"] = str(tmp_path / "rows.parquet")
+    elif writer == "csv":
+        table.to_csv(tmp_path / "rows.csv", index=False)
+        entry["path"] = str(tmp_path / "rows.csv")
+    elif writer == "saved":
+        datasets.DatasetDict({"train": table}).save_to_disk(tmp_path / "saved")
+        entry["path"] = str(tmp_path / "saved")
+    else:
+        write_jsonl(rows[:6], tmp_path / "dir" / "a.jsonl")
+        write_jsonl(rows[6:], tmp_path / "dir" / "b.jsonl")
+        write_jsonl(alpaca_rows(50, seed=9), tmp_path / "dir" / "ignored.jsonl")
+        entry |= {"path": str(tmp_path / "dir"), "data_files": ["a.jsonl", "b.jsonl"]}
+    data = build_prepared(config(tmp_path, tmp_path, datasets=[entry]), tokenizer)
+    assert data.stats["examples"] == 12
+    expected = sorted(row["output"] + "</s>" for row in rows)
+    assert (
+        sorted(decoded_spans(tokenizer, labels.tolist())[0] for _, labels in examples_of(data.train))
+        == expected
+    )
+
+
+def test_pretokenized_parquet(tmp_path, tokenizer):
+    import datasets
+
+    rows = [{"input_ids": [1, 40, 41, 42], "labels": [-100, -100, 41, 42]}, {"input_ids": [1, 50, 51]}]
+    datasets.Dataset.from_list(rows).to_parquet(tmp_path / "tokens.parquet")
+    entry = {"path": str(tmp_path / "tokens.parquet"), "type": "pretokenized"}
+    data = build_prepared(config(tmp_path, tmp_path, datasets=[entry], sample_packing=False), tokenizer)
+    assert sorted((row["input_ids"], row["labels"]) for row in data.train) == [
+        ([1, 40, 41, 42], [-100, -100, 41, 42]),
+        ([1, 50, 51], [-100, 50, 51]),
+    ]
+
+
+# -- errors name datasets[i] and say what to do ------------------------------------------------
+
+
+def problem_of(cfg, tokenizer):
+    with pytest.raises(DataError) as caught:
+        build_prepared(cfg, tokenizer)
+    (problem,) = caught.value.problems
+    return problem
+
+
+def test_missing_file(tmp_path, data_dir, tokenizer):
+    good = {"path": str(data_dir / "alpaca.jsonl"), "type": "alpaca"}
+    cfg = config(tmp_path, data_dir, datasets=[good, {"path": "nope/train.jsonl", "type": "alpaca"}])
+    problem = problem_of(cfg, tokenizer)
+    assert problem.path == "datasets[1].path"
+    assert "no such file or directory" in problem.message and "nope/train.jsonl" in problem.message
+    assert "relative paths are resolved against the config's directory" in problem.fix
+
+
+def test_missing_required_column(tmp_path, tokenizer):
+    write_jsonl([{"instruction": "a", "answer": "b"}], tmp_path / "rows.jsonl")
+    cfg = config(tmp_path, tmp_path, datasets=[{"path": str(tmp_path / "rows.jsonl"), "type": "alpaca"}])
+    problem = problem_of(cfg, tokenizer)
+    assert problem.path == "datasets[0]"
+    assert "no 'output' column (columns: instruction, answer)" in problem.message
+    assert "field_output" in problem.fix
+
+
+def test_bad_row_is_named_by_index(tmp_path, tokenizer):
+    rows = alpaca_rows(5) + [{"instruction": "x", "input": "", "output": None}]
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    cfg = config(tmp_path, tmp_path, datasets=[{"path": str(tmp_path / "rows.jsonl"), "type": "alpaca"}])
+    problem = problem_of(cfg, tokenizer)
+    assert problem.path == "datasets[0]" and "row 5: field 'output' is empty" in problem.message
+
+
+def test_unknown_custom_format_class(tmp_path, data_dir, tokenizer):
+    (tmp_path / "formats.py").write_text("from kubetune.data.formats import PromptFormat\n")
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text(SEED.read_text())
+    entry = {"path": str(data_dir / "alpaca.jsonl"), "type": "formats.Missing"}
+    cfg = load_config(cfg_file, overrides={"datasets": [entry], "dataset_prepared_path": str(tmp_path / "p")})
+    problem = problem_of(cfg, tokenizer)
+    assert problem.path == "datasets[0].type"
+    assert f"module 'formats' ({tmp_path / 'formats.py'}) has no class 'Missing'" in problem.message
