@@ -466,6 +466,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
+    if a.cmd in ("up", "down"):
+        # one `up` or `down` at a time (parallel test sessions share the cluster)
+        import fcntl
+
+        lock = open(STATE / ".lock", "w")  # noqa: SIM115 - held until exit
+        fcntl.flock(lock, fcntl.LOCK_EX)
     if a.cmd == "up":
         if a.bin_dir is None:
             ap.error("up needs --bin-dir")

@@ -63,5 +63,10 @@ def cleanup_node(node_dir: Path, bridge: str, delete_bridge: bool = False) -> No
         unmount_under(node_dir)
     for ns in list_netns(bridge):
         ip("netns", "del", ns, check=False)
+    # any veth still on the bridge (a namespace by another name) would keep its pod's address in use
+    for line in ip("-o", "link", "show", "master", bridge, check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name:
+            ip("link", "del", name, check=False)
     if delete_bridge:
         ip("link", "del", bridge, check=False)
