@@ -174,11 +174,16 @@ _STRATEGIES = {"FULL_SHARD": "full_shard", "SHARD_GRAD_OP": "shard_grad_op", "HY
 def _normalise_fsdp(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
     """Axolotl's newer FSDP spellings, in kubetune's one form (as Axolotl itself folds them).
 
+    - `fsdp: "full_shard auto_wrap"` (transformers' string form) -> a list;
     - top-level `fsdp_version` -> `fsdp_config.fsdp_version`;
     - `fsdp_config.(fsdp_)sharding_strategy: FULL_SHARD` -> the strategy in the `fsdp` list;
     - `fsdp_config` without an `fsdp` list enables FSDP (as in Axolotl): the list becomes
       [<strategy, default full_shard>, auto_wrap] plus offload when fsdp_offload_params is true.
     """
+    if isinstance(out.get("fsdp"), str):  # transformers' spelling: "full_shard auto_wrap"
+        out["fsdp"] = out["fsdp"].split() or None
+        if out["fsdp"] is None:
+            del out["fsdp"]
     fsdp_config = out.get("fsdp_config")
     version = out.pop("fsdp_version", None)
     if version is not None:

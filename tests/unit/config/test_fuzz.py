@@ -11,8 +11,13 @@ from kubetune.config.loading import parse_yaml
 from kubetune.config.parallel import FsdpConfig
 from kubetune.config.schema import TrainConfig
 
-TOP_KEYS = sorted(TrainConfig.model_fields) + sorted(compat.TOP_LEVEL)[:60]
-NESTED_KEYS = sorted(DatasetConfig.model_fields) + sorted(FsdpConfig.model_fields) + sorted(compat.DATASET)
+TOP_KEYS = sorted(TrainConfig.model_fields) + sorted(compat.TOP_LEVEL)[:60] + ["fsdp_version"]
+NESTED_KEYS = (
+    sorted(DatasetConfig.model_fields)
+    + sorted(FsdpConfig.model_fields)
+    + sorted(compat.DATASET)
+    + ["sharding_strategy", "offload_params", "version"]
+)
 ALL_KEYS = TOP_KEYS + NESTED_KEYS
 # Values that hit the interesting branches: enum members, type names, empties, odd numbers.
 WORDS = [
