@@ -11,6 +11,7 @@ timers; after a restart the initial listing wakes every job again.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,23 +37,39 @@ class OperatorState:
     workers: int = 8
     queue: WorkQueue | None = None
     phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
-    known: set[Key] = field(default_factory=set)
+    # key -> what last woke a reconcile (see job_changed); also the set of jobs to resync.
+    seen: dict[Key, str] = field(default_factory=dict)
     resync_task: asyncio.Task | None = None
 
     def reconcile(self, key: Key) -> float | None:
         result = self.reconciler.reconcile(*key)
         self.phases.set(key, result.phase)
         if result.phase is None:  # the job is gone (a late pod event may have woken us)
-            self.known.discard(key)
+            self.seen.pop(key, None)
         return result.requeue_after
 
     def touch(self, key: Key) -> None:
-        self.known.add(key)
         assert self.queue is not None, "the startup handler creates the queue"
         self.queue.add(key)
 
+    def job_changed(self, key: Key, body: Any) -> None:
+        """Reconcile unless the change is only the operator's own status write.
+
+        Every status write comes back as a watch event; reconciling it would cost two API reads
+        and find nothing to do. What can change a decision is the spec (generation), deletion,
+        and rank 0's progress.
+        """
+        meta, status = body.get("metadata", {}), body.get("status") or {}
+        fingerprint = json.dumps(
+            [meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"), status.get("progress")],
+            sort_keys=True,
+        )
+        if self.seen.get(key) != fingerprint:
+            self.seen[key] = fingerprint
+            self.touch(key)
+
     def gone(self, key: Key) -> None:
-        self.known.discard(key)
+        self.seen.pop(key, None)
         self.phases.set(key, None)
         self.reconciler.forget(*key)
         if self.queue is not None:
@@ -63,7 +80,7 @@ class OperatorState:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
             self.reconciler.forget_all()
-            for key in list(self.known):
+            for key in list(self.seen):
                 self.touch(key)
 
 
@@ -101,7 +118,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if type == "DELETED":
             memo.state.gone(key)
         else:
-            memo.state.touch(key)
+            memo.state.job_changed(key, body)
 
     @kopf.on.event("v1", "pods", labels=CHILD_SELECTOR, registry=registry)
     async def pod_event(body: Any, memo: Any, **_: Any) -> None:
@@ -111,10 +128,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_SELECTOR, registry=registry)
     async def statefulset_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        # Only a deleted StatefulSet matters (its status is not used: pods say more, sooner). Someone
+        # removed it: apply the children again instead of trusting the cache.
         job = body["metadata"].get("labels", {}).get(JOB_LABEL)
-        if not job:
-            return
-        if type == "DELETED":
-            # Someone removed the StatefulSet: apply the children again instead of trusting the cache.
+        if job and type == "DELETED":
             memo.state.reconciler.forget(body["metadata"]["namespace"], job)
-        memo.state.touch((body["metadata"]["namespace"], job))
+            memo.state.touch((body["metadata"]["namespace"], job))

@@ -151,6 +151,16 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
     writers = {(m["manager"], m.get("subresource", "")) for m in meta["managedFields"]}
     assert ("kubetune-operator", "") not in writers and ("kubetune-operator", "status") in writers
 
+    # A child removed by hand comes back (the same name, a new object).
+    kube_cluster.kubectl("delete", "statefulset", "llama", "-n", ns, "--cascade=orphan")
+    back = wait_for(lambda: (s := kube.get("StatefulSet", ns, "llama")) and s["metadata"]["uid"] != sts["metadata"]["uid"]
+                    and s, 30, what="StatefulSet re-created")  # fmt: skip
+    assert back["spec"]["replicas"] == 2
+
+    metrics = operator.metrics()
+    assert 'kubetune_finetunejobs{phase="Running"}' in metrics
+    assert "kubetune_reconcile_duration_seconds_count" in metrics
+
 
 def test_progress_rights_are_narrow(kube_cluster, operator, ns, kube):
     apply(kube_cluster, fake_job("narrow", ns, workers=1))
