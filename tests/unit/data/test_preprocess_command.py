@@ -1,0 +1,91 @@
+"""`kubetune preprocess`, and several ranks preparing at once in separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubetune.cli import main
+from kubetune.tiny import alpaca_rows, write_jsonl
+
+SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
+
+
+def write_config(tmp_path, tokenizer, **overrides) -> Path:
+    """The reference config with a local tokenizer, local data and a cache under tmp_path."""
+    tokenizer.save_pretrained(tmp_path / "model")
+    write_jsonl(alpaca_rows(64), tmp_path / "data" / "train.jsonl")
+    document = yaml.safe_load(SEED.read_text())
+    document |= {
+        "base_model": str(tmp_path / "model"),
+        "datasets": [{"path": "data/train.jsonl", "type": "alpaca"}],  # relative to the config
+        "dataset_prepared_path": "prepared",
+    } | overrides
+    path = tmp_path / "finetune.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_preprocess_prepares_once_and_reports(tmp_path, tokenizer, capsys):
+    config = write_config(tmp_path, tokenizer)
+    assert main(["preprocess", str(config), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert Path(stats["path"]).parent == tmp_path / "prepared"
+    assert stats["examples"] == 64 and stats["packing_efficiency"] > 0
+    assert main(["preprocess", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"prepared {stats['path']}" in out and "train: 64 examples" in out
+    assert len(list((tmp_path / "prepared").iterdir())) == 1  # the second run reused the first
+
+
+def test_preprocess_exits_2_naming_the_dataset(tmp_path, tokenizer, capsys):
+    config = write_config(tmp_path, tokenizer, datasets=[{"path": "data/missing.jsonl", "type": "alpaca"}])
+    assert main(["preprocess", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets[0].path: no such file or directory" in err and "missing.jsonl" in err
+
+
+COUNTING_FORMAT = """
+import os
+from kubetune.data.formats.instruct import Alpaca
+
+class CountingAlpaca(Alpaca):
+    def tokenize_rows(self, rows, first_index=0):
+        with open(os.environ["TOKENIZED_BY"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+        return super().tokenize_rows(rows, first_index)
+"""
+
+RANK = """
+import json, sys
+from kubetune.config import load_config
+from kubetune.data import load_tokenizer, prepare_datasets
+cfg = load_config(sys.argv[1])
+data = prepare_datasets(cfg, load_tokenizer(cfg), rank=int(sys.argv[2]), world_size=3)
+print(json.dumps({"path": str(data.path), "rows": len(data.train), "first": data.train[0]["input_ids"]}))
+"""
+
+
+@pytest.mark.slow
+def test_ranks_in_separate_processes_tokenize_once_and_load_the_same_rows(tmp_path, tokenizer):
+    (tmp_path / "counting.py").write_text(COUNTING_FORMAT)
+    config = write_config(
+        tmp_path, tokenizer, datasets=[{"path": "data/train.jsonl", "type": "counting.CountingAlpaca"}]
+    )
+    env = os.environ | {"TOKENIZED_BY": str(tmp_path / "tokenized_by.log"), "KUBETUNE_PREPARE_TIMEOUT": "300"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(config), str(rank)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for rank in (2, 1, 0)  # the waiting ranks start first
+    ]
+    outputs = [json.loads(process.communicate(timeout=300)[0]) for process in ranks]
+    assert [process.returncode for process in ranks] == [0, 0, 0]
+    assert len({(o["path"], o["rows"], tuple(o["first"])) for o in outputs}) == 1
+    pids = set((tmp_path / "tokenized_by.log").read_text().split())
+    assert pids == {str(ranks[2].pid)}  # rank 0 alone tokenized
