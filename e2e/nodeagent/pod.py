@@ -160,7 +160,10 @@ class PodWorker(threading.Thread):
         if self._deleting:
             self._terminate()
             return
-        self.netns, self.pod_ip = self.agent.network.setup(self.key)
+        if self.pod["spec"].get("hostNetwork"):
+            self.pod_ip = self.agent.network.gateway  # the node's address; no namespace of its own
+        else:
+            self.netns, self.pod_ip = self.agent.network.setup(self.key)
         self.agent.hosts_changed()
         self._push_status()
         terminal = False
