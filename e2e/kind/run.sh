@@ -103,10 +103,18 @@ metadata:
 spec:
   workers: 1
   config:
-    base_model: /nonexistent
+    base_model: /data/model
     datasets:
-      - path: /nonexistent.jsonl
-        type: not-a-format
+      - path: /data/data/train.jsonl
+        type: alpacca          # misspelt on purpose: the webhook must name this key
+    sequence_len: 128
+    adapter: lora
+    lora_r: 8
+    lora_alpha: 16
+    lora_target_modules: [q_proj, v_proj]
+    micro_batch_size: 1
+    max_steps: 1
+    learning_rate: 0.001
 YAML
 )"
 echo "$bad_output" >&2

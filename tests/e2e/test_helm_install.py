@@ -116,10 +116,6 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
         "training.image.variant": "cpu",
         "crds.keep": True,
     }
-    if kube_cluster.local:
-        # The node agent runs pods on the host's filesystem, where its own state lives under /tmp:
-        # an emptyDir over /tmp (the chart's answer to a read-only root) would hide it.
-        values["securityContext.readOnlyRootFilesystem"] = False
     crd_existed = kube_cluster.kubectl("get", "crd", CRD, check=False).returncode == 0
 
     # --- install: the operator Deployment comes up in-cluster --------------------------------------
@@ -256,8 +252,6 @@ def test_ha_install_peers_the_replicas(kube_cluster, helm_binary, kube_namespace
         "crds.keep": False,
         "logFormat": "plain",
     }
-    if kube_cluster.local:
-        values["securityContext.readOnlyRootFilesystem"] = False
     try:
         helm.install(values)
         deployment = _available(kube_cluster, ns, f"{release}-kubetune", 2)

@@ -6,6 +6,9 @@ binaries (HELM_VERSION in e2e/cluster/versions.env); KUBETUNE_HELM or a helm on 
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import os
 import shutil
 import subprocess
@@ -46,8 +49,6 @@ def run(
 
 def set_args(values: Mapping[str, Any]) -> list[str]:
     """--set-json for each dotted key, so types survive (booleans, lists, objects)."""
-    import json
-
     out: list[str] = []
     for key, value in values.items():
         out += ["--set-json", f"{key}={json.dumps(value)}"]
@@ -62,8 +63,19 @@ def template(
     namespace: str = "kubetune-system",
     extra: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart and return its documents (empty ones dropped)."""
-    p = run(helm, "template", release, str(CHART), "--namespace", namespace, *set_args(values or {}), *extra)
+    """`helm template` the chart and return its documents (empty ones dropped).
+
+    Renders are cached per argument set (the tests render the same combinations repeatedly and
+    each helm run costs about a second on a busy 2-core machine); callers get their own copy.
+    """
+    key = json.dumps(values or {}, sort_keys=True)
+    return copy.deepcopy(_template(helm, key, release, namespace, tuple(extra)))
+
+
+@functools.lru_cache(maxsize=64)
+def _template(helm: str, values_json: str, release: str, namespace: str, extra: tuple[str, ...]) -> list:
+    values = json.loads(values_json)
+    p = run(helm, "template", release, str(CHART), "--namespace", namespace, *set_args(values), *extra)
     return [doc for doc in yaml.safe_load_all(p.stdout) if doc]
 
 
