@@ -20,6 +20,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+def is_first_in_pod() -> bool:
+    """Each pod (torchrun node) has its own termination message, which its first process writes.
+
+    A failure is written by every pod, not only by global rank 0: the operator reports whichever
+    worker it sees fail first, and that pod's message must say why (not torchrun's log tail).
+    """
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
 def run(cfg) -> int:
     from kubetune.train.loop import train
 
@@ -28,16 +37,17 @@ def run(cfg) -> int:
     except UserError as err:
         if is_main_process():
             print(err.report(), file=sys.stderr)
+        if is_first_in_pod():
             write_termination_log({"status": "bad_input", "exit_code": err.exit_code, "reason": err.problem})
         return err.exit_code
     except Preempted as stop:
         log.warning("%s", stop)
-        if is_main_process():
+        if is_first_in_pod():
             write_termination_log({"status": "preempted", "steps": stop.step, "exit_code": EXIT_PREEMPTED})
         return EXIT_PREEMPTED
     except Exception as err:  # noqa: BLE001 - any other failure is a training failure: report it, exit 1
         traceback.print_exc()
-        if is_main_process():
+        if is_first_in_pod():
             write_termination_log(
                 {"status": "failed", "exit_code": EXIT_FAILURE, "reason": f"{type(err).__name__}: {err}"}
             )

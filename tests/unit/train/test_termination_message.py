@@ -1,0 +1,61 @@
+"""Every pod of a failed run says why in its termination message, not only global rank 0's pod.
+
+The operator reports whichever worker it sees fail first; a pod whose message were torchrun's log
+tail would leave `status.message` useless (found by the e2e test of an always-crashing config).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubetune.train import loop, runner
+from kubetune.train.errors import Preempted, UserError
+
+
+def _run_failing(monkeypatch, tmp_path, error: Exception, rank: int, local_rank: int) -> tuple[int, str]:
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+    def train(cfg):
+        raise error
+
+    monkeypatch.setattr(loop, "train", train)
+    return runner.run(cfg=None), log.read_text()
+
+
+@pytest.mark.parametrize("rank", [0, 1, 5])
+def test_the_first_process_of_every_pod_writes_the_reason(monkeypatch, tmp_path, rank):
+    error = UserError(
+        "base_model is the directory /m, which does not exist.", "fix the path", key="base_model"
+    )
+    code, message = _run_failing(monkeypatch, tmp_path, error, rank=rank, local_rank=0)
+    assert code == 2
+    assert json.loads(message) == {
+        "status": "bad_input",
+        "exit_code": 2,
+        "reason": "base_model is the directory /m, which does not exist.",
+    }
+
+
+def test_other_processes_of_a_pod_leave_the_message_alone(monkeypatch, tmp_path):
+    code, message = _run_failing(monkeypatch, tmp_path, RuntimeError("boom"), rank=3, local_rank=1)
+    assert code == 1 and message == ""
+
+
+def test_training_failures_and_preemption_on_any_pod(monkeypatch, tmp_path):
+    code, message = _run_failing(
+        monkeypatch, tmp_path, RuntimeError("gloo: connection closed"), rank=1, local_rank=0
+    )
+    assert code == 1
+    assert json.loads(message) == {
+        "status": "failed",
+        "exit_code": 1,
+        "reason": "RuntimeError: gloo: connection closed",
+    }
+    code, message = _run_failing(monkeypatch, tmp_path, Preempted(40, "/out/checkpoints/checkpoint-40"), 1, 0)
+    assert code == 143
+    assert json.loads(message) == {"status": "preempted", "steps": 40, "exit_code": 143}
