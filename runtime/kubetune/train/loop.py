@@ -60,9 +60,14 @@ class StopFlag:
 
     def __init__(self):
         self.requested = False
+        self._previous = None
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum, frame) -> None:
         if not self.requested:
@@ -141,6 +146,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         state.resumed_from_step = state.step
         log.info("resumed from %s at step %d (epoch %d)", resume, state.step, state.epoch)
 
+    if stop.requested:  # SIGTERM while loading: nothing new to save, stop before training
+        raise Preempted(state.step, str(resume) if resume else None)
     collator = _collator(cfg, tokenizer)
     run = Run(
         cfg,
@@ -174,16 +181,19 @@ def train(cfg) -> dict:
     started = time.time()
     stop = StopFlag()
     stop.install()
-    run = setup(cfg, stop)
-    if run is None:
-        return {"status": "already_complete"}
     try:
-        status = train_loop(run, stop)
-        summary = finish(run, status, wall_time=time.time() - started)
+        run = setup(cfg, stop)
+        if run is None:
+            return {"status": "already_complete"}
+        try:
+            status = train_loop(run, stop)
+            summary = finish(run, status, wall_time=time.time() - started)
+        finally:
+            run.reporters.close()
+        run.accelerator.end_training()
+        return summary
     finally:
-        run.reporters.close()
-    run.accelerator.end_training()
-    return summary
+        stop.uninstall()
 
 
 def train_loop(run: Run, stop: StopFlag) -> str:

@@ -1,0 +1,73 @@
+"""The step plan and the data order: the same global batch trains on the same rows however split."""
+
+import pytest
+from kubetune.data import PackedCollator
+from kubetune.train.batches import Collate, eval_batches, make_plan, step_indices
+from kubetune.train.errors import UserError
+
+
+class Cfg:
+    micro_batch_size = 2
+    gradient_accumulation_steps = 2
+    num_epochs = None
+    max_steps = None
+    eval_steps = None
+    evals_per_epoch = None
+    save_steps = None
+    saves_per_epoch = None
+    eval_batch_size = None
+    dataloader_num_workers = 0
+    dataloader_prefetch_factor = None
+    dataloader_pin_memory = False
+    seed = 3
+
+    def __init__(self, **keys):
+        self.__dict__.update(keys)
+
+
+def test_same_rows_per_step_whatever_the_split_between_processes_and_accumulation():
+    single = make_plan(Cfg(micro_batch_size=2, gradient_accumulation_steps=2), 50, 1, has_eval=False)
+    ddp = make_plan(Cfg(micro_batch_size=2, gradient_accumulation_steps=1), 50, 2, has_eval=False)
+    assert single.steps_per_epoch == ddp.steps_per_epoch == 12  # 50 // 4: the last 2 rows wait for next epoch
+    one = step_indices(50, 1, single, seed=3, rank=0, world_size=1, micro_batch_size=2)
+    ranks = [step_indices(50, 1, ddp, seed=3, rank=r, world_size=2, micro_batch_size=2) for r in (0, 1)]
+    for step in range(12):
+        rows_single = sorted(i for mb in one[step] for i in mb)
+        rows_ddp = sorted(i for r in (0, 1) for mb in ranks[r][step] for i in mb)
+        assert rows_single == rows_ddp and len(rows_single) == 4
+    every = [i for step in one for mb in step for i in mb]
+    assert len(set(every)) == 48  # no row twice in an epoch
+    assert every != [
+        i
+        for step in step_indices(50, 2, single, seed=3, rank=0, world_size=1, micro_batch_size=2)
+        for mb in step
+        for i in mb
+    ]  # a new order each epoch
+
+
+def test_plan_lengths_and_intervals():
+    plan = make_plan(Cfg(num_epochs=2.5, eval_steps=0.25, saves_per_epoch=2), 40, 1, has_eval=True)
+    assert (plan.steps_per_epoch, plan.total_steps) == (10, 25)
+    assert plan.eval_every == 7  # ceil(0.25 * 25)
+    assert plan.save_every == 5
+    assert make_plan(Cfg(num_epochs=3, max_steps=4), 40, 1, has_eval=False).total_steps == 4
+    assert make_plan(Cfg(max_steps=100), 40, 1, has_eval=False).total_steps == 100
+    assert make_plan(Cfg(evals_per_epoch=3), 40, 1, has_eval=False).eval_every is None
+    assert make_plan(Cfg(), 40, 1, has_eval=False).save_every == 10  # default: once per epoch
+
+
+def test_too_little_data_for_one_step_is_bad_input():
+    with pytest.raises(UserError) as err:
+        make_plan(Cfg(micro_batch_size=4, gradient_accumulation_steps=4), 10, 2, has_eval=False)
+    assert "32" in err.value.problem and "micro_batch_size" in err.value.fix
+
+
+def test_eval_shards_run_the_same_number_of_batches_and_count_each_row_once():
+    rows = [{"input_ids": [1, 2, 3 + i], "labels": [1, 2, 3 + i]} for i in range(5)]
+    collate = Collate(PackedCollator(pad_token_id=0))
+    shards = [
+        list(eval_batches(rows, collate, Cfg(), rank=r, world_size=2, pin_memory=False)) for r in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 2
+    trained = sum(batch["n_trained"] for shard in shards for batch in shard)
+    assert trained == 5 * 2  # two targets per 3-token row; the padding row on rank 1 counts nothing

@@ -1,0 +1,69 @@
+"""Distributed settings from the config: FSDP from the seed overlay, DeepSpeed "auto" values."""
+
+import json
+
+import pytest
+from kubetune.train.distributed import check_request, deepspeed_config, fsdp_plugin_kwargs
+from kubetune.train.errors import UserError
+from kubetune.train.model import Precision
+
+from .support import QLORA_FSDP_OVERLAY
+
+
+def test_fsdp_from_the_seed_overlay(make_config):
+    cfg, _ = make_config(overlay_file=QLORA_FSDP_OVERLAY)
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "bf16"))
+    assert kwargs["fsdp_version"] == 1
+    assert kwargs["sharding_strategy"] == "FULL_SHARD"
+    assert kwargs["auto_wrap_policy"] == "transformer_based_wrap"
+    assert kwargs["transformer_cls_names_to_wrap"] == ["MistralDecoderLayer"]
+    assert kwargs["state_dict_type"] == "FULL_STATE_DICT"
+    assert kwargs["use_orig_params"] is True and kwargs["cpu_offload"] is False
+    assert kwargs["mixed_precision_policy"] == "bf16"
+
+
+def test_fsdp2(make_config):
+    cfg, _ = make_config(fsdp=["full_shard", "auto_wrap"], fsdp_config={"fsdp_version": 2})
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))
+    assert kwargs["fsdp_version"] == 2 and kwargs["reshard_after_forward"] is True
+    assert "sharding_strategy" not in kwargs and "mixed_precision_policy" not in kwargs
+    cfg, _ = make_config(
+        fsdp=["full_shard"], fsdp_config={"fsdp_version": 2, "fsdp_reshard_after_forward": False}
+    )
+    assert fsdp_plugin_kwargs(cfg, Precision(None, "no"))["reshard_after_forward"] is False
+
+
+def test_deepspeed_auto_values_come_from_the_config(make_config, tmp_path):
+    path = tmp_path / "zero3.json"
+    path.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3},
+                "bf16": {"enabled": "auto"},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+            }
+        )
+    )
+    cfg, _ = make_config(
+        deepspeed=str(path), micro_batch_size=2, gradient_accumulation_steps=4, max_grad_norm=0.5
+    )
+    ds = deepspeed_config(cfg, precision=Precision(None, "bf16"), world_size=8)
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 64 and ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+    assert ds["zero_optimization"] == {"stage": 3}
+
+    inline, _ = make_config(deepspeed={"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}})
+    with pytest.raises(UserError, match="defines its own optimizer"):
+        deepspeed_config(inline)
+
+
+def test_deepspeed_and_nccl_need_cuda(make_config):
+    cfg, _ = make_config(deepspeed={"zero_optimization": {"stage": 2}})
+    with pytest.raises(UserError, match="needs CUDA"):
+        check_request(cfg, cuda=False)
+    cfg, _ = make_config(ddp_backend="nccl")
+    with pytest.raises(UserError, match="nccl needs CUDA"):
+        check_request(cfg, cuda=False)

@@ -1,0 +1,173 @@
+"""Progress reporters: log lines, the progress file, and the Kubernetes status patch."""
+
+import io
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from kubetune.train.progress import (
+    FileReporter,
+    KubernetesReporter,
+    Progress,
+    Reporters,
+    StdoutReporter,
+    Throttled,
+    build_reporters,
+)
+
+STATUS_FIELDS = {
+    "step",
+    "totalSteps",
+    "epoch",
+    "loss",
+    "learningRate",
+    "tokensPerSecond",
+    "trainedTokens",
+    "etaSeconds",
+    "lastCheckpoint",
+    "resumedFromStep",
+    "completed",
+    "outputDir",
+    "updatedAt",
+}
+
+
+def sample(**keys) -> Progress:
+    values = dict(
+        step=7,
+        total_steps=30,
+        epoch=0.5,
+        loss=2.345678912,
+        learning_rate=1e-4,
+        grad_norm=0.5,
+        tokens_per_second=1234.56,
+        trained_tokens=999,
+        eta_seconds=61.7,
+        output_dir="/out",
+    )
+    return Progress(**(values | keys))
+
+
+def test_status_has_exactly_the_contract_fields():
+    status = sample(last_checkpoint="/out/checkpoints/checkpoint-5", resumed_from_step=5).status()
+    assert set(status) == STATUS_FIELDS
+    assert status["totalSteps"] == 30 and status["etaSeconds"] == 61 and status["updatedAt"].endswith("Z")
+
+
+def test_stdout_prints_one_json_line_per_report_when_not_a_terminal():
+    stream = io.StringIO()
+    StdoutReporter(stream).report(sample())
+    line = json.loads(stream.getvalue())
+    assert line == {
+        "event": "train",
+        "step": 7,
+        "total_steps": 30,
+        "epoch": 0.5,
+        "loss": 2.34568,
+        "lr": 1e-4,
+        "grad_norm": 0.5,
+        "trained_tokens": 999,
+        "tokens_per_s": 1234.6,
+        "eta_s": 61,
+    }
+
+
+def test_file_reporter_rewrites_the_file(tmp_path):
+    reporter = FileReporter(tmp_path / "sub" / "progress.json")
+    reporter.report(sample(step=1))
+    reporter.report(sample(step=2))
+    assert json.loads((tmp_path / "sub" / "progress.json").read_text())["step"] == 2
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["progress.json"]
+
+
+def test_throttle_lets_one_report_per_interval_and_forced_ones_through():
+    seen, now = [], [0.0]
+
+    class Sink:
+        def report(self, progress):
+            seen.append(progress.step)
+
+    throttled = Throttled(Sink(), interval=5.0, clock=lambda: now[0])
+    for step, at in [(1, 0.0), (2, 1.0), (3, 4.9), (4, 5.1), (5, 6.0)]:
+        now[0] = at
+        throttled.report(sample(step=step))
+    throttled.report(sample(step=6), force=True)
+    assert seen == [1, 4, 6]
+
+
+class Recorder(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def do_PATCH(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Recorder.requests.append((self.path, dict(self.headers), json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_kubernetes_reporter_merge_patches_status_progress(tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "token"
+    token.write_text("secret-token\n")
+    try:
+        reporter = KubernetesReporter(
+            api_url=f"http://127.0.0.1:{server.server_port}",
+            namespace="team",
+            name="job-a",
+            token_path=token,
+            ca_path=None,
+        )
+        reporter.report(sample(completed=True))
+        reporter.close()
+    finally:
+        server.shutdown()
+    path, headers, body = Recorder.requests[-1]
+    assert path == "/apis/kubetune.dev/v1alpha1/namespaces/team/finetunejobs/job-a/status"
+    assert headers["Authorization"] == "Bearer secret-token"
+    assert headers["Content-Type"] == "application/merge-patch+json"
+    assert (
+        set(body["status"]["progress"]) == STATUS_FIELDS and body["status"]["progress"]["completed"] is True
+    )
+
+
+def test_an_unreachable_api_server_logs_a_warning_and_never_raises(tmp_path, caplog):
+    token = tmp_path / "token"
+    token.write_text("t")
+    reporter = KubernetesReporter(
+        api_url="http://127.0.0.1:9", namespace="n", name="j", token_path=token, ca_path=None, timeout=1.0
+    )
+    with caplog.at_level(logging.WARNING):
+        reporter.report(sample())
+        reporter.close()
+    assert "could not report progress" in caplog.text
+
+
+def test_a_failing_reporter_is_skipped(caplog):
+    class Broken:
+        def report(self, progress):
+            raise OSError("disk full")
+
+        def close(self):
+            pass
+
+    stream = io.StringIO()
+    reporters = Reporters([Broken(), StdoutReporter(stream)])
+    with caplog.at_level(logging.WARNING):
+        reporters.report(sample())
+    assert "disk full" in caplog.text and json.loads(stream.getvalue())["step"] == 7
+
+
+def test_environment_selects_the_reporters(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBETUNE_PROGRESS_FILE", str(tmp_path / "p.json"))
+    monkeypatch.setenv("KUBETUNE_JOB_NAME", "job")
+    monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "ns")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # no API server: no Kubernetes reporter
+    names = [type(getattr(r, "reporter", r)).__name__ for r in build_reporters().reporters]
+    assert names == ["StdoutReporter", "FileReporter"]
+    assert build_reporters(enabled=False).reporters == []
