@@ -15,7 +15,7 @@ import json
 import posixpath
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -59,7 +59,6 @@ class BuildOptions:
 
     default_image: str = DEFAULT_IMAGE
     launcher: tuple[str, ...] = DEFAULT_LAUNCHER
-    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], default_image: str = DEFAULT_IMAGE) -> BuildOptions:
@@ -284,7 +283,7 @@ def _volume_source(choice: VolumeChoice | None, claim_name: str) -> dict[str, An
 # --- the workers ----------------------------------------------------------------------------------
 
 
-def worker_env(job: JobRef, spec: FineTuneJobSpec, options: BuildOptions) -> list[dict[str, Any]]:
+def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     """torchrun reads its options from PET_* variables (the Kubeflow convention); users override any entry."""
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_JOB_NAME", "value": job.name},
@@ -304,7 +303,6 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec, options: BuildOptions) -> lis
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in NCCL_ENV.items()),
-        *({"name": k, "value": v} for k, v in options.extra_env),
     ]
     if spec.cache is not None:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
@@ -370,7 +368,7 @@ def statefulset(
         "image": spec.image or options.default_image,
         "command": list(options.launcher),
         "args": ["-m", "kubetune", "train", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        "env": worker_env(job, spec, options),
+        "env": worker_env(job, spec),
         "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
         "volumeMounts": mounts,
         # Rank 0 writes a one-line JSON summary on success; a crash leaves its last log lines here.
