@@ -14,6 +14,7 @@ from kubetune_operator.spec import report, validate_job
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import BAD_SPECS, bad_job, job
 from tests.unit.operator.cluster_support import (
+    REPO,
     WEBHOOK_LABEL,
     OperatorProcess,
     free_port,
@@ -124,3 +125,9 @@ def test_the_crd_schema_and_cel_catch_what_they_can_without_the_webhook(kube_clu
     ]:
         refused = apply(kube_cluster, body, check=False)
         assert refused.returncode != 0 and words in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("finetunejob-*.yaml")), ids=lambda p: p.name)
+def test_the_examples_pass_the_crd_and_the_webhook(kube_cluster, guarded_ns, path):
+    done = kube_cluster.kubectl("apply", "--dry-run=server", "-n", guarded_ns, "-f", str(path))
+    assert "finetunejob.kubetune.dev" in done.stdout and "(server dry run)" in done.stdout
