@@ -65,7 +65,10 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
         ) from None
     try:
         if local is None:
-            rows = datasets.load_dataset(str(path), name=name, split=split, data_files=data_files)
+            revision = option(entry, "revision")
+            rows = datasets.load_dataset(
+                str(path), name=name, split=split, data_files=data_files, revision=revision
+            )
         elif local.is_dir() and _is_saved_dataset(local):
             rows = datasets.load_from_disk(str(local))
             if isinstance(rows, datasets.DatasetDict):

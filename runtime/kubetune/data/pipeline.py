@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,15 +17,15 @@ import numpy as np
 
 from kubetune.data import cache
 from kubetune.data.errors import DataError, data_error
-from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, RowProblem, TokenizedExamples, resolve_format
+from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, TokenizedExamples, resolve_format
 from kubetune.data.formats.base import gather_index
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
+from kubetune.data.tokenizing import tokenize_dataset
 
 log = logging.getLogger("kubetune.data")
 
-CHUNK_ROWS = 8192  # rows tokenized per batched call: large enough to amortise, small enough for memory
 # Config keys that change the prepared tokens; everything else (lr, lora, ...) reuses the cache.
 TOKEN_KEYS = (
     "datasets",
@@ -175,32 +176,6 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
         raise data_error(where, str(exc), "see docs/data.md for this format's options") from exc
 
 
-def tokenize_rows(rows, fmt: PromptFormat, where: str, chunk_rows: int = CHUNK_ROWS) -> TokenizedExamples:
-    """All rows of a datasets.Dataset through `fmt`, a chunk at a time."""
-    missing = [name for name in fmt.required_fields if name not in rows.column_names]
-    if missing:
-        raise data_error(
-            where,
-            f"the rows have no {', '.join(repr(m) for m in missing)} column (columns: {', '.join(rows.column_names)})",
-            "map your column names with the format's field keys (field_instruction, field_input, "
-            "field_output, field, field_messages, ...), or pick the type that matches the data",
-        )
-    parts = []
-    for start in range(0, len(rows), chunk_rows):
-        columns = rows[start : start + chunk_rows]
-        names = list(columns)
-        batch = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-        try:
-            parts.append(fmt.tokenize_rows(batch, first_index=start))
-        except RowProblem as problem:
-            raise data_error(
-                where,
-                str(problem),
-                "fix or remove that row (rows count from 0 in file order)",
-            ) from None
-    return TokenizedExamples.concat(parts)
-
-
 def drop_unusable(examples: TokenizedExamples, sequence_len: int) -> tuple[TokenizedExamples, int, int]:
     """Drop examples longer than sequence_len (as Axolotl does) or with no trained token."""
     too_long = examples.lengths > sequence_len
@@ -280,7 +255,8 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
     for where, entry in _entries(cfg, key):
         rows = load_rows(entry, where, _get(cfg, "source_dir"))
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
-        examples, too_long, untrained = drop_unusable(tokenize_rows(rows, fmt, where), sequence_len)
+        tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
+        examples, too_long, untrained = drop_unusable(tokenized, sequence_len)
         per_dataset.append(
             {
                 "dataset": where,
@@ -296,6 +272,15 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
             log.warning("%s: dropped %d examples with no trained token", where, untrained)
         parts.append(examples)
     return TokenizedExamples.concat(parts)
+
+
+def num_proc(cfg) -> int:
+    """dataset_num_proc, default the CPUs this process may use, at most 8."""
+    configured = _get(cfg, "dataset_num_proc")
+    if configured:
+        return int(configured)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus)
 
 
 def _entries(cfg, key: str) -> list[tuple[str, Any]]:

@@ -228,3 +228,21 @@ def test_unknown_custom_format_class(tmp_path, data_dir, tokenizer):
     problem = problem_of(cfg, tokenizer)
     assert problem.path == "datasets[0].type"
     assert f"module 'formats' ({tmp_path / 'formats.py'}) has no class 'Missing'" in problem.message
+
+
+def test_several_processes_give_the_same_examples_and_name_a_bad_row(tokenizer):
+    import datasets
+    from kubetune.data.formats.instruct import Alpaca
+    from kubetune.data.tokenizing import MIN_ROWS_PER_PROCESS, tokenize_dataset
+
+    rows = alpaca_rows(2 * MIN_ROWS_PER_PROCESS + 7, seed=4)
+    table = datasets.Dataset.from_list(rows)
+    one = tokenize_dataset(table, Alpaca(tokenizer, {}), "datasets[0]", num_proc=1)
+    two = tokenize_dataset(table, Alpaca(tokenizer, {}), "datasets[0]", num_proc=2)
+    for name in ("input_ids", "labels", "offsets"):
+        assert np.array_equal(getattr(one, name), getattr(two, name))
+    rows[6000]["output"] = None
+    with pytest.raises(DataError) as caught:
+        tokenize_dataset(datasets.Dataset.from_list(rows), Alpaca(tokenizer, {}), "datasets[3]", num_proc=2)
+    (problem,) = caught.value.problems
+    assert problem.path == "datasets[3]" and "row 6000: field 'output' is empty" in problem.message
