@@ -12,7 +12,6 @@
 # Environment (all optional):
 #   KIND_CLUSTER_NAME   cluster name                           (kubetune-e2e)
 #   KIND_NODE_IMAGE     kindest/node image to create it with   (kind's default)
-#   IMAGE_TAG           tag of the locally built images        (e2e)
 #   NAMESPACE           where the chart is installed           (kubetune-system)
 #   JOB_NAMESPACE       where the smoke job runs               (default)
 #   TIMEOUT             wait for Succeeded                     (20m)
@@ -22,14 +21,16 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CLUSTER="${KIND_CLUSTER_NAME:-kubetune-e2e}"
-TAG="${IMAGE_TAG:-e2e}"
 NAMESPACE="${NAMESPACE:-kubetune-system}"
 JOB_NAMESPACE="${JOB_NAMESPACE:-default}"
 TIMEOUT="${TIMEOUT:-20m}"
 ARTIFACTS="${ARTIFACTS:-$PWD/kind-e2e-artifacts}"
-OPERATOR_IMAGE="kubetune/operator:$TAG"
-RUNTIME_IMAGE="kubetune/runtime:$TAG-cpu"
 EXAMPLE="$REPO/examples/finetune-cpu-smoke.yaml"
+# The images are built under the names the chart and the example use by default, so nothing has to
+# be overridden and kind never tries to pull them (non-latest tags are pulled only when missing).
+APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO/helm/kubetune/Chart.yaml")"
+OPERATOR_IMAGE="ghcr.io/kubetune/operator:$APP_VERSION"
+RUNTIME_IMAGE="ghcr.io/kubetune/runtime:$APP_VERSION-cpu"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -79,23 +80,33 @@ export DOCKER_BUILDKIT=1
 docker build -f images/operator/Dockerfile -t "$OPERATOR_IMAGE" \
   --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
 docker build -f images/runtime/Dockerfile.cpu -t "$RUNTIME_IMAGE" .
+# The example's setup Job names a runtime image itself: give the CPU image that name too.
+images=("$OPERATOR_IMAGE" "$RUNTIME_IMAGE")
+while read -r image; do
+  if [ -n "$image" ] && [ "$image" != "$RUNTIME_IMAGE" ]; then docker tag "$RUNTIME_IMAGE" "$image"; images+=("$image"); fi
+done < <(sed -n 's/^ *image: *\([^ ]*\).*/\1/p' "$EXAMPLE" | sort -u)
 
-log "load images into kind"
-kind load docker-image "$OPERATOR_IMAGE" "$RUNTIME_IMAGE" --name "$CLUSTER"
+log "load images into kind: ${images[*]}"
+kind load docker-image "${images[@]}" --name "$CLUSTER"
 
-trap 'status=$?; [ $status -eq 0 ] || diagnostics; exit $status' EXIT
+on_exit() {
+  local status=$?
+  [ "$status" -eq 0 ] || diagnostics
+  exit "$status"
+}
+trap on_exit EXIT
 
 log "helm install"
 helm lint helm/kubetune
 helm upgrade --install kubetune helm/kubetune \
   --namespace "$NAMESPACE" --create-namespace \
-  --set image.repository=kubetune/operator --set image.tag="$TAG" --set image.pullPolicy=Never \
-  --set training.image.repository=kubetune/runtime --set training.image.tag="$TAG-cpu" \
+  --set training.image.variant=cpu \
   --wait --timeout 5m
 kubectl -n "$NAMESPACE" rollout status deployment/kubetune --timeout=180s
 
 log "the webhook refuses a bad config with its key path"
-bad_output="$(kubectl -n "$JOB_NAMESPACE" apply -f - 2>&1 <<'YAML' || true
+bad_job() {
+  kubectl -n "$JOB_NAMESPACE" apply -f - 2>&1 <<'YAML' || true
 apiVersion: kubetune.dev/v1alpha1
 kind: FineTuneJob
 metadata:
@@ -116,7 +127,12 @@ spec:
     max_steps: 1
     learning_rate: 0.001
 YAML
-)"
+}
+# The webhook may still be starting: retry while the API server cannot reach it.
+for _ in $(seq 30); do
+  bad_output="$(bad_job)"
+  case "$bad_output" in *"failed calling webhook"*) sleep 2 ;; *) break ;; esac
+done
 echo "$bad_output" >&2
 case "$bad_output" in
   *"denied the request"*"datasets[0].type"*) ;;
@@ -124,8 +140,10 @@ case "$bad_output" in
 esac
 
 log "apply $EXAMPLE"
-kubectl -n "$JOB_NAMESPACE" apply -f "$EXAMPLE"
-job="$(kubectl -n "$JOB_NAMESPACE" get ftj -o jsonpath='{.items[0].metadata.name}')"
+applied="$(kubectl -n "$JOB_NAMESPACE" apply -f "$EXAMPLE" -o name)"
+echo "$applied"
+job="$(echo "$applied" | sed -n 's#^finetunejob[^/]*/##p' | head -n1)"
+[ -n "$job" ] || { echo "e2e/kind/run.sh: $EXAMPLE holds no FineTuneJob" >&2; exit 1; }
 
 log "wait for FineTuneJob/$job to succeed (timeout $TIMEOUT)"
 # Print progress while waiting, so the CI log shows the run.

@@ -113,6 +113,8 @@ def test_default_deployment_is_one_replica_recreate(default_docs):
     assert not any(a.startswith(("--peering", "--namespace")) for a in args)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready only once the webhook server listens (the Service then has an endpoint to call).
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"webhook": 9443, "metrics": 8080, "health": 8081}
     env = _env(container)
@@ -371,6 +373,7 @@ def test_webhook_disabled(helm):
     container = _container(docs)
     assert not any(a.startswith("--webhook") for a in container["args"])
     assert "webhook-tls" not in {m["name"] for m in container.get("volumeMounts", [])}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
 def test_writable_tmp_only_with_a_read_only_root(helm, default_docs):
