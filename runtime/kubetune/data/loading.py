@@ -101,11 +101,15 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
     except (datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) as exc:
         raise data_error(f"{where}.path", f"dataset {path!r} not found: {exc}", HUB_FIX) from exc
     except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError, ValueError, OSError) as exc:
+        if local is None:
+            raise data_error(
+                f"{where}.path", f"cannot load hub dataset {path!r}: {type(exc).__name__}: {exc}", HUB_FIX
+            ) from exc
         raise data_error(
             f"{where}.path",
-            f"cannot read {local or path}: {type(exc).__name__}: {exc}",
+            f"cannot read {local}: {type(exc).__name__}: {exc}",
             "check the file's format (one JSON object per line for .jsonl), or set ds_type "
-            "(json, parquet, csv, arrow, text)" + ("" if local else "; " + HUB_FIX),
+            "(json, parquet, csv, arrow, text)",
         ) from exc
     return rows
 

@@ -246,3 +246,29 @@ def test_several_processes_give_the_same_examples_and_name_a_bad_row(tokenizer):
         tokenize_dataset(datasets.Dataset.from_list(rows), Alpaca(tokenizer, {}), "datasets[3]", num_proc=2)
     (problem,) = caught.value.problems
     assert problem.path == "datasets[3]" and "row 6000: field 'output' is empty" in problem.message
+
+
+def test_hub_ids_go_to_the_hub_and_fail_clearly_offline(monkeypatch):
+    import datasets
+    from kubetune.data.loading import load_rows
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network in tests
+    with pytest.raises(DataError) as caught:
+        load_rows({"path": "someone/no-such-dataset", "type": "alpaca"}, "datasets[2]", None)
+    (problem,) = caught.value.problems
+    assert problem.path == "datasets[2].path"
+    assert "cannot load hub dataset 'someone/no-such-dataset'" in problem.message
+    assert "hub datasets need network access" in problem.fix
+
+
+def test_malformed_local_file(tmp_path):
+    from kubetune.data.loading import load_rows
+
+    (tmp_path / "broken.jsonl").write_text('{"instruction": "a", "output": "b"}\n{not json\n')
+    with pytest.raises(DataError) as caught:
+        load_rows({"path": str(tmp_path / "broken.jsonl")}, "datasets[0]", None)
+    (problem,) = caught.value.problems
+    assert (
+        problem.path == "datasets[0].path" and f"cannot read {tmp_path / 'broken.jsonl'}" in problem.message
+    )
+    assert "one JSON object per line" in problem.fix
