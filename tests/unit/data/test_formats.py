@@ -297,3 +297,18 @@ def test_unusable_format_names_the_dataset_and_the_fix(tmp_path, tokenizer, type
     assert problem.path == "datasets[0].type"
     assert message in problem.message
     assert fix in problem.fix
+
+
+def test_empty_and_untrained_examples_count_zero_trained_tokens(tokenizer):
+    rows = [
+        {"segments": [{"text": "", "label": True}]},  # no tokens at all
+        {"segments": [{"text": "red green", "label": False}]},
+        {"segments": [{"text": "<s>red", "label": False}, {"text": " green", "label": True}]},
+    ]
+    examples = InputOutput(tokenizer, {}).tokenize_rows(rows)
+    assert examples.lengths[0] == 0
+    assert examples.trained_per_example.tolist() == [
+        0,
+        0,
+        len(tokenizer(" green", add_special_tokens=False)["input_ids"]),
+    ]

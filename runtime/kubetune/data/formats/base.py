@@ -67,8 +67,9 @@ class TokenizedExamples:
 
     @property
     def trained_per_example(self) -> np.ndarray:
-        trained = (self.labels != IGNORE_INDEX).astype(np.int64)
-        return np.add.reduceat(trained, self.offsets[:-1]) if len(self) else np.zeros(0, np.int64)
+        # Differences of a running count, not np.add.reduceat, which misreads empty examples.
+        running = np.concatenate([[0], np.cumsum(self.labels != IGNORE_INDEX)])
+        return running[self.offsets[1:]] - running[self.offsets[:-1]]
 
     @classmethod
     def empty(cls) -> TokenizedExamples:
