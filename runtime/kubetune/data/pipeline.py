@@ -107,11 +107,12 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
     """Everything prepare_datasets does, in memory, without the cache."""
     started = time.perf_counter()
     sequence_len = int(_get(cfg, "sequence_len") or 2048)
-    seed = int(_get(cfg, "seed") or 42)
-    per_dataset: list[dict[str, Any]] = []
-    train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    seed = 42 if _get(cfg, "seed") is None else int(_get(cfg, "seed"))  # seed 0 is a seed
     if not _entries(cfg, "datasets"):
         raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
+    per_dataset: list[dict[str, Any]] = []  # counts of the training entries
+    per_test_dataset: list[dict[str, Any]] = []
+    train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
     val_set_size = float(_get(cfg, "val_set_size") or 0)
     if _entries(cfg, "test_datasets"):
         if val_set_size:
@@ -120,7 +121,7 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
                 "both test_datasets and val_set_size are set",
                 "set val_set_size: 0 to evaluate on test_datasets, or drop test_datasets",
             )
-        evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_dataset)
+        evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_test_dataset)
     else:
         train, evaluation = split_eval(train, val_set_size, seed)
     if not len(train):
@@ -135,7 +136,7 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
     train_rows, train_stats = to_rows(train, sequence_len, packed=packed, seed=seed)
     stats: dict[str, Any] = {
         **train_stats,
-        "datasets": per_dataset,
+        "datasets": per_dataset + per_test_dataset,
         "dropped_too_long": sum(d["dropped_too_long"] for d in per_dataset),
         "dropped_untrained": sum(d["dropped_untrained"] for d in per_dataset),
         "sequence_len": sequence_len,
