@@ -158,4 +158,10 @@ fi
 kill "$watcher" 2>/dev/null || true
 kubectl -n "$JOB_NAMESPACE" get ftj "$job" -o wide
 kubectl -n "$JOB_NAMESPACE" get ftj "$job" -o jsonpath='{.status.progress}{"\n"}'
+
+log "the operator was refused nothing (the chart's RBAC covers its calls)"
+if kubectl -n "$NAMESPACE" logs deployment/kubetune --tail=-1 | grep -E "Forbidden|forbidden" >&2; then
+  echo "e2e/kind/run.sh: the operator's API calls were refused: see the log lines above" >&2
+  exit 1
+fi
 log "kind e2e passed"
