@@ -95,6 +95,7 @@ def test_validation_split_is_deterministic_by_seed(tmp_path, data_dir, tokenizer
     assert len(first) == 12 and data.stats["examples"] == 108 and data.stats["eval"]["examples"] == 12
     assert eval_inputs(val_set_size=0.1, seed=7)[0] == first
     assert eval_inputs(val_set_size=0.1, seed=8)[0] != first
+    assert eval_inputs(val_set_size=0.1, seed=0)[0] != eval_inputs(val_set_size=0.1, seed=42)[0]
     assert len(eval_inputs(val_set_size=5, seed=7)[0]) == 5  # a whole number is a count
 
 
