@@ -9,12 +9,15 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
+
+log = logging.getLogger(__name__)
 
 SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
 
@@ -70,9 +73,11 @@ def check_request(cfg, *, cuda: bool) -> None:
         fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # type: ignore[arg-type]  # raises on a bad combination
 
 
-def uses_sharding(cfg) -> bool:
-    """FSDP and DeepSpeed place the weights themselves; plain DDP loads them straight onto the GPU."""
-    return bool(cfg.fsdp) or cfg.deepspeed is not None
+def is_sharded(accelerator) -> bool:
+    """FSDP and DeepSpeed place the weights themselves and checkpoint in their own formats."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def build_accelerator(cfg, precision: Precision, topo: Topology):
@@ -108,7 +113,13 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
 
         ds = deepspeed_config(cfg, precision=precision, world_size=topo.world_size)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if cfg.fsdp and not is_sharded(accelerator):
+        log.warning(
+            "fsdp is set but accelerate runs %s here (FSDP needs CUDA): training with DDP instead",
+            accelerator.distributed_type,
+        )
+    return accelerator
 
 
 def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
@@ -199,6 +210,10 @@ def deepspeed_config(cfg, *, precision: Precision | None = None, world_size: int
     for key, value in fill.items():
         if ds.get(key, "auto") == "auto":
             ds[key] = value
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        # The final save gathers the full 16-bit weights; without this ZeRO-3 refuses to hand them over.
+        zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
     if precision is not None:
         for section, on in (
             ("bf16", precision.mixed_precision == "bf16"),

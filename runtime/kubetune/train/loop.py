@@ -116,7 +116,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         tokenizer,
         precision=precision,
         backend=backend,
-        device=None if distributed.uses_sharding(cfg) else accelerator.device,
+        device=None if distributed.is_sharded(accelerator) else accelerator.device,
     )
     trainable, total = model_lib.parameter_counts(model)
     log.info(
@@ -124,14 +124,15 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     )
 
     module = CausalLMLoss(model)
-    if accelerator.is_fsdp2 or not cfg.fsdp:
-        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
-    else:  # FSDP1: the optimizer must see the wrapped (flattened) parameters
+    if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
+        # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
+    else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together
+        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    if cfg.adapter and not distributed.uses_sharding(cfg):
+    if cfg.adapter and not distributed.is_sharded(accelerator):
         checkpoint.register_adapter_hooks(accelerator, module)
 
     # From here on output_dir is written to.

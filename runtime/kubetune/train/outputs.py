@@ -41,9 +41,9 @@ def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
         accelerator.wait_for_everyone()
         return []
     model = accelerator.unwrap_model(module).model
-    prefix = "model."
+    state_dict = {clean_key(key): value for key, value in state_dict.items()}
     state_dict = {
-        key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
+        key.removeprefix("model."): value for key, value in state_dict.items() if key.startswith("model.")
     }
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-"))
     try:
@@ -59,6 +59,13 @@ def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     return names
+
+
+def clean_key(key: str) -> str:
+    """A parameter name without the wrappers' path segments (FSDP, activation checkpointing, compile)."""
+    for segment in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        key = key.replace(segment, "")
+    return key.removeprefix("module.")  # DDP
 
 
 def publish(staging: Path, output_dir: Path) -> list[str]:

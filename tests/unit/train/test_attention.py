@@ -7,12 +7,15 @@ from kubetune.train.attention import AttentionBackend, check_request, select_bac
 from kubetune.train.errors import UserError
 
 
-def packed_vs_alone(model_dir: str, backend: AttentionBackend, atol: float = 2e-5):
+def packed_vs_alone(
+    model_dir: str, backend: AttentionBackend, atol: float = 2e-5, *, device="cpu", dtype=None
+):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, attn_implementation=backend.hf_implementation
-    ).eval()
+        model_dir, attn_implementation=backend.hf_implementation, dtype=dtype or torch.float32
+    )
+    model = model.to(device).eval()
     generator = torch.Generator().manual_seed(0)
     examples = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (7, 12, 5, 9)]
     rows = [
@@ -20,13 +23,17 @@ def packed_vs_alone(model_dir: str, backend: AttentionBackend, atol: float = 2e-
         {"input_ids": examples[2] + examples[3], "labels": examples[2] + examples[3], "seq_lens": [5, 9]},
     ]
     batch = PackedCollator(pad_token_id=3, pad_to=24)(rows)  # both rows end in a padding segment
+    batch = {
+        key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()
+    }
     with torch.no_grad():
         packed = model.model(input_ids=batch["input_ids"], use_cache=False, **backend.model_inputs(batch))
         alone = [
-            model.model(input_ids=torch.tensor([ids]), use_cache=False).last_hidden_state[0]
+            model.model(input_ids=torch.tensor([ids], device=device), use_cache=False).last_hidden_state[0]
             for ids in examples
         ]
-    hidden = packed.last_hidden_state
+    hidden = packed.last_hidden_state.float()
+    alone = [states.float() for states in alone]
     assert torch.isfinite(hidden).all()  # the padding segment attends to itself: no fully masked row
     torch.testing.assert_close(hidden[0, :7], alone[0], atol=atol, rtol=0)
     torch.testing.assert_close(hidden[0, 7:19], alone[1], atol=atol, rtol=0)

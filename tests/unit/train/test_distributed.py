@@ -53,7 +53,7 @@ def test_deepspeed_auto_values_come_from_the_config(make_config, tmp_path):
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 4
     assert ds["train_batch_size"] == 64 and ds["gradient_clipping"] == 0.5
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
-    assert ds["zero_optimization"] == {"stage": 3}
+    assert ds["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
 
     inline, _ = make_config(deepspeed={"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}})
     with pytest.raises(UserError, match="defines its own optimizer"):
