@@ -295,6 +295,9 @@ def _bridge() -> None:
     if addr not in ip("-o", "addr", "show", "dev", BRIDGE).stdout:
         ip("addr", "add", addr, "dev", BRIDGE)
     ip("link", "set", BRIDGE, "up")
+    # No kube-proxy here: a ClusterIP leads nowhere. Without this route, traffic to a Service IP
+    # (e.g. an apiserver calling a webhook Service) would follow the default route off the machine.
+    ip("route", "replace", "blackhole", SERVICE_CIDR)
 
 
 def up(bin_dir: Path, python: str, timeout: float) -> Path:
@@ -451,6 +454,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
 
     cleanup.cleanup_node(STATE / "node", BRIDGE, delete_bridge=wipe)
     if wipe:
+        subprocess.run(["ip", "route", "del", "blackhole", SERVICE_CIDR], capture_output=True, check=False)
         import shutil
 
         for d in ("etcd", "node", "pids", "pki"):
