@@ -99,6 +99,7 @@ class ChatTemplate(PromptFormat):
         }
         # Longest first, so "<|eot_id|>" wins over a shorter special token it starts with.
         self.end_tokens = sorted((token for token in specials if token), key=len, reverse=True)
+        self._marked: dict[tuple[str, ...], str] = {}  # role sequence -> rendering with placeholders
 
     def messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         raw = row.get(self.messages_field)
@@ -135,15 +136,22 @@ class ChatTemplate(PromptFormat):
 
     def content_spans(self, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
         """(start, end) of each message's content inside `text`, the real rendering."""
-        marked = self.render([{**m, "content": f"\ue000{k}\ue001"} for k, m in enumerate(messages)])
-        for transform in (lambda s: s, str.strip):  # templates like llama3's trim the content
-            spans, pieces, cursor = [], [], 0
+        roles = tuple(m["role"] for m in messages)
+        marked = self._marked.get(roles)
+        if marked is None:
+            # With placeholders for contents the rendering depends on the roles alone: once per pattern.
+            marked = self.render([{**m, "content": f"\ue000{k}\ue001"} for k, m in enumerate(messages)])
+            self._marked[roles] = marked
+        for transform in (None, str.strip):  # templates like llama3's trim the content
+            spans, pieces, cursor, position = [], [], 0, 0
             for match in _SENTINEL.finditer(marked):
-                pieces.append(marked[cursor : match.start()])
-                start = sum(map(len, pieces))
-                content = transform(messages[int(match.group(1))]["content"])
-                pieces.append(content)
-                spans.append((int(match.group(1)), start, start + len(content)))
+                scaffold = marked[cursor : match.start()]
+                content = messages[int(match.group(1))]["content"]
+                content = transform(content) if transform else content
+                position += len(scaffold)
+                spans.append((int(match.group(1)), position, position + len(content)))
+                position += len(content)
+                pieces += [scaffold, content]
                 cursor = match.end()
             pieces.append(marked[cursor:])
             if "".join(pieces) == text and sorted(k for k, _, _ in spans) == list(range(len(messages))):
