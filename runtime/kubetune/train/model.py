@@ -106,8 +106,9 @@ def check_pad_token(cfg) -> None:
         return
     import transformers
 
-    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
-    source = model_source(cfg, cfg.tokenizer_config or cfg.base_model, key)
+    # The same source kubetune.data.load_tokenizer reads (Axolotl's order).
+    key = next(k for k in ("tokenizer_config", "base_model_config", "base_model") if getattr(cfg, k))
+    source = model_source(cfg, getattr(cfg, key), key)
     tokenizer_cls = getattr(transformers, cfg.tokenizer_type or "AutoTokenizer", None)
     if tokenizer_cls is None:
         raise UserError(

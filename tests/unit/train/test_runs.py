@@ -236,6 +236,35 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_skips_a_truncated_one(m
     assert (out / "KUBETUNE_COMPLETE").is_file()
     assert cli(["train", str(path)]) == 0  # a restarted worker finds the marker and does nothing
 
+    # Model, optimizer, schedule and data position all came back: after the resume the run follows
+    # the loss curve of the same run never interrupted (a fresh optimizer or schedule would not).
+    uninterrupted_cfg, _ = make_config(
+        "uninterrupted", max_steps=16, save_steps=4, **LORA, learning_rate=0.01
+    )
+    _, uninterrupted = train_in_process(uninterrupted_cfg)
+    expected = {entry["step"]: entry["loss"] for entry in uninterrupted["history"]}
+    resumed = {entry["step"]: entry["loss"] for entry in summary["history"] if entry["step"] > resume_step}
+    assert resumed == pytest.approx({step: expected[step] for step in resumed}, rel=1e-3)
+
+
+def test_added_tokens_are_trained_saved_and_merged(make_config, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    keys = {**LORA, "lora_modules_to_save": ["embed_tokens", "lm_head"], "tokens": ["<tool>", "<call>"]}
+    cfg, path = make_config("tokens", max_steps=3, **keys)
+    assert cli(["train", str(path)]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(cfg.output_dir)
+    assert tokenizer.convert_tokens_to_ids("<call>") == len(tokenizer) - 1
+    assert cli(["merge", str(path), "--output", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.get_input_embeddings().num_embeddings == len(tokenizer)
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+    base.resize_token_embeddings(len(tokenizer))
+    adapter = PeftModel.from_pretrained(base, cfg.output_dir)
+    ids = torch.tensor([[1, 5, len(tokenizer) - 2, len(tokenizer) - 1]])
+    torch.testing.assert_close(logits_of(merged, ids), logits_of(adapter, ids), atol=1e-4, rtol=1e-4)
+
 
 def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_run_resumes(make_config):
     cfg, path = make_config("sigterm", max_steps=30, **LORA, learning_rate=0.01)  # no scheduled checkpoint
