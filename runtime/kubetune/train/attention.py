@@ -118,13 +118,15 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
 
 
 def register_torch_varlen() -> None:
-    """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded)."""
+    """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded).
+
+    Deliberately no mask function: for an implementation without one, transformers builds no mask and
+    skips its packed-sequence detection from position_ids (a device-to-host sync every forward). The
+    boundaries come as cu_seqlens instead.
+    """
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(TORCH_VARLEN, varlen_attention_forward)
-    # No mask is ever built for it: the model gets cu_seqlens instead.
-    AttentionMaskInterface.register(TORCH_VARLEN, lambda *args, **kwargs: None)
 
 
 def _half_precision(cfg) -> bool:

@@ -89,6 +89,13 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     if cfg.resume_from_checkpoint:
         checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint)
     model_lib.check_pad_token(cfg)
+    unsupported = [
+        key
+        for key in ("use_wandb", "wandb_project", "use_mlflow", "mlflow_tracking_uri", "hub_model_id")
+        if getattr(cfg, key, None)
+    ]
+    if unsupported:
+        log.warning("not implemented by the kubetune engine yet, ignored: %s", ", ".join(unsupported))
 
 
 def setup(cfg, stop: StopFlag) -> Run | None:
@@ -217,16 +224,9 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     run.clock = loop_start = time.perf_counter()
     first_step = state.step
     grad_norm = None
+    window = next(windows)
     while state.step < plan.total_steps:
-        window = next(windows)
-        # One small all-reduce per step: the step's token counts on all ranks, and whether any rank
-        # was asked to stop (so that all of them stop at this same boundary).
-        counts = torch.tensor(
-            [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)],
-            device=device,
-            dtype=torch.float64,
-        )
-        trained, tokens, stopping = acc.reduce(counts, reduction="sum").tolist()
+        trained, tokens, stopping = step_counts(acc, window, stop)
         if stopping:
             preempt(run)
         # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over ranks: undo both,
@@ -242,6 +242,10 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         if not acc.optimizer_step_was_skipped:
             run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+        if state.step + 1 < plan.total_steps:
+            # Collate the next step's rows now, while the GPU still works through this one: the log line
+            # below waits for the GPU, and collating after it would leave the GPU idle meanwhile.
+            window = next(windows)
 
         state.step += 1
         state.step_in_epoch += 1
@@ -272,6 +276,21 @@ def train_loop(run: Run, stop: StopFlag) -> str:
             return "stopped_early"
     _tick(run)
     return "completed"
+
+
+def step_counts(acc, window: list[dict], stop: StopFlag) -> tuple[float, float, bool]:
+    """(trained tokens, non-pad tokens, stop?) of the step summed over all ranks.
+
+    One small all-reduce per step: the token counts, and whether any rank was asked to stop (so that
+    all of them stop at this same boundary). A single process skips the device round trip, whose
+    .tolist() would wait for the previous step to finish before this one is even queued.
+    """
+    local = [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)]
+    if acc.num_processes == 1:
+        return float(local[0]), float(local[1]), bool(local[2])
+    counts = torch.tensor(local, device=acc.device, dtype=torch.float64)
+    trained, tokens, stopping = acc.reduce(counts, reduction="sum").tolist()
+    return trained, tokens, bool(stopping)
 
 
 @dataclass

@@ -6,6 +6,7 @@ The configs are the seed llama3-lora.yml with local paths and a CPU-sized overla
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -141,9 +142,11 @@ def test_full_fine_tune_learns_and_saves_a_model_transformers_loads(make_config,
     from transformers import AutoModelForCausalLM
 
     no_adapter = dict.fromkeys(("adapter", "lora_r", "lora_alpha", "lora_target_modules"))
-    cfg, _ = make_config("full", learning_rate=0.005, **no_adapter)
+    cfg, _ = make_config("full", learning_rate=0.005, val_set_size=0.05, eval_steps=10, **no_adapter)
     run, summary = train_in_process(cfg)
     assert_learned(summary)
+    assert summary["final_eval_loss"] < 0.8 * 6.2 and summary["best_eval_loss"] <= summary["final_eval_loss"]
+    assert summary["final_eval_perplexity"] == pytest.approx(math.exp(summary["final_eval_loss"]))
     ids = probe_ids(tiny)
     training_logits = logits_of(run.accelerator.unwrap_model(run.module).model, ids)
     out = Path(cfg.output_dir)
@@ -245,6 +248,14 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_skips_a_truncated_one(m
     expected = {entry["step"]: entry["loss"] for entry in uninterrupted["history"]}
     resumed = {entry["step"]: entry["loss"] for entry in summary["history"] if entry["step"] > resume_step}
     assert resumed == pytest.approx({step: expected[step] for step in resumed}, rel=1e-3)
+
+
+def test_dataloader_workers_feed_the_same_batches(make_config):
+    histories = []
+    for workers in (0, 2):
+        cfg, _ = make_config(f"workers{workers}", max_steps=4, dataloader_num_workers=workers, **LORA)
+        histories.append([entry["loss"] for entry in train_in_process(cfg)[1]["history"]])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
 
 
 def test_added_tokens_are_trained_saved_and_merged(make_config, tmp_path):
