@@ -544,10 +544,9 @@ def check_paths(model, examples, shape) -> dict:
     return out
 
 
-def kubetune_row(result: dict, shape: dict, examples, kind: str, variant: str) -> dict:
-    row = result_fields(
-        result["timed_tokens"], result["timed_seconds"], shape, attended_length(examples, kind, shape)
-    )
+def kubetune_row(result: dict, shape: dict, examples, kind: str, variant: str, full: bool = False) -> dict:
+    attended = attended_length(examples, kind, shape)
+    row = result_fields(result["timed_tokens"], result["timed_seconds"], shape, attended, full=full)
     # The child's own peak (this process holds nothing on the GPU by then).
     row["peak_mem_gib"], row["peak_reserved_gib"] = result["peak_mem_gib"], result["peak_reserved_gib"]
     extra = {
@@ -700,6 +699,75 @@ def kubetune_cases() -> list[tuple[str, str, str, dict]]:
     ]
 
 
+def extra_kubetune_cases() -> list[tuple[str, str, str, dict]]:
+    """Where does the engine lose to the plain loop? Background data loading (the loop syncs every step)."""
+    qlora = {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "gradient_checkpointing": True,
+    }
+    workers = {"dataloader_num_workers": 1}
+    return [
+        ("lora-all-dense", "dense", "torch_compile,1 loader worker", {"torch_compile": True, **workers}),
+        ("qlora-dense", "dense", "nf4,double-quant,gc,1 loader worker", {**qlora, **workers}),
+        (
+            "lora-all-alpaca-mb4",
+            "alpaca",
+            "torch_compile,micro_batch 4",
+            {"torch_compile": True, "micro_batch_size": 4},
+        ),
+    ]
+
+
+def issue9_cases() -> list[tuple[str, str, dict, dict]]:
+    """Issue 9's code paths at world size 1 (the two-GPU kind is not lent): (case, variant, overrides, shape).
+
+    The full fine-tune runs on the 8B width with 16 of its 32 layers: accelerate keeps FSDP2's trainable
+    weights in float32 (16 bytes a parameter with AdamW), which for all 32 layers is more than one H200
+    holds unsharded; two GPUs halve it.
+    """
+    fsdp = {
+        "fsdp": ["full_shard", "auto_wrap"],
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "fsdp_offload_params": False,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        },
+    }
+    full = {"adapter": None, "learning_rate": 1e-5, "gradient_checkpointing": True, **fsdp}
+    # The seed's Mistral-style QLoRA + FSDP overlay, on the Llama shape (so LlamaDecoderLayer is wrapped).
+    qlora_fsdp = {
+        "load_in_4bit": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "bnb_4bit_use_double_quant": True,
+        "flash_attention": True,
+        "sdp_attention": False,
+        **fsdp,
+        "adapter": "qlora",
+        "lora_r": 64,
+        "lora_alpha": 128,
+        "lora_dropout": 0.05,
+        "lora_target_linear": True,
+        "optimizer": "adamw_bnb_8bit",
+        "lr_scheduler": "cosine",
+        "warmup_steps": 100,
+        "gradient_checkpointing": True,
+    }
+    qlora_fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_state_dict_type": "FULL_STATE_DICT"}
+    return [
+        (
+            "full-fsdp2-1gpu",
+            "fsdp2 full fine-tune, gc, world size 1, 16 of 32 layers",
+            full,
+            {"num_hidden_layers": 16},
+        ),
+        ("qlora-fsdp-1gpu", "seed qlora+fsdp overlay (fsdp2), world size 1", qlora_fsdp, {}),
+    ]
+
+
 def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> dict:
     """One kubetune run in its own process (bench/gpu_kubetune.py); its result line, parsed."""
     import subprocess
@@ -707,9 +775,10 @@ def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> d
     spec_path = work / f"spec-{name}.json"
     spec_path.write_text(json.dumps(spec))
     child = Path(__file__).resolve().parent / "gpu_kubetune.py"
-    proc = subprocess.run(
-        [sys.executable, str(child), str(spec_path)], capture_output=True, text=True, timeout=timeout
-    )
+    command = [sys.executable, str(child), str(spec_path)]
+    if spec.get("torchrun"):  # FSDP / DeepSpeed need a process group, even of one process
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     with log.open("a") as fh:
         fh.write(f"===== {name} rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-12000:]}\n")
     for line in proc.stdout.splitlines():
@@ -765,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-examples", type=int, default=420)
     parser.add_argument("--parity-lr", type=float, default=1e-3)
     parser.add_argument("--child-timeout", type=float, default=240)
+    parser.add_argument("--kt-only", default="", help="'case:variant' names to run, separated by |")
     args = parser.parse_args(argv)
     suites = (
         {"baseline", "levers", "qlora", "kubetune", "parity"}
@@ -882,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     kt_data: dict[str, Path] = {}
-    if {"kubetune", "parity"} & suites:
+    if {"kubetune", "parity", "issue9"} & suites:
         import gpu_kubetune as kt
 
         work.mkdir(parents=True, exist_ok=True)
@@ -893,6 +963,16 @@ def main(argv: list[str] | None = None) -> int:
         if "parity" in suites:
             kt_data["parity"] = kt.write_examples(parity_train, work / "parity.jsonl")
             kt.write_examples(parity_heldout, work / "heldout.jsonl")
+        if "issue9" in suites:
+            for _, _, _, shape_change in issue9_cases():
+                if shape_change:
+                    # Same weights, fewer layers: the first N decoder layers of the model in memory.
+                    layers = model.model.layers
+                    model.model.layers = layers[: shape_change["num_hidden_layers"]]
+                    model.config.num_hidden_layers = len(model.model.layers)
+                    suffix = "-".join(map(str, shape_change.values()))
+                    kt.write_model_dir(model, work / f"model-{suffix}")
+                    model.model.layers, model.config.num_hidden_layers = layers, len(layers)
         print(f"model directory and data written in {time.monotonic() - t:.1f}s", flush=True)
 
     if "qlora" in suites:
@@ -911,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     model = None  # the kubetune children load their own copy from disk
     reset_memory()
     log = args.out.parent / "kubetune_children.log"
-    if "kubetune" in suites or "parity" in suites:
+    if {"kubetune", "parity", "issue9"} & suites:
         import gpu_kubetune as kt
 
     parity_done: list[bool] = []
@@ -948,10 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
         parity_report(rec)
 
     if "kubetune" in suites:
-        for index, (name, kind, variant, overrides) in enumerate(kubetune_cases()):
+        for index, (name, kind, variant, overrides) in enumerate(kubetune_cases() + extra_kubetune_cases()):
+            if args.kt_only and f"{name}:{variant}" not in args.kt_only.split("|"):
+                continue
             if index == 4 and "parity" in suites:
                 run_parity_child()
-            case = Case(name, kind, "packed", 2)
+            case = Case(name, kind, "packed", overrides.get("micro_batch_size", 2))
             config = kt.base_config(
                 work / "model",
                 kt_data[kind],
@@ -983,6 +1065,44 @@ def main(argv: list[str] | None = None) -> int:
 
     if "parity" in suites and not parity_done:
         run_parity_child()
+
+    if "issue9" in suites:
+        for name, variant, overrides, shape_change in issue9_cases():
+            case = Case(name, "dense", "packed", 2)
+            suffix = "-".join(map(str, shape_change.values()))
+            model_dir = work / (f"model-{suffix}" if shape_change else "model")
+            config = kt.base_config(
+                model_dir,
+                kt_data["dense"],
+                work,
+                name,
+                steps=args.steps,
+                micro_batch=2,
+                lr=args.lr,
+                seq_len=shape["seq_len"],
+            )
+            config.update(overrides)
+            if config["adapter"] is None:
+                for key in ("adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_linear"):
+                    config.pop(key)
+            spec = {"config": config, "warmup": args.warmup, "torchrun": True}
+            guarded(
+                rec,
+                args.deadline,
+                "kubetune",
+                case,
+                variant,
+                lambda spec=spec, name=name, change=shape_change, full=overrides.get("adapter") is None: (
+                    kubetune_row(
+                        run_child(spec, work, name, log, timeout=args.child_timeout),
+                        {**shape, **change},
+                        data["dense"],
+                        "dense",
+                        name,
+                        full=full,
+                    )
+                ),
+            )
 
     print("\n" + rec.table(), flush=True)
     return 0
