@@ -312,3 +312,14 @@ def test_empty_and_untrained_examples_count_zero_trained_tokens(tokenizer):
         0,
         len(tokenizer(" green", add_special_tokens=False)["input_ids"]),
     ]
+
+
+def test_a_segment_must_be_text_or_token_ids(tokenizer):
+    from kubetune.data.formats import PromptFormat
+
+    class Careless(PromptFormat):
+        def segments(self, row):
+            return [(tokenizer.bos_token_id, False), (row["text"], True)]  # an int, not [int]
+
+    with pytest.raises(RowProblem, match="row 1: a segment is text or a list of token ids, not int"):
+        Careless(tokenizer).tokenize_rows([{"text": "a"}, {"text": "b"}], first_index=1)

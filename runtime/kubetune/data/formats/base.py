@@ -230,7 +230,7 @@ class PromptFormat:
         import pyarrow as pa
 
         texts: list[str] = []
-        pieces: list[int | Sequence[int]] = []  # int: index into texts; else literal ids
+        pieces: list[Sequence[int] | None] = []  # literal ids, or None for the next text of `texts`
         trained: list[bool] = []
         counts: list[int] = []
         for index, row in enumerate(rows, first_index):
@@ -243,20 +243,22 @@ class PromptFormat:
             counts.append(len(segments))
             for piece, is_trained in segments:
                 if isinstance(piece, str):
-                    pieces.append(len(texts))
+                    pieces.append(None)
                     texts.append(piece)
-                else:
+                elif isinstance(piece, list | tuple):
                     pieces.append(piece)
+                else:
+                    raise RowProblem(
+                        f"a segment is text or a list of token ids, not {type(piece).__name__}", index
+                    )
                 trained.append(is_trained)
-        encoded = encode_texts(self.tokenizer, texts)
-        segment_ids = [encoded[piece] if isinstance(piece, int) else piece for piece in pieces]
+        encoded = iter(encode_texts(self.tokenizer, texts))
+        segment_ids = [next(encoded) if piece is None else piece for piece in pieces]
         array = pa.array(segment_ids, type=pa.list_(pa.int32()))
         segment_offsets = array.offsets.to_numpy().astype(np.int64)
         input_ids = array.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
         flags = np.asarray(trained, dtype=bool) | self.train_on_inputs
-        labels = np.where(np.repeat(flags, np.diff(segment_offsets)), input_ids, IGNORE_INDEX).astype(
-            np.int32
-        )
+        labels = np.where(np.repeat(flags, np.diff(segment_offsets)), input_ids, np.int32(IGNORE_INDEX))
         boundaries = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=boundaries[1:])
         return TokenizedExamples(input_ids, labels, segment_offsets[boundaries])
