@@ -278,7 +278,8 @@ def test_added_tokens_are_trained_saved_and_merged(make_config, tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_run_resumes(make_config):
-    cfg, path = make_config("sigterm", max_steps=30, **LORA, learning_rate=0.01)  # no scheduled checkpoint
+    # No scheduled checkpoint; rows padded to sequence_len as the seed config has it.
+    cfg, path = make_config("sigterm", max_steps=30, pad_to_sequence_len=True, **LORA, learning_rate=0.01)
     out = Path(cfg.output_dir)
     process = start(path)
     wait_for(process, lambda event: event["event"] == "train" and event["step"] >= 3)
