@@ -21,7 +21,7 @@ HUB_FIX = "for a local file give its path; hub datasets need network access and 
 
 
 def option(entry: Any, name: str, default: Any = None) -> Any:
-    """A key of a dataset config entry (pydantic model, plain object or mapping); default when unset."""
+    """A key of a config or a dataset entry (pydantic model, plain object or mapping); default when unset."""
     value = entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
     return default if value is None else value
 

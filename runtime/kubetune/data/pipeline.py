@@ -81,21 +81,21 @@ def prepare_datasets(cfg, tokenizer, *, rank: int = 0, world_size: int = 1) -> P
 
 def prepared_root(cfg) -> Path:
     """dataset_prepared_path, default <output_dir>/prepared; relative to the config's directory."""
-    value = _get(cfg, "dataset_prepared_path")
+    value = option(cfg, "dataset_prepared_path")
     if not value:
-        value = Path(_get(cfg, "output_dir") or "outputs") / "prepared"
+        value = Path(option(cfg, "output_dir") or "outputs") / "prepared"
     path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(_get(cfg, "source_dir") or Path.cwd()) / path
+    return path if path.is_absolute() else Path(option(cfg, "source_dir") or Path.cwd()) / path
 
 
 def preparation_key(cfg, tokenizer) -> str:
     """The cache key: data content, tokenizer, token-affecting config keys, pipeline version."""
-    source_dir = _get(cfg, "source_dir")
+    source_dir = option(cfg, "source_dir")
     entries = [*_entries(cfg, "datasets"), *_entries(cfg, "test_datasets")]
     return cache.digest(
         {
             "version": cache.PIPELINE_VERSION,
-            "config": {name: _plain(_get(cfg, name)) for name in TOKEN_KEYS},
+            "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
             "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
             "formats": [_format_source(entry, source_dir) for _, entry in entries],
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
@@ -106,14 +106,14 @@ def preparation_key(cfg, tokenizer) -> str:
 def build_prepared(cfg, tokenizer) -> PreparedData:
     """Everything prepare_datasets does, in memory, without the cache."""
     started = time.perf_counter()
-    sequence_len = int(_get(cfg, "sequence_len") or 2048)
-    seed = 42 if _get(cfg, "seed") is None else int(_get(cfg, "seed"))  # seed 0 is a seed
+    sequence_len = int(option(cfg, "sequence_len") or 2048)
+    seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))  # seed 0 is a seed
     if not _entries(cfg, "datasets"):
         raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
     per_dataset: list[dict[str, Any]] = []  # counts of the training entries
     per_test_dataset: list[dict[str, Any]] = []
     train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
-    val_set_size = float(_get(cfg, "val_set_size") or 0)
+    val_set_size = float(option(cfg, "val_set_size") or 0)
     if _entries(cfg, "test_datasets"):
         if val_set_size:
             raise data_error(
@@ -130,8 +130,8 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
             "no training examples are left after dropping empty and over-long ones",
             f"check the data and sequence_len ({sequence_len}); see the per-dataset counts in the log",
         )
-    packed = bool(_get(cfg, "sample_packing"))
-    eval_packed = _get(cfg, "eval_sample_packing")
+    packed = bool(option(cfg, "sample_packing"))
+    eval_packed = option(cfg, "eval_sample_packing")
     eval_packed = packed if eval_packed is None else bool(eval_packed)
     train_rows, train_stats = to_rows(train, sequence_len, packed=packed, seed=seed)
     stats: dict[str, Any] = {
@@ -165,13 +165,16 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
             f"{where}.type", f"type must be a name, got {type(type_name).__name__}", "e.g. type: alpaca"
         )
     else:
-        cls = resolve_format(type_name, path=f"{where}.type", source_dir=_get(cfg, "source_dir"))
-    chat_template = _get(cfg, "chat_template")
-    if _get(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
-        chat_template = _get(cfg, "chat_template_jinja")  # the template text itself
+        cls = resolve_format(type_name, path=f"{where}.type", source_dir=option(cfg, "source_dir"))
+    chat_template = option(cfg, "chat_template")
+    if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
+        chat_template = option(cfg, "chat_template_jinja")  # the template text itself
     try:
         return cls(
-            tokenizer, entry, train_on_inputs=bool(_get(cfg, "train_on_inputs")), chat_template=chat_template
+            tokenizer,
+            entry,
+            train_on_inputs=bool(option(cfg, "train_on_inputs")),
+            chat_template=chat_template,
         )
     except ValueError as exc:
         raise data_error(where, str(exc), "see docs/data.md for this format's options") from exc
@@ -254,7 +257,7 @@ def load_prepared(path: Path) -> PreparedData:
 def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: list) -> TokenizedExamples:
     parts = []
     for where, entry in _entries(cfg, key):
-        rows = load_rows(entry, where, _get(cfg, "source_dir"))
+        rows = load_rows(entry, where, option(cfg, "source_dir"))
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
         tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
         examples, too_long, untrained = drop_unusable(tokenized, sequence_len)
@@ -277,7 +280,7 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
 
 def num_proc(cfg) -> int:
     """dataset_num_proc, default the CPUs this process may use, at most 8."""
-    configured = _get(cfg, "dataset_num_proc")
+    configured = option(cfg, "dataset_num_proc")
     if configured:
         return int(configured)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -285,11 +288,7 @@ def num_proc(cfg) -> int:
 
 
 def _entries(cfg, key: str) -> list[tuple[str, Any]]:
-    return [(f"{key}[{index}]", entry) for index, entry in enumerate(_get(cfg, key) or [])]
-
-
-def _get(cfg, name: str) -> Any:
-    return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+    return [(f"{key}[{index}]", entry) for index, entry in enumerate(option(cfg, key) or [])]
 
 
 def _plain(value: Any) -> Any:

@@ -6,10 +6,8 @@ same way: this function is that way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from kubetune.data.formats.chat_template import NAMED_TEMPLATES, resolve_chat_template
+from kubetune.data.loading import option
 
 
 def load_tokenizer(cfg):
@@ -17,29 +15,25 @@ def load_tokenizer(cfg):
     tokens and the selected chat template applied (so the saved tokenizer carries them)."""
     import transformers
 
-    source = _get(cfg, "tokenizer_config") or _get(cfg, "base_model_config") or _get(cfg, "base_model")
-    kwargs = {"trust_remote_code": bool(_get(cfg, "trust_remote_code"))}
-    tokenizer_type = _get(cfg, "tokenizer_type")
+    source = option(cfg, "tokenizer_config") or option(cfg, "base_model_config") or option(cfg, "base_model")
+    kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))}
+    tokenizer_type = option(cfg, "tokenizer_type")
     loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
     tokenizer = loader.from_pretrained(str(source), **kwargs)
     # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
-    special = {k: v for k, v in dict(_get(cfg, "special_tokens") or {}).items() if v is not None}
+    special = {k: v for k, v in dict(option(cfg, "special_tokens") or {}).items() if v is not None}
     if special:
         tokenizer.add_special_tokens(special)
-    tokens = list(_get(cfg, "tokens") or [])
+    tokens = list(option(cfg, "tokens") or [])
     if tokens:
         tokenizer.add_tokens(tokens)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # Llama 3 ships without one; padding is masked anyway
-    choice = _get(cfg, "chat_template")
+    choice = option(cfg, "chat_template")
     if (
         choice in NAMED_TEMPLATES
         or choice == "jinja"
         or (isinstance(choice, str) and choice.startswith("tokenizer_default_fallback_"))
     ):
-        tokenizer.chat_template = resolve_chat_template(choice, tokenizer, _get(cfg, "chat_template_jinja"))
+        tokenizer.chat_template = resolve_chat_template(choice, tokenizer, option(cfg, "chat_template_jinja"))
     return tokenizer
-
-
-def _get(cfg, name: str) -> Any:
-    return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from kubetune.data.loading import option
+
 IGNORE_INDEX = -100
 
 # (text or token ids, trained)
@@ -186,11 +188,7 @@ class PromptFormat:
 
     def option(self, name: str, default: Any = None) -> Any:
         """A `datasets[i]` config key, `default` when unset (works for objects and mappings)."""
-        if isinstance(self.dataset, Mapping):
-            value = self.dataset.get(name)
-        else:
-            value = getattr(self.dataset, name, None)
-        return default if value is None else value
+        return option(self.dataset, name, default)
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         raise NotImplementedError(f"{type(self).__name__} must implement segments(row) or tokenize_row(row)")
