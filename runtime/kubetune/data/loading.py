@@ -94,8 +94,7 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
                     f"local files without a split mapping only have the split 'train', not {split!r}",
                     "drop split (or use slicing such as train[:90%]), or give data_files as {split: files}",
                 )
-            file_split = split
-            rows = datasets.load_dataset(builder, data_files=files, split=file_split)
+            rows = datasets.load_dataset(builder, data_files=files, split=split)
     except DataError:
         raise
     except (datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) as exc:

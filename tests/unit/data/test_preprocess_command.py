@@ -89,3 +89,9 @@ def test_ranks_in_separate_processes_tokenize_once_and_load_the_same_rows(tmp_pa
     assert len({(o["path"], o["rows"], tuple(o["first"])) for o in outputs}) == 1
     pids = set((tmp_path / "tokenized_by.log").read_text().split())
     assert pids == {str(ranks[2].pid)}  # rank 0 alone tokenized
+
+
+def test_preprocess_exits_2_when_the_tokenizer_cannot_be_loaded(tmp_path, tokenizer, capsys):
+    config = write_config(tmp_path, tokenizer, base_model=str(tmp_path / "no-model-here"))
+    assert main(["preprocess", str(config)]) == 2
+    assert "cannot load the tokenizer" in capsys.readouterr().err

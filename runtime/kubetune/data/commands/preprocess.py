@@ -27,17 +27,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.config import ConfigError, load_config
-    from kubetune.data import load_tokenizer, prepare_datasets
+    from kubetune.data import DataError, load_tokenizer, prepare_datasets
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, overlays=args.overlay)
-        data = prepare_datasets(cfg, load_tokenizer(cfg))
-    except ConfigError as exc:  # DataError included: unusable data is reported like bad config
+    except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except OSError as exc:  # the tokenizer directory is missing or unreadable
-        print(f"{args.config}: cannot load the tokenizer: {exc}", file=sys.stderr)
+    try:
+        tokenizer = load_tokenizer(cfg)
+    except OSError as exc:  # not a model directory, or a hub id that cannot be reached
+        print(
+            f"{args.config}: cannot load the tokenizer: {exc}\n"
+            "    fix: point base_model (or tokenizer_config) at a local model directory",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        data = prepare_datasets(cfg, tokenizer)
+    except DataError as exc:
+        print(exc, file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"path": str(data.path), **data.stats}, indent=2, sort_keys=True))
