@@ -112,7 +112,7 @@ def remove_partial(output_dir: Path) -> None:
     """Delete temp directories of checkpoint writes that a kill interrupted (main process only)."""
     root = checkpoints_root(output_dir)
     if root.is_dir():
-        for path in root.glob(".tmp-checkpoint-*"):
+        for path in root.glob(".tmp-*"):
             log.warning("removing the interrupted checkpoint write %s", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -167,9 +167,12 @@ def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int
         files = {str(p.relative_to(temp)): p.stat().st_size for p in sorted(temp.rglob("*")) if p.is_file()}
         _write_json(temp / MARKER, {"step": state.step, "files": files})
         _fsync_dir(temp)
-        if final.exists():  # the same step saved again (e.g. SIGTERM right after a scheduled save)
-            shutil.rmtree(final)
+        trash = root / f".tmp-replaced-{state.step}"
+        if final.exists():  # the same step saved again: keep the old one whole until the new one is in
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
         os.replace(temp, final)
+        shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(root)
         prune(output_dir, total_limit)
         log.info("checkpoint saved: %s", final)

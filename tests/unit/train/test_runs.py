@@ -184,7 +184,7 @@ def test_two_process_ddp_matches_the_single_process_run_with_the_same_global_bat
     assert ddp["trained_tokens"] == single["trained_tokens"]
     single_losses = [entry["loss"] for entry in single["history"]]
     ddp_losses = [entry["loss"] for entry in ddp["history"]]
-    assert ddp_losses == pytest.approx(single_losses, rel=1e-3), (single_losses, ddp_losses)
+    assert ddp_losses == pytest.approx(single_losses, rel=1e-5), (single_losses, ddp_losses)  # 2e-7 measured
     assert layout(Path(ddp_cfg.output_dir)) == layout(Path(single_cfg.output_dir))
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["step"] for line in lines if line["event"] == "train"] == list(range(1, 9))  # rank 0 only
