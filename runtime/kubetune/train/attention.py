@@ -104,6 +104,13 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     the boundaries are the mask). Grouped-query attention needs no repeat: the kernel takes fewer
     key/value heads as they are.
     """
+    if kwargs.get("cu_seq_lens_q") is None:
+        # A plain call without packing metadata (a probe, a quick eval on the trained model): each row
+        # is one causal sequence, which SDPA computes the same. transformers builds no mask for this
+        # implementation, so right padding is harmless here but left padding is not supported.
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, dropout=dropout)
     from torch.nn.attention.varlen import varlen_attn
 
     batch, heads, length, dim = query.shape

@@ -141,6 +141,22 @@ def test_torch_varlen_wiring_matches_sdpa_with_the_block_mask(monkeypatch):
     assert inputs["attention_mask"] is None and inputs["cu_seq_lens_q"].dtype == torch.int32
 
 
+def test_torch_varlen_model_still_answers_a_plain_call(monkeypatch):
+    """A trained model called with input_ids only (no cu_seqlens) computes plain causal attention."""
+    import torch.nn.attention.varlen as varlen_module
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", reference_varlen([]))
+    model = tiny_llama()
+    ids = torch.randint(3, 97, (2, 16))
+    attention.register_torch_varlen()
+    with torch.no_grad():
+        model.config._attn_implementation = "sdpa"
+        expected = model(input_ids=ids).logits
+        model.config._attn_implementation = attention.TORCH_VARLEN
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected)
+
+
 # ---------------------------------------------------------------- loss
 
 
