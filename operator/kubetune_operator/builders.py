@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from kubetune_operator.spec import (
     KIND,
     OUTPUTS_DIR,
     PLURAL,
+    QUANTITY,
     FineTuneJobSpec,
+    ResourceRequirements,
     VolumeChoice,
 )
 
@@ -53,18 +56,70 @@ NCCL_ENV = {
 }
 
 
+def parse_resources(text: str | None) -> ResourceRequirements | None:
+    """The operator's default worker resources from JSON `{"requests": {...}, "limits": {...}}`.
+
+    Empty or absent text means no defaults. Raises ValueError saying what is wrong: the operator
+    refuses to start rather than have every job's StatefulSet refused by the API server later.
+    GPUs are not a default: a job asks for them with spec.gpusPerWorker.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f'expected an object {{"requests": {{...}}, "limits": {{...}}}}, got {text.strip()!r}'
+        )
+    unknown = sorted(set(value) - {"requests", "limits"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}: only 'requests' and 'limits'")
+    parsed: dict[str, dict[str, int | str]] = {}
+    for part in ("requests", "limits"):
+        amounts = value.get(part) or {}
+        if not isinstance(amounts, dict):
+            raise ValueError(f"{part} must be an object of resource name -> quantity")
+        parsed[part] = {}
+        for name, amount in amounts.items():
+            if name == "nvidia.com/gpu":
+                raise ValueError(
+                    f"{part}.nvidia.com/gpu: GPUs are not a default; jobs set spec.gpusPerWorker"
+                )
+            if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
+                raise ValueError(f"{part}.{name}: {amount!r} is not a quantity")
+            if isinstance(amount, float):
+                amount = int(amount) if amount.is_integer() else repr(amount)
+            if not re.match(QUANTITY, str(amount)):
+                raise ValueError(f"{part}.{name}: {amount!r} is not a quantity (e.g. 8, 500m, 64Gi)")
+            parsed[part][name] = amount
+    return ResourceRequirements(**parsed)
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Operator-wide settings that shape every job's pods."""
 
     default_image: str = DEFAULT_IMAGE
     launcher: tuple[str, ...] = DEFAULT_LAUNCHER
+    # Worker requests/limits of jobs without spec.resources (the chart's training.resources).
+    default_resources: ResourceRequirements | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], default_image: str = DEFAULT_IMAGE) -> BuildOptions:
-        """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes)."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        default_image: str = DEFAULT_IMAGE,
+        default_resources: ResourceRequirements | None = None,
+    ) -> BuildOptions:
+        """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes).
+
+        The defaults of the training pods come from the command line (`--runtime-image`,
+        `--runtime-resources`), whose own defaults are the env variables the chart sets.
+        """
         launcher = tuple(shlex.split(environ.get("KUBETUNE_OPERATOR_TORCHRUN", ""))) or DEFAULT_LAUNCHER
-        return cls(default_image=default_image, launcher=launcher)
+        return cls(default_image=default_image, launcher=launcher, default_resources=default_resources)
 
 
 @dataclass(frozen=True)
@@ -312,9 +367,11 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return [e for e in env if e["name"] not in overridden] + user
 
 
-def worker_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
-    requests = dict(spec.resources.requests) if spec.resources else {}
-    limits = dict(spec.resources.limits) if spec.resources else {}
+def worker_resources(spec: FineTuneJobSpec, defaults: ResourceRequirements | None = None) -> dict[str, Any]:
+    """The job's own spec.resources, else the operator's defaults; GPUs always from gpusPerWorker."""
+    chosen = spec.resources if spec.resources is not None else defaults
+    requests = dict(chosen.requests) if chosen else {}
+    limits = dict(chosen.limits) if chosen else {}
     if spec.gpusPerWorker > 0:
         # Extended resources must have requests == limits; setting the limit implies the request.
         limits["nvidia.com/gpu"] = spec.gpusPerWorker
@@ -378,7 +435,7 @@ def statefulset(
         container["imagePullPolicy"] = spec.imagePullPolicy
     if spec.envFrom:
         container["envFrom"] = list(spec.envFrom)
-    resources = worker_resources(spec)
+    resources = worker_resources(spec, options.default_resources)
     if resources:
         container["resources"] = resources
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import kopf
 
 from kubetune_operator import handlers, metrics, webhook
-from kubetune_operator.builders import DEFAULT_IMAGE, BuildOptions
+from kubetune_operator.builders import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.k8s import Kube
 from kubetune_operator.reconcile import Reconciler
 from kubetune_operator.spec import GROUP, PLURAL, VERSION
@@ -52,12 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--runtime-image", default=os.environ.get("KUBETUNE_RUNTIME_IMAGE", DEFAULT_IMAGE),
                         help="image of training pods whose job names none (env KUBETUNE_RUNTIME_IMAGE)")  # fmt: skip
+    parser.add_argument("--runtime-resources", metavar="JSON", default=os.environ.get("KUBETUNE_RUNTIME_RESOURCES", ""),
+                        help='worker requests/limits of jobs without spec.resources, as {"requests": {...}, '
+                             '"limits": {...}} (env KUBETUNE_RUNTIME_RESOURCES)')  # fmt: skip
     parser.add_argument("--workers", type=int, default=8, help="jobs reconciled in parallel (default 8)")
     return parser
 
 
+def exact_namespaces(patterns: list[str]) -> bool:
+    """Whether every --namespace is a plain name (kopf treats `*`, `?`, `!` and `,` as patterns)."""
+    return bool(patterns) and not any(set("*?!,") & set(pattern) for pattern in patterns)
+
+
 def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
+    # With only exact namespace names there is nothing to discover: kopf skips listing and watching
+    # Namespaces and CRDs (cluster-scoped reads a namespaced ServiceAccount may not hold; without
+    # the rights kopf retries those lists for about a minute before falling back to the names).
+    # Resource discovery (/apis) still runs; every authenticated user may read it.
+    settings.scanning.disabled = exact_namespaces(args.namespace)
     # Server-side filtering: the operator only ever needs the pods and StatefulSets it created.
     selector = ",".join(f"{k}={v}" for k, v in handlers.CHILD_SELECTOR.items())
     settings.watching.label_selectors["v1", "pods"] = selector
@@ -71,7 +84,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # kopf's own per-handler k8s events are for create/update handlers, which this operator has none of.
     settings.posting.level = logging.WARNING
     if args.webhook_cert_dir is not None:
-        settings.admission.server = kopf.WebhookServer(
+        settings.admission.server = webhook.CertReloadingServer(
             addr=args.webhook_host,
             port=args.webhook_port,
             certfile=args.webhook_cert_dir / "tls.crt",
@@ -94,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
+    try:
+        default_resources = parse_resources(args.runtime_resources)
+    except ValueError as err:
+        print(
+            f"kubetune-operator: --runtime-resources (env KUBETUNE_RUNTIME_RESOURCES): {err}", file=sys.stderr
+        )
+        return 2
 
     kopf.configure(
         verbose=args.verbose,
@@ -108,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.webhook_cert_dir is not None:
         webhook.register(registry)
 
-    options = BuildOptions.from_env(os.environ, default_image=args.runtime_image)
+    options = BuildOptions.from_env(
+        os.environ, default_image=args.runtime_image, default_resources=default_resources
+    )
+    settings = settings_for(args)
     state = handlers.OperatorState(reconciler=Reconciler(Kube(), options), workers=args.workers)
     metrics.serve(args.metrics_port)
     log.info(
@@ -117,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         VERSION,
         PLURAL,
         ", ".join(args.namespace) if args.namespace else "all namespaces",
-        extra={"launcher": list(options.launcher), "runtime_image": options.default_image},
+        extra={
+            "launcher": list(options.launcher),
+            "runtime_image": options.default_image,
+            "runtime_resources": default_resources.model_dump() if default_resources else None,
+            "namespace_scanning": not settings.scanning.disabled,
+        },
     )
     kopf.run(
         registry=registry,
-        settings=settings_for(args),
+        settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.standalone or None,

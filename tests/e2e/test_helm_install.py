@@ -133,6 +133,12 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
         wait_for(lambda: "watching" in _operator_logs(kube_cluster, ns, release), 60,
                  what="the operator's startup log line")  # fmt: skip
 
+        # Namespaced mode binds nothing cluster-wide (the log check at the end shows none is needed).
+        bindings = _json(
+            kube_cluster, "get", "clusterrolebindings", "-l", f"app.kubernetes.io/instance={release}"
+        )
+        assert bindings["items"] == [], [b["metadata"]["name"] for b in bindings["items"]]
+
         crd = _json(kube_cluster, "get", "crd", CRD)
         annotations = crd["metadata"]["annotations"]
         assert annotations["helm.sh/resource-policy"] == "keep"
@@ -190,7 +196,8 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
 
         # --- the CPU smoke job trains to Succeeded through the chart's operator ---------------------
         docs, job = _smoke_documents(ns)
-        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+        # YAML, not JSON documents joined by `---`: kubectl reads a stream starting with `{` as one JSON value.
+        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
         seen: list[str] = []
 
         def succeeded():

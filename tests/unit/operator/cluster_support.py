@@ -123,8 +123,10 @@ class OperatorProcess:
 
     def __init__(self, cluster, log_path: Path, namespaces: list[str], webhook_dir: Path | None = None,
                  webhook_port: int | None = None, extra_env: dict | None = None,
-                 extra_args: tuple[str, ...] = (), standalone: bool = True):  # fmt: skip
+                 extra_args: tuple[str, ...] = (), standalone: bool = True,
+                 kubeconfig: str | None = None):  # fmt: skip
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig  # another identity than the cluster admin
         self.log_path = log_path
         self.namespaces = namespaces
         self.webhook_dir = webhook_dir
@@ -152,7 +154,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = {
             **os.environ,
-            "KUBECONFIG": self.cluster.kubeconfig,
+            "KUBECONFIG": self.kubeconfig,
             "KUBETUNE_OPERATOR_TORCHRUN": f"{sys.executable} {FAKE_TRAINER}",
             **self.extra_env,
         }

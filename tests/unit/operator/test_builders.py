@@ -1,6 +1,7 @@
+import pytest
 import yaml
 from kubetune_operator import builders
-from kubetune_operator.builders import BuildOptions, JobRef
+from kubetune_operator.builders import BuildOptions, JobRef, parse_resources
 from kubetune_operator.spec import OUTPUTS_DIR, validate_job
 
 from tests.unit.operator.cases import job
@@ -217,6 +218,54 @@ def test_launcher_and_image_come_from_the_operator():
     c = container(build(options=options)[0])
     assert c["command"] == ["/venv/bin/python", "-m", "torch.distributed.run"] and c["image"] == "local:dev"
     assert BuildOptions.from_env({}).launcher == ("torchrun",)
+
+
+DEFAULTS = '{"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}'
+
+
+def test_default_resources_apply_to_jobs_without_their_own():
+    options = BuildOptions.from_env({}, default_resources=parse_resources(DEFAULTS))
+    assert container(build(options=options)[0])["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"memory": "64Gi"},
+    }
+    # GPUs still come from gpusPerWorker only, on top of the defaults.
+    assert container(build(options=options, gpusPerWorker=2)[0])["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": 2},
+    }
+    # A job's own spec.resources replaces the defaults as a whole (no merging of keys).
+    own = container(build(options=options, gpusPerWorker=1, resources={"requests": {"cpu": "2"}})[0])
+    assert own["resources"] == {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 1}}
+    # The defaults object is never modified by a job's GPUs.
+    assert options.default_resources.limits == {"memory": "64Gi"}
+    assert "resources" not in container(build(options=BuildOptions.from_env({}))[0])
+
+
+def test_parse_resources_accepts_the_charts_json():
+    assert parse_resources("") is None and parse_resources(None) is None and parse_resources("  ") is None
+    parsed = parse_resources('{"requests": {"cpu": 8, "memory": "1Gi", "x": 0.5}}')
+    assert parsed.requests == {"cpu": 8, "memory": "1Gi", "x": "0.5"} and parsed.limits == {}
+    assert parse_resources("{}").model_dump() == {"requests": {}, "limits": {}}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{requests: {}}", "not valid JSON"),
+        ("[]", "expected an object"),
+        ('{"request": {}}', "unknown key(s) 'request'"),
+        ('{"requests": ["cpu"]}', "requests must be an object"),
+        ('{"limits": {"memory": "64GB"}}', "limits.memory: '64GB' is not a quantity"),
+        ('{"limits": {"cpu": -1}}', "limits.cpu: -1 is not a quantity"),
+        ('{"limits": {"cpu": true}}', "limits.cpu: True is not a quantity"),
+        ('{"limits": {"nvidia.com/gpu": 1}}', "spec.gpusPerWorker"),
+    ],
+)
+def test_parse_resources_says_what_is_wrong(text, says):
+    with pytest.raises(ValueError) as err:
+        parse_resources(text)
+    assert says in str(err.value)
 
 
 def test_suspended_and_finished_jobs_keep_their_children_at_zero_replicas():

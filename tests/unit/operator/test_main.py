@@ -63,3 +63,95 @@ def test_the_webhook_admits_good_jobs_and_refuses_bad_ones_with_the_report():
         webhook.review(bad_job("qlora-without-4bit"))
     assert refused.value.code == 422
     assert "spec.config.load_in_4bit" in str(refused.value) and "fix:" in str(refused.value)
+
+
+def test_runtime_resources_come_from_the_flag_or_the_charts_env(monkeypatch):
+    assert main.build_parser().parse_args([]).runtime_resources == ""
+    monkeypatch.setenv("KUBETUNE_RUNTIME_RESOURCES", '{"requests": {"cpu": "8"}}')
+    assert main.build_parser().parse_args([]).runtime_resources == '{"requests": {"cpu": "8"}}'
+    args = main.build_parser().parse_args(["--runtime-resources", '{"limits": {"memory": "1Gi"}}'])
+    assert args.runtime_resources == '{"limits": {"memory": "1Gi"}}'  # the flag wins, as --runtime-image
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_bad_runtime_resources_stop_the_operator_before_it_starts(where, monkeypatch, capsys):
+    monkeypatch.setattr(kopf, "run", lambda **_: pytest.fail("kopf.run must not be reached"))
+    bad = '{"requests": {"cpu": "8"}'
+    if where == "env":
+        monkeypatch.setenv("KUBETUNE_RUNTIME_RESOURCES", bad)
+        argv = []
+    else:
+        argv = ["--runtime-resources", bad]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--runtime-resources (env KUBETUNE_RUNTIME_RESOURCES): not valid JSON" in err
+
+
+def test_exact_namespaces_need_no_cluster_scanning():
+    def scanning_disabled(*argv):
+        return main.settings_for(main.build_parser().parse_args(list(argv))).scanning.disabled
+
+    assert scanning_disabled("--namespace", "team-a", "--namespace", "team-b")
+    # Patterns need the namespace list to be expanded; every namespace needs CRD watching.
+    assert not scanning_disabled("--namespace", "team-a", "--namespace", "team-*")
+    assert not scanning_disabled("--namespace", "!kube-system")
+    assert not scanning_disabled("--namespace", "a,b")
+    assert not scanning_disabled("--all-namespaces")
+    assert not scanning_disabled()
+
+
+def test_the_webhook_server_rechecks_its_certificate_every_30_seconds(tmp_path):
+    server = main.settings_for(main.build_parser().parse_args(["--webhook-cert-dir", str(tmp_path)]))
+    assert isinstance(server.admission.server, webhook.CertReloadingServer)
+    assert server.admission.server.file_check_interval == webhook.CERT_CHECK_SECONDS == 30
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, caplog):
+    """Real TLS: the listener presents the new certificate once tls.crt/tls.key change on disk."""
+    import asyncio
+    import ssl
+
+    from tests.unit.operator.cluster_support import free_port, write_certificates
+
+    certs = tmp_path / "certs"
+    write_certificates(certs)
+    port = free_port()
+
+    async def served_certificate() -> bytes:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        try:
+            return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            writer.close()
+
+    async def scenario():
+        server = webhook.CertReloadingServer(addr="127.0.0.1", port=port, certfile=certs / "tls.crt",
+                                             pkeyfile=certs / "tls.key", file_check_interval=0.05)  # fmt: skip
+
+        async def review(*_args, **_kwargs):
+            return {}
+
+        configs = server(review)
+        await configs.__anext__()
+        first = await served_certificate()
+        # As kopf does, ask for the next client config at once: it comes after a reload.
+        reloaded = asyncio.ensure_future(configs.__anext__())
+        await asyncio.sleep(0.3)  # unchanged files: no reload
+        assert not reloaded.done() and server.reloads == 0 and await served_certificate() == first
+        # A Secret volume renews by swapping a directory symlink: the paths stay, the content changes.
+        renewed = tmp_path / "renewed"
+        write_certificates(renewed)
+        for name in ("tls.key", "tls.crt"):
+            (renewed / name).replace(certs / name)
+        await asyncio.wait_for(reloaded, 10)
+        second = await served_certificate()
+        await configs.aclose()
+        return first, second, server.reloads
+
+    with caplog.at_level("INFO", logger="kubetune_operator"):
+        first, second, reloads = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert first != second and second == ssl.PEM_cert_to_DER_cert((certs / "tls.crt").read_text())
+    assert reloads == 1
+    assert "webhook certificate files changed: serving the renewed certificate" in caplog.text

@@ -254,16 +254,8 @@ def test_rbac_is_least_privilege(helm, mode):
 def test_namespaced_scope(helm):
     docs = template(helm, {"scope.mode": "namespaced", "scope.namespaces": ["team-a", "team-b"]})
     kinds = by_kind(docs)
-    # Cluster-wide, only reads of namespaces and CRDs (kopf lists both at start).
-    (read,) = kinds["ClusterRole"]
-    assert read["metadata"]["name"] == "kubetune-read"
-    for rule in read["rules"]:
-        assert rule["verbs"] == ["get", "list", "watch"]
-    assert sorted(r for rule in read["rules"] for r in rule["resources"]) == [
-        "customresourcedefinitions",
-        "namespaces",
-    ]
-    assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == "kubetune-read"
+    # Nothing cluster-scoped for the operator: it makes no cluster-scoped call (see the next test).
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
     for binding in kinds["RoleBinding"]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NS}]
@@ -275,9 +267,27 @@ def test_namespaced_scope(helm):
     ]
 
 
-def test_namespaced_scope_without_cluster_read_has_no_cluster_rbac(helm):
-    kinds = by_kind(template(helm, {"scope.mode": "namespaced", "scope.clusterRead": False}))
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+@pytest.mark.parametrize("values", [VALUE_COMBINATIONS["namespaced"], VALUE_COMBINATIONS["ha-namespaced"]])
+def test_namespaced_operator_needs_no_cluster_reads(helm, values):
+    """The chart's namespaced RBAC has no cluster rights, so the operator must not scan the cluster:
+    kopf lists namespaces and CRDs at start unless every --namespace is an exact name."""
+    from kubetune_operator.main import build_parser, settings_for
+
+    args = build_parser().parse_args(_container(template(helm, values))["args"])
+    assert args.namespace and settings_for(args).scanning.disabled
+
+
+def test_namespaced_scope_with_cluster_read(helm):
+    docs = template(helm, {"scope.mode": "namespaced", "scope.clusterRead": True})
+    (read,) = by_kind(docs)["ClusterRole"]
+    assert read["metadata"]["name"] == "kubetune-read"
+    for rule in read["rules"]:
+        assert rule["verbs"] == ["get", "list", "watch"]
+    assert sorted(r for rule in read["rules"] for r in rule["resources"]) == [
+        "customresourcedefinitions",
+        "namespaces",
+    ]
+    assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == "kubetune-read"
 
 
 def test_namespaced_scope_defaults_to_the_release_namespace(helm):
@@ -440,11 +450,17 @@ def test_service_monitor_needs_the_service(helm):
 
 
 def test_training_defaults_reach_the_operator(helm):
+    from kubetune_operator.builders import parse_resources
+    from kubetune_operator.main import build_parser
+
     resources = {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}
     docs = template(helm, {"training.image.variant": "cpu", "training.resources": resources})
     env = _env(_container(docs))
     assert env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0-cpu"
     assert json.loads(env["KUBETUNE_RUNTIME_RESOURCES"]) == resources
+    # The operator reads it (as the default of --runtime-resources) and accepts it.
+    assert "KUBETUNE_RUNTIME_RESOURCES" in build_parser().format_help()
+    assert parse_resources(env["KUBETUNE_RUNTIME_RESOURCES"]).model_dump() == resources
     docs = template(helm, {"training.image.repository": "registry.local/rt", "training.image.tag": "v9"})
     assert _env(_container(docs))["KUBETUNE_RUNTIME_IMAGE"] == "registry.local/rt:v9"
 
@@ -471,6 +487,9 @@ def test_image_digest(helm):
         {"ha.replicas": 1},
         {"webhook.failurePolicy": "Sometimes"},
         {"crds.enabled": "yes"},
+        {"training.resources": {"limits": {"nvidia.com/gpu": 1}}},  # the operator would refuse to start
+        {"training.resources": {"requests": {"memory": "64GB"}}},
+        {"training.resources": {"claims": [{"name": "dra"}]}},  # the operator's defaults have no claims
     ],
     ids=lambda v: next(iter(v)),
 )
