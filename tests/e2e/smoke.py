@@ -37,7 +37,8 @@ def with_namespace(docs: list[dict[str, Any]], namespace: str) -> list[dict[str,
 
 
 def manifest(docs: list[dict[str, Any]]) -> str:
-    return "\n---\n".join(json.dumps(doc) for doc in docs)
+    # YAML, not JSON documents joined by "---": kubectl reads a stream that starts with "{" as JSON only.
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 @dataclass
