@@ -51,7 +51,8 @@ RULES_TEXT = """\
 - `load_in_8bit` cannot be combined with FSDP or DeepSpeed.
 - `deepspeed` given as a path must name an existing JSON file (relative to the config's directory).
 - `dataloader_prefetch_factor` needs `dataloader_num_workers` > 0.
-- `wandb_*` / `mlflow_*` keys need their tracker switched on (`wandb_project` / `mlflow_tracking_uri`).
+- `hub_model_id`, `use_wandb`, `wandb_*`, `use_mlflow`, `mlflow_*` and `fsdp_config.fsdp_cpu_ram_efficient_loading`
+  are known but not implemented yet: accepted when empty, refused when set.
 """
 
 

@@ -89,13 +89,6 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     if cfg.resume_from_checkpoint:
         checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint)
     model_lib.check_pad_token(cfg)
-    unsupported = [
-        key
-        for key in ("use_wandb", "wandb_project", "use_mlflow", "mlflow_tracking_uri", "hub_model_id")
-        if getattr(cfg, key, None)
-    ]
-    if unsupported:
-        log.warning("not implemented by the kubetune engine yet, ignored: %s", ", ".join(unsupported))
 
 
 def setup(cfg, stop: StopFlag) -> Run | None:

@@ -168,7 +168,20 @@ BAD = [
         "gradient_checkpointing_kwargs.use_reentrent",
     ),
     ("prefetch-without-workers", {"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor"),
-    ("wandb-key-without-project", {"wandb_name": "run-1"}, "wandb_name"),
+    ("wandb-not-implemented", {"wandb_project": "p"}, "wandb_project"),
+    ("mlflow-not-implemented", {"mlflow_tracking_uri": "http://mlflow:5000"}, "mlflow_tracking_uri"),
+    ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
+    (
+        "fsdp-cpu-ram-efficient-loading",
+        {
+            "fsdp": ["full_shard", "auto_wrap"],
+            "fsdp_config": {
+                "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                "fsdp_cpu_ram_efficient_loading": True,
+            },
+        },
+        "fsdp_config.fsdp_cpu_ram_efficient_loading",
+    ),
     ("early-stopping-without-eval-data", {"early_stopping_patience": 3}, "early_stopping_patience"),
     (
         "cosine-floor-with-linear",
