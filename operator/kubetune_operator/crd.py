@@ -229,6 +229,10 @@ def _status_schema() -> dict[str, Any]:
             "lastCheckpoint": text,
             "resumedFromStep": integer,
             "completed": {"type": "boolean"},
+            "percent": {
+                "type": "string",
+                "description": 'step/totalSteps as a whole percentage, e.g. "25%" (the Progress column).',
+            },
             "outputDir": text,
             "updatedAt": time,
         },
@@ -251,7 +255,6 @@ def _status_schema() -> dict[str, Any]:
             "restarts": integer,
             "workers": {"type": "string", "description": "Running workers / desired workers."},
             "readyWorkers": integer,
-            "progressPercent": text,
             "outputs": {
                 "type": "object",
                 "description": "Where the finished run's outputs are, and rank 0's summary.",
@@ -265,7 +268,7 @@ def _status_schema() -> dict[str, Any]:
 def crd() -> dict[str, Any]:
     columns = [
         ("Phase", "string", ".status.phase", 0),
-        ("Progress", "string", ".status.progressPercent", 0),
+        ("Progress", "string", ".status.progress.percent", 0),
         ("Step", "integer", ".status.progress.step", 0),
         ("Loss", "number", ".status.progress.loss", 0),
         ("Workers", "string", ".status.workers", 0),

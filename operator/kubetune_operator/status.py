@@ -7,6 +7,11 @@ stopped.
 
 Phases: Pending -> Running -> Succeeded | Failed, and Suspended while spec.suspend is true.
 Succeeded and Failed are final.
+
+Success takes two steps when rank 0 reports `status.progress.completed` first: the job stays Running
+with reason Completing until rank 0's trainer has exited (its termination message becomes
+outputs.summary) or COMPLETION_GRACE_SECONDS have passed, and only then scales to zero. Scaling at
+the report would SIGTERM torchrun while rank 0 is still writing its summary and exiting.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ OWNED_KEYS = (
     "restarts",
     "workers",
     "readyWorkers",
-    "progressPercent",
     "outputs",
 )
 # A container waiting for one of these will not start without someone changing something.
@@ -51,6 +55,10 @@ STUCK_REASONS = frozenset(
     }
 )
 CONFIG_RETRY_SECONDS = 10.0
+# How long a job whose rank 0 reported completion waits for rank 0's trainer to exit before scaling
+# to zero anyway (rank 0 still has to flush its last report, write the summary and leave torchrun).
+COMPLETION_GRACE_SECONDS = 60.0
+COMPLETING = "Completing"
 MESSAGE_LIMIT = 1024
 
 
@@ -135,13 +143,32 @@ def is_running(pod: Mapping[str, Any]) -> bool:
 
 
 def success_summary(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Rank 0's trainer exited 0: its termination message (one JSON line) is the run's summary."""
+    """Rank 0's trainer exited 0: its termination message (one JSON line) is the run's summary.
+
+    A trainer restarted after finishing exits 0 again at once and silently; while that exit is in
+    state.terminated, the finished run's exit (with the summary) is in lastState: prefer the one
+    with a message.
+    """
     for pod in pods:
         if pod_index(pod) != 0:
             continue
-        for terminated in _terminations(pod):
-            if terminated.get("exitCode") == 0:
-                return _parse_summary(terminated.get("message"))
+        exits = [t for t in _terminations(pod) if t.get("exitCode") == 0]
+        if exits:
+            spoken = [t for t in exits if (t.get("message") or "").strip()]
+            return _parse_summary((spoken or exits)[0].get("message"))
+    return None
+
+
+def rank_zero_exit(pods: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Rank 0's trainer's termination record (current state first, else the last one), or None.
+
+    Under the StatefulSet's restartPolicy Always a finished trainer restarts at once (and exits 0 at
+    once, finding KUBETUNE_COMPLETE), so its exit is often only in lastState.terminated.
+    """
+    for pod in pods:
+        if pod_index(pod) == 0:
+            found = _terminations(pod)
+            return found[0] if found else None
     return None
 
 
@@ -264,13 +291,6 @@ def _copy(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _progress_percent(progress: Mapping[str, Any]) -> str | None:
-    step, total = progress.get("step"), progress.get("totalSteps")
-    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        return f"{min(100, int(100 * step / total))}%"
-    return None
-
-
 def decide(obs: Observed) -> Plan:
     """The new status and the actions that get the cluster there; every phase change gets an Event."""
     plan = _decide(obs)
@@ -296,10 +316,6 @@ def _decide(obs: Observed) -> Plan:
     if obs.problems or spec is None:
         _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
         return plan
-
-    percent = _progress_percent(progress)
-    if percent is not None:
-        st.new["progressPercent"] = percent
 
     if spec.suspend:
         if not created:
@@ -333,8 +349,11 @@ def _decide(obs: Observed) -> Plan:
     st.new.pop("completionTime", None)
 
     summary = success_summary(live)
-    if progress.get("completed") or summary is not None:
-        _succeed(st, plan, obs, summary or {}, progress)
+    if summary is not None:
+        _succeed(st, plan, obs, summary, progress)
+        return plan
+    if progress.get("completed"):
+        _completing(st, plan, obs, spec, live, progress)
         return plan
 
     deadline = spec.runPolicy.activeDeadlineSeconds
@@ -407,16 +426,61 @@ def _suspend(st: _Status, plan: Plan, spec: FineTuneJobSpec, live: list) -> None
         plan.events.append(Event("Normal", "Suspended", "suspended; workers scaled to zero"))
 
 
-def _succeed(st: _Status, plan: Plan, obs: Observed, summary: dict, progress: Mapping[str, Any]) -> None:
+def _completing(
+    st: _Status, plan: Plan, obs: Observed, spec: FineTuneJobSpec, live: list, progress: Mapping[str, Any]
+) -> None:
+    """Rank 0 reported completion: wait (bounded) for its trainer to exit before scaling to zero.
+
+    A non-zero exit of rank 0 after the report, or the grace period running out, still succeeds
+    (the outputs were complete when rank 0 reported), without a summary and saying why. Other
+    workers' exits and the deadline no longer matter: the training is done.
+    """
+    previous = condition(st.old, "Succeeded")
+    since = parse_time(previous.get("lastTransitionTime")) if previous.get("reason") == COMPLETING else None
+    since = since or obs.now
+    waited = (obs.now - since).total_seconds()
+    exited = rank_zero_exit(live)
+    if exited is not None:  # exit 0 is success_summary's case; this one exited otherwise
+        code = exited.get("exitCode")
+        note = f"rank 0 exited with code {code} after reporting completion; no summary recorded"
+        _succeed(st, plan, obs, {}, progress, note=note)
+        return
+    if waited >= COMPLETION_GRACE_SECONDS:
+        note = (
+            f"rank 0 had not exited {int(waited)}s after reporting completion; "
+            "scaled to zero without its summary"
+        )
+        _succeed(st, plan, obs, {}, progress, note=note)
+        return
+    message = (
+        f"training finished at step {progress.get('step', '?')}; waiting for rank 0 to exit "
+        f"(at most {int(COMPLETION_GRACE_SECONDS)}s) before scaling to zero"
+    )
+    plan.apply_children, plan.replicas = True, spec.workers
+    st.cond("Succeeded", False, COMPLETING, message)
+    if previous.get("reason") != COMPLETING:  # the grace period is timed from this transition
+        next(c for c in st.conditions if c["type"] == "Succeeded")["lastTransitionTime"] = rfc3339(obs.now)
+    st.cond("Running", True, COMPLETING, message)
+    st.phase(RUNNING, COMPLETING, message)
+    _workers(st, [p for p in live if is_running(p)], spec.workers)
+    if st.old.get("reason") != COMPLETING:
+        plan.events.append(Event("Normal", COMPLETING, message))
+    plan.wake_in(COMPLETION_GRACE_SECONDS - waited)
+
+
+def _succeed(
+    st: _Status, plan: Plan, obs: Observed, summary: dict, progress: Mapping[str, Any], note: str = ""
+) -> None:
     outputs = dict(obs.outputs or {})
     if progress.get("outputDir"):
         outputs["outputDir"] = progress["outputDir"]
     if summary:
         outputs["summary"] = summary
     st.new["outputs"] = outputs
-    st.new["progressPercent"] = "100%"
     st.new["completionTime"] = rfc3339(obs.now)
     message = f"training finished; outputs in {outputs.get('outputDir', 'the outputs volume')}"
+    if note:
+        message = f"{message} ({note})"
     st.cond("Running", False, "Completed", message)
     st.cond("Succeeded", True, "Completed", message)
     st.phase(SUCCEEDED, "Completed", message)

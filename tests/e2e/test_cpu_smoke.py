@@ -98,6 +98,31 @@ def _diagnostics(cluster, operator: OperatorProcess, ns: str) -> None:
             print(f"{pod} trainer log (tail):\n" + trainer_logs(cluster, ns, pod)[-4000:])
 
 
+def _check_clean_finish(kube, ns: str, status: dict, steps: int) -> None:
+    """Success went through Completing and recorded rank 0's termination message as the summary."""
+    recorded = status["outputs"].get("summary")
+    assert recorded and recorded["status"] == "completed" and recorded["steps"] == steps, (
+        f"outputs.summary not filled from rank 0's termination message: {status['outputs']} ({status['message']})"
+    )
+    assert status["progress"]["loss"] == pytest.approx(recorded["final_train_loss"], abs=1e-4)
+    assert "rank 0" not in status["message"], status["message"]  # no grace-period / bad-exit fallback
+    reasons = [reason for _, reason, _ in events(kube, ns, JOB)]
+    assert "Completing" in reasons and "Succeeded" in reasons, reasons
+
+
+def _check_no_sigterm(cluster, ns: str, after: re.Pattern | None = None) -> None:
+    """Rank 0 exited on its own: no torchrun SIGTERM traceback in its trainer's log (from the last
+    match of `after` on: a group restart legitimately stops the earlier run)."""
+    log = trainer_logs(cluster, ns, f"{JOB}-0")
+    if after is not None:
+        starts = [m.start() for m in after.finditer(log)]
+        assert starts, f"{after.pattern!r} not in rank 0's log"
+        log = log[starts[-1] :]
+    tail = log[-3000:]
+    for marker in ("SignalException", "got signal: 15", "Traceback (most recent call last)"):
+        assert marker not in log, f"rank 0's log has {marker!r} (killed while exiting?); tail:\n{tail}"
+
+
 def _check_outputs(cluster, kube, ns: str, status: dict, steps: int) -> tuple[dict, object]:
     """The adapter, the summary and the checkpoints in the outputs volume; returns (summary, directory)."""
     out = local_outputs(cluster, kube, ns, f"{JOB}-outputs", status["outputs"]["outputDir"])
@@ -144,9 +169,12 @@ def test_the_example_trains_to_succeeded_with_live_progress(kube_cluster, operat
 
         progress = status["progress"]
         assert progress["completed"] is True and progress["step"] == progress["totalSteps"] == total
-        assert status["restarts"] == 0 and status["progressPercent"] == "100%"
+        assert status["restarts"] == 0 and progress["percent"] == "100%"
         assert status["outputs"]["volume"] == f"persistentvolumeclaim/{JOB}-outputs"
         assert status["outputs"]["outputDir"] == progress["outputDir"]
+        # The operator waited for rank 0 to exit (Completing) before scaling to zero, so rank 0's
+        # termination message became the summary, not the grace period's fallback.
+        _check_clean_finish(kube, ns, status, total)
 
         if not kube_cluster.local:
             return
@@ -162,6 +190,7 @@ def test_the_example_trains_to_succeeded_with_live_progress(kube_cluster, operat
                   if line["event"] == "train"]  # fmt: skip
         assert logged[0]["step"] == 1 and logged[0]["loss"] == pytest.approx(first_logged, abs=1e-4)
         assert logged[-1]["step"] == total
+        _check_no_sigterm(kube_cluster, ns)
         for step in (25, 50, 75):
             assert (out / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").exists(), f"checkpoint-{step}"
         print(f"loss: first logged {first_logged:.4f} -> final {progress['loss']:.4f}; "
@@ -207,6 +236,7 @@ def test_a_deleted_worker_restarts_the_group_from_its_last_checkpoint(kube_clust
             f"resumedFromStep {resumed}: the group should resume from checkpoint {checkpoint_step} or later"
         )
         assert status["progress"]["completed"] is True and status["progress"]["step"] == 200
+        _check_clean_finish(kube, ns, status, 200)
 
         if not kube_cluster.local:
             return
@@ -215,6 +245,7 @@ def test_a_deleted_worker_restarts_the_group_from_its_last_checkpoint(kube_clust
         assert (resumed, resumed) in found, f"rank 0 never logged resuming from step {resumed}: {found}"
         summary, out = _check_outputs(kube_cluster, kube, ns, status, 200)
         assert summary["resumed_from_step"] == resumed
+        _check_no_sigterm(kube_cluster, ns, after=RESUMED_LINE)
         assert (out / "checkpoints" / f"checkpoint-{resumed}" / "COMPLETE").exists()
         print(
             f"resumed from step {resumed} after {status['restarts']} restart(s); final loss {summary['final_train_loss']:.4f}"

@@ -133,9 +133,9 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
     pods = sorted(live_pods(kube, ns, "llama"), key=lambda p: p["metadata"]["name"])
     assert [p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in pods] == ["0", "1"]
 
-    # Rank 0 reports progress through its own narrow Role; the operator derives the percentage.
+    # Rank 0 reports progress (with the Progress column's percent) through its own narrow Role.
     progressed = wait_for(lambda: (j := get_job(kube, ns, "llama"))["status"].get("progress", {}).get("step", 0) >= 2
-                          and j.get("status", {}).get("progressPercent") and j, 30, what="progress")  # fmt: skip
+                          and j["status"]["progress"].get("percent") and j, 30, what="progress")  # fmt: skip
     assert progressed["status"]["progress"]["totalSteps"] == 1000000
     table = kube_cluster.kubectl("get", "ftj", "-n", ns).stdout
     assert table.split()[:7] == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "WORKERS", "AGE"], table
@@ -209,12 +209,25 @@ def test_crashes_beyond_backoff_limit_fail_the_job(kube_cluster, operator, ns, k
 
 
 def test_success_records_outputs_scales_to_zero_and_ttl_deletes(kube_cluster, operator, ns, kube):
+    # Rank 0 lingers 3 s between reporting completion and exiting, as the runtime does while it
+    # writes its summary: the operator must wait for the exit, not scale rank 0 away mid-way.
     apply(kube_cluster, fake_job("quick", ns, mode="succeed", runPolicy={"ttlSecondsAfterFinished": 5},
-                                 env=[{"name": "FAKE_STEPS", "value": "3"}, {"name": "FAKE_INTERVAL", "value": "0.5"}]))  # fmt: skip
+                                 env=[{"name": "FAKE_STEPS", "value": "3"}, {"name": "FAKE_INTERVAL", "value": "0.5"},
+                                      {"name": "FAKE_EXIT_DELAY", "value": "3"}]))  # fmt: skip
+    completing = wait_for(lambda: (j := get_job(kube, ns, "quick")) and j.get("status", {}).get("reason")
+                          in ("Completing", "Completed") and j, 90, what="completion reported")  # fmt: skip
+    if completing["status"]["reason"] == "Completing":
+        assert completing["status"]["phase"] == "Running"
+        assert kube.get("StatefulSet", ns, "quick")["spec"]["replicas"] == 2
     done = wait_for(lambda: phase_is(kube, ns, "quick", "Succeeded"), 90, what="Succeeded")
     status = done["status"]
-    assert status["progressPercent"] == "100%" and status["completionTime"]
+    assert status["progress"]["percent"] == "100%" and status["completionTime"]
     assert status["outputs"]["outputDir"].startswith("/var/lib/kubetune/outputs/quick-")
+    # The summary came from rank 0's termination message: it exited on its own, before the scale-down.
+    assert status["outputs"]["summary"] == {"steps": 3, "final_loss": 0.6667,
+                                            "output_dir": status["outputs"]["outputDir"]}  # fmt: skip
+    assert "rank 0" not in status["message"], status["message"]  # not the grace period's fallback
+    assert ("Normal", "Completing") in events(kube, ns, "quick")
     assert kube.get("StatefulSet", ns, "quick")["spec"]["replicas"] == 0
     wait_for(lambda: not live_pods(kube, ns, "quick"), 30, what="workers gone")
     # ttlSecondsAfterFinished: the job goes, and the garbage collector takes its children.

@@ -66,9 +66,16 @@ class Progress:
             "lastCheckpoint": self.last_checkpoint,
             "resumedFromStep": self.resumed_from_step,
             "completed": self.completed,
+            "percent": self.percent(),
             "outputDir": self.output_dir,
             "updatedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+    def percent(self) -> str | None:
+        """step/totalSteps as "25%" (the FineTuneJob's Progress column reads it; None without a total)."""
+        if self.total_steps <= 0:
+            return None
+        return f"{max(0, min(100, 100 * self.step // self.total_steps))}%"
 
     def log_line(self) -> dict:
         """The JSON log line (snake_case); None values are left out."""

@@ -5,8 +5,10 @@ The operator's tests must not depend on the training engine, so the operator run
 pod (the config file, the PET_* variables), then behaves as FAKE_MODE says:
 
     run      rank 0 reports progress through the job's status every FAKE_INTERVAL seconds; runs on
-    succeed  as `run` for FAKE_STEPS steps, then rank 0 writes KUBETUNE_COMPLETE and its
-             termination message and every rank exits 0
+    succeed  as `run` for FAKE_STEPS steps, then rank 0 writes KUBETUNE_COMPLETE, reports
+             completed, lingers FAKE_EXIT_DELAY seconds (default 0: the runtime's summary and exit
+             take a while), writes its termination message, and every rank exits 0; a restarted
+             trainer that finds KUBETUNE_COMPLETE exits 0 at once, silently, as the runtime does
     crash    exits 1 after FAKE_DELAY seconds with a traceback-like message
     crash-once-rank1  rank 1 crashes once (a marker in the outputs directory remembers), then runs
 
@@ -59,6 +61,10 @@ def main() -> int:
         flush=True,
     )
 
+    if (output_dir / "KUBETUNE_COMPLETE").is_file():
+        print("fake trainer: already complete", flush=True)
+        return 0
+
     if mode == "crash":
         time.sleep(float(os.environ.get("FAKE_DELAY", "1")))
         print("Traceback (most recent call last):\nRuntimeError: fake trainer crashed", flush=True)
@@ -76,12 +82,15 @@ def main() -> int:
     while step < steps or mode != "succeed":
         step += 1
         if rank == 0 and step <= steps:
-            patch_progress({"step": step, "totalSteps": steps, "loss": round(2.0 / step, 4), "epoch": 0.0})
+            patch_progress({"step": step, "totalSteps": steps, "percent": f"{100 * step // steps}%",
+                            "loss": round(2.0 / step, 4), "epoch": 0.0})  # fmt: skip
         time.sleep(interval)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "KUBETUNE_COMPLETE").write_text("done\n")
-        patch_progress({"step": steps, "totalSteps": steps, "completed": True, "outputDir": str(output_dir)})
+        patch_progress({"step": steps, "totalSteps": steps, "percent": "100%", "completed": True,
+                        "outputDir": str(output_dir)})  # fmt: skip
+        time.sleep(float(os.environ.get("FAKE_EXIT_DELAY", "0")))
         summary = {"steps": steps, "final_loss": round(2.0 / steps, 4), "output_dir": str(output_dir)}
         Path("/dev/termination-log").write_text(json.dumps(summary))
     return 0

@@ -28,6 +28,7 @@ STATUS_FIELDS = {
     "lastCheckpoint",
     "resumedFromStep",
     "completed",
+    "percent",
     "outputDir",
     "updatedAt",
 }
@@ -53,6 +54,13 @@ def test_status_has_exactly_the_contract_fields():
     status = sample(last_checkpoint="/out/checkpoints/checkpoint-5", resumed_from_step=5).status()
     assert set(status) == STATUS_FIELDS
     assert status["totalSteps"] == 30 and status["etaSeconds"] == 61 and status["updatedAt"].endswith("Z")
+
+
+def test_percent_is_the_share_of_steps_done_for_the_progress_column():
+    assert sample(step=7, total_steps=30).status()["percent"] == "23%"  # rounded down, as kubectl shows it
+    assert sample(step=30, total_steps=30).status()["percent"] == "100%"
+    assert sample(step=31, total_steps=30).status()["percent"] == "100%"
+    assert sample(step=0, total_steps=0).status()["percent"] is None
 
 
 def test_stdout_prints_one_json_line_per_report_when_not_a_terminal():
