@@ -225,8 +225,6 @@ class PromptFormat:
         return examples
 
     def _batched_segments(self, rows, first_index: int) -> TokenizedExamples:
-        import pyarrow as pa
-
         texts: list[str] = []
         pieces: list[Sequence[int] | None] = []  # literal ids, or None for the next text of `texts`
         trained: list[bool] = []
@@ -252,6 +250,12 @@ class PromptFormat:
                 trained.append(is_trained)
         encoded = iter(encode_texts(self.tokenizer, texts))
         segment_ids = [next(encoded) if piece is None else piece for piece in pieces]
+        return self._assemble(segment_ids, trained, counts)
+
+    def _assemble(self, segment_ids, trained, counts) -> TokenizedExamples:
+        """Examples from their segments' ids: row k is the next counts[k] segments."""
+        import pyarrow as pa
+
         array = pa.array(segment_ids, type=pa.list_(pa.int32()))
         segment_offsets = array.offsets.to_numpy().astype(np.int64)
         input_ids = array.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)

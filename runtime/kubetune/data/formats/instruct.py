@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.data.formats.base import PromptFormat, RowProblem, Segment
+from kubetune.data.formats.base import PromptFormat, RowProblem, Segment, TokenizedExamples, encode_texts
 
 # Axolotl's alpaca prompts, byte for byte, so configs and checkpoints carry over.
 ALPACA_WITH_INPUT = (
@@ -40,6 +40,63 @@ class Alpaca(PromptFormat):
         self.input_field = self.option("field_input", "input")
         self.output_field = self.option("field_output", "output")
         self.required_fields = (self.instruction_field, self.output_field)
+
+    #: reuse the prompt's fixed opening tokens where provably exact (formats/junction.py)
+    prefix_reuse = True
+
+    def _prefix_splits(self):
+        """(with-input, no-input) PrefixSplit, or None where the tokenizer does not qualify."""
+        if not hasattr(self, "_splits"):
+            from kubetune.data.formats.junction import PrefixSplit, splittable
+
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            self._splits = None
+            if self.prefix_reuse and backend is not None and splittable(backend):
+                self._splits = tuple(
+                    PrefixSplit(backend, template[: template.index("{instruction}")])
+                    for template in (ALPACA_WITH_INPUT, ALPACA_NO_INPUT)
+                )
+        return self._splits
+
+    def _batched_segments(self, rows, first_index: int) -> TokenizedExamples:
+        splits = self._prefix_splits()
+        if splits is None:
+            return super()._batched_segments(rows, first_index)
+        with_input, no_input = splits
+        rest_with = ALPACA_WITH_INPUT[len(with_input.prefix) :]
+        rest_without = ALPACA_NO_INPUT[len(no_input.prefix) :]
+        slots: dict[str, int] = {}  # identical texts (repeated instructions, outputs) encoded once
+        texts: list[str] = []
+        plan: list[tuple[list[int], int, int]] = []
+        joint: list[int] = []
+        for index, row in enumerate(rows, first_index):
+            try:
+                instruction = _text(row, self.instruction_field)
+                extra = _text(row, self.input_field, optional=True)
+                output = _text(row, self.output_field)
+            except RowProblem as problem:
+                raise RowProblem(problem.message, index) from None
+            except (KeyError, TypeError, IndexError) as exc:
+                raise RowProblem(f"{type(exc).__name__}: {exc}", index) from exc
+            if extra:
+                split, rest = with_input, rest_with.format(instruction=instruction, input=extra)
+            else:
+                split, rest = no_input, rest_without.format(instruction=instruction)
+            if split.ok(rest):
+                prefix_ids = split.prefix_ids
+            else:  # the junction is not a clean boundary: the whole prompt in one call
+                prefix_ids, rest = joint, split.prefix + rest
+            for text in (rest, output):
+                if text not in slots:
+                    slots[text] = len(texts)
+                    texts.append(text)
+            plan.append((prefix_ids, slots[rest], slots[output]))
+        encoded = encode_texts(self.tokenizer, texts)
+        bos, eos = self.bos_ids, self.eos_ids
+        segment_ids = []
+        for prefix_ids, prompt, output in plan:
+            segment_ids += (bos, prefix_ids, encoded[prompt], encoded[output], eos)
+        return self._assemble(segment_ids, [False, False, False, True, True] * len(plan), [5] * len(plan))
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:
         instruction = _text(row, self.instruction_field)
