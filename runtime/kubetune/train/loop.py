@@ -185,7 +185,7 @@ def train(cfg) -> dict:
     try:
         run = setup(cfg, stop)
         if run is None:
-            return {"status": "already_complete"}
+            return outputs.completed_summary(cfg.resolve_path(cfg.output_dir))
         try:
             status = train_loop(run, stop)
             summary = finish(run, status, wall_time=time.time() - started)

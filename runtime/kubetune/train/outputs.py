@@ -100,6 +100,20 @@ def mark_complete(output_dir: Path, summary: dict) -> None:
     )
 
 
+def completed_summary(output_dir: Path) -> dict:
+    """The summary of the run that completed in output_dir, for a restarted worker to report again.
+
+    A StatefulSet restarts a worker that exited after success; its termination message must still
+    carry the run's figures, since the operator may read only the latest exit.
+    """
+    try:
+        summary = json.loads((output_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("completed run in %s has no readable %s: %s", output_dir, SUMMARY, err)
+        summary = {"status": "completed"}
+    return {**summary, "already_complete": True}
+
+
 def write_termination_log(summary: dict, path: str | None = None) -> None:
     """One line of JSON for `kubectl describe pod`; only where Kubernetes provides the file."""
     path = path or os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)

@@ -52,6 +52,6 @@ def run(cfg) -> int:
                 {"status": "failed", "exit_code": EXIT_FAILURE, "reason": f"{type(err).__name__}: {err}"}
             )
         return EXIT_FAILURE
-    if is_main_process() and summary.get("status") != "already_complete":
+    if is_main_process():
         write_termination_log(summary)
     return EXIT_OK

@@ -59,3 +59,30 @@ def test_training_failures_and_preemption_on_any_pod(monkeypatch, tmp_path):
     code, message = _run_failing(monkeypatch, tmp_path, Preempted(40, "/out/checkpoints/checkpoint-40"), 1, 0)
     assert code == 143
     assert json.loads(message) == {"status": "preempted", "steps": 40, "exit_code": 143}
+
+
+def test_a_restarted_worker_of_a_completed_run_reports_its_summary_again(monkeypatch, tmp_path):
+    """StatefulSet pods restart after success: the new exit's message must still carry the figures."""
+    from kubetune.config import load_config
+    from kubetune.train import outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = {"status": "completed", "steps": 30, "final_train_loss": 1.25, "trained_tokens": 4096}
+    outputs.mark_complete(out, summary)
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cfg = load_config(
+        {
+            "base_model": str(tmp_path / "never-loaded"),
+            "datasets": [{"path": str(tmp_path / "never-read.jsonl"), "type": "alpaca"}],
+            "learning_rate": 1e-3,
+            "max_steps": 30,
+            "output_dir": str(out),
+        }
+    )
+    assert runner.run(cfg) == 0
+    assert json.loads(log.read_text()) == summary
