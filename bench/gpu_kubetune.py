@@ -15,11 +15,13 @@ time and the non-pad tokens seen at each logged step.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from gpu_common import Recorder, attended_length, result_fields
 
 
 def write_model_dir(model, path: Path) -> None:
@@ -91,6 +93,159 @@ def heldout_loss(run, examples: list[dict]) -> float:
             count += batch["n_trained"]
     run.module.train()
     return total / count
+
+
+def kubetune_row(result: dict, shape: dict, examples, kind: str, variant: str, full: bool = False) -> dict:
+    attended = attended_length(examples, kind, shape)
+    row = result_fields(result["timed_tokens"], result["timed_seconds"], shape, attended, full=full)
+    # The child's own peak (this process holds nothing on the GPU by then).
+    row["peak_mem_gib"], row["peak_reserved_gib"] = result["peak_mem_gib"], result["peak_reserved_gib"]
+    extra = {
+        k: v
+        for k, v in result.items()
+        if k not in ("timed_tokens", "timed_seconds", "peak_mem_gib", "peak_reserved_gib")
+    }
+    return {**row, **extra}
+
+
+def parity_report(rec: Recorder) -> None:
+    """Held-out loss and late training loss of the two parity runs, side by side."""
+    rows = {r["system"]: r for r in rec.rows if r["case"] == "lora-all-alpaca-parity" and "heldout_loss" in r}
+    if len(rows) != 2:
+        return
+    base, ours = rows["hf_baseline"], rows["kubetune"]
+
+    def late(r):  # mean loss over the last quarter of the steps
+        losses = r["losses"]
+        tail = losses[-max(1, len(losses) // 4) :]
+        return sum(tail) / len(tail)
+
+    rec.add(
+        system="parity",
+        case="lora-all-alpaca-parity",
+        variant="kubetune vs hf_baseline, same examples, one pass",
+        heldout_loss_hf=base["heldout_loss"],
+        heldout_loss_kubetune=ours["heldout_loss"],
+        heldout_rel_diff=abs(ours["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"],
+        late_train_loss_hf=late(base),
+        late_train_loss_kubetune=late(ours),
+        trained_tokens_hf=base.get("trained_tokens"),
+        trained_tokens_kubetune=ours.get("trained_tokens"),
+        first_loss_hf=base["losses"][0],
+        first_loss_kubetune=ours["losses"][0],
+    )
+
+
+def kubetune_cases() -> list[tuple[str, str, str, dict]]:
+    """(case, data, variant, config overrides): the seed config plus what the case asks for."""
+    qlora = {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "gradient_checkpointing": True,
+    }
+    return [
+        ("lora-all-dense", "dense", "torch_compile", {"torch_compile": True}),
+        ("lora-all-alpaca", "alpaca", "torch_compile", {"torch_compile": True}),
+        (
+            "lora-all-gc-dense",
+            "dense",
+            "torch_compile,gc",
+            {"torch_compile": True, "gradient_checkpointing": True},
+        ),
+        ("qlora-dense", "dense", "nf4,double-quant,gc", qlora),
+        ("lora-all-dense", "dense", "defaults (no compile)", {}),
+        ("qlora-dense", "dense", "nf4,double-quant,gc,torch_compile", {**qlora, "torch_compile": True}),
+        ("lora-all-alpaca", "alpaca", "defaults (no compile)", {}),
+    ]
+
+
+def extra_kubetune_cases() -> list[tuple[str, str, str, dict]]:
+    """Where does the engine lose to the plain loop? Background data loading (the loop syncs every step)."""
+    qlora = {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "gradient_checkpointing": True,
+    }
+    workers = {"dataloader_num_workers": 1}
+    return [
+        ("lora-all-dense", "dense", "torch_compile,1 loader worker", {"torch_compile": True, **workers}),
+        ("qlora-dense", "dense", "nf4,double-quant,gc,1 loader worker", {**qlora, **workers}),
+        (
+            "lora-all-alpaca-mb4",
+            "alpaca",
+            "torch_compile,micro_batch 4",
+            {"torch_compile": True, "micro_batch_size": 4},
+        ),
+    ]
+
+
+def issue9_cases() -> list[tuple[str, str, dict, dict]]:
+    """Issue 9's code paths at world size 1 (the two-GPU kind is not lent): (case, variant, overrides, shape).
+
+    The full fine-tune runs on the 8B width with 16 of its 32 layers: accelerate keeps FSDP2's trainable
+    weights in float32 (16 bytes a parameter with AdamW), which for all 32 layers is more than one H200
+    holds unsharded; two GPUs halve it.
+    """
+    fsdp = {
+        "fsdp": ["full_shard", "auto_wrap"],
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "fsdp_offload_params": False,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        },
+    }
+    full = {"adapter": None, "learning_rate": 1e-5, "gradient_checkpointing": True, **fsdp}
+    # The seed's Mistral-style QLoRA + FSDP overlay, on the Llama shape (so LlamaDecoderLayer is wrapped).
+    qlora_fsdp = {
+        "load_in_4bit": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+        "bnb_4bit_use_double_quant": True,
+        "flash_attention": True,
+        "sdp_attention": False,
+        **fsdp,
+        "adapter": "qlora",
+        "lora_r": 64,
+        "lora_alpha": 128,
+        "lora_dropout": 0.05,
+        "lora_target_linear": True,
+        "optimizer": "adamw_bnb_8bit",
+        "lr_scheduler": "cosine",
+        "warmup_steps": 100,
+        "gradient_checkpointing": True,
+    }
+    qlora_fsdp["fsdp_config"] = {**fsdp["fsdp_config"], "fsdp_state_dict_type": "FULL_STATE_DICT"}
+    return [
+        (
+            "full-fsdp2-1gpu",
+            "fsdp2 full fine-tune, gc, world size 1, 16 of 32 layers",
+            full,
+            {"num_hidden_layers": 16},
+        ),
+        ("qlora-fsdp-1gpu", "seed qlora+fsdp overlay (fsdp2), world size 1", qlora_fsdp, {}),
+    ]
+
+
+def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> dict:
+    """One kubetune run in its own process (bench/gpu_kubetune.py); its result line, parsed."""
+    spec_path = work / f"spec-{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    child = Path(__file__).resolve().parent / "gpu_kubetune.py"
+    command = [sys.executable, str(child), str(spec_path)]
+    if spec.get("torchrun"):  # FSDP / DeepSpeed need a process group, even of one process
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    with log.open("a") as fh:
+        fh.write(f"===== {name} rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-12000:]}\n")
+    for line in proc.stdout.splitlines():
+        if line.startswith("KUBETUNE_RESULT "):
+            return json.loads(line.removeprefix("KUBETUNE_RESULT "))
+    tail = [x for x in proc.stderr.strip().splitlines() if x.strip()][-3:]
+    raise RuntimeError(f"kubetune child rc={proc.returncode}: {' | '.join(tail)}")
 
 
 def child(spec_path: str) -> int:
