@@ -6,20 +6,52 @@ same way: this function is that way.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kubetune.data.errors import data_error
 from kubetune.data.formats.chat_template import NAMED_TEMPLATES, resolve_chat_template
 from kubetune.data.loading import option
+
+SOURCE_KEYS = ("tokenizer_config", "base_model_config", "base_model")  # Axolotl's order
+
+
+def tokenizer_source(cfg) -> str:
+    """The directory or hub id the tokenizer loads from, the way the engine finds the model
+    (kubetune.train.model.model_source): a path relative to the config file's directory (or the
+    working directory for a config built in memory) that is a directory there is that directory;
+    anything else is passed on as written (a hub id, or an absolute path)."""
+    key = next((k for k in SOURCE_KEYS if option(cfg, k)), None)
+    if key is None:
+        raise data_error(
+            "base_model",
+            "no tokenizer to load: base_model is not set",
+            "set base_model (or tokenizer_config)",
+        )
+    value = str(option(cfg, key))
+    resolve = getattr(cfg, "resolve_path", None)
+    if resolve is not None:
+        path = resolve(value)
+    else:
+        path = Path(value).expanduser()
+        source_dir = option(cfg, "source_dir")
+        if not path.is_absolute():
+            path = Path(source_dir or Path.cwd()) / path
+    return str(path) if path.is_dir() else value
 
 
 def load_tokenizer(cfg):
     """AutoTokenizer from tokenizer_config / base_model_config / base_model, with special_tokens,
-    tokens and the selected chat template applied (so the saved tokenizer carries them)."""
+    tokens and the selected chat template applied (so the saved tokenizer carries them).
+
+    DataError (a ConfigError, exit 2) at `special_tokens.pad_token` when the tokenizer has no pad
+    token and the config gives none."""
     import transformers
 
-    source = option(cfg, "tokenizer_config") or option(cfg, "base_model_config") or option(cfg, "base_model")
+    source = tokenizer_source(cfg)
     kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))}
     tokenizer_type = option(cfg, "tokenizer_type")
     loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
-    tokenizer = loader.from_pretrained(str(source), **kwargs)
+    tokenizer = loader.from_pretrained(source, **kwargs)
     # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
     special = {k: v for k, v in dict(option(cfg, "special_tokens") or {}).items() if v is not None}
     if special:
@@ -27,8 +59,16 @@ def load_tokenizer(cfg):
     tokens = list(option(cfg, "tokens") or [])
     if tokens:
         tokenizer.add_tokens(tokens)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # Llama 3 ships without one; padding is masked anyway
+    if tokenizer.pad_token is None:
+        # Never silently pad with eos (the engine's check_pad_token refuses the same way): the
+        # choice belongs in the config, where the prepared-data cache key sees it.
+        suggestion = tokenizer.eos_token or "<pad>"
+        raise data_error(
+            "special_tokens.pad_token",
+            f"the tokenizer of {source} has no pad token, which batching needs.",
+            f'Add to the config:  special_tokens: {{pad_token: "{suggestion}"}}  (the eos token is the usual '
+            "choice; padding never carries a label, so it is never trained on).",
+        )
     choice = option(cfg, "chat_template")
     if (
         choice in NAMED_TEMPLATES

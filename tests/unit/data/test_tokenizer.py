@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from kubetune.config import load_config
-from kubetune.data import load_tokenizer
+import pytest
+from kubetune.config import ConfigError, load_config
+from kubetune.data import DataError, load_tokenizer
 from kubetune.data.formats.chat_template import LLAMA3
+from kubetune.data.tokenizer import tokenizer_source
 
 SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
 
@@ -30,10 +32,39 @@ def test_special_tokens_tokens_and_named_template_are_applied(tmp_path, tokenize
     assert loaded.chat_template == LLAMA3
 
 
-def test_a_tokenizer_without_padding_pads_with_eos(tmp_path, tokenizer):
+def test_a_tokenizer_without_padding_is_refused_with_the_config_fix(tmp_path, tokenizer):
     without_pad = copy.deepcopy(tokenizer)
     without_pad.pad_token = None
     without_pad.save_pretrained(tmp_path / "model")
-    loaded = load_tokenizer(load_config(SEED, overrides={"base_model": str(tmp_path / "model")}))
+    with pytest.raises(DataError) as caught:
+        load_tokenizer(load_config(SEED, overrides={"base_model": str(tmp_path / "model")}))
+    assert isinstance(caught.value, ConfigError)
+    [problem] = caught.value.problems
+    assert problem.path == "special_tokens.pad_token"
+    assert 'special_tokens: {pad_token: "</s>"}' in problem.fix
+    # The fix works: the config's pad token is applied, the template left as shipped.
+    cfg = load_config(
+        SEED, overrides={"base_model": str(tmp_path / "model"), "special_tokens": {"pad_token": "</s>"}}
+    )
+    loaded = load_tokenizer(cfg)
     assert loaded.pad_token == loaded.eos_token == "</s>"
     assert loaded.chat_template == tokenizer.chat_template  # tokenizer_default: left as shipped
+
+
+def test_a_relative_base_model_resolves_against_the_config_directory(tmp_path, tokenizer, monkeypatch):
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    tokenizer.save_pretrained(config_dir / "model")
+    (config_dir / "train.yml").write_text(SEED.read_text())
+    monkeypatch.chdir(tmp_path)  # "model" does not exist here: only the config directory has it
+    cfg = load_config(config_dir / "train.yml", overrides={"base_model": "model"})
+    assert tokenizer_source(cfg) == str(config_dir / "model")
+    assert load_tokenizer(cfg).get_vocab() == tokenizer.get_vocab()
+    cfg = load_config(
+        config_dir / "train.yml", overrides={"base_model": "org/name", "tokenizer_config": "model"}
+    )
+    assert tokenizer_source(cfg) == str(config_dir / "model")  # tokenizer_config first, resolved too
+    assert tokenizer_source({"base_model": "org/name"}) == "org/name"  # a hub id stays as written
+    assert tokenizer_source({"base_model": "model", "source_dir": str(config_dir)}) == str(
+        config_dir / "model"
+    )
