@@ -22,14 +22,6 @@ from pathlib import Path
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 
-# ChatML: the tokenizer's own chat template, so `chat_template: tokenizer_default` works offline.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 _COLOURS = {
     "red": "rouge",
     "green": "vert",
@@ -99,6 +91,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    # ChatML, kubetune.data's named template, as the tokenizer's own, so `chat_template:
+    # tokenizer_default` works offline (imported here: importing tiny stays light).
+    from kubetune.data.formats.chat_template import CHATML
+
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -122,7 +118,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
         unk_token="<unk>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = CHATML
     return tokenizer
 
 
