@@ -10,8 +10,9 @@ locally (no hub) on English prose from Python's own documentation, which the row
 
   naive:    the tokenizer called per row (prompt, then response), Python lists for ids/labels/
             positions, the rows built by list concatenation, Dataset.from_dict.
-  kubetune: kubetune.data (Alpaca segments tokenized in batches by the Rust tokenizer, numpy
-            masking and gathering, best-fit-decreasing packing, arrow arrays built from numpy).
+  kubetune: kubetune.data (Alpaca segments tokenized in batches by the Rust tokenizer, the fixed
+            prompt opening's tokens reused where provably exact, identical texts encoded once per
+            batch, numpy masking and gathering, best-fit-decreasing packing, arrow arrays from numpy).
 With --record, appends one JSON line to bench/results/preprocess_throughput.jsonl.
 """
 
@@ -122,7 +123,9 @@ def fast(dataset, tokenizer, sequence_len: int, num_proc: int = 1):
 
 
 def tokenizer_only(texts, tokenizer):
-    """The floor under any exact pipeline: the batched Rust tokenizer over the same strings."""
+    """The batched Rust tokenizer over every whole prompt and response string: the floor of a pipeline
+    that encodes each row's text in full (kubetune now encodes the fixed prompt opening once and
+    identical texts once per batch, so it can beat this; docs/data.md, Speed)."""
     from kubetune.data.formats.base import encode_texts
 
     return encode_texts(tokenizer, texts)
