@@ -15,7 +15,10 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("kubetune.config.commands.validate", "check configs statically (exit 0 valid, 2 invalid)"),
     "schema": ("kubetune.config.commands.schema", "print the JSON schema of the training config"),
-    "preprocess": ("kubetune.data.commands.preprocess", "tokenize and pack the datasets into dataset_prepared_path"),
+    "preprocess": (
+        "kubetune.data.commands.preprocess",
+        "tokenize and pack the datasets into dataset_prepared_path",
+    ),
     "train": ("kubetune.train.commands.train", "run a fine-tune (single process or under torchrun)"),
     "merge": ("kubetune.train.commands.merge", "merge a trained adapter into a standalone model"),
     "generate": ("kubetune.train.commands.generate", "sample text from the trained result"),
