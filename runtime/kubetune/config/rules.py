@@ -389,6 +389,13 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 f"fsdp_version 2 shards fully (resharding is fsdp_reshard_after_forward); {others[0]} is FSDP1 only",
                 "use full_shard (with fsdp_reshard_after_forward: false for shard_grad_op behaviour)",
             )
+        if cfg.optimizer in ("adamw_bnb_8bit", "paged_adamw_8bit"):
+            # Seen on an H200 (bench/notes-gpu.md): bitsandbytes' 8-bit states reject FSDP2's DTensor shards.
+            yield ConfigProblem(
+                "optimizer",
+                f"{cfg.optimizer} keeps bitsandbytes 8-bit states, which cannot hold FSDP2's sharded parameters",
+                "use adamw_torch_fused with fsdp_version 2, or keep the 8-bit optimizer with fsdp_version 1",
+            )
 
 
 def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProblem]:

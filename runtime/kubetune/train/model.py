@@ -276,6 +276,13 @@ def lora_target_modules(cfg, model: nn.Module) -> list[str] | str:
     return sorted((linear - head_names) | set(targets or ()))
 
 
+def fsdp_needs_uniform_dtype(cfg, model: nn.Module) -> bool:
+    """FSDP1 with a half-precision base: adapter weights must stay in the base's dtype."""
+    if not cfg.fsdp or (cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_version == 2):
+        return False
+    return next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+
 def attach_adapter(cfg, model: nn.Module) -> nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -306,8 +313,11 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         use_rslora=cfg.peft_use_rslora,
         bias="none",
     )
+    # FSDP1 flattens each wrapped block's parameters into one tensor of one dtype; peft's default upcast
+    # of the adapter weights to float32 beside bf16/fp16 base weights makes that impossible.
+    keep_adapter_dtype = fsdp_needs_uniform_dtype(cfg, model)
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora, autocast_adapter_dtype=not keep_adapter_dtype)
     except ValueError as err:  # e.g. a target module name that matches nothing
         raise UserError(
             f"the adapter cannot be attached: {err}",

@@ -168,6 +168,15 @@ BAD = [
         "gradient_checkpointing_kwargs.use_reentrent",
     ),
     ("prefetch-without-workers", {"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor"),
+    (
+        "bnb-8bit-optimizer-with-fsdp2",
+        {
+            "optimizer": "adamw_bnb_8bit",
+            "fsdp": ["full_shard", "auto_wrap"],
+            "fsdp_config": {"fsdp_version": 2, "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"},
+        },
+        "optimizer",
+    ),
     ("wandb-not-implemented", {"wandb_project": "p"}, "wandb_project"),
     ("mlflow-not-implemented", {"mlflow_tracking_uri": "http://mlflow:5000"}, "mlflow_tracking_uri"),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),

@@ -122,3 +122,34 @@ def test_quantization_settings(make_config):
 def test_cpu_trains_in_float32_whatever_the_config_says(make_config):
     cfg, _ = make_config(bf16=True)
     assert resolve_precision(cfg, cuda=False) == FP32
+
+
+@pytest.mark.parametrize(
+    ("fsdp_keys", "adapter_dtype"),
+    [
+        ({}, torch.float32),  # peft upcasts adapters: fp32 master weights for the trained part
+        (  # FSDP1 flattens a block into one tensor: the adapter keeps the base's bf16
+            {
+                "fsdp": ["full_shard", "auto_wrap"],
+                "fsdp_config": {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"},
+            },
+            torch.bfloat16,
+        ),
+        (  # FSDP2 shards parameter by parameter: mixed dtypes are fine, keep fp32 adapters
+            {
+                "fsdp": ["full_shard", "auto_wrap"],
+                "fsdp_config": {"fsdp_version": 2, "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"},
+            },
+            torch.float32,
+        ),
+    ],
+)
+def test_adapter_dtype_fits_the_sharding(make_config, tiny, fsdp_keys, adapter_dtype):
+    from kubetune.train.model import attach_adapter
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = make_config("dtype", lora_target_linear=True, **fsdp_keys)
+    base = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.bfloat16)
+    model = attach_adapter(cfg, base)
+    lora = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert lora == {adapter_dtype}
