@@ -22,6 +22,8 @@ from nodeagent.cleanup import unmount_under
 log = logging.getLogger("nodeagent.pod")
 
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
+# The checkout whose virtualenv runs the pods; kept visible inside every pod (sandbox.py).
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 MAX_BACKOFF = float(os.environ.get("KUBETUNE_NODEAGENT_MAX_BACKOFF", "10"))
 BACKOFF_RESET = 60.0  # a container that ran this long starts its back-off again from 1 s
 PASS_ENV_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "LANG", "LC_", "TZ", "HF_", "TRANSFORMERS_", "TORCH_")
@@ -316,6 +318,7 @@ class PodWorker(threading.Thread):
             "env": env,
             "cwd": workdir,
             "scratch": str(cdir),
+            "keep_visible": [PROJECT_DIR, sys.prefix],
         }
         spec_file = cdir / "spec.json"
         spec_file.write_text(json.dumps(spec))

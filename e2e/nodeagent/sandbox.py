@@ -88,6 +88,12 @@ def private_dev(scratch: str) -> None:
     _check(libc.umount2(old.encode(), MNT_DETACH), "umount hostdev")
 
 
+def covers(target: str, path: str) -> bool:
+    """Whether a mount at target hides path."""
+    target = target.rstrip("/") or "/"
+    return path == target or path.startswith(target if target == "/" else target + "/")
+
+
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -103,9 +109,17 @@ def main() -> None:
     # the sources of the others, which live under the node's state directory.
     mounts = sorted(spec["mounts"], key=lambda m: m["target"].rstrip("/").count("/"))  # parents first
     fds = [os.open(m["source"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
+    # Pods run in the project's environment (no images): a volume mounted over the directory that
+    # holds it (a CI clone under /tmp, an emptyDir at /tmp) must not hide the interpreter's packages.
+    keep = [path for path in spec.get("keep_visible", []) if os.path.isdir(path)]
+    keep_fds = [os.open(path, os.O_PATH | os.O_CLOEXEC) for path in keep]
     for m, fd in zip(mounts, fds, strict=True):
         is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
         bind(f"/proc/self/fd/{fd}", m["target"], m.get("readonly", False), is_dir=is_dir)
+        os.close(fd)
+    for path, fd in zip(keep, keep_fds, strict=True):
+        if any(covers(m["target"], path) for m in mounts):
+            bind(f"/proc/self/fd/{fd}", path, readonly=False, is_dir=True)
         os.close(fd)
     cwd = spec.get("cwd") or "/"
     os.makedirs(cwd, exist_ok=True)
