@@ -6,17 +6,15 @@ and the kind workflow; these checks catch a broken example in a second instead o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from kubetune_operator.spec import validate_job
 
 from tests.e2e.smoke import example_documents, the_job
+from tests.paths import SEED
 
 pytestmark = pytest.mark.e2e
 
-SEED = Path("/work/shared/seed-configs/llama3-lora.yml")
 # The keys the example changes in the reference config, and why: local paths (no hub) and CPU size.
 CPU_KEYS = {
     "base_model", "datasets", "sequence_len", "pad_to_sequence_len", "num_epochs", "max_steps", "micro_batch_size",

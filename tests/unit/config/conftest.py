@@ -1,10 +1,9 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
 # ../shared/seed-configs beside the clone (as /work/shared sits beside /work/main, and on CI).
-SEED_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs"
+from tests.paths import SEED_DIR
+
 BASE = SEED_DIR / "llama3-lora.yml"
 OVERLAYS = {
     "mistral-qlora-fsdp": SEED_DIR / "mistral-qlora-fsdp.overlay.yml",

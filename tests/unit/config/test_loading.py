@@ -87,10 +87,11 @@ def test_overrides_replace_top_level_and_dotted_keys():
             "output_dir": "/data/out",
             "fsdp_config.fsdp_version": 2,
             "fsdp_config.fsdp_offload_params": None,
+            "optimizer": "adamw_torch_fused",  # bitsandbytes' 8-bit states cannot hold FSDP2 shards
         },
     )
     assert cfg.output_dir == "/data/out"
-    assert cfg.fsdp_config.fsdp_version == 2
+    assert cfg.fsdp_config.fsdp_version == 2 and cfg.optimizer == "adamw_torch_fused"
     assert cfg.fsdp_config.fsdp_offload_params is None  # null = not set
     assert cfg.fsdp_config.fsdp_transformer_layer_cls_to_wrap == "MistralDecoderLayer"
 

@@ -1,18 +1,18 @@
 """FineTuneJobs shared by the operator's unit and integration tests.
 
-The training config is the reference config from /work/shared/seed-configs (kept as written:
+The training config is the reference config from ../shared/seed-configs (kept as written:
 the operator never loads the model, so the hub name is fine here).
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-SEED = Path("/work/shared/seed-configs/llama3-lora.yml")
+from tests.paths import SEED
+
 # A copy in the tests keeps CI independent of the shared directory; a test checks they agree.
 SEED_CONFIG: dict[str, Any] = {
     "base_model": "meta-llama/Meta-Llama-3-8B",

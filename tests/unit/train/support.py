@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-SEED_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs"
+from tests.paths import SEED_DIR
+
 SEED = SEED_DIR / "llama3-lora.yml"
 QLORA_FSDP_OVERLAY = SEED_DIR / "mistral-qlora-fsdp.overlay.yml"
 
