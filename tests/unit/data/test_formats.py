@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from types import SimpleNamespace
 
 import pytest
 from kubetune.data import IGNORE_INDEX, DataError
 from kubetune.data.formats import RowProblem
+from kubetune.data.formats import base as base_module
 from kubetune.data.formats.instruct import (
     ALPACA_NO_INPUT,
     ALPACA_WITH_INPUT,
@@ -222,20 +224,14 @@ def test_chat_row_problems_name_the_row(tokenizer):
 
 # -- custom formats ----------------------------------------------------------------------------
 
-CUSTOM_MODULE = '''
-from kubetune.data.formats import PromptFormat
+# The documented example of the extension point (kubetune.data.formats.base), run as written.
+DOCUMENTED_FORMAT = textwrap.dedent(
+    base_module.__doc__.split("`type: my_module.MyFormat`:")[1].split("\n\nOverride")[0]
+)
 
-
-class QuestionAnswer(PromptFormat):
-    required_fields = ("question", "answer")
-
-    def segments(self, row):
-        return [
-            (self.bos_ids, False),
-            (f"Question: {row['question']}\\nAnswer:", False),
-            (" " + row["answer"], True),
-            (self.eos_ids, True),
-        ]
+CUSTOM_MODULE = (
+    DOCUMENTED_FORMAT
+    + '''
 
 
 class Reversed(PromptFormat):
@@ -249,6 +245,7 @@ class Reversed(PromptFormat):
 class NotAFormat:
     pass
 '''
+)
 
 
 def custom_cfg(tmp_path, type_name):
