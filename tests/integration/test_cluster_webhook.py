@@ -4,8 +4,6 @@ the operator's webhook runs in the integration tests."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import threading
@@ -16,40 +14,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.kube_cluster import wait_for
+from tests.unit.operator.cluster_support import write_certificates
 
 pytestmark = pytest.mark.integration
-
-
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-webhook")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "tls.crt").write_bytes(pem)
-    (tmp_path / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
-    )  # fmt: skip
-    return pem
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -79,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
 def test_validating_webhook_served_from_the_host(kube_cluster, kube_namespace, tmp_path):
     if not kube_cluster.local:
         pytest.skip("a real cluster's API server cannot call back into the test process")
-    pem = _self_signed(tmp_path)
+    pem = write_certificates(tmp_path)  # CA for caBundle; tls.crt/tls.key for 127.0.0.1
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
