@@ -11,13 +11,12 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.unit.train.support import subprocess_env
+from tests.unit.train.support import torchrun_train
 from tests.unit.train.test_attention import packed_vs_alone
 from tests.unit.train.test_runs import LORA, assert_learned, logits_of, probe_ids, train_in_process
 
@@ -93,20 +92,7 @@ def test_qlora_nf4_double_quant_learns(make_config, tiny):
 
 
 def torchrun(path: Path, *, timeout: int = 540) -> subprocess.CompletedProcess:
-    nproc = str(min(2, torch.cuda.device_count()))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        nproc,
-        "-m",
-        "kubetune",
-        "train",
-        str(path),
-    ]
-    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return torchrun_train(path, min(2, torch.cuda.device_count()), timeout=timeout)
 
 
 def train_resume_and_reload(make_config, name: str, **keys) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -43,6 +45,15 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def torchrun_train(path: Path, nproc: int, *, timeout: int) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m kubetune train PATH`, output captured."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+        "-m", "kubetune", "train", str(path),
+    ]  # fmt: skip
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def build_config(

@@ -16,7 +16,7 @@ import pytest
 import torch
 from kubetune.cli import main as cli
 
-from .support import build_config, subprocess_env
+from .support import build_config, subprocess_env, torchrun_train
 
 pytestmark = pytest.mark.slow
 
@@ -165,19 +165,7 @@ def test_two_process_ddp_matches_the_single_process_run_with_the_same_global_bat
     single_cfg, _ = make_config("single", micro_batch_size=2, gradient_accumulation_steps=2, **steps)
     _, single = train_in_process(single_cfg)
     ddp_cfg, ddp_path = make_config("ddp", micro_batch_size=2, gradient_accumulation_steps=1, **steps)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "kubetune",
-        "train",
-        str(ddp_path),
-    ]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    result = torchrun_train(ddp_path, 2, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads((Path(ddp_cfg.output_dir) / "training_summary.json").read_text())
     assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 8
