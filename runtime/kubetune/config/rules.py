@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
 from .parallel import FSDP_SHARDING_STRATEGIES
 from .problems import ConfigProblem
@@ -426,13 +427,16 @@ def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProbl
 # -- outputs and trackers -------------------------------------------------------------------------
 
 
-# Keys kubetune knows but its engine does not act on yet. Accepted when empty or off (real configs are
-# full of bare `key:` lines); refused when set, so that nothing is ever silently ignored.
+# Keys in the schema that the engine does not act on yet: like the Axolotl compatibility table's keys,
+# accepted when empty or off, refused when set, so that nothing is ever silently ignored.
+_TRACKER_HINT = "remove it; kubetune logs progress as JSON lines and in the FineTuneJob's status"
 _NOT_IMPLEMENTED = {
-    "hub_model_id": "push the output_dir yourself after training (e.g. `huggingface-cli upload`)",
-    "use_wandb": "remove it; follow progress in the JSON log lines or `kubectl get ftj`",
-    "use_mlflow": "remove it; follow progress in the JSON log lines or `kubectl get ftj`",
-    "hf_mlflow_log_artifacts": "remove it",
+    "hub_model_id": Unimplemented(
+        "push the output_dir yourself after training (e.g. `huggingface-cli upload`)"
+    ),
+    "use_wandb": Unimplemented(_TRACKER_HINT),
+    "use_mlflow": Unimplemented(_TRACKER_HINT),
+    "hf_mlflow_log_artifacts": Unimplemented("remove it"),
 }
 
 
@@ -440,15 +444,14 @@ _NOT_IMPLEMENTED = {
 def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     for key in TrainConfig.model_fields:
         if key.startswith(("wandb_", "mlflow_")) or key in _NOT_IMPLEMENTED:
+            entry = _NOT_IMPLEMENTED.get(key, Unimplemented(_TRACKER_HINT))
             value = getattr(cfg, key)
-            if value not in (None, False, "", [], {}):
+            if not entry.accepts(value):
                 yield ConfigProblem(
                     key,
                     f"kubetune does not implement {key} yet (experiment trackers and hub upload are not "
                     f"part of this release); it is {value!r}",
-                    _NOT_IMPLEMENTED.get(
-                        key, "remove it; kubetune logs progress as JSON lines and in the FineTuneJob's status"
-                    ),
+                    entry.hint,
                 )
     if cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_cpu_ram_efficient_loading:
         yield ConfigProblem(
