@@ -15,6 +15,7 @@ time and the non-pad tokens seen at each logged step.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -147,34 +148,49 @@ QLORA = {
 
 
 def kubetune_cases() -> list[tuple[str, str, str, dict]]:
-    """(case, data, variant, config overrides): the seed config plus what the case asks for."""
+    """(case, data, variant, config overrides): the seed config plus what the case asks for.
+
+    `_spec` in the overrides goes to the child, not the config: `fused_lora: False` measures peft's own
+    layers, `profile: True` writes a kernel table when --profile-dir is given.
+    """
+    compiled = {"torch_compile": True}
     return [
-        ("lora-all-dense", "dense", "torch_compile", {"torch_compile": True}),
-        ("lora-all-alpaca", "alpaca", "torch_compile", {"torch_compile": True}),
-        (
-            "lora-all-gc-dense",
-            "dense",
-            "torch_compile,gc",
-            {"torch_compile": True, "gradient_checkpointing": True},
-        ),
+        ("lora-all-dense", "dense", "torch_compile", {**compiled, "_spec": {"profile": True}}),
+        ("lora-all-alpaca", "alpaca", "torch_compile", compiled),
+        ("lora-all-gc-dense", "dense", "torch_compile,gc", {**compiled, "gradient_checkpointing": True}),
+        ("qlora-dense", "dense", "nf4,double-quant,gc,torch_compile", {**QLORA, **compiled}),
         ("qlora-dense", "dense", "nf4,double-quant,gc", QLORA),
         ("lora-all-dense", "dense", "defaults (no compile)", {}),
-        ("qlora-dense", "dense", "nf4,double-quant,gc,torch_compile", {**QLORA, "torch_compile": True}),
         ("lora-all-alpaca", "alpaca", "defaults (no compile)", {}),
     ]
 
 
 def extra_kubetune_cases() -> list[tuple[str, str, str, dict]]:
-    """Where does the engine lose to the plain loop? Background data loading (the loop syncs every step)."""
-    workers = {"dataloader_num_workers": 1}
+    """Each lever's own gain, measured against the case above in the same run."""
+    compiled = {"torch_compile": True}
+    cudnn = {"env": {"KUBETUNE_VARLEN_KERNEL": "cudnn"}}
     return [
-        ("lora-all-dense", "dense", "torch_compile,1 loader worker", {"torch_compile": True, **workers}),
-        ("qlora-dense", "dense", "nf4,double-quant,gc,1 loader worker", {**QLORA, **workers}),
+        ("lora-all-dense", "dense", "torch_compile,cudnn varlen", {**compiled, "_spec": cudnn}),
+        ("lora-all-alpaca", "alpaca", "torch_compile,cudnn varlen", {**compiled, "_spec": cudnn}),
+        ("lora-all-dense-mb4", "dense", "torch_compile,micro_batch 4", {**compiled, "micro_batch_size": 4}),
         (
-            "lora-all-alpaca-mb4",
-            "alpaca",
-            "torch_compile,micro_batch 4",
-            {"torch_compile": True, "micro_batch_size": 4},
+            "lora-all-dense-mb4",
+            "dense",
+            "torch_compile,micro_batch 4,cudnn varlen",
+            {**compiled, "micro_batch_size": 4, "_spec": cudnn},
+        ),
+        ("lora-all-dense", "dense", "defaults,peft lora layers", {"_spec": {"fused_lora": False}}),
+        (
+            "lora-all-gc-dense",
+            "dense",
+            "torch_compile,gc,cudnn varlen",
+            {**compiled, "gradient_checkpointing": True, "_spec": cudnn},
+        ),
+        (
+            "qlora-dense",
+            "dense",
+            "nf4,double-quant,gc,torch_compile,cudnn varlen",
+            {**QLORA, **compiled, "_spec": cudnn},
         ),
     ]
 
@@ -234,7 +250,8 @@ def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> d
     command = [sys.executable, str(child), str(spec_path)]
     if spec.get("torchrun"):  # FSDP / DeepSpeed need a process group, even of one process
         command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, **spec.get("env", {})}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     with log.open("a") as fh:
         fh.write(f"===== {name} rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-12000:]}\n")
     for line in proc.stdout.splitlines():
@@ -244,6 +261,42 @@ def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> d
     raise RuntimeError(f"kubetune child rc={proc.returncode}: {' | '.join(tail)}")
 
 
+class StepProfiler:
+    """torch.profiler over the two steps before the timed ones; writes the kernel table and GPU busy time.
+
+    Where the engine loses time shows as GPU idle (busy < wall: the host is behind) or as kernels the
+    plain path does not run.
+    """
+
+    def __init__(self, path: str | None, warmup: int):
+        self.path = Path(path) if path else None
+        self.start_after, self.stop_after = warmup - 3, warmup - 1
+        self.prof = None
+        self.started = 0.0
+
+    def at_step(self, step: int) -> None:
+        if self.path is None or not torch.cuda.is_available() or self.start_after < 1:
+            return
+        if step == self.start_after:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.prof.start()
+            self.started = time.perf_counter()
+        elif step == self.stop_after and self.prof is not None:
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - self.started
+            self.prof.stop()
+            averages = self.prof.key_averages()
+            busy = sum(e.self_device_time_total for e in averages) / 1e6
+            table = averages.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(
+                f"2 steps: wall {wall:.3f} s, GPU kernels {busy:.3f} s ({busy / wall:.1%} busy)\n{table}\n"
+            )
+            self.prof = None
+
+
 def child(spec_path: str) -> int:
     from kubetune.config import load_config
     from kubetune.train import loop
@@ -251,16 +304,23 @@ def child(spec_path: str) -> int:
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(spec["config"])
+    if spec.get("fused_lora") is False:  # the lever's own measurement: peft's layers instead
+        from kubetune.train import lora_fused
+
+        lora_fused.fuse_lora_layers = lambda model: 0
     stop = loop.StopFlag()
     started = time.perf_counter()
     run = loop.setup(cfg, stop)
     setup_s = time.perf_counter() - started
     marks: list[tuple[int, float, int, float]] = []
+    profiler = StepProfiler(spec.get("profile"), spec["warmup"])
 
     class Marks:
-        def report(self, progress, force=False):  # called after the loop's loss .item(): the GPU is idle
+        # Called once the step's loss has reached the host: the GPU has finished that step.
+        def report(self, progress, force=False):
             if progress.event == "train":
-                marks.append((progress.step, time.perf_counter(), run.state.input_tokens, progress.loss))
+                profiler.at_step(progress.step)  # before the mark: its export is outside the timed steps
+                marks.append((progress.step, time.perf_counter(), progress.input_tokens, progress.loss))
 
         def close(self):
             pass

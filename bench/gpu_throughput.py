@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-lr", type=float, default=1e-3)
     parser.add_argument("--child-timeout", type=float, default=240)
     parser.add_argument("--kt-only", default="", help="'case:variant' names to run, separated by |")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=None, help="kernel tables of the kubetune cases marked profile"
+    )
     args = parser.parse_args(argv)
     suites = (
         {"baseline", "levers", "qlora", "kubetune", "parity", "issue9"}
@@ -314,10 +317,14 @@ def main(argv: list[str] | None = None) -> int:
                 lr=args.lr,
                 seq_len=shape["seq_len"],
             )
+            overrides = dict(overrides)
+            spec_extra = overrides.pop("_spec", {})
             config.update(overrides)
             if device == "cpu":  # the CPU smoke test checks the wiring, not the compiler
                 config["torch_compile"] = False
-            spec = {"config": config, "warmup": args.warmup}
+            spec = {"config": config, "warmup": args.warmup, **spec_extra}
+            if spec.pop("profile", False) and args.profile_dir:
+                spec["profile"] = str(args.profile_dir / f"profile-{name}-{len(rec.rows)}.txt")
             guarded(
                 rec,
                 args.deadline,

@@ -182,3 +182,41 @@ def test_qlora_in_bf16_keeps_frozen_weights_bf16(tmp_path):
         out = model(input_ids=batch["input_ids"], **backend.model_inputs(batch))
     out.logits.float().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_fused_lora_layers_match_peft_on_cuda_compiled():
+    """The fused LoRA layers (cuBLAS addmm, Inductor) against peft's layers, bf16 autocast as in the engine:
+    both measured against the float32 computation of the same weights."""
+    from kubetune.train.lora_fused import fuse_lora_layers
+    from peft import LoraConfig, get_peft_model
+
+    def build(dtype):
+        model = get_peft_model(
+            tiny_llama().to(dtype),
+            LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules="all-linear"),
+        )
+        torch.manual_seed(1)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(param, std=0.05)
+        return model.train()
+
+    def run(model, ids):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.dtype == torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    ids = torch.randint(0, 512, (2, 512), device="cuda")
+    truth, truth_grads = run(build(torch.float32), ids)
+    model = build(torch.bfloat16)
+    peft_logits, peft_grads = run(model, ids)
+    assert fuse_lora_layers(model) == 2 * 7
+    for layer in model.get_base_model().model.layers:
+        layer.compile()
+    for _ in range(2):  # the second call runs the compiled graph
+        logits, grads = run(model, ids)
+    assert rel_err(logits, truth) <= 1.25 * rel_err(peft_logits, truth) + 1e-3
+    for name, ref in truth_grads.items():
+        assert rel_err(grads[name], ref) <= 1.25 * rel_err(peft_grads[name], ref) + 1e-2, name

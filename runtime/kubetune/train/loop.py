@@ -53,6 +53,7 @@ class Run:
     reporters: Reporters
     last_checkpoint: str | None = None
     clock: float = 0.0  # perf_counter of the last train_seconds update
+    pending_log: PendingLog | None = None  # the last train log line, its values still on the GPU
 
 
 class StopFlag:
@@ -250,10 +251,14 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         interval.tokens += tokens
         last = state.step == plan.total_steps
 
+        # The previous log line's values were copied to the host behind the previous step, and this
+        # step is queued: waiting for them now leaves the GPU busy (a sync right after queueing a step
+        # would drain its queue every step).
+        flush_log(run)
         if state.step % cfg.logging_steps == 0 or last:
             elapsed = time.perf_counter() - loop_start
             eta = (plan.total_steps - state.step) * elapsed / max(1, state.step - first_step)
-            log_train_step(run, interval, grad_norm, eta)
+            run.pending_log = begin_log(run, interval, grad_norm, eta)
             interval = _Interval(time.perf_counter())
         stop_early = False
         if plan.eval_every and (state.step % plan.eval_every == 0 or last):
@@ -267,6 +272,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
             )
             _tick(run)
             return "stopped_early"
+    flush_log(run)
     _tick(run)
     return "completed"
 
@@ -315,29 +321,80 @@ def _model_inputs(run: Run, batch: dict, device: torch.device) -> dict:
     }
 
 
-def log_train_step(run: Run, interval: _Interval, grad_norm, eta: float) -> None:
+@dataclass
+class PendingLog:
+    """A train log line whose summed loss and grad norm are still on their way from the GPU."""
+
+    step: int
+    trained_tokens: int
+    input_tokens: int
+    values: torch.Tensor  # [loss sum over all ranks, grad norm] on the host
+    ready: object  # the CUDA event after the copy, or None when the copy was synchronous
+    interval: _Interval
+    eta: float
+    learning_rate: float
+
+
+def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLog:
+    """Queue the log line's reduction and its copy to the host; nothing here waits for the GPU."""
     acc, state = run.accelerator, run.state
+    device = acc.device
     loss_sum = (
-        interval.loss_sum
+        interval.loss_sum.reshape(1).to(device, torch.float32)
         if isinstance(interval.loss_sum, torch.Tensor)
-        else torch.zeros((), device=acc.device)
+        else torch.zeros(1, device=device)
     )
-    total = acc.reduce(loss_sum.reshape(1).to(acc.device), reduction="sum").item()  # collective
+    total = acc.reduce(loss_sum, reduction="sum")  # collective: every rank logs at the same steps
+    if grad_norm is None:
+        norm = torch.full((1,), math.nan, device=device)
+    else:
+        norm = torch.as_tensor(grad_norm, dtype=torch.float32).reshape(1).to(device)
+    on_device = torch.cat([total.reshape(1).float(), norm])
+    ready = None
+    if on_device.is_cuda:
+        values = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        values.copy_(on_device, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+    else:
+        values = on_device.cpu()
+    return PendingLog(
+        step=state.step,
+        trained_tokens=state.trained_tokens,
+        input_tokens=state.input_tokens,
+        values=values,
+        ready=ready,
+        interval=interval,
+        eta=eta,
+        learning_rate=run.scheduler.get_last_lr()[0],
+    )
+
+
+def flush_log(run: Run) -> None:
+    """Report the pending train log line (waits until its values have reached the host)."""
+    pending, run.pending_log = run.pending_log, None
+    if pending is None:
+        return
+    if pending.ready is not None:
+        pending.ready.synchronize()
+    total, norm = pending.values.tolist()
+    interval, state = pending.interval, run.state
     loss = total / max(interval.trained, 1.0)
     seconds = max(time.perf_counter() - interval.started, 1e-9)
     state.last_loss = loss
     state.best_loss = loss if state.best_loss is None else min(state.best_loss, loss)
-    lr = run.scheduler.get_last_lr()[0]
-    norm = None if grad_norm is None else float(grad_norm)
-    state.history.append({"step": state.step, "loss": round(loss, 6), "lr": lr})
+    state.history.append({"step": pending.step, "loss": round(loss, 6), "lr": pending.learning_rate})
     report(
         run,
         "train",
+        step=pending.step,
+        trained_tokens=pending.trained_tokens,
+        input_tokens=pending.input_tokens,
         loss=loss,
-        learning_rate=lr,
-        grad_norm=norm,
+        learning_rate=pending.learning_rate,
+        grad_norm=None if math.isnan(norm) else norm,
         tokens_per_second=interval.tokens / seconds,
-        eta_seconds=eta,
+        eta_seconds=pending.eta,
     )
 
 
@@ -368,6 +425,7 @@ def evaluate(run: Run) -> tuple[float, float]:
 def evaluate_and_track(run: Run) -> bool:
     """Evaluate, report, track the best; True when early stopping says stop."""
     state, patience = run.state, run.cfg.early_stopping_patience
+    flush_log(run)  # the eval report carries the latest train loss
     loss, perplexity = evaluate(run)
     state.last_eval_loss = loss
     if state.best_eval_loss is None or loss < state.best_eval_loss:
@@ -379,6 +437,7 @@ def evaluate_and_track(run: Run) -> bool:
 
 
 def save_checkpoint(run: Run) -> str:
+    flush_log(run)  # the saved state holds the latest loss and history
     _tick(run)
     path = checkpoint.save(run.accelerator, run.state, run.output_dir, total_limit=run.cfg.save_total_limit)
     run.last_checkpoint = str(path)
@@ -389,6 +448,7 @@ def save_checkpoint(run: Run) -> str:
 def preempt(run: Run) -> None:
     """SIGTERM: checkpoint unless nothing changed since the last one, then stop (exit 143)."""
     state = run.state
+    flush_log(run)
     saved = run.last_checkpoint and run.last_checkpoint.endswith(f"checkpoint-{state.step}")
     path = run.last_checkpoint if saved or state.step == 0 else save_checkpoint(run)
     report(run, "preempted", force=True, loss=state.last_loss)
@@ -399,11 +459,13 @@ def report(run: Run, event: str, *, force: bool = False, completed: bool = False
     if not run.accelerator.is_main_process:
         return
     state = run.state
+    step = metrics.pop("step", state.step)
     progress = Progress(
-        step=state.step,
+        step=step,
         total_steps=run.plan.total_steps,
-        epoch=run.plan.epochs_at(state.step),
-        trained_tokens=state.trained_tokens,
+        epoch=run.plan.epochs_at(step),
+        trained_tokens=metrics.pop("trained_tokens", state.trained_tokens),
+        input_tokens=metrics.pop("input_tokens", state.input_tokens),
         last_checkpoint=run.last_checkpoint,
         resumed_from_step=state.resumed_from_step,
         completed=completed,

@@ -43,6 +43,7 @@ class Progress:
     grad_norm: float | None = None
     tokens_per_second: float | None = None
     trained_tokens: int = 0
+    input_tokens: int = 0  # non-pad tokens seen (log lines and benchmarks; not in the status contract)
     eta_seconds: float | None = None
     last_checkpoint: str | None = None
     resumed_from_step: int | None = None

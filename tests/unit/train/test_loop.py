@@ -17,6 +17,7 @@ def test_early_stopping_after_patience_evaluations_without_a_new_best(monkeypatc
         state=TrainerState(),
         cfg=SimpleNamespace(early_stopping_patience=2),
         accelerator=SimpleNamespace(is_main_process=False),
+        pending_log=None,
     )
     stops = [loop.evaluate_and_track(run) for _ in range(6)]
     assert stops == [False, False, False, False, False, True]
@@ -29,6 +30,7 @@ def test_without_patience_evaluation_never_stops(monkeypatch):
         state=TrainerState(best_eval_loss=1.0),
         cfg=SimpleNamespace(early_stopping_patience=None),
         accelerator=SimpleNamespace(is_main_process=False),
+        pending_log=None,
     )
     assert not any(loop.evaluate_and_track(run) for _ in range(5))
 
