@@ -168,30 +168,9 @@ def kubetune_cases() -> list[tuple[str, str, str, dict]]:
 def extra_kubetune_cases() -> list[tuple[str, str, str, dict]]:
     """Each lever's own gain, measured against the case above in the same run."""
     compiled = {"torch_compile": True}
-    cudnn = {"env": {"KUBETUNE_VARLEN_KERNEL": "cudnn"}}
     return [
-        ("lora-all-dense", "dense", "torch_compile,cudnn varlen", {**compiled, "_spec": cudnn}),
-        ("lora-all-alpaca", "alpaca", "torch_compile,cudnn varlen", {**compiled, "_spec": cudnn}),
-        ("lora-all-dense-mb4", "dense", "torch_compile,micro_batch 4", {**compiled, "micro_batch_size": 4}),
-        (
-            "lora-all-dense-mb4",
-            "dense",
-            "torch_compile,micro_batch 4,cudnn varlen",
-            {**compiled, "micro_batch_size": 4, "_spec": cudnn},
-        ),
         ("lora-all-dense", "dense", "defaults,peft lora layers", {"_spec": {"fused_lora": False}}),
-        (
-            "lora-all-gc-dense",
-            "dense",
-            "torch_compile,gc,cudnn varlen",
-            {**compiled, "gradient_checkpointing": True, "_spec": cudnn},
-        ),
-        (
-            "qlora-dense",
-            "dense",
-            "nf4,double-quant,gc,torch_compile,cudnn varlen",
-            {**QLORA, **compiled, "_spec": cudnn},
-        ),
+        ("lora-all-dense-mb4", "dense", "torch_compile,micro_batch 4", {**compiled, "micro_batch_size": 4}),
     ]
 
 

@@ -29,6 +29,18 @@ def run_hf_baseline(
     model, case: Case, examples, shape, args, gc_on: bool, lr: float, steps: int, warmup: int, heldout=None
 ) -> dict:
     from peft import get_peft_model
+
+    peft_model = get_peft_model(model, lora_config(case.targets))
+    try:
+        return _train_hf(peft_model, case, examples, shape, gc_on, lr, steps, warmup, heldout)
+    finally:  # also after an error (e.g. out of memory): later cases need the bare model back
+        if gc_on:
+            peft_model.get_base_model().gradient_checkpointing_disable()
+        peft_model.unload()
+        reset_memory()
+
+
+def _train_hf(peft_model, case, examples, shape, gc_on, lr, steps, warmup, heldout) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     counts: list[int] = []
@@ -51,7 +63,6 @@ def run_hf_baseline(
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    peft_model = get_peft_model(model, lora_config(case.targets))
     reset_memory()
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
@@ -87,11 +98,7 @@ def run_hf_baseline(
     )
     if heldout is not None:
         row["heldout_loss"] = hf_heldout_loss(peft_model, heldout)
-    if gc_on:
-        peft_model.get_base_model().gradient_checkpointing_disable()
-    peft_model.unload()
-    del trainer, peft_model
-    reset_memory()
+    del trainer
     return row
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -125,33 +124,6 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.view(batch, length, heads, dim), None
 
 
-VARLEN_KERNEL_ENV = "KUBETUNE_VARLEN_KERNEL"  # flash | cudnn: which of torch's varlen kernels runs
-
-
-def varlen_kernel() -> str:
-    """torch.nn.attention.varlen holds a FlashAttention-2 and a cuDNN implementation; torch 2.11 runs
-    FlashAttention-2 unless told otherwise (a private predicate decides)."""
-    kernel = os.environ.get(VARLEN_KERNEL_ENV, "flash")
-    if kernel not in ("flash", "cudnn"):
-        raise UserError(
-            f"{VARLEN_KERNEL_ENV}={kernel!r} is not a varlen attention kernel.",
-            f"Set {VARLEN_KERNEL_ENV} to flash or cudnn, or unset it.",
-        )
-    return kernel
-
-
-def select_varlen_kernel(kernel: str) -> bool:
-    """Route torch's varlen attention to `kernel`; False when this torch has no such switch."""
-    import torch.nn.attention.varlen as varlen
-
-    if not hasattr(varlen, "_should_use_cudnn"):
-        return False
-    varlen._should_use_cudnn = (
-        (lambda device_index: True) if kernel == "cudnn" else (lambda device_index: False)
-    )
-    return True
-
-
 def register_torch_varlen() -> None:
     """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded).
 
@@ -208,8 +180,6 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
     if torch_varlen_available() and _half_precision(cfg):
         register_torch_varlen()
         message = "torch's built-in FlashAttention varlen kernels (torch.nn.attention.varlen)"
-        if varlen_kernel() == "cudnn" and select_varlen_kernel("cudnn"):
-            message = "torch's built-in varlen attention on its cuDNN kernels (torch.nn.attention.varlen)"
         if wanted == "flash":
             log.warning("flash_attention requested but flash-attn is not installed: using %s", message)
         else:

@@ -82,20 +82,3 @@ def test_flash_attention_on_a_machine_without_cuda_is_bad_input():
     with pytest.raises(UserError) as err:
         check_request(Cfg(flash_attention=True), cuda=False)
     assert "CUDA" in err.value.problem and "flash_attention: false" in err.value.fix
-
-
-def test_varlen_kernel_choice_routes_torch_varlen_and_rejects_unknown_names(monkeypatch):
-    pytest.importorskip("torch.nn.attention.varlen")
-    import torch.nn.attention.varlen as varlen
-    from kubetune.train import attention
-
-    monkeypatch.setattr(varlen, "_should_use_cudnn", varlen._should_use_cudnn)  # restored afterwards
-    monkeypatch.delenv(attention.VARLEN_KERNEL_ENV, raising=False)
-    assert attention.varlen_kernel() == "flash"
-    monkeypatch.setenv(attention.VARLEN_KERNEL_ENV, "cudnn")
-    assert attention.varlen_kernel() == "cudnn"
-    assert attention.select_varlen_kernel("cudnn") and varlen._should_use_cudnn(0) is True
-    assert attention.select_varlen_kernel("flash") and varlen._should_use_cudnn(0) is False
-    monkeypatch.setenv(attention.VARLEN_KERNEL_ENV, "fa3")
-    with pytest.raises(UserError, match="KUBETUNE_VARLEN_KERNEL"):
-        attention.varlen_kernel()
