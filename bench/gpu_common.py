@@ -245,7 +245,7 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, **row) -> dict:
-        row = {**row, **self.common, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        row = {**self.common, **row, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.rows.append(row)
         with self.path.open("a") as fh:  # appended line by line so a killed run keeps what it measured
             fh.write(json.dumps(row) + "\n")

@@ -228,7 +228,8 @@ def run_child(spec: dict, work: Path, name: str, log: Path, timeout: float) -> d
     child = Path(__file__).resolve().parent / "gpu_kubetune.py"
     command = [sys.executable, str(child), str(spec_path)]
     if spec.get("torchrun"):  # FSDP / DeepSpeed need a process group, even of one process
-        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+        nproc = str(spec.get("nproc", 1))
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", nproc]
     env = {**os.environ, **spec.get("env", {})}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     with log.open("a") as fh:
@@ -310,6 +311,8 @@ def child(spec_path: str) -> int:
         torch.cuda.reset_peak_memory_stats()
     weights_gib = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     loop.train_loop(run, stop)
+    if not run.accelerator.is_main_process:  # rank 0 reports (its counts are summed over all ranks)
+        return 0
     warmup = spec["warmup"]
     first, last = marks[warmup - 1], marks[-1]
     result = {

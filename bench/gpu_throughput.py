@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite",
         default="baseline,levers",
-        help="comma list: baseline, levers, qlora, kubetune, parity, issue9, all",
+        help="comma list: baseline, levers, qlora, kubetune, parity, issue9, ddp, all",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_throughput.jsonl"))
     parser.add_argument(
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     kt_data: dict[str, Path] = {}
-    if {"kubetune", "parity", "issue9"} & suites:
+    if {"kubetune", "parity", "issue9", "ddp"} & suites:
         import gpu_kubetune as kt
 
         work.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     model = None  # the kubetune children load their own copy from disk
     reset_memory()
     log = args.out.parent / "kubetune_children.log"
-    if {"kubetune", "parity", "issue9"} & suites:
+    if {"kubetune", "parity", "issue9", "ddp"} & suites:
         import gpu_kubetune as kt
 
     parity_done: list[bool] = []
@@ -342,6 +342,34 @@ def main(argv: list[str] | None = None) -> int:
 
     if "parity" in suites and not parity_done:
         run_parity_child()
+
+    if "ddp" in suites:  # issue 9: LoRA data parallel over every GPU of the machine, one process each
+        gpus = max(1, torch.cuda.device_count())
+        case = Case("lora-all-dense", "dense", "packed", 2)
+        config = kt.base_config(
+            work / "model", kt_data["dense"], work, f"ddp-{gpus}", steps=args.steps, micro_batch=2,
+            lr=args.lr, seq_len=shape["seq_len"],
+        )  # fmt: skip
+        config["torch_compile"] = device == "cuda"
+        spec = {"config": config, "warmup": args.warmup, "torchrun": True, "nproc": gpus}
+
+        def ddp_row():
+            row = kubetune_row(
+                run_child(spec, work, f"ddp-{gpus}", log, args.child_timeout),
+                shape,
+                data["dense"],
+                "dense",
+                "ddp",
+            )
+            # tokens_per_s counts every rank's tokens; MFU is per GPU.
+            return {
+                **row,
+                "gpus": gpus,
+                "mfu": row["mfu"] / gpus,
+                "tokens_per_s_per_gpu": row["tokens_per_s"] / gpus,
+            }
+
+        guarded(rec, args.deadline, "kubetune", case, f"torch_compile,ddp x{gpus}", ddp_row)
 
     if "issue9" in suites:
         for name, variant, overrides, shape_change in issue9_cases():
