@@ -185,12 +185,17 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
         else:
             log.info("attention: %s (flash-attn is not installed)", message)
         return AttentionBackend("torch_varlen", TORCH_VARLEN)
-    if torch_varlen_available():
-        reason = (
-            "flash-attn is not installed and FlashAttention needs bf16/fp16; this run computes in float32"
-        )
-    else:
-        reason = "flash-attn is not installed and this torch/GPU has no built-in varlen flash kernels"
+    if not _half_precision(cfg):
+        # FlashAttention takes bf16/fp16 only, and flex attention's backward found no kernel for the
+        # tiny test model's float32 heads on an H200 ("NoValidChoicesError"): SDPA with the
+        # block-diagonal mask runs at any precision and head size.
+        message = "FlashAttention kernels need bf16/fp16 and this run computes in float32"
+        if wanted == "flash":
+            log.warning("flash_attention requested but %s: using SDPA with a document mask", message)
+        else:
+            log.info("attention: SDPA with a document mask (%s)", message)
+        return AttentionBackend("sdpa", "sdpa")
+    reason = "flash-attn is not installed and this torch/GPU has no built-in varlen flash kernels"
     if wanted == "flash":
         log.warning(
             "flash_attention requested but %s: falling back to flex attention with a document mask "

@@ -50,6 +50,8 @@ class Cfg:
     flash_attention = False
     sdp_attention = False
     attn_implementation = None
+    bf16 = True  # a GPU run in half precision unless a test says otherwise
+    fp16 = False
 
     def __init__(self, **keys):
         self.__dict__.update(keys)
@@ -63,6 +65,7 @@ def test_cpu_defaults_to_sdpa_and_honours_an_explicit_choice():
 
 def test_flash_without_flash_attn_falls_back_to_flex_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr("kubetune.train.attention.flash_attn_installed", lambda: False)
+    monkeypatch.setattr("kubetune.train.attention.torch_varlen_available", lambda: False)
     backend = select_backend(Cfg(flash_attention=True), cuda=True)
     assert (backend.name, backend.hf_implementation) == ("flex", "flex_attention")
     assert "falling back to flex attention" in caplog.text

@@ -90,11 +90,21 @@ def test_cuda_without_flash_attn_uses_torch_varlen(monkeypatch, caplog):
     assert "flash-attn is not installed" in caplog.text  # the fallback is said, not silent
 
 
-def test_float32_on_cuda_falls_back_to_flex(monkeypatch):
+@pytest.mark.parametrize("varlen_kernels", [True, False])
+def test_float32_on_cuda_uses_sdpa_with_the_document_mask(monkeypatch, caplog, varlen_kernels):
     monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
-    monkeypatch.setattr(attention, "torch_varlen_available", lambda: True)
-    backend = attention.select_backend(cfg(bf16=False), cuda=True)
-    assert backend.name == "flex"  # FlashAttention kernels take bf16/fp16 only
+    monkeypatch.setattr(attention, "torch_varlen_available", lambda: varlen_kernels)
+    with caplog.at_level(logging.INFO, logger="kubetune.train.attention"):
+        backend = attention.select_backend(cfg(bf16=False), cuda=True)
+    assert (backend.name, backend.hf_implementation) == ("sdpa", "sdpa")  # FlashAttention: bf16/fp16 only
+    assert "float32" in caplog.text
+
+
+def test_half_precision_without_varlen_kernels_falls_back_to_flex(monkeypatch):
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
+    monkeypatch.setattr(attention, "torch_varlen_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert attention.select_backend(cfg(bf16=True), cuda=True).name == "flex"
 
 
 def reference_varlen(calls):
