@@ -220,12 +220,10 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     grad_norm = None
     window = next(windows)
     while state.step < plan.total_steps:
-        trained, tokens, stopping = step_counts(acc, window, stop)
-        if stopping:
-            preempt(run)
+        counts = StepCounts(acc, window, stop)
         # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over ranks: undo both,
         # so the gradient is that of (sum of token losses) / (trained tokens of the step, all ranks).
-        scale = acc.num_processes * cfg.gradient_accumulation_steps / max(trained, 1.0)
+        scale = acc.num_processes * cfg.gradient_accumulation_steps / counts.trained_for_scale()
         for batch in window:
             with acc.accumulate(run.module):
                 loss_sum = run.module(**_model_inputs(run, batch, device))
@@ -241,6 +239,9 @@ def train_loop(run: Run, stop: StopFlag) -> str:
             # below waits for the GPU, and collating after it would leave the GPU idle meanwhile.
             window = next(windows)
 
+        # Read with this step queued: on several ranks the reduced counts left the GPU behind the
+        # previous step, so waiting for them here leaves the GPU busy.
+        trained, tokens, stopping = counts.resolve()
         state.step += 1
         state.step_in_epoch += 1
         if state.step_in_epoch == plan.steps_per_epoch:
@@ -265,6 +266,8 @@ def train_loop(run: Run, stop: StopFlag) -> str:
             stop_early = evaluate_and_track(run)
         if (plan.save_every and state.step % plan.save_every == 0 and not last) or (stop_early and not last):
             save_checkpoint(run)
+        if stopping and not last:  # SIGTERM on some rank: all ranks checkpoint this step and stop
+            preempt(run)
         if stop_early:
             log.info(
                 "early stopping: eval loss has not improved for %d evaluations",
@@ -277,19 +280,49 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     return "completed"
 
 
-def step_counts(acc, window: list[dict], stop: StopFlag) -> tuple[float, float, bool]:
-    """(trained tokens, non-pad tokens, stop?) of the step summed over all ranks.
+class StepCounts:
+    """(trained tokens, non-pad tokens, stop?) of one optimizer step, summed over all ranks.
 
-    One small all-reduce per step: the token counts, and whether any rank was asked to stop (so that
-    all of them stop at this same boundary). A single process skips the device round trip, whose
-    .tolist() would wait for the previous step to finish before this one is even queued.
+    One small all-reduce per step carries the token counts and whether any rank was asked to stop (so
+    that all of them stop at the same boundary). Reading its result on the host right away would wait
+    for the previous step to finish before this one is queued, idling the GPU every step; so the loss
+    scale takes the reduced count as a device tensor, and the host copy is read once the step is queued
+    (`resolve`). A single process has the counts on the host already.
     """
-    local = [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)]
-    if acc.num_processes == 1:
-        return float(local[0]), float(local[1]), bool(local[2])
-    counts = torch.tensor(local, device=acc.device, dtype=torch.float64)
-    trained, tokens, stopping = acc.reduce(counts, reduction="sum").tolist()
-    return trained, tokens, bool(stopping)
+
+    def __init__(self, acc, window: list[dict], stop: StopFlag):
+        self.stop = stop
+        local = [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)]
+        self.single = acc.num_processes == 1
+        self.local = local
+        self.ready = None
+        if self.single:
+            return
+        counts = torch.tensor(local, dtype=torch.float64)
+        if acc.device.type == "cuda":
+            counts = counts.pin_memory().to(acc.device, non_blocking=True)
+        self.reduced = acc.reduce(counts, reduction="sum")  # collective, queued behind the previous step
+        if self.reduced.is_cuda:
+            self.host = torch.empty(3, dtype=torch.float64, pin_memory=True)
+            self.host.copy_(self.reduced, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host = self.reduced
+
+    def trained_for_scale(self) -> float | torch.Tensor:
+        """Trained tokens of the step on all ranks (at least 1): a float, or a device scalar."""
+        if self.single:
+            return max(float(self.local[0]), 1.0)
+        return self.reduced[0].clamp(min=1.0).float()
+
+    def resolve(self) -> tuple[float, float, bool]:
+        if self.single:  # the flag as of now: a SIGTERM during this step stops after it
+            return float(self.local[0]), float(self.local[1]), self.stop.requested
+        if self.ready is not None:
+            self.ready.synchronize()
+        trained, tokens, stopping = self.host.tolist()
+        return trained, tokens, bool(stopping)
 
 
 @dataclass

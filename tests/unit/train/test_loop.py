@@ -6,6 +6,7 @@ import os
 import signal
 from types import SimpleNamespace
 
+import torch
 from kubetune.train import loop
 from kubetune.train.checkpoint import TrainerState
 
@@ -45,3 +46,32 @@ def test_sigterm_sets_the_flag_and_the_previous_handler_comes_back():
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_step_counts_of_several_ranks_are_reduced_once_and_read_after_the_step():
+    """The loss scale takes the reduced count as a tensor; the host reads the counts only in resolve()."""
+    reduced = []
+
+    def reduce(tensor, reduction):
+        assert reduction == "sum"
+        reduced.append(tensor.clone())
+        return tensor * 2  # two ranks with the same window
+
+    acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+    window = [{"n_trained": 10, "n_tokens": 16}, {"n_trained": 5, "n_tokens": 16}]
+    stop = loop.StopFlag()
+    counts = loop.StepCounts(acc, window, stop)
+    assert len(reduced) == 1 and reduced[0].tolist() == [15.0, 32.0, 0.0]
+    scale_source = counts.trained_for_scale()
+    assert isinstance(scale_source, torch.Tensor) and float(scale_source) == 30.0
+    stop.requested = True  # after the all-reduce: this step's agreed flag does not carry it
+    assert counts.resolve() == (30.0, 64.0, False)
+
+
+def test_a_single_process_stops_after_the_step_in_which_sigterm_arrived():
+    acc = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+    stop = loop.StopFlag()
+    counts = loop.StepCounts(acc, [{"n_trained": 0, "n_tokens": 4}], stop)
+    assert counts.trained_for_scale() == 1.0  # never divides by zero trained tokens
+    stop.requested = True
+    assert counts.resolve() == (0.0, 4.0, True)
