@@ -280,47 +280,61 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     return "completed"
 
 
+class HostCopy:
+    """A device tensor's values on their way to the host: the copy is queued behind the work already on
+    the GPU, and `tolist` waits only for that copy. Reading a device value with .item() right after
+    queueing a step would instead drain the queue (the GPU idles until the host queues more work)."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.ready = None
+        if tensor.is_cuda:
+            self.values = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.values.copy_(tensor, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.values = tensor.detach().clone()
+
+    def tolist(self) -> list:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.values.tolist()
+
+
 class StepCounts:
     """(trained tokens, non-pad tokens, stop?) of one optimizer step, summed over all ranks.
 
     One small all-reduce per step carries the token counts and whether any rank was asked to stop (so
-    that all of them stop at the same boundary). Reading its result on the host right away would wait
-    for the previous step to finish before this one is queued, idling the GPU every step; so the loss
-    scale takes the reduced count as a device tensor, and the host copy is read once the step is queued
-    (`resolve`). A single process has the counts on the host already.
+    that all of them stop at the same boundary). The loss scale takes the reduced count as a device
+    tensor, and the host reads the counts once the step is queued (`resolve`). A single process has
+    the counts on the host already.
     """
 
     def __init__(self, acc, window: list[dict], stop: StopFlag):
         self.stop = stop
-        local = [sum(b["n_trained"] for b in window), sum(b["n_tokens"] for b in window), int(stop.requested)]
-        self.single = acc.num_processes == 1
-        self.local = local
-        self.ready = None
-        if self.single:
+        self.local = [
+            sum(b["n_trained"] for b in window),
+            sum(b["n_tokens"] for b in window),
+            int(stop.requested),
+        ]
+        self.reduced = None
+        if acc.num_processes == 1:
             return
-        counts = torch.tensor(local, dtype=torch.float64)
+        counts = torch.tensor(self.local, dtype=torch.float64)
         if acc.device.type == "cuda":
             counts = counts.pin_memory().to(acc.device, non_blocking=True)
         self.reduced = acc.reduce(counts, reduction="sum")  # collective, queued behind the previous step
-        if self.reduced.is_cuda:
-            self.host = torch.empty(3, dtype=torch.float64, pin_memory=True)
-            self.host.copy_(self.reduced, non_blocking=True)
-            self.ready = torch.cuda.Event()
-            self.ready.record()
-        else:
-            self.host = self.reduced
+        self.host = HostCopy(self.reduced)
 
     def trained_for_scale(self) -> float | torch.Tensor:
         """Trained tokens of the step on all ranks (at least 1): a float, or a device scalar."""
-        if self.single:
+        if self.reduced is None:
             return max(float(self.local[0]), 1.0)
         return self.reduced[0].clamp(min=1.0).float()
 
     def resolve(self) -> tuple[float, float, bool]:
-        if self.single:  # the flag as of now: a SIGTERM during this step stops after it
+        if self.reduced is None:  # the flag as of now: a SIGTERM during this step stops after it
             return float(self.local[0]), float(self.local[1]), self.stop.requested
-        if self.ready is not None:
-            self.ready.synchronize()
         trained, tokens, stopping = self.host.tolist()
         return trained, tokens, bool(stopping)
 
@@ -356,13 +370,12 @@ def _model_inputs(run: Run, batch: dict, device: torch.device) -> dict:
 
 @dataclass
 class PendingLog:
-    """A train log line whose summed loss and grad norm are still on their way from the GPU."""
+    """A train log line whose summed loss (and grad norm) are still on their way from the GPU."""
 
     step: int
     trained_tokens: int
     input_tokens: int
-    values: torch.Tensor  # [loss sum over all ranks, grad norm] on the host
-    ready: object  # the CUDA event after the copy, or None when the copy was synchronous
+    values: HostCopy  # [loss sum over all ranks] + [grad norm] when the step has one
     interval: _Interval
     eta: float
     learning_rate: float
@@ -377,26 +390,14 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         if isinstance(interval.loss_sum, torch.Tensor)
         else torch.zeros(1, device=device)
     )
-    total = acc.reduce(loss_sum, reduction="sum")  # collective: every rank logs at the same steps
-    if grad_norm is None:
-        norm = torch.full((1,), math.nan, device=device)
-    else:
-        norm = torch.as_tensor(grad_norm, dtype=torch.float32).reshape(1).to(device)
-    on_device = torch.cat([total.reshape(1).float(), norm])
-    ready = None
-    if on_device.is_cuda:
-        values = torch.empty(2, dtype=torch.float32, pin_memory=True)
-        values.copy_(on_device, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-    else:
-        values = on_device.cpu()
+    values = [acc.reduce(loss_sum, reduction="sum").reshape(1).float()]  # collective: all ranks log here
+    if grad_norm is not None:
+        values.append(torch.as_tensor(grad_norm, dtype=torch.float32).reshape(1).to(device))
     return PendingLog(
         step=state.step,
         trained_tokens=state.trained_tokens,
         input_tokens=state.input_tokens,
-        values=values,
-        ready=ready,
+        values=HostCopy(torch.cat(values)),
         interval=interval,
         eta=eta,
         learning_rate=run.scheduler.get_last_lr()[0],
@@ -408,9 +409,7 @@ def flush_log(run: Run) -> None:
     pending, run.pending_log = run.pending_log, None
     if pending is None:
         return
-    if pending.ready is not None:
-        pending.ready.synchronize()
-    total, norm = pending.values.tolist()
+    total, *norm = pending.values.tolist()
     interval, state = pending.interval, run.state
     loss = total / max(interval.trained, 1.0)
     seconds = max(time.perf_counter() - interval.started, 1e-9)
@@ -425,7 +424,7 @@ def flush_log(run: Run) -> None:
         input_tokens=pending.input_tokens,
         loss=loss,
         learning_rate=pending.learning_rate,
-        grad_norm=None if math.isnan(norm) else norm,
+        grad_norm=norm[0] if norm else None,
         tokens_per_second=interval.tokens / seconds,
         eta_seconds=pending.eta,
     )

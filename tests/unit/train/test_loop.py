@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from types import SimpleNamespace
 
+import pytest
 import torch
 from kubetune.train import loop
 from kubetune.train.checkpoint import TrainerState
@@ -75,3 +77,34 @@ def test_a_single_process_stops_after_the_step_in_which_sigterm_arrived():
     assert counts.trained_for_scale() == 1.0  # never divides by zero trained tokens
     stop.requested = True
     assert counts.resolve() == (0.0, 4.0, True)
+
+
+@pytest.mark.parametrize("grad_norm", [None, torch.tensor(2.5), torch.tensor(float("nan"))])
+def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, grad_norm):
+    """A NaN grad norm (a diverging run) is reported as NaN, not dropped; a step without one reports None."""
+    reports = []
+    monkeypatch.setattr(loop, "report", lambda run, event, **metrics: reports.append((event, metrics)))
+    acc = SimpleNamespace(device=torch.device("cpu"), reduce=lambda tensor, reduction: tensor * 2)
+    run = SimpleNamespace(
+        accelerator=acc,
+        state=TrainerState(step=7, trained_tokens=40, input_tokens=64),
+        scheduler=SimpleNamespace(get_last_lr=lambda: [0.01]),
+        pending_log=None,
+    )
+    interval = loop._Interval(started=0.0, loss_sum=torch.tensor(30.0), trained=20.0, tokens=32.0)
+    run.pending_log = loop.begin_log(run, interval, grad_norm, eta=5.0)
+    run.state.step = 8  # the next step is queued before the line is read
+    loop.flush_log(run)
+    loop.flush_log(run)  # nothing pending any more: no second report
+
+    assert len(reports) == 1
+    event, metrics = reports[0]
+    assert event == "train" and metrics["step"] == 7 and metrics["loss"] == 3.0  # 2 ranks x 30 / 20
+    assert (metrics["trained_tokens"], metrics["input_tokens"], metrics["learning_rate"]) == (40, 64, 0.01)
+    if grad_norm is None:
+        assert metrics["grad_norm"] is None
+    elif grad_norm.isnan():
+        assert math.isnan(metrics["grad_norm"])
+    else:
+        assert metrics["grad_norm"] == 2.5
+    assert run.state.history == [{"step": 7, "loss": 3.0, "lr": 0.01}]
