@@ -65,29 +65,16 @@ def _has(module: str) -> bool:
 
 
 def register_varlen_attention() -> None:
-    """Register torch's own varlen flash attention with transformers under VARLEN_NAME.
+    """Register the engine's attention function over torch's varlen flash kernel under VARLEN_NAME.
 
     The model then takes `cu_seq_lens_q/k` and `max_length_q/k` keyword arguments (the names
     transformers uses for flash-attn) and never builds a mask: the boundaries are the mask.
     """
-    from torch.nn.attention.varlen import varlen_attn
+    from kubetune.train.attention import varlen_attention_forward
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    def varlen_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        batch, heads, length, dim = query.shape
-        cu_seqlens = kwargs["cu_seq_lens_q"]
-        max_len = kwargs["max_length_q"]
-        # [B, H, T, D] -> [B*T, H, D]: varlen attention sees the batch as one flat stream of documents.
-        q = query.transpose(1, 2).reshape(batch * length, heads, dim)
-        k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
-        v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
-        out = varlen_attn(
-            q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scaling, window_size=(-1, 0)
-        )
-        return out.view(batch, length, heads, dim), None
-
-    AttentionInterface.register(VARLEN_NAME, varlen_forward)
+    AttentionInterface.register(VARLEN_NAME, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN_NAME, lambda *args, **kwargs: None)
 
 

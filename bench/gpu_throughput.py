@@ -300,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         parity_report(rec)
 
+    def case_config(model_dir: Path, kind: str, name: str) -> dict:
+        """The seed config for one kubetune case at this run's steps, learning rate and shape."""
+        return kt.base_config(
+            model_dir, kt_data[kind], work, name, steps=args.steps, micro_batch=2, lr=args.lr,
+            seq_len=shape["seq_len"],
+        )  # fmt: skip
+
     if "kubetune" in suites:
         for index, (name, kind, variant, overrides) in enumerate(kubetune_cases() + extra_kubetune_cases()):
             if args.kt_only and f"{name}:{variant}" not in args.kt_only.split("|"):
@@ -307,16 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             if index == 4 and "parity" in suites:
                 run_parity_child()
             case = Case(name, kind, "packed", overrides.get("micro_batch_size", 2))
-            config = kt.base_config(
-                work / "model",
-                kt_data[kind],
-                work,
-                f"{name}-{len(rec.rows)}",
-                steps=args.steps,
-                micro_batch=2,
-                lr=args.lr,
-                seq_len=shape["seq_len"],
-            )
+            config = case_config(work / "model", kind, f"{name}-{len(rec.rows)}")
             overrides = dict(overrides)
             spec_extra = overrides.pop("_spec", {})
             config.update(overrides)
@@ -346,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ddp" in suites:  # issue 9: LoRA data parallel over every GPU of the machine, one process each
         gpus = max(1, torch.cuda.device_count())
         case = Case("lora-all-dense", "dense", "packed", 2)
-        config = kt.base_config(
-            work / "model", kt_data["dense"], work, f"ddp-{gpus}", steps=args.steps, micro_batch=2,
-            lr=args.lr, seq_len=shape["seq_len"],
-        )  # fmt: skip
+        config = case_config(work / "model", "dense", f"ddp-{gpus}")
         config["torch_compile"] = device == "cuda"
         spec = {"config": config, "warmup": args.warmup, "torchrun": True, "nproc": gpus}
 
@@ -376,16 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             case = Case(name, "dense", "packed", 2)
             suffix = "-".join(map(str, shape_change.values()))
             model_dir = work / (f"model-{suffix}" if shape_change else "model")
-            config = kt.base_config(
-                model_dir,
-                kt_data["dense"],
-                work,
-                name,
-                steps=args.steps,
-                micro_batch=2,
-                lr=args.lr,
-                seq_len=shape["seq_len"],
-            )
+            config = case_config(model_dir, "dense", name)
             config.update(overrides)
             if config["adapter"] is None:
                 for key in ("adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_linear"):
