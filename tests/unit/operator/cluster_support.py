@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -40,51 +39,24 @@ def install_crd(cluster) -> None:
 
 
 def write_certificates(directory: Path) -> bytes:
-    """A CA and a server certificate for 127.0.0.1 (tls.crt, tls.key); returns the CA in PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A CA and a server certificate for 127.0.0.1 (tls.crt, tls.key); returns the CA in PEM.
+
+    Built by the local cluster's own certificate functions (e2e/cluster/localcluster.py)."""
+    from e2e.cluster.localcluster import cert_pem, issue_certificate, key_pem, new_ca
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-operator-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    window = {
+        "not_before": now - datetime.timedelta(minutes=5),
+        "not_after": now + datetime.timedelta(days=1),
+    }
+    ca_key, ca = new_ca("kubetune-operator-test-ca", **window)
+    key, cert = issue_certificate(
+        ca_key, ca, "127.0.0.1", server=True, dns=("localhost",), ips=("127.0.0.1",), **window
     )
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca.public_bytes(serialization.Encoding.PEM)
+    (directory / "tls.crt").write_bytes(cert_pem(cert))
+    (directory / "tls.key").write_bytes(key_pem(key))
+    return cert_pem(ca)
 
 
 def register_webhook(cluster, name: str, port: int, ca_pem: bytes) -> None:
