@@ -93,29 +93,31 @@ def expand(s: str, env: dict[str, str]) -> str:
     return "".join(out)
 
 
-def _configmap(core, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
+def _read_source(read, kind: str, ns: str, name: str, optional: bool):
+    """The ConfigMap or Secret a volume or env var names; None when it is missing and optional."""
     try:
-        cm = core.read_namespaced_config_map(name, ns)
+        return read(name, ns)
     except ApiException as e:
         if e.status == 404:
             if optional:
                 return None
-            raise NotReady(f'configmap "{name}" not found') from None
+            raise NotReady(f'{kind} "{name}" not found') from None
         raise
+
+
+def _configmap(core, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
+    cm = _read_source(core.read_namespaced_config_map, "configmap", ns, name, optional)
+    if cm is None:
+        return None
     data = {k: v.encode() for k, v in (cm.data or {}).items()}
     data.update({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()})
     return data
 
 
 def _secret(core, ns: str, name: str, optional: bool) -> dict[str, bytes] | None:
-    try:
-        s = core.read_namespaced_secret(name, ns)
-    except ApiException as e:
-        if e.status == 404:
-            if optional:
-                return None
-            raise NotReady(f'secret "{name}" not found') from None
-        raise
+    s = _read_source(core.read_namespaced_secret, "secret", ns, name, optional)
+    if s is None:
+        return None
     return {k: base64.b64decode(v) for k, v in (s.data or {}).items()}
 
 
