@@ -113,6 +113,8 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
     per_dataset: list[dict[str, Any]] = []  # counts of the training entries
     per_test_dataset: list[dict[str, Any]] = []
     train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    if not len(train):
+        raise nothing_left_error(per_dataset, sequence_len)
     val_set_size = float(option(cfg, "val_set_size") or 0)
     if _entries(cfg, "test_datasets"):
         if val_set_size:
@@ -122,14 +124,10 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
                 "set val_set_size: 0 to evaluate on test_datasets, or drop test_datasets",
             )
         evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_test_dataset)
+        if not len(evaluation):
+            raise nothing_left_error(per_test_dataset, sequence_len)
     else:
         train, evaluation = split_eval(train, val_set_size, seed)
-    if not len(train):
-        raise data_error(
-            "datasets",
-            "no training examples are left after dropping empty and over-long ones",
-            f"check the data and sequence_len ({sequence_len}); see the per-dataset counts in the log",
-        )
     packed = bool(option(cfg, "sample_packing"))
     eval_packed = option(cfg, "eval_sample_packing")
     eval_packed = packed if eval_packed is None else bool(eval_packed)
@@ -188,6 +186,31 @@ def drop_unusable(examples: TokenizedExamples, sequence_len: int) -> tuple[Token
     if keep.all():
         return examples, 0, 0
     return examples.select(np.flatnonzero(keep)), int(too_long.sum()), int((untrained & ~too_long).sum())
+
+
+def nothing_left_error(per_dataset: list[dict[str, Any]], sequence_len: int) -> DataError:
+    """The error for datasets that kept no example, blaming what dropped them (not a later step)."""
+    rows = sum(d["rows"] for d in per_dataset)
+    too_long = sum(d["dropped_too_long"] for d in per_dataset)
+    untrained = sum(d["dropped_untrained"] for d in per_dataset)
+    where = ", ".join(d["dataset"] for d in per_dataset)
+    if too_long and too_long >= untrained:
+        longest = max(d["longest_example"] for d in per_dataset)
+        return data_error(
+            "sequence_len",
+            f"all {rows} examples of {where} were dropped: {too_long} are longer than sequence_len "
+            f"{sequence_len} tokens (the longest has {longest}), {untrained} have no trained token",
+            f"raise sequence_len to at least {longest}, or shorten the examples",
+        )
+    if untrained:
+        return data_error(
+            where,
+            f"all {rows} examples were dropped: {untrained} have no trained token"
+            + (f" and {too_long} are longer than sequence_len {sequence_len}" if too_long else ""),
+            "check which turns or fields are trained (train_on_inputs, roles_to_train, the format's "
+            "field names): every example needs at least one trained token",
+        )
+    return data_error(where, f"the dataset has no rows ({rows})", "check the path, split and data_files")
 
 
 def split_eval(examples: TokenizedExamples, val_set_size: float, seed: int):
@@ -268,6 +291,7 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
                 "examples": len(examples),
                 "dropped_too_long": too_long,
                 "dropped_untrained": untrained,
+                "longest_example": int(tokenized.lengths.max()) if len(tokenized) else 0,
             }
         )
         if too_long:

@@ -559,7 +559,10 @@ def _prepare_data(cfg, tokenizer, accelerator):
             cfg, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes
         )
     except DataError as err:
-        raise UserError(err.report(), "Fix the dataset entries named above.", key="datasets") from err
+        # The key is the one each problem names (sequence_len when every example was too long), not
+        # always "datasets".
+        keys = ", ".join(dict.fromkeys(problem.path for problem in err.problems))
+        raise UserError(err.report(), "Fix what each problem above names.", key=keys or None) from err
 
 
 def _collator(cfg, tokenizer):

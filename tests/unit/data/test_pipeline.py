@@ -138,6 +138,80 @@ def test_too_long_and_untrained_examples_are_dropped_and_counted(tmp_path, token
     assert (data.stats["examples"], data.stats["dropped_too_long"]) == (2, 1)  # "" still trains its eos
 
 
+@pytest.mark.parametrize("val_set_size", [0.05, 0])
+def test_every_example_too_long_blames_sequence_len_not_val_set_size(tmp_path, tokenizer, val_set_size):
+    # The newcomer's report: 600 alpaca rows all longer than sequence_len used to stop at val_set_size.
+    rows = [{"instruction": "say " + "red " * 100, "input": "", "output": "blue " * 80} for _ in range(600)]
+    write_jsonl(rows, tmp_path / "long.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        sequence_len=128,
+        val_set_size=val_set_size,
+        datasets=[{"path": str(tmp_path / "long.jsonl"), "type": "alpaca"}],
+    )
+    with pytest.raises(DataError) as caught:
+        build_prepared(cfg, tokenizer)
+    (problem,) = caught.value.problems
+    assert problem.path == "sequence_len"
+    assert (
+        "all 600 examples of datasets[0] were dropped: 600 are longer than sequence_len 128"
+        in problem.message
+    )
+    longest = int(problem.message.split("the longest has ")[1].split(")")[0])
+    assert longest > 128 and f"raise sequence_len to at least {longest}" in problem.fix
+
+
+def test_every_example_untrained_blames_the_dataset(tmp_path, tokenizer):
+    rows = [{"instruction": "say red", "input": "", "output": "red"} for _ in range(20)]
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        val_set_size=0.1,
+        datasets=[{"path": str(tmp_path / "rows.jsonl"), "type": "alpaca"}],
+        test_datasets=None,
+    )
+    from kubetune.data import pipeline
+
+    untrained = pipeline.nothing_left_error(
+        [
+            {
+                "dataset": "datasets[0]",
+                "rows": 20,
+                "dropped_too_long": 0,
+                "dropped_untrained": 20,
+                "longest_example": 9,
+            }
+        ],
+        128,
+    )
+    (problem,) = untrained.problems
+    assert problem.path == "datasets[0]" and "20 have no trained token" in problem.message
+    assert "train_on_inputs" in problem.fix
+    # and a dataset that keeps examples still trains: the rule only fires when nothing is left
+    assert build_prepared(cfg, tokenizer).stats["examples"] == 18
+
+
+def test_test_datasets_with_nothing_left_blame_sequence_len(tmp_path, tokenizer):
+    write_jsonl([{"text": "red " * 3}] * 8, tmp_path / "short.jsonl")
+    write_jsonl([{"text": "red " * 300}] * 4, tmp_path / "long.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        sequence_len=64,
+        datasets=[{"path": str(tmp_path / "short.jsonl"), "type": "completion"}],
+        test_datasets=[{"path": str(tmp_path / "long.jsonl"), "type": "completion"}],
+    )
+    with pytest.raises(DataError) as caught:
+        build_prepared(cfg, tokenizer)
+    (problem,) = caught.value.problems
+    assert (
+        problem.path == "sequence_len"
+        and "all 4 examples of test_datasets[0] were dropped" in problem.message
+    )
+
+
 @pytest.mark.parametrize("writer", ["json", "parquet", "csv", "saved", "directory"])
 def test_local_file_kinds(tmp_path, tokenizer, writer):
     import datasets

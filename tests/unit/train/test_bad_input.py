@@ -78,3 +78,13 @@ def test_qlora_without_cuda(make_config, populated, capsys):
 def test_flash_attention_without_cuda(make_config, populated, capsys):
     _, path = make_config(flash_attention=True)
     refused(path, populated, capsys, "FlashAttention", "flash_attention: false")
+
+
+def test_every_example_longer_than_sequence_len(make_config, populated, capsys):
+    # The newcomer's case: every row is dropped by the length rule and val_set_size is set; the report
+    # names sequence_len (the real cause), not val_set_size.
+    _, path = make_config(sequence_len=16, val_set_size=0.05)
+    report = refused(
+        path, populated, capsys, "(sequence_len)", "longer than sequence_len 16", "raise sequence_len"
+    )
+    assert "val_set_size" not in report
