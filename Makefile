@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test test-unit lint generate clean
+.PHONY: venv system-deps demo test test-unit lint generate clean
 
 venv: $(VENV)/.installed
 
@@ -14,12 +14,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev]'
 	touch $@
 
+# Host tools beyond Python and Go (iproute2, util-linux, lua5.1), installed with apt-get where missing (root).
+system-deps:
+	scripts/system-deps.sh
+
 # A local control plane, the operator, and a tiny CPU fine-tune through it (examples/finetune-cpu-smoke.yaml).
-demo: venv
+demo: venv system-deps
 	bash e2e/demo.sh
 
-# Every tier that needs no GPU: unit, integration (real control plane) and e2e (pods train).
-test: venv
+# Every tier that needs no GPU: unit, integration (real control plane) and e2e (pods train). Installs
+# what it needs first: the virtualenv, the host tools and the control plane's binaries (cached).
+test: venv system-deps cluster-build
 	$(PY) -m pytest
 
 test-unit: venv

@@ -17,19 +17,8 @@ REPO="$(dirname "$HERE")"
 PY="${KUBETUNE_PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-need_tools() {  # fresh Debian machines without iproute2 / util-linux: install them (root only)
-  local missing=()
-  command -v ip >/dev/null || missing+=(iproute2)
-  command -v flock >/dev/null || missing+=(util-linux)
-  command -v mount >/dev/null || missing+=(mount)
-  if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "localcluster: installing ${missing[*]}" >&2
-      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-    else
-      echo "localcluster: missing ${missing[*]} (and not root with apt-get)" >&2; exit 1
-    fi
-  fi
+need_tools() {  # fresh machines without iproute2 / util-linux: install them (root with apt-get only)
+  "$REPO/scripts/system-deps.sh"
 }
 
 case "${1:-}" in

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The host tools `make test` and `make demo` need beyond Python and Go, installed where missing:
+#   ip (iproute2), unshare/flock/mount (util-linux, mount)   the local node agent's pod sandboxes
+#   lua5.1                                                   the ArgoCD health check is tested in real Lua 5.1
+# Installing needs root and apt-get (Debian/Ubuntu); otherwise it names what is missing and exits 1.
+# `scripts/system-deps.sh check` only reports (exit 1 when something is missing).
+set -euo pipefail
+declare -A package_of=([ip]=iproute2 [unshare]=util-linux [flock]=util-linux [mount]=mount [lua5.1]=lua5.1)
+missing=()
+for tool in ip unshare flock mount lua5.1; do
+  command -v "$tool" >/dev/null && continue
+  case " ${missing[*]-} " in *" ${package_of[$tool]} "*) ;; *) missing+=("${package_of[$tool]}") ;; esac
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+if [ "${1:-install}" = check ]; then
+  echo "system-deps: missing packages: ${missing[*]}" >&2; exit 1
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "system-deps: missing ${missing[*]}; install them (as root: apt-get install ${missing[*]}) and run again" >&2
+  exit 1
+fi
+echo "system-deps: apt-get install ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >/dev/null
