@@ -5,7 +5,8 @@
     reporters.close()                           # flushes the final report
 
 Reporters:
-  * stdout: a progress bar on a terminal, otherwise one JSON line per logging step;
+  * stdout: a live display on a terminal, otherwise one JSON line (or with --log-format plain, one
+    readable line) per logging step: kubetune.console;
   * KUBETUNE_PROGRESS_FILE: the status.progress JSON, atomically rewritten;
   * Kubernetes: a JSON merge patch of the FineTuneJob's status.progress, over plain HTTPS with the
     pod's service-account token (no kubernetes client), from a background thread.
@@ -18,7 +19,6 @@ import json
 import logging
 import os
 import ssl
-import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from kubetune.console import progress_reporter, resolve_log_format
 
 log = logging.getLogger(__name__)
 
@@ -100,35 +102,6 @@ class Progress:
 
 def _round(value: float | None, digits: int = 5) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-class StdoutReporter:
-    """JSON lines on stdout; on a terminal, a tqdm progress bar instead (events still print a line)."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stdout
-        self.bar = None
-        self.tty = self.stream.isatty()
-
-    def report(self, progress: Progress) -> None:
-        if not self.tty:
-            print(json.dumps(progress.log_line()), file=self.stream, flush=True)
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(
-                total=progress.total_steps, initial=progress.step, unit="step", dynamic_ncols=True
-            )
-        self.bar.n = progress.step
-        postfix = {"loss": progress.loss, "lr": progress.learning_rate, "tok/s": progress.tokens_per_second}
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if v is not None}, refresh=True)
-        if progress.event != "train":
-            self.bar.write(json.dumps(progress.log_line()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class FileReporter:
@@ -289,7 +262,7 @@ def build_reporters(enabled: bool = True) -> Reporters:
     if not enabled:
         return Reporters([])
     interval = float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
-    reporters: list = [StdoutReporter()]
+    reporters: list = [progress_reporter(resolve_log_format(None))]
     if path := os.environ.get("KUBETUNE_PROGRESS_FILE"):
         reporters.append(Throttled(FileReporter(path), interval))
     if kubernetes := KubernetesReporter.from_environment():

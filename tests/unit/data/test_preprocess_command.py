@@ -37,10 +37,12 @@ def test_preprocess_prepares_once_and_reports(tmp_path, tokenizer, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert Path(stats["path"]).parent == tmp_path / "prepared"
     assert stats["examples"] == 64 and stats["packing_efficiency"] > 0
-    assert main(["preprocess", str(config)]) == 0
+    assert main(["preprocess", str(config), "--log-format", "plain"]) == 0
     out = capsys.readouterr().out
     assert f"prepared {stats['path']}" in out and "train: 64 examples" in out
     assert len(list((tmp_path / "prepared").iterdir())) == 1  # the second run reused the first
+    assert main(["preprocess", str(config)]) == 0  # auto: stdout is no terminal here, so JSON
+    assert json.loads(capsys.readouterr().out)["path"] == stats["path"]
 
 
 def test_preprocess_exits_2_naming_the_dataset(tmp_path, tokenizer, capsys):

@@ -6,12 +6,13 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import pytest
+from kubetune.console import JsonLines
 from kubetune.train.progress import (
     FileReporter,
     KubernetesReporter,
     Progress,
     Reporters,
-    StdoutReporter,
     Throttled,
     build_reporters,
 )
@@ -65,7 +66,7 @@ def test_percent_is_the_share_of_steps_done_for_the_progress_column():
 
 def test_stdout_prints_one_json_line_per_report_when_not_a_terminal():
     stream = io.StringIO()
-    StdoutReporter(stream).report(sample())
+    JsonLines(stream).report(sample())
     line = json.loads(stream.getvalue())
     assert line == {
         "event": "train",
@@ -165,7 +166,7 @@ def test_a_failing_reporter_is_skipped(caplog):
             pass
 
     stream = io.StringIO()
-    reporters = Reporters([Broken(), StdoutReporter(stream)])
+    reporters = Reporters([Broken(), JsonLines(stream)])
     with caplog.at_level(logging.WARNING):
         reporters.report(sample())
     assert "disk full" in caplog.text and json.loads(stream.getvalue())["step"] == 7
@@ -176,6 +177,27 @@ def test_environment_selects_the_reporters(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_JOB_NAME", "job")
     monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "ns")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # no API server: no Kubernetes reporter
+    monkeypatch.delenv("KUBETUNE_LOG_FORMAT", raising=False)
     names = [type(getattr(r, "reporter", r)).__name__ for r in build_reporters().reporters]
-    assert names == ["StdoutReporter", "FileReporter"]
+    assert names == ["JsonLines", "FileReporter"]  # pytest's stdout is no terminal: auto means json
     assert build_reporters(enabled=False).reporters == []
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_train_prints_the_chosen_log_format(make_config, capsys, monkeypatch, log_format):
+    from kubetune.cli import main as cli
+
+    monkeypatch.setenv("KUBETUNE_LOG_FORMAT", "auto")  # restored afterwards: the command exports its choice
+    _, path = make_config(log_format, max_steps=4, logging_steps=2, save_steps=2)
+    assert cli(["train", str(path), "--log-format", log_format]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    steps = [line for line in lines if line.startswith("step ")]
+    if log_format == "plain":
+        assert not any(line.startswith("{") for line in lines), lines
+        assert steps[0].startswith("step 2/4 (50%)  loss ") and "tok/s" in steps[0] and "eta " in steps[0]
+        assert any(line.startswith("checkpoint at step 2/4 (50%): ") for line in lines), lines
+        assert lines[-1].startswith("done at step 4/4 (100%): loss ") and "outputs in " in lines[-1]
+    else:
+        events = [json.loads(line) for line in lines]
+        assert [e["step"] for e in events if e["event"] == "train"] == [2, 4] and not steps
+        assert events[-1]["event"] == "done"

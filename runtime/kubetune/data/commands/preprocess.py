@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from kubetune.console import add_log_format_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,14 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML merged onto the config (top-level keys replace); repeatable, in order",
     )
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    parser.add_argument("--json", action="store_true", help="the same as --log-format json")
+    add_log_format_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.config import ConfigError, load_config
+    from kubetune.console import phase, setup_console
     from kubetune.data import DataError, load_tokenizer, prepare_datasets
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    fmt = setup_console("json" if args.json else args.log_format)
     try:
         cfg = load_config(args.config, overlays=args.overlay)
     except ConfigError as exc:
@@ -45,27 +48,32 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        data = prepare_datasets(cfg, tokenizer)
+        with phase(fmt, f"tokenizing and packing {len(cfg.datasets)} dataset(s)"):
+            data = prepare_datasets(cfg, tokenizer)
     except DataError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.json:
+    if fmt == "json":
         print(json.dumps({"path": str(data.path), **data.stats}, indent=2, sort_keys=True))
     else:
-        stats = data.stats
-        efficiency = stats.get("packing_efficiency")
-        print(f"prepared {data.path}")
-        print(
-            f"  train: {stats['examples']} examples, {stats['tokens']} tokens "
-            f"({stats['trained_tokens']} trained) in {stats['packed_rows']} rows"
-            + (f", packing efficiency {efficiency:.1%}" if efficiency is not None else "")
-        )
-        if "eval" in stats:
-            print(f"  eval: {stats['eval']['examples']} examples in {stats['eval']['packed_rows']} rows")
-        dropped = stats.get("dropped_too_long", 0) + stats.get("dropped_untrained", 0)
-        if dropped:
-            print(
-                f"  dropped: {stats['dropped_too_long']} longer than sequence_len, "
-                f"{stats['dropped_untrained']} with nothing to train"
-            )
+        print("\n".join(summary_lines(str(data.path), data.stats)))
     return 0
+
+
+def summary_lines(path: str, stats: dict) -> list[str]:
+    """The readable summary printed by `plain` and on a terminal."""
+    efficiency = stats.get("packing_efficiency")
+    lines = [
+        f"prepared {path}",
+        f"  train: {stats['examples']} examples, {stats['tokens']} tokens "
+        f"({stats['trained_tokens']} trained) in {stats['packed_rows']} rows"
+        + (f", packing efficiency {efficiency:.1%}" if efficiency is not None else ""),
+    ]
+    if "eval" in stats:
+        lines.append(f"  eval: {stats['eval']['examples']} examples in {stats['eval']['packed_rows']} rows")
+    if stats.get("dropped_too_long", 0) + stats.get("dropped_untrained", 0):
+        lines.append(
+            f"  dropped: {stats['dropped_too_long']} longer than sequence_len, "
+            f"{stats['dropped_untrained']} with nothing to train"
+        )
+    return lines

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+
+from kubetune.console import add_log_format_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,26 +18,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="overlay merged onto the config (top-level keys replace); repeatable",
     )
+    add_log_format_argument(parser)
 
 
-def setup_logging() -> None:
-    """INFO from rank 0, warnings only from the other ranks; JSON progress lines go to stdout."""
-    rank = int(os.environ.get("RANK", 0))
-    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(log_format: str | None = None) -> str:
+    """INFO from rank 0, warnings only from the other ranks, in the chosen --log-format (kubetune.console).
+
+    The choice is exported for the progress reporters that the training loop builds.
+    """
+    from kubetune.console import setup_console
+
+    return setup_console(log_format, export=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.config import ConfigError, load_config
     from kubetune.train.errors import EXIT_BAD_INPUT
 
-    setup_logging()
+    setup_logging(args.log_format)
     try:
         cfg = load_config(args.config, overlays=args.overlay)
     except ConfigError as err:
