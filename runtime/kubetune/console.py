@@ -87,8 +87,9 @@ def setup_console(requested: str | None, *, export: bool = False, rank: int | No
     level = logging.INFO if rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for handler in list(root.handlers):  # a second call replaces ours; handlers of others stay (pytest's)
+        if getattr(handler, "kubetune_console", False):
+            root.removeHandler(handler)
     if fmt == "display":
         from rich.logging import RichHandler
 
@@ -99,6 +100,7 @@ def setup_console(requested: str | None, *, export: bool = False, rank: int | No
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+    handler.kubetune_console = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for name in QUIET_LIBRARIES:

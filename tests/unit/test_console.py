@@ -83,3 +83,25 @@ def test_json_lines_stay_the_pods_format():
     line = json.loads(json.dumps(progress().log_line()))
     assert line["step"] == 30 and line["loss"] == 3.47352 and line["tokens_per_s"] == 1171.4
     assert describe(progress(event="done")) == "done at step 30/60 (50%): loss 3.4735"
+
+
+def test_setup_replaces_only_its_own_log_handler(monkeypatch):
+    import logging
+
+    from kubetune.console import setup_console
+
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    root.addHandler(foreign)
+    before = list(root.handlers)
+    try:
+        monkeypatch.setenv("KUBETUNE_LOG_FORMAT", "auto")
+        setup_console("plain")
+        setup_console("json")
+        ours = [h for h in root.handlers if getattr(h, "kubetune_console", False)]
+        assert len(ours) == 1 and foreign in root.handlers  # e.g. pytest's caplog handler survives
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+        root.removeHandler(foreign)
