@@ -52,6 +52,12 @@ class FsdpConfig(Section):
     fsdp_reshard_after_forward: bool | None = field(
         None, description="FSDP2: free gathered parameters after the forward pass. Default: true."
     )
+    fsdp_backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] | None = field(
+        None,
+        description="FSDP1: when the next unit's parameters are gathered in the backward pass: BACKWARD_PRE "
+        "(before the current unit's gradients; more overlap, more memory), BACKWARD_POST or NO_PREFETCH. "
+        "Default: accelerate's (BACKWARD_PRE).",
+    )
 
 
 class ParallelKeys(Section):
@@ -86,6 +92,11 @@ class ParallelKeys(Section):
     ddp_backend: Literal["auto", "nccl", "gloo"] = field(
         "auto",
         description="kubetune: torch.distributed backend. Default: `auto` (nccl on GPUs, gloo on CPU).",
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        None,
+        description="DDP: look for parameters that got no gradient in each backward pass (needed when parts of "
+        "the model are skipped; costs a graph traversal per step). Default: false.",
     )
     ddp_timeout: int = field(
         1800,

@@ -100,7 +100,7 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
         ),
         "kwargs_handlers": [
             InitProcessGroupKwargs(**process_group),
-            DistributedDataParallelKwargs(find_unused_parameters=False),
+            DistributedDataParallelKwargs(find_unused_parameters=bool(cfg.ddp_find_unused_parameters)),
         ],
         "step_scheduler_with_optimizer": False,
     }
@@ -158,6 +158,8 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
         "cpu_ram_efficient_loading": False,
         "sync_module_states": bool(get("fsdp_sync_module_states")),
     }
+    if get("fsdp_backward_prefetch"):
+        kwargs["backward_prefetch"] = get("fsdp_backward_prefetch")
     if precision.mixed_precision != "no":
         kwargs["mixed_precision_policy"] = precision.mixed_precision
     if version == 1:

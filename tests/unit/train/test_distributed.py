@@ -3,7 +3,13 @@
 import json
 
 import pytest
-from kubetune.train.distributed import check_request, deepspeed_config, fsdp_plugin_kwargs
+from kubetune.train.distributed import (
+    build_accelerator,
+    check_request,
+    deepspeed_config,
+    fsdp_plugin_kwargs,
+    topology,
+)
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -31,6 +37,26 @@ def test_fsdp2(make_config):
         fsdp=["full_shard"], fsdp_config={"fsdp_version": 2, "fsdp_reshard_after_forward": False}
     )
     assert fsdp_plugin_kwargs(cfg, Precision(None, "no"))["reshard_after_forward"] is False
+
+
+def test_fsdp_backward_prefetch_reaches_the_fsdp1_plugin(make_config):
+    cfg, _ = make_config(fsdp=["full_shard"], fsdp_config={"fsdp_backward_prefetch": "BACKWARD_POST"})
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))
+    assert kwargs["backward_prefetch"] == "BACKWARD_POST"
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import BackwardPrefetch
+
+    assert FullyShardedDataParallelPlugin(**kwargs).backward_prefetch is BackwardPrefetch.BACKWARD_POST
+    cfg, _ = make_config(fsdp=["full_shard"])
+    assert "backward_prefetch" not in fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # accelerate's default
+
+
+@pytest.mark.parametrize("value", [True, False, None])
+def test_ddp_find_unused_parameters_reaches_ddp(make_config, value):
+    keys = {} if value is None else {"ddp_find_unused_parameters": value}
+    cfg, _ = make_config(**keys)
+    accelerator = build_accelerator(cfg, Precision(None, "no"), topology())
+    assert accelerator.ddp_handler.find_unused_parameters is bool(value)
 
 
 def test_deepspeed_auto_values_come_from_the_config(make_config, tmp_path):
