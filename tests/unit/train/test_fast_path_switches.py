@@ -139,3 +139,46 @@ def test_loss_switch_off_keeps_the_plain_loss_where_the_fused_one_would_run(monk
     caplog.set_level(logging.INFO)
     assert not loss_lib.fused_loss_applies(cuda_hidden, head, switch=False)
     assert "switched off by the config" in caplog.text
+
+
+# ---------------------------------------------------------------- attn_implementation
+
+
+@pytest.mark.parametrize(
+    ("implementation", "cuda", "bf16", "backend"),
+    [
+        ("flex_attention", True, True, ("flex", "flex_attention")),  # even with flash-attn installed
+        ("flex_attention", False, True, ("sdpa", "sdpa")),  # no GPU: the same document mask through SDPA
+        ("flex_attention", True, False, ("sdpa", "sdpa")),  # float32 heads: no flex backward kernel
+        ("sdpa", True, True, ("sdpa", "sdpa")),
+        ("eager", True, True, ("eager", "eager")),
+        ("flash_attention_2", True, True, ("flash_varlen", "flash_attention_2")),
+    ],
+)
+def test_attn_implementation_picks_the_backend(monkeypatch, caplog, implementation, cuda, bf16, backend):
+    from kubetune.train import attention
+
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: True)
+    config = SimpleNamespace(
+        attn_implementation=implementation, flash_attention=False, sdp_attention=False, fp16=False, bf16=bf16
+    )
+    with caplog.at_level(logging.WARNING, logger="kubetune.train.attention"):
+        chosen = attention.select_backend(config, cuda=cuda)
+    assert (chosen.name, chosen.hf_implementation) == backend
+    if implementation == "flex_attention" and backend[0] == "sdpa":
+        assert "flex_attention needs" in caplog.text  # the fallback is said, not silent
+
+
+def test_attn_implementations_without_a_kubetune_backend_are_refused_with_the_fix():
+    from kubetune.config import validate_mapping
+
+    base = {
+        "base_model": "m",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "d", "type": "alpaca"}],
+    }
+    assert validate_mapping({**base, "attn_implementation": "flex_attention"}) == []
+    for value, fix in (("xformers", "sdpa"), ("kernels-community/vllm-flash-attn3", "flash_attention_3")):
+        (problem,) = validate_mapping({**base, "attn_implementation": value})
+        assert problem.path == "attn_implementation" and fix in problem.fix
