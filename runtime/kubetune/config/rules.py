@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
+from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
 from .parallel import FSDP_SHARDING_STRATEGIES
 from .problems import ConfigProblem
 from .schema import TrainConfig
@@ -402,17 +403,16 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
 
 
 def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProblem]:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        if source_dir is None:
-            return  # a mapping without a file: nothing to resolve against
-        path = source_dir / path
+    if source_dir is None and not Path(value).expanduser().is_absolute() and preset_for(value) is None:
+        return  # a mapping without a file: nothing to resolve against
+    path = resolve_deepspeed_path(value, source_dir)
     if not path.is_file():
+        presets = ", ".join(f"{PRESET_FOLDER}/{name}.json" for name in preset_names())
         yield ConfigProblem(
             "deepspeed",
             f"the DeepSpeed config file does not exist: {path}",
-            "give the path of a DeepSpeed JSON file (relative to the config's directory), or inline the JSON "
-            "as a mapping",
+            "give the path of a DeepSpeed JSON file (relative to the config's directory), inline the JSON "
+            f"as a mapping, or name one of kubetune's presets: {presets}",
         )
         return
     try:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from kubetune.config.deepspeed_presets import resolve_deepspeed_path
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -182,7 +183,7 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
 def deepspeed_config(cfg, *, precision: Precision | None = None, world_size: int = 1) -> dict:
     """The DeepSpeed config (a JSON file or inline), with its "auto" values filled in from the config."""
     if isinstance(cfg.deepspeed, str):
-        path = cfg.resolve_path(cfg.deepspeed)
+        path = resolve_deepspeed_path(cfg.deepspeed, cfg.source_dir)  # or kubetune's preset of that name
         try:
             ds = json.loads(path.read_text())
         except (OSError, ValueError) as err:

@@ -93,3 +93,38 @@ def test_deepspeed_and_nccl_need_cuda(make_config):
     cfg, _ = make_config(ddp_backend="nccl")
     with pytest.raises(UserError, match="nccl needs CUDA"):
         check_request(cfg, cuda=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "offload"),
+    [
+        ("zero1", 1, set()),
+        ("zero2", 2, set()),
+        ("zero3", 3, set()),
+        ("zero3_bf16", 3, set()),
+        ("zero3_bf16_cpuoffload_params", 3, {"offload_param"}),
+        ("zero3_bf16_cpuoffload_all", 3, {"offload_param", "offload_optimizer"}),
+    ],
+)
+def test_axolotl_deepspeed_paths_resolve_to_kubetunes_presets(make_config, name, stage, offload):
+    cfg, path = make_config(deepspeed=f"deepspeed_configs/{name}.json")  # no such file next to the config
+    assert not (path.parent / "deepspeed_configs").exists()
+    ds = deepspeed_config(cfg, precision=Precision(None, "bf16"), world_size=2)
+    zero = ds["zero_optimization"]
+    assert (
+        zero["stage"] == stage
+        and offload <= set(zero)
+        and not ({"offload_param", "offload_optimizer"} - offload) & set(zero)
+    )
+    assert (
+        ds["train_batch_size"] == cfg.micro_batch_size * cfg.gradient_accumulation_steps * 2
+    )  # "auto" filled
+    assert ds["bf16"]["enabled"] is True and "optimizer" not in ds and "scheduler" not in ds
+
+
+def test_a_file_next_to_the_config_wins_over_the_preset(make_config, tmp_path):
+    cfg, path = make_config(deepspeed="deepspeed_configs/zero3.json")
+    own = path.parent / "deepspeed_configs"
+    own.mkdir()
+    (own / "zero3.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 2
