@@ -53,7 +53,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eot_tokens eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
-        flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum
+        flash_attn_cross_entropy flash_attn_d512 flash_attn_rms_norm flash_optimum
         flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
         fp8_enable_fsdp_float8_all_gather freeze_mm_modules fused_attn_kernel gc_collect_steps gc_steps
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
@@ -123,12 +123,10 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
     "evaluation_strategy": Unimplemented("write eval_strategy (transformers' newer spelling)"),
     "max_packed_sequence_len": Unimplemented("use sample_packing: true with sequence_len"),
-    "bfloat16": Unimplemented("use bf16: true"),
-    "float16": Unimplemented("use fp16: true"),
     "float32": Unimplemented("use bf16: false and fp16: false"),
     "eager_attention": Unimplemented("use attn_implementation: eager"),
-    "batch_size": Unimplemented("use micro_batch_size and gradient_accumulation_steps"),
-    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable"),
+    # Hub downloads always use the token of HF_TOKEN (or the cached login): true is kubetune's behaviour.
+    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
     "debug": Unimplemented("remove it"),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
@@ -141,7 +139,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 }
 
 # Other spellings of a top-level key, read as that key (setting both is an error).
-RENAMED: dict[str, str] = {"adam_eps": "adam_epsilon"}
+RENAMED: dict[str, str] = {"adam_eps": "adam_epsilon", "bfloat16": "bf16", "float16": "fp16"}
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.
 DATASET: dict[str, Unimplemented] = {

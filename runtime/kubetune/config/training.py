@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
@@ -184,6 +184,29 @@ class TrainingKeys(Section):
     gradient_accumulation_steps: int = field(
         1, description="Micro-batches accumulated per optimizer step. Default: 1.", ge=1
     )
+    batch_size: int | None = field(
+        None,
+        description="Axolotl's older spelling of the rows per optimizer step on each GPU: without "
+        "`gradient_accumulation_steps`, that becomes batch_size / micro_batch_size.",
+        ge=1,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accumulation_from_batch_size(cls, data: object) -> object:
+        # As Axolotl's normalize_config: gradient_accumulation_steps = batch_size // micro_batch_size.
+        if isinstance(data, dict) and data.get("gradient_accumulation_steps") is None:
+            size, micro = data.get("batch_size"), data.get("micro_batch_size", 1)
+            if (
+                isinstance(size, int)
+                and isinstance(micro, int)
+                and micro > 0
+                and size >= micro
+                and size % micro == 0
+            ):
+                data = {**data, "gradient_accumulation_steps": size // micro}
+        return data
+
     eval_batch_size: int | None = field(
         None, description="Rows per GPU in evaluation. Default: `micro_batch_size`.", ge=1
     )

@@ -45,6 +45,8 @@ def test_liger_switches_choose_the_element_wise_kernels(make_config):
     assert kinds(cfg) == ["rope"]  # use_kernels is the default of the three Llama-family switches
     cfg, _ = make_config(use_kernels=True)
     assert kinds(cfg, default_on=False) == ["rms_norm", "swiglu", "rope"]
+    cfg, _ = make_config(flash_attn_fuse_mlp=False)  # Axolotl's older SwiGLU switch
+    assert kinds(cfg) == ["rms_norm", "rope"]
 
 
 def test_only_the_chosen_liger_kernels_are_swapped_in(monkeypatch):
