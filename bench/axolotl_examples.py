@@ -76,10 +76,14 @@ def _value_at(document: object, path: str) -> object:
     return current
 
 
+def _class_path(item: object) -> bool:
+    return isinstance(item, str) and item.startswith("axolotl.")
+
+
 def _values(value: object) -> list[str]:
     """A list's entries one by one (class paths such as plugins by their last name), a scalar itself."""
     if isinstance(value, list):
-        return [_short(item).rpartition(".")[2] if isinstance(item, str) else _short(item) for item in value]
+        return [_short(item.rpartition(".")[2] if _class_path(item) else item) for item in value]
     return [_short(value)]
 
 
