@@ -47,7 +47,8 @@ RULES_TEXT = """\
   `reduce_lr_on_plateau`, `greedy` and `eval_strategy: steps|epoch` need evaluation data.
 - `save_strategy` / `eval_strategy` exclude the interval keys they contradict; `loss_watchdog_patience` needs
   `loss_watchdog_threshold`; `batch_size` must equal `micro_batch_size` x `gradient_accumulation_steps`.
-- `optimizer: muon` is refused with FSDP or DeepSpeed; bitsandbytes optimizers are refused with FSDP2.
+- `optimizer: muon` and `ddp_find_unused_parameters: true` are refused with FSDP or DeepSpeed; bitsandbytes
+  optimizers are refused with FSDP2.
 - The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
   CutCrossEntropyPlugin) and the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).

@@ -129,6 +129,12 @@ def strategies(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
 
 @rule
 def optimizer_placement(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if cfg.ddp_find_unused_parameters and (cfg.fsdp or cfg.deepspeed is not None):
+        yield ConfigProblem(
+            "ddp_find_unused_parameters",
+            "ddp_find_unused_parameters is a DDP option, but this run shards with FSDP or DeepSpeed",
+            "remove ddp_find_unused_parameters",
+        )
     if cfg.optimizer == "muon" and (cfg.fsdp or cfg.deepspeed is not None):
         yield ConfigProblem(
             "optimizer",

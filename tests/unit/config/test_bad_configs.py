@@ -109,6 +109,7 @@ BAD = [
     ("eval-strategy-without-eval-data", {"eval_strategy": "epoch"}, "eval_strategy"),
     ("watchdog-patience-without-threshold", {"loss_watchdog_patience": 3}, "loss_watchdog_patience"),
     ("muon-with-fsdp", {**FSDP, "optimizer": "muon"}, "optimizer"),
+    ("find-unused-with-fsdp", {**FSDP, "ddp_find_unused_parameters": True}, "ddp_find_unused_parameters"),
     ("adam-eps-twice", {"adam_eps": 1e-9, "adam_epsilon": 1e-8}, "adam_eps"),
     ("unknown-plugin", {"plugins": ["axolotl.integrations.kernels.KernelsPlugin"]}, "plugins"),
     ("gated-rms-norm", {"liger_rms_norm_gated": True}, "liger_rms_norm_gated"),
