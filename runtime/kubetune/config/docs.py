@@ -55,8 +55,8 @@ RULES_TEXT = """\
 - `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
   implement tensor or context parallelism yet (use FSDP).
 - `fsdp` and `deepspeed` exclude each other; `fsdp_config` needs `fsdp`; `fsdp` names at most one sharding
-  strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `fsdp_activation_checkpointing` and
-  `gradient_checkpointing` exclude each other; `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;
+  strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `gradient_checkpointing: true` beside
+  `fsdp_activation_checkpointing: true` is FSDP's checkpointing alone (a reentrant one disagrees and is refused); `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;
   `fsdp_transformer_layer_cls_to_wrap` / `fsdp_auto_wrap_policy` need `auto_wrap` in `fsdp`; FSDP1-only and
   FSDP2-only options must match `fsdp_version`.
 - `load_in_8bit` cannot be combined with FSDP or DeepSpeed.

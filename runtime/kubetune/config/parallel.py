@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import model_validator
+
 from .base import Section, field
 
 FsdpOption = Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard", "offload", "auto_wrap"]
@@ -62,6 +64,29 @@ class FsdpConfig(Section):
 
 class ParallelKeys(Section):
     """Distributed training"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_activation_checkpointing(cls, data: object) -> object:
+        # gradient_checkpointing: true beside fsdp_activation_checkpointing: true (Axolotl's FSDP examples)
+        # asks for the same thing twice: each decoder layer's activations recomputed in the backward pass.
+        # FSDP's own (non-reentrant) checkpointing does it; a reentrant request disagrees (rules refuse it).
+        if (
+            not isinstance(data, dict)
+            or data.get("gradient_checkpointing") is not True
+            or not data.get("fsdp")
+        ):
+            return data
+        fsdp_config = data.get("fsdp_config")
+        kwargs = data.get("gradient_checkpointing_kwargs")
+        reentrant = isinstance(kwargs, dict) and kwargs.get("use_reentrant") is True
+        if (
+            isinstance(fsdp_config, dict)
+            and fsdp_config.get("fsdp_activation_checkpointing") is True
+            and not reentrant
+        ):
+            return {**data, "gradient_checkpointing": False}
+        return data
 
     fsdp: list[FsdpOption] | None = field(
         None,

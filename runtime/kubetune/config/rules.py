@@ -341,9 +341,11 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
             "remove offload from fsdp, or set fsdp_offload_params: true",
         )
     if fc.fsdp_activation_checkpointing and cfg.gradient_checkpointing:
+        # Both true (and non-reentrant) are folded into FSDP's checkpointing by ParallelKeys.
         yield ConfigProblem(
             "gradient_checkpointing",
-            "gradient_checkpointing and fsdp_config.fsdp_activation_checkpointing both checkpoint activations",
+            "gradient_checkpointing with use_reentrant: true disagrees with fsdp_activation_checkpointing "
+            "(FSDP checkpoints non-reentrantly)",
             "keep only one of them",
         )
     size_based = fc.fsdp_auto_wrap_policy == "SIZE_BASED_WRAP"

@@ -40,3 +40,11 @@ def test_hf_use_auth_token_true_is_what_kubetune_always_does():
     assert validate_mapping({**BASE, "hf_use_auth_token": True}) == []  # the token of HF_TOKEN / the login
     (problem,) = validate_mapping({**BASE, "hf_use_auth_token": "hf_abc"})
     assert problem.path == "hf_use_auth_token" and "HF_TOKEN" in problem.fix
+
+
+def test_gradient_checkpointing_beside_fsdp_activation_checkpointing_is_fsdps_alone():
+    fsdp = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"activation_checkpointing": True}}
+    cfg = load_config({**BASE, **fsdp, "gradient_checkpointing": True})
+    # the same request twice: FSDP's checkpoint wrapper does it, the model's own is not switched on as well
+    assert cfg.fsdp_config.fsdp_activation_checkpointing is True and cfg.gradient_checkpointing is False
+    assert load_config({**BASE, "gradient_checkpointing": True}).gradient_checkpointing is True  # no FSDP

@@ -182,8 +182,13 @@ BAD = [
         "fsdp_config.fsdp_offload_params",
     ),
     (
-        "fsdp-activation-and-gradient-checkpointing",
-        {**FSDP, "gradient_checkpointing": True, "fsdp_config": {"fsdp_activation_checkpointing": True}},
+        "fsdp-activation-and-reentrant-gradient-checkpointing",
+        {
+            **FSDP,
+            "gradient_checkpointing": True,
+            "gradient_checkpointing_kwargs": {"use_reentrant": True},
+            "fsdp_config": {"fsdp_activation_checkpointing": True},
+        },
         "gradient_checkpointing",
     ),
     ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
