@@ -121,7 +121,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     **_table("total_num_tokens total_supervised_tokens sample_packing_eff_est axolotl_config_path", _DERIVED),
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
-    "evaluation_strategy": Unimplemented("write eval_strategy (transformers' newer spelling)"),
     "max_packed_sequence_len": Unimplemented("use sample_packing: true with sequence_len"),
     "float32": Unimplemented("use bf16: false and fp16: false"),
     "eager_attention": Unimplemented("use attn_implementation: eager"),
@@ -139,7 +138,12 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 }
 
 # Other spellings of a top-level key, read as that key (setting both is an error).
-RENAMED: dict[str, str] = {"adam_eps": "adam_epsilon", "bfloat16": "bf16", "float16": "fp16"}
+RENAMED: dict[str, str] = {
+    "adam_eps": "adam_epsilon",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "evaluation_strategy": "eval_strategy",  # transformers' older spelling
+}
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.
 DATASET: dict[str, Unimplemented] = {

@@ -24,6 +24,7 @@ BASE = {
         ),  # Axolotl's normalize_config
         ({"warmup_steps": 0.1}, "warmup_steps", 0.1),  # a fraction of the total steps (test_optim)
         ({"warmup_steps": 10.0}, "warmup_steps", 10),
+        ({"evaluation_strategy": "no"}, "eval_strategy", "no"),
     ],
 )
 def test_spelling_reaches_the_setting(keys, attribute, value):
