@@ -66,8 +66,8 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
         lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio
-         low_cpu_mem_usage lr_div_factor lr_groups
-         max_memory max_prompt_len mean_resizing_embeddings merge_method
+        low_cpu_mem_usage lr_div_factor lr_groups
+        max_memory max_prompt_len mean_resizing_embeddings merge_method
         metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
@@ -92,9 +92,9 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
-         use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
+        use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
         xpos_rope
-           use_scattermoe use_sonicmoe
+        use_scattermoe use_sonicmoe
         swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
         swanlab_log_model swanlab_log_completions swanlab_completion_log_interval swanlab_completion_max_buffer
         use_swanlab gptq_disable_exllama llmcompressor diffusion base_model_ignore_patterns nvfp4_merge_aware
