@@ -44,16 +44,16 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
         center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
-        comet_project_name comet_workspace cosine_constant_lr_ratio cpo_alpha curriculum_sampling
+        comet_project_name comet_workspace cpo_alpha curriculum_sampling
         dataloader_drop_last dataset_exact_deduplication dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
-        dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb ddp_find_unused_parameters deepcompile
+        dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
         dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eot_tokens eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
-        flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum
+        flash_attn_cross_entropy flash_attn_d512 flash_attn_rms_norm flash_optimum
         flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
         fp8_enable_fsdp_float8_all_gather freeze_mm_modules fused_attn_kernel gc_collect_steps gc_steps
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
@@ -64,16 +64,16 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kto_desirable_weight
         kto_undesirable_weight landmark_attention large_head_attention layer_offloading lisa_layers_attribute
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
-        lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
-        lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
-        loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
-        lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
+        lora_embedding_kernel lora_on_cpu lora_rank_pattern
+        lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio
+        low_cpu_mem_usage lr_div_factor lr_groups
+        max_memory max_prompt_len mean_resizing_embeddings merge_method
         metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
-        peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices plugins
+        peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
         preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size pretraining_dataset
         pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
@@ -92,13 +92,13 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
-        use_kernels use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
-        xpos_rope liger_rope liger_rms_norm liger_glu_activation liger_layer_norm
-        liger_fused_linear_cross_entropy cut_cross_entropy liger_rms_norm_gated use_scattermoe use_sonicmoe
+        use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
+        xpos_rope
+        use_scattermoe use_sonicmoe
         swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
         swanlab_log_model swanlab_log_completions swanlab_completion_log_interval swanlab_completion_max_buffer
         use_swanlab gptq_disable_exllama llmcompressor diffusion base_model_ignore_patterns nvfp4_merge_aware
-        use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode eta_min"""
+        use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode"""
     ),
     # With something to say.
     **_table(
@@ -121,16 +121,11 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     **_table("total_num_tokens total_supervised_tokens sample_packing_eff_est axolotl_config_path", _DERIVED),
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
-    "eval_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
-    "evaluation_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
-    "save_strategy": Unimplemented("use save_steps or saves_per_epoch"),
     "max_packed_sequence_len": Unimplemented("use sample_packing: true with sequence_len"),
-    "bfloat16": Unimplemented("use bf16: true"),
-    "float16": Unimplemented("use fp16: true"),
     "float32": Unimplemented("use bf16: false and fp16: false"),
     "eager_attention": Unimplemented("use attn_implementation: eager"),
-    "batch_size": Unimplemented("use micro_batch_size and gradient_accumulation_steps"),
-    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable"),
+    # Hub downloads always use the token of HF_TOKEN (or the cached login): true is kubetune's behaviour.
+    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
     "debug": Unimplemented("remove it"),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
@@ -140,6 +135,14 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
     "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),
     "experimental_skip_move_to_device": Unimplemented("", inert=(True,)),
+}
+
+# Other spellings of a top-level key, read as that key (setting both is an error).
+RENAMED: dict[str, str] = {
+    "adam_eps": "adam_epsilon",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "evaluation_strategy": "eval_strategy",  # transformers' older spelling
 }
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.
@@ -168,7 +171,6 @@ FSDP_CONFIG: dict[str, Unimplemented] = {
     "fsdp_final_state_dict_type": Unimplemented("the final model is always saved in full; remove it"),
     "fsdp_mixed_precision_policy": Unimplemented("use bf16 / fp16"),
     "fsdp_cpu_offload_pin_memory": Unimplemented(""),
-    "fsdp_backward_prefetch": Unimplemented(""),
     "fsdp_forward_prefetch": Unimplemented(""),
     "fsdp_offload_optimizer": Unimplemented("use fsdp_offload_params"),
     "fsdp_limit_all_gathers": Unimplemented("", inert=(True,)),

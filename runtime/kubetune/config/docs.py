@@ -39,17 +39,30 @@ RULES_TEXT = """\
   `roles_to_train` must name roles of the dataset.
 - `num_epochs` or `max_steps` is required (both: training stops at whichever comes first).
 - `warmup_steps` / `warmup_ratio`, `save_steps` / `saves_per_epoch`, `eval_steps` / `evals_per_epoch`: one of each pair.
-- `cosine_min_lr_ratio` needs `lr_scheduler: cosine`; Adam settings with `optimizer: sgd` are refused.
+- `cosine_min_lr_ratio`, `eta_min` (one of the two), `cosine_constant_lr_ratio` (needs a floor) and
+  `lr_quadratic_warmup` (not with a floor) need `lr_scheduler: cosine`; Adam settings with `optimizer: sgd` are refused.
+- `constant`, `reduce_lr_on_plateau` and `greedy` have no warmup (`warmup_steps` / `warmup_ratio` refused);
+  `lr_scheduler_kwargs` may only name the chosen schedule's arguments (`warmup_stable_decay` needs
+  `num_decay_steps`, `cosine_with_min_lr` / `cosine_warmup_with_min_lr` one of `min_lr` / `min_lr_rate`);
+  `reduce_lr_on_plateau`, `greedy` and `eval_strategy: steps|epoch` need evaluation data.
+- `save_strategy` / `eval_strategy` exclude the interval keys they contradict; `loss_watchdog_patience` needs
+  `loss_watchdog_threshold`; `batch_size` must equal `micro_batch_size` x `gradient_accumulation_steps`.
+- `optimizer: muon` and `ddp_find_unused_parameters: true` are refused with FSDP or DeepSpeed; bitsandbytes
+  optimizers are refused with FSDP2.
+- The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
+  CutCrossEntropyPlugin) and the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
 - `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
   implement tensor or context parallelism yet (use FSDP).
 - `fsdp` and `deepspeed` exclude each other; `fsdp_config` needs `fsdp`; `fsdp` names at most one sharding
-  strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `fsdp_activation_checkpointing` and
-  `gradient_checkpointing` exclude each other; `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;
+  strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `gradient_checkpointing: true` beside
+  `fsdp_activation_checkpointing: true` is FSDP's checkpointing alone (a reentrant one disagrees and is refused); `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;
   `fsdp_transformer_layer_cls_to_wrap` / `fsdp_auto_wrap_policy` need `auto_wrap` in `fsdp`; FSDP1-only and
   FSDP2-only options must match `fsdp_version`.
 - `load_in_8bit` cannot be combined with FSDP or DeepSpeed.
-- `deepspeed` given as a path must name an existing JSON file (relative to the config's directory).
+- `deepspeed` given as a path must name an existing JSON file (relative to the config's directory), or
+  `deepspeed_configs/<name>.json` of a kubetune preset (zero1, zero2, zero3, zero3_bf16,
+  zero3_bf16_cpuoffload_params, zero3_bf16_cpuoffload_all).
 - `dataloader_prefetch_factor` needs `dataloader_num_workers` > 0.
 - `hub_model_id`, `use_wandb`, `wandb_*`, `use_mlflow`, `mlflow_*` and `fsdp_config.fsdp_cpu_ram_efficient_loading`
   are known but not implemented yet: accepted when empty, refused when set.

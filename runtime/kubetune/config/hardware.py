@@ -9,11 +9,9 @@ from pydantic_core import PydanticCustomError
 
 from .base import Section, field
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 ATTN_HINTS = {
     "xformers": "use sdpa or flash_attention_2",
-    "flex_attention": "leave attn_implementation unset: kubetune picks flex attention itself where it is the "
-    "best kernel for packed rows",
     "sage": "use flash_attention_2",
     "s2": "use flash_attention_2",
 }
@@ -38,10 +36,14 @@ class PrecisionKeys(Section):
     xformers_attention: bool = field(
         False, description="Axolotl's xformers attention: not implemented by kubetune (must be false)."
     )
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = field(
+    attn_implementation: (
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
+    ) = field(
         None,
-        description="transformers attention implementation, an alternative spelling of the flags above. "
-        "Default: `flash_attention_2` with `flash_attention`, else `sdpa`.",
+        description="transformers attention implementation, an alternative spelling of the flags above; "
+        "`flex_attention` is torch's flex attention with a document mask (bf16/fp16 on a CUDA GPU; elsewhere "
+        "SDPA with the same mask runs, logged). Default: `flash_attention_2` with `flash_attention`, else "
+        "kubetune picks the fastest kernel for the machine.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import model_validator
+
 from .base import Section, field
 
 FsdpOption = Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard", "offload", "auto_wrap"]
@@ -52,10 +54,39 @@ class FsdpConfig(Section):
     fsdp_reshard_after_forward: bool | None = field(
         None, description="FSDP2: free gathered parameters after the forward pass. Default: true."
     )
+    fsdp_backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] | None = field(
+        None,
+        description="FSDP1: when the next unit's parameters are gathered in the backward pass: BACKWARD_PRE "
+        "(before the current unit's gradients; more overlap, more memory), BACKWARD_POST or NO_PREFETCH. "
+        "Default: accelerate's (BACKWARD_PRE).",
+    )
 
 
 class ParallelKeys(Section):
     """Distributed training"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_activation_checkpointing(cls, data: object) -> object:
+        # gradient_checkpointing: true beside fsdp_activation_checkpointing: true (Axolotl's FSDP examples)
+        # asks for the same thing twice: each decoder layer's activations recomputed in the backward pass.
+        # FSDP's own (non-reentrant) checkpointing does it; a reentrant request disagrees (rules refuse it).
+        if (
+            not isinstance(data, dict)
+            or data.get("gradient_checkpointing") is not True
+            or not data.get("fsdp")
+        ):
+            return data
+        fsdp_config = data.get("fsdp_config")
+        kwargs = data.get("gradient_checkpointing_kwargs")
+        reentrant = isinstance(kwargs, dict) and kwargs.get("use_reentrant") is True
+        if (
+            isinstance(fsdp_config, dict)
+            and fsdp_config.get("fsdp_activation_checkpointing") is True
+            and not reentrant
+        ):
+            return {**data, "gradient_checkpointing": False}
+        return data
 
     fsdp: list[FsdpOption] | None = field(
         None,
@@ -86,6 +117,11 @@ class ParallelKeys(Section):
     ddp_backend: Literal["auto", "nccl", "gloo"] = field(
         "auto",
         description="kubetune: torch.distributed backend. Default: `auto` (nccl on GPUs, gloo on CPU).",
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        None,
+        description="DDP: look for parameters that got no gradient in each backward pass (needed when parts of "
+        "the model are skipped; costs a graph traversal per step). Default: false.",
     )
     ddp_timeout: int = field(
         1800,

@@ -14,9 +14,11 @@ from pydantic import BaseModel
 
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
+from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
 from .parallel import FSDP_SHARDING_STRATEGIES
 from .problems import ConfigProblem
 from .schema import TrainConfig
+from .training import BNB_OPTIMIZERS
 
 Rule = Callable[[TrainConfig, "Path | None"], Iterator[ConfigProblem]]
 RULES: list[Rule] = []
@@ -339,9 +341,11 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
             "remove offload from fsdp, or set fsdp_offload_params: true",
         )
     if fc.fsdp_activation_checkpointing and cfg.gradient_checkpointing:
+        # Both true (and non-reentrant) are folded into FSDP's checkpointing by ParallelKeys.
         yield ConfigProblem(
             "gradient_checkpointing",
-            "gradient_checkpointing and fsdp_config.fsdp_activation_checkpointing both checkpoint activations",
+            "gradient_checkpointing with use_reentrant: true disagrees with fsdp_activation_checkpointing "
+            "(FSDP checkpoints non-reentrantly)",
             "keep only one of them",
         )
     size_based = fc.fsdp_auto_wrap_policy == "SIZE_BASED_WRAP"
@@ -372,7 +376,7 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
         yield ConfigProblem(
             f"fsdp_config.{key}", f"{key} needs auto_wrap in the fsdp list", "add auto_wrap to fsdp"
         )
-    version_only = {1: ("fsdp_use_orig_params",), 2: ("fsdp_reshard_after_forward",)}
+    version_only = {1: ("fsdp_use_orig_params", "fsdp_backward_prefetch"), 2: ("fsdp_reshard_after_forward",)}
     for version, keys in version_only.items():
         if fc.fsdp_version != version:
             for key in keys:
@@ -390,27 +394,27 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 f"fsdp_version 2 shards fully (resharding is fsdp_reshard_after_forward); {others[0]} is FSDP1 only",
                 "use full_shard (with fsdp_reshard_after_forward: false for shard_grad_op behaviour)",
             )
-        if cfg.optimizer in ("adamw_bnb_8bit", "paged_adamw_8bit"):
+        if cfg.optimizer in BNB_OPTIMIZERS:
             # Seen on an H200 (bench/notes-gpu.md): bitsandbytes' 8-bit states reject FSDP2's DTensor shards.
             yield ConfigProblem(
                 "optimizer",
-                f"{cfg.optimizer} keeps bitsandbytes 8-bit states, which cannot hold FSDP2's sharded parameters",
-                "use adamw_torch_fused with fsdp_version 2, or keep the 8-bit optimizer with fsdp_version 1",
+                f"{cfg.optimizer} keeps bitsandbytes states, which cannot hold FSDP2's sharded parameters",
+                "use adamw_torch_8bit / adamw_torch_4bit (torchao, FSDP2-ready) or adamw_torch_fused with "
+                "fsdp_version 2, or keep the bitsandbytes optimizer with fsdp_version 1",
             )
 
 
 def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProblem]:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        if source_dir is None:
-            return  # a mapping without a file: nothing to resolve against
-        path = source_dir / path
+    if source_dir is None and not Path(value).expanduser().is_absolute() and preset_for(value) is None:
+        return  # a mapping without a file: nothing to resolve against
+    path = resolve_deepspeed_path(value, source_dir)
     if not path.is_file():
+        presets = ", ".join(f"{PRESET_FOLDER}/{name}.json" for name in preset_names())
         yield ConfigProblem(
             "deepspeed",
             f"the DeepSpeed config file does not exist: {path}",
-            "give the path of a DeepSpeed JSON file (relative to the config's directory), or inline the JSON "
-            "as a mapping",
+            "give the path of a DeepSpeed JSON file (relative to the config's directory), inline the JSON "
+            f"as a mapping, or name one of kubetune's presets: {presets}",
         )
         return
     try:
@@ -459,3 +463,6 @@ def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]
             "kubetune does not implement CPU-RAM-efficient loading yet: every rank loads the weights itself",
             "remove it (or set it to false), and size the nodes' memory for one copy of the weights per process",
         )
+
+
+from . import training_rules  # noqa: E402, F401  (registers the optimizer, schedule and strategy rules)

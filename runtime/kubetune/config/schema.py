@@ -12,6 +12,7 @@ from pydantic import PrivateAttr
 from .adapter import AdapterKeys
 from .data import DataKeys
 from .hardware import LoaderKeys, PrecisionKeys
+from .kernels import KernelKeys
 from .model import ModelKeys
 from .outputs import OutputKeys
 from .parallel import ParallelKeys
@@ -24,6 +25,7 @@ SECTIONS: tuple[type, ...] = (
     AdapterKeys,
     TrainingKeys,
     PrecisionKeys,
+    KernelKeys,
     ParallelKeys,
     LoaderKeys,
     OutputKeys,
@@ -31,7 +33,15 @@ SECTIONS: tuple[type, ...] = (
 
 
 class TrainConfig(
-    OutputKeys, LoaderKeys, ParallelKeys, PrecisionKeys, TrainingKeys, AdapterKeys, DataKeys, ModelKeys
+    OutputKeys,
+    LoaderKeys,
+    ParallelKeys,
+    KernelKeys,
+    PrecisionKeys,
+    TrainingKeys,
+    AdapterKeys,
+    DataKeys,
+    ModelKeys,
 ):
     """A kubetune training config: Axolotl key names, validated, immutable."""
 

@@ -126,6 +126,17 @@ def screen(
         if value is None:
             continue  # a bare `key:` line: not set
         name = key
+        if model is TrainConfig and name in compat.RENAMED:
+            name = compat.RENAMED[name]
+            if mapping.get(name) is not None:
+                problems.append(
+                    ConfigProblem(
+                        join(path, key),
+                        f"'{key}' and '{name}' are the same key, set twice",
+                        f"keep only '{name}'",
+                    )
+                )
+                continue
         if model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *_FSDP_ALIASES}:
             name = f"fsdp_{name}"
             if name in mapping and mapping[name] is not None:

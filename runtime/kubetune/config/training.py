@@ -2,23 +2,96 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
 from .data import StepInterval
 
-Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "sgd"]
-LrScheduler = Literal["cosine", "linear", "constant"]
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_torch_8bit",
+    "adamw_torch_4bit",
+    "muon",
+    "sgd",
+]
+# bitsandbytes' optimizers: their states cannot hold FSDP2's DTensor shards.
+BNB_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+# transformers' SchedulerType names (get_scheduler), with transformers' meaning: `constant` does not warm up.
+LrScheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+]
+# Schedules that adapt to the eval loss: stepped after each evaluation instead of each optimizer step.
+EVAL_DRIVEN_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+# lr_scheduler_kwargs each schedule takes (transformers' schedule functions, ReduceLROnPlateau, GreedyLR);
+# the required ones first in REQUIRED_SCHEDULER_KWARGS.
+SCHEDULER_KWARGS: dict[str, tuple[str, ...]] = {
+    "linear": (),
+    "cosine": ("num_cycles",),
+    "cosine_with_restarts": ("num_cycles",),
+    "polynomial": ("lr_end", "power"),
+    "constant": (),
+    "constant_with_warmup": (),
+    "inverse_sqrt": ("timescale",),
+    "reduce_lr_on_plateau": (
+        "mode",
+        "factor",
+        "patience",
+        "threshold",
+        "threshold_mode",
+        "cooldown",
+        "min_lr",
+        "eps",
+    ),
+    "cosine_with_min_lr": ("num_cycles", "min_lr", "min_lr_rate"),
+    "cosine_warmup_with_min_lr": ("num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate"),
+    "warmup_stable_decay": (
+        "num_decay_steps",
+        "num_stable_steps",
+        "warmup_type",
+        "decay_type",
+        "min_lr_ratio",
+        "num_cycles",
+    ),
+    "greedy": (
+        "mode",
+        "factor",
+        "patience",
+        "threshold",
+        "threshold_mode",
+        "cooldown",
+        "warmup",
+        "min_lr",
+        "max_lr",
+        "eps",
+        "smooth",
+        "window_size",
+        "reset_start",
+    ),
+}
+REQUIRED_SCHEDULER_KWARGS: dict[str, tuple[str, ...]] = {"warmup_stable_decay": ("num_decay_steps",)}
 
 # Values Axolotl (through transformers) accepts that kubetune does not: what to write instead.
 AXOLOTL_OPTIMIZERS: dict[str, str] = {
-    "adamw_8bit": "write optimizer: adamw_bnb_8bit (the same bitsandbytes 8-bit AdamW)",
     "adamw_hf": "write optimizer: adamw_torch",
-    "adamw_torch_4bit": "use adamw_bnb_8bit or paged_adamw_8bit",
-    "paged_adamw_32bit": "use paged_adamw_8bit, or adamw_torch_fused",
     "adamw_bnb_32bit": "use adamw_torch_fused",
     "adafactor": "use adamw_torch_fused, or adamw_bnb_8bit to save memory",
     "lion_8bit": "use adamw_bnb_8bit",
@@ -26,7 +99,6 @@ AXOLOTL_OPTIMIZERS: dict[str, str] = {
     "paged_lion_8bit": "use paged_adamw_8bit",
     "paged_lion_32bit": "use adamw_torch_fused",
     "sgd_8bit": "write optimizer: sgd",
-    "adamw_torch_8bit": "use adamw_bnb_8bit (bitsandbytes 8-bit AdamW)",
     "adamw_anyprecision": "use adamw_torch_fused",
     "adamw_apex_fused": "use adamw_torch_fused",
     "adamw_torch_xla": "use adamw_torch_fused",
@@ -40,23 +112,19 @@ AXOLOTL_OPTIMIZERS: dict[str, str] = {
     "schedule_free_adamw": "use adamw_torch_fused",
     "grokadamw": "use adamw_torch_fused",
     **dict.fromkeys(
-        "optimi_adamw ao_adamw_4bit ao_adamw_8bit ao_adamw_fp8 adopt_adamw came_pytorch muon dion sinkgd "
+        "optimi_adamw ao_adamw_fp8 adopt_adamw came_pytorch dion sinkgd "
         "flash_adamw flash_adam flash_lion q_galore_adamw8bit".split(),
         "use adamw_torch_fused, or adamw_bnb_8bit / paged_adamw_8bit to save optimizer memory",
     ),
     **dict.fromkeys("flash_sgd flash_sgdw".split(), "use sgd"),
+    "ao_adamw_8bit": "write optimizer: adamw_torch_8bit (torchao's 8-bit AdamW)",
+    "ao_adamw_4bit": "write optimizer: adamw_torch_4bit (torchao's 4-bit AdamW)",
 }
 AXOLOTL_SCHEDULERS: dict[str, str] = {
-    "constant_with_warmup": "write lr_scheduler: constant (kubetune's constant schedule warms up first)",
-    "cosine_with_min_lr": "write lr_scheduler: cosine with cosine_min_lr_ratio",
-    "cosine_with_restarts": "use cosine",
-    "polynomial": "use linear",
-    "inverse_sqrt": "use cosine or linear",
-    "reduce_lr_on_plateau": "use cosine or linear",
     "one_cycle": "use cosine with warmup_ratio",
     "rex": "use cosine or linear",
     "log_sweep": "use cosine or linear",
-    "warmup_stable_decay": "use cosine or linear",
+    "jagged": "use cosine_with_restarts",
 }
 
 
@@ -88,13 +156,16 @@ class TrainingKeys(Section):
 
     @field_validator("warmup_steps", mode="before")
     @classmethod
-    def _steps_not_ratio(cls, value: object) -> object:
-        if isinstance(value, float) and 0 < value < 1:
-            raise PydanticCustomError(
-                "warmup_steps_fraction",
-                "warmup_steps counts steps; {value} looks like a fraction",
-                {"value": value, "fix": f"write warmup_ratio: {value} instead"},
-            )
+    def _whole_steps_or_fraction(cls, value: object) -> object:
+        # transformers (and so Axolotl) reads a warmup_steps below 1 as a fraction of the total steps.
+        if isinstance(value, float) and not 0 < value < 1:
+            if not value.is_integer():
+                raise PydanticCustomError(
+                    "warmup_steps_fractional",
+                    "warmup_steps is a whole number of steps, or a fraction below 1; got {value}",
+                    {"value": value, "fix": f"write warmup_steps: {round(value)}"},
+                )
+            return int(value)
         return value
 
     @field_validator("lr_scheduler", mode="before")
@@ -113,19 +184,54 @@ class TrainingKeys(Section):
     gradient_accumulation_steps: int = field(
         1, description="Micro-batches accumulated per optimizer step. Default: 1.", ge=1
     )
+    batch_size: int | None = field(
+        None,
+        description="Axolotl's older spelling of the rows per optimizer step on each GPU: without "
+        "`gradient_accumulation_steps`, that becomes batch_size / micro_batch_size.",
+        ge=1,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accumulation_from_batch_size(cls, data: object) -> object:
+        # As Axolotl's normalize_config: gradient_accumulation_steps = batch_size // micro_batch_size.
+        if isinstance(data, dict) and data.get("gradient_accumulation_steps") is None:
+            size, micro = data.get("batch_size"), data.get("micro_batch_size", 1)
+            if (
+                isinstance(size, int)
+                and isinstance(micro, int)
+                and micro > 0
+                and size >= micro
+                and size % micro == 0
+            ):
+                data = {**data, "gradient_accumulation_steps": size // micro}
+        return data
+
     eval_batch_size: int | None = field(
         None, description="Rows per GPU in evaluation. Default: `micro_batch_size`.", ge=1
     )
     optimizer: Optimizer = field(
         "adamw_torch_fused",
-        description="`adamw_torch`, `adamw_torch_fused`, `adamw_bnb_8bit`, `paged_adamw_8bit` (both need "
-        "bitsandbytes) or `sgd`. Default: `adamw_torch_fused`.",
+        description="`adamw_torch`, `adamw_torch_fused`; bitsandbytes (CUDA): `adamw_bnb_8bit` = `adamw_8bit`, "
+        "`paged_adamw_8bit`, `paged_adamw_32bit`; torchao's low-bit AdamW (works with FSDP2): `adamw_torch_8bit`, "
+        "`adamw_torch_4bit`; `muon` (torch.optim.Muon on the 2-D weights of the decoder layers, AdamW on the "
+        "rest; not with FSDP or DeepSpeed); `sgd`. Default: `adamw_torch_fused`.",
     )
     learning_rate: float = field(
         description="Peak learning rate (required; typical: 2e-4 for LoRA, 1e-5 for a full fine-tune).", gt=0
     )
     lr_scheduler: LrScheduler = field(
-        "cosine", description="`cosine`, `linear` or `constant` (each after the warmup). Default: `cosine`."
+        "cosine",
+        description="Any schedule of transformers' `get_scheduler`, with its meaning: `cosine`, `linear`, "
+        "`constant` (no warmup), `constant_with_warmup`, `cosine_with_restarts`, `polynomial`, `inverse_sqrt`, "
+        "`cosine_with_min_lr`, `cosine_warmup_with_min_lr`, `warmup_stable_decay` (needs "
+        "`lr_scheduler_kwargs.num_decay_steps`), and `reduce_lr_on_plateau` / `greedy` (stepped with the eval "
+        "loss after each evaluation; need evaluation data). Default: `cosine`.",
+    )
+    lr_scheduler_kwargs: dict[str, Any] | None = field(
+        None,
+        description="Extra arguments of the schedule (transformers' `scheduler_specific_kwargs`), e.g. "
+        "`num_cycles` for cosine_with_restarts, `num_decay_steps` for warmup_stable_decay.",
     )
     cosine_min_lr_ratio: float | None = field(
         None,
@@ -133,8 +239,27 @@ class TrainingKeys(Section):
         ge=0,
         le=1,
     )
-    warmup_steps: int | None = field(
-        None, description="Linear warmup steps. Set this or `warmup_ratio`.", ge=0
+    cosine_constant_lr_ratio: float | None = field(
+        None,
+        description="cosine with `cosine_min_lr_ratio`: the decay reaches the floor at this fraction of the "
+        "total steps and stays there (Axolotl's meaning), in [0, 1].",
+        ge=0,
+        le=1,
+    )
+    eta_min: float | None = field(
+        None,
+        description="cosine: floor of the decay as a learning rate (torch's CosineAnnealingLR name); "
+        "the same as `cosine_min_lr_ratio: eta_min / learning_rate`.",
+        ge=0,
+    )
+    lr_quadratic_warmup: bool = field(
+        False, description="cosine: warm up quadratically ((step / warmup)²) instead of linearly."
+    )
+    warmup_steps: int | float | None = field(
+        None,
+        description="Warmup steps; a value below 1 is a fraction of the total steps (as in transformers). "
+        "Set this or `warmup_ratio`.",
+        ge=0,
     )
     warmup_ratio: float | None = field(
         None, description="Linear warmup as a fraction of the total steps, in [0, 1).", ge=0, lt=1
@@ -145,7 +270,9 @@ class TrainingKeys(Section):
     )
     adam_beta1: float = field(0.9, description="Adam beta1. Default: 0.9.", ge=0, lt=1)
     adam_beta2: float = field(0.999, description="Adam beta2. Default: 0.999.", ge=0, lt=1)
-    adam_epsilon: float = field(1e-8, description="Adam epsilon. Default: 1e-8.", gt=0)
+    adam_epsilon: float = field(
+        1e-8, description="Adam epsilon (also spelt `adam_eps`). Default: 1e-8.", gt=0
+    )
 
     gradient_checkpointing: bool = field(
         False, description="Recompute activations in the backward pass to save memory."
@@ -185,8 +312,43 @@ class TrainingKeys(Section):
         description="Keep at most this many checkpoints (oldest deleted first). Default: keep all.",
         ge=1,
     )
+    save_strategy: Literal["steps", "epoch", "no"] | None = field(
+        None,
+        description="transformers' spelling of the checkpoint interval: `steps` (every `save_steps`, default "
+        "500 as in transformers), `epoch` (once per epoch) or `no` (no checkpoints; a SIGTERM still saves one).",
+    )
+    eval_strategy: Literal["steps", "epoch", "no"] | None = field(
+        None,
+        description="transformers' spelling of the evaluation interval: `steps` (every `eval_steps`, default "
+        "`logging_steps` as in transformers), `epoch` (once per epoch) or `no` (never evaluate).",
+    )
+
+    @field_validator("save_strategy", mode="before")
+    @classmethod
+    def _no_best(cls, value: object) -> object:
+        if value == "best":
+            raise PydanticCustomError(
+                "save_strategy_best",
+                "save_strategy: best (a checkpoint whenever the eval metric improves) is not implemented by kubetune",
+                {
+                    "fix": "write save_strategy: steps with save_steps (kubetune tracks best_eval_loss in the summary)"
+                },
+            )
+        return value
+
     logging_steps: int = field(
         1, description="Log (and report progress) every N optimizer steps. Default: 1.", ge=1
+    )
+    loss_watchdog_threshold: float | None = field(
+        None,
+        description="Stop training (and save what was trained) once the logged training loss has stayed above "
+        "this for `loss_watchdog_patience` consecutive log lines.",
+        gt=0,
+    )
+    loss_watchdog_patience: int | None = field(
+        None,
+        description="Consecutive logged losses above `loss_watchdog_threshold` that stop a run. Default: 3.",
+        ge=1,
     )
     early_stopping_patience: int | None = field(
         None, description="Stop after this many evaluations without improvement of the eval loss.", ge=1

@@ -142,13 +142,15 @@ def _half_precision(cfg) -> bool:
 
 
 def requested_backend(cfg) -> str | None:
-    """What the config asks for: flash | sdpa | eager, or None (choose for the machine)."""
+    """What the config asks for: flash | sdpa | eager | flex, or None (choose for the machine)."""
     if cfg.attn_implementation in FLASH_IMPLEMENTATIONS or cfg.flash_attention:
         return "flash"
     if cfg.attn_implementation == "sdpa" or cfg.sdp_attention:
         return "sdpa"
     if cfg.attn_implementation == "eager":
         return "eager"
+    if cfg.attn_implementation == "flex_attention":
+        return "flex"
     return None
 
 
@@ -171,6 +173,14 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
     if wanted == "eager":
         return AttentionBackend("eager", "eager")
     if wanted == "sdpa":
+        return AttentionBackend("sdpa", "sdpa")
+    if wanted == "flex":
+        if cuda and _half_precision(cfg):
+            return AttentionBackend("flex", "flex_attention")
+        # flex attention compiles its kernels for CUDA, and its backward found none for float32 heads on
+        # an H200 (see below): SDPA with the same document mask computes the same attention.
+        why = "a CUDA GPU" if not cuda else "bf16/fp16 (this run computes in float32)"
+        log.warning("attn_implementation flex_attention needs %s: using SDPA with the document mask", why)
         return AttentionBackend("sdpa", "sdpa")
     if not cuda:
         return AttentionBackend("sdpa", "sdpa")

@@ -57,11 +57,36 @@ def make_plan(cfg, train_rows: int, world_size: int, *, has_eval: bool) -> Plan:
         rows_per_step=rows_per_step,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
-        eval_every=_interval(cfg.eval_steps, cfg.evals_per_epoch, steps_per_epoch, total)
-        if has_eval
-        else None,
-        save_every=_interval(cfg.save_steps, cfg.saves_per_epoch, steps_per_epoch, total) or steps_per_epoch,
+        eval_every=_eval_every(cfg, steps_per_epoch, total) if has_eval else None,
+        save_every=_save_every(cfg, steps_per_epoch, total),
     )
+
+
+# transformers' defaults for the `steps` strategies without an interval (TrainingArguments).
+HF_DEFAULT_SAVE_STEPS = 500
+
+
+def _eval_every(cfg, steps_per_epoch: int, total: int) -> int | None:
+    """eval_strategy (transformers' spelling) or the interval keys: `no` never, `epoch` once per epoch,
+    `steps` every eval_steps (default logging_steps, as in transformers)."""
+    if cfg.eval_strategy == "no":
+        return None
+    if cfg.eval_strategy == "epoch":
+        return steps_per_epoch
+    interval = _interval(cfg.eval_steps, cfg.evals_per_epoch, steps_per_epoch, total)
+    if interval is None and cfg.eval_strategy == "steps":
+        return cfg.logging_steps
+    return interval
+
+
+def _save_every(cfg, steps_per_epoch: int, total: int) -> int | None:
+    """save_strategy or the interval keys: `no` never (a SIGTERM still checkpoints), `epoch` once per
+    epoch, `steps` every save_steps (default 500, as in transformers); unset: once per epoch."""
+    if cfg.save_strategy == "no":
+        return None
+    if cfg.save_strategy == "steps" and cfg.save_steps is None:
+        return HF_DEFAULT_SAVE_STEPS
+    return _interval(cfg.save_steps, cfg.saves_per_epoch, steps_per_epoch, total) or steps_per_epoch
 
 
 def _interval(steps, per_epoch, steps_per_epoch: int, total: int) -> int | None:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from kubetune.config.deepspeed_presets import resolve_deepspeed_path
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -100,7 +101,7 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
         ),
         "kwargs_handlers": [
             InitProcessGroupKwargs(**process_group),
-            DistributedDataParallelKwargs(find_unused_parameters=False),
+            DistributedDataParallelKwargs(find_unused_parameters=bool(cfg.ddp_find_unused_parameters)),
         ],
         "step_scheduler_with_optimizer": False,
     }
@@ -158,6 +159,8 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
         "cpu_ram_efficient_loading": False,
         "sync_module_states": bool(get("fsdp_sync_module_states")),
     }
+    if get("fsdp_backward_prefetch"):
+        kwargs["backward_prefetch"] = get("fsdp_backward_prefetch")
     if precision.mixed_precision != "no":
         kwargs["mixed_precision_policy"] = precision.mixed_precision
     if version == 1:
@@ -180,7 +183,7 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
 def deepspeed_config(cfg, *, precision: Precision | None = None, world_size: int = 1) -> dict:
     """The DeepSpeed config (a JSON file or inline), with its "auto" values filled in from the config."""
     if isinstance(cfg.deepspeed, str):
-        path = cfg.resolve_path(cfg.deepspeed)
+        path = resolve_deepspeed_path(cfg.deepspeed, cfg.source_dir)  # or kubetune's preset of that name
         try:
             ds = json.loads(path.read_text())
         except (OSError, ValueError) as err:

@@ -30,17 +30,32 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def apply_liger_kernels(model: nn.Module) -> list[str]:
-    """Swap RMSNorm, SwiGLU and RoPE of a Llama-like (peft-wrapped or plain) model for liger's kernels."""
+def apply_liger_kernels(model: nn.Module, kinds=("rms_norm", "swiglu", "rope")) -> list[str]:
+    """Swap in liger's kernels (`kinds` of rms_norm, swiglu, rope, layer_norm) on a peft-wrapped or plain
+    model: RMSNorm / SwiGLU / RoPE of Llama-like architectures, LayerNorm (nn.LayerNorm) of any."""
+    if not liger_available():
+        log.info("liger kernels: not applied (liger-kernel is not installed)")
+        return []
+    done = []
+    if "layer_norm" in kinds:
+        done += _swap_layer_norms(model)
+    llama_kinds = [kind for kind in kinds if kind != "layer_norm"]
+    if llama_kinds:
+        done += _swap_llama_kernels(model, llama_kinds)
+    log.info("liger kernels: %s", ", ".join(done) or "nothing matched")
+    return done
+
+
+def _swap_llama_kernels(model: nn.Module, kinds: list[str]) -> list[str]:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in LLAMA_LIKE:
         log.info(
-            "liger kernels: not applied (model type %r is not one of %s)", model_type, sorted(LLAMA_LIKE)
+            "liger kernels: %s not applied (model type %r is not one of %s)",
+            ", ".join(kinds),
+            model_type,
+            sorted(LLAMA_LIKE),
         )
-        return []
-    if not liger_available():
-        log.info("liger kernels: not applied (liger-kernel is not installed)")
         return []
     from liger_kernel.transformers.functional import liger_rms_norm, liger_rope, liger_swiglu
 
@@ -58,19 +73,35 @@ def apply_liger_kernels(model: nn.Module) -> list[str]:
     swapped = {"rms_norm": 0, "swiglu": 0}
     for module in model.modules():
         name = type(module).__name__
-        if name.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+        if "rms_norm" in kinds and name.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
             module.forward = rms_norm_forward.__get__(module)
             swapped["rms_norm"] += 1
-        elif name.endswith("MLP") and _is_silu_mlp(module):
+        elif "swiglu" in kinds and name.endswith("MLP") and _is_silu_mlp(module):
             module.forward = mlp_forward.__get__(module)
             swapped["swiglu"] += 1
     done = [f"{kind} x{count}" for kind, count in swapped.items() if count]
-    if hasattr(modeling, "apply_rotary_pos_emb"):
+    if "rope" in kinds and hasattr(modeling, "apply_rotary_pos_emb"):
         # The attention modules look the function up in their module's globals at call time.
         modeling.apply_rotary_pos_emb = rotary
         done.append("rope")
-    log.info("liger kernels: %s", ", ".join(done) or "nothing matched")
     return done
+
+
+def _swap_layer_norms(model: nn.Module) -> list[str]:
+    """liger's fused LayerNorm for every affine nn.LayerNorm (same function: weight, bias, eps)."""
+    from liger_kernel.transformers.functional import liger_layer_norm
+
+    def layer_norm_forward(self, x):
+        return liger_layer_norm(x, self.weight, self.bias, self.eps)
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None:
+            module.forward = layer_norm_forward.__get__(module)
+            count += 1
+    if not count:
+        log.info("liger kernels: layer_norm not applied (the model has no affine nn.LayerNorm)")
+    return [f"layer_norm x{count}"] if count else []
 
 
 def _is_silu_mlp(module: nn.Module) -> bool:

@@ -28,8 +28,9 @@ from kubetune.train import model as model_lib
 from kubetune.train.batches import Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted, UserError
-from kubetune.train.loss import CausalLMLoss
+from kubetune.train.loss import CausalLMLoss, loss_function
 from kubetune.train.progress import Progress, Reporters, build_reporters
+from kubetune.train.watchdog import LossWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
     )
 
-    module = CausalLMLoss(model)
+    module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
     if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
@@ -218,6 +219,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     run.clock = loop_start = time.perf_counter()
     first_step = state.step
     grad_norm = None
+    watchdog = LossWatchdog.from_config(cfg, seen=len(state.history))
     window = next(windows)
     while state.step < plan.total_steps:
         counts = StepCounts(acc, window, stop)
@@ -256,6 +258,9 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         # step is queued: waiting for them now leaves the GPU busy (a sync right after queueing a step
         # would drain its queue every step).
         flush_log(run)
+        if watchdog is not None and watchdog.tripped(state.history):
+            _tick(run)
+            return "stopped_loss_watchdog"
         if state.step % cfg.logging_steps == 0 or last:
             elapsed = time.perf_counter() - loop_start
             eta = (plan.total_steps - state.step) * elapsed / max(1, state.step - first_step)
@@ -459,6 +464,7 @@ def evaluate_and_track(run: Run) -> bool:
     state, patience = run.state, run.cfg.early_stopping_patience
     flush_log(run)  # the eval report carries the latest train loss
     loss, perplexity = evaluate(run)
+    optim.after_evaluation(run.scheduler, loss)  # reduce_lr_on_plateau / greedy move with the eval loss
     state.last_eval_loss = loss
     if state.best_eval_loss is None or loss < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = loss, 0

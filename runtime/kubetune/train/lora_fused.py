@@ -103,11 +103,19 @@ def why_not_fusable(module: nn.Module) -> str | None:
     return None
 
 
-def fuse_lora_layers(model: nn.Module) -> int:
-    """Give every fusable peft LoRA Linear in `model` the fused forward; returns how many."""
+def fuse_lora_layers(model: nn.Module, groups: frozenset[str] | None = None) -> int:
+    """Give every fusable peft LoRA Linear in `model` the fused forward; returns how many.
+
+    `groups`: only the layers of these groups (kubetune.train.fast_paths.lora_group: mlp, qkv, o, other).
+    """
+    from kubetune.train.fast_paths import lora_group
+
     fused, reasons = 0, {}
-    for module in model.modules():
+    for name, module in model.named_modules():
         if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
+            continue
+        if groups is not None and lora_group(name) not in groups:
+            reasons["not switched on"] = reasons.get("not switched on", 0) + 1
             continue
         reason = why_not_fusable(module)
         if reason is not None:

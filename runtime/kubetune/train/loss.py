@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +34,16 @@ def shift_targets(labels: torch.Tensor, position_ids: torch.Tensor | None = None
     return targets
 
 
-def causal_lm_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+def causal_lm_loss_sum(
+    hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, *, fused: bool | None = None
+) -> torch.Tensor:
     """Sum of the cross-entropies of the trained positions (targets != IGNORE_INDEX), in float32.
 
     On CUDA with liger-kernel installed the fused kernel computes it (same value, no logits kept);
-    otherwise the logits of the trained positions are materialised here.
+    otherwise, or with `fused=False` (the config's switch), the logits of the trained positions are
+    materialised here.
     """
-    if fused_loss_applies(hidden, lm_head):
+    if fused_loss_applies(hidden, lm_head, switch=fused):
         return fused_loss_sum(hidden, targets, lm_head)
     trained = targets != IGNORE_INDEX
     logits = lm_head(hidden[trained]).float()
@@ -55,14 +59,27 @@ def _once(message: str, *args) -> None:
         log.info(message, *args)
 
 
-def fused_loss_applies(hidden: torch.Tensor, lm_head: nn.Module) -> bool:
+def loss_function(cfg):
+    """The loss sum with the config's fused-loss switch (kubetune.train.fast_paths)."""
+    from kubetune.train.fast_paths import fused_loss_switch
+
+    return partial(causal_lm_loss_sum, fused=fused_loss_switch(cfg))
+
+
+def fused_loss_applies(hidden: torch.Tensor, lm_head: nn.Module, switch: bool | None = None) -> bool:
     """Whether liger-kernel's fused linear cross-entropy can stand in for the plain loss here.
 
     It reads the output head's weight directly, so the head must be a plain Linear whose full weight is
     present: not a peft wrapper, not a DeepSpeed ZeRO-3 partition (gathered only when the module itself
-    runs), not a DTensor shard.
+    runs), not a DTensor shard. `switch` False keeps it off; True and None use it wherever it applies
+    (kubetune's default already is on wherever it can run).
     """
+    if switch is False:
+        _once("loss: plain cross-entropy (the fused linear cross-entropy is switched off by the config)")
+        return False
     if not hidden.is_cuda:
+        if switch:
+            _once("loss: fused linear cross-entropy switched on but not applied (it needs a CUDA GPU)")
         return False
     if importlib.util.find_spec("liger_kernel") is None:
         _once("loss: plain cross-entropy over materialised logits (liger-kernel is not installed)")

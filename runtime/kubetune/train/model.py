@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kubetune.train import fast_paths
 from kubetune.train.attention import AttentionBackend
 from kubetune.train.errors import UserError
 
@@ -214,24 +215,32 @@ def load_model(
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
 
+    switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
     if cfg.adapter:
         model = attach_adapter(cfg, model)
-        if device is not None and not cfg.torch_compile:
-            # Eager only: with torch_compile the compiler fuses peft's element-wise adds into their
-            # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).
-            # One process per GPU or DDP only: the fused layers read the weights directly, bypassing the
-            # hooks in which FSDP / DeepSpeed gather sharded weights (device is None exactly then).
+        # By default eager only: with torch_compile the compiler fuses peft's element-wise adds into their
+        # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).
+        # One process per GPU or DDP only: the fused layers read the weights directly, bypassing the
+        # hooks in which FSDP / DeepSpeed gather sharded weights (device is None exactly then).
+        groups = fast_paths.lora_groups(switches, default_on=not cfg.torch_compile, sharded=device is None)
+        if groups:
             from kubetune.train.lora_fused import fuse_lora_layers
 
-            fuse_lora_layers(model)
+            fuse_lora_layers(model, groups=groups)
+    kinds = fast_paths.liger_kinds(
+        switches,
+        default_on=wants_fused_kernels(cfg, precision, cuda=torch.cuda.is_available()),
+        cuda=torch.cuda.is_available(),
+        compiled=cfg.torch_compile,
+    )
+    if kinds:
+        from kubetune.train.kernels import apply_liger_kernels
+
+        apply_liger_kernels(model, kinds)
     if cfg.torch_compile:
         # Regional compilation: each decoder layer once (same code, so one graph), not the whole model.
         for layer in _decoder_layers(model):
             layer.compile()
-    elif wants_fused_kernels(cfg, precision, cuda=torch.cuda.is_available()):
-        from kubetune.train.kernels import apply_liger_kernels
-
-        apply_liger_kernels(model)
     return model
 
 

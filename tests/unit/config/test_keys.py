@@ -75,10 +75,10 @@ def test_axolotl_only_keys_are_accepted_when_empty(seed_mapping, empty):
 
 
 def test_axolotl_only_key_set_is_an_error_naming_it(seed_mapping):
-    problems = validate_mapping({**seed_mapping, "neftune_noise_alpha": 5, "eval_strategy": "steps"})
+    problems = validate_mapping({**seed_mapping, "neftune_noise_alpha": 5, "eager_attention": True})
     problem = _only(problems, "neftune_noise_alpha")
     assert "'neftune_noise_alpha' is an Axolotl key that kubetune does not implement" in problem.message
-    assert "eval_steps" in _only(problems, "eval_strategy").fix
+    assert "attn_implementation: eager" in _only(problems, "eager_attention").fix
 
 
 def test_axolotl_default_value_of_an_always_on_behaviour_is_accepted(seed_mapping):

@@ -9,7 +9,7 @@ from kubetune.config import DatasetConfig, TrainConfig, training_config_json_sch
 from kubetune.config.docs import render_markdown
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
-from kubetune.config.training import GradientCheckpointingKwargs
+from kubetune.config.training import GradientCheckpointingKwargs, Optimizer
 from pydantic import BaseModel
 
 MODELS = (TrainConfig, DatasetConfig, FsdpConfig, SpecialTokens, GradientCheckpointingKwargs)
@@ -73,14 +73,13 @@ def test_json_schema_is_structural_friendly():
     props = schema["properties"]
     for name, prop in props.items():
         assert prop.get("description"), name
-    assert props["optimizer"]["enum"] == [
-        "adamw_torch",
-        "adamw_torch_fused",
-        "adamw_bnb_8bit",
-        "paged_adamw_8bit",
-        "sgd",
-    ]
-    assert props["lr_scheduler"]["enum"] == ["cosine", "linear", "constant"]
+    assert props["optimizer"]["enum"] == list(typing.get_args(Optimizer))
+    assert {"adamw_torch_fused", "adamw_torch_8bit", "adamw_torch_4bit", "adamw_8bit", "muon"} <= set(
+        props["optimizer"]["enum"]
+    )
+    from transformers import SchedulerType
+
+    assert props["lr_scheduler"]["enum"] == [s.value for s in SchedulerType]  # every name get_scheduler knows
     assert props["adapter"]["enum"] == ["lora", "qlora"]
     assert props["val_set_size"]["type"] == "number"
     dataset = props["datasets"]["items"]

@@ -15,6 +15,9 @@ class Cfg:
     evals_per_epoch = None
     save_steps = None
     saves_per_epoch = None
+    save_strategy = None
+    eval_strategy = None
+    logging_steps = 1
     eval_batch_size = None
     dataloader_num_workers = 0
     dataloader_prefetch_factor = None
@@ -54,6 +57,24 @@ def test_plan_lengths_and_intervals():
     assert make_plan(Cfg(max_steps=100), 40, 1, has_eval=False).total_steps == 100
     assert make_plan(Cfg(evals_per_epoch=3), 40, 1, has_eval=False).eval_every is None
     assert make_plan(Cfg(), 40, 1, has_eval=False).save_every == 10  # default: once per epoch
+
+
+def test_transformers_strategies_set_the_intervals():
+    # 40 rows, 4 rows per step: 10 steps per epoch, 30 in all
+    def plan(**keys):
+        return make_plan(Cfg(num_epochs=3, **keys), 40, 1, has_eval=True)
+
+    assert plan(save_strategy="no").save_every is None  # no periodic checkpoint at all
+    assert plan(save_strategy="epoch").save_every == 10
+    assert plan(save_strategy="steps", save_steps=4).save_every == 4
+    assert plan(save_strategy="steps").save_every == 500  # transformers' default save_steps
+    assert plan(eval_strategy="no", eval_steps=2).eval_every is None
+    assert plan(eval_strategy="epoch").eval_every == 10
+    assert (
+        plan(eval_strategy="steps", logging_steps=3).eval_every == 3
+    )  # transformers: eval_steps = logging_steps
+    assert plan(eval_strategy="steps", eval_steps=6).eval_every == 6
+    assert plan().eval_every is None and plan().save_every == 10  # unset: kubetune's defaults
 
 
 def test_too_little_data_for_one_step_is_bad_input():

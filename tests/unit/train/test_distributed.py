@@ -3,7 +3,13 @@
 import json
 
 import pytest
-from kubetune.train.distributed import check_request, deepspeed_config, fsdp_plugin_kwargs
+from kubetune.train.distributed import (
+    build_accelerator,
+    check_request,
+    deepspeed_config,
+    fsdp_plugin_kwargs,
+    topology,
+)
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -31,6 +37,26 @@ def test_fsdp2(make_config):
         fsdp=["full_shard"], fsdp_config={"fsdp_version": 2, "fsdp_reshard_after_forward": False}
     )
     assert fsdp_plugin_kwargs(cfg, Precision(None, "no"))["reshard_after_forward"] is False
+
+
+def test_fsdp_backward_prefetch_reaches_the_fsdp1_plugin(make_config):
+    cfg, _ = make_config(fsdp=["full_shard"], fsdp_config={"fsdp_backward_prefetch": "BACKWARD_POST"})
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))
+    assert kwargs["backward_prefetch"] == "BACKWARD_POST"
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import BackwardPrefetch
+
+    assert FullyShardedDataParallelPlugin(**kwargs).backward_prefetch is BackwardPrefetch.BACKWARD_POST
+    cfg, _ = make_config(fsdp=["full_shard"])
+    assert "backward_prefetch" not in fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # accelerate's default
+
+
+@pytest.mark.parametrize("value", [True, False, None])
+def test_ddp_find_unused_parameters_reaches_ddp(make_config, value):
+    keys = {} if value is None else {"ddp_find_unused_parameters": value}
+    cfg, _ = make_config(**keys)
+    accelerator = build_accelerator(cfg, Precision(None, "no"), topology())
+    assert accelerator.ddp_handler.find_unused_parameters is bool(value)
 
 
 def test_deepspeed_auto_values_come_from_the_config(make_config, tmp_path):
@@ -67,3 +93,38 @@ def test_deepspeed_and_nccl_need_cuda(make_config):
     cfg, _ = make_config(ddp_backend="nccl")
     with pytest.raises(UserError, match="nccl needs CUDA"):
         check_request(cfg, cuda=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "offload"),
+    [
+        ("zero1", 1, set()),
+        ("zero2", 2, set()),
+        ("zero3", 3, set()),
+        ("zero3_bf16", 3, set()),
+        ("zero3_bf16_cpuoffload_params", 3, {"offload_param"}),
+        ("zero3_bf16_cpuoffload_all", 3, {"offload_param", "offload_optimizer"}),
+    ],
+)
+def test_axolotl_deepspeed_paths_resolve_to_kubetunes_presets(make_config, name, stage, offload):
+    cfg, path = make_config(deepspeed=f"deepspeed_configs/{name}.json")  # no such file next to the config
+    assert not (path.parent / "deepspeed_configs").exists()
+    ds = deepspeed_config(cfg, precision=Precision(None, "bf16"), world_size=2)
+    zero = ds["zero_optimization"]
+    assert (
+        zero["stage"] == stage
+        and offload <= set(zero)
+        and not ({"offload_param", "offload_optimizer"} - offload) & set(zero)
+    )
+    assert (
+        ds["train_batch_size"] == cfg.micro_batch_size * cfg.gradient_accumulation_steps * 2
+    )  # "auto" filled
+    assert ds["bf16"]["enabled"] is True and "optimizer" not in ds and "scheduler" not in ds
+
+
+def test_a_file_next_to_the_config_wins_over_the_preset(make_config, tmp_path):
+    cfg, path = make_config(deepspeed="deepspeed_configs/zero3.json")
+    own = path.parent / "deepspeed_configs"
+    own.mkdir()
+    (own / "zero3.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 2

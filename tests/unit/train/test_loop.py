@@ -21,6 +21,7 @@ def test_early_stopping_after_patience_evaluations_without_a_new_best(monkeypatc
         cfg=SimpleNamespace(early_stopping_patience=2),
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
+        scheduler=None,
     )
     stops = [loop.evaluate_and_track(run) for _ in range(6)]
     assert stops == [False, False, False, False, False, True]
@@ -34,6 +35,7 @@ def test_without_patience_evaluation_never_stops(monkeypatch):
         cfg=SimpleNamespace(early_stopping_patience=None),
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
+        scheduler=None,
     )
     assert not any(loop.evaluate_and_track(run) for _ in range(5))
 

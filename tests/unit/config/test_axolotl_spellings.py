@@ -1,0 +1,51 @@
+"""Axolotl's other spellings of kubetune settings reach the one setting the engine reads."""
+
+import pytest
+from kubetune.config import load_config, validate_mapping
+
+BASE = {
+    "base_model": "m",
+    "learning_rate": 1e-4,
+    "num_epochs": 1,
+    "datasets": [{"path": "d", "type": "alpaca"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("keys", "attribute", "value"),
+    [
+        ({"adam_eps": 1e-9}, "adam_epsilon", 1e-9),  # what the optimizer gets as eps (test_optim)
+        ({"bfloat16": True}, "bf16", True),
+        ({"float16": True, "bf16": False}, "fp16", True),
+        (
+            {"batch_size": 8, "micro_batch_size": 2},
+            "gradient_accumulation_steps",
+            4,
+        ),  # Axolotl's normalize_config
+        ({"warmup_steps": 0.1}, "warmup_steps", 0.1),  # a fraction of the total steps (test_optim)
+        ({"warmup_steps": 10.0}, "warmup_steps", 10),
+        ({"evaluation_strategy": "no"}, "eval_strategy", "no"),
+    ],
+)
+def test_spelling_reaches_the_setting(keys, attribute, value):
+    cfg = load_config({**BASE, **keys})
+    assert getattr(cfg, attribute) == value and type(getattr(cfg, attribute)) is type(value)
+
+
+def test_both_spellings_at_once_are_refused():
+    (problem,) = validate_mapping({**BASE, "bfloat16": True, "bf16": True})
+    assert problem.path == "bfloat16" and "keep only 'bf16'" in problem.fix
+
+
+def test_hf_use_auth_token_true_is_what_kubetune_always_does():
+    assert validate_mapping({**BASE, "hf_use_auth_token": True}) == []  # the token of HF_TOKEN / the login
+    (problem,) = validate_mapping({**BASE, "hf_use_auth_token": "hf_abc"})
+    assert problem.path == "hf_use_auth_token" and "HF_TOKEN" in problem.fix
+
+
+def test_gradient_checkpointing_beside_fsdp_activation_checkpointing_is_fsdps_alone():
+    fsdp = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"activation_checkpointing": True}}
+    cfg = load_config({**BASE, **fsdp, "gradient_checkpointing": True})
+    # the same request twice: FSDP's checkpoint wrapper does it, the model's own is not switched on as well
+    assert cfg.fsdp_config.fsdp_activation_checkpointing is True and cfg.gradient_checkpointing is False
+    assert load_config({**BASE, "gradient_checkpointing": True}).gradient_checkpointing is True  # no FSDP
