@@ -49,8 +49,9 @@ class ApiError(Exception):
 
     @property
     def invalid(self) -> bool:
-        """The object itself is wrong (retrying will not help; the job's spec must change)."""
-        return self.status in (400, 422)
+        """The object itself is wrong (retrying will not help; the job's spec must change): 413 is a
+        request larger than the apiserver accepts."""
+        return self.status in (400, 413, 422)
 
 
 def load_api_client() -> client.ApiClient:

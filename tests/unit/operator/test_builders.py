@@ -2,7 +2,7 @@ import pytest
 import yaml
 from kubetune_operator import builders
 from kubetune_operator.builders import BuildOptions, JobRef, parse_resources
-from kubetune_operator.spec import OUTPUTS_DIR, validate_job
+from kubetune_operator.spec import OUTPUTS_DIR, AdmissionPolicy, validate_job
 
 from tests.unit.operator.cases import job
 
@@ -12,7 +12,8 @@ UID = "0d9c2a4e-5f1b-4c8e-9a6e-1c2d3e4f5a6b"
 def build(replicas=None, options=BuildOptions(), **spec):
     body = job(**spec)
     body["metadata"].update(uid=UID, labels={"argocd.argoproj.io/instance": "team-app", "team": "nlp"})
-    validation = validate_job(body)
+    # The builders build whatever the validation admitted; what an operator allows is tested in test_spec.
+    validation = validate_job(body, AdmissionPolicy(allow_host_path=True))
     assert validation.ok, validation.problems
     ref = JobRef.of(body)
     workers = validation.spec.workers if replicas is None else replicas
@@ -90,7 +91,11 @@ def test_statefulset_runs_the_workers_in_parallel_under_torchrun():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
     assert volumes["config"]["configMap"]["name"] == "demo-config"
-    assert volumes["outputs"] == {"name": "outputs", "emptyDir": {}}
+    assert volumes["outputs"] == {"name": "outputs", "nfs": {"server": "nfs.example", "path": "/outputs"}}
+    assert build(workers=1)[0]["StatefulSet"]["spec"]["template"]["spec"]["volumes"][2] == {
+        "name": "outputs",
+        "emptyDir": {},
+    }
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts == {"config": "/etc/kubetune", "dshm": "/dev/shm", "outputs": OUTPUTS_DIR}
 
