@@ -21,6 +21,13 @@ from typing import Any
 
 import yaml
 
+from kubetune_operator.security import (
+    SCRATCH_DIR,
+    SCRATCH_VOLUME,
+    container_security_context,
+    pod_security_context,
+    read_only_root,
+)
 from kubetune_operator.spec import (
     API_VERSION,
     CACHE_DIR,
@@ -31,6 +38,7 @@ from kubetune_operator.spec import (
     OUTPUTS_DIR,
     PLURAL,
     QUANTITY,
+    AdmissionPolicy,
     FineTuneJobSpec,
     ResourceRequirements,
     VolumeChoice,
@@ -105,6 +113,8 @@ class BuildOptions:
     launcher: tuple[str, ...] = DEFAULT_LAUNCHER
     # Worker requests/limits of jobs without spec.resources (the chart's training.resources).
     default_resources: ResourceRequirements | None = None
+    # What job authors may put in a pod (the chart's training.policy), checked by webhook and reconciler.
+    policy: AdmissionPolicy = AdmissionPolicy()
 
     @classmethod
     def from_env(
@@ -112,6 +122,7 @@ class BuildOptions:
         environ: Mapping[str, str],
         default_image: str = DEFAULT_IMAGE,
         default_resources: ResourceRequirements | None = None,
+        policy: AdmissionPolicy | None = None,
     ) -> BuildOptions:
         """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes).
 
@@ -119,7 +130,12 @@ class BuildOptions:
         `--runtime-resources`), whose own defaults are the env variables the chart sets.
         """
         launcher = tuple(shlex.split(environ.get("KUBETUNE_OPERATOR_TORCHRUN", ""))) or DEFAULT_LAUNCHER
-        return cls(default_image=default_image, launcher=launcher, default_resources=default_resources)
+        return cls(
+            default_image=default_image,
+            launcher=launcher,
+            default_resources=default_resources,
+            policy=policy or AdmissionPolicy(),
+        )
 
 
 @dataclass(frozen=True)
@@ -359,6 +375,8 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in NCCL_ENV.items()),
     ]
+    if read_only_root(spec):
+        env.append({"name": "HOME", "value": SCRATCH_DIR})
     if spec.cache is not None:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
         env.append({"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR})
@@ -398,6 +416,9 @@ def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[dict],
         {"name": "dshm", "mountPath": "/dev/shm"},
         _mount("outputs", OUTPUTS_DIR, spec.storage),
     ]
+    if read_only_root(spec):
+        volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+        mounts.append({"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR})
     if spec.cache is not None:
         volumes.append({"name": "cache", **_volume_source(spec.cache, job.cache_claim)})
         cache_mount = _mount("cache", CACHE_DIR, spec.cache)
@@ -430,6 +451,7 @@ def statefulset(
         "volumeMounts": mounts,
         # Rank 0 writes a one-line JSON summary on success; a crash leaves its last log lines here.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(spec),
     }
     if spec.imagePullPolicy:
         container["imagePullPolicy"] = spec.imagePullPolicy
@@ -449,6 +471,7 @@ def statefulset(
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.terminationGracePeriodSeconds,
+        "securityContext": pod_security_context(spec),
         "containers": [container],
         "volumes": volumes,
     }

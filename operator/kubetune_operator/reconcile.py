@@ -97,7 +97,7 @@ class Reconciler:
 
     def _observe(self, job: dict, ref: JobRef, pods: list) -> tuple[Observed, dict[str, Any] | None]:
         now = datetime.now(timezone.utc)
-        validation = validate_job(job)
+        validation = validate_job(job, self.options.policy)
         spec = validation.spec
         base = Observed(job=job, spec=spec, pods=pods, now=now, problems=validation.problems)
         if not validation.ok or spec is None or (job.get("status") or {}).get("phase") in FINAL:

@@ -40,7 +40,7 @@ CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "config.yaml"
 OUTPUTS_DIR = "/var/lib/kubetune/outputs"
 CACHE_DIR = "/var/cache/kubetune"
-RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache"})
+RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache", "kubetune-tmp"})
 RESERVED_MOUNT_PATHS = frozenset({CONFIG_DIR, OUTPUTS_DIR, CACHE_DIR, "/dev/shm"})
 
 QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+|[KMGTPE]i?|[mkMGTPE])?$"
