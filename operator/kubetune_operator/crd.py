@@ -299,10 +299,11 @@ def crd() -> dict[str, Any]:
         ("Step", "integer", ".status.progress.step", 0),
         ("Loss", "number", ".status.progress.loss", 0),
         ("Workers", "string", ".status.workers", 0),
+        # Why a job is not running (FailedCreate, WorkersBlocked, ...) without -o wide.
+        ("Reason", "string", ".status.reason", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Restarts", "integer", ".status.restarts", 1),
         ("ETA", "number", ".status.progress.etaSeconds", 1),
-        ("Reason", "string", ".status.reason", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -21,7 +21,17 @@ from kubetune_operator import builders
 from kubetune_operator.builders import JOB_LABEL, BuildOptions, JobRef
 from kubetune_operator.k8s import ApiError, Kube
 from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
-from kubetune_operator.status import FINAL, Observed, Plan, decide, status_patch
+from kubetune_operator.status import (
+    FINAL,
+    Observed,
+    Plan,
+    condition,
+    create_failure,
+    decide,
+    live_pods,
+    parse_time,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +120,17 @@ class Reconciler:
                 return replace(base, problems=problems, waiting=waiting), None
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
-        return replace(base, outputs=outputs), config
+        return replace(
+            base, outputs=outputs, create_failure=self._create_failure(job, ref, spec, pods)
+        ), config
+
+    def _create_failure(self, job: dict, ref: JobRef, spec: FineTuneJobSpec, pods: list) -> str | None:
+        """Why the StatefulSet controller cannot create the missing workers, read from its Events."""
+        created = condition(job.get("status") or {}, "Created").get("status") == "True"
+        if spec.suspend or not created or len(live_pods(pods)) >= spec.workers:
+            return None
+        events = self.kube.events_about(ref.namespace, "StatefulSet", ref.statefulset)
+        return create_failure(events, parse_time(job["metadata"].get("creationTimestamp")))
 
     def _referenced_config(
         self, ref: JobRef, spec: FineTuneJobSpec

@@ -55,6 +55,9 @@ STUCK_REASONS = frozenset(
     }
 )
 CONFIG_RETRY_SECONDS = 10.0
+# While workers are missing, look again this often: a pod the StatefulSet controller cannot create
+# (Pod Security admission, a quota, a forbidden volume) leaves only an Event, which nothing watches.
+MISSING_PODS_RECHECK_SECONDS = 10.0
 # How long a job whose rank 0 reported completion waits for rank 0's trainer to exit before scaling
 # to zero anyway (rank 0 still has to flush its last report, write the summary and leave torchrun).
 COMPLETION_GRACE_SECONDS = 60.0
@@ -79,6 +82,7 @@ class Observed:
     problem_reason: str = "InvalidConfig"
     waiting: tuple[str, str] | None = None  # (reason, message): children cannot be built yet
     outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
+    create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
 
 
 @dataclass
@@ -205,6 +209,22 @@ def _tail(text: str, lines: int = 3, limit: int = 500) -> str:
     kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
     joined = " | ".join(kept)
     return joined if len(joined) <= limit else "..." + joined[-limit:]
+
+
+def create_failure(events: list[Mapping[str, Any]], since: datetime | None) -> str | None:
+    """The message of the newest Event about the StatefulSet when it is FailedCreate (a later
+    SuccessfulCreate means the cause went away); events from before `since` are an earlier job's."""
+
+    def when(event: Mapping[str, Any]) -> str:
+        series = (event.get("series") or {}).get("lastObservedTime")
+        return series or event.get("lastTimestamp") or event.get("eventTime") or ""
+
+    recent = [e for e in events if since is None or (parse_time(when(e)[:19] + "Z") or since) >= since]
+    recent = [e for e in recent if when(e)]
+    if not recent:
+        return None
+    newest = max(recent, key=when)
+    return _tail(newest.get("message") or "", lines=5) if newest.get("reason") == "FailedCreate" else None
 
 
 def stuck(pods: list[Mapping[str, Any]]) -> str | None:
@@ -401,10 +421,14 @@ def _decide(obs: Observed) -> Plan:
     else:
         blocked = stuck(live)
         reason = "WorkersBlocked" if blocked else "WorkersStarting"
+        if obs.create_failure is not None and len(live) < spec.workers:
+            blocked, reason = f"cannot create worker pods: {obs.create_failure}", "FailedCreate"
         message = blocked or f"{len(running)} of {spec.workers} worker(s) running"
+        if len(live) < spec.workers:
+            plan.wake_in(MISSING_PODS_RECHECK_SECONDS)
         st.cond("Running", False, reason, message)
-        st.phase(PENDING, reason, message)
-        if blocked and st.old.get("message") != message:
+        st.phase(PENDING, reason, message[:MESSAGE_LIMIT])
+        if blocked and st.old.get("message") != message[:MESSAGE_LIMIT]:
             plan.events.append(Event("Warning", reason, message))
     return plan
 

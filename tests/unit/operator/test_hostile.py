@@ -146,3 +146,33 @@ def test_the_rendered_configmap_read_back_is_bounded_too():
     own["data"]["config.yaml"] = BOMB  # someone edited the job's own copy
     reconciler.forget("default", "demo")
     assert reconciler.reconcile("default", "demo").phase == "Failed"
+
+
+def sts_event(kube, reason, message, at):
+    kube.add({"kind": "Event", "metadata": {"name": f"demo.{reason}.{at}"}, "reason": reason,
+              "message": message, "lastTimestamp": at,
+              "involvedObject": {"kind": "StatefulSet", "name": "demo"}})  # fmt: skip
+
+
+def test_pods_the_statefulset_cannot_create_are_reported_within_one_reconcile():
+    kube, reconciler = setup(job())
+    kube.objects[("FineTuneJob", "default", "demo")]["metadata"]["creationTimestamp"] = "2026-05-01T12:00:00Z"
+    first = reconciler.reconcile("default", "demo")
+    assert first.phase == "Pending" and first.requeue_after is not None and first.requeue_after <= 10
+    refused = ('create Pod demo-0 in StatefulSet demo failed error: pods "demo-0" is forbidden: violates '
+               'PodSecurity "restricted:latest": allowPrivilegeEscalation != false')  # fmt: skip
+    sts_event(kube, "FailedCreate", "old job's refusal", "2026-05-01T11:00:00Z")  # before this job
+    assert reconciler.reconcile("default", "demo").phase == "Pending"
+    assert status(kube)["reason"] == "WorkersStarting"
+    sts_event(kube, "FailedCreate", refused, "2026-05-01T12:00:05Z")
+    assert reconciler.reconcile("default", "demo").phase == "Pending"
+    st = status(kube)
+    assert st["reason"] == "FailedCreate" and "violates PodSecurity" in st["message"]
+    (running,) = [c for c in st["conditions"] if c["type"] == "Running"]
+    assert running["status"] == "False" and running["reason"] == "FailedCreate"
+    assert kube.events[-1][:2] == ("Warning", "FailedCreate")
+    sts_event(
+        kube, "SuccessfulCreate", "create Pod demo-0 in StatefulSet demo successful", "2026-05-01T12:01:00Z"
+    )
+    reconciler.reconcile("default", "demo")
+    assert status(kube)["reason"] == "WorkersStarting"
