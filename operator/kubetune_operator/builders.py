@@ -33,10 +33,8 @@ from kubetune_operator.spec import (
     CACHE_DIR,
     CONFIG_DIR,
     CONFIG_FILE,
-    GROUP,
     KIND,
     OUTPUTS_DIR,
-    PLURAL,
     QUANTITY,
     AdmissionPolicy,
     FineTuneJobSpec,
@@ -170,6 +168,10 @@ class JobRef:
         return f"{self.name}-progress"
 
     @property
+    def progress_configmap(self) -> str:
+        return f"{self.name}-progress"
+
+    @property
     def outputs_claim(self) -> str:
         return f"{self.name}-outputs"
 
@@ -278,17 +280,31 @@ def service_account(job: JobRef) -> dict[str, Any]:
     }
 
 
+def progress_configmap(job: JobRef) -> dict[str, Any]:
+    """Where rank 0 reports progress (key progress.json). The operator applies only its metadata, so
+    re-applying never erases a report; it copies the report into status.progress (progress.py)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, job.progress_configmap, "progress"),
+    }
+
+
 def progress_role(job: JobRef) -> dict[str, Any]:
-    """Exactly what rank 0 needs to report progress: its own job's status, nothing else."""
+    """Exactly what rank 0 needs to report progress: its own job's progress ConfigMap, nothing else.
+
+    Not the job's status: code running in a pod could then rewrite the operator's bookkeeping
+    (restarts, startTime, phase) and escape backoffLimit or activeDeadlineSeconds.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _metadata(job, job.role, "progress"),
         "rules": [
             {
-                "apiGroups": [GROUP],
-                "resources": [f"{PLURAL}/status"],
-                "resourceNames": [job.name],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [job.progress_configmap],
                 "verbs": ["get", "patch"],
             }
         ],
@@ -359,6 +375,7 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_JOB_NAME", "value": job.name},
         {"name": "KUBETUNE_JOB_NAMESPACE", "value": job.namespace},
+        {"name": "KUBETUNE_PROGRESS_CONFIGMAP", "value": job.progress_configmap},
         {"name": "PET_NNODES", "value": str(spec.workers)},
         {"name": "PET_NPROC_PER_NODE", "value": str(spec.processes_per_worker)},
         {
@@ -515,6 +532,7 @@ def children(
     if spec.serviceAccountName is None:
         objects.append(service_account(job))
     objects += [
+        progress_configmap(job),
         progress_role(job),
         progress_role_binding(job, spec),
         configmap(job, rendered),

@@ -98,6 +98,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # Server-side filtering: the operator only ever needs the pods and StatefulSets it created.
     selector = ",".join(f"{k}={v}" for k, v in handlers.CHILD_SELECTOR.items())
     settings.watching.label_selectors["v1", "pods"] = selector
+    settings.watching.label_selectors["v1", "configmaps"] = selector
     settings.watching.label_selectors["apps", "v1", "statefulsets"] = selector
     # Replicas get distinct priorities: the highest live one works, the others stay paused until
     # its keep-alive lapses (kopf pauses *all* replicas of equal priority, which would stop work).

@@ -18,6 +18,7 @@ from kubetune.config import ConfigProblem
 from kubetune.config.loading import parse_yaml
 
 from kubetune_operator import builders
+from kubetune_operator import progress as progress_report
 from kubetune_operator.builders import JOB_LABEL, BuildOptions, JobRef
 from kubetune_operator.k8s import ApiError, Kube
 from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
@@ -120,9 +121,15 @@ class Reconciler:
                 return replace(base, problems=problems, waiting=waiting), None
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
-        return replace(
-            base, outputs=outputs, create_failure=self._create_failure(job, ref, spec, pods)
-        ), config
+        failure = self._create_failure(job, ref, spec, pods)
+        return replace(base, outputs=outputs, create_failure=failure, progress=self._progress(ref)), config
+
+    def _progress(self, ref: JobRef) -> dict[str, Any] | None:
+        """Rank 0's latest report, from the job's own progress ConfigMap only."""
+        found = self.kube.get("ConfigMap", ref.namespace, ref.progress_configmap)
+        if found is None or not _controlled_by(found, ref):
+            return None
+        return progress_report.read_report(found)
 
     def _create_failure(self, job: dict, ref: JobRef, spec: FineTuneJobSpec, pods: list) -> str | None:
         """Why the StatefulSet controller cannot create the missing workers, read from its Events."""

@@ -24,14 +24,17 @@ from typing import Any
 
 from kubetune.config import ConfigProblem
 
+from kubetune_operator import progress as progress_report
 from kubetune_operator.builders import CONTAINER, POD_INDEX_LABEL
 from kubetune_operator.spec import FineTuneJobSpec, report
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 FINAL = frozenset({SUCCEEDED, FAILED})
 CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
-# Status keys the operator owns. Everything else (status.progress) belongs to rank 0.
+# Status keys the operator owns: all of them. status.progress too, copied field by field from the
+# ConfigMap rank 0 writes (progress.py): a pod never writes the job itself.
 OWNED_KEYS = (
+    "progress",
     "phase",
     "reason",
     "message",
@@ -83,6 +86,7 @@ class Observed:
     waiting: tuple[str, str] | None = None  # (reason, message): children cannot be built yet
     outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
     create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
+    progress: Mapping[str, Any] | None = None  # rank 0's latest report, sanitized (None: no report)
 
 
 @dataclass
@@ -327,11 +331,16 @@ def _decide(obs: Observed) -> Plan:
     spec = obs.spec
     created = condition(st.old, "Created").get("status") == "True"
     live = live_pods(obs.pods)
-    progress = (obs.job.get("status") or {}).get("progress") or {}
 
     if st.old_phase in FINAL:
         _finished(st, plan, spec, created, live)
         return plan
+    # Only the contract's fields, re-checked: whatever else the pod wrote never reaches the status.
+    progress = progress_report.sanitize(obs.progress if obs.progress is not None else st.old.get("progress"))
+    if progress:
+        st.new["progress"] = progress
+    else:
+        st.new.pop("progress", None)
 
     if obs.problems or spec is None:
         _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
@@ -495,12 +504,11 @@ def _completing(
 def _succeed(
     st: _Status, plan: Plan, obs: Observed, summary: dict, progress: Mapping[str, Any], note: str = ""
 ) -> None:
-    outputs = dict(obs.outputs or {})
-    if progress.get("outputDir"):
-        outputs["outputDir"] = progress["outputDir"]
+    outputs = dict(obs.outputs or {})  # the operator's own record of where the run writes
     if summary:
         outputs["summary"] = summary
     st.new["outputs"] = outputs
+    st.new["progress"] = progress_report.final(progress, summary)
     st.new["completionTime"] = rfc3339(obs.now)
     message = f"training finished; outputs in {outputs.get('outputDir', 'the outputs volume')}"
     if note:

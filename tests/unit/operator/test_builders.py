@@ -31,9 +31,13 @@ def env(children):
 
 def test_children_are_owned_and_carry_only_the_selector_labels():
     children, objects = build()
-    assert [o["kind"] for o in objects] == [
-        "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("ServiceAccount", "demo-worker"), ("ConfigMap", "demo-progress"), ("Role", "demo-progress"),
+        ("RoleBinding", "demo-progress"), ("ConfigMap", "demo-config"), ("Service", "demo-workers"),
+        ("StatefulSet", "demo"),
     ]  # fmt: skip
+    # The operator applies only the progress ConfigMap's metadata: re-applying never erases a report.
+    assert set(objects[1]) == {"apiVersion", "kind", "metadata"}
     for obj in objects:
         meta = obj["metadata"]
         assert meta["namespace"] == "default"
@@ -131,12 +135,14 @@ def test_output_dir_on_a_mounted_volume_is_kept():
     assert {"name": "data", "mountPath": "/data"} in container(children)["volumeMounts"]
 
 
-def test_progress_rights_are_limited_to_the_job_itself():
+def test_progress_rights_are_limited_to_the_jobs_progress_configmap():
+    # Never the job's status: a pod could then rewrite restarts, startTime or phase.
     children, _ = build()
     assert children["Role"]["rules"] == [
-        {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "resourceNames": ["demo"],
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["demo-progress"],
          "verbs": ["get", "patch"]}
     ]  # fmt: skip
+    assert env(children)["KUBETUNE_PROGRESS_CONFIGMAP"] == "demo-progress"
     binding = children["RoleBinding"]
     assert binding["roleRef"]["name"] == "demo-progress"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-worker", "namespace": "default"}]

@@ -47,15 +47,16 @@ class Job:
         self.body = job(**spec)
         self.body["metadata"].update(uid="u-1", generation=1)
         self.now = NOW
+        self.report = None  # what rank 0 last wrote into its progress ConfigMap
 
     def step(self, pods=(), progress=None, minutes=0, body=None):
         self.now = self.now + timedelta(minutes=minutes)
         if progress is not None:
-            self.body.setdefault("status", {})["progress"] = progress
+            self.report = progress
         source = body or self.body
         validation = validate_job(source)
         plan = decide(Observed(job=source, spec=validation.spec, pods=list(pods), now=self.now,
-                               problems=validation.problems,
+                               problems=validation.problems, progress=self.report,
                                outputs={"outputDir": "/var/lib/kubetune/outputs/demo-u-1", "volume": "emptyDir"}))  # fmt: skip
         patch = status_patch(self.body.get("status"), plan.status)
         if patch:
@@ -99,8 +100,8 @@ def test_pending_then_running_as_the_pods_run():
     assert status_patch(j.status, plan.status) is None and plan.events == []
 
 
-def test_progress_reports_need_no_operator_write():
-    # Rank 0's patch carries the Progress column's percent itself: one watch row per report, not two.
+def test_progress_reports_are_copied_into_the_status():
+    # Rank 0 writes its ConfigMap; the operator copies the report: one status write per report.
     j = Job()
     j.step([pod(0), pod(1)])
     plan = j.step([pod(0), pod(1)], progress={"step": 30, "totalSteps": 120, "percent": "25%", "loss": 1.5})
@@ -324,10 +325,13 @@ def test_waiting_for_a_config_map():
     assert plan.status["phase"] == "Pending" and plan.status["reason"] == "ConfigMapNotFound"
 
 
-def test_status_patch_removes_dropped_keys_and_keeps_progress():
+def test_status_patch_removes_dropped_keys():
     old = {"phase": "Running", "startTime": "x", "progress": {"step": 3}}
-    assert status_patch(old, {"phase": "Suspended"}) == {"phase": "Suspended", "startTime": None}
-    assert status_patch(old, {"phase": "Running", "startTime": "x"}) is None
+    assert status_patch(old, {"phase": "Suspended", "progress": {"step": 3}}) == {
+        "phase": "Suspended",
+        "startTime": None,
+    }
+    assert status_patch(old, {"phase": "Running", "startTime": "x", "progress": {"step": 3}}) is None
 
 
 def test_a_long_crash_log_is_cut_to_its_last_lines():
