@@ -280,6 +280,10 @@ def _status_schema() -> dict[str, Any]:
             "startTime": time,
             "completionTime": time,
             "restarts": integer,
+            "preemptions": {
+                "type": "integer",
+                "description": "Group restarts after a preemption (exit 143 after a checkpoint); not counted in restarts.",
+            },
             "workers": {"type": "string", "description": "Running workers / desired workers."},
             "readyWorkers": integer,
             "outputs": {

@@ -21,18 +21,9 @@ from kubetune_operator import builders
 from kubetune_operator import progress as progress_report
 from kubetune_operator.builders import JOB_LABEL, BuildOptions, JobRef
 from kubetune_operator.k8s import ApiError, Kube
+from kubetune_operator.pods import create_failure, live_pods, parse_time
 from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
-from kubetune_operator.status import (
-    FINAL,
-    Observed,
-    Plan,
-    condition,
-    create_failure,
-    decide,
-    live_pods,
-    parse_time,
-    status_patch,
-)
+from kubetune_operator.status import FINAL, Observed, Plan, condition, decide, status_patch
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,18 @@ from typing import Any
 from kubetune.config import ConfigProblem
 
 from kubetune_operator import progress as progress_report
-from kubetune_operator.builders import CONTAINER, POD_INDEX_LABEL
+from kubetune_operator.pods import (
+    MESSAGE_LIMIT,
+    WorkerFailure,
+    failure,
+    is_running,
+    live_pods,
+    parse_time,
+    rank_zero_exit,
+    rfc3339,
+    stuck,
+    success_summary,
+)
 from kubetune_operator.spec import FineTuneJobSpec, report
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
@@ -43,19 +54,10 @@ OWNED_KEYS = (
     "startTime",
     "completionTime",
     "restarts",
+    "preemptions",
     "workers",
     "readyWorkers",
     "outputs",
-)
-# A container waiting for one of these will not start without someone changing something.
-STUCK_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    }
 )
 CONFIG_RETRY_SECONDS = 10.0
 # While workers are missing, look again this often: a pod the StatefulSet controller cannot create
@@ -65,7 +67,6 @@ MISSING_PODS_RECHECK_SECONDS = 10.0
 # to zero anyway (rank 0 still has to flush its last report, write the summary and leave torchrun).
 COMPLETION_GRACE_SECONDS = 60.0
 COMPLETING = "Completing"
-MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -103,145 +104,6 @@ class Plan:
     def wake_in(self, seconds: float) -> None:
         seconds = max(seconds, 0.5)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
-
-
-# --- time -----------------------------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-# --- pods -----------------------------------------------------------------------------------------
-
-
-def pod_index(pod: Mapping[str, Any]) -> int | None:
-    meta = pod.get("metadata", {})
-    label = meta.get("labels", {}).get(POD_INDEX_LABEL)
-    text = label if label is not None else meta.get("name", "").rsplit("-", 1)[-1]
-    return int(text) if text.isdigit() else None
-
-
-def _trainer(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return status
-    return {}
-
-
-def _terminations(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    trainer = _trainer(pod)
-    found = [trainer.get(key, {}).get("terminated") for key in ("state", "lastState")]
-    return [t for t in found if t]
-
-
-def live_pods(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Pods not on their way out: a pod being deleted is from a generation we already dealt with."""
-    return [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
-
-
-def is_running(pod: Mapping[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") == "Running" and "running" in _trainer(pod).get("state", {})
-
-
-def success_summary(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Rank 0's trainer exited 0: its termination message (one JSON line) is the run's summary.
-
-    A trainer restarted after finishing exits 0 again at once and silently; while that exit is in
-    state.terminated, the finished run's exit (with the summary) is in lastState: prefer the one
-    with a message.
-    """
-    for pod in pods:
-        if pod_index(pod) != 0:
-            continue
-        exits = [t for t in _terminations(pod) if t.get("exitCode") == 0]
-        if exits:
-            spoken = [t for t in exits if (t.get("message") or "").strip()]
-            return _parse_summary((spoken or exits)[0].get("message"))
-    return None
-
-
-def rank_zero_exit(pods: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """Rank 0's trainer's termination record (current state first, else the last one), or None.
-
-    Under the StatefulSet's restartPolicy Always a finished trainer restarts at once (and exits 0 at
-    once, finding KUBETUNE_COMPLETE), so its exit is often only in lastState.terminated.
-    """
-    for pod in pods:
-        if pod_index(pod) == 0:
-            found = _terminations(pod)
-            return found[0] if found else None
-    return None
-
-
-def _parse_summary(message: str | None) -> dict[str, Any]:
-    if not message:
-        return {}
-    try:
-        parsed = json.loads(message.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        return {"message": message[-MESSAGE_LIMIT:]}
-    return parsed if isinstance(parsed, dict) else {"message": message[-MESSAGE_LIMIT:]}
-
-
-def failure(pods: list[Mapping[str, Any]]) -> str | None:
-    """A description of the first failed worker, or None: a non-zero exit or a pod the kubelet gave up on."""
-    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
-        name = pod.get("metadata", {}).get("name")
-        for terminated in _terminations(pod):
-            code = terminated.get("exitCode")
-            if code not in (0, None):
-                detail = _tail(terminated.get("message") or terminated.get("reason") or "")
-                text = f"worker {name} exited with code {code}"
-                return f"{text}: {detail}" if detail else text
-        if pod.get("status", {}).get("phase") == "Failed":
-            reason = pod.get("status", {}).get("reason") or "Failed"
-            detail = pod.get("status", {}).get("message") or ""
-            return f"worker {name} failed ({reason}) {detail}".strip()
-    return None
-
-
-def _tail(text: str, lines: int = 3, limit: int = 500) -> str:
-    """The end of a termination message: with FallbackToLogsOnError it is the log's tail, and the last
-    lines (a traceback's exception) say the most."""
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
-    joined = " | ".join(kept)
-    return joined if len(joined) <= limit else "..." + joined[-limit:]
-
-
-def create_failure(events: list[Mapping[str, Any]], since: datetime | None) -> str | None:
-    """The message of the newest Event about the StatefulSet when it is FailedCreate (a later
-    SuccessfulCreate means the cause went away); events from before `since` are an earlier job's."""
-
-    def when(event: Mapping[str, Any]) -> str:
-        series = (event.get("series") or {}).get("lastObservedTime")
-        return series or event.get("lastTimestamp") or event.get("eventTime") or ""
-
-    recent = [e for e in events if since is None or (parse_time(when(e)[:19] + "Z") or since) >= since]
-    recent = [e for e in recent if when(e)]
-    if not recent:
-        return None
-    newest = max(recent, key=when)
-    return _tail(newest.get("message") or "", lines=5) if newest.get("reason") == "FailedCreate" else None
-
-
-def stuck(pods: list[Mapping[str, Any]]) -> str | None:
-    """Why pods are not running yet, when it needs someone's attention (bad image, missing secret, no node)."""
-    for pod in pods:
-        name = pod.get("metadata", {}).get("name")
-        waiting = _trainer(pod).get("state", {}).get("waiting") or {}
-        if waiting.get("reason") in STUCK_REASONS:
-            return f"worker {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()
-        for condition in pod.get("status", {}).get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                return f"worker {name} cannot be scheduled: {condition.get('message', '')}".strip()
-    return None
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -401,22 +263,12 @@ def _decide(obs: Observed) -> Plan:
         plan.wake_in(left)
 
     failed = failure(live)
+    if failed is not None and failed.kind == "bad_input":
+        # Bad input (exit 2: the config, a missing model directory) fails the same way every time.
+        _fail(st, plan, "InvalidInput", f"{failed.message} (bad input: not retried)", True)
+        return plan
     if failed is not None:
-        restarts = int(st.new.get("restarts") or 0)
-        limit = spec.runPolicy.backoffLimit
-        if restarts >= limit:
-            message = f"{failed} (backoffLimit {limit} reached after {restarts} restart(s))"
-            _fail(st, plan, "BackoffLimitExceeded", message, True)
-            return plan
-        st.new["restarts"] = restarts + 1
-        plan.delete_pods = [p["metadata"]["name"] for p in live]
-        message = (
-            f"{failed}; restarting all workers from the last checkpoint (restart {restarts + 1} of {limit})"
-        )
-        plan.events.append(Event("Warning", "Restarting", message))
-        st.cond("Running", False, "Restarting", message)
-        st.phase(PENDING, "Restarting", message)
-        _workers(st, [], spec.workers)
+        _restart(st, plan, spec, live, failed)
         return plan
 
     running = [p for p in live if is_running(p)]
@@ -440,6 +292,30 @@ def _decide(obs: Observed) -> Plan:
         if blocked and st.old.get("message") != message[:MESSAGE_LIMIT]:
             plan.events.append(Event("Warning", reason, message))
     return plan
+
+
+def _restart(st: _Status, plan: Plan, spec: FineTuneJobSpec, live: list, failed: WorkerFailure) -> None:
+    """Restart the whole group from the last checkpoint; a preemption (exit 143 after the checkpoint)
+    does not count against backoffLimit, like Kubeflow's exit-code restart policy."""
+    restarts = int(st.new.get("restarts") or 0)
+    limit = spec.runPolicy.backoffLimit
+    if failed.kind == "preempted":
+        st.new["preemptions"] = int(st.new.get("preemptions") or 0) + 1
+        reason = "Preempted"
+        message = f"{failed.message}; preempted after its checkpoint: restarting all workers (not counted)"
+    elif restarts >= limit:
+        message = f"{failed.message} (backoffLimit {limit} reached after {restarts} restart(s))"
+        _fail(st, plan, "BackoffLimitExceeded", message, True)
+        return
+    else:
+        st.new["restarts"] = restarts + 1
+        reason = "Restarting"
+        message = f"{failed.message}; restarting all workers from the last checkpoint (restart {restarts + 1} of {limit})"
+    plan.delete_pods = [p["metadata"]["name"] for p in live]
+    plan.events.append(Event("Warning", reason, message))
+    st.cond("Running", False, reason, message)
+    st.phase(PENDING, reason, message)
+    _workers(st, [], spec.workers)
 
 
 def _workers(st: _Status, running: list, desired: int) -> None:
