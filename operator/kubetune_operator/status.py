@@ -37,7 +37,7 @@ from kubetune_operator.pods import (
     stuck,
     success_summary,
 )
-from kubetune_operator.spec import FineTuneJobSpec, report
+from kubetune_operator.spec import FineTuneJobSpec, report, shares_one_node_claim
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 FINAL = frozenset({SUCCEEDED, FAILED})
@@ -232,6 +232,12 @@ def _decide(obs: Observed) -> Plan:
             f"ConfigMap, Service and StatefulSet of {spec.workers} worker(s)",
         )
         plan.events.append(Event("Normal", "Created", f"created the children for {spec.workers} worker(s)"))
+        if shares_one_node_claim(spec):
+            message = (
+                f"{spec.workers} workers share one ReadWriteOnce claim: they can all mount it only on one "
+                "node; for workers on several nodes use accessModes [ReadWriteMany]"
+            )
+            plan.events.append(Event("Warning", "SharedReadWriteOnce", message))
     if st.old_phase == SUSPENDED:
         plan.events.append(Event("Normal", "Resumed", "resumed; training continues from the last checkpoint"))
     st.cond("Suspended", False, "Active")
