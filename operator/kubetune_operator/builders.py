@@ -113,6 +113,8 @@ class BuildOptions:
     default_resources: ResourceRequirements | None = None
     # What job authors may put in a pod (the chart's training.policy), checked by webhook and reconciler.
     policy: AdmissionPolicy = AdmissionPolicy()
+    # A NetworkPolicy per job: its workers accept connections only from each other (rendezvous, NCCL).
+    network_policy: bool = False
 
     @classmethod
     def from_env(
@@ -121,6 +123,7 @@ class BuildOptions:
         default_image: str = DEFAULT_IMAGE,
         default_resources: ResourceRequirements | None = None,
         policy: AdmissionPolicy | None = None,
+        network_policy: bool = False,
     ) -> BuildOptions:
         """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes).
 
@@ -133,6 +136,7 @@ class BuildOptions:
             launcher=launcher,
             default_resources=default_resources,
             policy=policy or AdmissionPolicy(),
+            network_policy=network_policy,
         )
 
 
@@ -268,6 +272,21 @@ def service(job: JobRef) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": selector_labels(job),
             "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def network_policy(job: JobRef) -> dict[str, Any]:
+    """Only the job's own workers may connect to them: the rendezvous port and NCCL's ports are
+    otherwise open to every pod the namespace's policies let through."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, job.service, "network"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(job)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": selector_labels(job)}}]}],
         },
     }
 
@@ -539,6 +558,8 @@ def children(
         service(job),
         statefulset(job, spec, rendered, replicas, options),
     ]
+    if options.network_policy:
+        objects.insert(-1, network_policy(job))  # before the pods exist
     return objects
 
 

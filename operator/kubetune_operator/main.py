@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=[p for p in os.environ.get("KUBETUNE_ALLOWED_IMAGES", "").split(",") if p.strip()],
                         help="admit only spec.image matching one of these shell patterns (repeatable; "
                              "none: any image; env KUBETUNE_ALLOWED_IMAGES, comma-separated)")  # fmt: skip
+    parser.add_argument("--network-policy", action=argparse.BooleanOptionalAction,
+                        default=_env_flag("KUBETUNE_NETWORK_POLICY", False),
+                        help="give each job a NetworkPolicy: its workers accept connections only from each other "
+                             "(default off; env KUBETUNE_NETWORK_POLICY)")  # fmt: skip
     return parser
 
 
@@ -155,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         webhook.register(registry, policy)
 
     options = BuildOptions.from_env(
-        os.environ, default_image=args.runtime_image, default_resources=default_resources, policy=policy
+        os.environ,
+        default_image=args.runtime_image,
+        default_resources=default_resources,
+        policy=policy,
+        network_policy=args.network_policy,
     )
     settings = settings_for(args)
     state = handlers.OperatorState(reconciler=Reconciler(Kube(), options), workers=args.workers)

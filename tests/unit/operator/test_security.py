@@ -139,3 +139,23 @@ def test_the_policy_comes_from_flags_or_the_environment(monkeypatch):
     assert main.policy_for(args) == AdmissionPolicy(
         allow_host_path=True, allow_service_accounts=False, allowed_images=("a/*", "b/*", "c/*")
     )
+
+
+def test_a_network_policy_admits_only_the_jobs_own_pods_when_enabled():
+    body = job()
+    body["metadata"]["uid"] = "u-1"
+    validation = validate_job(body)
+    ref, spec, config = JobRef.of(body), validation.spec, validation.config.to_mapping()
+    plain = builders.children(ref, spec, config, 2, BuildOptions())
+    assert "NetworkPolicy" not in [o["kind"] for o in plain]
+    objects = builders.children(ref, spec, config, 2, BuildOptions(network_policy=True))
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("NetworkPolicy") < kinds.index("StatefulSet")
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    selector = {"app.kubernetes.io/managed-by": "kubetune", "kubetune.dev/job-name": "demo"}
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": selector},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
+    }
+    assert main.build_parser().parse_args(["--network-policy"]).network_policy is True
