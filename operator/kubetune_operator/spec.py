@@ -335,7 +335,7 @@ def pydantic_problems(error: ValidationError, prefix: str) -> list[ConfigProblem
         fix = _FIXES.get(item["type"], "")
         message = item["msg"].removeprefix("Value error, ")
         if isinstance(item.get("input"), (str, int, float, bool)) and item["type"] != "missing":
-            message += f" (found {item['input']!r})"
+            message += f" (found {_cut(repr(item['input']), 100)})"  # a value, not a copy of the object
         problems.append(ConfigProblem(path=path, message=message, fix=fix))
     return problems
 

@@ -176,3 +176,8 @@ def test_pods_the_statefulset_cannot_create_are_reported_within_one_reconcile():
     )
     reconciler.reconcile("default", "demo")
     assert status(kube)["reason"] == "WorkersStarting"
+
+
+def test_a_refused_value_is_not_echoed_whole():
+    problems = validate_job(job(image="registry.example/" + "x" * 5000)).problems
+    assert problems and all(len(p.message) < 300 for p in problems)
