@@ -159,3 +159,16 @@ def test_a_network_policy_admits_only_the_jobs_own_pods_when_enabled():
         "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
     }
     assert main.build_parser().parse_args(["--network-policy"]).network_policy is True
+
+
+def test_the_webhook_refuses_by_the_operators_policy_with_the_key_path():
+    import kopf
+    from kubetune_operator import webhook
+
+    strict = AdmissionPolicy(allowed_images=("ghcr.io/kubetune/*",))
+    with pytest.raises(kopf.AdmissionError) as refused:
+        webhook.review(job(image="docker.io/someone/miner"), strict)
+    assert "spec.image: image 'docker.io/someone/miner' is not in this operator's allowed list" in str(
+        refused.value
+    )
+    webhook.review(job(image="ghcr.io/kubetune/runtime:0.1.0-cpu"), strict)  # admitted: no exception
