@@ -442,6 +442,10 @@ def test_crds_keep_off(helm):
 
 def test_crds_disabled(helm):
     docs = template(helm, {"crds.enabled": False})
+    # kopf's peering CRDs (HA is on with the webhook) follow peering.installCRDs, not crds.enabled.
+    crds = {c["metadata"]["name"] for c in by_kind(docs)["CustomResourceDefinition"]}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    docs = template(helm, {"crds.enabled": False, "peering.installCRDs": False})
     assert "CustomResourceDefinition" not in by_kind(docs)
 
 
