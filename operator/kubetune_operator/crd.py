@@ -50,7 +50,8 @@ ANY = {"x-kubernetes-preserve-unknown-fields": True}
 # workers disagree; a new run is a new FineTuneJob. (As for a Kubernetes Job's pod template.)
 IMMUTABLE = (
     "config", "configMapRef", "image", "workers", "gpusPerWorker", "resources", "storage", "cache",
-    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize",
+    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize", "podSecurityContext",
+    "securityContext",
 )  # fmt: skip
 # Where pods may run can change only while the job is suspended (e.g. a queue such as Kueue picks
 # the nodes, then unsuspends): the new template applies to the pods created on resume.

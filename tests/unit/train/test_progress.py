@@ -178,7 +178,7 @@ def test_a_failing_reporter_is_skipped(caplog):
 
 def test_environment_selects_the_reporters(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_PROGRESS_FILE", str(tmp_path / "p.json"))
-    monkeypatch.setenv("KUBETUNE_JOB_NAME", "job")
+    monkeypatch.setenv("KUBETUNE_PROGRESS_CONFIGMAP", "job-progress")
     monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "ns")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # no API server: no Kubernetes reporter
     names = [type(getattr(r, "reporter", r)).__name__ for r in build_reporters().reporters]
