@@ -148,7 +148,7 @@ class Kube:
     def patch_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """A merge patch of only the keys given: rank 0's status.progress is never touched."""
+        """A merge patch of only the keys given (the operator writes the whole status, key by key)."""
         return self.request(
             "PATCH",
             path("FineTuneJob", namespace, name, "status"),
