@@ -80,7 +80,7 @@ def final(progress: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
         out["step"] = max(steps, out.get("step", 0))
     loss = summary.get("final_train_loss")
     if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
-        out["loss"] = loss
+        out["loss"] = round(loss, 5)  # as the runtime rounds its reports (the Loss column)
     if "step" in out:
         out["totalSteps"] = max(out.get("totalSteps", 0), out["step"]) or out["step"]
     out["completed"] = True
