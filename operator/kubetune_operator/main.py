@@ -16,8 +16,8 @@ from pathlib import Path
 import kopf
 
 from kubetune_operator import handlers, metrics, webhook
-from kubetune_operator.builders import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.k8s import Kube
+from kubetune_operator.options import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.reconcile import Reconciler
 from kubetune_operator.spec import GROUP, PLURAL, VERSION, AdmissionPolicy
 
