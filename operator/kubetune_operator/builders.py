@@ -13,24 +13,31 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+# Operator-wide options live in options.py; importers find them here too (explicit re-exports).
+from kubetune_operator.options import DEFAULT_IMAGE as DEFAULT_IMAGE
+from kubetune_operator.options import DEFAULT_LAUNCHER as DEFAULT_LAUNCHER
+from kubetune_operator.options import BuildOptions as BuildOptions
+from kubetune_operator.options import parse_resources as parse_resources
+from kubetune_operator.security import (
+    SCRATCH_DIR,
+    SCRATCH_VOLUME,
+    container_security_context,
+    pod_security_context,
+    read_only_root,
+)
 from kubetune_operator.spec import (
     API_VERSION,
     CACHE_DIR,
     CONFIG_DIR,
     CONFIG_FILE,
-    GROUP,
     KIND,
     OUTPUTS_DIR,
-    PLURAL,
-    QUANTITY,
     FineTuneJobSpec,
     ResourceRequirements,
     VolumeChoice,
@@ -43,8 +50,6 @@ POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 CONFIG_HASH_ANNOTATION = "kubetune.dev/config-hash"
 CONTAINER = "trainer"
 RDZV_PORT = 29400
-DEFAULT_LAUNCHER = ("torchrun",)
-DEFAULT_IMAGE = "ghcr.io/kubetune/runtime:0.1.0"
 
 # NCCL defaults that are right for pods (users override any of them through spec.env).
 # NCCL_SOCKET_IFNAME is deliberately left unset: NCCL's own interface choice is right far more often
@@ -54,72 +59,6 @@ NCCL_ENV = {
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
     "NCCL_NVLS_ENABLE": "0",
 }
-
-
-def parse_resources(text: str | None) -> ResourceRequirements | None:
-    """The operator's default worker resources from JSON `{"requests": {...}, "limits": {...}}`.
-
-    Empty or absent text means no defaults. Raises ValueError saying what is wrong: the operator
-    refuses to start rather than have every job's StatefulSet refused by the API server later.
-    GPUs are not a default: a job asks for them with spec.gpusPerWorker.
-    """
-    if text is None or not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(
-            f'expected an object {{"requests": {{...}}, "limits": {{...}}}}, got {text.strip()!r}'
-        )
-    unknown = sorted(set(value) - {"requests", "limits"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}: only 'requests' and 'limits'")
-    parsed: dict[str, dict[str, int | str]] = {}
-    for part in ("requests", "limits"):
-        amounts = value.get(part) or {}
-        if not isinstance(amounts, dict):
-            raise ValueError(f"{part} must be an object of resource name -> quantity")
-        parsed[part] = {}
-        for name, amount in amounts.items():
-            if name == "nvidia.com/gpu":
-                raise ValueError(
-                    f"{part}.nvidia.com/gpu: GPUs are not a default; jobs set spec.gpusPerWorker"
-                )
-            if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
-                raise ValueError(f"{part}.{name}: {amount!r} is not a quantity")
-            if isinstance(amount, float):
-                amount = int(amount) if amount.is_integer() else repr(amount)
-            if not re.match(QUANTITY, str(amount)):
-                raise ValueError(f"{part}.{name}: {amount!r} is not a quantity (e.g. 8, 500m, 64Gi)")
-            parsed[part][name] = amount
-    return ResourceRequirements(**parsed)
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Operator-wide settings that shape every job's pods."""
-
-    default_image: str = DEFAULT_IMAGE
-    launcher: tuple[str, ...] = DEFAULT_LAUNCHER
-    # Worker requests/limits of jobs without spec.resources (the chart's training.resources).
-    default_resources: ResourceRequirements | None = None
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str],
-        default_image: str = DEFAULT_IMAGE,
-        default_resources: ResourceRequirements | None = None,
-    ) -> BuildOptions:
-        """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes).
-
-        The defaults of the training pods come from the command line (`--runtime-image`,
-        `--runtime-resources`), whose own defaults are the env variables the chart sets.
-        """
-        launcher = tuple(shlex.split(environ.get("KUBETUNE_OPERATOR_TORCHRUN", ""))) or DEFAULT_LAUNCHER
-        return cls(default_image=default_image, launcher=launcher, default_resources=default_resources)
 
 
 @dataclass(frozen=True)
@@ -151,6 +90,10 @@ class JobRef:
 
     @property
     def role(self) -> str:
+        return f"{self.name}-progress"
+
+    @property
+    def progress_configmap(self) -> str:
         return f"{self.name}-progress"
 
     @property
@@ -254,6 +197,21 @@ def service(job: JobRef) -> dict[str, Any]:
     }
 
 
+def network_policy(job: JobRef) -> dict[str, Any]:
+    """Only the job's own workers may connect to them: the rendezvous port and NCCL's ports are
+    otherwise open to every pod the namespace's policies let through."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, job.service, "network"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(job)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": selector_labels(job)}}]}],
+        },
+    }
+
+
 def service_account(job: JobRef) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -262,17 +220,31 @@ def service_account(job: JobRef) -> dict[str, Any]:
     }
 
 
+def progress_configmap(job: JobRef) -> dict[str, Any]:
+    """Where rank 0 reports progress (key progress.json). The operator applies only its metadata, so
+    re-applying never erases a report; it copies the report into status.progress (progress.py)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, job.progress_configmap, "progress"),
+    }
+
+
 def progress_role(job: JobRef) -> dict[str, Any]:
-    """Exactly what rank 0 needs to report progress: its own job's status, nothing else."""
+    """Exactly what rank 0 needs to report progress: its own job's progress ConfigMap, nothing else.
+
+    Not the job's status: code running in a pod could then rewrite the operator's bookkeeping
+    (restarts, startTime, phase) and escape backoffLimit or activeDeadlineSeconds.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _metadata(job, job.role, "progress"),
         "rules": [
             {
-                "apiGroups": [GROUP],
-                "resources": [f"{PLURAL}/status"],
-                "resourceNames": [job.name],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [job.progress_configmap],
                 "verbs": ["get", "patch"],
             }
         ],
@@ -343,6 +315,7 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_JOB_NAME", "value": job.name},
         {"name": "KUBETUNE_JOB_NAMESPACE", "value": job.namespace},
+        {"name": "KUBETUNE_PROGRESS_CONFIGMAP", "value": job.progress_configmap},
         {"name": "PET_NNODES", "value": str(spec.workers)},
         {"name": "PET_NPROC_PER_NODE", "value": str(spec.processes_per_worker)},
         {
@@ -359,6 +332,8 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in NCCL_ENV.items()),
     ]
+    if read_only_root(spec):
+        env.append({"name": "HOME", "value": SCRATCH_DIR})
     if spec.cache is not None:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
         env.append({"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR})
@@ -398,6 +373,9 @@ def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[dict],
         {"name": "dshm", "mountPath": "/dev/shm"},
         _mount("outputs", OUTPUTS_DIR, spec.storage),
     ]
+    if read_only_root(spec):
+        volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+        mounts.append({"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR})
     if spec.cache is not None:
         volumes.append({"name": "cache", **_volume_source(spec.cache, job.cache_claim)})
         cache_mount = _mount("cache", CACHE_DIR, spec.cache)
@@ -430,6 +408,7 @@ def statefulset(
         "volumeMounts": mounts,
         # Rank 0 writes a one-line JSON summary on success; a crash leaves its last log lines here.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(spec),
     }
     if spec.imagePullPolicy:
         container["imagePullPolicy"] = spec.imagePullPolicy
@@ -449,6 +428,7 @@ def statefulset(
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.terminationGracePeriodSeconds,
+        "securityContext": pod_security_context(spec),
         "containers": [container],
         "volumes": volumes,
     }
@@ -492,12 +472,15 @@ def children(
     if spec.serviceAccountName is None:
         objects.append(service_account(job))
     objects += [
+        progress_configmap(job),
         progress_role(job),
         progress_role_binding(job, spec),
         configmap(job, rendered),
         service(job),
         statefulset(job, spec, rendered, replicas, options),
     ]
+    if options.network_policy:
+        objects.insert(-1, network_policy(job))  # before the pods exist
     return objects
 
 

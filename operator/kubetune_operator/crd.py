@@ -24,10 +24,13 @@ from kubetune_operator.spec import (
     API_VERSION,
     GROUP,
     KIND,
+    LIST_MAX,
+    MAP_MAX,
     MAX_NAME_LENGTH,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
+    TEXT_MAX,
     VERSION,
     FineTuneJobSpec,
 )
@@ -47,11 +50,17 @@ ANY = {"x-kubernetes-preserve-unknown-fields": True}
 # workers disagree; a new run is a new FineTuneJob. (As for a Kubernetes Job's pod template.)
 IMMUTABLE = (
     "config", "configMapRef", "image", "workers", "gpusPerWorker", "resources", "storage", "cache",
-    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize",
+    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize", "podSecurityContext",
+    "securityContext",
 )  # fmt: skip
 # Where pods may run can change only while the job is suspended (e.g. a queue such as Kueue picks
 # the nodes, then unsuspends): the new template applies to the pods created on resume.
 SCHEDULING = ("nodeSelector", "tolerations", "affinity", "priorityClassName")
+# Bounds inside spec.config, where the training config's own schema sets none: far above any real
+# config (a chat template is a few KB), low enough that the apiserver refuses a bloated object itself.
+CONFIG_TEXT_MAX = 65_536
+CONFIG_LIST_MAX = 1024
+CONFIG_MAP_MAX = 512
 
 
 def structural(node: Any, *, keep_unknown: bool = False) -> dict[str, Any]:
@@ -141,13 +150,32 @@ def _described(out: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 def _spec_schema() -> dict[str, Any]:
     raw = FineTuneJobSpec.model_json_schema(mode="validation")
     defs = raw.pop("$defs", {})
-    spec = structural(_inline(raw, defs))
+    spec = bounded(structural(_inline(raw, defs)), TEXT_MAX, LIST_MAX, MAP_MAX)
+    config = structural(training_config_json_schema(), keep_unknown=True)
     spec["properties"]["config"] = {
-        **structural(training_config_json_schema(), keep_unknown=True),
+        **bounded(config, CONFIG_TEXT_MAX, CONFIG_LIST_MAX, CONFIG_MAP_MAX),
         "description": FineTuneJobSpec.model_fields["config"].description,
     }
     spec["x-kubernetes-validations"] = _spec_rules()
     return spec
+
+
+def bounded(node: dict[str, Any], text: int, items: int, props: int) -> dict[str, Any]:
+    """Every string, list and map of a structural schema capped where the models set no bound of their own."""
+    out = dict(node)
+    kind = out.get("type")
+    if kind == "string" and "enum" not in out:
+        out.setdefault("maxLength", text)
+    elif kind == "array":
+        out.setdefault("maxItems", items)
+        out["items"] = bounded(out["items"], text, items, props)
+    elif kind == "object":
+        out.setdefault("maxProperties", props)
+        if "properties" in out:
+            out["properties"] = {k: bounded(v, text, items, props) for k, v in out["properties"].items()}
+        if isinstance(out.get("additionalProperties"), dict):
+            out["additionalProperties"] = bounded(out["additionalProperties"], text, items, props)
+    return out
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -253,6 +281,10 @@ def _status_schema() -> dict[str, Any]:
             "startTime": time,
             "completionTime": time,
             "restarts": integer,
+            "preemptions": {
+                "type": "integer",
+                "description": "Group restarts after a preemption (exit 143 after a checkpoint); not counted in restarts.",
+            },
             "workers": {"type": "string", "description": "Running workers / desired workers."},
             "readyWorkers": integer,
             "outputs": {
@@ -272,10 +304,11 @@ def crd() -> dict[str, Any]:
         ("Step", "integer", ".status.progress.step", 0),
         ("Loss", "number", ".status.progress.loss", 0),
         ("Workers", "string", ".status.workers", 0),
+        # Why a job is not running (FailedCreate, WorkersBlocked, ...) without -o wide.
+        ("Reason", "string", ".status.reason", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Restarts", "integer", ".status.restarts", 1),
         ("ETA", "number", ".status.progress.etaSeconds", 1),
-        ("Reason", "string", ".status.reason", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

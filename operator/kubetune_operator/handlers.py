@@ -55,14 +55,13 @@ class OperatorState:
     def job_changed(self, key: Key, body: Any) -> None:
         """Reconcile unless the change is only the operator's own status write.
 
-        Every status write comes back as a watch event; reconciling it would cost two API reads
-        and find nothing to do. What can change a decision is the spec (generation), deletion,
-        and rank 0's progress.
+        Every status write comes back as a watch event; reconciling it would cost API reads and
+        find nothing to do. What can change a decision is the spec (generation) and deletion; rank
+        0's progress arrives through its ConfigMap (progress_event).
         """
-        meta, status = body.get("metadata", {}), body.get("status") or {}
+        meta = body.get("metadata", {})
         fingerprint = json.dumps(
-            [meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"), status.get("progress")],
-            sort_keys=True,
+            [meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp")], sort_keys=True
         )
         if self.seen.get(key) != fingerprint:
             self.seen[key] = fingerprint
@@ -124,6 +123,13 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def pod_event(body: Any, memo: Any, **_: Any) -> None:
         job = body["metadata"].get("labels", {}).get(JOB_LABEL)
         if job:
+            memo.state.touch((body["metadata"]["namespace"], job))
+
+    @kopf.on.event("v1", "configmaps", labels=CHILD_SELECTOR, registry=registry)
+    async def progress_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        # Rank 0 rewrote its progress ConfigMap (or someone touched a job's config): look again.
+        job = body["metadata"].get("labels", {}).get(JOB_LABEL)
+        if job and type != "DELETED":
             memo.state.touch((body["metadata"]["namespace"], job))
 
     @kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_SELECTOR, registry=registry)

@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     "StatefulSet": ("/apis/apps/v1", "statefulsets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "FineTuneJob": (f"/apis/{GROUP}/{VERSION}", PLURAL),
@@ -49,8 +50,9 @@ class ApiError(Exception):
 
     @property
     def invalid(self) -> bool:
-        """The object itself is wrong (retrying will not help; the job's spec must change)."""
-        return self.status in (400, 422)
+        """The object itself is wrong (retrying will not help; the job's spec must change): 413 is a
+        request larger than the apiserver accepts."""
+        return self.status in (400, 413, 422)
 
 
 def load_api_client() -> client.ApiClient:
@@ -119,6 +121,12 @@ class Kube:
         found = self.request("GET", path(kind, namespace), query={"labelSelector": selector})
         return (found or {}).get("items", [])
 
+    def events_about(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The Events whose involvedObject is this object (the StatefulSet controller's FailedCreate, ...)."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        found = self.request("GET", path("Event", namespace), query={"fieldSelector": selector})
+        return (found or {}).get("items", [])
+
     def list_jobs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         prefix, plural = KINDS["FineTuneJob"]
         url = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
@@ -140,7 +148,7 @@ class Kube:
     def patch_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """A merge patch of only the keys given: rank 0's status.progress is never touched."""
+        """A merge patch of only the keys given (the operator writes the whole status, key by key)."""
         return self.request(
             "PATCH",
             path("FineTuneJob", namespace, name, "status"),

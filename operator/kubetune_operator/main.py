@@ -16,10 +16,10 @@ from pathlib import Path
 import kopf
 
 from kubetune_operator import handlers, metrics, webhook
-from kubetune_operator.builders import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.k8s import Kube
+from kubetune_operator.options import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.reconcile import Reconciler
-from kubetune_operator.spec import GROUP, PLURAL, VERSION
+from kubetune_operator.spec import GROUP, PLURAL, VERSION, AdmissionPolicy
 
 log = logging.getLogger("kubetune_operator")
 
@@ -56,7 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help='worker requests/limits of jobs without spec.resources, as {"requests": {...}, '
                              '"limits": {...}} (env KUBETUNE_RUNTIME_RESOURCES)')  # fmt: skip
     parser.add_argument("--workers", type=int, default=8, help="jobs reconciled in parallel (default 8)")
+    policy = parser.add_argument_group("what job authors may put in training pods (chart: training.policy)")
+    policy.add_argument("--allow-host-path", action=argparse.BooleanOptionalAction,
+                        default=_env_flag("KUBETUNE_ALLOW_HOST_PATH", False),
+                        help="admit hostPath volumes (default off; env KUBETUNE_ALLOW_HOST_PATH)")  # fmt: skip
+    policy.add_argument("--allow-service-accounts", action=argparse.BooleanOptionalAction,
+                        default=_env_flag("KUBETUNE_ALLOW_SERVICE_ACCOUNTS", True),
+                        help="admit spec.serviceAccountName (default on; env KUBETUNE_ALLOW_SERVICE_ACCOUNTS)")  # fmt: skip
+    policy.add_argument("--allowed-image", action="append", metavar="PATTERN",
+                        default=[p for p in os.environ.get("KUBETUNE_ALLOWED_IMAGES", "").split(",") if p.strip()],
+                        help="admit only spec.image matching one of these shell patterns (repeatable; "
+                             "none: any image; env KUBETUNE_ALLOWED_IMAGES, comma-separated)")  # fmt: skip
+    parser.add_argument("--network-policy", action=argparse.BooleanOptionalAction,
+                        default=_env_flag("KUBETUNE_NETWORK_POLICY", False),
+                        help="give each job a NetworkPolicy: its workers accept connections only from each other "
+                             "(default off; env KUBETUNE_NETWORK_POLICY)")  # fmt: skip
     return parser
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value in ("1", "true", "yes", "on")
+
+
+def policy_for(args: argparse.Namespace) -> AdmissionPolicy:
+    return AdmissionPolicy(
+        allow_host_path=args.allow_host_path,
+        allow_service_accounts=args.allow_service_accounts,
+        allowed_images=tuple(pattern.strip() for pattern in args.allowed_image),
+    )
 
 
 def exact_namespaces(patterns: list[str]) -> bool:
@@ -74,6 +102,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # Server-side filtering: the operator only ever needs the pods and StatefulSets it created.
     selector = ",".join(f"{k}={v}" for k, v in handlers.CHILD_SELECTOR.items())
     settings.watching.label_selectors["v1", "pods"] = selector
+    settings.watching.label_selectors["v1", "configmaps"] = selector
     settings.watching.label_selectors["apps", "v1", "statefulsets"] = selector
     # Replicas get distinct priorities: the highest live one works, the others stay paused until
     # its keep-alive lapses (kopf pauses *all* replicas of equal priority, which would stop work).
@@ -125,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").addFilter(_quiet_handler_successes)
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
+    policy = policy_for(args)
     if args.webhook_cert_dir is not None:
-        webhook.register(registry)
+        webhook.register(registry, policy)
 
     options = BuildOptions.from_env(
-        os.environ, default_image=args.runtime_image, default_resources=default_resources
+        os.environ,
+        default_image=args.runtime_image,
+        default_resources=default_resources,
+        policy=policy,
+        network_policy=args.network_policy,
     )
     settings = settings_for(args)
     state = handlers.OperatorState(reconciler=Reconciler(Kube(), options), workers=args.workers)
@@ -144,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             "launcher": list(options.launcher),
             "runtime_image": options.default_image,
             "runtime_resources": default_resources.model_dump() if default_resources else None,
+            "policy": {
+                "allow_host_path": policy.allow_host_path,
+                "allow_service_accounts": policy.allow_service_accounts,
+                "allowed_images": list(policy.allowed_images),
+            },
             "namespace_scanning": not settings.scanning.disabled,
         },
     )

@@ -14,16 +14,32 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-import yaml
 from kubetune.config import ConfigProblem
+from kubetune.config.loading import parse_yaml
 
 from kubetune_operator import builders
-from kubetune_operator.builders import BuildOptions, JobRef
+from kubetune_operator import progress as progress_report
+from kubetune_operator.builders import JOB_LABEL, BuildOptions, JobRef
 from kubetune_operator.k8s import ApiError, Kube
+from kubetune_operator.pods import create_failure, live_pods, parse_time
 from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
-from kubetune_operator.status import FINAL, Observed, Plan, decide, status_patch
+from kubetune_operator.status import FINAL, Observed, Plan, condition, decide, status_patch
 
 log = logging.getLogger(__name__)
+
+# The largest child the operator sends: Kubernetes keeps at most 1 MiB of data in a ConfigMap (and
+# about 1.5 MiB per object in etcd); above that the apiserver refuses the request, every time.
+MAX_CHILD_BYTES = 1 << 20
+
+
+class ChildRefused(Exception):
+    """A child that cannot be applied as built: the job fails with `reason` (or waits, when `wait`)."""
+
+    def __init__(self, reason: str, problem: ConfigProblem, wait: bool = False):
+        super().__init__(problem.message)
+        self.reason = reason
+        self.problem = problem
+        self.wait = wait
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,13 @@ class Reconciler:
         if plan.apply_children and config is not None:
             try:
                 self._apply_children(ref, observed.spec, config, plan.replicas)
+            except ChildRefused as refused:
+                if refused.wait:
+                    plan = decide(replace(observed, waiting=(refused.reason, refused.problem.message)))
+                else:
+                    plan = decide(
+                        replace(observed, problems=[refused.problem], problem_reason=refused.reason)
+                    )
             except ApiError as error:
                 if not error.invalid:
                     raise
@@ -76,7 +99,7 @@ class Reconciler:
 
     def _observe(self, job: dict, ref: JobRef, pods: list) -> tuple[Observed, dict[str, Any] | None]:
         now = datetime.now(timezone.utc)
-        validation = validate_job(job)
+        validation = validate_job(job, self.options.policy)
         spec = validation.spec
         base = Observed(job=job, spec=spec, pods=pods, now=now, problems=validation.problems)
         if not validation.ok or spec is None or (job.get("status") or {}).get("phase") in FINAL:
@@ -89,7 +112,23 @@ class Reconciler:
                 return replace(base, problems=problems, waiting=waiting), None
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
-        return replace(base, outputs=outputs), config
+        failure = self._create_failure(job, ref, spec, pods)
+        return replace(base, outputs=outputs, create_failure=failure, progress=self._progress(ref)), config
+
+    def _progress(self, ref: JobRef) -> dict[str, Any] | None:
+        """Rank 0's latest report, from the job's own progress ConfigMap only."""
+        found = self.kube.get("ConfigMap", ref.namespace, ref.progress_configmap)
+        if found is None or not _controlled_by(found, ref):
+            return None
+        return progress_report.read_report(found)
+
+    def _create_failure(self, job: dict, ref: JobRef, spec: FineTuneJobSpec, pods: list) -> str | None:
+        """Why the StatefulSet controller cannot create the missing workers, read from its Events."""
+        created = condition(job.get("status") or {}, "Created").get("status") == "True"
+        if spec.suspend or not created or len(live_pods(pods)) >= spec.workers:
+            return None
+        events = self.kube.events_about(ref.namespace, "StatefulSet", ref.statefulset)
+        return create_failure(events, parse_time(job["metadata"].get("creationTimestamp")))
 
     def _referenced_config(
         self, ref: JobRef, spec: FineTuneJobSpec
@@ -97,7 +136,8 @@ class Reconciler:
         """A configMapRef is read once: after the first start the job keeps its own rendered copy."""
         own = self.kube.get("ConfigMap", ref.namespace, ref.configmap)
         if own is not None and _owned_by(own, ref):
-            return yaml.safe_load(own["data"][CONFIG_FILE]), None, []
+            rendered, problems = parse_yaml(own["data"][CONFIG_FILE], name=ref.configmap)
+            return (rendered, None, []) if not problems else (None, None, problems)
         source_ref = spec.configMapRef
         assert source_ref is not None  # validate_spec guarantees config or configMapRef
         source = self.kube.get("ConfigMap", ref.namespace, source_ref.name)
@@ -120,6 +160,13 @@ class Reconciler:
             if self._applied.get(key) == digest:
                 return
         for obj in objects:
+            _check_size(obj)
+        for obj in objects:
+            existing = self.kube.get(obj["kind"], ref.namespace, obj["metadata"]["name"])
+            if existing is not None and not _controlled_by(existing, ref):
+                if _retained_claim_of(existing, ref):
+                    continue  # whenDeleted: Retain kept it for a job of this name: use it as it is
+                _refuse_taken(existing, ref)
             self.kube.apply(obj)
         with self._lock:
             self._applied[key] = digest
@@ -156,3 +203,52 @@ class Reconciler:
 
 def _owned_by(obj: dict, ref: JobRef) -> bool:
     return any(o.get("uid") == ref.uid for o in obj["metadata"].get("ownerReferences") or [])
+
+
+def _controller(obj: dict) -> dict | None:
+    return next((o for o in obj["metadata"].get("ownerReferences") or [] if o.get("controller")), None)
+
+
+def _controlled_by(obj: dict, ref: JobRef) -> bool:
+    return (_controller(obj) or {}).get("uid") == ref.uid
+
+
+def _retained_claim_of(obj: dict, ref: JobRef) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return (
+        obj.get("kind") == "PersistentVolumeClaim"
+        and _controller(obj) is None
+        and labels.get(JOB_LABEL) == ref.name
+        and labels.get("app.kubernetes.io/managed-by") == builders.MANAGED_BY
+    )
+
+
+def _refuse_taken(existing: dict, ref: JobRef) -> None:
+    """Never take over an object the job did not create: applying it would overwrite it and hand it to
+    the garbage collector with the job."""
+    kind, name = existing.get("kind", "object"), existing["metadata"]["name"]
+    controller = _controller(existing) or {}
+    if controller.get("kind") == "FineTuneJob" and controller.get("name") == ref.name:
+        # A child of an earlier job of this name, which the garbage collector is about to remove.
+        message = f"waiting for {kind} {name} of the previous job named {ref.name} to be deleted"
+        raise ChildRefused("PreviousChildrenPresent", ConfigProblem("metadata.name", message), wait=True)
+    owner = f" (controlled by {controller.get('kind')} {controller.get('name')})" if controller else ""
+    problem = ConfigProblem(
+        "metadata.name",
+        f"{kind} {name} already exists and was not created for this job{owner}; the operator never takes "
+        "over an existing object",
+        f"rename the job, or delete or rename that {kind}",
+    )
+    raise ChildRefused("ChildNameTaken", problem)
+
+
+def _check_size(obj: dict) -> None:
+    size = len(json.dumps(obj, separators=(",", ":")))
+    if size > MAX_CHILD_BYTES:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        problem = ConfigProblem(
+            "spec.config" if kind == "ConfigMap" else "spec",
+            f"the job's {kind} {name} would be {size} bytes; Kubernetes stores at most {MAX_CHILD_BYTES}",
+            "make the config smaller (keep data out of it: point datasets at files)",
+        )
+        raise ChildRefused("ChildTooLarge", problem)

@@ -17,9 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
 from kubetune.config import ConfigError, ConfigProblem, TrainConfig, load_config, validate_mapping
+from kubetune.config.loading import bound_problems, parse_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# The installer's policy is part of validation: importers find it here too (explicit re-exports).
+from kubetune_operator.admission import AdmissionPolicy as AdmissionPolicy
+from kubetune_operator.admission import shared_storage_problems
+from kubetune_operator.admission import shares_one_node_claim as shares_one_node_claim
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -39,10 +44,21 @@ CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "config.yaml"
 OUTPUTS_DIR = "/var/lib/kubetune/outputs"
 CACHE_DIR = "/var/cache/kubetune"
-RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache"})
+RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache", "kubetune-tmp"})
 RESERVED_MOUNT_PATHS = frozenset({CONFIG_DIR, OUTPUTS_DIR, CACHE_DIR, "/dev/shm"})
 
 QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+|[KMGTPE]i?|[mkMGTPE])?$"
+
+# Bounds on the spec's own strings, lists and maps (the CRD carries them too, so the apiserver refuses
+# an oversized object before any webhook or reconcile reads it).
+NAME_MAX = 253  # a Kubernetes object name
+TEXT_MAX = 4096  # an image reference, a path, a label value
+LIST_MAX = 256  # volumes, mounts, env entries, tolerations
+MAP_MAX = 256  # labels, annotations, node selectors, resources
+# Where a refusal message stops (the webhook's answer, status.message, an Event): a config with
+# thousands of unknown keys must not produce megabytes of text.
+REPORT_PROBLEMS = 50
+REPORT_CHARS = 16_000
 
 K8sObject = dict[str, Any]
 
@@ -54,18 +70,28 @@ class _Model(BaseModel):
 class ConfigMapRef(_Model):
     """A ConfigMap holding the training config (read once, when the job first starts)."""
 
-    name: str = Field(min_length=1, description="Name of the ConfigMap in the job's namespace.")
-    key: str = Field(CONFIG_FILE, min_length=1, description="Key of the config YAML inside the ConfigMap.")
+    name: str = Field(
+        min_length=1, max_length=NAME_MAX, description="Name of the ConfigMap in the job's namespace."
+    )
+    key: str = Field(
+        CONFIG_FILE,
+        min_length=1,
+        max_length=NAME_MAX,
+        description="Key of the config YAML inside the ConfigMap.",
+    )
 
 
 class ClaimTemplate(_Model):
     """A PersistentVolumeClaim the operator creates for the job."""
 
-    size: str = Field(pattern=QUANTITY, description='Requested capacity, e.g. "100Gi".')
-    storageClassName: str | None = Field(None, description="StorageClass; the cluster default when absent.")
+    size: str = Field(pattern=QUANTITY, max_length=64, description='Requested capacity, e.g. "100Gi".')
+    storageClassName: str | None = Field(
+        None, max_length=NAME_MAX, description="StorageClass; the cluster default when absent."
+    )
     accessModes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"],
         min_length=1,
+        max_length=4,
         description="Access modes; multi-node jobs on ReadWriteOnce storage only work on one node.",
     )
     whenDeleted: Literal["Delete", "Retain"] = Field(
@@ -77,12 +103,18 @@ class ClaimTemplate(_Model):
 class VolumeChoice(_Model):
     """Exactly one of: an existing claim, a claim template, or any Kubernetes volume source."""
 
-    existingClaim: str | None = Field(None, min_length=1, description="Name of an existing PVC.")
+    existingClaim: str | None = Field(
+        None, min_length=1, max_length=NAME_MAX, description="Name of an existing PVC."
+    )
     claimTemplate: ClaimTemplate | None = Field(None, description="A PVC the operator creates.")
     volume: K8sObject | None = Field(
-        None, description="Any Kubernetes volume source, e.g. {hostPath: {path: /data}} or {nfs: {...}}."
+        None,
+        max_length=MAP_MAX,
+        description="Any Kubernetes volume source, e.g. {nfs: {...}} (hostPath only where the operator allows it).",
     )
-    subPath: str | None = Field(None, description="Mount only this sub-directory of the volume.")
+    subPath: str | None = Field(
+        None, max_length=TEXT_MAX, description="Mount only this sub-directory of the volume."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> VolumeChoice:
@@ -106,9 +138,11 @@ class Cache(VolumeChoice):
 
 class ResourceRequirements(_Model):
     requests: dict[str, int | str] = Field(
-        default_factory=dict, description="Resource requests per worker pod."
+        default_factory=dict, max_length=MAP_MAX, description="Resource requests per worker pod."
     )
-    limits: dict[str, int | str] = Field(default_factory=dict, description="Resource limits per worker pod.")
+    limits: dict[str, int | str] = Field(
+        default_factory=dict, max_length=MAP_MAX, description="Resource limits per worker pod."
+    )
 
 
 class RunPolicy(_Model):
@@ -122,30 +156,78 @@ class RunPolicy(_Model):
 
 
 class PodMetadata(_Model):
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the worker pods.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=MAP_MAX, description="Extra labels on the worker pods."
+    )
     annotations: dict[str, str] = Field(
-        default_factory=dict, description="Extra annotations on the worker pods."
+        default_factory=dict, max_length=MAP_MAX, description="Extra annotations on the worker pods."
     )
 
 
 class EnvVar(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, description="Variable name.")
+    name: str = Field(min_length=1, max_length=TEXT_MAX, description="Variable name.")
 
 
 class Volume(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, description="Volume name (unique in the pod).")
+    name: str = Field(min_length=1, max_length=63, description="Volume name (unique in the pod).")
 
 
 class VolumeMount(_Model):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, description="Name of the volume to mount.")
-    mountPath: str = Field(min_length=1, description="Where the volume appears in the trainer container.")
+    name: str = Field(min_length=1, max_length=63, description="Name of the volume to mount.")
+    mountPath: str = Field(
+        min_length=1, max_length=TEXT_MAX, description="Where the volume appears in the trainer container."
+    )
 
 
 class LocalObjectReference(_Model):
-    name: str = Field(min_length=1, description="Name of the Secret.")
+    name: str = Field(min_length=1, max_length=NAME_MAX, description="Name of the Secret.")
+
+
+class SeccompProfile(_Model):
+    type: Literal["RuntimeDefault", "Localhost"] = Field(
+        description="RuntimeDefault (the default) or Localhost; Unconfined is not allowed."
+    )
+    localhostProfile: str | None = Field(
+        None, max_length=TEXT_MAX, description="With type Localhost: the profile's path on the node."
+    )
+
+
+class PodSecurityContext(_Model):
+    """Tightening of the workers' pod securityContext (they meet the restricted Pod Security Standard
+    by default: non-root user 1000, seccomp RuntimeDefault); nothing here can loosen it."""
+
+    runAsUser: int | None = Field(None, ge=1, description="User id of the trainer (never 0); default 1000.")
+    runAsGroup: int | None = Field(None, ge=0, description="Primary group id; default 1000.")
+    fsGroup: int | None = Field(None, ge=0, description="Group that owns the volumes; default 1000.")
+    supplementalGroups: list[int] = Field(default_factory=list, max_length=32, description="Extra group ids.")
+    fsGroupChangePolicy: Literal["OnRootMismatch", "Always"] | None = Field(
+        None, description="When the kubelet changes volume ownership to fsGroup."
+    )
+    seccompProfile: SeccompProfile | None = Field(None, description="Seccomp profile of the pod.")
+
+
+class Capabilities(_Model):
+    drop: list[str] = Field(
+        default_factory=list, max_length=64, description="Capabilities to drop (ALL is always dropped)."
+    )
+
+
+class ContainerSecurityContext(_Model):
+    """Tightening of the trainer container's securityContext (privilege escalation is always off and
+    every capability dropped); nothing here can loosen it."""
+
+    readOnlyRootFilesystem: bool | None = Field(
+        None, description="Mount the image read-only (the runtime writes only to its volumes and /tmp)."
+    )
+    runAsUser: int | None = Field(None, ge=1, description="User id of the trainer (never 0).")
+    runAsGroup: int | None = Field(None, ge=0, description="Primary group id.")
+    seccompProfile: SeccompProfile | None = Field(None, description="Seccomp profile of the trainer.")
+    capabilities: Capabilities | None = Field(
+        None, description="Only `drop`: adding capabilities is refused."
+    )
 
 
 class FineTuneJobSpec(_Model):
@@ -158,7 +240,10 @@ class FineTuneJobSpec(_Model):
         None, description="Or: a ConfigMap holding the training config."
     )
     image: str | None = Field(
-        None, min_length=1, description="Runtime image; the operator's default when absent."
+        None,
+        min_length=1,
+        max_length=TEXT_MAX,
+        description="Runtime image; the operator's default when absent (the operator may allow only some).",
     )
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy."
@@ -171,25 +256,47 @@ class FineTuneJobSpec(_Model):
         None, description="CPU/memory requests and limits per pod."
     )
     nodeSelector: dict[str, str] = Field(
-        default_factory=dict, description="Node selector for the worker pods."
+        default_factory=dict, max_length=MAP_MAX, description="Node selector for the worker pods."
     )
-    tolerations: list[K8sObject] = Field(default_factory=list, description="Tolerations for the worker pods.")
+    tolerations: list[K8sObject] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Tolerations for the worker pods."
+    )
     affinity: K8sObject | None = Field(None, description="Affinity of the worker pods.")
-    priorityClassName: str | None = Field(None, description="PriorityClass of the worker pods.")
-    serviceAccountName: str | None = Field(
-        None, description="Run pods under this ServiceAccount (the operator binds progress reporting to it)."
+    priorityClassName: str | None = Field(
+        None, max_length=NAME_MAX, description="PriorityClass of the worker pods."
     )
-    imagePullSecrets: list[LocalObjectReference] = Field(default_factory=list, description="Pull secrets.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment (overrides the defaults).")
-    envFrom: list[K8sObject] = Field(default_factory=list, description="Environment from Secrets/ConfigMaps.")
-    volumes: list[Volume] = Field(default_factory=list, description="Extra volumes of the worker pods.")
-    volumeMounts: list[VolumeMount] = Field(default_factory=list, description="Extra mounts in the trainer.")
+    serviceAccountName: str | None = Field(
+        None,
+        max_length=NAME_MAX,
+        description="Run pods under this ServiceAccount (the operator may forbid it; it binds progress reporting to it).",
+    )
+    imagePullSecrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Pull secrets."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Extra environment (overrides the defaults)."
+    )
+    envFrom: list[K8sObject] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Environment from Secrets/ConfigMaps."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Extra volumes of the worker pods."
+    )
+    volumeMounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=LIST_MAX, description="Extra mounts in the trainer."
+    )
+    podSecurityContext: PodSecurityContext | None = Field(
+        None, description="Tighten the workers' pod securityContext (restricted Pod Security by default)."
+    )
+    securityContext: ContainerSecurityContext | None = Field(
+        None, description="Tighten the trainer container's securityContext."
+    )
     storage: Storage | None = Field(
         None, description="Outputs and checkpoints; without it they live in an emptyDir and die with the pod."
     )
     cache: Cache | None = Field(None, description="Optional cache volume for models and datasets.")
     shmSize: str | None = Field(
-        None, pattern=QUANTITY, description="Size limit of /dev/shm (a memory emptyDir)."
+        None, pattern=QUANTITY, max_length=64, description="Size limit of /dev/shm (a memory emptyDir)."
     )
     podMetadata: PodMetadata | None = Field(None, description="Extra labels/annotations on worker pods.")
     terminationGracePeriodSeconds: int = Field(
@@ -228,7 +335,7 @@ def pydantic_problems(error: ValidationError, prefix: str) -> list[ConfigProblem
         fix = _FIXES.get(item["type"], "")
         message = item["msg"].removeprefix("Value error, ")
         if isinstance(item.get("input"), (str, int, float, bool)) and item["type"] != "missing":
-            message += f" (found {item['input']!r})"
+            message += f" (found {_cut(repr(item['input']), 100)})"  # a value, not a copy of the object
         problems.append(ConfigProblem(path=path, message=message, fix=fix))
     return problems
 
@@ -291,6 +398,7 @@ def validate_spec(spec: Any) -> tuple[FineTuneJobSpec | None, list[ConfigProblem
                     "mount it somewhere else",
                 )
             )
+    problems += shared_storage_problems(parsed)
     gpu_request = _gpu_resource(parsed)
     if gpu_request is not None and str(gpu_request) != str(parsed.gpusPerWorker):
         problems.append(
@@ -334,18 +442,30 @@ def validate_name(name: Any) -> list[ConfigProblem]:
 
 def config_problems(config: Any, prefix: str) -> list[ConfigProblem]:
     """The training config's own validation, with key paths starting at `prefix`."""
-    return [
-        ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix)
-        for p in validate_mapping(config)
-    ]
+    problems = bound_problems(config)  # before anything walks it: no alias bomb, no deep nesting
+    if not problems:
+        problems = validate_mapping(config)
+    return [ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems]
 
 
-def validate_job(obj: Mapping[str, Any]) -> Validation:
+def validate_job(obj: Mapping[str, Any], policy: AdmissionPolicy | None = None) -> Validation:
     """Everything checkable from the object alone (a configMapRef's content is checked when read)."""
-    problems = validate_name(obj.get("metadata", {}).get("name"))
+    try:
+        return _validate_job(obj, policy or AdmissionPolicy())
+    except RecursionError:  # a defence in depth: the bounds above should make this unreachable
+        problem = ConfigProblem("spec", "the object is nested too deeply to validate", "simplify it")
+        return Validation(spec=None, config=None, problems=[problem])
+
+
+def _validate_job(obj: Mapping[str, Any], policy: AdmissionPolicy) -> Validation:
+    name = obj.get("metadata", {}).get("name")
+    problems = validate_name(name)
     raw_spec = obj.get("spec")
     spec, spec_problems = validate_spec(raw_spec)
     problems += spec_problems
+    if spec is not None:
+        problems += policy.problems(spec)
+        problems += _name_collisions(name, spec)
     inline = raw_spec.get("config") if isinstance(raw_spec, Mapping) else None
     config = None
     if inline is not None:
@@ -355,13 +475,33 @@ def validate_job(obj: Mapping[str, Any]) -> Validation:
     return Validation(spec=spec, config=config, problems=problems)
 
 
+def child_configmaps(name: str) -> tuple[str, ...]:
+    """The ConfigMaps the operator creates for job `name` (builders.JobRef names them the same way)."""
+    return (f"{name}-config", f"{name}-progress")
+
+
+def _name_collisions(name: Any, spec: FineTuneJobSpec) -> list[ConfigProblem]:
+    if spec.configMapRef is None or not isinstance(name, str):
+        return []
+    if spec.configMapRef.name not in child_configmaps(name):
+        return []
+    return [
+        ConfigProblem(
+            "spec.configMapRef.name",
+            f"ConfigMap {spec.configMapRef.name!r} is the name the operator gives this job's own ConfigMap",
+            f"rename your ConfigMap (e.g. {name}-source) and point configMapRef at it",
+        )
+    ]
+
+
 def load_referenced_config(text: str, source: str) -> tuple[TrainConfig | None, list[ConfigProblem]]:
     """The config read from a ConfigMap, validated like an inline one (paths name the ConfigMap key)."""
     prefix = f"configMap {source}"
-    try:
-        mapping = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        return None, [ConfigProblem(prefix, f"not valid YAML: {error}", "fix the YAML syntax")]
+    mapping, problems = parse_yaml(text, name=prefix)
+    if problems:
+        return None, [
+            ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems
+        ]
     if not isinstance(mapping, Mapping):
         return None, [ConfigProblem(prefix, "the config must be a YAML mapping", "write key: value pairs")]
     problems = config_problems(mapping, prefix)
@@ -371,5 +511,23 @@ def load_referenced_config(text: str, source: str) -> tuple[TrainConfig | None, 
 
 
 def report(problems: list[ConfigProblem]) -> str:
-    """The message a user sees, identical in the webhook's refusal and in a Failed job's status."""
-    return str(ConfigError(problems, source="FineTuneJob"))
+    """The message a user sees, identical in the webhook's refusal and in a Failed job's status.
+
+    Bounded: the first REPORT_PROBLEMS problems, each cut short, and the count of the rest.
+    """
+    shown = [
+        ConfigProblem(p.path[:300], _cut(p.message, 600), _cut(p.fix, 300))
+        for p in problems[:REPORT_PROBLEMS]
+    ]
+    text = str(ConfigError(shown, source="FineTuneJob"))
+    hidden = len(problems) - len(shown)
+    if hidden > 0:
+        noun = "problem" if hidden == 1 else "problems"
+        body = text.split("\n", 1)[1]
+        text = f"FineTuneJob: {len(problems)} config problems\n{body}"
+        text += f"\n  ... and {hidden} more {noun} (fix these first)"
+    return _cut(text, REPORT_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -24,14 +24,28 @@ from typing import Any
 
 from kubetune.config import ConfigProblem
 
-from kubetune_operator.builders import CONTAINER, POD_INDEX_LABEL
-from kubetune_operator.spec import FineTuneJobSpec, report
+from kubetune_operator import progress as progress_report
+from kubetune_operator.pods import (
+    MESSAGE_LIMIT,
+    WorkerFailure,
+    failure,
+    is_running,
+    live_pods,
+    parse_time,
+    rank_zero_exit,
+    rfc3339,
+    stuck,
+    success_summary,
+)
+from kubetune_operator.spec import FineTuneJobSpec, report, shares_one_node_claim
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 FINAL = frozenset({SUCCEEDED, FAILED})
 CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
-# Status keys the operator owns. Everything else (status.progress) belongs to rank 0.
+# Status keys the operator owns: all of them. status.progress too, copied field by field from the
+# ConfigMap rank 0 writes (progress.py): a pod never writes the job itself.
 OWNED_KEYS = (
+    "progress",
     "phase",
     "reason",
     "message",
@@ -40,26 +54,19 @@ OWNED_KEYS = (
     "startTime",
     "completionTime",
     "restarts",
+    "preemptions",
     "workers",
     "readyWorkers",
     "outputs",
 )
-# A container waiting for one of these will not start without someone changing something.
-STUCK_REASONS = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    }
-)
 CONFIG_RETRY_SECONDS = 10.0
+# While workers are missing, look again this often: a pod the StatefulSet controller cannot create
+# (Pod Security admission, a quota, a forbidden volume) leaves only an Event, which nothing watches.
+MISSING_PODS_RECHECK_SECONDS = 10.0
 # How long a job whose rank 0 reported completion waits for rank 0's trainer to exit before scaling
 # to zero anyway (rank 0 still has to flush its last report, write the summary and leave torchrun).
 COMPLETION_GRACE_SECONDS = 60.0
 COMPLETING = "Completing"
-MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class Observed:
     problem_reason: str = "InvalidConfig"
     waiting: tuple[str, str] | None = None  # (reason, message): children cannot be built yet
     outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
+    create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
+    progress: Mapping[str, Any] | None = None  # rank 0's latest report, sanitized (None: no report)
 
 
 @dataclass
@@ -95,129 +104,6 @@ class Plan:
     def wake_in(self, seconds: float) -> None:
         seconds = max(seconds, 0.5)
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
-
-
-# --- time -----------------------------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-# --- pods -----------------------------------------------------------------------------------------
-
-
-def pod_index(pod: Mapping[str, Any]) -> int | None:
-    meta = pod.get("metadata", {})
-    label = meta.get("labels", {}).get(POD_INDEX_LABEL)
-    text = label if label is not None else meta.get("name", "").rsplit("-", 1)[-1]
-    return int(text) if text.isdigit() else None
-
-
-def _trainer(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return status
-    return {}
-
-
-def _terminations(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    trainer = _trainer(pod)
-    found = [trainer.get(key, {}).get("terminated") for key in ("state", "lastState")]
-    return [t for t in found if t]
-
-
-def live_pods(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Pods not on their way out: a pod being deleted is from a generation we already dealt with."""
-    return [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
-
-
-def is_running(pod: Mapping[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") == "Running" and "running" in _trainer(pod).get("state", {})
-
-
-def success_summary(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Rank 0's trainer exited 0: its termination message (one JSON line) is the run's summary.
-
-    A trainer restarted after finishing exits 0 again at once and silently; while that exit is in
-    state.terminated, the finished run's exit (with the summary) is in lastState: prefer the one
-    with a message.
-    """
-    for pod in pods:
-        if pod_index(pod) != 0:
-            continue
-        exits = [t for t in _terminations(pod) if t.get("exitCode") == 0]
-        if exits:
-            spoken = [t for t in exits if (t.get("message") or "").strip()]
-            return _parse_summary((spoken or exits)[0].get("message"))
-    return None
-
-
-def rank_zero_exit(pods: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """Rank 0's trainer's termination record (current state first, else the last one), or None.
-
-    Under the StatefulSet's restartPolicy Always a finished trainer restarts at once (and exits 0 at
-    once, finding KUBETUNE_COMPLETE), so its exit is often only in lastState.terminated.
-    """
-    for pod in pods:
-        if pod_index(pod) == 0:
-            found = _terminations(pod)
-            return found[0] if found else None
-    return None
-
-
-def _parse_summary(message: str | None) -> dict[str, Any]:
-    if not message:
-        return {}
-    try:
-        parsed = json.loads(message.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        return {"message": message[-MESSAGE_LIMIT:]}
-    return parsed if isinstance(parsed, dict) else {"message": message[-MESSAGE_LIMIT:]}
-
-
-def failure(pods: list[Mapping[str, Any]]) -> str | None:
-    """A description of the first failed worker, or None: a non-zero exit or a pod the kubelet gave up on."""
-    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
-        name = pod.get("metadata", {}).get("name")
-        for terminated in _terminations(pod):
-            code = terminated.get("exitCode")
-            if code not in (0, None):
-                detail = _tail(terminated.get("message") or terminated.get("reason") or "")
-                text = f"worker {name} exited with code {code}"
-                return f"{text}: {detail}" if detail else text
-        if pod.get("status", {}).get("phase") == "Failed":
-            reason = pod.get("status", {}).get("reason") or "Failed"
-            detail = pod.get("status", {}).get("message") or ""
-            return f"worker {name} failed ({reason}) {detail}".strip()
-    return None
-
-
-def _tail(text: str, lines: int = 3, limit: int = 500) -> str:
-    """The end of a termination message: with FallbackToLogsOnError it is the log's tail, and the last
-    lines (a traceback's exception) say the most."""
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
-    joined = " | ".join(kept)
-    return joined if len(joined) <= limit else "..." + joined[-limit:]
-
-
-def stuck(pods: list[Mapping[str, Any]]) -> str | None:
-    """Why pods are not running yet, when it needs someone's attention (bad image, missing secret, no node)."""
-    for pod in pods:
-        name = pod.get("metadata", {}).get("name")
-        waiting = _trainer(pod).get("state", {}).get("waiting") or {}
-        if waiting.get("reason") in STUCK_REASONS:
-            return f"worker {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()
-        for condition in pod.get("status", {}).get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                return f"worker {name} cannot be scheduled: {condition.get('message', '')}".strip()
-    return None
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -307,11 +193,16 @@ def _decide(obs: Observed) -> Plan:
     spec = obs.spec
     created = condition(st.old, "Created").get("status") == "True"
     live = live_pods(obs.pods)
-    progress = (obs.job.get("status") or {}).get("progress") or {}
 
     if st.old_phase in FINAL:
         _finished(st, plan, spec, created, live)
         return plan
+    # Only the contract's fields, re-checked: whatever else the pod wrote never reaches the status.
+    progress = progress_report.sanitize(obs.progress if obs.progress is not None else st.old.get("progress"))
+    if progress:
+        st.new["progress"] = progress
+    else:
+        st.new.pop("progress", None)
 
     if obs.problems or spec is None:
         _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
@@ -341,6 +232,12 @@ def _decide(obs: Observed) -> Plan:
             f"ConfigMap, Service and StatefulSet of {spec.workers} worker(s)",
         )
         plan.events.append(Event("Normal", "Created", f"created the children for {spec.workers} worker(s)"))
+        if shares_one_node_claim(spec):
+            message = (
+                f"{spec.workers} workers share one ReadWriteOnce claim: they can all mount it only on one "
+                "node; for workers on several nodes use accessModes [ReadWriteMany]"
+            )
+            plan.events.append(Event("Warning", "SharedReadWriteOnce", message))
     if st.old_phase == SUSPENDED:
         plan.events.append(Event("Normal", "Resumed", "resumed; training continues from the last checkpoint"))
     st.cond("Suspended", False, "Active")
@@ -372,22 +269,12 @@ def _decide(obs: Observed) -> Plan:
         plan.wake_in(left)
 
     failed = failure(live)
+    if failed is not None and failed.kind == "bad_input":
+        # Bad input (exit 2: the config, a missing model directory) fails the same way every time.
+        _fail(st, plan, "InvalidInput", f"{failed.message} (bad input: not retried)", True)
+        return plan
     if failed is not None:
-        restarts = int(st.new.get("restarts") or 0)
-        limit = spec.runPolicy.backoffLimit
-        if restarts >= limit:
-            message = f"{failed} (backoffLimit {limit} reached after {restarts} restart(s))"
-            _fail(st, plan, "BackoffLimitExceeded", message, True)
-            return plan
-        st.new["restarts"] = restarts + 1
-        plan.delete_pods = [p["metadata"]["name"] for p in live]
-        message = (
-            f"{failed}; restarting all workers from the last checkpoint (restart {restarts + 1} of {limit})"
-        )
-        plan.events.append(Event("Warning", "Restarting", message))
-        st.cond("Running", False, "Restarting", message)
-        st.phase(PENDING, "Restarting", message)
-        _workers(st, [], spec.workers)
+        _restart(st, plan, spec, live, failed)
         return plan
 
     running = [p for p in live if is_running(p)]
@@ -401,12 +288,40 @@ def _decide(obs: Observed) -> Plan:
     else:
         blocked = stuck(live)
         reason = "WorkersBlocked" if blocked else "WorkersStarting"
+        if obs.create_failure is not None and len(live) < spec.workers:
+            blocked, reason = f"cannot create worker pods: {obs.create_failure}", "FailedCreate"
         message = blocked or f"{len(running)} of {spec.workers} worker(s) running"
+        if len(live) < spec.workers:
+            plan.wake_in(MISSING_PODS_RECHECK_SECONDS)
         st.cond("Running", False, reason, message)
-        st.phase(PENDING, reason, message)
-        if blocked and st.old.get("message") != message:
+        st.phase(PENDING, reason, message[:MESSAGE_LIMIT])
+        if blocked and st.old.get("message") != message[:MESSAGE_LIMIT]:
             plan.events.append(Event("Warning", reason, message))
     return plan
+
+
+def _restart(st: _Status, plan: Plan, spec: FineTuneJobSpec, live: list, failed: WorkerFailure) -> None:
+    """Restart the whole group from the last checkpoint; a preemption (exit 143 after the checkpoint)
+    does not count against backoffLimit, like Kubeflow's exit-code restart policy."""
+    restarts = int(st.new.get("restarts") or 0)
+    limit = spec.runPolicy.backoffLimit
+    if failed.kind == "preempted":
+        st.new["preemptions"] = int(st.new.get("preemptions") or 0) + 1
+        reason = "Preempted"
+        message = f"{failed.message}; preempted after its checkpoint: restarting all workers (not counted)"
+    elif restarts >= limit:
+        message = f"{failed.message} (backoffLimit {limit} reached after {restarts} restart(s))"
+        _fail(st, plan, "BackoffLimitExceeded", message, True)
+        return
+    else:
+        st.new["restarts"] = restarts + 1
+        reason = "Restarting"
+        message = f"{failed.message}; restarting all workers from the last checkpoint (restart {restarts + 1} of {limit})"
+    plan.delete_pods = [p["metadata"]["name"] for p in live]
+    plan.events.append(Event("Warning", reason, message))
+    st.cond("Running", False, reason, message)
+    st.phase(PENDING, reason, message)
+    _workers(st, [], spec.workers)
 
 
 def _workers(st: _Status, running: list, desired: int) -> None:
@@ -471,12 +386,11 @@ def _completing(
 def _succeed(
     st: _Status, plan: Plan, obs: Observed, summary: dict, progress: Mapping[str, Any], note: str = ""
 ) -> None:
-    outputs = dict(obs.outputs or {})
-    if progress.get("outputDir"):
-        outputs["outputDir"] = progress["outputDir"]
+    outputs = dict(obs.outputs or {})  # the operator's own record of where the run writes
     if summary:
         outputs["summary"] = summary
     st.new["outputs"] = outputs
+    st.new["progress"] = progress_report.final(progress, summary)
     st.new["completionTime"] = rfc3339(obs.now)
     message = f"training finished; outputs in {outputs.get('outputDir', 'the outputs volume')}"
     if note:

@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator.spec import GROUP, PLURAL, VERSION, report, validate_job
+from kubetune_operator.spec import GROUP, PLURAL, VERSION, AdmissionPolicy, report, validate_job
 
 # The URL path of the webhook (kopf routes by handler id): https://<host>:<port>/validate-finetunejob
 WEBHOOK_ID = "validate-finetunejob"
@@ -50,16 +50,16 @@ class CertReloadingServer(kopf.WebhookServer):
             yield client_config
 
 
-def review(body: Any) -> None:
+def review(body: Any, policy: AdmissionPolicy | None = None) -> None:
     """Refuse a job with every problem listed by key path, or return to admit it."""
-    validation = validate_job(body)
+    validation = validate_job(body, policy)
     if not validation.ok:
         raise kopf.AdmissionError(report(validation.problems), code=422)
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def register(registry: kopf.OperatorRegistry, policy: AdmissionPolicy | None = None) -> None:
     @kopf.on.validate(
         GROUP, VERSION, PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=registry
     )
     def validate(body: Any, **_: Any) -> None:
-        review(body)
+        review(body, policy)

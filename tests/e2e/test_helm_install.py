@@ -123,12 +123,13 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
     helm.install(values, "--take-ownership")
     install_seconds = time.monotonic() - started
     try:
-        deployment = _available(kube_cluster, ns, fullname, 1)
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        # The webhook is on, so HA is too (ha.enabled: null): creates never wait for a lone replica.
+        deployment = _available(kube_cluster, ns, fullname, 2)
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
         pods = _json(kube_cluster, "-n", ns, "get", "pods", "-l", f"app.kubernetes.io/instance={release}")[
             "items"
         ]
-        assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
+        assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}
         assert pods[0]["spec"]["containers"][0]["command"] == ["kubetune-operator"]
         wait_for(lambda: "watching" in _operator_logs(kube_cluster, ns, release), 60,
                  what="the operator's startup log line")  # fmt: skip
@@ -171,6 +172,17 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
                 bad.stderr
             )
             print(f"webhook refused the bad job: {bad.stderr.strip()}")
+
+            # An operator pod goes (a restart, an upgrade, a node drain): creates keep being admitted
+            # by the other replica, every second while the replacement starts.
+            good = cases.job("restart-probe", ns, workers=1, suspend=True)
+            kube_cluster.kubectl("-n", ns, "delete", "pod", pods[0]["metadata"]["name"], "--wait=false")
+            for _ in range(15):
+                p = kube_cluster.kubectl("-n", ns, "apply", "--dry-run=server", "-f", "-", input=json.dumps(good),
+                                         check=False)  # fmt: skip
+                assert p.returncode == 0, f"a create was refused during an operator restart: {p.stderr}"
+                time.sleep(1)
+            _available(kube_cluster, ns, fullname, 2)
         else:
             warnings.warn(
                 "webhook not exercised: the local kube-apiserver runs without --enable-aggregator-routing=true "

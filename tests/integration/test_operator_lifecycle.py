@@ -45,7 +45,14 @@ def kube(kube_cluster):
     return Kube(kube_cluster.api_client())
 
 
+# Several workers need outputs they all mount (refused otherwise); the local provisioner's claims
+# live on the one node, so ReadWriteOnce is shared.
+SHARED_OUTPUTS = {"claimTemplate": {"size": "1Gi", "storageClassName": "standard"}}
+
+
 def fake_job(name, namespace, mode="run", workers=2, env=(), **spec):
+    if workers > 1:
+        spec.setdefault("storage", SHARED_OUTPUTS)
     body = job(name, namespace, workers=workers, image=TEST_IMAGE, **spec)
     body["spec"]["env"] = [{"name": "FAKE_MODE", "value": mode}, *env]
     body["spec"].setdefault("terminationGracePeriodSeconds", 2)
@@ -102,7 +109,9 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
     made = wait_for(lambda: (c := children(kube, ns, "llama"))["StatefulSet"] and c, 30, what="children")
     job_uid = first["metadata"]["uid"]
 
-    (configmap,) = made["ConfigMap"]
+    configmaps = {c["metadata"]["name"]: c for c in made["ConfigMap"]}
+    assert set(configmaps) == {"llama-config", "llama-progress"}
+    configmap = configmaps["llama-config"]
     rendered = yaml.safe_load(configmap["data"]["config.yaml"])
     assert rendered["output_dir"] == f"/var/lib/kubetune/outputs/llama-{job_uid[:8]}"
     assert rendered["lora_r"] == 16
@@ -133,12 +142,14 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
     pods = sorted(live_pods(kube, ns, "llama"), key=lambda p: p["metadata"]["name"])
     assert [p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in pods] == ["0", "1"]
 
-    # Rank 0 reports progress (with the Progress column's percent) through its own narrow Role.
+    # Rank 0 reports progress through its own ConfigMap; the operator copies it into the status.
     progressed = wait_for(lambda: (j := get_job(kube, ns, "llama"))["status"].get("progress", {}).get("step", 0) >= 2
                           and j["status"]["progress"].get("percent") and j, 30, what="progress")  # fmt: skip
     assert progressed["status"]["progress"]["totalSteps"] == 1000000
     table = kube_cluster.kubectl("get", "ftj", "-n", ns).stdout
-    assert table.split()[:7] == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "WORKERS", "AGE"], table
+    assert table.split()[:8] == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "WORKERS", "REASON", "AGE"], (
+        table
+    )
     assert "Running" in table and "2/2" in table
     assert ("Normal", "Created") in events(kube, ns, "llama") and ("Normal", "Running") in events(
         kube, ns, "llama"
@@ -170,8 +181,10 @@ def test_progress_rights_are_narrow(kube_cluster, operator, ns, kube):
     def can(*args):
         return kube_cluster.kubectl("auth", "can-i", *args, "-n", ns, "--as", who, check=False).stdout.strip()
 
-    assert can("patch", "finetunejobs.kubetune.dev/narrow", "--subresource=status") == "yes"
-    assert can("patch", "finetunejobs.kubetune.dev/other", "--subresource=status") == "no"
+    # Only the job's progress ConfigMap: never the job or its status (the operator's bookkeeping).
+    assert can("patch", "configmaps/narrow-progress") == "yes"
+    assert can("patch", "configmaps/narrow-config") == "no"
+    assert can("patch", "finetunejobs.kubetune.dev/narrow", "--subresource=status") == "no"
     assert can("patch", "finetunejobs.kubetune.dev/narrow") == "no"  # never the spec
     assert can("list", "pods") == "no"
 

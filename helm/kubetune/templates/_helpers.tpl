@@ -86,8 +86,16 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/* The kopf peering is on only with several replicas; a single replica runs standalone. */}}
+{{- /*
+HA: `ha.enabled` true or false, or null (the default): on exactly when the webhook is on, since with
+failurePolicy Fail a single replica being replaced refuses every FineTuneJob create meanwhile.
+*/}}
+{{- define "kubetune.ha" -}}
+{{- if kindIs "invalid" .Values.ha.enabled }}{{ if .Values.webhook.enabled }}true{{ end }}{{ else if .Values.ha.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "kubetune.peering" -}}
-{{- if .Values.ha.enabled }}true{{- end }}
+{{- if include "kubetune.ha" . }}true{{- end }}
 {{- end }}
 
 {{/* kopf serves a handler at /<handler id>: WEBHOOK_ID in operator/kubetune_operator/webhook.py. */}}

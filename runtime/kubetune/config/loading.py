@@ -1,4 +1,9 @@
-"""Reading configs: YAML (duplicate keys refused, syntax errors with line and column), overlays, overrides."""
+"""Reading configs: YAML (duplicate keys refused, syntax errors with line and column), overlays, overrides.
+
+Every document is bounded before anything walks it (the CLI, the webhook and the operator all read
+configs through here): a few hundred bytes of YAML aliases can otherwise expand to gigabytes, and
+deep nesting ends in a RecursionError. The bounds are far above any real training config.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,124 @@ from .validation import check
 
 Source = str | os.PathLike | Mapping
 
+# A ConfigMap holds at most 1 MiB; no training config comes near it.
+MAX_DOCUMENT_BYTES = 1 << 20
+# Levels of nested mappings/lists (a DeepSpeed config is about 4 deep).
+MAX_DEPTH = 64
+# Keys, values, lists and mappings of the document with every alias expanded (the seed configs have
+# a few hundred): what a consumer that copies or serialises the document will have to walk.
+MAX_NODES = 10_000
+# YAML aliases (`*name`): configs rarely use a handful; an alias bomb needs many.
+MAX_ALIASES = 100
+
+_SIMPLIFY = "write the config out plainly (no deep nesting, few or no YAML anchors and aliases)"
+
+
+class _TooBig(Exception):
+    """A document over one of the bounds: raised mid-walk, carried out as one ConfigProblem."""
+
+    def __init__(self, path: str, message: str, fix: str = _SIMPLIFY):
+        super().__init__(message)
+        self.problem = ConfigProblem(path, message, fix)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing (while composing) documents nested too deep or with too many aliases.
+
+    PyYAML composes recursively, so the depth must be counted here, before Python's own limit is hit.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._path: list[str] = [""]
+        self._aliases = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _TooBig(
+                    self._path[-1],
+                    f"more than {MAX_ALIASES} YAML aliases (line {mark.line + 1})",
+                )
+        if parent is None or index is None:  # the document, or a mapping's key
+            child = self._path[-1]
+        elif isinstance(index, yaml.ScalarNode):
+            child = join(self._path[-1], index.value)
+        else:
+            child = join(self._path[-1], index)
+        if len(self._path) > MAX_DEPTH:
+            raise _TooBig(child, f"nested deeper than {MAX_DEPTH} levels")
+        self._nodes += 1  # counted as composed, so a huge document stops here, not after
+        if self._nodes > MAX_NODES:
+            raise _TooBig(child, f"more than {MAX_NODES} keys and values")
+        self._path.append(child)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
+def _children(node: Any) -> list[tuple[Any, Any]]:
+    """(label, child) pairs of a YAML node or a plain Python value; labels make key paths."""
+    if isinstance(node, yaml.MappingNode):
+        pairs: list[tuple[Any, Any]] = []
+        for key, value in node.value:
+            label = key.value if isinstance(key, yaml.ScalarNode) else None
+            pairs += [(None, key), (label, value)]
+        return pairs
+    if isinstance(node, yaml.SequenceNode):
+        return list(enumerate(node.value))
+    if isinstance(node, Mapping):
+        return [(None, key) for key in node] + [(key, value) for key, value in node.items()]
+    if isinstance(node, (list, tuple)):
+        return list(enumerate(node))
+    return []
+
+
+def _expanded_size(node: Any, path: str, depth: int, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes under `node` with every alias expanded, memoised per shared node (so a bomb costs its size
+    in the source, not its expansion); raises _TooBig past MAX_DEPTH, MAX_NODES or on a cycle."""
+    if depth > MAX_DEPTH:
+        raise _TooBig(path, f"nested deeper than {MAX_DEPTH} levels (aliases expanded)")
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _TooBig(path, "a YAML alias refers to a node that contains it (the document is infinite)")
+    open_.add(key)
+    size = 1
+    for label, child in _children(node):
+        size += _expanded_size(child, path if label is None else join(path, label), depth + 1, sizes, open_)
+        if size > MAX_NODES:
+            aliases = " (with YAML aliases expanded)" if isinstance(node, yaml.Node) else ""
+            raise _TooBig(path, f"more than {MAX_NODES} keys and values{aliases}")
+    open_.discard(key)
+    sizes[key] = size
+    return size
+
+
+def bound_problems(document: Any) -> list[ConfigProblem]:
+    """The bounds (depth, expanded size, no cycles) of a config given as Python values: [] when within them.
+
+    For configs that did not come through `parse_yaml` (an inline spec.config, a mapping passed in code).
+    """
+    try:
+        _expanded_size(document, "", 0, {}, set())
+    except _TooBig as too_big:
+        return [too_big.problem]
+    return []
+
 
 def read_yaml(path: str | os.PathLike) -> tuple[Any, list[ConfigProblem]]:
     """(document, problems) of one YAML file; problems cover unreadable files, syntax and duplicate keys."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            return None, [_size_problem(size, str(path))]
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, [ConfigProblem("", f"config file not found: {path}", "check the path")]
@@ -31,24 +149,38 @@ def read_yaml(path: str | os.PathLike) -> tuple[Any, list[ConfigProblem]]:
 
 
 def parse_yaml(text: str, *, name: str = "<config>") -> tuple[Any, list[ConfigProblem]]:
+    """(document, problems) of YAML text: syntax errors, duplicate keys and the bounds above."""
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_DOCUMENT_BYTES:
+        return None, [_size_problem(size, name)]
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text)  # its reader refuses control characters at once
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        _expanded_size(node, "", 0, {}, set())
+        problems: list[ConfigProblem] = []
+        _find_duplicates(node, "", problems, set())
+        document = loader.construct_document(node)
+    except _TooBig as too_big:
+        return None, [too_big.problem]
     except yaml.YAMLError as exc:
         return None, [_yaml_problem(exc, name)]
-    if node is None:
-        return None, []
-    problems: list[ConfigProblem] = []
-    _find_duplicates(node, "", problems)
-    try:
-        document = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
-    except yaml.YAMLError as exc:
-        return None, [*problems, _yaml_problem(exc, name)]
     except (TypeError, ValueError, RecursionError) as exc:
-        return None, [
-            *problems,
-            ConfigProblem("", f"{name}: cannot load the YAML: {exc}", "simplify the document"),
-        ]
+        return None, [ConfigProblem("", f"{name}: cannot load the YAML: {exc}", "simplify the document")]
+    finally:
+        if loader is not None:
+            loader.dispose()
     return document, problems
+
+
+def _size_problem(size: int, name: str) -> ConfigProblem:
+    return ConfigProblem(
+        "",
+        f"{name} is {size} bytes; a config may have at most {MAX_DOCUMENT_BYTES} (1 MiB)",
+        "keep data out of the config: point datasets at files instead of inlining them",
+    )
 
 
 def _yaml_problem(exc: yaml.YAMLError, name: str) -> ConfigProblem:
@@ -60,9 +192,12 @@ def _yaml_problem(exc: yaml.YAMLError, name: str) -> ConfigProblem:
     return ConfigProblem("", f"{name}: YAML syntax error{where}: {detail}", "fix the YAML at that position")
 
 
-def _find_duplicates(node: yaml.Node, path: str, problems: list[ConfigProblem], depth: int = 0) -> None:
-    if depth > 100:
+def _find_duplicates(node: yaml.Node, path: str, problems: list[ConfigProblem], seen_nodes: set[int]) -> None:
+    # Each node once: an aliased node is the same object wherever it is used (and the bounds
+    # check before this one has refused cycles and deep documents).
+    if id(node) in seen_nodes:
         return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -82,15 +217,18 @@ def _find_duplicates(node: yaml.Node, path: str, problems: list[ConfigProblem], 
                     )
                 else:
                     seen[key] = line
-            _find_duplicates(value_node, child, problems, depth + 1)
+            _find_duplicates(value_node, child, problems, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _find_duplicates(item, join(path, index), problems, depth + 1)
+            _find_duplicates(item, join(path, index), problems, seen_nodes)
 
 
 def _read_source(source: Source) -> tuple[Any, list[ConfigProblem], Path | None, str | None]:
     """(document, problems, source_dir, name)."""
     if isinstance(source, Mapping):
+        problems = bound_problems(source)
+        if problems:
+            return None, problems, None, None
         return copy.deepcopy(dict(source)), [], None, None
     path = Path(source)
     document, problems = read_yaml(path)

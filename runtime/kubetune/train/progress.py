@@ -8,8 +8,10 @@ Reporters:
   * stdout: a live display on a terminal, otherwise one JSON line (or with --log-format plain, one
     readable line) per logging step: kubetune.console;
   * KUBETUNE_PROGRESS_FILE: the status.progress JSON, atomically rewritten;
-  * Kubernetes: a JSON merge patch of the FineTuneJob's status.progress, over plain HTTPS with the
-    pod's service-account token (no kubernetes client), from a background thread.
+  * Kubernetes: a JSON merge patch of the job's progress ConfigMap (`KUBETUNE_PROGRESS_CONFIGMAP`, key
+    `progress.json`), over plain HTTPS with the pod's service-account token (no kubernetes client),
+    from a background thread. The pod may write only that ConfigMap, never the FineTuneJob: the
+    operator copies the fields of the contract into status.progress and owns the rest of the status.
 A reporter that fails logs a warning; it never stops training.
 """
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_INTERVAL = 5.0
+# The key of the progress ConfigMap the operator reads (kubetune_operator.progress.PROGRESS_KEY).
+PROGRESS_KEY = "progress.json"
 
 
 @dataclass
@@ -121,19 +125,19 @@ class FileReporter:
 
 
 class KubernetesReporter:
-    """PATCHes status.progress of the FineTuneJob from a background thread (the loop never waits on it)."""
+    """PATCHes the job's progress ConfigMap from a background thread (the loop never waits on it)."""
 
     def __init__(
         self,
         *,
         api_url: str,
         namespace: str,
-        name: str,
+        configmap: str,
         token_path: Path,
         ca_path: Path | None,
         timeout: float = 5.0,
     ):
-        self.url = f"{api_url.rstrip('/')}/apis/kubetune.dev/v1alpha1/namespaces/{namespace}/finetunejobs/{name}/status"
+        self.url = f"{api_url.rstrip('/')}/api/v1/namespaces/{namespace}/configmaps/{configmap}"
         self.token_path = token_path
         self.context = ssl.create_default_context(cafile=str(ca_path)) if ca_path else None
         self.timeout = timeout
@@ -146,7 +150,8 @@ class KubernetesReporter:
 
     @classmethod
     def from_environment(cls) -> KubernetesReporter | None:
-        name, namespace = os.environ.get("KUBETUNE_JOB_NAME"), os.environ.get("KUBETUNE_JOB_NAMESPACE")
+        name = os.environ.get("KUBETUNE_PROGRESS_CONFIGMAP")
+        namespace = os.environ.get("KUBETUNE_JOB_NAMESPACE")
         host, port = (
             os.environ.get("KUBERNETES_SERVICE_HOST"),
             os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
@@ -159,7 +164,7 @@ class KubernetesReporter:
         return cls(
             api_url=f"https://{host}:{port}",
             namespace=namespace,
-            name=name,
+            configmap=name,
             token_path=token,
             ca_path=ca if ca.is_file() else None,
         )
@@ -188,7 +193,7 @@ class KubernetesReporter:
     def _send(self, status: dict) -> None:
         request = urllib.request.Request(
             self.url,
-            data=json.dumps({"status": {"progress": status}}).encode(),
+            data=json.dumps({"data": {PROGRESS_KEY: json.dumps(status)}}).encode(),
             method="PATCH",
             headers={
                 # Re-read each time: projected service-account tokens are rotated by the kubelet.

@@ -37,9 +37,15 @@ def seed_config() -> dict[str, Any]:
     return copy.deepcopy(SEED_CONFIG)
 
 
+# Several workers need outputs every one of them mounts (spec.shared_storage_problems).
+SHARED_OUTPUTS = {"volume": {"nfs": {"server": "nfs.example", "path": "/outputs"}}}
+
+
 def job(name: str = "demo", namespace: str = "default", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"config": seed_config(), "workers": 2}
     body.update(spec)
+    if body["workers"] > 1:
+        body.setdefault("storage", copy.deepcopy(SHARED_OUTPUTS))
     return {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -100,6 +106,16 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "two-storage-choices",
         {"storage": {"existingClaim": "outputs", "claimTemplate": {"size": "10Gi"}}},
         "spec.storage",
+    ),
+    (
+        "host-path-volume",
+        {"volumes": [{"name": "node-root", "hostPath": {"path": "/"}}]},
+        "spec.volumes[0].hostPath",
+    ),
+    (
+        "workers-on-per-pod-storage",
+        {"storage": {"volume": {"emptyDir": {}}}},
+        "spec.storage.volume.emptyDir",
     ),
     (
         "gpu-limit-disagrees",

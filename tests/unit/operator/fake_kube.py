@@ -39,6 +39,14 @@ class FakeKube:
             if k == kind and ns == namespace and labels.items() <= o["metadata"].get("labels", {}).items()
         ]
 
+    def events_about(self, namespace, kind, name):
+        self.calls.append(("events_about", kind, name))
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in sorted(self.objects.items())
+            if k == "Event" and ns == namespace and o["involvedObject"] == {"kind": kind, "name": name}
+        ]
+
     def apply(self, obj):
         self.calls.append(("apply", obj["kind"], obj["metadata"]["name"]))
         if obj["kind"] in self.refuse:
@@ -78,4 +86,4 @@ class FakeKube:
         self.events.append((type_, reason, message))
 
     def writes(self):
-        return [c for c in self.calls if c[0] not in ("get", "list")]
+        return [c for c in self.calls if c[0] not in ("get", "list", "events_about")]

@@ -4,7 +4,7 @@ The operator's tests must not depend on the training engine, so the operator run
 (KUBETUNE_OPERATOR_TORCHRUN="python fake_trainer.py"). It checks what the operator promised the
 pod (the config file, the PET_* variables), then behaves as FAKE_MODE says:
 
-    run      rank 0 reports progress through the job's status every FAKE_INTERVAL seconds; runs on
+    run      rank 0 reports progress through its ConfigMap every FAKE_INTERVAL seconds; runs on
     succeed  as `run` for FAKE_STEPS steps, then rank 0 writes KUBETUNE_COMPLETE, reports
              completed, lingers FAKE_EXIT_DELAY seconds (default 0: the runtime's summary and exit
              take a while), writes its termination message, and every rank exits 0; a restarted
@@ -12,8 +12,9 @@ pod (the config file, the PET_* variables), then behaves as FAKE_MODE says:
     crash    exits 1 after FAKE_DELAY seconds with a traceback-like message
     crash-once-rank1  rank 1 crashes once (a marker in the outputs directory remembers), then runs
 
-Progress goes out exactly as the runtime sends it: a JSON merge patch of status.progress with the
-pod's service-account token, over plain HTTPS (stdlib only).
+Progress goes out exactly as the runtime sends it: a JSON merge patch of the job's progress
+ConfigMap (KUBETUNE_PROGRESS_CONFIGMAP, key progress.json) with the pod's service-account token,
+over plain HTTPS (stdlib only).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 def patch_progress(progress: dict) -> None:
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-    ns, name = os.environ["KUBETUNE_JOB_NAMESPACE"], os.environ["KUBETUNE_JOB_NAME"]
-    url = f"https://{host}:{port}/apis/kubetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/{name}/status"
-    body = json.dumps({"status": {"progress": progress}}).encode()
+    ns, name = os.environ["KUBETUNE_JOB_NAMESPACE"], os.environ["KUBETUNE_PROGRESS_CONFIGMAP"]
+    url = f"https://{host}:{port}/api/v1/namespaces/{ns}/configmaps/{name}"
+    body = json.dumps({"data": {"progress.json": json.dumps(progress)}}).encode()
     request = urllib.request.Request(url, data=body, method="PATCH")
     request.add_header("Authorization", f"Bearer {(SA_DIR / 'token').read_text().strip()}")
     request.add_header("Content-Type", "application/merge-patch+json")

@@ -2,7 +2,7 @@ import pytest
 import yaml
 from kubetune_operator import builders
 from kubetune_operator.builders import BuildOptions, JobRef, parse_resources
-from kubetune_operator.spec import OUTPUTS_DIR, validate_job
+from kubetune_operator.spec import OUTPUTS_DIR, AdmissionPolicy, validate_job
 
 from tests.unit.operator.cases import job
 
@@ -12,7 +12,8 @@ UID = "0d9c2a4e-5f1b-4c8e-9a6e-1c2d3e4f5a6b"
 def build(replicas=None, options=BuildOptions(), **spec):
     body = job(**spec)
     body["metadata"].update(uid=UID, labels={"argocd.argoproj.io/instance": "team-app", "team": "nlp"})
-    validation = validate_job(body)
+    # The builders build whatever the validation admitted; what an operator allows is tested in test_spec.
+    validation = validate_job(body, AdmissionPolicy(allow_host_path=True))
     assert validation.ok, validation.problems
     ref = JobRef.of(body)
     workers = validation.spec.workers if replicas is None else replicas
@@ -30,9 +31,13 @@ def env(children):
 
 def test_children_are_owned_and_carry_only_the_selector_labels():
     children, objects = build()
-    assert [o["kind"] for o in objects] == [
-        "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("ServiceAccount", "demo-worker"), ("ConfigMap", "demo-progress"), ("Role", "demo-progress"),
+        ("RoleBinding", "demo-progress"), ("ConfigMap", "demo-config"), ("Service", "demo-workers"),
+        ("StatefulSet", "demo"),
     ]  # fmt: skip
+    # The operator applies only the progress ConfigMap's metadata: re-applying never erases a report.
+    assert set(objects[1]) == {"apiVersion", "kind", "metadata"}
     for obj in objects:
         meta = obj["metadata"]
         assert meta["namespace"] == "default"
@@ -90,7 +95,11 @@ def test_statefulset_runs_the_workers_in_parallel_under_torchrun():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
     assert volumes["config"]["configMap"]["name"] == "demo-config"
-    assert volumes["outputs"] == {"name": "outputs", "emptyDir": {}}
+    assert volumes["outputs"] == {"name": "outputs", "nfs": {"server": "nfs.example", "path": "/outputs"}}
+    assert build(workers=1)[0]["StatefulSet"]["spec"]["template"]["spec"]["volumes"][2] == {
+        "name": "outputs",
+        "emptyDir": {},
+    }
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts == {"config": "/etc/kubetune", "dshm": "/dev/shm", "outputs": OUTPUTS_DIR}
 
@@ -126,12 +135,14 @@ def test_output_dir_on_a_mounted_volume_is_kept():
     assert {"name": "data", "mountPath": "/data"} in container(children)["volumeMounts"]
 
 
-def test_progress_rights_are_limited_to_the_job_itself():
+def test_progress_rights_are_limited_to_the_jobs_progress_configmap():
+    # Never the job's status: a pod could then rewrite restarts, startTime or phase.
     children, _ = build()
     assert children["Role"]["rules"] == [
-        {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "resourceNames": ["demo"],
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["demo-progress"],
          "verbs": ["get", "patch"]}
     ]  # fmt: skip
+    assert env(children)["KUBETUNE_PROGRESS_CONFIGMAP"] == "demo-progress"
     binding = children["RoleBinding"]
     assert binding["roleRef"]["name"] == "demo-progress"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-worker", "namespace": "default"}]

@@ -70,7 +70,11 @@ def test_the_training_config_is_embedded_and_keeps_unknown_keys_for_the_validati
 
 def test_kubernetes_objects_in_the_spec_are_kept_whole():
     spec = schema()["properties"]["spec"]["properties"]
-    assert spec["tolerations"]["items"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert spec["tolerations"]["items"] == {
+        "type": "object",
+        "maxProperties": 256,
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
     assert spec["env"]["items"]["required"] == ["name"]
     assert spec["env"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
     assert spec["resources"]["properties"]["limits"]["additionalProperties"] == {
@@ -86,7 +90,7 @@ def test_status_subresource_printer_columns_and_names():
     assert resource["spec"]["names"]["shortNames"] == ["ftj"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Progress", "Step", "Loss", "Workers", "Age"]
+    assert columns == ["Phase", "Progress", "Step", "Loss", "Workers", "Reason", "Age"]
     progress = schema()["properties"]["status"]["properties"]["progress"]
     assert progress["x-kubernetes-preserve-unknown-fields"] is True
     assert {"step", "totalSteps", "loss", "completed", "lastCheckpoint"} <= set(progress["properties"])
@@ -155,3 +159,28 @@ def test_peering_crds_for_replicas():
     assert [d["spec"]["names"]["kind"] for d in docs] == ["ClusterKopfPeering", "KopfPeering"]
     assert [d["spec"]["scope"] for d in docs] == ["Cluster", "Namespaced"]
     assert all(d["spec"]["group"] == "kopf.dev" for d in docs)
+
+
+def _unbounded(node, path="spec"):
+    """Paths of strings, lists and maps in a schema that the apiserver would accept at any size."""
+    kind = node.get("type")
+    found = []
+    if kind == "string" and "enum" not in node and "maxLength" not in node:
+        found.append(path)
+    if kind == "array":
+        found += [] if "maxItems" in node else [path]
+        found += _unbounded(node["items"], path + "[]")
+    if kind == "object":
+        found += [] if "maxProperties" in node else [path]
+        for key, child in (node.get("properties") or {}).items():
+            found += _unbounded(child, f"{path}.{key}")
+    return found
+
+
+def test_every_string_list_and_map_of_the_spec_is_bounded():
+    spec = schema()["properties"]["spec"]
+    assert _unbounded(spec) == []
+    config = spec["properties"]["config"]
+    assert config["maxProperties"] == 512
+    assert spec["properties"]["image"]["maxLength"] == 4096
+    assert spec["properties"]["volumes"]["maxItems"] == 256

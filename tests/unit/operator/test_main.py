@@ -53,7 +53,7 @@ def test_handlers_register_without_resource_changing_handlers():
     # keeps state in the object's annotations.
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []
-    assert len(list(registry._watching.get_all_handlers())) == 3
+    assert len(list(registry._watching.get_all_handlers())) == 4  # jobs, pods, configmaps, statefulsets
     assert [h.id for h in registry._webhooks.get_all_handlers()] == [webhook.WEBHOOK_ID]
 
 

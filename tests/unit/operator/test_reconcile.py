@@ -33,7 +33,7 @@ def test_first_reconcile_creates_the_children_and_a_pending_status():
     result = reconciler.reconcile("default", "demo")
     assert result.phase == "Pending"
     assert [c[1] for c in kube.writes() if c[0] == "apply"] == [
-        "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
+        "ServiceAccount", "ConfigMap", "Role", "RoleBinding", "ConfigMap", "Service", "StatefulSet",
     ]  # fmt: skip
     assert status(kube)["phase"] == "Pending" and kube.events[0][1] == "Created"
 
@@ -46,7 +46,7 @@ def test_unchanged_children_are_not_applied_again_and_nothing_is_written():
     assert kube.writes() == []
     reconciler.forget("default", "demo")  # e.g. the StatefulSet was deleted by hand
     reconciler.reconcile("default", "demo")
-    assert len([c for c in kube.writes() if c[0] == "apply"]) == 6
+    assert len([c for c in kube.writes() if c[0] == "apply"]) == 7
 
 
 def test_running_then_group_restart_deletes_pods_before_counting():

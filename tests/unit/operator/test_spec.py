@@ -110,7 +110,7 @@ def test_referenced_config_is_validated_like_an_inline_one():
     paths = [p.path for p in problems]
     assert "configMap cfg/config.yaml.lerning_rate" in paths
     config, problems = load_referenced_config("a: [", "cfg/config.yaml")
-    assert config is None and "not valid YAML" in problems[0].message
+    assert config is None and "YAML syntax error at line 1" in problems[0].message
     config, problems = load_referenced_config("- a list\n", "cfg/config.yaml")
     assert config is None and problems[0].path == "configMap cfg/config.yaml"
     config, problems = load_referenced_config(yaml.safe_dump(SEED_CONFIG), "cfg/config.yaml")

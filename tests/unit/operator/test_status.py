@@ -47,15 +47,16 @@ class Job:
         self.body = job(**spec)
         self.body["metadata"].update(uid="u-1", generation=1)
         self.now = NOW
+        self.report = None  # what rank 0 last wrote into its progress ConfigMap
 
     def step(self, pods=(), progress=None, minutes=0, body=None):
         self.now = self.now + timedelta(minutes=minutes)
         if progress is not None:
-            self.body.setdefault("status", {})["progress"] = progress
+            self.report = progress
         source = body or self.body
         validation = validate_job(source)
         plan = decide(Observed(job=source, spec=validation.spec, pods=list(pods), now=self.now,
-                               problems=validation.problems,
+                               problems=validation.problems, progress=self.report,
                                outputs={"outputDir": "/var/lib/kubetune/outputs/demo-u-1", "volume": "emptyDir"}))  # fmt: skip
         patch = status_patch(self.body.get("status"), plan.status)
         if patch:
@@ -99,8 +100,8 @@ def test_pending_then_running_as_the_pods_run():
     assert status_patch(j.status, plan.status) is None and plan.events == []
 
 
-def test_progress_reports_need_no_operator_write():
-    # Rank 0's patch carries the Progress column's percent itself: one watch row per report, not two.
+def test_progress_reports_are_copied_into_the_status():
+    # Rank 0 writes its ConfigMap; the operator copies the report: one status write per report.
     j = Job()
     j.step([pod(0), pod(1)])
     plan = j.step([pod(0), pod(1)], progress={"step": 30, "totalSteps": 120, "percent": "25%", "loss": 1.5})
@@ -229,9 +230,9 @@ def test_failure_restarts_the_group_until_backoff_limit():
 
     j.step([pod(0, exit_code=1, message="boom")])
     assert j.status["restarts"] == 2 and j.status["phase"] == "Pending"
-    plan = j.step([pod(0, last_exit=2, message="Traceback: ValueError")])
+    plan = j.step([pod(0, last_exit=1, message="Traceback: ValueError")])
     assert j.status["phase"] == "Failed" and j.status["reason"] == "BackoffLimitExceeded"
-    assert "exited with code 2: Traceback: ValueError" in j.status["message"]
+    assert "exited with code 1: Traceback: ValueError" in j.status["message"]
     assert plan.scale_to_zero and plan.delete_pods == []
     assert j.condition("Failed")["reason"] == "BackoffLimitExceeded"
 
@@ -324,10 +325,13 @@ def test_waiting_for_a_config_map():
     assert plan.status["phase"] == "Pending" and plan.status["reason"] == "ConfigMapNotFound"
 
 
-def test_status_patch_removes_dropped_keys_and_keeps_progress():
+def test_status_patch_removes_dropped_keys():
     old = {"phase": "Running", "startTime": "x", "progress": {"step": 3}}
-    assert status_patch(old, {"phase": "Suspended"}) == {"phase": "Suspended", "startTime": None}
-    assert status_patch(old, {"phase": "Running", "startTime": "x"}) is None
+    assert status_patch(old, {"phase": "Suspended", "progress": {"step": 3}}) == {
+        "phase": "Suspended",
+        "startTime": None,
+    }
+    assert status_patch(old, {"phase": "Running", "startTime": "x", "progress": {"step": 3}}) is None
 
 
 def test_a_long_crash_log_is_cut_to_its_last_lines():
@@ -339,3 +343,66 @@ def test_a_long_crash_log_is_cut_to_its_last_lines():
     j.step([pod(0, exit_code=1, message=log)])
     assert j.status["message"].startswith("worker demo-0 exited with code 1: line 99 | Traceback")
     assert "ValueError: bad shape" in j.status["message"] and "line 98" not in j.status["message"]
+
+
+# The worker's own exit code, from the termination message its first process writes (under torchrun
+# the container exits 1 whatever the worker returned).
+BAD_INPUT = '{"status": "bad_input", "exit_code": 2, "reason": "base_model: /models/x is not a directory"}'
+PREEMPTED = '{"status": "preempted", "steps": 40, "exit_code": 143}'
+
+
+def test_bad_input_fails_at_once_with_the_workers_message():
+    j = Job(runPolicy={"backoffLimit": 3})
+    j.step([pod(0), pod(1)])
+    plan = j.step([pod(0, exit_code=1, message=BAD_INPUT), pod(1)])
+    assert j.status["phase"] == "Failed" and j.status["reason"] == "InvalidInput"
+    assert j.status["restarts"] == 0 and plan.scale_to_zero
+    assert "worker demo-0 exited with code 2: base_model: /models/x is not a directory" in j.status["message"]
+    # Without torchrun the container's own code says it.
+    j = Job(runPolicy={"backoffLimit": 3})
+    j.step([pod(0, exit_code=2, message="config error")])
+    assert j.status["reason"] == "InvalidInput"
+
+
+def test_preemption_after_a_checkpoint_does_not_count_against_backoff_limit():
+    j = Job(runPolicy={"backoffLimit": 0})
+    j.step([pod(0), pod(1)])
+    for round_ in (1, 2):
+        plan = j.step([pod(0, exit_code=1, message=PREEMPTED), pod(1, last_exit=143)])
+        assert j.status["phase"] == "Pending" and j.status["reason"] == "Preempted"
+        assert j.status["restarts"] == 0 and j.status["preemptions"] == round_
+        assert plan.delete_pods == ["demo-0", "demo-1"] and plan.events[0].reason == "Preempted"
+        j.step([pod(0), pod(1)])
+        assert j.status["phase"] == "Running"
+    # A real crash next to a preemption is a crash: counted (and here, past the limit).
+    j.step([pod(0, exit_code=143), pod(1, exit_code=1, message="CUDA error")])
+    assert j.status["phase"] == "Failed" and j.status["reason"] == "BackoffLimitExceeded"
+
+
+def test_workers_on_one_read_write_once_claim_are_admitted_with_a_warning():
+    rwo = {"claimTemplate": {"size": "1Gi"}}  # the default access mode: ReadWriteOnce
+    plan = Job(storage=rwo).step()
+    assert [e.reason for e in plan.events] == ["Created", "SharedReadWriteOnce"]
+    assert "only on one node" in plan.events[1].message
+    rwx = {"claimTemplate": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}
+    assert [e.reason for e in Job(storage=rwx).step().events] == ["Created"]
+    assert [e.reason for e in Job(workers=1, storage=rwo).step().events] == ["Created"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "path"),
+    [
+        (None, "spec.storage"),
+        ({"volume": {"emptyDir": {}}}, "spec.storage.volume.emptyDir"),
+        ({"claimTemplate": {"size": "1Gi", "accessModes": ["ReadWriteOncePod"]}},
+         "spec.storage.claimTemplate.accessModes"),
+    ],
+)  # fmt: skip
+def test_workers_on_storage_no_other_pod_sees_are_refused_with_the_fix(storage, path):
+    body = job(workers=2)
+    body["spec"]["storage"] = storage
+    if storage is None:
+        del body["spec"]["storage"]
+    (problem,) = validate_job(body).problems
+    assert problem.path == path and "ReadWriteMany" in problem.fix and "workers: 1" in problem.fix
+    assert validate_job(job(workers=1)).ok  # one worker on its emptyDir is fine

@@ -80,7 +80,9 @@ def default_docs(helm):
 def test_default_objects(default_docs):
     kinds = {k: len(v) for k, v in by_kind(default_docs).items()}
     assert kinds == {
-        "CustomResourceDefinition": 1,
+        "CustomResourceDefinition": 3,  # FineTuneJob and kopf's two peering CRDs (HA: the webhook is on)
+        "ClusterKopfPeering": 1,
+        "PodDisruptionBudget": 1,
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
@@ -91,19 +93,37 @@ def test_default_objects(default_docs):
     }
     for doc in default_docs:
         if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-                               "ValidatingWebhookConfiguration"):  # fmt: skip
+                               "ValidatingWebhookConfiguration", "ClusterKopfPeering"):  # fmt: skip
             assert doc["metadata"]["namespace"] == NS, doc["kind"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == "kubetune"
 
 
-def test_default_deployment_is_one_replica_recreate(default_docs):
+def test_default_deployment_with_the_webhook_stays_available_through_a_restart(default_docs):
+    # With failurePolicy Fail a lone replica being replaced refuses every create: HA is on by default
+    # whenever the webhook is, every replica serves it, and a rollout never takes the last one away.
     spec = _deployment(default_docs)["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pdb = one(default_docs, "PodDisruptionBudget", FULLNAME)
+    assert pdb["spec"]["minAvailable"] == 1
+    args = _container(default_docs)["args"]
+    assert "--peering=kubetune" in args and "--webhook-cert-dir=/etc/kubetune/webhook" in args
+    webhook = by_kind(default_docs)["ValidatingWebhookConfiguration"][0]["webhooks"][0]
+    assert webhook["failurePolicy"] == "Fail"
+
+
+def test_explicitly_single_replica_is_recreate(helm):
+    docs = template(helm, {"ha.enabled": False})
+    spec = _deployment(docs)["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == FULLNAME
     assert pod["securityContext"]["runAsNonRoot"] is True
-    container = _container(default_docs)
+    container = _container(docs)
     # The node agent of the local test cluster runs the command in the project's virtualenv.
     assert container["command"] == ["kubetune-operator"]
     args = container["args"]
@@ -111,6 +131,7 @@ def test_default_deployment_is_one_replica_recreate(default_docs):
     assert "--webhook-cert-dir=/etc/kubetune/webhook" in args and "--webhook-port=9443" in args
     assert "--metrics-port=8080" in args and "--health-port=8081" in args
     assert not any(a.startswith(("--peering", "--namespace")) for a in args)
+    assert "--no-allow-host-path" in args and "--allow-service-accounts" in args
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     # Ready only once the webhook server listens (the Service then has an endpoint to call).
@@ -340,9 +361,11 @@ def test_ha_without_peering_crds(helm):
     assert crds == {"finetunejobs.kubetune.dev"}
 
 
-def test_single_replica_has_no_pdb_nor_peering(default_docs):
-    kinds = by_kind(default_docs)
-    assert "PodDisruptionBudget" not in kinds and "ClusterKopfPeering" not in kinds
+def test_single_replica_has_no_pdb_nor_peering(helm):
+    for values in ({"ha.enabled": False}, {"webhook.enabled": False}):
+        kinds = by_kind(template(helm, values))
+        assert "PodDisruptionBudget" not in kinds and "ClusterKopfPeering" not in kinds
+        assert _deployment(template(helm, values))["spec"]["replicas"] == 1
 
 
 # --- certificates ----------------------------------------------------------------------------------
@@ -419,6 +442,10 @@ def test_crds_keep_off(helm):
 
 def test_crds_disabled(helm):
     docs = template(helm, {"crds.enabled": False})
+    # kopf's peering CRDs (HA is on with the webhook) follow peering.installCRDs, not crds.enabled.
+    crds = {c["metadata"]["name"] for c in by_kind(docs)["CustomResourceDefinition"]}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    docs = template(helm, {"crds.enabled": False, "peering.installCRDs": False})
     assert "CustomResourceDefinition" not in by_kind(docs)
 
 

@@ -119,7 +119,7 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def test_kubernetes_reporter_merge_patches_status_progress(tmp_path):
+def test_kubernetes_reporter_merge_patches_the_progress_configmap(tmp_path):
     server = HTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     token = tmp_path / "token"
@@ -128,7 +128,7 @@ def test_kubernetes_reporter_merge_patches_status_progress(tmp_path):
         reporter = KubernetesReporter(
             api_url=f"http://127.0.0.1:{server.server_port}",
             namespace="team",
-            name="job-a",
+            configmap="job-a-progress",
             token_path=token,
             ca_path=None,
         )
@@ -137,19 +137,24 @@ def test_kubernetes_reporter_merge_patches_status_progress(tmp_path):
     finally:
         server.shutdown()
     path, headers, body = Recorder.requests[-1]
-    assert path == "/apis/kubetune.dev/v1alpha1/namespaces/team/finetunejobs/job-a/status"
+    # The pod's only write: its own ConfigMap, never the FineTuneJob (whose status the operator owns).
+    assert path == "/api/v1/namespaces/team/configmaps/job-a-progress"
     assert headers["Authorization"] == "Bearer secret-token"
     assert headers["Content-Type"] == "application/merge-patch+json"
-    assert (
-        set(body["status"]["progress"]) == STATUS_FIELDS and body["status"]["progress"]["completed"] is True
-    )
+    progress = json.loads(body["data"]["progress.json"])
+    assert set(progress) == STATUS_FIELDS and progress["completed"] is True
 
 
 def test_an_unreachable_api_server_logs_a_warning_and_never_raises(tmp_path, caplog):
     token = tmp_path / "token"
     token.write_text("t")
     reporter = KubernetesReporter(
-        api_url="http://127.0.0.1:9", namespace="n", name="j", token_path=token, ca_path=None, timeout=1.0
+        api_url="http://127.0.0.1:9",
+        namespace="n",
+        configmap="j-progress",
+        token_path=token,
+        ca_path=None,
+        timeout=1.0,
     )
     with caplog.at_level(logging.WARNING):
         reporter.report(sample())
@@ -174,7 +179,7 @@ def test_a_failing_reporter_is_skipped(caplog):
 
 def test_environment_selects_the_reporters(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_PROGRESS_FILE", str(tmp_path / "p.json"))
-    monkeypatch.setenv("KUBETUNE_JOB_NAME", "job")
+    monkeypatch.setenv("KUBETUNE_PROGRESS_CONFIGMAP", "job-progress")
     monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "ns")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # no API server: no Kubernetes reporter
     monkeypatch.delenv("KUBETUNE_LOG_FORMAT", raising=False)

@@ -1,0 +1,89 @@
+"""status.progress: read from the ConfigMap rank 0 writes, re-derived by the operator.
+
+The pods may write one object: their job's `<job>-progress` ConfigMap (key `progress.json`, the
+runtime's kubetune.train.progress). Code in a pod (remote model code, a custom data format) is not
+trusted with anything else: the operator copies only the fields of the progress contract, each
+checked for its type, into status.progress, and derives the Progress column's percent itself. So a
+pod that writes `phase: Succeeded` or `restarts: 0` changes nothing the operator decides from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+PROGRESS_KEY = "progress.json"
+# A report is a few hundred bytes; anything larger is not a progress report.
+MAX_REPORT_BYTES = 16_384
+TEXT_LIMIT = 1024
+
+_INTEGERS = ("step", "totalSteps", "trainedTokens", "resumedFromStep")
+_NUMBERS = ("epoch", "loss", "learningRate", "tokensPerSecond", "etaSeconds")
+_TEXTS = ("lastCheckpoint", "outputDir", "updatedAt")
+
+
+def percent(step: int | None, total: int | None) -> str | None:
+    if not isinstance(step, int) or not isinstance(total, int) or total <= 0:
+        return None
+    return f"{max(0, min(100, 100 * step // total))}%"
+
+
+def sanitize(report: Any) -> dict[str, Any]:
+    """The fields of the progress contract in `report`, each of its type; everything else is dropped."""
+    if not isinstance(report, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for key in _INTEGERS:
+        value = report.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+            out[key] = value
+    for key in _NUMBERS:
+        value = report.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = value
+    for key in _TEXTS:
+        value = report.get(key)
+        if isinstance(value, str):
+            out[key] = value[:TEXT_LIMIT]
+    if isinstance(report.get("completed"), bool):
+        out["completed"] = report["completed"]
+    derived = percent(out.get("step"), out.get("totalSteps"))
+    if derived is not None:
+        out["percent"] = derived
+    return out
+
+
+def read_report(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sanitized report in the progress ConfigMap; None when it holds none (or nothing readable)."""
+    text = ((configmap or {}).get("data") or {}).get(PROGRESS_KEY)
+    if not isinstance(text, str) or not text or len(text) > MAX_REPORT_BYTES:
+        return None
+    try:
+        report = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return sanitize(report) or None
+
+
+def final(progress: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The progress of a finished run: its last step and 100%, whichever report arrived last.
+
+    Rank 0's final report and its exit race (the report goes out from a background thread, rate
+    bounded); the summary in its termination message carries the final step, so the outcome does
+    not depend on which the operator sees first.
+    """
+    out = dict(progress)
+    steps = summary.get("steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0:
+        out["step"] = max(steps, out.get("step", 0))
+    loss = summary.get("final_train_loss")
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+        out["loss"] = round(loss, 5)  # as the runtime rounds its reports (the Loss column)
+    if "step" in out:
+        out["totalSteps"] = max(out.get("totalSteps", 0), out["step"]) or out["step"]
+    out["completed"] = True
+    out["percent"] = "100%"
+    out.pop("etaSeconds", None)
+    return out

@@ -1,0 +1,77 @@
+"""The operator's workers in a namespace that enforces the restricted Pod Security Standard.
+
+The API server's PodSecurity admission judges the pod spec whatever node runs it (the local node
+agent runs pods as processes and does not switch users; that the container really runs as a
+non-root user is for a real node to show). A pod the StatefulSet controller cannot create reaches
+the job's status as FailedCreate.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubetune_operator.k8s import Kube
+
+from tests.kube_cluster import TEST_IMAGE, wait_for
+from tests.unit.operator.cases import job
+from tests.unit.operator.cluster_support import OperatorProcess, install_crd
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "ktop-pss"
+
+
+@pytest.fixture(scope="module")
+def operator(kube_cluster, tmp_path_factory):
+    install_crd(kube_cluster)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(kube_cluster, log, namespaces=[f"{PREFIX}-*"]).start()
+    yield process
+    process.stop()
+    print(f"operator log: {log}")
+
+
+@pytest.fixture
+def restricted_ns(kube_cluster):
+    name = kube_cluster.create_namespace(prefix=PREFIX)
+    kube_cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def kube(kube_cluster):
+    return Kube(kube_cluster.api_client())
+
+
+def fake_job(name, namespace, **spec):
+    body = job(name, namespace, workers=1, image=TEST_IMAGE, **spec)
+    body["spec"]["env"] = [{"name": "FAKE_MODE", "value": "run"}]
+    body["spec"]["terminationGracePeriodSeconds"] = 2
+    return body
+
+
+def apply(cluster, body):
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def test_workers_run_in_a_namespace_enforcing_restricted(kube_cluster, operator, restricted_ns, kube):
+    apply(kube_cluster, fake_job("strict", restricted_ns))
+    running = wait_for(lambda: (j := kube.get("FineTuneJob", restricted_ns, "strict"))
+                       and j.get("status", {}).get("phase") == "Running" and j, 90, what="Running")  # fmt: skip
+    assert running["status"]["workers"] == "1/1"
+    (pod,) = kube.list("Pod", restricted_ns, {"kubetune.dev/job-name": "strict"})
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_a_pod_the_namespace_refuses_shows_failed_create(kube_cluster, operator, restricted_ns, kube):
+    # An nfs volume is not in the restricted standard's list: PodSecurity admission refuses the pod.
+    nfs = [{"name": "scratch", "nfs": {"server": "nfs.invalid", "path": "/x"}}]
+    apply(kube_cluster, fake_job("refused", restricted_ns, volumes=nfs))
+    found = wait_for(lambda: (j := kube.get("FineTuneJob", restricted_ns, "refused"))
+                     and j.get("status", {}).get("reason") == "FailedCreate" and j, 60, what="FailedCreate")  # fmt: skip
+    assert "violates PodSecurity" in found["status"]["message"] and found["status"]["phase"] == "Pending"
+    table = kube_cluster.kubectl("get", "ftj", "-n", restricted_ns, "refused").stdout
+    assert "FailedCreate" in table, table
