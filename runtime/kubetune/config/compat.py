@@ -51,7 +51,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
         dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
-        embeddings_skip_upcast eot_tokens eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
+        embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_attn_fuse_mlp flash_attn_rms_norm flash_optimum
         flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
@@ -145,9 +145,9 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 # Keys of a `datasets[]` / `test_datasets[]` entry.
 DATASET: dict[str, Unimplemented] = {
     **_table(
-        """input_transform shards shards_idx preprocess_shards input_format field_tools field_thinking
-        template_thinking_key message_field_training_detail split_thinking
-        logprobs_field temperature drop_system_message skip text_column no_input_format system_format format
+        """input_transform shards shards_idx preprocess_shards input_format field_tools
+        message_field_training_detail split_thinking
+        logprobs_field temperature skip text_column no_input_format system_format format
         field_system system_prompt""",
         "a custom format (type: module.ClassName) can do this",
     ),

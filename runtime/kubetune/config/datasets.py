@@ -75,6 +75,9 @@ DATASET_KEYS_BY_TYPE: dict[str, frozenset[str]] = {
             "train_on_eos",
             "chat_template",
             "chat_template_jinja",
+            "field_thinking",
+            "template_thinking_key",
+            "drop_system_message",
         }
     ),
     "completion": frozenset({"field"}),
@@ -209,6 +212,21 @@ class DatasetConfig(Section):
     )
     chat_template_jinja: str | None = _field(
         None, description="chat_template: a custom Jinja template for this dataset.", min_length=1
+    )
+
+    field_thinking: str | None = _field(
+        None,
+        description="chat_template: key of a message's reasoning trace; it reaches the template under "
+        "`template_thinking_key` and is trained with its message where the template renders it "
+        "(e.g. `qwen3`: assistant turns after the last user message). Default: `reasoning_content`.",
+    )
+    template_thinking_key: str | None = _field(
+        None,
+        description="chat_template: the message key the template reads the reasoning trace from "
+        "(`reasoning_content` for qwen3, `thinking` for gpt-oss). Default: `reasoning_content`.",
+    )
+    drop_system_message: bool | None = _field(
+        None, description="chat_template: remove system messages before rendering. Default: false."
     )
 
     @field_validator("type", mode="before")

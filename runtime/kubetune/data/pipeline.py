@@ -19,6 +19,7 @@ from kubetune.data import cache
 from kubetune.data.errors import DataError, data_error
 from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, TokenizedExamples, resolve_format
 from kubetune.data.formats.base import gather_index
+from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
@@ -40,6 +41,7 @@ TOKEN_KEYS = (
     "chat_template_jinja",
     "special_tokens",
     "tokens",
+    "eot_tokens",
 )
 
 
@@ -169,12 +171,14 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
     chat_template = option(cfg, "chat_template")
     if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
         chat_template = option(cfg, "chat_template_jinja")  # the template text itself
+    extra = {"eot_tokens": option(cfg, "eot_tokens")} if issubclass(cls, ChatTemplate) else {}
     try:
         return cls(
             tokenizer,
             entry,
             train_on_inputs=bool(option(cfg, "train_on_inputs")),
             chat_template=chat_template,
+            **extra,
         )
     except ValueError as exc:
         raise data_error(where, str(exc), "see docs/data.md for this format's options") from exc

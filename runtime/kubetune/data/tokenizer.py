@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kubetune.data.errors import data_error
-from kubetune.data.formats.chat_template import NAMED_TEMPLATES, resolve_chat_template
+from kubetune.data.formats.chat_template import resolve_chat_template
+from kubetune.data.formats.named_templates import NAMED_TEMPLATES
 from kubetune.data.loading import option
 
 SOURCE_KEYS = ("tokenizer_config", "base_model_config", "base_model")  # Axolotl's order

@@ -157,7 +157,7 @@ BAD = [
     ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
-    ("chat-template-unshipped", {"chat_template": "gemma"}, "chat_template"),
+    ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
     ("chat-template-jinja-missing", {"chat_template": "jinja"}, "chat_template_jinja"),
     ("save-safetensors-false", {"save_safetensors": False}, "save_safetensors"),
     ("model-type-not-a-class-name", {"model_type": "Auto Model"}, "model_type"),

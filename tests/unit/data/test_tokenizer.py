@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kubetune.config import ConfigError, load_config
 from kubetune.data import DataError, load_tokenizer
-from kubetune.data.formats.chat_template import LLAMA3
+from kubetune.data.formats.named_templates import LLAMA3
 from kubetune.data.tokenizer import tokenizer_source
 
 SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
