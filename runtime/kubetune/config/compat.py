@@ -40,7 +40,7 @@ def _table(names: str, hint: str = "", **kwargs) -> dict[str, Unimplemented]:
 TOP_LEVEL: dict[str, Unimplemented] = {
     # Everything below is accepted when empty/off and refused when set.
     **_table(
-        """accelerator_config activation_offloading adam_beta3 adam_epsilon2 added_tokens_overrides
+        """accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides
         auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
         center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
@@ -65,7 +65,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         kto_undesirable_weight landmark_attention large_head_attention layer_offloading lisa_layers_attribute
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
-        lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
+        loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
         loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
         lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
         metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
@@ -82,7 +82,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
         quantize_moe_experts ray_num_workers ray_run_name reinit_weights relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
-        remove_unused_columns resize_token_embeddings_to_32x resources_per_worker reward_model rl rl_beta
+        remove_unused_columns resources_per_worker reward_model rl rl_beta
         role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
@@ -90,7 +90,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_use_mistral_common torch_compile_backend
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
-        trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters unsloth_cross_entropy_loss
+        trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_kernels use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
         xpos_rope liger_rope liger_rms_norm liger_glu_activation liger_layer_norm

@@ -149,6 +149,12 @@ class ModelKeys(Section):
         description="A custom Jinja chat template (implies `chat_template: jinja`).",
         min_length=1,
     )
+    resize_token_embeddings_to_32x: bool = field(
+        False,
+        description="Size the embedding matrix (and output head) to the tokenizer's length rounded up to a "
+        "multiple of 32 when it must grow for added tokens (faster matrix shapes); the extra rows are "
+        "never produced by the tokenizer.",
+    )
     eot_tokens: list[str] | None = field(
         None,
         description='The strings that end a turn in `chat_template` data (e.g. `["<end_of_turn>"]`): the '

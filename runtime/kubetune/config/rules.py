@@ -58,6 +58,7 @@ LORA_KEYS = (
     "lora_model_dir",
     "peft_use_dora",
     "peft_use_rslora",
+    "lora_target_parameters",
 )
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
@@ -97,7 +98,9 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
                     f"{key} is set but no adapter is configured, so it would have no effect",
                     f"add `adapter: lora` (or qlora), or remove {key}",
                 )
-    elif not cfg.lora_target_modules and not cfg.lora_target_linear and not cfg.lora_model_dir:
+    elif not (
+        cfg.lora_target_modules or cfg.lora_target_linear or cfg.lora_model_dir or cfg.lora_target_parameters
+    ):
         yield ConfigProblem(
             "lora_target_modules",
             f"adapter: {cfg.adapter} needs to know which modules get LoRA weights",
@@ -112,6 +115,21 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
                     f"{key} applies to a 4-bit base model, but load_in_4bit is not true",
                     f"add `load_in_4bit: true` (with adapter: qlora), or remove {key}",
                 )
+    if cfg.adapter and cfg.unfrozen_parameters:
+        yield ConfigProblem(
+            "unfrozen_parameters",
+            "unfrozen_parameters chooses the weights a full fine-tune trains; with an adapter only the "
+            "adapter weights (and lora_modules_to_save) train",
+            "remove unfrozen_parameters, or list whole modules to train in lora_modules_to_save",
+        )
+    fc = cfg.fsdp_config
+    if cfg.unfrozen_parameters and cfg.fsdp and fc is not None and fc.fsdp_use_orig_params is False:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_use_orig_params",
+            "FSDP1 without use_orig_params flattens frozen and trained weights together, which "
+            "unfrozen_parameters needs apart",
+            "remove fsdp_use_orig_params (it defaults to true), or use fsdp_version: 2",
+        )
     if cfg.adapter and cfg.tokens and not cfg.lora_modules_to_save:
         yield ConfigProblem(
             "lora_modules_to_save",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kubetune.train import model_options
 from kubetune.train.attention import AttentionBackend
 from kubetune.train.errors import UserError
 
@@ -180,8 +181,9 @@ def load_model(
     model.config.use_cache = False  # training never reuses a KV cache
 
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        log.info("resizing the embeddings to %d tokens for the added tokens", len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer))
+        rows = model_options.embedding_rows(cfg, tokenizer)
+        log.info("resizing the embeddings to %d rows for the added tokens", rows)
+        model.resize_token_embeddings(rows)
         if cfg.adapter and not _saves_embeddings(cfg):
             log.warning(
                 "new tokens were added but lora_modules_to_save does not list the embedding and output layers: "
@@ -213,6 +215,8 @@ def load_model(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if cfg.unfrozen_parameters:  # a full fine-tune of some weights (the config refuses it with an adapter)
+        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
 
     if cfg.adapter:
         model = attach_adapter(cfg, model)
@@ -302,7 +306,9 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         except (OSError, ValueError) as err:
             raise _load_error("lora_model_dir", source, err) from err
     targets = lora_target_modules(cfg, model)
-    if not targets:
+    if not targets and cfg.lora_target_parameters:
+        targets = []  # LoRA on parameters only (peft: an empty target_modules, not its per-model default)
+    elif not targets:
         raise UserError(
             "an adapter needs target modules, and none are configured.",
             "Set `lora_target_linear: true` (every linear layer) or list them, e.g. "
@@ -315,6 +321,7 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
+        target_parameters=list(cfg.lora_target_parameters) if cfg.lora_target_parameters else None,
         modules_to_save=list(cfg.lora_modules_to_save) if cfg.lora_modules_to_save else None,
         fan_in_fan_out=cfg.lora_fan_in_fan_out,
         use_dora=cfg.peft_use_dora,

@@ -158,6 +158,23 @@ BAD = [
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
     ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
+    ("unfrozen-parameters-with-an-adapter", {"unfrozen_parameters": ["^lm_head"]}, "unfrozen_parameters"),
+    (
+        "unfrozen-parameters-row-range",
+        {"unfrozen_parameters": ["^lm_head.weight$[:32000]"]},
+        "unfrozen_parameters",
+    ),
+    ("unfrozen-parameters-bad-regex", {"unfrozen_parameters": ["model.layers.[0-"]}, "unfrozen_parameters"),
+    (
+        "gradient-checkpointing-offload-disk",
+        {"gradient_checkpointing": "offload_disk"},
+        "gradient_checkpointing",
+    ),
+    (
+        "gradient-checkpointing-offload-without-offloading",
+        {"gradient_checkpointing": "offload", "activation_offloading": False},
+        "gradient_checkpointing",
+    ),
     ("chat-template-jinja-missing", {"chat_template": "jinja"}, "chat_template_jinja"),
     ("save-safetensors-false", {"save_safetensors": False}, "save_safetensors"),
     ("model-type-not-a-class-name", {"model_type": "Auto Model"}, "model_type"),
