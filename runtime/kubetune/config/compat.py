@@ -66,9 +66,9 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_mlp_kernel lora_o_kernel lora_on_cpu lora_qkv_kernel lora_rank_pattern
         loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
-        loss_watchdog_threshold low_cpu_mem_usage lr_div_factor lr_groups lr_quadratic_warmup
+        loss_watchdog_threshold lr_div_factor lr_groups lr_quadratic_warmup
         lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
-        metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
+        metric_for_best_model model_config model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
@@ -136,6 +136,10 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
     "shuffle_merged_datasets": Unimplemented(
         "kubetune always shuffles the merged datasets by seed", inert=(True,)
+    ),
+    "low_cpu_mem_usage": Unimplemented(
+        "transformers 5 always loads the weights without a second copy in CPU memory (and ignores this key)",
+        inert=(True, False),
     ),
     "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
     "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),

@@ -93,6 +93,12 @@ class DataKeys(Section):
         "and it must then be set explicitly. Default: 512.",
         ge=1,
     )
+    min_sample_len: int | None = field(
+        None,
+        description="Drop examples of fewer tokens than this (counted after tokenization, like "
+        "`sequence_len`). Default: keep every example with something to train.",
+        ge=1,
+    )
     sample_packing: bool = field(
         False,
         description="Pack several examples into each `sequence_len` row. Position ids restart per example and "

@@ -170,8 +170,10 @@ class DatasetConfig(Section):
         "with `save_to_disk`.",
         min_length=1,
     )
-    type: str = _field(
-        description="Row format: `alpaca` (instruction/input/output), `chat_template` (a list of messages "
+    type: str | None = _field(
+        None,
+        description="Row format (unset: rows already tokenized, read as `pretokenized`, as Axolotl reads an "
+        "empty type): `alpaca` (instruction/input/output), `chat_template` (a list of messages "
         "rendered with a chat template), `completion` (raw text, all tokens trained), `input_output` "
         "(`segments` of text, each with a `label` train flag), `pretokenized` (`input_ids` and optional "
         "`labels`), one of Axolotl's instruction variants (`alpaca:chat`, `alpaca:chatml`, `alpaca:phi`, "
@@ -291,7 +293,7 @@ class DatasetConfig(Section):
     @property
     def is_custom_type(self) -> bool:
         """True when `type` names a user-defined format (`module.ClassName`)."""
-        return self.type not in BUILTIN_DATASET_TYPES and self.type not in INSTRUCTION_VARIANT_TYPES
+        return self.type is not None and self.type not in (*BUILTIN_DATASET_TYPES, *INSTRUCTION_VARIANT_TYPES)
 
     def custom_type_parts(self) -> tuple[str, str]:
         """(`module`, `ClassName`) of a custom format; the module resolves against cfg.source_dir."""

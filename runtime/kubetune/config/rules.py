@@ -210,13 +210,14 @@ def _chat_template_pair(model: BaseModel, prefix: str) -> Iterator[ConfigProblem
 
 
 def _dataset(entry: DatasetConfig, path: str) -> Iterator[ConfigProblem]:
-    if entry.type in DATASET_KEYS_BY_TYPE:
-        allowed = COMMON_DATASET_KEYS | DATASET_KEYS_BY_TYPE[entry.type]
+    kind = entry.type or "pretokenized"  # an empty type reads tokenized rows
+    if kind in DATASET_KEYS_BY_TYPE:
+        allowed = COMMON_DATASET_KEYS | DATASET_KEYS_BY_TYPE[kind]
         for key in sorted(entry.model_fields_set - allowed, key=list(type(entry).model_fields).index):
             owners = [t for t, keys in DATASET_KEYS_BY_TYPE.items() if key in keys]
             yield ConfigProblem(
                 f"{path}.{key}",
-                f"{key} applies to {' / '.join(owners) or 'other'} datasets, not type {entry.type}",
+                f"{key} applies to {' / '.join(owners) or 'other'} datasets, not type {kind}",
                 f"remove {key}, or change the entry's type",
             )
     yield from _chat_template_pair(entry, path + ".")

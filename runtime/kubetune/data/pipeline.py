@@ -42,6 +42,7 @@ TOKEN_KEYS = (
     "special_tokens",
     "tokens",
     "eot_tokens",
+    "min_sample_len",
 )
 
 
@@ -141,6 +142,7 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
         "datasets": per_dataset + per_test_dataset,
         "dropped_too_long": sum(d["dropped_too_long"] for d in per_dataset),
         "dropped_untrained": sum(d["dropped_untrained"] for d in per_dataset),
+        "dropped_too_short": sum(d["dropped_too_short"] for d in per_dataset),
         "sequence_len": sequence_len,
     }
     eval_rows = None
@@ -192,6 +194,16 @@ def drop_unusable(examples: TokenizedExamples, sequence_len: int) -> tuple[Token
     if keep.all():
         return examples, 0, 0
     return examples.select(np.flatnonzero(keep)), int(too_long.sum()), int((untrained & ~too_long).sum())
+
+
+def drop_short(examples: TokenizedExamples, min_len: int | None) -> tuple[TokenizedExamples, int]:
+    """Drop examples of fewer than `min_sample_len` tokens (Axolotl's min_sample_len); unset keeps all."""
+    if not min_len:
+        return examples, 0
+    short = examples.lengths < int(min_len)
+    if not short.any():
+        return examples, 0
+    return examples.select(np.flatnonzero(~short)), int(short.sum())
 
 
 def split_eval(examples: TokenizedExamples, val_set_size: float, seed: int):
@@ -265,6 +277,7 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
         tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
         examples, too_long, untrained = drop_unusable(tokenized, sequence_len)
+        examples, too_short = drop_short(examples, option(cfg, "min_sample_len"))
         per_dataset.append(
             {
                 "dataset": where,
@@ -272,8 +285,11 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
                 "examples": len(examples),
                 "dropped_too_long": too_long,
                 "dropped_untrained": untrained,
+                "dropped_too_short": too_short,
             }
         )
+        if too_short:
+            log.warning("%s: dropped %d examples shorter than min_sample_len", where, too_short)
         if too_long:
             log.warning("%s: dropped %d examples longer than sequence_len=%d", where, too_long, sequence_len)
         if untrained:

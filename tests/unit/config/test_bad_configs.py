@@ -46,7 +46,11 @@ BAD = [
     ("empty-datasets", {"datasets": []}, "datasets"),
     ("missing-learning-rate", {"learning_rate": DROP}, "learning_rate"),
     ("dataset-missing-path", {"datasets": [{"type": "alpaca"}]}, "datasets[0].path"),
-    ("dataset-missing-type", {"datasets": [{"path": "d"}]}, "datasets[0].type"),
+    (
+        "dataset-without-type-takes-no-alpaca-fields",
+        {"datasets": [{"path": "d", "field_instruction": "q"}]},
+        "datasets[0].field_instruction",
+    ),
     ("dataset-type-unknown", {"datasets": [{"path": "d", "type": "alpacca"}]}, "datasets[0].type"),
     (
         "dataset-type-axolotl-only",

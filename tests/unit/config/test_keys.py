@@ -88,6 +88,18 @@ def test_axolotl_default_value_of_an_always_on_behaviour_is_accepted(seed_mappin
     ]
 
 
+def test_low_cpu_mem_usage_is_what_transformers_5_always_does(seed_mapping):
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    # transformers drops the argument ("not used anymore"): loading is always low-memory.
+    source = inspect.getsource(PreTrainedModel.from_pretrained)
+    assert '"low_cpu_mem_usage"' in source.split("Not used anymore", 1)[1].split("\n", 2)[1]
+    for value in (True, False):
+        assert validate_mapping({**seed_mapping, "low_cpu_mem_usage": value}) == []
+
+
 def test_bare_keys_mean_not_set(seed_mapping):
     cfg = load_config(
         {**seed_mapping, "micro_batch_size": None, "lora_model_dir": None, "wandb_project": None}

@@ -84,7 +84,9 @@ def test_json_schema_is_structural_friendly():
     assert props["adapter"]["enum"] == ["lora", "qlora"]
     assert props["val_set_size"]["type"] == "number"
     dataset = props["datasets"]["items"]
-    assert dataset["type"] == "object" and set(dataset["required"]) == {"path", "type"}
+    assert dataset["type"] == "object" and set(dataset["required"]) == {
+        "path"
+    }  # an empty type reads tokenized rows
     assert dataset["properties"]["train_on_eos"]["enum"] == ["all", "turn", "last", "none"]
     assert props["fsdp_config"]["properties"]["fsdp_version"]["enum"] == [1, 2]
     assert props["fsdp"]["items"]["enum"] == [

@@ -30,6 +30,13 @@ MARKERS = [
     "<|user|>",
     "<|assistant|>",
     "<|end|>",
+    "<|START_OF_TURN_TOKEN|>",
+    "<|SYSTEM_TOKEN|>",
+    "<|USER_TOKEN|>",
+    "<|CHATBOT_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<｜User｜>",
+    "<｜Assistant｜>",
 ]
 
 CONVERSATION = [
@@ -106,6 +113,20 @@ EXPECTED = {
         "<s><|system|>\nYou are terse.<|end|>\n<|user|>\nSpell the digit. 6<|end|>\n"
         "<|assistant|>\nsix<|end|>\n<|user|>\nColour in French? red<|end|>\n<|assistant|>\nrouge<|end|>\n",
         ["six<|end|>", "rouge<|end|>"],
+    ),
+    "cohere": (
+        "<s><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>You are terse.<|END_OF_TURN_TOKEN|>"
+        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Spell the digit. 6<|END_OF_TURN_TOKEN|>"
+        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>six<|END_OF_TURN_TOKEN|>"
+        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Colour in French? red<|END_OF_TURN_TOKEN|>"
+        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>rouge<|END_OF_TURN_TOKEN|>",
+        ["six<|END_OF_TURN_TOKEN|>", "rouge<|END_OF_TURN_TOKEN|>"],
+    ),
+    # The eos after each reply is its end of turn.
+    "deepseek_v2": (
+        "<s>You are terse.\n\n<｜User｜>Spell the digit. 6<｜Assistant｜>six</s>"
+        "<｜User｜>Colour in French? red<｜Assistant｜>rouge</s>",
+        ["six</s>", "rouge</s>"],
     ),
 }
 EXPECTED["gemma3n"] = EXPECTED["gemma3"]

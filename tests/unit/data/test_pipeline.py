@@ -136,6 +136,17 @@ def test_too_long_and_untrained_examples_are_dropped_and_counted(tmp_path, token
     )
     data = build_prepared(cfg, tokenizer)
     assert (data.stats["examples"], data.stats["dropped_too_long"]) == (2, 1)  # "" still trains its eos
+    assert data.stats["dropped_too_short"] == 0
+
+
+def test_min_sample_len_drops_the_short_examples(tmp_path, tokenizer):
+    rows = [{"text": "red " * n} for n in (1, 2, 20)]  # a few tokens, a few, more than 20
+    write_jsonl(rows, tmp_path / "text.jsonl")
+    datasets = [{"path": str(tmp_path / "text.jsonl"), "type": "completion"}]
+    for min_len, kept in ((None, 3), (12, 1)):
+        cfg = config(tmp_path, tmp_path, sequence_len=64, min_sample_len=min_len, datasets=datasets)
+        data = build_prepared(cfg, tokenizer)
+        assert (data.stats["examples"], data.stats["dropped_too_short"]) == (kept, 3 - kept)
 
 
 @pytest.mark.parametrize("writer", ["json", "parquet", "csv", "saved", "directory"])
@@ -176,12 +187,14 @@ def test_pretokenized_parquet(tmp_path, tokenizer):
 
     rows = [{"input_ids": [1, 40, 41, 42], "labels": [-100, -100, 41, 42]}, {"input_ids": [1, 50, 51]}]
     datasets.Dataset.from_list(rows).to_parquet(tmp_path / "tokens.parquet")
-    entry = {"path": str(tmp_path / "tokens.parquet"), "type": "pretokenized"}
-    data = build_prepared(config(tmp_path, tmp_path, datasets=[entry], sample_packing=False), tokenizer)
-    assert sorted((row["input_ids"], row["labels"]) for row in data.train) == [
-        ([1, 40, 41, 42], [-100, -100, 41, 42]),
-        ([1, 50, 51], [-100, 50, 51]),
-    ]
+    # An empty type reads tokenized rows too (Axolotl: "leave empty to load pre-tokenized").
+    for type_name in ("pretokenized", None):
+        entry = {"path": str(tmp_path / "tokens.parquet"), "type": type_name}
+        data = build_prepared(config(tmp_path, tmp_path, datasets=[entry], sample_packing=False), tokenizer)
+        assert sorted((row["input_ids"], row["labels"]) for row in data.train) == [
+            ([1, 40, 41, 42], [-100, -100, 41, 42]),
+            ([1, 50, 51], [-100, 50, 51]),
+        ]
 
 
 # -- errors name datasets[i] and say what to do ------------------------------------------------

@@ -62,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
         )
         if "eval" in stats:
             print(f"  eval: {stats['eval']['examples']} examples in {stats['eval']['packed_rows']} rows")
-        dropped = stats.get("dropped_too_long", 0) + stats.get("dropped_untrained", 0)
+        dropped = sum(stats.get(k, 0) for k in ("dropped_too_long", "dropped_untrained", "dropped_too_short"))
         if dropped:
             print(
                 f"  dropped: {stats['dropped_too_long']} longer than sequence_len, "
                 f"{stats['dropped_untrained']} with nothing to train"
+                + (
+                    f", {stats['dropped_too_short']} shorter than min_sample_len"
+                    if stats.get("dropped_too_short")
+                    else ""
+                )
             )
     return 0

@@ -133,6 +133,29 @@ QWEN3_5 = (
     "{% else %}{{ '<think>\n\n' }}{% endif %}{% endif %}"
 )
 
+# Command-R (cohere): bos, <|START_OF_TURN_TOKEN|> + <|SYSTEM_TOKEN|> / <|USER_TOKEN|> / <|CHATBOT_TOKEN|>,
+# content (user and assistant trimmed), <|END_OF_TURN_TOKEN|>.
+COHERE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>' + message['content'] + '<|END_OF_TURN_TOKEN|>' }}"
+    "{% elif message['role'] == 'tool' %}" + _NO_TOOLS + "{% else %}"
+    "{% set token = '<|CHATBOT_TOKEN|>' if message['role'] == 'assistant' else '<|USER_TOKEN|>' %}"
+    "{{ '<|START_OF_TURN_TOKEN|>' + token + message['content'] | trim + '<|END_OF_TURN_TOKEN|>' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}"
+)
+
+# DeepSeek-V2(.5): bos, a system message followed by a blank line, <｜User｜>content, <｜Assistant｜>content + eos.
+DEEPSEEK_V2 = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + eos_token }}"
+    "{% else %}" + _NO_TOOLS + "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
 NAMED_TEMPLATES: dict[str, str] = {
     "chatml": CHATML,
     "llama3": LLAMA3,
@@ -146,4 +169,6 @@ NAMED_TEMPLATES: dict[str, str] = {
     "qwen_25": QWEN_25,
     "qwen3": QWEN3,
     "qwen3_5": QWEN3_5,
+    "cohere": COHERE,
+    "deepseek_v2": DEEPSEEK_V2,
 }
