@@ -64,8 +64,9 @@ class AdapterKeys(Section):
     )
     unfrozen_parameters: list[str] | None = field(
         None,
-        description="Full fine-tune: train only the parameters whose names match one of these patterns, "
-        "the rest stay frozen. As in Axolotl, each is a regular expression matched from the start of the "
+        description="Train only the parameters whose names match one of these patterns, the rest stay "
+        "frozen. With an adapter the patterns narrow which adapter weights train (names as in the base "
+        "model, e.g. `model.language_model.*` leaves a vision tower's LoRA weights frozen). As in Axolotl, each is a regular expression matched from the start of the "
         "name, and a period is a literal period (unless followed by `+`), e.g. "
         "`[^lm_head.weight$, ^model.embed_tokens.weight$, model.layers.2[0-9]+.mlp]`.",
         min_length=1,

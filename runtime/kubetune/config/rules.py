@@ -115,13 +115,6 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
                     f"{key} applies to a 4-bit base model, but load_in_4bit is not true",
                     f"add `load_in_4bit: true` (with adapter: qlora), or remove {key}",
                 )
-    if cfg.adapter and cfg.unfrozen_parameters:
-        yield ConfigProblem(
-            "unfrozen_parameters",
-            "unfrozen_parameters chooses the weights a full fine-tune trains; with an adapter only the "
-            "adapter weights (and lora_modules_to_save) train",
-            "remove unfrozen_parameters, or list whole modules to train in lora_modules_to_save",
-        )
     fc = cfg.fsdp_config
     if cfg.unfrozen_parameters and cfg.fsdp and fc is not None and fc.fsdp_use_orig_params is False:
         yield ConfigProblem(

@@ -215,11 +215,12 @@ def load_model(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
-    if cfg.unfrozen_parameters:  # a full fine-tune of some weights (the config refuses it with an adapter)
-        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
 
     if cfg.adapter:
         model = attach_adapter(cfg, model)
+    if cfg.unfrozen_parameters:  # only the matching weights (with an adapter: adapter weights) train
+        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
+    if cfg.adapter:
         if device is not None and not cfg.torch_compile:
             # Eager only: with torch_compile the compiler fuses peft's element-wise adds into their
             # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).

@@ -20,25 +20,35 @@ log = logging.getLogger("kubetune.train")
 
 def freeze_all_but(model: nn.Module, patterns: list[str], *, checkpointing: bool) -> list[str]:
     """Freeze every parameter whose name matches none of `patterns` (Axolotl's reading: see
-    unfrozen_parameter_regex); returns the names left trainable. UserError when none is."""
+    unfrozen_parameter_regex); returns the names left trainable. UserError when none is.
+
+    With an adapter attached, names are the base model's (peft's `base_model.model.` prefix dropped,
+    so `model.language_model.*` keeps the LoRA weights inside the language model) and only weights
+    that were trainable stay so: the patterns narrow what the adapter trains, never unfreeze a base weight."""
+    from peft import PeftModel
+
+    adapter = isinstance(model, PeftModel)
     regexes = [unfrozen_parameter_regex(pattern) for pattern in patterns]
     trained = []
     for name, param in model.named_parameters():
-        keep = any(regex.match(name) for regex in regexes)
+        plain = name.removeprefix("base_model.model.") if adapter else name
+        keep = any(regex.match(plain) for regex in regexes) and (param.requires_grad or not adapter)
         param.requires_grad_(keep)
         if keep:
-            trained.append(name)
+            trained.append(plain)
     if not trained:
         sample = ", ".join(name for name, _ in list(model.named_parameters())[:4])
         raise UserError(
-            "unfrozen_parameters matches none of the model's parameters, so nothing would train.",
+            "unfrozen_parameters matches none of the "
+            + ("adapter's weights" if adapter else "model's parameters")
+            + ", so nothing would train.",
             f"Match the parameter names from their start (e.g. {sample}); `.` is a literal period.",
             key="unfrozen_parameters",
         )
     embeddings = model.get_input_embeddings()
-    if checkpointing and embeddings is not None and not embeddings.weight.requires_grad:
+    if checkpointing and not adapter and embeddings is not None and not embeddings.weight.requires_grad:
         # Reentrant checkpointing passes gradients only to inputs that require them: with frozen
-        # embeddings the layers' input must be made to (what peft does for adapters).
+        # embeddings the layers' input must be made to (peft does the same for adapters).
         model.enable_input_require_grads()
     log.info(
         "unfrozen_parameters: training %d of %d parameter tensors",

@@ -162,7 +162,6 @@ BAD = [
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
     ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
-    ("unfrozen-parameters-with-an-adapter", {"unfrozen_parameters": ["^lm_head"]}, "unfrozen_parameters"),
     (
         "unfrozen-parameters-row-range",
         {"unfrozen_parameters": ["^lm_head.weight$[:32000]"]},

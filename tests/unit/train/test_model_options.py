@@ -61,6 +61,16 @@ def test_unfrozen_parameters_train_only_the_matching_weights(make_config, checkp
     assert all(model.get_parameter(name).grad.abs().sum() > 0 for name in trainable)
 
 
+def test_with_an_adapter_unfrozen_parameters_narrow_the_adapter_weights(make_config):
+    cfg, _ = make_config(lora_target_linear=True, unfrozen_parameters=["^model.layers.1.", "lm_head"])
+    model, _ = load(cfg)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # Base-model names; only LoRA weights of layer 1 (lm_head has none and stays frozen).
+    assert trainable and all(".layers.1." in name and ".lora_" in name for name in trainable)
+    all_lora = {name for name, _ in model.named_parameters() if ".lora_" in name}
+    assert any(".layers.0." in name for name in all_lora - trainable)
+
+
 def test_unfrozen_parameters_that_match_nothing_are_refused(make_config):
     cfg, _ = make_config(**FULL, unfrozen_parameters=["layers.0"])  # names start with model.
     with pytest.raises(UserError, match="matches none of the model's parameters"):
