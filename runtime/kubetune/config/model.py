@@ -156,6 +156,11 @@ class ModelKeys(Section):
         description="A custom Jinja chat template (implies `chat_template: jinja`).",
         min_length=1,
     )
+    tokenizer_legacy: bool | None = field(
+        None,
+        description="Passed to the tokenizer as `legacy` (Llama-family tokenizers: true puts the word-start "
+        "marker on text right after a special token, as older releases did). Default: the tokenizer's own.",
+    )
     resize_token_embeddings_to_32x: bool = field(
         False,
         description="Size the embedding matrix (and output head) to the tokenizer's length rounded up to a "
