@@ -26,6 +26,10 @@ SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
     "qwen3_5",
     "cohere",
     "deepseek_v2",
+    "mistral_v1",
+    "mistral_v2v3",
+    "mistral_v3_tekken",
+    "mistral_v7_tekken",
 )
 ChatTemplateName = Literal[
     "tokenizer_default",
@@ -43,6 +47,10 @@ ChatTemplateName = Literal[
     "qwen3_5",
     "cohere",
     "deepseek_v2",
+    "mistral_v1",
+    "mistral_v2v3",
+    "mistral_v3_tekken",
+    "mistral_v7_tekken",
     "jinja",
     "tokenizer_default_fallback_chatml",
     "tokenizer_default_fallback_llama3",
@@ -58,12 +66,16 @@ ChatTemplateName = Literal[
     "tokenizer_default_fallback_qwen3_5",
     "tokenizer_default_fallback_cohere",
     "tokenizer_default_fallback_deepseek_v2",
+    "tokenizer_default_fallback_mistral_v1",
+    "tokenizer_default_fallback_mistral_v2v3",
+    "tokenizer_default_fallback_mistral_v3_tekken",
+    "tokenizer_default_fallback_mistral_v7_tekken",
 ]
 CHAT_TEMPLATE_NAMES: tuple[str, ...] = ChatTemplateName.__args__  # type: ignore[attr-defined]
 
 # Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
 AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(
-    """alpaca mistral_v1 mistral_v2v3 mistral_v3_tekken mistral_v7_tekken llama3_2_vision
+    """alpaca llama3_2_vision
     phi_35 phi_4 deepseek_v3 jamba nemotron_h exaone exaone4 metharme pixtral llava
     qwen2_vl gemma4_unified command_a command_a_tool_use command_a_rag aya""".split()
 )
@@ -146,7 +158,7 @@ class ModelKeys(Section):
         description="Chat template for `chat_template` datasets: `tokenizer_default` (the tokenizer's own), "
         "one kubetune ships, written from each family's published turn format (`chatml`, `llama3`, `llama4`, "
         "`gemma`, `gemma3`, `gemma3n`, `gemma4`, `phi_3`, `falcon_h1`, `qwen_25`, `qwen3`, `qwen3_5`, `cohere`, "
-        "`deepseek_v2`; "
+        "`deepseek_v2`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
         "text turns only, `qwen3`/`qwen3_5` with reasoning), `tokenizer_default_fallback_<name>` (the "
         "tokenizer's own, else the named one) or `jinja` (the template in `chat_template_jinja`). "
         "Default: `tokenizer_default`.",

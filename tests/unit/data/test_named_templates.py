@@ -37,6 +37,10 @@ MARKERS = [
     "<|END_OF_TURN_TOKEN|>",
     "<｜User｜>",
     "<｜Assistant｜>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
 ]
 
 CONVERSATION = [
@@ -126,6 +130,24 @@ EXPECTED = {
     "deepseek_v2": (
         "<s>You are terse.\n\n<｜User｜>Spell the digit. 6<｜Assistant｜>six</s>"
         "<｜User｜>Colour in French? red<｜Assistant｜>rouge</s>",
+        ["six</s>", "rouge</s>"],
+    ),
+    # Mistral: the system message opens the first (v1) or the last (v2v3, v3 tekken) user turn.
+    "mistral_v1": (
+        "<s> [INST] You are terse.\n\nSpell the digit. 6 [/INST] six</s> [INST] Colour in French? red [/INST] rouge</s>",
+        ["six</s>", "rouge</s>"],
+    ),
+    "mistral_v2v3": (
+        "<s>[INST] Spell the digit. 6[/INST] six</s>[INST] You are terse.\n\nColour in French? red[/INST] rouge</s>",
+        ["six</s>", "rouge</s>"],
+    ),
+    "mistral_v3_tekken": (
+        "<s>[INST]Spell the digit. 6[/INST]six</s>[INST]You are terse.\n\nColour in French? red[/INST]rouge</s>",
+        ["six</s>", "rouge</s>"],
+    ),
+    "mistral_v7_tekken": (
+        "<s>[SYSTEM_PROMPT]You are terse.[/SYSTEM_PROMPT][INST]Spell the digit. 6[/INST]six</s>"
+        "[INST]Colour in French? red[/INST]rouge</s>",
         ["six</s>", "rouge</s>"],
     ),
 }

@@ -156,6 +156,45 @@ DEEPSEEK_V2 = (
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
 
+
+def _mistral(inst_open: str, inst_close: str, reply: str, system_in: str) -> str:
+    """Mistral's [INST] turns: bos, user turns `inst_open`content`inst_close`, replies `reply` (a Jinja
+    expression of `content`) + eos; a system message (first only) opens the `system_in` ("first" or
+    "last") user turn, followed by a blank line."""
+    return (
+        "{{ bos_token }}{% set state = namespace(system='', first=-1, last=-1) %}"
+        "{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{% if state.first < 0 %}{% set state.first = loop.index0 %}{% endif %}"
+        "{% set state.last = loop.index0 %}{% endif %}{% endfor %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}"
+        "{% if not loop.first %}{{ raise_exception('a system message may only come first') }}{% endif %}"
+        "{% set state.system = message['content'] + '\\n\\n' %}"
+        "{% elif message['role'] == 'user' %}"
+        "{{ '" + inst_open + "' + (state.system if loop.index0 == state." + system_in + " else '')"
+        " + message['content'] + '" + inst_close + "' }}"
+        "{% elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
+        "{{ " + reply + " + eos_token }}"
+        "{% else %}" + _NO_TOOLS + "{% endif %}{% endfor %}"
+    )
+
+
+# Mistral v1 (7B v0.1): ` [INST] ... [/INST]`, reply ` content</s>`; the system message opens the first turn.
+MISTRAL_V1 = _mistral(" [INST] ", " [/INST]", "' ' + content", "first")
+# Mistral v2/v3 (SentencePiece): `[INST] ...[/INST]`, reply ` content (trimmed)</s>`; system in the last turn.
+MISTRAL_V2V3 = _mistral("[INST] ", "[/INST]", "' ' + content | trim", "last")
+# Mistral v3 Tekken (Nemo): `[INST]...[/INST]`, reply `content</s>`; system in the last user turn.
+MISTRAL_V3_TEKKEN = _mistral("[INST]", "[/INST]", "content", "last")
+# Mistral v7 Tekken (Small 3): bos, `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`, `[INST]...[/INST]`, reply `content</s>`.
+# No default system message (Mistral's names today's date, which would change the data every day).
+MISTRAL_V7_TEKKEN = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST]' + message['content'] + '[/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}" + _NO_TOOLS + "{% endif %}{% endfor %}"
+)
+
 NAMED_TEMPLATES: dict[str, str] = {
     "chatml": CHATML,
     "llama3": LLAMA3,
@@ -171,4 +210,8 @@ NAMED_TEMPLATES: dict[str, str] = {
     "qwen3_5": QWEN3_5,
     "cohere": COHERE,
     "deepseek_v2": DEEPSEEK_V2,
+    "mistral_v1": MISTRAL_V1,
+    "mistral_v2v3": MISTRAL_V2V3,
+    "mistral_v3_tekken": MISTRAL_V3_TEKKEN,
+    "mistral_v7_tekken": MISTRAL_V7_TEKKEN,
 }
