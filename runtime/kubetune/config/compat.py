@@ -75,7 +75,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices plugins
         pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
-        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size pretraining_dataset
+        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
         pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
         profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
         qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size

@@ -164,6 +164,31 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
 
 @rule
 def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if not cfg.datasets and not cfg.pretraining_dataset:
+        yield ConfigProblem(
+            "datasets",
+            "required key is missing: no training data (neither datasets nor pretraining_dataset)",
+            "add `datasets:` with at least one entry (path, type)",
+        )
+    if cfg.datasets and cfg.pretraining_dataset:
+        yield ConfigProblem(
+            "pretraining_dataset",
+            "both datasets and pretraining_dataset are set; the training data comes from one of them",
+            "keep pretraining_dataset (raw text streams) or datasets (prepared datasets)",
+        )
+    if cfg.pretraining_dataset and cfg.max_steps is None:
+        yield ConfigProblem(
+            "max_steps",
+            "pretraining_dataset is read as a stream, which has no epochs: the run's length is max_steps",
+            "add `max_steps: N`",
+        )
+    if cfg.pretraining_dataset and cfg.val_set_size > 0:
+        yield ConfigProblem(
+            "val_set_size",
+            "val_set_size splits examples off prepared datasets; a pretraining stream is read up to what "
+            "max_steps needs",
+            "remove val_set_size, and evaluate on test_datasets",
+        )
     if "sequence_len" not in cfg.model_fields_set:
         for key in ("sample_packing", "pad_to_sequence_len"):
             if getattr(cfg, key):

@@ -23,6 +23,7 @@ from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
+from kubetune.data.pretraining import needed_tokens, stream_pretraining
 from kubetune.data.tokenizing import tokenize_dataset
 
 log = logging.getLogger("kubetune.data")
@@ -60,13 +61,13 @@ def prepare_datasets(cfg, tokenizer, *, rank: int = 0, world_size: int = 1) -> P
     Under torchrun pass the global rank: rank 0 prepares, the others wait for the finished
     directory and load it. Raises DataError naming `datasets[i]` when a dataset is unusable.
     """
-    key = preparation_key(cfg, tokenizer)
+    key = preparation_key(cfg, tokenizer, world_size=world_size)
     root = prepared_root(cfg)
     started = time.perf_counter()
     path, built = cache.build_or_wait(
         root,
         key,
-        lambda out: write_prepared(build_prepared(cfg, tokenizer), out),
+        lambda out: write_prepared(build_prepared(cfg, tokenizer, world_size=world_size), out),
         rank=rank if world_size > 1 else 0,
     )
     data = load_prepared(path)
@@ -91,31 +92,44 @@ def prepared_root(cfg) -> Path:
     return path if path.is_absolute() else Path(option(cfg, "source_dir") or Path.cwd()) / path
 
 
-def preparation_key(cfg, tokenizer) -> str:
-    """The cache key: data content, tokenizer, token-affecting config keys, pipeline version."""
+def preparation_key(cfg, tokenizer, *, world_size: int = 1) -> str:
+    """The cache key: data content, tokenizer, token-affecting config keys, pipeline version (and for a
+    pretraining stream, how many tokens are read from it)."""
     source_dir = option(cfg, "source_dir")
     entries = [*_entries(cfg, "datasets"), *_entries(cfg, "test_datasets")]
-    return cache.digest(
-        {
-            "version": cache.PIPELINE_VERSION,
-            "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
-            "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
-            "formats": [_format_source(entry, source_dir) for _, entry in entries],
-            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+    parts = {
+        "version": cache.PIPELINE_VERSION,
+        "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
+        "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
+        "formats": [_format_source(entry, source_dir) for _, entry in entries],
+        "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+    }
+    if option(cfg, "pretraining_dataset"):
+        sequence_len = int(option(cfg, "sequence_len") or 2048)
+        parts["stream"] = {
+            "data": [
+                data_fingerprint(entry, source_dir) for _, entry in _entries(cfg, "pretraining_dataset")
+            ],
+            "tokens": needed_tokens(cfg, sequence_len, world_size),
         }
-    )
+    return cache.digest(parts)
 
 
-def build_prepared(cfg, tokenizer) -> PreparedData:
-    """Everything prepare_datasets does, in memory, without the cache."""
+def build_prepared(cfg, tokenizer, *, world_size: int = 1) -> PreparedData:
+    """Everything prepare_datasets does, in memory, without the cache (world_size: the processes that
+    will train, which decides how much of a pretraining stream is read)."""
     started = time.perf_counter()
     sequence_len = int(option(cfg, "sequence_len") or 2048)
     seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))  # seed 0 is a seed
-    if not _entries(cfg, "datasets"):
+    streamed = bool(option(cfg, "pretraining_dataset"))
+    if not streamed and not _entries(cfg, "datasets"):
         raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
     per_dataset: list[dict[str, Any]] = []  # counts of the training entries
     per_test_dataset: list[dict[str, Any]] = []
-    train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    if streamed:
+        train = stream_pretraining(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
+    else:
+        train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
     val_set_size = float(option(cfg, "val_set_size") or 0)
     if _entries(cfg, "test_datasets"):
         if val_set_size:

@@ -64,7 +64,10 @@ def test_json_schema_is_structural_friendly():
     schema = training_config_json_schema()
     json.dumps(schema)  # serialisable
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["required"]) == {"base_model", "datasets", "learning_rate"}
+    assert set(schema["required"]) == {
+        "base_model",
+        "learning_rate",
+    }  # datasets or pretraining_dataset: a rule
     for path, node in _walk(schema):
         if isinstance(node, dict):
             assert "$ref" not in node and "$defs" not in node, path
