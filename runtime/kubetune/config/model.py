@@ -175,8 +175,8 @@ class ModelKeys(Section):
     )
     resize_token_embeddings_to_32x: bool = field(
         False,
-        description="Size the embedding matrix (and output head) to the tokenizer's length rounded up to a "
-        "multiple of 32 when it must grow for added tokens (faster matrix shapes); the extra rows are "
+        description="Grow the embedding matrix (and output head) to the tokenizer's length rounded up to a "
+        "multiple of 32 when it is smaller than that (faster matrix shapes; as Axolotl); the extra rows are "
         "never produced by the tokenizer.",
     )
     eot_tokens: list[str] | None = field(

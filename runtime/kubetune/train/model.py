@@ -180,11 +180,11 @@ def load_model(
         raise _load_error("base_model", source, err) from err
     model.config.use_cache = False  # training never reuses a KV cache
 
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        rows = model_options.embedding_rows(cfg, tokenizer)
-        log.info("resizing the embeddings to %d rows for the added tokens", rows)
+    rows, before = model_options.embedding_rows(cfg, tokenizer), model.get_input_embeddings().num_embeddings
+    if rows > before:  # added tokens, or resize_token_embeddings_to_32x rounding up (as Axolotl resizes)
+        log.info("resizing the embeddings from %d to %d rows", before, rows)
         model.resize_token_embeddings(rows)
-        if cfg.adapter and not _saves_embeddings(cfg):
+        if len(tokenizer) > before and cfg.adapter and not _saves_embeddings(cfg):
             log.warning(
                 "new tokens were added but lora_modules_to_save does not list the embedding and output layers: "
                 "their new rows stay untrained (add `lora_modules_to_save: [embed_tokens, lm_head]`)"

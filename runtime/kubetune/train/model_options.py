@@ -60,7 +60,7 @@ def freeze_all_but(model: nn.Module, patterns: list[str], *, checkpointing: bool
 
 def embedding_rows(cfg, tokenizer) -> int:
     """Rows the embedding matrix needs: the tokenizer's size, rounded up to a multiple of 32 with
-    `resize_token_embeddings_to_32x` (tensor-core-friendly shapes)."""
+    `resize_token_embeddings_to_32x` (tensor-core-friendly shapes); load_model grows it when smaller."""
     rows = len(tokenizer)
     return math.ceil(rows / 32) * 32 if cfg.resize_token_embeddings_to_32x else rows
 

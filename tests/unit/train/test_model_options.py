@@ -94,6 +94,11 @@ def test_resize_token_embeddings_to_32x_rounds_the_new_size_up(make_config):
     rows = rounded.get_input_embeddings().num_embeddings
     assert rows % 32 == 0 and len(tokenizer) < rows < len(tokenizer) + 32
     assert rounded.get_output_embeddings().out_features == rows
+    # Without added tokens too: a vocabulary that is not a multiple of 32 is rounded up.
+    base, tokenizer = load(make_config("base")[0])
+    grown, _ = load(make_config("x32-base", resize_token_embeddings_to_32x=True)[0])
+    assert base.get_input_embeddings().num_embeddings == len(tokenizer) and len(tokenizer) % 32
+    assert grown.get_input_embeddings().num_embeddings == -(-len(tokenizer) // 32) * 32
 
 
 def test_activation_offloading_moves_saved_tensors_through_save_on_cpu(make_config, monkeypatch):
