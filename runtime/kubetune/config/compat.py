@@ -68,7 +68,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         loraplus_lr_embedding loraplus_lr_ratio loss_watchdog_patience
         loss_watchdog_threshold lr_div_factor lr_groups lr_quadratic_warmup
         lr_scheduler_kwargs max_memory max_prompt_len mean_resizing_embeddings merge_method
-        metric_for_best_model model_config model_kwargs model_quantization_config
+        metric_for_best_model model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft

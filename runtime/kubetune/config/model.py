@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator
 from pydantic_core import PydanticCustomError
@@ -127,6 +127,13 @@ class ModelKeys(Section):
     )
     base_model_config: str | None = field(
         None, description="Hub id or directory to read the model config from. Default: `base_model`."
+    )
+    model_config_overrides: dict[str, Any] | None = field(
+        None,
+        description="Axolotl's `model_config` (write it so; pydantic reserves the name): attributes set on the "
+        "model's transformers config before loading, e.g. `{output_router_logits: true}` (mixture-of-experts "
+        "models such as Mixtral: the router's load-balancing loss, times the config's `router_aux_loss_coef`, "
+        "is added to the training loss, as the model's own forward does).",
     )
     model_type: str | None = field(
         None,

@@ -58,6 +58,9 @@ COMPAT_BY_MODEL: dict[type[BaseModel], dict[str, compat.Unimplemented]] = {
     FsdpConfig: compat.FSDP_CONFIG,
 }
 
+# Axolotl keys whose own name pydantic reserves: the field that holds them.
+RENAMED_KEYS = {"model_config": "model_config_overrides"}
+
 # For "this key belongs elsewhere" hints.
 _TOP_KEYS = frozenset(TrainConfig.model_fields)
 _DATASET_KEYS = frozenset(DatasetConfig.model_fields)
@@ -126,6 +129,17 @@ def screen(
         if value is None:
             continue  # a bare `key:` line: not set
         name = key
+        if model is TrainConfig and name in RENAMED_KEYS:
+            name = RENAMED_KEYS[name]
+            if name in mapping and mapping[name] is not None:
+                problems.append(
+                    ConfigProblem(
+                        join(path, key),
+                        f"'{key}' and '{name}' are the same key, set twice",
+                        f"keep only '{key}'",
+                    )
+                )
+                continue
         if model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *_FSDP_ALIASES}:
             name = f"fsdp_{name}"
             if name in mapping and mapping[name] is not None:

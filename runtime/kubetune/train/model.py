@@ -164,10 +164,10 @@ def load_model(
         "attn_implementation": backend.hf_implementation,
         "trust_remote_code": cfg.trust_remote_code,
     }
-    if cfg.base_model_config:
-        kwargs["config"] = transformers.AutoConfig.from_pretrained(
-            model_source(cfg, cfg.base_model_config, "base_model_config"),
-            trust_remote_code=cfg.trust_remote_code,
+    if cfg.base_model_config or cfg.model_config_overrides:  # Axolotl's model_config: set on the config
+        key = "base_model_config" if cfg.base_model_config else "base_model"
+        kwargs["config"] = model_options.model_config(
+            model_source(cfg, getattr(cfg, key), key), cfg.model_config_overrides, cfg.trust_remote_code
         )
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
@@ -179,6 +179,7 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
     model.config.use_cache = False  # training never reuses a KV cache
+    model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
 
     rows, before = model_options.embedding_rows(cfg, tokenizer), model.get_input_embeddings().num_embeddings
     if rows > before:  # added tokens, or resize_token_embeddings_to_32x rounding up (as Axolotl resizes)

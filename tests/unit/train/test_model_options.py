@@ -124,3 +124,44 @@ def test_activation_offloading_moves_saved_tensors_through_save_on_cpu(make_conf
         assert bool(packed) is offload  # the saved tensors went through the CPU hooks
     for name, grad in grads[0].items():  # offloading changes memory, not the result
         torch.testing.assert_close(grads[1][name], grad)
+
+
+def test_model_config_sets_attributes_of_the_model_config(make_config):
+    model, _ = load(make_config(model_config={"attention_dropout": 0.25})[0])
+    assert model.get_base_model().config.attention_dropout == 0.25
+    # Llama has no router: transformers would drop the key silently, kubetune refuses it.
+    with pytest.raises(UserError, match="sets output_router_logits, which LlamaConfig does not have"):
+        load(make_config("dense", model_config={"output_router_logits": True})[0])
+
+
+def test_output_router_logits_adds_the_router_balancing_loss():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    config = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.02,
+    )
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(12).expand(2, 12)
+    targets = shift_targets(ids, positions)
+    plain = CausalLMLoss(model)(input_ids=ids, targets=targets, position_ids=positions)
+    model.config.output_router_logits = True
+    with_router = CausalLMLoss(model)(input_ids=ids, targets=targets, position_ids=positions)
+    router_logits = model.model(
+        input_ids=ids, position_ids=positions, output_router_logits=True
+    ).router_logits
+    balance = load_balancing_loss_func(router_logits, 4, 2, None)
+    trained = int((targets != -100).sum())
+    torch.testing.assert_close(with_router - plain, 0.02 * balance * trained)
+    with_router.backward()
+    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
