@@ -129,8 +129,9 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "float16": Unimplemented("use fp16: true"),
     "float32": Unimplemented("use bf16: false and fp16: false"),
     "eager_attention": Unimplemented("use attn_implementation: eager"),
-    "batch_size": Unimplemented("use micro_batch_size and gradient_accumulation_steps"),
-    "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable"),
+    "hf_use_auth_token": Unimplemented(
+        "the hub client always uses the token in HF_TOKEN (or the login cache); put it there", inert=(True,)
+    ),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
     "debug": Unimplemented("remove it"),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.

@@ -100,6 +100,23 @@ def test_low_cpu_mem_usage_is_what_transformers_5_always_does(seed_mapping):
         assert validate_mapping({**seed_mapping, "low_cpu_mem_usage": value}) == []
 
 
+def test_axolotl_batch_size_sets_gradient_accumulation(seed_mapping):
+    base = {k: v for k, v in seed_mapping.items() if k != "gradient_accumulation_steps"}
+    cfg = load_config({**base, "micro_batch_size": 4, "batch_size": 16})
+    assert cfg.gradient_accumulation_steps == 4
+    assert (
+        validate_mapping({**base, "micro_batch_size": 4, "gradient_accumulation_steps": 4, "batch_size": 16})
+        == []
+    )
+    for wrong in ({"gradient_accumulation_steps": 2, "batch_size": 16}, {"batch_size": 10}):
+        problems = validate_mapping({**base, "micro_batch_size": 4, **wrong})
+        assert [p.path for p in problems] == ["batch_size"]
+
+
+def test_hf_use_auth_token_is_what_the_hub_client_always_does(seed_mapping):
+    assert validate_mapping({**seed_mapping, "hf_use_auth_token": True}) == []
+
+
 def test_bare_keys_mean_not_set(seed_mapping):
     cfg = load_config(
         {**seed_mapping, "micro_batch_size": None, "lora_model_dir": None, "wandb_project": None}
