@@ -113,6 +113,19 @@ def test_axolotl_batch_size_sets_gradient_accumulation(seed_mapping):
         assert [p.path for p in problems] == ["batch_size"]
 
 
+def test_pretraining_dataset_stands_in_for_datasets(seed_mapping):
+    stream = {
+        "pretraining_dataset": [{"path": "allenai/c4", "name": "en", "type": "pretrain"}],
+        "max_steps": 10,
+    }
+    base = {k: v for k, v in seed_mapping.items() if k != "datasets"}
+    assert validate_mapping({**base, **stream}) == []
+    # With another problem in the config, still no placeholder datasets next to the stream.
+    assert [p.path for p in validate_mapping({**base, **stream, "lora_r": 0})] == ["lora_r"]
+    assert [p.path for p in validate_mapping({**base, **{**stream, "max_steps": None}})] == ["max_steps"]
+    assert [p.path for p in validate_mapping({**seed_mapping, **stream})] == ["pretraining_dataset"]
+
+
 def test_hf_use_auth_token_is_what_the_hub_client_always_does(seed_mapping):
     assert validate_mapping({**seed_mapping, "hf_use_auth_token": True}) == []
 
