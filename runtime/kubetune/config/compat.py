@@ -125,7 +125,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "evaluation_strategy": Unimplemented("use eval_steps or evals_per_epoch"),
     "save_strategy": Unimplemented("use save_steps or saves_per_epoch"),
     "max_packed_sequence_len": Unimplemented("use sample_packing: true with sequence_len"),
-    "bfloat16": Unimplemented("use bf16: true"),
     "float16": Unimplemented("use fp16: true"),
     "float32": Unimplemented("use bf16: false and fp16: false"),
     "eager_attention": Unimplemented("use attn_implementation: eager"),

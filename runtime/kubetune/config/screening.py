@@ -161,8 +161,8 @@ def screen(
         ):
             out[name] = value  # folded into fsdp / fsdp_config by _normalise_fsdp
             continue
-        if model is TrainConfig and name == "batch_size":
-            out[name] = value  # folded into gradient_accumulation_steps by _normalise_batch_size
+        if model is TrainConfig and name in ("batch_size", "bfloat16"):
+            out[name] = value  # folded into gradient_accumulation_steps / bf16
             continue
         entry = table.get(name) or (table.get(f"fsdp_{name}") if model is FsdpConfig else None)
         if entry is not None:
@@ -179,13 +179,28 @@ def screen(
         problems.append(_unknown_key(model, path, key))
     if model is TrainConfig:
         _normalise_fsdp(out, problems)
-        _normalise_batch_size(out, problems)
+        _normalise_axolotl_spellings(out, problems)
     return out
 
 
-def _normalise_batch_size(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
-    """Axolotl's older `batch_size` (rows per optimizer step and GPU): gradient_accumulation_steps is
+def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
+    """Axolotl's older spellings: `bfloat16: true` is `bf16: true` (Axolotl reads them alike);
+    `batch_size` (rows per optimizer step and GPU): gradient_accumulation_steps is
     batch_size / micro_batch_size when not given; when given, batch_size must agree with it."""
+    if "bfloat16" in out:
+        bfloat16 = out.pop("bfloat16")
+        if not isinstance(bfloat16, bool):
+            problems.append(
+                ConfigProblem(
+                    "bfloat16", f"expected true or false, got {_short(bfloat16)}", "write bf16: true"
+                )
+            )
+        elif bfloat16 and out.get("bf16") is False:
+            problems.append(
+                ConfigProblem("bfloat16", "bfloat16: true contradicts bf16: false", "keep one of them")
+            )
+        elif bfloat16 and "bf16" not in out:
+            out["bf16"] = True
     if "batch_size" not in out:
         return
     value = out.pop("batch_size")

@@ -126,6 +126,14 @@ def test_pretraining_dataset_stands_in_for_datasets(seed_mapping):
     assert [p.path for p in validate_mapping({**seed_mapping, **stream})] == ["pretraining_dataset"]
 
 
+def test_axolotl_bfloat16_is_bf16(seed_mapping):
+    base = {k: v for k, v in seed_mapping.items() if k != "bf16"}
+    assert load_config({**base, "bfloat16": True}).bf16 is True
+    assert load_config({**base, "bfloat16": True, "bf16": "auto"}).bf16 == "auto"  # bf16 says it already
+    assert load_config({**base, "bfloat16": False}).bf16 == load_config(base).bf16
+    assert [p.path for p in validate_mapping({**base, "bfloat16": True, "bf16": False})] == ["bfloat16"]
+
+
 def test_hf_use_auth_token_is_what_the_hub_client_always_does(seed_mapping):
     assert validate_mapping({**seed_mapping, "hf_use_auth_token": True}) == []
 
