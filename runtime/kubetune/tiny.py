@@ -93,7 +93,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
 
     # ChatML, kubetune.data's named template, as the tokenizer's own, so `chat_template:
     # tokenizer_default` works offline (imported here: importing tiny stays light).
-    from kubetune.data.formats.chat_template import CHATML
+    from kubetune.data.formats.named_templates import CHATML
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
+
 from .base import Section, field
+
+# Axolotl's index-range suffix of an unfrozen_parameters pattern (`...weight$[:32000]`).
+_ROW_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
+
+
+def unfrozen_parameter_regex(pattern: str) -> re.Pattern:
+    """An `unfrozen_parameters` entry as Axolotl reads it: a regular expression matched from the start of
+    a parameter name (re.match), in which a period is a literal period unless a `+` follows it."""
+    return re.compile(re.sub(r"\.(?!\+)", r"\\.", pattern))
 
 
 class AdapterKeys(Section):
@@ -42,6 +55,43 @@ class AdapterKeys(Section):
     )
     peft_use_dora: bool = field(False, description="Use DoRA (weight-decomposed LoRA).")
     peft_use_rslora: bool = field(False, description="Use rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    lora_target_parameters: list[str] | None = field(
+        None,
+        description="Parameters (not modules) to attach LoRA to, by name suffix, e.g. the fused expert weights "
+        "of a mixture-of-experts model `[mlp.experts.gate_up_proj, mlp.experts.down_proj]` (peft's "
+        "`target_parameters`).",
+        min_length=1,
+    )
+    unfrozen_parameters: list[str] | None = field(
+        None,
+        description="Train only the parameters whose names match one of these patterns, the rest stay "
+        "frozen. With an adapter the patterns narrow which adapter weights train (names as in the base "
+        "model, e.g. `model.language_model.*` leaves a vision tower's LoRA weights frozen). As in Axolotl, each is a regular expression matched from the start of the "
+        "name, and a period is a literal period (unless followed by `+`), e.g. "
+        "`[^lm_head.weight$, ^model.embed_tokens.weight$, model.layers.2[0-9]+.mlp]`.",
+        min_length=1,
+    )
+
+    @field_validator("unfrozen_parameters")
+    @classmethod
+    def _patterns_compile(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            if _ROW_RANGE.match(pattern):
+                raise PydanticCustomError(
+                    "unfrozen_parameters_range",
+                    "'{pattern}' ends in an index range, which kubetune does not implement (only whole "
+                    "parameters are unfrozen)",
+                    {"pattern": pattern, "fix": "drop the [start:end] suffix to train the whole parameter"},
+                )
+            try:
+                unfrozen_parameter_regex(pattern)
+            except re.error as err:
+                raise PydanticCustomError(
+                    "unfrozen_parameters_regex",
+                    "'{pattern}' is not a regular expression: {error}",
+                    {"pattern": pattern, "error": str(err), "fix": "correct the pattern"},
+                ) from None
+        return value
 
     load_in_8bit: bool = field(
         False, description="Load the base model in 8-bit (bitsandbytes); needs `adapter: lora`."

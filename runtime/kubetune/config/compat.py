@@ -40,7 +40,7 @@ def _table(names: str, hint: str = "", **kwargs) -> dict[str, Unimplemented]:
 TOP_LEVEL: dict[str, Unimplemented] = {
     # Everything below is accepted when empty/off and refused when set.
     **_table(
-        """accelerator_config activation_offloading adam_beta3 adam_epsilon2 added_tokens_overrides
+        """accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides
         auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
         center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
@@ -51,7 +51,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
         dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
-        embeddings_skip_upcast eot_tokens eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
+        embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_attn_rms_norm flash_optimum
         flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
@@ -65,32 +65,31 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         kto_undesirable_weight landmark_attention large_head_attention layer_offloading lisa_layers_attribute
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
-        lora_target_parameters loraplus_lr_embedding loraplus_lr_ratio
-        low_cpu_mem_usage lr_div_factor lr_groups
+        loraplus_lr_embedding loraplus_lr_ratio lr_div_factor lr_groups
         max_memory max_prompt_len mean_resizing_embeddings merge_method
-        metric_for_best_model min_sample_len model_config model_kwargs model_quantization_config
+        metric_for_best_model model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
-        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size pretraining_dataset
+        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
         pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
         profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
         qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size
         qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
         quantize_moe_experts ray_num_workers ray_run_name reinit_weights relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
-        remove_unused_columns resize_token_embeddings_to_32x resources_per_worker reward_model rl rl_beta
+        remove_unused_columns resources_per_worker reward_model rl rl_beta
         role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets simpo_gamma
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
-        tiled_mlp_use_original_mlp tokenizer_legacy tokenizer_use_mistral_common torch_compile_backend
+        tiled_mlp_use_original_mlp tokenizer_use_mistral_common torch_compile_backend
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
-        trackio_run_name trackio_space_id trainer_cls trl unfrozen_parameters unsloth_cross_entropy_loss
+        trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
         xpos_rope
@@ -132,6 +131,10 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "shuffle_merged_datasets": Unimplemented(
         "kubetune always shuffles the merged datasets by seed", inert=(True,)
     ),
+    "low_cpu_mem_usage": Unimplemented(
+        "transformers 5 always loads the weights without a second copy in CPU memory (and ignores this key)",
+        inert=(True, False),
+    ),
     "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
     "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),
     "experimental_skip_move_to_device": Unimplemented("", inert=(True,)),
@@ -140,17 +143,17 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 # Other spellings of a top-level key, read as that key (setting both is an error).
 RENAMED: dict[str, str] = {
     "adam_eps": "adam_epsilon",
-    "bfloat16": "bf16",
-    "float16": "fp16",
+    "float16": "fp16",  # (bfloat16 is folded in screening: `bfloat16: false` leaves bf16 as it is)
+    "model_config": "model_config_overrides",  # pydantic reserves the name model_config
     "evaluation_strategy": "eval_strategy",  # transformers' older spelling
 }
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.
 DATASET: dict[str, Unimplemented] = {
     **_table(
-        """input_transform shards shards_idx preprocess_shards input_format field_tools field_thinking
-        template_thinking_key message_field_training_detail split_thinking
-        logprobs_field temperature drop_system_message skip text_column no_input_format system_format format
+        """input_transform shards shards_idx preprocess_shards input_format field_tools
+        message_field_training_detail split_thinking
+        logprobs_field temperature skip text_column no_input_format system_format format
         field_system system_prompt""",
         "a custom format (type: module.ClassName) can do this",
     ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -62,12 +62,38 @@ StepInterval = Annotated[
 ]
 
 
+class PretrainingDatasetConfig(Section):
+    """One entry of `pretraining_dataset`: raw text read as a stream."""
+
+    path: str = field(description="Hub dataset id, or a local file or directory.", min_length=1)
+    name: str | None = field(None, description="Dataset configuration name (the hub dataset's subset).")
+    split: str = field("train", description="Split to read.")
+    data_files: str | list[str] | None = field(None, description="File(s) inside `path` to read.")
+    ds_type: Literal["json", "jsonl", "parquet", "csv", "arrow", "text"] | None = field(
+        None, description="File format of local data when the file extension does not say it."
+    )
+    revision: str | None = field(None, description="Hub revision of the dataset.")
+    type: Literal["pretrain", "completion"] | None = field(
+        None, description="`pretrain` (Axolotl's name) or `completion`: the same here. Default: pretrain."
+    )
+    text_column: str | None = field(None, description="Column holding the text. Default: `text`.")
+
+
 class DataKeys(Section):
     """Data"""
 
-    datasets: list[DatasetConfig] = field(
-        description="Training datasets (required, at least one); each entry is a mapping, see "
-        "[Dataset entries](#dataset-entries). Their rows are concatenated and shuffled by `seed`.",
+    datasets: list[DatasetConfig] | None = field(
+        None,
+        description="Training datasets (this or `pretraining_dataset` is required); each entry is a mapping, "
+        "see [Dataset entries](#dataset-entries). Their rows are concatenated and shuffled by `seed`.",
+        min_length=1,
+    )
+    pretraining_dataset: list[PretrainingDatasetConfig] | None = field(
+        None,
+        description="Raw-text corpora read as streams (a hub corpus is never downloaded whole): documents are "
+        "read in order, each tokenized as bos + text + eos and cut into `sequence_len` pieces, all trained, "
+        "until the run's `max_steps` (required) have enough tokens; those are then prepared, shuffled by "
+        "`seed` and packed like any dataset. Instead of `datasets`.",
         min_length=1,
     )
     test_datasets: list[DatasetConfig] | None = field(
@@ -91,6 +117,12 @@ class DataKeys(Section):
         512,
         description="Maximum tokens per training row. With `sample_packing` it is the packing bin size, "
         "and it must then be set explicitly. Default: 512.",
+        ge=1,
+    )
+    min_sample_len: int | None = field(
+        None,
+        description="Drop examples of fewer tokens than this (counted after tokenization, like "
+        "`sequence_len`). Default: keep every example with something to train.",
         ge=1,
     )
     sample_packing: bool = field(

@@ -19,6 +19,30 @@ BUILTIN_DATASET_TYPES: tuple[str, ...] = (
     "input_output",
     "pretokenized",
 )
+# Axolotl's single-turn instruction variants kubetune implements (kubetune.data.formats.alpaca_variants,
+# a unit test keeps the two lists equal): `<name>` is the instruct style, `<name>:<style>` another.
+_STYLES = ("instruct", "chat", "chatml", "phi")
+INSTRUCTION_VARIANT_TYPES: tuple[str, ...] = (
+    *(f"alpaca:{style}" for style in _STYLES),
+    "alpaca_chat",
+    "alpaca_chat.load",
+    "alpaca_chat.load_concise",
+    "alpaca_chat.load_no_prompt",
+    "alpaca_chat.load_qa",
+    "alpaca_chat.load_camel_ai",
+    "jeopardy",
+    *(f"jeopardy:{style}" for style in _STYLES),
+    "explainchoice",
+    *(f"explainchoice:{style}" for style in _STYLES),
+    "concisechoice",
+    "summarizetldr",
+)
+# The variants whose columns are alpaca's (renamed by field_instruction / field_input / field_output).
+ALPACA_FIELD_TYPES = frozenset(
+    name
+    for name in INSTRUCTION_VARIANT_TYPES
+    if name.startswith("alpaca") and not name.endswith(("_qa", "_camel_ai"))
+)
 # A user-defined format: `module.ClassName` (module importable from the config's directory).
 CUSTOM_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -26,7 +50,6 @@ CUSTOM_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9
 AXOLOTL_ONLY_DATASET_TYPES: dict[str, str] = {
     "sharegpt": "type: chat_template with field_messages: conversations, message_field_role: from, "
     "message_field_content: value",
-    "alpaca_chat": "type: alpaca",
     "alpaca_w_system": "type: alpaca",
     "alpaca_instruct": "type: alpaca",
     "oasst": "type: chat_template",
@@ -34,10 +57,6 @@ AXOLOTL_ONLY_DATASET_TYPES: dict[str, str] = {
     "pygmalion": "type: chat_template",
     "metharme": "type: completion or a custom format (module.ClassName)",
     "user_defined": "a custom format (module.ClassName)",
-    "jeopardy": "type: alpaca with field_instruction/field_output",
-    "explainchoice": "a custom format (module.ClassName)",
-    "concisechoice": "a custom format (module.ClassName)",
-    "summarizetldr": "a custom format (module.ClassName)",
     "context_qa": "a custom format (module.ClassName)",
     "creative_acr": "a custom format (module.ClassName)",
     "reflection": "a custom format (module.ClassName)",
@@ -75,11 +94,20 @@ DATASET_KEYS_BY_TYPE: dict[str, frozenset[str]] = {
             "train_on_eos",
             "chat_template",
             "chat_template_jinja",
+            "field_thinking",
+            "template_thinking_key",
+            "drop_system_message",
         }
     ),
     "completion": frozenset({"field"}),
     "input_output": frozenset(),
     "pretokenized": frozenset(),
+    **{
+        name: frozenset(
+            {"field_instruction", "field_input", "field_output"} if name in ALPACA_FIELD_TYPES else ()
+        )
+        for name in INSTRUCTION_VARIANT_TYPES
+    },
 }
 
 
@@ -95,9 +123,18 @@ def check_dataset_type(value: object) -> object:
                 },
             )
         return value
-    if value in BUILTIN_DATASET_TYPES:
+    if value in BUILTIN_DATASET_TYPES or value in INSTRUCTION_VARIANT_TYPES:
         return value
     head = value.split(".", 1)[0].split(":", 1)[0]
+    if head in ("alpaca_chat", "jeopardy", "explainchoice") or (head == "alpaca" and ":" in value):
+        raise PydanticCustomError(
+            "dataset_type_variant_unknown",
+            "'{value}' is not one of the variants kubetune implements",
+            {
+                "value": value,
+                "fix": "use one of: " + ", ".join(n for n in INSTRUCTION_VARIANT_TYPES if n.startswith(head)),
+            },
+        )
     if head in AXOLOTL_ONLY_DATASET_TYPES or value in AXOLOTL_ONLY_DATASET_TYPES:
         hint = AXOLOTL_ONLY_DATASET_TYPES.get(value) or AXOLOTL_ONLY_DATASET_TYPES.get(head, "")
         raise PydanticCustomError(
@@ -133,11 +170,16 @@ class DatasetConfig(Section):
         "with `save_to_disk`.",
         min_length=1,
     )
-    type: str = _field(
-        description="Row format: `alpaca` (instruction/input/output), `chat_template` (a list of messages "
+    type: str | None = _field(
+        None,
+        description="Row format (unset: rows already tokenized, read as `pretokenized`, as Axolotl reads an "
+        "empty type): `alpaca` (instruction/input/output), `chat_template` (a list of messages "
         "rendered with a chat template), `completion` (raw text, all tokens trained), `input_output` "
         "(`segments` of text, each with a `label` train flag), `pretokenized` (`input_ids` and optional "
-        "`labels`), or a custom format `module.ClassName` (a subclass of kubetune's format base class, "
+        "`labels`), one of Axolotl's instruction variants (`alpaca:chat`, `alpaca:chatml`, `alpaca:phi`, "
+        "`alpaca_chat[.load_qa|.load_concise|.load_camel_ai|.load_no_prompt]`, `jeopardy[:style]`, "
+        "`explainchoice[:style]`, `concisechoice`, `summarizetldr`; prompts as Axolotl writes them, see "
+        "docs/data.md), or a custom format `module.ClassName` (a subclass of kubetune's format base class, "
         "imported from the config's directory when the data is prepared).",
         min_length=1,
     )
@@ -211,6 +253,21 @@ class DatasetConfig(Section):
         None, description="chat_template: a custom Jinja template for this dataset.", min_length=1
     )
 
+    field_thinking: str | None = _field(
+        None,
+        description="chat_template: key of a message's reasoning trace; it reaches the template under "
+        "`template_thinking_key` and is trained with its message where the template renders it "
+        "(e.g. `qwen3`: assistant turns after the last user message). Default: `reasoning_content`.",
+    )
+    template_thinking_key: str | None = _field(
+        None,
+        description="chat_template: the message key the template reads the reasoning trace from "
+        "(`reasoning_content` for qwen3, `thinking` for gpt-oss). Default: `reasoning_content`.",
+    )
+    drop_system_message: bool | None = _field(
+        None, description="chat_template: remove system messages before rendering. Default: false."
+    )
+
     @field_validator("type", mode="before")
     @classmethod
     def _type_shape(cls, value: object) -> object:
@@ -236,7 +293,7 @@ class DatasetConfig(Section):
     @property
     def is_custom_type(self) -> bool:
         """True when `type` names a user-defined format (`module.ClassName`)."""
-        return self.type not in BUILTIN_DATASET_TYPES
+        return self.type is not None and self.type not in (*BUILTIN_DATASET_TYPES, *INSTRUCTION_VARIANT_TYPES)
 
     def custom_type_parts(self) -> tuple[str, str]:
         """(`module`, `ClassName`) of a custom format; the module resolves against cfg.source_dir."""

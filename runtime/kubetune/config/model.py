@@ -2,30 +2,82 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import IDENTIFIER, Section, field
 
-# Named chat templates kubetune ships (the data pipeline renders them); `jinja` means chat_template_jinja.
+# Named chat templates kubetune ships (kubetune.data.formats.named_templates renders them, a unit
+# test keeps the two lists equal); `jinja` means chat_template_jinja.
+SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
+    "chatml",
+    "llama3",
+    "llama4",
+    "gemma",
+    "gemma3",
+    "gemma3n",
+    "gemma4",
+    "phi_3",
+    "falcon_h1",
+    "qwen_25",
+    "qwen3",
+    "qwen3_5",
+    "cohere",
+    "deepseek_v2",
+    "mistral_v1",
+    "mistral_v2v3",
+    "mistral_v3_tekken",
+    "mistral_v7_tekken",
+)
 ChatTemplateName = Literal[
     "tokenizer_default",
     "chatml",
     "llama3",
+    "llama4",
+    "gemma",
+    "gemma3",
+    "gemma3n",
+    "gemma4",
+    "phi_3",
+    "falcon_h1",
+    "qwen_25",
+    "qwen3",
+    "qwen3_5",
+    "cohere",
+    "deepseek_v2",
+    "mistral_v1",
+    "mistral_v2v3",
+    "mistral_v3_tekken",
+    "mistral_v7_tekken",
     "jinja",
     "tokenizer_default_fallback_chatml",
     "tokenizer_default_fallback_llama3",
+    "tokenizer_default_fallback_llama4",
+    "tokenizer_default_fallback_gemma",
+    "tokenizer_default_fallback_gemma3",
+    "tokenizer_default_fallback_gemma3n",
+    "tokenizer_default_fallback_gemma4",
+    "tokenizer_default_fallback_phi_3",
+    "tokenizer_default_fallback_falcon_h1",
+    "tokenizer_default_fallback_qwen_25",
+    "tokenizer_default_fallback_qwen3",
+    "tokenizer_default_fallback_qwen3_5",
+    "tokenizer_default_fallback_cohere",
+    "tokenizer_default_fallback_deepseek_v2",
+    "tokenizer_default_fallback_mistral_v1",
+    "tokenizer_default_fallback_mistral_v2v3",
+    "tokenizer_default_fallback_mistral_v3_tekken",
+    "tokenizer_default_fallback_mistral_v7_tekken",
 ]
 CHAT_TEMPLATE_NAMES: tuple[str, ...] = ChatTemplateName.__args__  # type: ignore[attr-defined]
 
 # Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
 AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(
-    """alpaca mistral_v1 mistral_v2v3 mistral_v3_tekken mistral_v7_tekken gemma cohere llama3_2_vision
-    llama4 phi_3 phi_35 deepseek_v2 deepseek_v3 jamba qwen_25 qwen3 qwen3_5 falcon_h1 nemotron_h exaone
-    exaone4 metharme pixtral llava qwen2_vl gemma3 gemma3n gemma4 gemma4_unified command_a
-    command_a_tool_use command_a_rag aya""".split()
+    """alpaca llama3_2_vision
+    phi_35 phi_4 deepseek_v3 jamba nemotron_h exaone exaone4 metharme pixtral llava
+    qwen2_vl gemma4_unified command_a command_a_tool_use command_a_rag aya""".split()
 )
 
 
@@ -37,11 +89,12 @@ def check_chat_template_name(value: object) -> object:
             raise PydanticCustomError(
                 "chat_template_not_shipped",
                 "'{value}' is an Axolotl chat template kubetune does not ship; kubetune ships "
-                "tokenizer_default, chatml, llama3 and jinja (with chat_template_jinja)",
+                "tokenizer_default, {shipped} and jinja (with chat_template_jinja)",
                 {
                     "value": value,
-                    "fix": "use chat_template: tokenizer_default (the model's own template), chatml or llama3, "
-                    "or paste the template into chat_template_jinja",
+                    "shipped": ", ".join(SHIPPED_CHAT_TEMPLATES),
+                    "fix": "use chat_template: tokenizer_default (the model's own template) or one kubetune "
+                    "ships, or paste the template into chat_template_jinja",
                 },
             )
     return value
@@ -75,6 +128,13 @@ class ModelKeys(Section):
     base_model_config: str | None = field(
         None, description="Hub id or directory to read the model config from. Default: `base_model`."
     )
+    model_config_overrides: dict[str, Any] | None = field(
+        None,
+        description="Axolotl's `model_config` (write it so; pydantic reserves the name): attributes set on the "
+        "model's transformers config before loading, e.g. `{output_router_logits: true}` (mixture-of-experts "
+        "models such as Mixtral: the router's load-balancing loss, times the config's `router_aux_loss_coef`, "
+        "is added to the training loss, as the model's own forward does).",
+    )
     model_type: str | None = field(
         None,
         description="transformers class used to load the model, e.g. `AutoModelForCausalLM` or "
@@ -103,13 +163,34 @@ class ModelKeys(Section):
     chat_template: ChatTemplateName | None = field(
         None,
         description="Chat template for `chat_template` datasets: `tokenizer_default` (the tokenizer's own), "
-        "`chatml`, `llama3`, `tokenizer_default_fallback_<chatml|llama3>` (the tokenizer's own, else the "
-        "named one) or `jinja` (the template in `chat_template_jinja`). Default: `tokenizer_default`.",
+        "one kubetune ships, written from each family's published turn format (`chatml`, `llama3`, `llama4`, "
+        "`gemma`, `gemma3`, `gemma3n`, `gemma4`, `phi_3`, `falcon_h1`, `qwen_25`, `qwen3`, `qwen3_5`, `cohere`, "
+        "`deepseek_v2`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
+        "text turns only, `qwen3`/`qwen3_5` with reasoning), `tokenizer_default_fallback_<name>` (the "
+        "tokenizer's own, else the named one) or `jinja` (the template in `chat_template_jinja`). "
+        "Default: `tokenizer_default`.",
     )
     chat_template_jinja: str | None = field(
         None,
         description="A custom Jinja chat template (implies `chat_template: jinja`).",
         min_length=1,
+    )
+    tokenizer_legacy: bool | None = field(
+        None,
+        description="Passed to the tokenizer as `legacy` (Llama-family tokenizers: true puts the word-start "
+        "marker on text right after a special token, as older releases did). Default: the tokenizer's own.",
+    )
+    resize_token_embeddings_to_32x: bool = field(
+        False,
+        description="Grow the embedding matrix (and output head) to the tokenizer's length rounded up to a "
+        "multiple of 32 when it is smaller than that (faster matrix shapes; as Axolotl); the extra rows are "
+        "never produced by the tokenizer.",
+    )
+    eot_tokens: list[str] | None = field(
+        None,
+        description='The strings that end a turn in `chat_template` data (e.g. `["<end_of_turn>"]`): the '
+        "token after a message's content counts as its end of turn (trained per `train_on_eos`) when it is "
+        "one of these. Default: any special token of the tokenizer.",
     )
 
     @field_validator("chat_template", mode="before")

@@ -60,6 +60,7 @@ LORA_KEYS = (
     "lora_model_dir",
     "peft_use_dora",
     "peft_use_rslora",
+    "lora_target_parameters",
 )
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
@@ -99,7 +100,9 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
                     f"{key} is set but no adapter is configured, so it would have no effect",
                     f"add `adapter: lora` (or qlora), or remove {key}",
                 )
-    elif not cfg.lora_target_modules and not cfg.lora_target_linear and not cfg.lora_model_dir:
+    elif not (
+        cfg.lora_target_modules or cfg.lora_target_linear or cfg.lora_model_dir or cfg.lora_target_parameters
+    ):
         yield ConfigProblem(
             "lora_target_modules",
             f"adapter: {cfg.adapter} needs to know which modules get LoRA weights",
@@ -114,6 +117,14 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
                     f"{key} applies to a 4-bit base model, but load_in_4bit is not true",
                     f"add `load_in_4bit: true` (with adapter: qlora), or remove {key}",
                 )
+    fc = cfg.fsdp_config
+    if cfg.unfrozen_parameters and cfg.fsdp and fc is not None and fc.fsdp_use_orig_params is False:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_use_orig_params",
+            "FSDP1 without use_orig_params flattens frozen and trained weights together, which "
+            "unfrozen_parameters needs apart",
+            "remove fsdp_use_orig_params (it defaults to true), or use fsdp_version: 2",
+        )
     if cfg.adapter and cfg.tokens and not cfg.lora_modules_to_save:
         yield ConfigProblem(
             "lora_modules_to_save",
@@ -155,6 +166,31 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
 
 @rule
 def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if not cfg.datasets and not cfg.pretraining_dataset:
+        yield ConfigProblem(
+            "datasets",
+            "required key is missing: no training data (neither datasets nor pretraining_dataset)",
+            "add `datasets:` with at least one entry (path, type)",
+        )
+    if cfg.datasets and cfg.pretraining_dataset:
+        yield ConfigProblem(
+            "pretraining_dataset",
+            "both datasets and pretraining_dataset are set; the training data comes from one of them",
+            "keep pretraining_dataset (raw text streams) or datasets (prepared datasets)",
+        )
+    if cfg.pretraining_dataset and cfg.max_steps is None:
+        yield ConfigProblem(
+            "max_steps",
+            "pretraining_dataset is read as a stream, which has no epochs: the run's length is max_steps",
+            "add `max_steps: N`",
+        )
+    if cfg.pretraining_dataset and cfg.val_set_size > 0:
+        yield ConfigProblem(
+            "val_set_size",
+            "val_set_size splits examples off prepared datasets; a pretraining stream is read up to what "
+            "max_steps needs",
+            "remove val_set_size, and evaluate on test_datasets",
+        )
     if "sequence_len" not in cfg.model_fields_set:
         for key in ("sample_packing", "pad_to_sequence_len"):
             if getattr(cfg, key):
@@ -194,13 +230,14 @@ def _chat_template_pair(model: BaseModel, prefix: str) -> Iterator[ConfigProblem
 
 
 def _dataset(entry: DatasetConfig, path: str) -> Iterator[ConfigProblem]:
-    if entry.type in DATASET_KEYS_BY_TYPE:
-        allowed = COMMON_DATASET_KEYS | DATASET_KEYS_BY_TYPE[entry.type]
+    kind = entry.type or "pretokenized"  # an empty type reads tokenized rows
+    if kind in DATASET_KEYS_BY_TYPE:
+        allowed = COMMON_DATASET_KEYS | DATASET_KEYS_BY_TYPE[kind]
         for key in sorted(entry.model_fields_set - allowed, key=list(type(entry).model_fields).index):
             owners = [t for t, keys in DATASET_KEYS_BY_TYPE.items() if key in keys]
             yield ConfigProblem(
                 f"{path}.{key}",
-                f"{key} applies to {' / '.join(owners) or 'other'} datasets, not type {entry.type}",
+                f"{key} applies to {' / '.join(owners) or 'other'} datasets, not type {kind}",
                 f"remove {key}, or change the entry's type",
             )
     yield from _chat_template_pair(entry, path + ".")

@@ -158,6 +158,9 @@ def screen(
         ):
             out[name] = value  # folded into fsdp / fsdp_config by _normalise_fsdp
             continue
+        if model is TrainConfig and name in ("batch_size", "bfloat16"):
+            out[name] = value  # folded into gradient_accumulation_steps / bf16
+            continue
         entry = table.get(name) or (table.get(f"fsdp_{name}") if model is FsdpConfig else None)
         if entry is not None:
             if not entry.accepts(value):
@@ -173,7 +176,62 @@ def screen(
         problems.append(_unknown_key(model, path, key))
     if model is TrainConfig:
         _normalise_fsdp(out, problems)
+        _normalise_axolotl_spellings(out, problems)
     return out
+
+
+def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
+    """Axolotl's older spellings: `bfloat16: true` is `bf16: true` (Axolotl reads them alike);
+    `batch_size` (rows per optimizer step and GPU): gradient_accumulation_steps is
+    batch_size / micro_batch_size when not given; when given, batch_size must agree with it."""
+    if "bfloat16" in out:
+        bfloat16 = out.pop("bfloat16")
+        if not isinstance(bfloat16, bool):
+            problems.append(
+                ConfigProblem(
+                    "bfloat16", f"expected true or false, got {_short(bfloat16)}", "write bf16: true"
+                )
+            )
+        elif bfloat16 and out.get("bf16") is False:
+            problems.append(
+                ConfigProblem("bfloat16", "bfloat16: true contradicts bf16: false", "keep one of them")
+            )
+        elif bfloat16 and "bf16" not in out:
+            out["bf16"] = True
+    if "batch_size" not in out:
+        return
+    value = out.pop("batch_size")
+    micro = out.get("micro_batch_size", 1)
+    if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
+        return  # micro_batch_size's own validation reports it
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        problems.append(
+            ConfigProblem(
+                "batch_size", f"expected a whole number >= 1, got {_short(value)}", "e.g. batch_size: 16"
+            )
+        )
+        return
+    if "gradient_accumulation_steps" in out:
+        steps = out["gradient_accumulation_steps"]
+        if isinstance(steps, int) and value != micro * steps:
+            problems.append(
+                ConfigProblem(
+                    "batch_size",
+                    f"batch_size {value} contradicts micro_batch_size {micro} x gradient_accumulation_steps {steps}",
+                    "remove batch_size (micro_batch_size and gradient_accumulation_steps say it)",
+                )
+            )
+        return
+    if value % micro:
+        problems.append(
+            ConfigProblem(
+                "batch_size",
+                f"batch_size {value} is not a multiple of micro_batch_size {micro}",
+                "write gradient_accumulation_steps: N instead (rows per step = micro_batch_size x N)",
+            )
+        )
+        return
+    out["gradient_accumulation_steps"] = value // micro
 
 
 # Axolotl's other spellings of FSDP settings, folded into the `fsdp` list / `fsdp_config`.

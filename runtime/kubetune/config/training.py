@@ -184,29 +184,6 @@ class TrainingKeys(Section):
     gradient_accumulation_steps: int = field(
         1, description="Micro-batches accumulated per optimizer step. Default: 1.", ge=1
     )
-    batch_size: int | None = field(
-        None,
-        description="Axolotl's older spelling of the rows per optimizer step on each GPU: without "
-        "`gradient_accumulation_steps`, that becomes batch_size / micro_batch_size.",
-        ge=1,
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _accumulation_from_batch_size(cls, data: object) -> object:
-        # As Axolotl's normalize_config: gradient_accumulation_steps = batch_size // micro_batch_size.
-        if isinstance(data, dict) and data.get("gradient_accumulation_steps") is None:
-            size, micro = data.get("batch_size"), data.get("micro_batch_size", 1)
-            if (
-                isinstance(size, int)
-                and isinstance(micro, int)
-                and micro > 0
-                and size >= micro
-                and size % micro == 0
-            ):
-                data = {**data, "gradient_accumulation_steps": size // micro}
-        return data
-
     eval_batch_size: int | None = field(
         None, description="Rows per GPU in evaluation. Default: `micro_batch_size`.", ge=1
     )
@@ -275,19 +252,48 @@ class TrainingKeys(Section):
     )
 
     gradient_checkpointing: bool = field(
-        False, description="Recompute activations in the backward pass to save memory."
+        False,
+        description="Recompute activations in the backward pass to save memory. Axolotl's `offload` is "
+        "read as `gradient_checkpointing: true` with `activation_offloading: true`.",
+    )
+    activation_offloading: bool = field(
+        False,
+        description="Keep the tensors saved for the backward pass in CPU memory (pinned) instead of GPU "
+        "memory, copied back when the backward pass needs them (torch's save_on_cpu): less GPU memory, "
+        "more host-device traffic; the result is unchanged. With gradient checkpointing these are the "
+        "checkpointed layers' inputs. Axolotl's `legacy` value means the same here.",
     )
 
     @field_validator("gradient_checkpointing", mode="before")
     @classmethod
     def _no_offload(cls, value: object) -> object:
-        if isinstance(value, str) and value in ("offload", "offload_disk"):
+        if isinstance(value, str) and value == "offload_disk":
             raise PydanticCustomError(
                 "gradient_checkpointing_offload",
-                "gradient_checkpointing: {value} (activation offloading) is not implemented by kubetune",
-                {"value": value, "fix": "write gradient_checkpointing: true"},
+                "gradient_checkpointing: {value} (activation offloading to disk) is not implemented by kubetune",
+                {"value": value, "fix": "write gradient_checkpointing: offload (offloads to CPU memory)"},
+            )
+        if value == "offload":  # left unfolded by _one_offloading_spelling: a contradiction
+            raise PydanticCustomError(
+                "gradient_checkpointing_offload_contradiction",
+                "gradient_checkpointing: offload asks for activation offloading, but activation_offloading is false",
+                {"fix": "write gradient_checkpointing: true to checkpoint without offloading"},
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_offloading_spelling(cls, data: object) -> object:
+        """`gradient_checkpointing: offload` and `activation_offloading: legacy` in kubetune's one form."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("activation_offloading") == "legacy":
+            data["activation_offloading"] = True
+        if data.get("gradient_checkpointing") == "offload" and data.get("activation_offloading") is not False:
+            data["gradient_checkpointing"] = True
+            data["activation_offloading"] = True
+        return data
 
     gradient_checkpointing_kwargs: GradientCheckpointingKwargs | None = field(
         None, description="Options for gradient checkpointing (`use_reentrant`)."

@@ -288,6 +288,8 @@ def _drop(data: Any, keys: list[Any]) -> str:
 
 def _fill(data: dict) -> None:
     for key, value in _PLACEHOLDERS.items():
+        if key == "datasets" and data.get("pretraining_dataset"):
+            continue  # the training data is the stream (a rule refuses both)
         data.setdefault(key, copy.deepcopy(value))
     for list_key in ("datasets", "test_datasets"):
         entries = data.get(list_key)

@@ -23,7 +23,7 @@ from kubetune.data.errors import data_error
 log = logging.getLogger("kubetune.data")
 
 # Bump when a code change alters the tokens produced for the same inputs.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: chat_template forwards reasoning traces (field_thinking)
 COMPLETE = "COMPLETE"
 DEFAULT_TIMEOUT_S = 7200.0
 

@@ -42,8 +42,9 @@ def local_path(path: str, source_dir: str | Path | None) -> Path | None:
     return None
 
 
-def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
-    """The rows of one dataset entry as a `datasets.Dataset`; DataError naming `where` otherwise."""
+def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, streaming: bool = False):
+    """The rows of one dataset entry as a `datasets.Dataset` (with `streaming`, an IterableDataset read
+    lazily: a hub corpus is never downloaded whole); DataError naming `where` otherwise."""
     import datasets
     import pyarrow as pa
 
@@ -67,7 +68,12 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
         if local is None:
             revision = option(entry, "revision")
             rows = datasets.load_dataset(
-                str(path), name=name, split=split, data_files=data_files, revision=revision
+                str(path),
+                name=name,
+                split=split,
+                data_files=data_files,
+                revision=revision,
+                streaming=streaming,
             )
         elif local.is_dir() and _is_saved_dataset(local):
             rows = datasets.load_from_disk(str(local))
@@ -79,6 +85,8 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
                         f"use one of: {', '.join(rows)}",
                     )
                 rows = rows[split]
+            if streaming:
+                rows = rows.to_iterable_dataset()
         else:
             files = _data_files(local, data_files)
             builder = FILE_TYPES.get(f".{ds_type}", ds_type) or _builder_for(files, where)
@@ -94,7 +102,7 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None):
                     f"local files without a split mapping only have the split 'train', not {split!r}",
                     "drop split (or use slicing such as train[:90%]), or give data_files as {split: files}",
                 )
-            rows = datasets.load_dataset(builder, data_files=files, split=split)
+            rows = datasets.load_dataset(builder, data_files=files, split=split, streaming=streaming)
     except DataError:
         raise
     except (datasets.exceptions.DatasetNotFoundError, datasets.exceptions.DataFilesNotFoundError) as exc:

@@ -19,9 +19,11 @@ from kubetune.data import cache
 from kubetune.data.errors import DataError, data_error
 from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, TokenizedExamples, resolve_format
 from kubetune.data.formats.base import gather_index
+from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
+from kubetune.data.pretraining import needed_tokens, stream_pretraining
 from kubetune.data.tokenizing import tokenize_dataset
 
 log = logging.getLogger("kubetune.data")
@@ -40,6 +42,8 @@ TOKEN_KEYS = (
     "chat_template_jinja",
     "special_tokens",
     "tokens",
+    "eot_tokens",
+    "min_sample_len",
 )
 
 
@@ -57,13 +61,13 @@ def prepare_datasets(cfg, tokenizer, *, rank: int = 0, world_size: int = 1) -> P
     Under torchrun pass the global rank: rank 0 prepares, the others wait for the finished
     directory and load it. Raises DataError naming `datasets[i]` when a dataset is unusable.
     """
-    key = preparation_key(cfg, tokenizer)
+    key = preparation_key(cfg, tokenizer, world_size=world_size)
     root = prepared_root(cfg)
     started = time.perf_counter()
     path, built = cache.build_or_wait(
         root,
         key,
-        lambda out: write_prepared(build_prepared(cfg, tokenizer), out),
+        lambda out: write_prepared(build_prepared(cfg, tokenizer, world_size=world_size), out),
         rank=rank if world_size > 1 else 0,
     )
     data = load_prepared(path)
@@ -88,31 +92,44 @@ def prepared_root(cfg) -> Path:
     return path if path.is_absolute() else Path(option(cfg, "source_dir") or Path.cwd()) / path
 
 
-def preparation_key(cfg, tokenizer) -> str:
-    """The cache key: data content, tokenizer, token-affecting config keys, pipeline version."""
+def preparation_key(cfg, tokenizer, *, world_size: int = 1) -> str:
+    """The cache key: data content, tokenizer, token-affecting config keys, pipeline version (and for a
+    pretraining stream, how many tokens are read from it)."""
     source_dir = option(cfg, "source_dir")
     entries = [*_entries(cfg, "datasets"), *_entries(cfg, "test_datasets")]
-    return cache.digest(
-        {
-            "version": cache.PIPELINE_VERSION,
-            "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
-            "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
-            "formats": [_format_source(entry, source_dir) for _, entry in entries],
-            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+    parts = {
+        "version": cache.PIPELINE_VERSION,
+        "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
+        "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
+        "formats": [_format_source(entry, source_dir) for _, entry in entries],
+        "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+    }
+    if option(cfg, "pretraining_dataset"):
+        sequence_len = int(option(cfg, "sequence_len") or 2048)
+        parts["stream"] = {
+            "data": [
+                data_fingerprint(entry, source_dir) for _, entry in _entries(cfg, "pretraining_dataset")
+            ],
+            "tokens": needed_tokens(cfg, sequence_len, world_size),
         }
-    )
+    return cache.digest(parts)
 
 
-def build_prepared(cfg, tokenizer) -> PreparedData:
-    """Everything prepare_datasets does, in memory, without the cache."""
+def build_prepared(cfg, tokenizer, *, world_size: int = 1) -> PreparedData:
+    """Everything prepare_datasets does, in memory, without the cache (world_size: the processes that
+    will train, which decides how much of a pretraining stream is read)."""
     started = time.perf_counter()
     sequence_len = int(option(cfg, "sequence_len") or 2048)
     seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))  # seed 0 is a seed
-    if not _entries(cfg, "datasets"):
+    streamed = bool(option(cfg, "pretraining_dataset"))
+    if not streamed and not _entries(cfg, "datasets"):
         raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
     per_dataset: list[dict[str, Any]] = []  # counts of the training entries
     per_test_dataset: list[dict[str, Any]] = []
-    train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    if streamed:
+        train = stream_pretraining(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
+    else:
+        train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
     if not len(train):
         raise nothing_left_error(per_dataset, sequence_len)
     val_set_size = float(option(cfg, "val_set_size") or 0)
@@ -137,6 +154,7 @@ def build_prepared(cfg, tokenizer) -> PreparedData:
         "datasets": per_dataset + per_test_dataset,
         "dropped_too_long": sum(d["dropped_too_long"] for d in per_dataset),
         "dropped_untrained": sum(d["dropped_untrained"] for d in per_dataset),
+        "dropped_too_short": sum(d["dropped_too_short"] for d in per_dataset),
         "sequence_len": sequence_len,
     }
     eval_rows = None
@@ -167,12 +185,14 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
     chat_template = option(cfg, "chat_template")
     if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
         chat_template = option(cfg, "chat_template_jinja")  # the template text itself
+    extra = {"eot_tokens": option(cfg, "eot_tokens")} if issubclass(cls, ChatTemplate) else {}
     try:
         return cls(
             tokenizer,
             entry,
             train_on_inputs=bool(option(cfg, "train_on_inputs")),
             chat_template=chat_template,
+            **extra,
         )
     except ValueError as exc:
         raise data_error(where, str(exc), "see docs/data.md for this format's options") from exc
@@ -193,9 +213,16 @@ def nothing_left_error(per_dataset: list[dict[str, Any]], sequence_len: int) -> 
     rows = sum(d["rows"] for d in per_dataset)
     too_long = sum(d["dropped_too_long"] for d in per_dataset)
     untrained = sum(d["dropped_untrained"] for d in per_dataset)
+    too_short = sum(d.get("dropped_too_short", 0) for d in per_dataset)
     where = ", ".join(d["dataset"] for d in per_dataset)
+    if too_short and too_short >= too_long + untrained:
+        return data_error(
+            "min_sample_len",
+            f"all {rows} examples of {where} were dropped: {too_short} are shorter than min_sample_len",
+            "lower min_sample_len or remove it",
+        )
     if too_long and too_long >= untrained:
-        longest = max(d["longest_example"] for d in per_dataset)
+        longest = max(d.get("longest_example", 0) for d in per_dataset)
         return data_error(
             "sequence_len",
             f"all {rows} examples of {where} were dropped: {too_long} are longer than sequence_len "
@@ -211,6 +238,16 @@ def nothing_left_error(per_dataset: list[dict[str, Any]], sequence_len: int) -> 
             "field names): every example needs at least one trained token",
         )
     return data_error(where, f"the dataset has no rows ({rows})", "check the path, split and data_files")
+
+
+def drop_short(examples: TokenizedExamples, min_len: int | None) -> tuple[TokenizedExamples, int]:
+    """Drop examples of fewer than `min_sample_len` tokens (Axolotl's min_sample_len); unset keeps all."""
+    if not min_len:
+        return examples, 0
+    short = examples.lengths < int(min_len)
+    if not short.any():
+        return examples, 0
+    return examples.select(np.flatnonzero(~short)), int(short.sum())
 
 
 def split_eval(examples: TokenizedExamples, val_set_size: float, seed: int):
@@ -284,6 +321,7 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
         tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
         examples, too_long, untrained = drop_unusable(tokenized, sequence_len)
+        examples, too_short = drop_short(examples, option(cfg, "min_sample_len"))
         per_dataset.append(
             {
                 "dataset": where,
@@ -292,8 +330,11 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
                 "dropped_too_long": too_long,
                 "dropped_untrained": untrained,
                 "longest_example": int(tokenized.lengths.max()) if len(tokenized) else 0,
+                "dropped_too_short": too_short,
             }
         )
+        if too_short:
+            log.warning("%s: dropped %d examples shorter than min_sample_len", where, too_short)
         if too_long:
             log.warning("%s: dropped %d examples longer than sequence_len=%d", where, too_long, sequence_len)
         if untrained:

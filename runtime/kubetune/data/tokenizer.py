@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kubetune.data.errors import data_error
-from kubetune.data.formats.chat_template import NAMED_TEMPLATES, resolve_chat_template
+from kubetune.data.formats.chat_template import resolve_chat_template
+from kubetune.data.formats.named_templates import NAMED_TEMPLATES
 from kubetune.data.loading import option
 
 SOURCE_KEYS = ("tokenizer_config", "base_model_config", "base_model")  # Axolotl's order
@@ -49,6 +50,10 @@ def load_tokenizer(cfg):
 
     source = tokenizer_source(cfg)
     kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))}
+    if option(cfg, "tokenizer_legacy") is not None:
+        # Llama-family sentencepiece-style tokenizers: `legacy` decides whether text after a special
+        # token gets the word-start marker (true) or not (false, transformers' default).
+        kwargs["legacy"] = bool(option(cfg, "tokenizer_legacy"))
     tokenizer_type = option(cfg, "tokenizer_type")
     loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
     tokenizer = loader.from_pretrained(source, **kwargs)

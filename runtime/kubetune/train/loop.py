@@ -29,6 +29,7 @@ from kubetune.train.batches import Collate, Plan, eval_batches, make_plan, train
 from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted, UserError
 from kubetune.train.loss import CausalLMLoss, loss_function
+from kubetune.train.model_options import activation_offloading
 from kubetune.train.progress import Progress, Reporters, build_reporters
 from kubetune.train.watchdog import LossWatchdog
 
@@ -227,7 +228,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         # so the gradient is that of (sum of token losses) / (trained tokens of the step, all ranks).
         scale = acc.num_processes * cfg.gradient_accumulation_steps / counts.trained_for_scale()
         for batch in window:
-            with acc.accumulate(run.module):
+            with acc.accumulate(run.module), activation_offloading(cfg):
                 loss_sum = run.module(**_model_inputs(run, batch, device))
                 acc.backward(loss_sum * scale)
                 interval.loss_sum += loss_sum.detach().float()

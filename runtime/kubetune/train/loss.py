@@ -125,9 +125,19 @@ class CausalLMLoss(nn.Module):
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, **decoder_inputs) -> torch.Tensor:
+        from kubetune.train.model_options import router_aux_loss
+
         lm = causal_lm(self.model)
-        hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs).last_hidden_state
-        return self.loss_fn(hidden, targets, lm.get_output_embeddings())
+        router_loss = router_aux_loss(lm)  # None unless model_config sets output_router_logits
+        if router_loss is not None:
+            decoder_inputs["output_router_logits"] = True
+        out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
+        loss = self.loss_fn(out.last_hidden_state, targets, lm.get_output_embeddings())
+        if router_loss is not None:
+            # The loss is a token sum the loop divides by the step's trained tokens: weighting the
+            # micro-batch's router loss by its trained tokens makes the step's a token-weighted mean.
+            loss = loss + router_loss(out.router_logits) * (targets != IGNORE_INDEX).sum()
+        return loss
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

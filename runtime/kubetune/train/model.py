@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kubetune.train import fast_paths
+from kubetune.train import fast_paths, model_options
 from kubetune.train.attention import AttentionBackend
 from kubetune.train.errors import UserError
 
@@ -164,10 +164,10 @@ def load_model(
         "attn_implementation": backend.hf_implementation,
         "trust_remote_code": cfg.trust_remote_code,
     }
-    if cfg.base_model_config:
-        kwargs["config"] = transformers.AutoConfig.from_pretrained(
-            model_source(cfg, cfg.base_model_config, "base_model_config"),
-            trust_remote_code=cfg.trust_remote_code,
+    if cfg.base_model_config or cfg.model_config_overrides:  # Axolotl's model_config: set on the config
+        key = "base_model_config" if cfg.base_model_config else "base_model"
+        kwargs["config"] = model_options.model_config(
+            model_source(cfg, getattr(cfg, key), key), cfg.model_config_overrides, cfg.trust_remote_code
         )
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
@@ -179,11 +179,13 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
     model.config.use_cache = False  # training never reuses a KV cache
+    model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
 
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        log.info("resizing the embeddings to %d tokens for the added tokens", len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer))
-        if cfg.adapter and not _saves_embeddings(cfg):
+    rows, before = model_options.embedding_rows(cfg, tokenizer), model.get_input_embeddings().num_embeddings
+    if rows > before:  # added tokens, or resize_token_embeddings_to_32x rounding up (as Axolotl resizes)
+        log.info("resizing the embeddings from %d to %d rows", before, rows)
+        model.resize_token_embeddings(rows)
+        if len(tokenizer) > before and cfg.adapter and not _saves_embeddings(cfg):
             log.warning(
                 "new tokens were added but lora_modules_to_save does not list the embedding and output layers: "
                 "their new rows stay untrained (add `lora_modules_to_save: [embed_tokens, lm_head]`)"
@@ -218,6 +220,9 @@ def load_model(
     switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
     if cfg.adapter:
         model = attach_adapter(cfg, model)
+    if cfg.unfrozen_parameters:  # only the matching weights (with an adapter: adapter weights) train
+        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
+    if cfg.adapter:
         # By default eager only: with torch_compile the compiler fuses peft's element-wise adds into their
         # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).
         # One process per GPU or DDP only: the fused layers read the weights directly, bypassing the
@@ -311,7 +316,9 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         except (OSError, ValueError) as err:
             raise _load_error("lora_model_dir", source, err) from err
     targets = lora_target_modules(cfg, model)
-    if not targets:
+    if not targets and cfg.lora_target_parameters:
+        targets = []  # LoRA on parameters only (peft: an empty target_modules, not its per-model default)
+    elif not targets:
         raise UserError(
             "an adapter needs target modules, and none are configured.",
             "Set `lora_target_linear: true` (every linear layer) or list them, e.g. "
@@ -324,6 +331,7 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
+        target_parameters=list(cfg.lora_target_parameters) if cfg.lora_target_parameters else None,
         modules_to_save=list(cfg.lora_modules_to_save) if cfg.lora_modules_to_save else None,
         fan_in_fan_out=cfg.lora_fan_in_fan_out,
         use_dora=cfg.peft_use_dora,

@@ -33,8 +33,8 @@ def test_spelling_reaches_the_setting(keys, attribute, value):
 
 
 def test_both_spellings_at_once_are_refused():
-    (problem,) = validate_mapping({**BASE, "bfloat16": True, "bf16": True})
-    assert problem.path == "bfloat16" and "keep only 'bf16'" in problem.fix
+    (problem,) = validate_mapping({**BASE, "float16": True, "fp16": True})
+    assert problem.path == "float16" and "keep only 'fp16'" in problem.fix
 
 
 def test_hf_use_auth_token_true_is_what_kubetune_always_does():

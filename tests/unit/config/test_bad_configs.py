@@ -46,7 +46,11 @@ BAD = [
     ("empty-datasets", {"datasets": []}, "datasets"),
     ("missing-learning-rate", {"learning_rate": DROP}, "learning_rate"),
     ("dataset-missing-path", {"datasets": [{"type": "alpaca"}]}, "datasets[0].path"),
-    ("dataset-missing-type", {"datasets": [{"path": "d"}]}, "datasets[0].type"),
+    (
+        "dataset-without-type-takes-no-alpaca-fields",
+        {"datasets": [{"path": "d", "field_instruction": "q"}]},
+        "datasets[0].field_instruction",
+    ),
     ("dataset-type-unknown", {"datasets": [{"path": "d", "type": "alpacca"}]}, "datasets[0].type"),
     (
         "dataset-type-axolotl-only",
@@ -196,7 +200,23 @@ BAD = [
     ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
-    ("chat-template-unshipped", {"chat_template": "gemma"}, "chat_template"),
+    ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
+    (
+        "unfrozen-parameters-row-range",
+        {"unfrozen_parameters": ["^lm_head.weight$[:32000]"]},
+        "unfrozen_parameters",
+    ),
+    ("unfrozen-parameters-bad-regex", {"unfrozen_parameters": ["model.layers.[0-"]}, "unfrozen_parameters"),
+    (
+        "gradient-checkpointing-offload-disk",
+        {"gradient_checkpointing": "offload_disk"},
+        "gradient_checkpointing",
+    ),
+    (
+        "gradient-checkpointing-offload-without-offloading",
+        {"gradient_checkpointing": "offload", "activation_offloading": False},
+        "gradient_checkpointing",
+    ),
     ("chat-template-jinja-missing", {"chat_template": "jinja"}, "chat_template_jinja"),
     ("save-safetensors-false", {"save_safetensors": False}, "save_safetensors"),
     ("model-type-not-a-class-name", {"model_type": "Auto Model"}, "model_type"),

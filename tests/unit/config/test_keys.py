@@ -88,6 +88,56 @@ def test_axolotl_default_value_of_an_always_on_behaviour_is_accepted(seed_mappin
     ]
 
 
+def test_low_cpu_mem_usage_is_what_transformers_5_always_does(seed_mapping):
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    # transformers drops the argument ("not used anymore"): loading is always low-memory.
+    source = inspect.getsource(PreTrainedModel.from_pretrained)
+    assert '"low_cpu_mem_usage"' in source.split("Not used anymore", 1)[1].split("\n", 2)[1]
+    for value in (True, False):
+        assert validate_mapping({**seed_mapping, "low_cpu_mem_usage": value}) == []
+
+
+def test_axolotl_batch_size_sets_gradient_accumulation(seed_mapping):
+    base = {k: v for k, v in seed_mapping.items() if k != "gradient_accumulation_steps"}
+    cfg = load_config({**base, "micro_batch_size": 4, "batch_size": 16})
+    assert cfg.gradient_accumulation_steps == 4
+    assert (
+        validate_mapping({**base, "micro_batch_size": 4, "gradient_accumulation_steps": 4, "batch_size": 16})
+        == []
+    )
+    for wrong in ({"gradient_accumulation_steps": 2, "batch_size": 16}, {"batch_size": 10}):
+        problems = validate_mapping({**base, "micro_batch_size": 4, **wrong})
+        assert [p.path for p in problems] == ["batch_size"]
+
+
+def test_pretraining_dataset_stands_in_for_datasets(seed_mapping):
+    stream = {
+        "pretraining_dataset": [{"path": "allenai/c4", "name": "en", "type": "pretrain"}],
+        "max_steps": 10,
+    }
+    base = {k: v for k, v in seed_mapping.items() if k != "datasets"}
+    assert validate_mapping({**base, **stream}) == []
+    # With another problem in the config, still no placeholder datasets next to the stream.
+    assert [p.path for p in validate_mapping({**base, **stream, "lora_r": 0})] == ["lora_r"]
+    assert [p.path for p in validate_mapping({**base, **{**stream, "max_steps": None}})] == ["max_steps"]
+    assert [p.path for p in validate_mapping({**seed_mapping, **stream})] == ["pretraining_dataset"]
+
+
+def test_axolotl_bfloat16_is_bf16(seed_mapping):
+    base = {k: v for k, v in seed_mapping.items() if k != "bf16"}
+    assert load_config({**base, "bfloat16": True}).bf16 is True
+    assert load_config({**base, "bfloat16": True, "bf16": "auto"}).bf16 == "auto"  # bf16 says it already
+    assert load_config({**base, "bfloat16": False}).bf16 == load_config(base).bf16
+    assert [p.path for p in validate_mapping({**base, "bfloat16": True, "bf16": False})] == ["bfloat16"]
+
+
+def test_hf_use_auth_token_is_what_the_hub_client_always_does(seed_mapping):
+    assert validate_mapping({**seed_mapping, "hf_use_auth_token": True}) == []
+
+
 def test_bare_keys_mean_not_set(seed_mapping):
     cfg = load_config(
         {**seed_mapping, "micro_batch_size": None, "lora_model_dir": None, "wandb_project": None}

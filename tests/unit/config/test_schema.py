@@ -64,7 +64,10 @@ def test_json_schema_is_structural_friendly():
     schema = training_config_json_schema()
     json.dumps(schema)  # serialisable
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert set(schema["required"]) == {"base_model", "datasets", "learning_rate"}
+    assert set(schema["required"]) == {
+        "base_model",
+        "learning_rate",
+    }  # datasets or pretraining_dataset: a rule
     for path, node in _walk(schema):
         if isinstance(node, dict):
             assert "$ref" not in node and "$defs" not in node, path
@@ -83,7 +86,9 @@ def test_json_schema_is_structural_friendly():
     assert props["adapter"]["enum"] == ["lora", "qlora"]
     assert props["val_set_size"]["type"] == "number"
     dataset = props["datasets"]["items"]
-    assert dataset["type"] == "object" and set(dataset["required"]) == {"path", "type"}
+    assert dataset["type"] == "object" and set(dataset["required"]) == {
+        "path"
+    }  # an empty type reads tokenized rows
     assert dataset["properties"]["train_on_eos"]["enum"] == ["all", "turn", "last", "none"]
     assert props["fsdp_config"]["properties"]["fsdp_version"]["enum"] == [1, 2]
     assert props["fsdp"]["items"]["enum"] == [

@@ -136,6 +136,17 @@ def test_too_long_and_untrained_examples_are_dropped_and_counted(tmp_path, token
     )
     data = build_prepared(cfg, tokenizer)
     assert (data.stats["examples"], data.stats["dropped_too_long"]) == (2, 1)  # "" still trains its eos
+    assert data.stats["dropped_too_short"] == 0
+
+
+def test_min_sample_len_drops_the_short_examples(tmp_path, tokenizer):
+    rows = [{"text": "red " * n} for n in (1, 2, 20)]  # a few tokens, a few, more than 20
+    write_jsonl(rows, tmp_path / "text.jsonl")
+    datasets = [{"path": str(tmp_path / "text.jsonl"), "type": "completion"}]
+    for min_len, kept in ((None, 3), (12, 1)):
+        cfg = config(tmp_path, tmp_path, sequence_len=64, min_sample_len=min_len, datasets=datasets)
+        data = build_prepared(cfg, tokenizer)
+        assert (data.stats["examples"], data.stats["dropped_too_short"]) == (kept, 3 - kept)
 
 
 @pytest.mark.parametrize("val_set_size", [0.05, 0])
@@ -250,12 +261,14 @@ def test_pretokenized_parquet(tmp_path, tokenizer):
 
     rows = [{"input_ids": [1, 40, 41, 42], "labels": [-100, -100, 41, 42]}, {"input_ids": [1, 50, 51]}]
     datasets.Dataset.from_list(rows).to_parquet(tmp_path / "tokens.parquet")
-    entry = {"path": str(tmp_path / "tokens.parquet"), "type": "pretokenized"}
-    data = build_prepared(config(tmp_path, tmp_path, datasets=[entry], sample_packing=False), tokenizer)
-    assert sorted((row["input_ids"], row["labels"]) for row in data.train) == [
-        ([1, 40, 41, 42], [-100, -100, 41, 42]),
-        ([1, 50, 51], [-100, 50, 51]),
-    ]
+    # An empty type reads tokenized rows too (Axolotl: "leave empty to load pre-tokenized").
+    for type_name in ("pretokenized", None):
+        entry = {"path": str(tmp_path / "tokens.parquet"), "type": type_name}
+        data = build_prepared(config(tmp_path, tmp_path, datasets=[entry], sample_packing=False), tokenizer)
+        assert sorted((row["input_ids"], row["labels"]) for row in data.train) == [
+            ([1, 40, 41, 42], [-100, -100, 41, 42]),
+            ([1, 50, 51], [-100, 50, 51]),
+        ]
 
 
 # -- errors name datasets[i] and say what to do ------------------------------------------------
@@ -347,3 +360,53 @@ def test_malformed_local_file(tmp_path):
         problem.path == "datasets[0].path" and f"cannot read {tmp_path / 'broken.jsonl'}" in problem.message
     )
     assert "one JSON object per line" in problem.fix
+
+
+# -- pretraining_dataset: raw text read as a stream ---------------------------------------------
+
+
+def test_a_pretraining_stream_is_read_up_to_the_tokens_max_steps_needs(tmp_path, tokenizer, caplog):
+    documents = [{"text": "red " * 90}] + [{"text": f"blue {k} " * 6} for k in range(2000)]
+    write_jsonl(documents, tmp_path / "corpus.jsonl")
+    keys = {
+        "datasets": None,
+        "pretraining_dataset": [{"path": str(tmp_path / "corpus.jsonl"), "type": "pretrain"}],
+        "max_steps": 120,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "sequence_len": 32,
+        "sample_packing": False,
+        "pad_to_sequence_len": False,
+    }
+    cfg = config(tmp_path, tmp_path, **keys)
+    data = build_prepared(cfg, tokenizer)
+    (stats,) = data.stats["datasets"]
+    need = (
+        120 * 2 * 1 * 32
+    )  # max_steps x micro_batch_size x gradient_accumulation_steps x processes, in tokens
+    # Read in batches of documents: the stream stopped after the batch that covered the need.
+    assert need <= stats["streamed_tokens"] and stats["rows"] < len(documents)
+    rows = [(row["input_ids"], row["labels"]) for row in data.train]
+    assert len(rows) >= 200 and all(len(ids) <= 32 for ids, _ in rows)
+    # Every token is trained but the first of each piece; the long document is cut, not dropped.
+    assert all(labels[0] == -100 and labels[1:] == ids[1:] for ids, labels in rows)
+    text = tokenizer.decode([t for ids, _ in rows for t in ids])
+    assert text.count("red") == 90
+    # More steps or more processes read more of the stream, and are another cache entry.
+    assert preparation_key(cfg, tokenizer, world_size=2) != preparation_key(cfg, tokenizer)
+    doubled = build_prepared(cfg, tokenizer, world_size=2)
+    (more,) = doubled.stats["datasets"]
+    assert more["streamed_tokens"] >= 2 * need and stats["rows"] < more["rows"] < len(documents)
+
+
+def test_a_pretraining_stream_without_the_text_column_names_it(tmp_path, tokenizer):
+    write_jsonl([{"content": "red"}], tmp_path / "corpus.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        datasets=None,
+        pretraining_dataset=[{"path": str(tmp_path / "corpus.jsonl")}],
+        max_steps=1,
+    )
+    problem = problem_of(cfg, tokenizer)
+    assert problem.path == "pretraining_dataset[0].text_column" and "content" in problem.message

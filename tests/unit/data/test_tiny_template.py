@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from kubetune.data.formats.chat_template import CHATML
+from kubetune.data.formats.named_templates import CHATML
 
 
 def test_tiny_tokenizer_template_is_the_named_chatml(tokenizer):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kubetune.config import ConfigError, load_config
 from kubetune.data import DataError, load_tokenizer
-from kubetune.data.formats.chat_template import LLAMA3
+from kubetune.data.formats.named_templates import LLAMA3
 from kubetune.data.tokenizer import tokenizer_source
 
 SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
@@ -68,3 +68,18 @@ def test_a_relative_base_model_resolves_against_the_config_directory(tmp_path, t
     assert tokenizer_source({"base_model": "model", "source_dir": str(config_dir)}) == str(
         config_dir / "model"
     )
+
+
+def test_tokenizer_legacy_decides_the_word_marker_after_a_special_token(tmp_path):
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "▁": 4, "h": 5, "i": 6, "▁h": 7, "hi": 8, "▁hi": 9}
+    merges = [("▁", "h"), ("h", "i"), ("▁h", "i")]
+    LlamaTokenizer(vocab=vocab, merges=merges, pad_token="<pad>").save_pretrained(tmp_path / "model")
+    pieces = {}
+    for legacy in (None, True, False):
+        cfg = load_config(SEED, overrides={"base_model": str(tmp_path / "model"), "tokenizer_legacy": legacy})
+        tok = load_tokenizer(cfg)
+        pieces[legacy] = tok.convert_ids_to_tokens(tok("hi</s>hi", add_special_tokens=False)["input_ids"])
+    assert pieces[True] == ["▁hi", "</s>", "▁hi"]
+    assert pieces[False] == pieces[None] == ["▁hi", "</s>", "hi"]

@@ -56,7 +56,10 @@ def test_every_node_is_structural():
 def test_the_training_config_is_embedded_and_keeps_unknown_keys_for_the_validation():
     config = schema()["properties"]["spec"]["properties"]["config"]
     assert config["type"] == "object" and config["x-kubernetes-preserve-unknown-fields"] is True
-    assert set(config["required"]) >= {"base_model", "datasets", "learning_rate"}
+    assert set(config["required"]) >= {
+        "base_model",
+        "learning_rate",
+    }  # datasets or pretraining_dataset: a rule
     assert config["properties"]["learning_rate"] == {
         "type": "number", "description": config["properties"]["learning_rate"]["description"],
         "minimum": 0, "exclusiveMinimum": True,

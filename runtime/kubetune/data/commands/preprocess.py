@@ -71,9 +71,14 @@ def summary_lines(path: str, stats: dict) -> list[str]:
     ]
     if "eval" in stats:
         lines.append(f"  eval: {stats['eval']['examples']} examples in {stats['eval']['packed_rows']} rows")
-    if stats.get("dropped_too_long", 0) + stats.get("dropped_untrained", 0):
+    if sum(stats.get(k, 0) for k in ("dropped_too_long", "dropped_untrained", "dropped_too_short")):
         lines.append(
             f"  dropped: {stats['dropped_too_long']} longer than sequence_len, "
             f"{stats['dropped_untrained']} with nothing to train"
+            + (
+                f", {stats['dropped_too_short']} shorter than min_sample_len"
+                if stats.get("dropped_too_short")
+                else ""
+            )
         )
     return lines

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kubetune.data.errors import data_error
+from kubetune.data.formats.alpaca_variants import variant_formats
 from kubetune.data.formats.base import IGNORE_INDEX, PromptFormat, RowProblem, Segment, TokenizedExamples
 from kubetune.data.formats.chat_template import ChatTemplate, resolve_chat_template
 from kubetune.data.formats.instruct import Alpaca, Completion, InputOutput, Pretokenized
@@ -19,6 +20,8 @@ BUILTIN_FORMATS: dict[str, type[PromptFormat]] = {
     "completion": Completion,
     "input_output": InputOutput,
     "pretokenized": Pretokenized,
+    # Axolotl's instruction variants (alpaca:chat, jeopardy, ...): formats/alpaca_variants.py
+    **variant_formats(),
 }
 
 __all__ = [

@@ -1,0 +1,114 @@
+"""Axolotl's model-side options, applied by load_model, the loss and the training loop through one call
+each: which weights train (`unfrozen_parameters`), the embedding size (`resize_token_embeddings_to_32x`),
+the router load-balancing loss (`model_config: {output_router_logits: true}`), and activation offloading
+(`activation_offloading`, `gradient_checkpointing: offload`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from kubetune.config.adapter import unfrozen_parameter_regex
+from kubetune.train.errors import UserError
+
+log = logging.getLogger("kubetune.train")
+
+
+def freeze_all_but(model: nn.Module, patterns: list[str], *, checkpointing: bool) -> list[str]:
+    """Freeze every parameter whose name matches none of `patterns` (Axolotl's reading: see
+    unfrozen_parameter_regex); returns the names left trainable. UserError when none is.
+
+    With an adapter attached, names are the base model's (peft's `base_model.model.` prefix dropped,
+    so `model.language_model.*` keeps the LoRA weights inside the language model) and only weights
+    that were trainable stay so: the patterns narrow what the adapter trains, never unfreeze a base weight."""
+    from peft import PeftModel
+
+    adapter = isinstance(model, PeftModel)
+    regexes = [unfrozen_parameter_regex(pattern) for pattern in patterns]
+    trained = []
+    for name, param in model.named_parameters():
+        plain = name.removeprefix("base_model.model.") if adapter else name
+        keep = any(regex.match(plain) for regex in regexes) and (param.requires_grad or not adapter)
+        param.requires_grad_(keep)
+        if keep:
+            trained.append(plain)
+    if not trained:
+        sample = ", ".join(name for name, _ in list(model.named_parameters())[:4])
+        raise UserError(
+            "unfrozen_parameters matches none of the "
+            + ("adapter's weights" if adapter else "model's parameters")
+            + ", so nothing would train.",
+            f"Match the parameter names from their start (e.g. {sample}); `.` is a literal period.",
+            key="unfrozen_parameters",
+        )
+    embeddings = model.get_input_embeddings()
+    if checkpointing and not adapter and embeddings is not None and not embeddings.weight.requires_grad:
+        # Reentrant checkpointing passes gradients only to inputs that require them: with frozen
+        # embeddings the layers' input must be made to (peft does the same for adapters).
+        model.enable_input_require_grads()
+    log.info(
+        "unfrozen_parameters: training %d of %d parameter tensors",
+        len(trained),
+        len(list(model.parameters())),
+    )
+    return trained
+
+
+def embedding_rows(cfg, tokenizer) -> int:
+    """Rows the embedding matrix needs: the tokenizer's size, rounded up to a multiple of 32 with
+    `resize_token_embeddings_to_32x` (tensor-core-friendly shapes); load_model grows it when smaller."""
+    rows = len(tokenizer)
+    return math.ceil(rows / 32) * 32 if cfg.resize_token_embeddings_to_32x else rows
+
+
+def model_config(source: str, overrides: dict | None, trust_remote_code: bool):
+    """The model's transformers config with Axolotl's `model_config` attributes set; UserError naming
+    the ones the config class does not have (transformers would drop them silently)."""
+    import transformers
+
+    config, unused = transformers.AutoConfig.from_pretrained(
+        source, trust_remote_code=trust_remote_code, return_unused_kwargs=True, **(overrides or {})
+    )
+    if unused:
+        raise UserError(
+            f"model_config sets {', '.join(sorted(unused))}, which {type(config).__name__} does not have.",
+            f"Use attributes of {type(config).__name__} (see the model's config.json), or remove them.",
+            key="model_config",
+        )
+    return config
+
+
+def router_aux_loss(lm: nn.Module) -> Callable[[tuple], torch.Tensor] | None:
+    """With `output_router_logits` on the config of a mixture-of-experts model: the function of the
+    decoder's router logits giving router_aux_loss_coef x the model family's own load-balancing loss
+    (what its ForCausalLM adds to the loss); None when the flag is off. UserError when the flag is
+    on but the model has no such loss."""
+    lm = lm.get_base_model() if callable(getattr(lm, "get_base_model", None)) else lm
+    if not getattr(lm.config, "output_router_logits", False):
+        return None
+    balance = getattr(sys.modules.get(type(lm).__module__), "load_balancing_loss_func", None)
+    experts, top_k = getattr(lm, "num_experts", None), getattr(lm, "num_experts_per_tok", None)
+    coef = getattr(lm, "router_aux_loss_coef", None)
+    if balance is None or experts is None or top_k is None or coef is None:
+        raise UserError(
+            f"output_router_logits is set, but {type(lm).__name__} has no router load-balancing loss.",
+            "Remove output_router_logits from model_config (it applies to mixture-of-experts models such "
+            "as Mixtral).",
+            key="model_config.output_router_logits",
+        )
+    return lambda router_logits: coef * balance(router_logits, experts, top_k, None)
+
+
+def activation_offloading(cfg) -> contextlib.AbstractContextManager:
+    """Around each forward and backward: the tensors autograd saves for the backward pass go to CPU
+    memory (pinned on a GPU machine) and come back when the backward pass needs them. With gradient
+    checkpointing those are the checkpointed layers' inputs. Off: a no-op context."""
+    if not cfg.activation_offloading:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())

@@ -1,0 +1,167 @@
+"""Axolotl's model-side options on the tiny model: unfrozen_parameters, lora_target_parameters,
+resize_token_embeddings_to_32x, activation offloading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kubetune.config.adapter import unfrozen_parameter_regex
+from kubetune.train import model_options
+from kubetune.train.attention import AttentionBackend
+from kubetune.train.errors import UserError
+from kubetune.train.loss import CausalLMLoss, shift_targets
+from kubetune.train.model import Precision, load_model, load_tokenizer
+
+SDPA = AttentionBackend("sdpa", "sdpa")
+FP32 = Precision(torch.float32, "no")
+FULL = {"adapter": None, "lora_r": None, "lora_alpha": None, "lora_target_modules": None}
+
+
+def load(cfg):
+    tokenizer = load_tokenizer(cfg)
+    return load_model(cfg, tokenizer, precision=FP32, backend=SDPA, device=None), tokenizer
+
+
+def backward(model) -> None:
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(16).expand(2, 16)
+    CausalLMLoss(model)(
+        input_ids=ids, targets=shift_targets(ids, positions), position_ids=positions
+    ).backward()
+
+
+def test_unfrozen_parameter_patterns_read_as_axolotl_reads_them():
+    assert unfrozen_parameter_regex("^lm_head.weight$").match("lm_head.weight")
+    assert not unfrozen_parameter_regex("^lm_head.weight$").match("lm_headXweight")  # `.` is literal
+    assert unfrozen_parameter_regex("model.layers.2[0-9]+.mlp").match("model.layers.25.mlp.up_proj.weight")
+    assert not unfrozen_parameter_regex("embed_tokens").match("model.embed_tokens.weight")  # from the start
+    assert unfrozen_parameter_regex("model.layers.+.mlp").match("model.layers.0.mlp.up_proj.weight")  # `.+`
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_unfrozen_parameters_train_only_the_matching_weights(make_config, checkpointing):
+    cfg, _ = make_config(
+        **FULL,
+        unfrozen_parameters=["^lm_head.weight$", "model.layers.1.mlp"],
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
+    model, _ = load(cfg)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "lm_head.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    }
+    model.train()
+    backward(model)
+    # Gradients reach the unfrozen layer through the frozen embeddings, reentrant checkpointing too.
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == trainable
+    assert all(model.get_parameter(name).grad.abs().sum() > 0 for name in trainable)
+
+
+def test_with_an_adapter_unfrozen_parameters_narrow_the_adapter_weights(make_config):
+    cfg, _ = make_config(lora_target_linear=True, unfrozen_parameters=["^model.layers.1.", "lm_head"])
+    model, _ = load(cfg)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # Base-model names; only LoRA weights of layer 1 (lm_head has none and stays frozen).
+    assert trainable and all(".layers.1." in name and ".lora_" in name for name in trainable)
+    all_lora = {name for name, _ in model.named_parameters() if ".lora_" in name}
+    assert any(".layers.0." in name for name in all_lora - trainable)
+
+
+def test_unfrozen_parameters_that_match_nothing_are_refused(make_config):
+    cfg, _ = make_config(**FULL, unfrozen_parameters=["layers.0"])  # names start with model.
+    with pytest.raises(UserError, match="matches none of the model's parameters"):
+        load(cfg)
+
+
+def test_lora_target_parameters_put_lora_on_those_parameters(make_config):
+    cfg, _ = make_config(lora_target_modules=None, lora_target_parameters=["mlp.down_proj.weight"])
+    model, _ = load(cfg)
+    assert model.peft_config["default"].target_parameters == ["mlp.down_proj.weight"]
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".mlp.down_proj.lora_" in name for name in trainable)
+
+
+def test_resize_token_embeddings_to_32x_rounds_the_new_size_up(make_config):
+    keys = {"tokens": ["<extra_a>", "<extra_b>"], "lora_modules_to_save": ["embed_tokens", "lm_head"]}
+    plain, tokenizer = load(make_config("plain", **keys)[0])
+    assert plain.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert len(tokenizer) % 32  # the rounding below is visible
+    rounded, _ = load(make_config("x32", resize_token_embeddings_to_32x=True, **keys)[0])
+    rows = rounded.get_input_embeddings().num_embeddings
+    assert rows % 32 == 0 and len(tokenizer) < rows < len(tokenizer) + 32
+    assert rounded.get_output_embeddings().out_features == rows
+    # Without added tokens too: a vocabulary that is not a multiple of 32 is rounded up.
+    base, tokenizer = load(make_config("base")[0])
+    grown, _ = load(make_config("x32-base", resize_token_embeddings_to_32x=True)[0])
+    assert base.get_input_embeddings().num_embeddings == len(tokenizer) and len(tokenizer) % 32
+    assert grown.get_input_embeddings().num_embeddings == -(-len(tokenizer) // 32) * 32
+
+
+def test_activation_offloading_moves_saved_tensors_through_save_on_cpu(make_config, monkeypatch):
+    packed = []
+
+    class Spy(torch.autograd.graph.save_on_cpu):
+        def __init__(self, pin_memory: bool = False):
+            super().__init__(pin_memory=pin_memory)
+            pack = self.pack_hook
+            self.pack_hook = lambda tensor: packed.append(tensor.shape) or pack(tensor)
+
+    monkeypatch.setattr(model_options.torch.autograd.graph, "save_on_cpu", Spy)
+    grads = []
+    for offload in (False, True):
+        torch.manual_seed(0)
+        cfg, _ = make_config(f"offload{offload}", gradient_checkpointing="offload" if offload else True)
+        assert cfg.activation_offloading is offload and cfg.gradient_checkpointing is True
+        model, _ = load(cfg)
+        model.train()
+        with model_options.activation_offloading(cfg):
+            backward(model)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert bool(packed) is offload  # the saved tensors went through the CPU hooks
+    for name, grad in grads[0].items():  # offloading changes memory, not the result
+        torch.testing.assert_close(grads[1][name], grad)
+
+
+def test_model_config_sets_attributes_of_the_model_config(make_config):
+    model, _ = load(make_config(model_config={"attention_dropout": 0.25})[0])
+    assert model.get_base_model().config.attention_dropout == 0.25
+    # Llama has no router: transformers would drop the key silently, kubetune refuses it.
+    with pytest.raises(UserError, match="sets output_router_logits, which LlamaConfig does not have"):
+        load(make_config("dense", model_config={"output_router_logits": True})[0])
+
+
+def test_output_router_logits_adds_the_router_balancing_loss():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    config = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.02,
+    )
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(12).expand(2, 12)
+    targets = shift_targets(ids, positions)
+    plain = CausalLMLoss(model)(input_ids=ids, targets=targets, position_ids=positions)
+    model.config.output_router_logits = True
+    with_router = CausalLMLoss(model)(input_ids=ids, targets=targets, position_ids=positions)
+    router_logits = model.model(
+        input_ids=ids, position_ids=positions, output_router_logits=True
+    ).router_logits
+    balance = load_balancing_loss_func(router_logits, 4, 2, None)
+    trained = int((targets != -100).sum())
+    torch.testing.assert_close(with_router - plain, 0.02 * balance * trained)
+    with_router.backward()
+    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
