@@ -165,22 +165,3 @@ def fast_path_switches(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProbl
             "flash_attn_fuse_mlp and liger_glu_activation disagree; both switch kubetune's one fused SwiGLU",
             "keep one of them",
         )
-
-
-@rule
-def batch_size(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
-    if cfg.batch_size is None:
-        return
-    if cfg.batch_size % cfg.micro_batch_size:
-        yield ConfigProblem(
-            "batch_size",
-            f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size {cfg.micro_batch_size}",
-            "write gradient_accumulation_steps (batch_size = micro_batch_size x gradient_accumulation_steps)",
-        )
-    elif cfg.batch_size != cfg.micro_batch_size * cfg.gradient_accumulation_steps:
-        yield ConfigProblem(
-            "batch_size",
-            f"batch_size {cfg.batch_size} contradicts micro_batch_size {cfg.micro_batch_size} x "
-            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps}",
-            "keep only micro_batch_size and gradient_accumulation_steps",
-        )
