@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kubetune.train.errors import UserError
+from kubetune.train.sharded_state import ShardedTrainableState
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,18 @@ def register_adapter_hooks(accelerator, module) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int | None) -> Path:
-    """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path."""
+def save(
+    accelerator,
+    state: TrainerState,
+    output_dir: Path,
+    *,
+    total_limit: int | None,
+    trainable: ShardedTrainableState | None = None,
+) -> Path:
+    """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path.
+
+    `trainable`: an adapter under FSDP checkpoints its trainable weights only (see ShardedTrainableState);
+    everything else goes through accelerate's save_state."""
     root = checkpoints_root(output_dir)
     final = root / f"checkpoint-{state.step}"
     temp = root / f".tmp-checkpoint-{state.step}"
@@ -160,7 +171,10 @@ def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temp))
+    if trainable is not None:
+        trainable.save(temp)
+    else:
+        accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(temp / STATE_FILE, asdict(state))
@@ -180,9 +194,12 @@ def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int
     return final
 
 
-def load(accelerator, path: Path) -> TrainerState:
+def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = None) -> TrainerState:
     """Restore model/adapter, optimizer, scheduler and RNG from `path` (collective); return its state."""
-    accelerator.load_state(str(path))
+    if trainable is not None:
+        trainable.load(path)
+    else:
+        accelerator.load_state(str(path))
     return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
 
 
