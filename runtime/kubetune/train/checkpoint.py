@@ -199,8 +199,49 @@ def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = N
     if trainable is not None:
         trainable.load(path)
     else:
+        if _sharded_fsdp1_optimizer(accelerator):
+            for optimizer in accelerator._optimizers:
+                materialize_optimizer_state(optimizer.optimizer)
         accelerator.load_state(str(path))
     return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+
+
+def _sharded_fsdp1_optimizer(accelerator) -> bool:
+    from torch.distributed.fsdp import StateDictType
+
+    from kubetune.train.distributed import is_fsdp1
+
+    return (
+        is_fsdp1(accelerator)
+        and accelerator.state.fsdp_plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    )
+
+
+def materialize_optimizer_state(optimizer) -> None:
+    """Create the optimizer's per-parameter state (Adam's moments, step), unchanged weights.
+
+    accelerate loads an FSDP1 SHARDED_STATE_DICT optimizer checkpoint into the shape of the live
+    optimizer's state dict (torch.distributed.checkpoint fills what is there); a fresh optimizer has no
+    moments yet, so they were silently not loaded and the resumed run left the uninterrupted loss curve
+    (tests/unit/train/test_fsdp_cpu.py). One step with zero gradients at learning rate 0 creates them.
+    """
+    import torch
+
+    if optimizer.state:
+        return
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
+    made_grads = []
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for param in group["params"]:
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+                made_grads.append(param)
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+        group["lr"] = lr
+    for param in made_grads:
+        param.grad = None
 
 
 def prune(output_dir: Path, total_limit: int | None) -> None:
