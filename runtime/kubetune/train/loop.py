@@ -535,7 +535,7 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
     acc, state, cfg = run.accelerator, run.state, run.cfg
     if run.data.eval is not None and state.last_eval_loss is None:
         evaluate_and_track(run)
-    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir)
+    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir, trainable=run.trainable)
     summary = {
         "status": status,
         "steps": state.step,

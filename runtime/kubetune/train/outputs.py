@@ -32,12 +32,17 @@ def is_complete(output_dir: Path) -> bool:
     return (output_dir / COMPLETE_MARKER).is_file()
 
 
-def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
+def save_model(accelerator, module, tokenizer, output_dir: Path, *, trainable=None) -> list[str]:
     """Save the adapter or the full model and the tokenizer (collective: every rank calls it).
 
     `module` is the prepared CausalLMLoss; the weights are gathered from FSDP / ZeRO-3 shards first.
+    `trainable` (an adapter under FSDP): gather only the trainable weights, which is all an adapter
+    file holds, instead of the whole model's FSDP state dict (which a 4-bit base cannot produce).
     """
-    state_dict = full_state_dict(accelerator, module)  # full (gathered) weights on the main process
+    if trainable is not None:
+        state_dict = trainable.gather_trainable()
+    else:
+        state_dict = full_state_dict(accelerator, module)  # full (gathered) weights on the main process
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return []

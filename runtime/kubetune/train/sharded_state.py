@@ -55,7 +55,7 @@ class ShardedTrainableState:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         acc = self.accelerator
-        weights = self._gather_trainable()
+        weights = self.gather_trainable()
         if acc.is_main_process:
             save_file(weights, str(directory / WEIGHTS))
         optimizer = get_optimizer_state_dict(self.module, self.optimizer, options=self._options())
@@ -86,8 +86,10 @@ class ShardedTrainableState:
         load_accelerator_state(str(directory), [], [], [], [], acc.process_index, acc.scaler)
 
     @torch.no_grad()
-    def _gather_trainable(self) -> dict[str, torch.Tensor]:
-        """{clean name: whole tensor on the CPU} on the main process; {} elsewhere."""
+    def gather_trainable(self) -> dict[str, torch.Tensor]:
+        """{clean name: whole tensor on the CPU} on the main process; {} elsewhere (collective).
+
+        Also what the final adapter is saved from: the whole model's FSDP state dict is never taken."""
         from torch.distributed.tensor import DTensor
 
         from kubetune.train.outputs import clean_key

@@ -46,14 +46,22 @@ def fail_on_lost_weights():
     assert not lost, f"the saved result lacks trained weights: {lost[0][:500]}"
 
 
-def load_adapter(base_model: str, directory: Path | str, *, dtype=torch.float32, device="cpu"):
-    """The adapter in `directory` on a fresh base, loaded by plain peft (no kubetune code)."""
+def load_adapter(
+    base_model: str, directory: Path | str, *, dtype=torch.float32, device="cpu", quantization_config=None
+):
+    """The adapter in `directory` on a fresh, un-sharded base, loaded by plain peft (no kubetune code);
+    `quantization_config` quantizes the base as it was for training (QLoRA)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     with fail_on_lost_weights():
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
-        return PeftModel.from_pretrained(base, str(directory)).to(device)
+        if quantization_config is not None:
+            base = AutoModelForCausalLM.from_pretrained(
+                base_model, dtype=dtype, quantization_config=quantization_config, device_map={"": device}
+            )
+        else:
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).to(device)
+        return PeftModel.from_pretrained(base, str(directory))
 
 
 def load_full_model(directory: Path | str, *, dtype=torch.float32, device="cpu"):
@@ -63,10 +71,10 @@ def load_full_model(directory: Path | str, *, dtype=torch.float32, device="cpu")
         return AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype).to(device)
 
 
-def load_result(base_model: str, directory: Path | str, **kwargs):
+def load_result(base_model: str, directory: Path | str, *, quantization_config=None, **kwargs):
     """Adapter or full model, whichever the run saved."""
     if (Path(directory) / "adapter_config.json").is_file():
-        return load_adapter(base_model, directory, **kwargs)
+        return load_adapter(base_model, directory, quantization_config=quantization_config, **kwargs)
     return load_full_model(directory, **kwargs)
 
 
@@ -105,3 +113,17 @@ def assert_reproduces(model, ids: torch.Tensor, trained_logits: torch.Tensor, *,
         logits = model(input_ids=ids.to(trained_logits.device)).logits.float()
     difference = (logits - trained_logits.float()).abs().max().item()
     assert difference <= atol, f"reloaded logits differ from the trained ones by {difference:.3g} (> {atol})"
+
+
+def assert_adapter_matters(
+    peft_model, ids: torch.Tensor, trained_logits: torch.Tensor, *, atol: float
+) -> None:
+    """The base alone (adapter disabled) is far from the trained logits: a tolerance of `atol` cannot
+    let a lost or untrained adapter pass."""
+    peft_model.eval()
+    with torch.no_grad(), peft_model.disable_adapter():
+        logits = peft_model(input_ids=ids.to(trained_logits.device)).logits.float()
+    gap = (logits - trained_logits.float()).abs().max().item()
+    assert gap > 20 * atol, (
+        f"the adapter moves the logits by only {gap:.3g}: the test cannot tell it from none"
+    )
