@@ -267,3 +267,39 @@ def test_qlora_fsdp_offload_params_trains_and_checkpoints(seed_config, real_mode
     assert summary["steps"] == 10
     assert (Path(cfg.output_dir) / "checkpoints" / f"checkpoint-{SAVE_STEPS}" / "COMPLETE").is_file()
     assert_every_lora_tensor_trained(Path(cfg.output_dir), expected_lora_layers=LAYERS * 7)
+
+
+@needs_bnb
+@pytest.mark.xfail(
+    strict=True,
+    reason="fsdp_cpu_ram_efficient_loading is not implemented yet: the config is refused at validation",
+)
+def test_large_axolotl_style_qlora_fsdp_config_validates_unchanged_and_trains(
+    seed_config, real_models, tmp_path
+):
+    """Issue point 4: a QLoRA + FSDP config of the Axolotl kind, scaled down to the 4-layer Mistral."""
+    from kubetune.config import load_config
+
+    fsdp_config = {
+        "fsdp_offload_params": True,
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_use_orig_params": False,
+        "fsdp_sync_module_states": True,
+        "fsdp_state_dict_type": "FULL_STATE_DICT",
+    }
+    keys = seed_overlay_keys("mistral", real_models["mistral"], None, **fsdp_config) | {
+        "lora_target_linear": True,
+        "gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": True},
+        "val_set_size": 0.05,
+        "special_tokens": {"pad_token": "<pad>"},
+        "optimizer": "adamw_bnb_8bit",
+        "max_steps": 10,
+    }
+    cfg, path = seed_config("axolotl-style", keys)
+    assert load_config(path).fsdp_config.fsdp_use_orig_params is False  # validates unchanged
+    result = torchrun_train(path, nproc(), timeout=540)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = summary_of(cfg)
+    assert summary["steps"] == 10 and summary["final_eval_loss"] is not None
+    assert_every_lora_tensor_trained(Path(cfg.output_dir), expected_lora_layers=LAYERS * 7)
