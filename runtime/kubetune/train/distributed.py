@@ -125,7 +125,18 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
     accelerator = Accelerator(**kwargs)
     if cfg.fsdp and not is_sharded(accelerator):
         if cpu_fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
-            _shard_on_cpu(accelerator, kwargs["fsdp_plugin"])
+            plugin = kwargs["fsdp_plugin"]
+            full = plugin.state_dict_type.name == "FULL_STATE_DICT"
+            if plugin.fsdp_version == 1 and full and not cfg.adapter:
+                # accelerate offloads the gathered weights to the CPU they are on; the clone after
+                # that reads freed memory (segfault, torch 2.11 / accelerate 1.15).
+                raise UserError(
+                    "fsdp_state_dict_type FULL_STATE_DICT of a full fine-tune under FSDP1 crashes on CPU "
+                    f"processes ({CPU_FSDP_ENV}=1).",
+                    "Use fsdp_state_dict_type: SHARDED_STATE_DICT on CPU processes (GPUs are not affected).",
+                    key="fsdp_config.fsdp_state_dict_type",
+                )
+            _shard_on_cpu(accelerator, plugin)
         else:
             log.warning(
                 "fsdp is set but accelerate runs %s here (FSDP needs CUDA): training with DDP instead "
