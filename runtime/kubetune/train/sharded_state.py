@@ -6,10 +6,12 @@ state_dict. For an adapter that is wasteful (the base never changes and is read 
 hooks do not know the packed weights' quant_state entries ("FSDP assumes ...embed_tokens.weight is in
 the state_dict"). This layout reads the trainable parameters directly instead, and saves them and
 their optimizer state whole whatever `fsdp_state_dict_type` says: both are a few MB to a few GB, so
-one file each (the FULL_STATE_DICT layout) costs little, and it is the layout that resumes exactly
-(accelerate's sharded DCP optimizer state of a LoRA under FSDP1 did not: the loss after the resumed
-step drifted from the uninterrupted run's, CPU/gloo, torch 2.11). `fsdp_state_dict_type` keeps its
-meaning for full fine-tunes, which checkpoint through accelerate.
+one file each (the FULL_STATE_DICT layout) costs little and resumes exactly onto the uninterrupted
+loss curve (tests/unit/train/test_fsdp_cpu.py). `fsdp_state_dict_type` keeps its meaning for full
+fine-tunes, which checkpoint through accelerate.
+
+Memory: FSDP1 unshards one FSDP unit at a time to read its trainable weights; FSDP2 gathers the
+trainable parameters one at a time.
 
     adapter_weights.safetensors   every trainable parameter, whole (gathered from the shards on rank 0)
     adapter_optimizer.pt          the optimizer state of those parameters, whole (torch's
@@ -20,7 +22,6 @@ meaning for full fine-tunes, which checkpoint through accelerate.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -92,37 +93,27 @@ class ShardedTrainableState:
         Also what the final adapter is saved from: the whole model's FSDP state dict is never taken."""
         from torch.distributed.tensor import DTensor
 
-        from kubetune.train.outputs import clean_key
-
         main = self.accelerator.is_main_process
         out = {}
-        with self._full_parameters(writeback=False):
-            for name, param in self.module.named_parameters():
-                if not param.requires_grad:
-                    continue
-                value = param.full_tensor() if isinstance(param, DTensor) else param  # collective (FSDP2)
-                if main:
-                    out[clean_key(name)] = value.detach().to("cpu", copy=True).contiguous()
+        for name, param in self._each_trainable(writeback=False):
+            value = param.full_tensor() if isinstance(param, DTensor) else param  # collective (FSDP2)
+            if main:
+                out[name] = value.detach().to("cpu", copy=True).contiguous()
         return out
 
     @torch.no_grad()
     def _scatter_trainable(self, weights: dict[str, torch.Tensor]) -> None:
         from torch.distributed.tensor import DTensor, distribute_tensor
 
-        from kubetune.train.outputs import clean_key
-
-        with self._full_parameters(writeback=True):
-            for name, param in self.module.named_parameters():
-                if not param.requires_grad:
-                    continue
-                value = weights[clean_key(name)]
-                if isinstance(param, DTensor):  # FSDP2: keep this rank's shard of the whole tensor
-                    shard = distribute_tensor(
-                        value.to(param.device, param.dtype), param.device_mesh, param.placements
-                    )
-                    param.to_local().copy_(shard.to_local())
-                else:
-                    param.copy_(value.to(param.device, param.dtype))
+        for name, param in self._each_trainable(writeback=True):
+            value = weights[name]
+            if isinstance(param, DTensor):  # FSDP2: keep this rank's shard of the whole tensor
+                shard = distribute_tensor(
+                    value.to(param.device, param.dtype), param.device_mesh, param.placements
+                )
+                param.to_local().copy_(shard.to_local())
+            else:
+                param.copy_(value.to(param.device, param.dtype))
 
     def _options(self):
         """Whole optimizer tensors (an adapter's are small), moved off the GPU while gathered."""
@@ -130,12 +121,36 @@ class ShardedTrainableState:
 
         return StateDictOptions(full_state_dict=True, cpu_offload=self.accelerator.device.type == "cuda")
 
-    def _full_parameters(self, *, writeback: bool):
-        """FSDP1: the parameters whole for the duration (FSDP2's are DTensors, gathered one by one)."""
+    def _each_trainable(self, *, writeback: bool):
+        """(clean name, parameter) of every trainable parameter, in the same order on every rank.
+
+        FSDP1: each FSDP unit is unsharded alone (summon_full_params without recursing) while its own
+        parameters are read or written, so a save holds one unit whole at a time, never the model.
+        FSDP2: the parameters are DTensors, gathered or scattered one at a time by the caller."""
         from kubetune.train.distributed import is_fsdp1
+        from kubetune.train.outputs import clean_key
 
         if not is_fsdp1(self.accelerator):
-            return contextlib.nullcontext()
+            for name, param in self.module.named_parameters():
+                if param.requires_grad:
+                    yield clean_key(name), param
+            return
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        return FSDP.summon_full_params(self.module, writeback=writeback, recurse=True)
+        # Names and owners are read outside summon_full_params (inside it FSDP renames the parameters);
+        # with use_orig_params the parameter objects stay the same, so identity finds them again.
+        names = {id(param): clean_key(name) for name, param in self.module.named_parameters()}
+        units = [unit for unit in self.module.modules() if isinstance(unit, FSDP)]
+        for unit in units:
+            nested = {
+                id(param)
+                for inner in unit.modules()
+                if inner is not unit and isinstance(inner, FSDP)
+                for param in inner.parameters()
+            }
+            own = [p for p in unit.parameters() if p.requires_grad and id(p) not in nested]
+            if not own and unit is not self.module:  # the root first, always: it initialises FSDP's
+                continue  # state before a nested unit is unsharded (on resume no forward has run yet)
+            with FSDP.summon_full_params(unit, recurse=False, writeback=writeback):
+                for param in own:
+                    yield names[id(param)], param
