@@ -40,10 +40,11 @@ class FsdpConfig(Section):
     )
     fsdp_cpu_ram_efficient_loading: bool | None = field(
         None,
-        description="Load the weights on rank 0 only and broadcast them (saves host memory). Default: true.",
+        description="Load the weights on rank 0 only and broadcast them (saves host memory). Not implemented "
+        "by kubetune yet: every rank loads the weights itself, and true is refused.",
     )
     fsdp_sync_module_states: bool | None = field(
-        None, description="Broadcast module states from rank 0 after wrapping. Default: true."
+        None, description="FSDP1: broadcast the module states from rank 0 when wrapping. Default: false."
     )
     fsdp_use_orig_params: bool | None = field(
         None, description="FSDP1: keep the original parameters visible (needed for adapters). Default: true."

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kubetune.train.errors import UserError
+from kubetune.train.sharded_state import ShardedTrainableState
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,18 @@ def register_adapter_hooks(accelerator, module) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int | None) -> Path:
-    """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path."""
+def save(
+    accelerator,
+    state: TrainerState,
+    output_dir: Path,
+    *,
+    total_limit: int | None,
+    trainable: ShardedTrainableState | None = None,
+) -> Path:
+    """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path.
+
+    `trainable`: an adapter under FSDP checkpoints its trainable weights only (see ShardedTrainableState);
+    everything else goes through accelerate's save_state."""
     root = checkpoints_root(output_dir)
     final = root / f"checkpoint-{state.step}"
     temp = root / f".tmp-checkpoint-{state.step}"
@@ -160,7 +171,10 @@ def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temp))
+    if trainable is not None:
+        trainable.save(temp)
+    else:
+        accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(temp / STATE_FILE, asdict(state))
@@ -180,10 +194,54 @@ def save(accelerator, state: TrainerState, output_dir: Path, *, total_limit: int
     return final
 
 
-def load(accelerator, path: Path) -> TrainerState:
+def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = None) -> TrainerState:
     """Restore model/adapter, optimizer, scheduler and RNG from `path` (collective); return its state."""
-    accelerator.load_state(str(path))
+    if trainable is not None:
+        trainable.load(path)
+    else:
+        if _sharded_fsdp1_optimizer(accelerator):
+            for optimizer in accelerator._optimizers:
+                materialize_optimizer_state(optimizer.optimizer)
+        accelerator.load_state(str(path))
     return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+
+
+def _sharded_fsdp1_optimizer(accelerator) -> bool:
+    from torch.distributed.fsdp import StateDictType
+
+    from kubetune.train.distributed import is_fsdp1
+
+    return (
+        is_fsdp1(accelerator)
+        and accelerator.state.fsdp_plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    )
+
+
+def materialize_optimizer_state(optimizer) -> None:
+    """Create the optimizer's per-parameter state (Adam's moments, step), unchanged weights.
+
+    accelerate loads an FSDP1 SHARDED_STATE_DICT optimizer checkpoint into the shape of the live
+    optimizer's state dict (torch.distributed.checkpoint fills what is there); a fresh optimizer has no
+    moments yet, so they were silently not loaded and the resumed run left the uninterrupted loss curve
+    (tests/unit/train/test_fsdp_cpu.py). One step with zero gradients at learning rate 0 creates them.
+    """
+    import torch
+
+    if optimizer.state:
+        return
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
+    made_grads = []
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for param in group["params"]:
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+                made_grads.append(param)
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+        group["lr"] = lr
+    for param in made_grads:
+        param.grad = None
 
 
 def prune(output_dir: Path, total_limit: int | None) -> None:

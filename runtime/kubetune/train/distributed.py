@@ -20,6 +20,8 @@ from kubetune.train.model import Precision
 
 log = logging.getLogger(__name__)
 
+# Test and development switch: FSDP on CPU processes (gloo) instead of the DDP fallback; see docs/training.md.
+CPU_FSDP_ENV = "KUBETUNE_CPU_FSDP"
 SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
 
 
@@ -81,10 +83,17 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def is_fsdp1(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2
+
+
 def build_accelerator(cfg, precision: Precision, topo: Topology):
     from accelerate import Accelerator
     from accelerate.utils import (
         DistributedDataParallelKwargs,
+        DistributedType,
         GradientAccumulationPlugin,
         InitProcessGroupKwargs,
     )
@@ -116,11 +125,58 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     accelerator = Accelerator(**kwargs)
     if cfg.fsdp and not is_sharded(accelerator):
-        log.warning(
-            "fsdp is set but accelerate runs %s here (FSDP needs CUDA): training with DDP instead",
-            accelerator.distributed_type,
-        )
+        if cpu_fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+            plugin = kwargs["fsdp_plugin"]
+            full = plugin.state_dict_type.name == "FULL_STATE_DICT"
+            if plugin.fsdp_version == 1 and full and not cfg.adapter:
+                # accelerate offloads the gathered weights to the CPU they are on; the clone after
+                # that reads freed memory (segfault, torch 2.11 / accelerate 1.15).
+                raise UserError(
+                    "fsdp_state_dict_type FULL_STATE_DICT of a full fine-tune under FSDP1 crashes on CPU "
+                    f"processes ({CPU_FSDP_ENV}=1).",
+                    "Use fsdp_state_dict_type: SHARDED_STATE_DICT on CPU processes (GPUs are not affected).",
+                    key="fsdp_config.fsdp_state_dict_type",
+                )
+            _shard_on_cpu(accelerator, plugin)
+        else:
+            log.warning(
+                "fsdp is set but accelerate runs %s here (FSDP needs CUDA): training with DDP instead "
+                "(%s=1 runs FSDP on CPU processes with gloo)",
+                accelerator.distributed_type,
+                CPU_FSDP_ENV,
+            )
     return accelerator
+
+
+def cpu_fsdp_requested() -> bool:
+    return os.environ.get(CPU_FSDP_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _shard_on_cpu(accelerator, plugin) -> None:
+    """Run FSDP (1 or 2) on CPU processes over gloo, where accelerate would pick plain DDP.
+
+    accelerate only selects FSDP on accelerators, but torch's FSDP1 and fully_shard both run on CPU
+    with gloo; kubetune's CPU tests use this to exercise the sharded code paths (wrapping, state dict
+    gathering, sharded checkpoints, resume) that DDP would hide. The state is process-wide, and
+    nothing has been prepared yet, so switching the type here is what accelerate itself would have
+    set had it allowed CPU.
+    """
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    # Both singletons, as accelerate itself does: AcceleratorState() re-reads PartialState's values.
+    for state in (accelerator.state, PartialState()):
+        state.distributed_type = DistributedType.FSDP
+        # accelerate names the CPU "cpu:<n>"; FSDP compares it with torch.cpu's current device, "cpu".
+        state.device = torch.device("cpu")
+    accelerator.state.fsdp_plugin = plugin
+    # "Offloading" a gathered CPU tensor to the CPU hands back memory FSDP frees on exit: the clone
+    # that follows segfaults (torch 2.11). On CPU the gathered weights are on the host already.
+    for config in (plugin.state_dict_config, plugin.optim_state_dict_config):
+        if hasattr(config, "offload_to_cpu"):
+            config.offload_to_cpu = False
+    log.info("%s is set: FSDP%d on CPU processes (gloo)", CPU_FSDP_ENV, plugin.fsdp_version)
 
 
 def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:

@@ -56,6 +56,7 @@ class Run:
     last_checkpoint: str | None = None
     clock: float = 0.0  # perf_counter of the last train_seconds update
     pending_log: PendingLog | None = None  # the last train log line, its values still on the GPU
+    trainable: checkpoint.ShardedTrainableState | None = None  # an adapter under FSDP checkpoints this
 
 
 class StopFlag:
@@ -135,8 +136,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
+    trainable = None
     if cfg.adapter and not distributed.is_sharded(accelerator):
         checkpoint.register_adapter_hooks(accelerator, module)
+    elif cfg.adapter and cfg.fsdp and distributed.is_sharded(accelerator):
+        trainable = checkpoint.ShardedTrainableState(accelerator, module, optimizer, scheduler)
 
     # From here on output_dir is written to.
     if accelerator.is_main_process:
@@ -146,7 +150,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     state = TrainerState()
     resume = _resume_point(cfg, output_dir)
     if resume is not None:
-        state = checkpoint.load(accelerator, resume)
+        state = checkpoint.load(accelerator, resume, trainable=trainable)
         state.resumed_from_step = state.step
         log.info("resumed from %s at step %d (epoch %d)", resume, state.step, state.epoch)
 
@@ -167,6 +171,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         state,
         output_dir,
         build_reporters(accelerator.is_main_process),
+        trainable=trainable,
     )
     run.last_checkpoint = str(resume) if resume else None
     log.info(
@@ -398,7 +403,7 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
     )
     values = [acc.reduce(loss_sum, reduction="sum").reshape(1).float()]  # collective: all ranks log here
     if grad_norm is not None:
-        values.append(torch.as_tensor(grad_norm, dtype=torch.float32).reshape(1).to(device))
+        values.append(local_tensor(grad_norm).to(device, torch.float32).reshape(1))
     return PendingLog(
         step=state.step,
         trained_tokens=state.trained_tokens,
@@ -408,6 +413,17 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         eta=eta,
         learning_rate=run.scheduler.get_last_lr()[0],
     )
+
+
+def local_tensor(value) -> torch.Tensor:
+    """A plain tensor of a value that may be a DTensor: FSDP2's clip_grad_norm_ returns the grad norm as
+    a DTensor, which mixes with no plain tensor (torch.cat, copy_ into host memory, tolist all refuse).
+    full_tensor() is a collective when the norm is still a partial sum: every rank logs the same steps."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.full_tensor()
+    return torch.as_tensor(value)
 
 
 def flush_log(run: Run) -> None:
@@ -478,7 +494,13 @@ def evaluate_and_track(run: Run) -> bool:
 def save_checkpoint(run: Run) -> str:
     flush_log(run)  # the saved state holds the latest loss and history
     _tick(run)
-    path = checkpoint.save(run.accelerator, run.state, run.output_dir, total_limit=run.cfg.save_total_limit)
+    path = checkpoint.save(
+        run.accelerator,
+        run.state,
+        run.output_dir,
+        total_limit=run.cfg.save_total_limit,
+        trainable=run.trainable,
+    )
     run.last_checkpoint = str(path)
     report(run, "checkpoint", force=True, loss=run.state.last_loss)
     return run.last_checkpoint
@@ -520,7 +542,7 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
     acc, state, cfg = run.accelerator, run.state, run.cfg
     if run.data.eval is not None and state.last_eval_loss is None:
         evaluate_and_track(run)
-    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir)
+    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir, trainable=run.trainable)
     summary = {
         "status": status,
         "steps": state.step,

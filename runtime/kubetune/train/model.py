@@ -49,7 +49,9 @@ def check_request(cfg, *, cuda: bool) -> None:
     if not quantized:
         return
     key = "adapter" if cfg.adapter == "qlora" else ("load_in_4bit" if cfg.load_in_4bit else "load_in_8bit")
-    if not cuda:
+    if not cuda and cfg.load_in_4bit and cpu_nf4_requested():
+        log.warning("%s=1: 4-bit bitsandbytes weights on the CPU (slow; for tests)", CPU_NF4_ENV)
+    elif not cuda:
         raise UserError(
             f"{key} asks for a bitsandbytes-quantized base model, which needs a CUDA GPU, and this machine "
             "has none.",
@@ -64,6 +66,17 @@ def check_request(cfg, *, cuda: bool) -> None:
             "without 4/8-bit loading.",
             key=key,
         )
+
+
+# Test and development switch: bitsandbytes' CPU backend runs nf4 (0.50), slowly; the CPU tests use it
+# to run a QLoRA base under FSDP on CPU processes (see docs/training.md).
+CPU_NF4_ENV = "KUBETUNE_CPU_NF4"
+
+
+def cpu_nf4_requested() -> bool:
+    import os
+
+    return os.environ.get(CPU_NF4_ENV, "").lower() in ("1", "true", "yes")
 
 
 def model_source(cfg, value: str, key: str) -> str:

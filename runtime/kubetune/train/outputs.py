@@ -13,6 +13,7 @@ no file is ever seen half-written; KUBETUNE_COMPLETE is written only after all o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,12 +32,17 @@ def is_complete(output_dir: Path) -> bool:
     return (output_dir / COMPLETE_MARKER).is_file()
 
 
-def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
+def save_model(accelerator, module, tokenizer, output_dir: Path, *, trainable=None) -> list[str]:
     """Save the adapter or the full model and the tokenizer (collective: every rank calls it).
 
     `module` is the prepared CausalLMLoss; the weights are gathered from FSDP / ZeRO-3 shards first.
+    `trainable` (an adapter under FSDP): gather only the trainable weights, which is all an adapter
+    file holds, instead of the whole model's FSDP state dict (which a 4-bit base cannot produce).
     """
-    state_dict = accelerator.get_state_dict(module)  # full (gathered) weights on the main process
+    if trainable is not None:
+        state_dict = trainable.gather_trainable()
+    else:
+        state_dict = full_state_dict(accelerator, module)  # full (gathered) weights on the main process
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return []
@@ -50,7 +56,8 @@ def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
         base_config = getattr(model, "get_base_model", lambda: model)().config
         base_config.use_cache = True  # for whoever loads the result to generate
         if hasattr(model, "peft_config"):
-            model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            with wrapper_free_module_names(model):
+                model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         else:  # transformers writes safetensors shards (5 GB each, with an index beyond one)
             model.save_pretrained(staging, state_dict=state_dict, max_shard_size="5GB")
         tokenizer.save_pretrained(staging)
@@ -59,6 +66,44 @@ def save_model(accelerator, module, tokenizer, output_dir: Path) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     return names
+
+
+def full_state_dict(accelerator, module) -> dict:
+    """Every weight of `module`, whole, on the main process (other ranks may get an empty dict).
+
+    FSDP1 is gathered here rather than by accelerate's get_state_dict, whose offload of the gathered
+    weights to the CPU crashes when they are on the CPU already (FSDP on CPU processes, see
+    distributed.py): offload only from a GPU.
+    """
+    from kubetune.train.distributed import is_fsdp1
+
+    if not is_fsdp1(accelerator):
+        return accelerator.get_state_dict(module)
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    config = FullStateDictConfig(offload_to_cpu=accelerator.device.type != "cpu", rank0_only=True)
+    with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
+        return module.state_dict()
+
+
+@contextlib.contextmanager
+def wrapper_free_module_names(model):
+    """peft picks the adapter's tensors out of the state dict by the names of the model's adapter layers;
+    FSDP1 inserts `_fsdp_wrapped_module.` in the middle of those names (one per wrapped decoder layer),
+    and peft strips it only at the front. The names then match none of the (clean) state dict keys and
+    the adapter is saved without its LoRA weights (peft 0.21). peft sees clean names here."""
+    original = model.named_modules
+
+    def named_modules(*args, **kwargs):
+        for name, module in original(*args, **kwargs):
+            yield clean_key(name), module
+
+    model.named_modules = named_modules
+    try:
+        yield model
+    finally:
+        del model.named_modules
 
 
 def clean_key(key: str) -> str:

@@ -47,13 +47,17 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def torchrun_train(path: Path, nproc: int, *, timeout: int) -> subprocess.CompletedProcess:
+def torchrun_train(
+    path: Path, nproc: int, *, timeout: int, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m kubetune train PATH`, output captured."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
         "-m", "kubetune", "train", str(path),
     ]  # fmt: skip
-    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, env=subprocess_env() | (env or {}), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def build_config(

@@ -79,3 +79,20 @@ def test_trainer_state_round_trips_and_ignores_unknown_keys():
     state = checkpoint.TrainerState(step=3, epoch=1, step_in_epoch=2, history=[{"step": 1}])
     data = json.loads(json.dumps(state.__dict__)) | {"from_a_newer_version": 1}
     assert checkpoint.TrainerState.from_dict(data) == state
+
+
+def test_materialized_optimizer_state_has_the_moments_and_leaves_the_weights_alone():
+    """A fresh optimizer gets Adam's moments (so an FSDP1 sharded checkpoint has somewhere to load them
+    into), while the weights, the gradients and the learning rate stay as they were."""
+    import torch
+    from kubetune.train.checkpoint import materialize_optimizer_state
+
+    model = torch.nn.Linear(4, 3)
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    optimizer = torch.optim.AdamW([*model.parameters(), frozen], lr=0.1, weight_decay=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    materialize_optimizer_state(optimizer)
+    assert {"exp_avg", "exp_avg_sq", "step"} <= set(optimizer.state[model.weight])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters()) and frozen not in optimizer.state
+    assert optimizer.param_groups[0]["lr"] == 0.1
