@@ -15,7 +15,7 @@ from kubetune_operator.k8s import Kube
 
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import job
-from tests.unit.operator.cluster_support import OperatorProcess, install_crd
+from tests.unit.operator.cluster_support import running_operator
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,8 @@ SELECTOR = "kubetune.dev/job-name"
 
 @pytest.fixture(scope="module")
 def operator(kube_cluster, tmp_path_factory):
-    install_crd(kube_cluster)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(kube_cluster, log, namespaces=[f"{PREFIX}-*"]).start()
-    yield process
-    process.stop()
-    print(f"operator log: {log}")
+    with running_operator(kube_cluster, tmp_path_factory.mktemp("operator"), PREFIX) as process:
+        yield process
 
 
 @pytest.fixture

@@ -31,45 +31,15 @@ SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
     "mistral_v3_tekken",
     "mistral_v7_tekken",
 )
-ChatTemplateName = Literal[
-    "tokenizer_default",
-    "chatml",
-    "llama3",
-    "llama4",
-    "gemma",
-    "gemma3",
-    "gemma3n",
-    "gemma4",
-    "phi_3",
-    "falcon_h1",
-    "qwen_25",
-    "qwen3",
-    "qwen3_5",
-    "cohere",
-    "deepseek_v2",
-    "mistral_v1",
-    "mistral_v2v3",
-    "mistral_v3_tekken",
-    "mistral_v7_tekken",
-    "jinja",
-    "tokenizer_default_fallback_chatml",
-    "tokenizer_default_fallback_llama3",
-    "tokenizer_default_fallback_llama4",
-    "tokenizer_default_fallback_gemma",
-    "tokenizer_default_fallback_gemma3",
-    "tokenizer_default_fallback_gemma3n",
-    "tokenizer_default_fallback_gemma4",
-    "tokenizer_default_fallback_phi_3",
-    "tokenizer_default_fallback_falcon_h1",
-    "tokenizer_default_fallback_qwen_25",
-    "tokenizer_default_fallback_qwen3",
-    "tokenizer_default_fallback_qwen3_5",
-    "tokenizer_default_fallback_cohere",
-    "tokenizer_default_fallback_deepseek_v2",
-    "tokenizer_default_fallback_mistral_v1",
-    "tokenizer_default_fallback_mistral_v2v3",
-    "tokenizer_default_fallback_mistral_v3_tekken",
-    "tokenizer_default_fallback_mistral_v7_tekken",
+# Every value chat_template accepts: the shipped ones, the tokenizer's own, and the tokenizer's own
+# with a shipped one as the fallback.
+ChatTemplateName = Literal[  # type: ignore[valid-type]
+    (
+        "tokenizer_default",
+        *SHIPPED_CHAT_TEMPLATES,
+        "jinja",
+        *(f"tokenizer_default_fallback_{name}" for name in SHIPPED_CHAT_TEMPLATES),
+    )
 ]
 CHAT_TEMPLATE_NAMES: tuple[str, ...] = ChatTemplateName.__args__  # type: ignore[attr-defined]
 

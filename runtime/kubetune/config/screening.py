@@ -128,26 +128,17 @@ def screen(
         name = key
         if model is TrainConfig and name in compat.RENAMED:
             name = compat.RENAMED[name]
-            if mapping.get(name) is not None:
-                problems.append(
-                    ConfigProblem(
-                        join(path, key),
-                        f"'{key}' and '{name}' are the same key, set twice",
-                        f"keep only '{name}'",
-                    )
-                )
-                continue
-        if model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *_FSDP_ALIASES}:
+        elif model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *_FSDP_ALIASES}:
             name = f"fsdp_{name}"
-            if name in mapping and mapping[name] is not None:
-                problems.append(
-                    ConfigProblem(
-                        join(path, key),
-                        f"'{key}' and '{name}' are the same key, set twice",
-                        f"keep only '{name}'",
-                    )
+        if name != key and mapping.get(name) is not None:  # another spelling of a key that is also set
+            problems.append(
+                ConfigProblem(
+                    join(path, key),
+                    f"'{key}' and '{name}' are the same key, set twice",
+                    f"keep only '{name}'",
                 )
-                continue
+            )
+            continue
         if name in fields:
             screened = _screen_value(fields[name].annotation, value, problems, join(path, name))
             if screened is not _DROPPED:

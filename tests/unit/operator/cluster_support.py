@@ -9,6 +9,7 @@ carrying WEBHOOK_LABEL (other suites' jobs in the same cluster are never affecte
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -182,3 +183,16 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+@contextlib.contextmanager
+def running_operator(cluster, log_dir: Path, prefix: str):
+    """The CRD installed and an operator watching the namespaces `<prefix>-*`, stopped afterwards."""
+    install_crd(cluster)
+    log = log_dir / "operator.log"
+    process = OperatorProcess(cluster, log, namespaces=[f"{prefix}-*"]).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"operator log: {log}")
