@@ -26,6 +26,13 @@ class OutputKeys(Section):
         None, description="Hub repository to push the result to when training ends."
     )
 
+    use_tensorboard: bool = field(
+        False,
+        description="Write TensorBoard event files under `output_dir/runs/` (rank 0): per step `train/loss`, "
+        "`train/learning_rate`, `train/grad_norm`, `train/tokens_per_second`, and `eval/loss`, `eval/perplexity`. "
+        "A resumed run writes on in the same directory. Needs the `tracking` extra (tensorboard).",
+    )
+
     use_wandb: bool | None = field(
         None, description="Log to Weights & Biases. Default: on when `wandb_project` is set."
     )
@@ -44,11 +51,21 @@ class OutputKeys(Section):
     )
 
     use_mlflow: bool | None = field(
-        None, description="Log to MLflow. Default: on when `mlflow_tracking_uri` is set."
+        None,
+        description="Log to MLflow from rank 0: the config as params, and the metrics `use_tensorboard` "
+        "writes, by step. A resumed run (a group restart) continues the same MLflow run (its id is kept in "
+        "`output_dir/tracking.json`). Needs the `tracking` extra (the mlflow-skinny client). "
+        "Default: on when `mlflow_tracking_uri` is set.",
     )
-    mlflow_tracking_uri: str | None = field(None, description="MLflow tracking server URI.")
-    mlflow_experiment_name: str | None = field(None, description="MLflow experiment name.")
-    mlflow_run_name: str | None = field(None, description="MLflow run name.")
+    mlflow_tracking_uri: str | None = field(
+        None,
+        description="MLflow tracking URI (`http://mlflow:5000`, `file:/path`, ...). Default: MLflow's own "
+        "(the `MLFLOW_TRACKING_URI` environment variable, e.g. from a Secret or ConfigMap of the job).",
+    )
+    mlflow_experiment_name: str | None = field(
+        None, description="MLflow experiment (created when missing). Default: MLflow's `Default`."
+    )
+    mlflow_run_name: str | None = field(None, description="MLflow run name. Default: one MLflow makes up.")
     hf_mlflow_log_artifacts: bool | None = field(
         None, description="Upload the outputs to MLflow as artifacts."
     )

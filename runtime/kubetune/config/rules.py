@@ -476,7 +476,6 @@ _NOT_IMPLEMENTED = {
         "push the output_dir yourself after training (e.g. `huggingface-cli upload`)"
     ),
     "use_wandb": Unimplemented(_TRACKER_HINT),
-    "use_mlflow": Unimplemented(_TRACKER_HINT),
     "hf_mlflow_log_artifacts": Unimplemented("remove it"),
 }
 
@@ -484,16 +483,25 @@ _NOT_IMPLEMENTED = {
 @rule
 def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     for key in TrainConfig.model_fields:
-        if key.startswith(("wandb_", "mlflow_")) or key in _NOT_IMPLEMENTED:
+        if key.startswith("wandb_") or key in _NOT_IMPLEMENTED:
             entry = _NOT_IMPLEMENTED.get(key, Unimplemented(_TRACKER_HINT))
             value = getattr(cfg, key)
             if not entry.accepts(value):
                 yield ConfigProblem(
                     key,
-                    f"kubetune does not implement {key} yet (experiment trackers and hub upload are not "
+                    f"kubetune does not implement {key} yet (Weights & Biases and hub upload are not "
                     f"part of this release); it is {value!r}",
                     entry.hint,
                 )
+    mlflow_on = cfg.use_mlflow if cfg.use_mlflow is not None else bool(cfg.mlflow_tracking_uri)
+    for key in ("mlflow_experiment_name", "mlflow_run_name"):
+        if getattr(cfg, key) and not mlflow_on:
+            yield ConfigProblem(
+                key,
+                f"{key} is set but MLflow logging is off (use_mlflow is not true and mlflow_tracking_uri is unset)",
+                "set use_mlflow: true (and mlflow_tracking_uri, unless MLFLOW_TRACKING_URI is in the environment), "
+                f"or remove {key}",
+            )
     if cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_cpu_ram_efficient_loading:
         yield ConfigProblem(
             "fsdp_config.fsdp_cpu_ram_efficient_loading",

@@ -1,0 +1,160 @@
+"""Experiment tracking: TensorBoard event files read back with tensorboard's own reader, and MLflow runs
+read back through the MLflow client from a real `mlflow server` (tests/mlflow_server.py); a run stopped
+by SIGTERM and resumed continues the same tracker runs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kubetune.cli import main as cli
+
+from tests.mlflow_server import mlflow_server
+
+from .support import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+LORA = {"lora_target_linear": True, "lora_modules_to_save": ["lm_head"], "lora_r": 8, "lora_alpha": 16}
+TRAIN_TAGS = ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second")
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every scalar event under log_dir (tensorboard's event reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: {event.step: event.value for event in accumulator.Scalars(tag)}
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def metric_steps(client, run_id: str, name: str) -> dict[int, float]:
+    history = client.get_metric_history(run_id, name)
+    steps = [metric.step for metric in history]
+    assert len(steps) == len(set(steps)), f"{name} logged twice for a step: {sorted(steps)}"
+    return {metric.step: metric.value for metric in history}
+
+
+def test_tensorboard_and_mlflow_receive_params_and_every_step(make_config, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    cfg, path = make_config(
+        "tracked",
+        max_steps=6,
+        val_set_size=0.05,
+        eval_steps=3,
+        use_tensorboard=True,
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_experiment_name="kubetune-tests",
+        mlflow_run_name="tracked-run",
+        **LORA,
+    )
+    assert cli(["train", str(path)]) == 0
+    out = Path(cfg.output_dir)
+    summary = json.loads((out / "training_summary.json").read_text())
+    losses = {entry["step"]: entry["loss"] for entry in summary["history"]}
+    assert sorted(losses) == list(range(1, 7))
+    state = json.loads((out / "tracking.json").read_text())
+
+    # TensorBoard: one run directory under output_dir/runs, every step's numbers, the evaluations.
+    log_dir = out / state["tensorboard"]["log_dir"]
+    assert log_dir.parent == out / "runs" and list(log_dir.glob("events.out.tfevents.*"))
+    board = scalars(log_dir)
+    for tag in TRAIN_TAGS:
+        assert sorted(board[tag]) == list(range(1, 7)), tag
+    assert board["train/loss"] == pytest.approx(losses, rel=1e-4)
+    assert sorted(board["eval/loss"]) == [3, 6]
+    assert board["eval/loss"][6] == pytest.approx(summary["final_eval_loss"], rel=1e-4)
+    lrs = board["train/learning_rate"]
+    assert lrs[1] != lrs[6] and all(value > 0 for value in board["train/tokens_per_second"].values())
+
+    # MLflow: the named experiment and run, finished, with the config as params and the same metrics.
+    client = MlflowClient(tracking_uri)
+    assert state["mlflow"]["tracking_uri"] == tracking_uri
+    run = client.get_run(state["mlflow"]["run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "kubetune-tests" and run.info.run_name == "tracked-run"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["base_model"] == cfg.base_model
+    assert run.data.params["max_steps"] == "6" and run.data.params["use_tensorboard"] == "true"
+    assert run.data.params["datasets"].startswith("[{")
+    for tag in TRAIN_TAGS:
+        assert sorted(metric_steps(client, run.info.run_id, tag)) == list(range(1, 7)), tag
+    assert metric_steps(client, run.info.run_id, "train/loss") == pytest.approx(losses, rel=1e-4)
+    assert metric_steps(client, run.info.run_id, "train/learning_rate") == pytest.approx(lrs, rel=1e-4)
+    evals = metric_steps(client, run.info.run_id, "eval/loss")
+    assert sorted(evals) == [3, 6] and evals[6] == pytest.approx(summary["final_eval_loss"], rel=1e-4)
+
+
+def test_a_resumed_run_continues_the_same_tracker_runs(make_config, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    total = 20
+    cfg, path = make_config(
+        "resumed",
+        max_steps=total,
+        use_tensorboard=True,
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_experiment_name="kubetune-resume",
+        **LORA,
+    )
+    out = Path(cfg.output_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kubetune", "train", str(path)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("{") and json.loads(line).get("step", 0) >= 3:
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 143, stderr[-3000:]
+    first = json.loads((out / "tracking.json").read_text())
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(first["mlflow"]["run_id"]).info.status == "KILLED"
+    stopped_at = max(metric_steps(client, first["mlflow"]["run_id"], "train/loss"))
+    assert 3 <= stopped_at < total
+
+    assert cli(["train", str(path)]) == 0  # the restarted group resumes from the SIGTERM checkpoint
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == stopped_at
+    assert json.loads((out / "tracking.json").read_text()) == first  # same run id, same log directory
+
+    run_id = first["mlflow"]["run_id"]
+    experiment = client.get_experiment_by_name("kubetune-resume")
+    assert [run.info.run_id for run in client.search_runs([experiment.experiment_id])] == [run_id]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for tag in TRAIN_TAGS:
+        assert sorted(metric_steps(client, run_id, tag)) == list(range(1, total + 1)), tag
+    runs = list((out / "runs").iterdir())
+    assert runs == [out / first["tensorboard"]["log_dir"]]
+    board = scalars(runs[0])
+    for tag in TRAIN_TAGS:
+        assert sorted(board[tag]) == list(range(1, total + 1)), tag
+
+
+def test_a_fresh_run_in_the_same_output_dir_starts_new_tracker_runs(make_config, tracking_uri):
+    cfg, path = make_config("fresh", max_steps=2, mlflow_tracking_uri=tracking_uri, **LORA)
+    out = Path(cfg.output_dir)
+    assert cli(["train", str(path)]) == 0
+    first = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
+    (out / "KUBETUNE_COMPLETE").unlink()  # the same output_dir, trained again without resuming
+    assert cli(["train", str(path)]) == 0
+    second = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
+    assert second != first
