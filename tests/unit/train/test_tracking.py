@@ -15,7 +15,7 @@ from kubetune.cli import main as cli
 
 from tests.mlflow_server import mlflow_server
 
-from .support import subprocess_env
+from .support import subprocess_env, torchrun_train
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +158,26 @@ def test_a_fresh_run_in_the_same_output_dir_starts_new_tracker_runs(make_config,
     assert cli(["train", str(path)]) == 0
     second = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
     assert second != first
+
+
+def test_only_rank_0_tracks_under_ddp(make_config, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    cfg, path = make_config(
+        "ddp",
+        max_steps=3,
+        use_tensorboard=True,
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_experiment_name="kubetune-ddp",
+        **LORA,
+    )
+    result = torchrun_train(path, 2, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = Path(cfg.output_dir)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("kubetune-ddp")
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, not one per rank
+    assert sorted(metric_steps(client, run.info.run_id, "train/loss")) == [1, 2, 3]
+    (log_dir,) = (out / "runs").iterdir()
+    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
+    assert sorted(scalars(log_dir)["train/loss"]) == [1, 2, 3]
