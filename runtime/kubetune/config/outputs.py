@@ -34,14 +34,22 @@ class OutputKeys(Section):
     )
 
     use_wandb: bool | None = field(
-        None, description="Log to Weights & Biases. Default: on when `wandb_project` is set."
+        None,
+        description="Log to Weights & Biases from rank 0: the config, and the metrics `use_tensorboard` writes, "
+        "by step; run files under `output_dir/wandb/`. A resumed run continues the same W&B run (its id is kept "
+        "in `output_dir/tracking.json`). The API key comes from `WANDB_API_KEY` in the environment. Needs the "
+        "`tracking` extra (wandb). Default: on when `wandb_project` is set.",
     )
     wandb_project: str | None = field(None, description="Weights & Biases project.")
     wandb_entity: str | None = field(None, description="Weights & Biases entity (user or team).")
     wandb_name: str | None = field(None, description="Weights & Biases run name.")
-    wandb_run_id: str | None = field(None, description="Weights & Biases run id (to resume a run).")
+    wandb_run_id: str | None = field(
+        None, description="Weights & Biases run id: continue that run (resume `allow`)."
+    )
     wandb_mode: Literal["online", "offline", "disabled"] | None = field(
-        None, description="Weights & Biases mode."
+        None,
+        description="Weights & Biases mode: `offline` keeps the history in the run directory under "
+        "`output_dir/wandb/` (upload it later with `wandb sync`). Default: `online`.",
     )
     wandb_watch: str | None = field(
         None, description="Weights & Biases model watching: `gradients`, `parameters` or `all`."

@@ -46,6 +46,11 @@ def mlflow_enabled(cfg: TrainConfig) -> bool:
     return cfg.use_mlflow if cfg.use_mlflow is not None else bool(cfg.mlflow_tracking_uri)
 
 
+def wandb_enabled(cfg: TrainConfig) -> bool:
+    """use_wandb, which defaults to on when wandb_project is set (Axolotl's behaviour)."""
+    return cfg.use_wandb if cfg.use_wandb is not None else bool(cfg.wandb_project)
+
+
 def check_request(cfg: TrainConfig) -> None:
     """UserError (exit 2) before any weights load when a tracker's library is missing from the image."""
     needs = []
@@ -53,12 +58,14 @@ def check_request(cfg: TrainConfig) -> None:
         needs.append(("use_tensorboard", "tensorboard"))
     if mlflow_enabled(cfg):
         needs.append(("use_mlflow", "mlflow"))
+    if wandb_enabled(cfg):
+        needs.append(("use_wandb", "wandb"))
     for key, module in needs:
         if importlib.util.find_spec(module) is None:
             raise UserError(
                 f"{key} needs the {module} package, which is not installed.",
-                "pip install 'kubetune[tracking]' in the training image (it brings tensorboard and the "
-                "mlflow-skinny client), or turn the tracker off.",
+                "pip install 'kubetune[tracking]' in the training image (it brings tensorboard, the "
+                "mlflow-skinny client and wandb), or turn the tracker off.",
                 key=key,
             )
 
@@ -99,6 +106,10 @@ def start(cfg: TrainConfig, output_dir: Path, *, resumed_from_step: int | None) 
                 key="mlflow_tracking_uri",
             ) from err
         state["mlflow"] = tracker.identity()
+        trackers.append(tracker)
+    if wandb_enabled(cfg):
+        tracker = WandbTracker(cfg, output_dir, previous.get("wandb"))
+        state["wandb"] = tracker.identity()
         trackers.append(tracker)
     if state:
         save_state(output_dir, state)
@@ -219,3 +230,40 @@ def _params(mapping: dict, prefix: str = "") -> list:
             text = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
             params.append(Param(name, text[:MAX_PARAM_LENGTH]))
     return params
+
+
+class WandbTracker:
+    """A Weights & Biases run (wandb.init with the config's project, entity, name and mode), its files
+    under output_dir/wandb/ (`wandb_mode: offline`: the offline run directory holds the history, for
+    `wandb sync` later). Credentials (WANDB_API_KEY) come from the environment, never from the config."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: Path, previous: dict | None):
+        import wandb
+
+        run_id = (previous or {}).get("run_id") or cfg.wandb_run_id
+        self.run = wandb.init(
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity,
+            name=cfg.wandb_name,
+            mode=cfg.wandb_mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            dir=str(output_dir),
+            config=cfg.to_mapping(),
+            # stdout carries the JSON log lines: wandb must neither wrap it nor print banners into it.
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        self.last_event: str | None = None
+
+    def identity(self) -> dict:
+        return {"run_id": self.run.id}
+
+    def report(self, progress: Progress) -> None:
+        self.last_event = progress.event
+        values = metrics_of(progress)
+        if values:
+            self.run.log(values, step=progress.step)
+
+    def close(self) -> None:
+        codes = {"FINISHED": 0, "KILLED": 143}
+        self.run.finish(exit_code=codes.get(_terminal_event(self.last_event), 1))

@@ -236,7 +236,8 @@ BAD = [
         },
         "optimizer",
     ),
-    ("wandb-not-implemented", {"wandb_project": "p"}, "wandb_project"),
+    ("wandb-name-without-wandb", {"wandb_name": "n"}, "wandb_name"),
+    ("wandb-watch-not-implemented", {"wandb_project": "p", "wandb_watch": "all"}, "wandb_watch"),
     ("mlflow-run-name-without-mlflow", {"mlflow_run_name": "r1"}, "mlflow_run_name"),
     (
         "mlflow-experiment-with-mlflow-off",

@@ -1,11 +1,13 @@
-"""Experiment tracking: TensorBoard event files read back with tensorboard's own reader, and MLflow runs
-read back through the MLflow client from a real `mlflow server` (tests/mlflow_server.py); a run stopped
-by SIGTERM and resumed continues the same tracker runs."""
+"""Experiment tracking: TensorBoard event files read back with tensorboard's own reader, MLflow runs
+read back through the MLflow client from a real `mlflow server` (tests/mlflow_server.py), W&B offline
+run directories read back record by record; a run stopped by SIGTERM and resumed continues the same
+tracker runs."""
 
 from __future__ import annotations
 
 import json
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,56 @@ def scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     }
 
 
+def wandb_records(path: Path) -> list:
+    """The protobuf Records of a W&B run file (`run-<id>.wandb`).
+
+    wandb 0.31 no longer ships a Python reader for its run files (its Go core writes them), so this
+    reads the container: a `:W&B` header of 7 bytes, then LevelDB-log blocks of 32 KiB holding chunks
+    (crc32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last); the records are wandb's own
+    protobuf messages (wandb.proto.wandb_internal_pb2.Record).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_history(out: Path, run_id: str) -> dict[str, dict[int, float]]:
+    """metric -> {step: value} over every run directory of `run_id` under output_dir/wandb (a resumed
+    offline run writes a new directory with the same id)."""
+    history: dict[str, dict[int, float]] = {}
+    files = sorted(out.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert files, sorted(p.name for p in (out / "wandb").iterdir())
+    for path in files:
+        for record in wandb_records(path):
+            if record.WhichOneof("record_type") == "history":
+                items = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+                for name, value in items.items():
+                    if not name.startswith("_"):
+                        steps = history.setdefault(name, {})
+                        assert items["_step"] not in steps, f"{name} logged twice at step {items['_step']}"
+                        steps[items["_step"]] = value
+    return history
+
+
 def metric_steps(client, run_id: str, name: str) -> dict[int, float]:
     history = client.get_metric_history(run_id, name)
     steps = [metric.step for metric in history]
@@ -60,6 +112,9 @@ def test_tensorboard_and_mlflow_receive_params_and_every_step(make_config, track
         mlflow_tracking_uri=tracking_uri,
         mlflow_experiment_name="kubetune-tests",
         mlflow_run_name="tracked-run",
+        wandb_project="kubetune-tests",
+        wandb_name="tracked-run",
+        wandb_mode="offline",
         **LORA,
     )
     assert cli(["train", str(path)]) == 0
@@ -98,6 +153,19 @@ def test_tensorboard_and_mlflow_receive_params_and_every_step(make_config, track
     evals = metric_steps(client, run.info.run_id, "eval/loss")
     assert sorted(evals) == [3, 6] and evals[6] == pytest.approx(summary["final_eval_loss"], rel=1e-4)
 
+    # W&B, offline: the run directory under output_dir/wandb holds the config and the same history.
+    wandb_id = state["wandb"]["run_id"]
+    history = wandb_history(out, wandb_id)
+    for tag in TRAIN_TAGS:
+        assert sorted(history[tag]) == list(range(1, 7)), tag
+    assert history["train/loss"] == pytest.approx(losses, rel=1e-4)
+    assert sorted(history["eval/loss"]) == [3, 6]
+    (records,) = [wandb_records(path) for path in out.glob(f"wandb/offline-run-*-{wandb_id}/*.wandb")]
+    kinds = {record.WhichOneof("record_type"): record for record in records}
+    assert kinds["run"].run.project == "kubetune-tests" and kinds["run"].run.display_name == "tracked-run"
+    config = {item.key: json.loads(item.value_json) for item in kinds["run"].run.config.update}
+    assert config["base_model"] == cfg.base_model and kinds["exit"].exit.exit_code == 0
+
 
 def test_a_resumed_run_continues_the_same_tracker_runs(make_config, tracking_uri):
     from mlflow.tracking import MlflowClient
@@ -109,6 +177,8 @@ def test_a_resumed_run_continues_the_same_tracker_runs(make_config, tracking_uri
         use_tensorboard=True,
         mlflow_tracking_uri=tracking_uri,
         mlflow_experiment_name="kubetune-resume",
+        wandb_project="kubetune-resume",
+        wandb_mode="offline",
         **LORA,
     )
     out = Path(cfg.output_dir)
@@ -147,6 +217,10 @@ def test_a_resumed_run_continues_the_same_tracker_runs(make_config, tracking_uri
     board = scalars(runs[0])
     for tag in TRAIN_TAGS:
         assert sorted(board[tag]) == list(range(1, total + 1)), tag
+    history = wandb_history(out, first["wandb"]["run_id"])  # both offline directories carry the one id
+    assert len(list((out / "wandb").glob(f"offline-run-*-{first['wandb']['run_id']}"))) == 2
+    for tag in TRAIN_TAGS:
+        assert sorted(history[tag]) == list(range(1, total + 1)), tag
 
 
 def test_a_fresh_run_in_the_same_output_dir_starts_new_tracker_runs(make_config, tracking_uri):
