@@ -18,11 +18,13 @@ only when the run resumes from a checkpoint; a fresh run starts new tracker runs
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import socket
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -214,7 +216,9 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self) -> None:
-        self.client.set_terminated(self.run_id, status=_terminal_event(self.last_event))
+        # The client prints the run's URL to stdout, which carries the JSON log lines: send it to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            self.client.set_terminated(self.run_id, status=_terminal_event(self.last_event))
 
 
 def _params(mapping: dict, prefix: str = "") -> list:
