@@ -91,7 +91,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
-        use_onebitllms use_otel_metrics use_pose use_ray use_tensorboard use_trackio vllm
+        use_onebitllms use_otel_metrics use_pose use_ray use_trackio vllm
         xpos_rope
         use_scattermoe use_sonicmoe
         swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
@@ -106,12 +106,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _TP_CP),
     **_table("local_rank world_size ddp device device_map", _LAUNCHER),
-    "revision_of_model": Unimplemented(
-        "pin the revision by downloading the model to a directory (base_model: /path)"
-    ),
-    "model_revision": Unimplemented(
-        "pin the revision by downloading the model to a directory (base_model: /path)"
-    ),
     "torch_dtype": Unimplemented("use bf16 / fp16"),
     "full_finetune": Unimplemented("leave adapter unset for a full fine-tune"),
     **_table(
@@ -146,6 +140,7 @@ RENAMED: dict[str, str] = {
     "float16": "fp16",  # (bfloat16 is folded in screening: `bfloat16: false` leaves bf16 as it is)
     "model_config": "model_config_overrides",  # pydantic reserves the name model_config
     "evaluation_strategy": "eval_strategy",  # transformers' older spelling
+    "model_revision": "revision_of_model",  # an older Axolotl spelling
 }
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.

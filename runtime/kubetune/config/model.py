@@ -95,6 +95,14 @@ class ModelKeys(Section):
         "resolved relative to the config's directory.",
         min_length=1,
     )
+    revision_of_model: str | None = field(
+        None,
+        description="Hub revision (branch, tag or commit) of `base_model`: passed as `revision` to every load "
+        "of the base model, of its config and of its tokenizer when they come from `base_model`. Only for a "
+        "hub id: with a local directory as `base_model` the run refuses it at start (a directory has no "
+        "revisions).",
+        min_length=1,
+    )
     base_model_config: str | None = field(
         None, description="Hub id or directory to read the model config from. Default: `base_model`."
     )
@@ -167,3 +175,11 @@ class ModelKeys(Section):
     @classmethod
     def _known_template(cls, value: object) -> object:
         return check_chat_template_name(value)
+
+    def revision_for(self, source: str) -> dict[str, str]:
+        """`{"revision": revision_of_model}` for a from_pretrained of `source` when that is `base_model`'s
+        hub id, else {}: the pin belongs to the base model's repository, not to another one that
+        tokenizer_config or base_model_config names."""
+        if self.revision_of_model and source == self.base_model:
+            return {"revision": self.revision_of_model}
+        return {}

@@ -26,15 +26,30 @@ class OutputKeys(Section):
         None, description="Hub repository to push the result to when training ends."
     )
 
+    use_tensorboard: bool = field(
+        False,
+        description="Write TensorBoard event files under `output_dir/runs/` (rank 0): per step `train/loss`, "
+        "`train/learning_rate`, `train/grad_norm`, `train/tokens_per_second`, and `eval/loss`, `eval/perplexity`. "
+        "A resumed run writes on in the same directory. Needs the `tracking` extra (tensorboard).",
+    )
+
     use_wandb: bool | None = field(
-        None, description="Log to Weights & Biases. Default: on when `wandb_project` is set."
+        None,
+        description="Log to Weights & Biases from rank 0: the config, and the metrics `use_tensorboard` writes, "
+        "by step; run files under `output_dir/wandb/`. A resumed run continues the same W&B run (its id is kept "
+        "in `output_dir/tracking.json`). The API key comes from `WANDB_API_KEY` in the environment. Needs the "
+        "`tracking` extra (wandb). Default: on when `wandb_project` is set.",
     )
     wandb_project: str | None = field(None, description="Weights & Biases project.")
     wandb_entity: str | None = field(None, description="Weights & Biases entity (user or team).")
     wandb_name: str | None = field(None, description="Weights & Biases run name.")
-    wandb_run_id: str | None = field(None, description="Weights & Biases run id (to resume a run).")
+    wandb_run_id: str | None = field(
+        None, description="Weights & Biases run id: continue that run (resume `allow`)."
+    )
     wandb_mode: Literal["online", "offline", "disabled"] | None = field(
-        None, description="Weights & Biases mode."
+        None,
+        description="Weights & Biases mode: `offline` keeps the history in the run directory under "
+        "`output_dir/wandb/` (upload it later with `wandb sync`). Default: `online`.",
     )
     wandb_watch: str | None = field(
         None, description="Weights & Biases model watching: `gradients`, `parameters` or `all`."
@@ -44,11 +59,21 @@ class OutputKeys(Section):
     )
 
     use_mlflow: bool | None = field(
-        None, description="Log to MLflow. Default: on when `mlflow_tracking_uri` is set."
+        None,
+        description="Log to MLflow from rank 0: the config as params, and the metrics `use_tensorboard` "
+        "writes, by step. A resumed run (a group restart) continues the same MLflow run (its id is kept in "
+        "`output_dir/tracking.json`). Needs the `tracking` extra (the mlflow-skinny client). "
+        "Default: on when `mlflow_tracking_uri` is set.",
     )
-    mlflow_tracking_uri: str | None = field(None, description="MLflow tracking server URI.")
-    mlflow_experiment_name: str | None = field(None, description="MLflow experiment name.")
-    mlflow_run_name: str | None = field(None, description="MLflow run name.")
+    mlflow_tracking_uri: str | None = field(
+        None,
+        description="MLflow tracking URI (`http://mlflow:5000`, `file:/path`, ...). Default: MLflow's own "
+        "(the `MLFLOW_TRACKING_URI` environment variable, e.g. from a Secret or ConfigMap of the job).",
+    )
+    mlflow_experiment_name: str | None = field(
+        None, description="MLflow experiment (created when missing). Default: MLflow's `Default`."
+    )
+    mlflow_run_name: str | None = field(None, description="MLflow run name. Default: one MLflow makes up.")
     hf_mlflow_log_artifacts: bool | None = field(
         None, description="Upload the outputs to MLflow as artifacts."
     )

@@ -470,30 +470,46 @@ def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProbl
 
 # Keys in the schema that the engine does not act on yet: like the Axolotl compatibility table's keys,
 # accepted when empty or off, refused when set, so that nothing is ever silently ignored.
-_TRACKER_HINT = "remove it; kubetune logs progress as JSON lines and in the FineTuneJob's status"
 _NOT_IMPLEMENTED = {
     "hub_model_id": Unimplemented(
         "push the output_dir yourself after training (e.g. `huggingface-cli upload`)"
     ),
-    "use_wandb": Unimplemented(_TRACKER_HINT),
-    "use_mlflow": Unimplemented(_TRACKER_HINT),
     "hf_mlflow_log_artifacts": Unimplemented("remove it"),
+    "wandb_watch": Unimplemented("remove it"),
+    "wandb_log_model": Unimplemented("remove it"),
 }
 
 
 @rule
 def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     for key in TrainConfig.model_fields:
-        if key.startswith(("wandb_", "mlflow_")) or key in _NOT_IMPLEMENTED:
-            entry = _NOT_IMPLEMENTED.get(key, Unimplemented(_TRACKER_HINT))
+        if key in _NOT_IMPLEMENTED:
+            entry = _NOT_IMPLEMENTED[key]
             value = getattr(cfg, key)
             if not entry.accepts(value):
                 yield ConfigProblem(
                     key,
-                    f"kubetune does not implement {key} yet (experiment trackers and hub upload are not "
-                    f"part of this release); it is {value!r}",
+                    f"kubetune does not implement {key} yet (hub upload, MLflow artifacts and W&B model "
+                    f"watching/upload are not part of this release); it is {value!r}",
                     entry.hint,
                 )
+    mlflow_on = cfg.use_mlflow if cfg.use_mlflow is not None else bool(cfg.mlflow_tracking_uri)
+    for key in ("mlflow_experiment_name", "mlflow_run_name"):
+        if getattr(cfg, key) and not mlflow_on:
+            yield ConfigProblem(
+                key,
+                f"{key} is set but MLflow logging is off (use_mlflow is not true and mlflow_tracking_uri is unset)",
+                "set use_mlflow: true (and mlflow_tracking_uri, unless MLFLOW_TRACKING_URI is in the environment), "
+                f"or remove {key}",
+            )
+    wandb_on = cfg.use_wandb if cfg.use_wandb is not None else bool(cfg.wandb_project)
+    for key in ("wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode"):
+        if getattr(cfg, key) and not wandb_on:
+            yield ConfigProblem(
+                key,
+                f"{key} is set but Weights & Biases logging is off (use_wandb is not true and wandb_project is unset)",
+                f"set wandb_project (or use_wandb: true), or remove {key}",
+            )
     if cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_cpu_ram_efficient_loading:
         yield ConfigProblem(
             "fsdp_config.fsdp_cpu_ram_efficient_loading",

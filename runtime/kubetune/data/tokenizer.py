@@ -50,6 +50,8 @@ def load_tokenizer(cfg):
 
     source = tokenizer_source(cfg)
     kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))}
+    if hasattr(cfg, "revision_for"):  # a TrainConfig: revision_of_model pins the base model's repository
+        kwargs |= cfg.revision_for(source)
     if option(cfg, "tokenizer_legacy") is not None:
         # Llama-family sentencepiece-style tokenizers: `legacy` decides whether text after a special
         # token gets the word-start marker (true) or not (false, transformers' default).

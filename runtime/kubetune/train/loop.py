@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kubetune import __version__
-from kubetune.train import attention, checkpoint, distributed, optim, outputs
+from kubetune.train import attention, checkpoint, distributed, optim, outputs, tracking
 from kubetune.train import model as model_lib
 from kubetune.train.batches import Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
@@ -85,6 +85,7 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     model_lib.check_request(cfg, cuda=topo.cuda)
     optim.check_request(cfg, cuda=topo.cuda)
     distributed.check_request(cfg, cuda=topo.cuda)
+    tracking.check_request(cfg)
     model_lib.model_source(cfg, cfg.base_model, "base_model")
     if cfg.tokenizer_config:
         model_lib.model_source(cfg, cfg.tokenizer_config, "tokenizer_config")
@@ -174,6 +175,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         trainable=trainable,
     )
     run.last_checkpoint = str(resume) if resume else None
+    if accelerator.is_main_process:  # experiment trackers: rank 0's reporters, continued after a resume
+        run.reporters.reporters += tracking.start(cfg, output_dir, resumed_from_step=state.resumed_from_step)
     log.info(
         "plan: %d steps (%d per epoch, %d rows per step), eval every %s, checkpoint every %s steps",
         plan.total_steps,

@@ -83,6 +83,12 @@ def model_source(cfg, value: str, key: str) -> str:
     """A local directory (resolved against the config's directory) or a hub id, checked for existence."""
     path = cfg.resolve_path(value)
     if path.is_dir():
+        if key == "base_model" and cfg.revision_of_model:
+            raise UserError(
+                f"revision_of_model pins a hub revision, but base_model is the local directory {path}.",
+                "Remove revision_of_model (the directory is what it is), or name the hub id in base_model.",
+                key="revision_of_model",
+            )
         return str(path)
     if path.exists():
         raise UserError(
@@ -131,7 +137,9 @@ def check_pad_token(cfg) -> None:
             key="tokenizer_type",
         )
     try:
-        tokenizer = tokenizer_cls.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = tokenizer_cls.from_pretrained(
+            source, trust_remote_code=cfg.trust_remote_code, **cfg.revision_for(source)
+        )
     except (OSError, ValueError) as err:
         raise _load_error(key, source, err) from err
     if tokenizer.pad_token is None:
@@ -176,11 +184,15 @@ def load_model(
         "dtype": precision.load_dtype,
         "attn_implementation": backend.hf_implementation,
         "trust_remote_code": cfg.trust_remote_code,
+        **cfg.revision_for(source),
     }
     if cfg.base_model_config or cfg.model_config_overrides:  # Axolotl's model_config: set on the config
         key = "base_model_config" if cfg.base_model_config else "base_model"
         kwargs["config"] = model_options.model_config(
-            model_source(cfg, getattr(cfg, key), key), cfg.model_config_overrides, cfg.trust_remote_code
+            model_source(cfg, getattr(cfg, key), key),
+            cfg.model_config_overrides,
+            cfg.trust_remote_code,
+            cfg.revision_for(getattr(cfg, key)),
         )
     quantization = quantization_config(cfg, precision)
     if quantization is not None:

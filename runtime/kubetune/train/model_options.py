@@ -67,13 +67,17 @@ def embedding_rows(cfg, tokenizer) -> int:
     return math.ceil(rows / 32) * 32 if cfg.resize_token_embeddings_to_32x else rows
 
 
-def model_config(source: str, overrides: dict | None, trust_remote_code: bool):
+def model_config(source: str, overrides: dict | None, trust_remote_code: bool, revision: dict | None = None):
     """The model's transformers config with Axolotl's `model_config` attributes set; UserError naming
     the ones the config class does not have (transformers would drop them silently)."""
     import transformers
 
     config, unused = transformers.AutoConfig.from_pretrained(
-        source, trust_remote_code=trust_remote_code, return_unused_kwargs=True, **(overrides or {})
+        source,
+        trust_remote_code=trust_remote_code,
+        return_unused_kwargs=True,
+        **(revision or {}),
+        **(overrides or {}),
     )
     if unused:
         raise UserError(

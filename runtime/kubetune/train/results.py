@@ -53,8 +53,9 @@ def load_base_with_adapter(
     from peft import PeftModel
 
     model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM")
+    source = model_source(cfg, cfg.base_model, "base_model")
     base = model_cls.from_pretrained(
-        model_source(cfg, cfg.base_model, "base_model"), dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **cfg.revision_for(source)
     ).to(device)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))

@@ -25,6 +25,7 @@ BASE = {
         ({"warmup_steps": 0.1}, "warmup_steps", 0.1),  # a fraction of the total steps (test_optim)
         ({"warmup_steps": 10.0}, "warmup_steps", 10),
         ({"evaluation_strategy": "no"}, "eval_strategy", "no"),
+        ({"model_revision": "v1.0"}, "revision_of_model", "v1.0"),  # reaches from_pretrained (test_revision)
     ],
 )
 def test_spelling_reaches_the_setting(keys, attribute, value):

@@ -236,8 +236,14 @@ BAD = [
         },
         "optimizer",
     ),
-    ("wandb-not-implemented", {"wandb_project": "p"}, "wandb_project"),
-    ("mlflow-not-implemented", {"mlflow_tracking_uri": "http://mlflow:5000"}, "mlflow_tracking_uri"),
+    ("wandb-name-without-wandb", {"wandb_name": "n"}, "wandb_name"),
+    ("wandb-watch-not-implemented", {"wandb_project": "p", "wandb_watch": "all"}, "wandb_watch"),
+    ("mlflow-run-name-without-mlflow", {"mlflow_run_name": "r1"}, "mlflow_run_name"),
+    (
+        "mlflow-experiment-with-mlflow-off",
+        {"use_mlflow": False, "mlflow_experiment_name": "e"},
+        "mlflow_experiment_name",
+    ),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
     (
         "fsdp-cpu-ram-efficient-loading",
