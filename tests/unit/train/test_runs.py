@@ -282,3 +282,31 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_run_resumes(make_con
     assert cli(["train", str(path)]) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == step and summary["steps"] == 30
+
+
+def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one(make_config, caplog):
+    cfg, path = make_config("bitflip", max_steps=10, save_steps=4, **LORA, learning_rate=0.01)
+    out = Path(cfg.output_dir)
+    train_in_process(cfg)
+    newest = out / "checkpoints" / "checkpoint-8"
+    assert (out / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file() and (newest / "COMPLETE").is_file()
+    manifest = json.loads((newest / "COMPLETE").read_text())["files"]
+    assert len(manifest["model.safetensors"]["sha256"]) == 64
+
+    # As if the run had been killed after its step-8 checkpoint, whose weights then lost one bit on disk.
+    (out / "KUBETUNE_COMPLETE").unlink()
+    weights = newest / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size - 7)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0x01]))
+
+    with caplog.at_level("WARNING"):
+        assert cli(["train", str(path)]) == 0
+    assert (
+        "skipping checkpoint" in caplog.text
+        and "checkpoint-8 (step 8): model.safetensors is corrupt" in caplog.text
+    )
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 10
