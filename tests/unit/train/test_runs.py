@@ -284,7 +284,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_run_resumes(make_con
     assert summary["resumed_from_step"] == step and summary["steps"] == 30
 
 
-def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one(make_config, caplog):
+def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one_and_staging_is_removed(
+    make_config, caplog
+):
     cfg, path = make_config("bitflip", max_steps=10, save_steps=4, **LORA, learning_rate=0.01)
     out = Path(cfg.output_dir)
     train_in_process(cfg)
@@ -301,6 +303,10 @@ def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one(m
         byte = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([byte[0] ^ 0x01]))
+    # And a later checkpoint write that the kill interrupted, before its rename.
+    staging = out / "checkpoints" / ".tmp-checkpoint-9"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half")
 
     with caplog.at_level("WARNING"):
         assert cli(["train", str(path)]) == 0
@@ -310,3 +316,4 @@ def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one(m
     )
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 10
+    assert not staging.exists() and "removing the interrupted checkpoint write" in caplog.text
