@@ -317,3 +317,31 @@ def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one_a
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 10
     assert not staging.exists() and "removing the interrupted checkpoint write" in caplog.text
+
+
+def test_sigterm_under_kubetune_launch_reaches_both_workers_which_save_and_the_run_resumes(make_config):
+    """As in a pod: SIGTERM goes to the launcher (torchrun) only; it forwards it to its workers, which
+    agree on a step, write its checkpoint and exit 143 within KUBETUNE_WORKER_STOP_TIMEOUT."""
+    cfg, path = make_config("launch", max_steps=30, pad_to_sequence_len=True, **LORA, learning_rate=0.01)
+    out = Path(cfg.output_dir)
+    command = [sys.executable, "-m", "kubetune", "launch", "--standalone", "--nproc-per-node", "2"]
+    process = subprocess.Popen(
+        [*command, "-m", "kubetune", "train", str(path)],
+        env=subprocess_env() | {"KUBETUNE_WORKER_STOP_TIMEOUT": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(process, lambda event: event["event"] == "train" and event["step"] >= 3)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=180)
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events[-2:]] == ["checkpoint", "preempted"], stderr[-3000:]
+    step = events[-1]["step"]
+    assert (out / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+    assert "forcefully exiting via" not in stderr  # no worker was SIGKILLed
+
+    result = torchrun_train(path, 2, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == step and summary["steps"] == 30
