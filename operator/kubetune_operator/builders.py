@@ -310,6 +310,9 @@ def _volume_source(choice: VolumeChoice | None, claim_name: str) -> dict[str, An
 # --- the workers ----------------------------------------------------------------------------------
 
 
+STOP_MARGIN_S = 5  # of the grace period, left for torchrun to exit once its workers have
+
+
 def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     """torchrun reads its options from PET_* variables (the Kubeflow convention); users override any entry."""
     env: list[dict[str, Any]] = [
@@ -328,6 +331,9 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         # The operator restarts the whole group (a fresh rendezvous from the last checkpoint);
         # torchrun restarting its local workers on its own would race with that.
         {"name": "PET_MAX_RESTARTS", "value": "0"},
+        # `kubetune launch` lets the workers finish their SIGTERM checkpoint for this long before
+        # SIGKILL (plain torchrun: 30 s); the rest of the grace period is torchrun's own exit.
+        {"name": "KUBETUNE_WORKER_STOP_TIMEOUT", "value": str(worker_stop_timeout(spec))},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in NCCL_ENV.items()),
@@ -340,6 +346,10 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     user = [e.model_dump(exclude_none=True) for e in spec.env]
     overridden = {e["name"] for e in user}
     return [e for e in env if e["name"] not in overridden] + user
+
+
+def worker_stop_timeout(spec: FineTuneJobSpec) -> int:
+    return max(1, spec.terminationGracePeriodSeconds - STOP_MARGIN_S)
 
 
 def worker_resources(spec: FineTuneJobSpec, defaults: ResourceRequirements | None = None) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from kubetune_operator.spec import QUANTITY, AdmissionPolicy, ResourceRequirements
 
-DEFAULT_LAUNCHER = ("torchrun",)
+# torchrun, giving its workers the pod's grace period after SIGTERM instead of its fixed 30 s
+# (runtime/kubetune/train/commands/launch.py; the time comes from KUBETUNE_WORKER_STOP_TIMEOUT).
+DEFAULT_LAUNCHER = ("kubetune", "launch")
 DEFAULT_IMAGE = "ghcr.io/kubetune/runtime:0.1.0"
 
 

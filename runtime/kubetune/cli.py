@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "tokenize and pack the datasets into dataset_prepared_path",
     ),
     "train": ("kubetune.train.commands.train", "run a fine-tune (single process or under torchrun)"),
+    "launch": (
+        "kubetune.train.commands.launch",
+        "torchrun, with KUBETUNE_WORKER_STOP_TIMEOUT seconds for workers to stop after SIGTERM (not 30)",
+    ),
     "merge": ("kubetune.train.commands.merge", "merge a trained adapter into a standalone model"),
     "generate": ("kubetune.train.commands.generate", "sample text from the trained result"),
 }
@@ -40,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after `launch` is torchrun's, its options included (argparse would claim them).
+        from kubetune.train.commands import launch
+
+        return launch.launch(argv[1:])
     args = build_parser().parse_args(argv)
     return int(importlib.import_module(args._module).run(args) or 0)
 

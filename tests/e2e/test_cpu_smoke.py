@@ -1,6 +1,6 @@
 """The CPU smoke FineTuneJob (examples/finetune-cpu-smoke.yaml) trains for real on the local cluster.
 
-The operator runs as a process (`kubetune-operator`, launching the real `torchrun`), the example is
+The operator runs as a process (`kubetune-operator`, launching the real torchrun through `kubetune launch`), the example is
 applied as a user would, and its two worker pods run the training engine over gloo: a tiny Llama,
 LoRA, checkpoints, an adapter in the outputs volume. Three runs:
 
@@ -51,7 +51,7 @@ RESUMED_LINE = re.compile(r"resumed from \S*/checkpoint-(\d+) at step (\d+)")
 def operator(kube_cluster, tmp_path_factory):
     install_crd(kube_cluster)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {"KUBETUNE_OPERATOR_TORCHRUN": "torchrun"}  # the real launcher, not the fake trainer
+    env = {"KUBETUNE_OPERATOR_TORCHRUN": "kubetune launch"}  # the real launcher, not the fake trainer
     if not kube_cluster.local:
         env["KUBETUNE_RUNTIME_IMAGE"] = TEST_IMAGE
     process = OperatorProcess(kube_cluster, log, namespaces=[f"{PREFIX}-*"], extra_env=env).start()
@@ -246,6 +246,10 @@ def test_a_deleted_worker_restarts_the_group_from_its_last_checkpoint(kube_clust
         log = trainer_logs(kube_cluster, ns, f"{JOB}-0")
         found = [(int(a), int(b)) for a, b in RESUMED_LINE.findall(log)]
         assert (resumed, resumed) in found, f"rank 0 never logged resuming from step {resumed}: {found}"
+        # Under `kubetune launch` the SIGTERM reached the workers, which saved their step before exiting
+        # 143: the group resumed from exactly that step.
+        preempted = [line["step"] for line in progress_lines(log) if line["event"] == "preempted"]
+        assert preempted and resumed == preempted[-1], f"preempted at {preempted}, resumed from {resumed}"
         summary, out = _check_outputs(kube_cluster, kube, ns, status, 200)
         assert summary["resumed_from_step"] == resumed
         _check_no_sigterm(kube_cluster, ns, after=RESUMED_LINE)

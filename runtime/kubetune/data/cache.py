@@ -3,10 +3,17 @@
 Writes are atomic: rank 0 builds into a temporary directory beside the target and renames it
 into place, so a reader sees a complete directory or none. Other ranks never tokenize: they
 wait for the directory to appear (or for rank 0's failure marker, or a timeout) and then load it.
+
+A builder holds an exclusive flock on `.<key>.lock` for as long as its staging directory
+`.<key>.tmp-*` exists (the cache may be shared by several jobs: a second builder of the same key
+waits for the first and reuses its result). A staging directory whose key nobody holds was left by a
+killed build: rank 0 removes those at its next start, under that key's lock.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -71,6 +78,21 @@ def build_or_wait(
         _wait(final, failed, timeout_s, poll_s)
         return final, False
     root.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(root)
+    lock = _lock(root, key, wait=False)
+    if lock is None:
+        log.info("another process is preparing %s; waiting for it to finish", final)
+        lock = _lock(root, key, wait=True)
+    try:
+        if (final / COMPLETE).exists():  # the process we waited for built it
+            return final, False
+        return _build(root, key, build), True
+    finally:
+        _unlock(root, key, lock)
+
+
+def _build(root: Path, key: str, build: Callable[[Path], None]) -> Path:
+    final, failed = root / key, root / f"{key}.failed"
     failed.unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
     try:
@@ -88,7 +110,58 @@ def build_or_wait(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final, True
+    return final
+
+
+def remove_abandoned_staging(root: Path) -> None:
+    """Delete staging directories of builds that were killed (SIGKILL, OOM, a lost node).
+
+    Each is removed only while holding its key's lock, which a live builder holds from before its
+    staging directory exists until after it is gone; a key whose lock is taken is being built now."""
+    for staging in sorted(root.glob(".*.tmp-*")):
+        key = staging.name[1:].rpartition(".tmp-")[0]
+        if not staging.is_dir() or not key:
+            continue
+        lock = _lock(root, key, wait=False)
+        if lock is None:
+            continue
+        try:
+            for leftover in root.glob(f".{glob.escape(key)}.tmp-*"):
+                log.warning("removing %s, left by a data preparation that was killed", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+        finally:
+            _unlock(root, key, lock)
+
+
+def _lock(root: Path, key: str, *, wait: bool) -> int | None:
+    """A descriptor holding the exclusive lock of `key`, or None (wait=False and another holds it).
+
+    flock is released by the kernel when its holder dies, also on NFS (emulated with POSIX locks)."""
+    path = root / f".{key}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # read-write: NFS needs it for a write lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            held = os.fstat(fd)
+            current = os.stat(path)
+            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed this file as it let go: lock the path's new file
+
+
+def _unlock(root: Path, key: str, fd: int) -> None:
+    # Removed while still held, so that nobody locks a file that has left the directory (see _lock).
+    (root / f".{key}.lock").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def _write_failure(failed: Path, exc: BaseException) -> None:

@@ -2,18 +2,21 @@
 
 Layout: <output_dir>/checkpoints/checkpoint-<step>/ holds accelerate's state (model or adapter
 weights, optimizer, scheduler, RNG of every rank), `trainer_state.json` (step, epoch, data position,
-counters) and `COMPLETE`, a manifest of every file and its size, written last. All of it is first
-written to `.tmp-checkpoint-<step>` and renamed into place, so a reader sees a whole checkpoint or
-none; a directory whose files do not match its manifest (truncated, half-copied) is skipped.
+counters) and `COMPLETE`, a manifest of every file's size and sha256, written last. All of it is
+first written to `.tmp-checkpoint-<step>`, fsynced, and renamed into place, so a reader sees a whole
+checkpoint or none; a directory whose files do not match its manifest (missing, truncated, a flipped
+byte) is skipped. Manifests written before hashes were recorded (`{name: size}`) are checked by size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +30,7 @@ MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS = "model.safetensors"  # accelerate's file name for model 0 (only trainable weights kept)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_HASH_THREADS = 8  # hashlib releases the GIL: files of a checkpoint are hashed side by side
 
 
 @dataclass
@@ -68,37 +72,90 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def problem(path: Path) -> str | None:
-    """Why this checkpoint cannot be used, or None when it is complete and whole."""
+def problem(path: Path, *, verify_hashes: bool = True) -> str | None:
+    """Why this checkpoint cannot be used, or None when it is complete and whole.
+
+    Every file of the manifest must be there with its size and (unless `verify_hashes` is off, or the
+    manifest predates hashes) its sha256."""
     marker = path / MARKER
     if not marker.is_file():
         return f"no {MARKER} marker (the write was interrupted)"
     try:
-        manifest = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        manifest = {name: _entry(value) for name, value in json.loads(marker.read_text())["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"unreadable {MARKER} manifest ({err})"
-    for name, size in manifest.items():
+    for name, (size, _) in manifest.items():
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} is truncated ({file.stat().st_size} of {size} bytes)"
+    if not verify_hashes:
+        return None
+    hashed = [name for name, (_, sha256) in manifest.items() if sha256 is not None]
+    for name, actual in zip(hashed, _digests(path, hashed, fsync=False), strict=True):
+        if actual != manifest[name][1]:
+            return f"{name} is corrupt (sha256 {actual[:12]}…, the manifest says {manifest[name][1][:12]}…)"
     return None
 
 
-def find_resumable(output_dir: Path) -> Path | None:
-    """The newest usable checkpoint; newer unusable ones are skipped with a warning."""
+def _entry(value) -> tuple[int, str | None]:
+    """(size, sha256) of a manifest entry; manifests before sha256 hold the size alone."""
+    if isinstance(value, int):
+        return value, None
+    return int(value["size"]), str(value["sha256"])
+
+
+def _digests(root: Path, names: list[str], *, fsync: bool) -> list[str]:
+    """sha256 of each file (read once, several at a time); `fsync` also flushes each to disk."""
+
+    def one(name: str) -> str:
+        with open(root / name, "rb") as handle:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+            if fsync:
+                os.fsync(handle.fileno())
+        return sha256
+
+    if len(names) <= 1:
+        return [one(name) for name in names]
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(names))) as pool:
+        return list(pool.map(one, names))
+
+
+def find_resumable(output_dir: Path, accelerator=None) -> Path | None:
+    """The newest usable checkpoint; newer unusable ones are skipped with a warning.
+
+    With an accelerator of several processes the main process decides (hashing each file once, not
+    once per rank) and every rank gets its answer, so all ranks resume from the same checkpoint."""
+    found = _on_main_process(accelerator, lambda: _newest_whole(output_dir))
+    return Path(found) if found else None
+
+
+def _newest_whole(output_dir: Path) -> str | None:
     for step, path in reversed(list_checkpoints(output_dir)):
         reason = problem(path)
         if reason is None:
-            return path
+            return str(path)
         log.warning("skipping checkpoint %s (step %d): %s", path, step, reason)
     return None
 
 
-def explicit_checkpoint(cfg, value: str) -> Path:
+def _on_main_process(accelerator, decide):
+    """decide() on the main process only, its (picklable) result broadcast to every rank."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return decide()
+    from accelerate.utils import broadcast_object_list
+
+    answer = [decide() if accelerator.is_main_process else None]
+    broadcast_object_list(answer, from_process=0)
+    return answer[0]
+
+
+def explicit_checkpoint(cfg, value: str, accelerator=None) -> Path:
     path = cfg.resolve_path(value)
-    reason = problem(path) if path.is_dir() else "the directory does not exist"
+    reason = _on_main_process(
+        accelerator, lambda: problem(path) if path.is_dir() else "the directory does not exist"
+    )
     if reason:
         raise UserError(
             f"resume_from_checkpoint {path} cannot be used: {reason}.",
@@ -178,9 +235,9 @@ def save(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(temp / STATE_FILE, asdict(state))
-        files = {str(p.relative_to(temp)): p.stat().st_size for p in sorted(temp.rglob("*")) if p.is_file()}
-        _write_json(temp / MARKER, {"step": state.step, "files": files})
-        _fsync_dir(temp)
+        _write_json(temp / MARKER, {"step": state.step, "files": _manifest(temp)})
+        for directory in sorted({p.parent for p in temp.rglob("*")} | {temp}, reverse=True):
+            _fsync_dir(directory)  # the entries of every (sub)directory, deepest first
         trash = root / f".tmp-replaced-{state.step}"
         if final.exists():  # the same step saved again: keep the old one whole until the new one is in
             shutil.rmtree(trash, ignore_errors=True)
@@ -192,6 +249,17 @@ def save(
         log.info("checkpoint saved: %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _manifest(directory: Path) -> dict[str, dict]:
+    """{relative name: {size, sha256}} of every file, each read back once to hash it and fsynced, so
+    the data is on disk before the rename that publishes the checkpoint."""
+    names = [str(p.relative_to(directory)) for p in sorted(directory.rglob("*")) if p.is_file()]
+    digests = _digests(directory, names, fsync=True)
+    return {
+        name: {"size": (directory / name).stat().st_size, "sha256": sha256}
+        for name, sha256 in zip(names, digests, strict=True)
+    }
 
 
 def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = None) -> TrainerState:
@@ -249,7 +317,8 @@ def prune(output_dir: Path, total_limit: int | None) -> None:
     if not total_limit:
         return
     checkpoints = list_checkpoints(output_dir)
-    complete = [step for step, path in checkpoints if problem(path) is None]
+    # Sizes only: rehashing every kept checkpoint at each save would cost a full read of all of them.
+    complete = [step for step, path in checkpoints if problem(path, verify_hashes=False) is None]
     if len(complete) <= total_limit:
         return
     oldest_kept = complete[-total_limit]

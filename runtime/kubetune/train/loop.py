@@ -149,7 +149,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         checkpoint.remove_partial(output_dir)
     accelerator.wait_for_everyone()
     state = TrainerState()
-    resume = _resume_point(cfg, output_dir)
+    resume = _resume_point(cfg, output_dir, accelerator)
     if resume is not None:
         state = checkpoint.load(accelerator, resume, trainable=trainable)
         state.resumed_from_step = state.step
@@ -605,9 +605,9 @@ def _collator(cfg, tokenizer):
     )
 
 
-def _resume_point(cfg, output_dir: Path) -> Path | None:
+def _resume_point(cfg, output_dir: Path, accelerator) -> Path | None:
     if cfg.resume_from_checkpoint:
-        return checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint)
+        return checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint, accelerator)
     if cfg.auto_resume_from_checkpoints:
-        return checkpoint.find_resumable(output_dir)
+        return checkpoint.find_resumable(output_dir, accelerator)
     return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -82,3 +85,68 @@ def test_a_failure_marker_of_an_earlier_attempt_is_not_this_attempts_failure(tmp
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the restarted attempt
     with pytest.raises(DataError, match="waited"):
         build_or_wait(tmp_path, "k", writer([]), rank=1, timeout_s=0.3, poll_s=0.05)
+
+
+KILLED_BUILDER = """
+import sys, time
+from pathlib import Path
+from kubetune.data.cache import build_or_wait
+
+def build(out):
+    (out / "half-written.arrow").write_bytes(b"x" * 1000)
+    print("building", flush=True)
+    time.sleep(600)
+
+build_or_wait(Path(sys.argv[1]), sys.argv[2], build)
+"""
+
+
+def start_builder(root, key) -> subprocess.Popen:
+    """A process preparing `key` under root, stopped in the middle of its build."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILDER, str(root), key], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "building\n"
+    return process
+
+
+def staging_dirs(root) -> list[str]:
+    return sorted(p.name.rpartition(".tmp-")[0] for p in root.glob(".*.tmp-*"))
+
+
+def test_staging_left_by_a_killed_build_is_removed_at_the_next_start_and_a_live_one_is_kept(tmp_path, caplog):
+    live = start_builder(tmp_path, "k2")
+    try:
+        killed = start_builder(tmp_path, "k1")  # its start leaves k2's staging alone too
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert staging_dirs(tmp_path) == [".k1", ".k2"]
+        with caplog.at_level("WARNING"):
+            path, built = build_or_wait(tmp_path, "k3", writer([]))
+        assert built and (path / COMPLETE).exists()
+        assert staging_dirs(tmp_path) == [".k2"]  # k2 is still being written: left alone
+        assert "left by a data preparation that was killed" in caplog.text and ".k1.tmp-" in caplog.text
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    build_or_wait(tmp_path, "k2", writer([]))  # its builder is gone now: the next start cleans it up
+    assert staging_dirs(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k2", "k3"]  # no lock file left either
+
+
+def test_a_second_builder_of_the_same_key_waits_for_the_first_and_reuses_its_result(tmp_path):
+    first_calls: list = []
+    second_calls: list = []
+    results = {}
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "first", build_or_wait(tmp_path, "k", writer(first_calls, delay=1.0))
+        )
+    )
+    first.start()
+    while not first_calls:
+        time.sleep(0.01)
+    results["second"] = build_or_wait(tmp_path, "k", writer(second_calls))
+    first.join(timeout=30)
+    assert results == {"first": (tmp_path / "k", True), "second": (tmp_path / "k", False)}
+    assert len(first_calls) == 1 and second_calls == []

@@ -75,7 +75,7 @@ def test_statefulset_runs_the_workers_in_parallel_under_torchrun():
     }
     assert sts["selector"]["matchLabels"].items() <= sts["template"]["metadata"]["labels"].items()
     c = container(children)
-    assert c["command"] == ["torchrun"]
+    assert c["command"] == ["kubetune", "launch"]  # torchrun, with the grace period for the workers
     assert c["args"] == ["-m", "kubetune", "train", "/etc/kubetune/config.yaml"]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     variables = env(children)
@@ -86,6 +86,7 @@ def test_statefulset_runs_the_workers_in_parallel_under_torchrun():
     assert variables["PET_RDZV_BACKEND"] == "c10d"
     assert variables["PET_RDZV_ENDPOINT"] == "demo-0.demo-workers.default.svc.cluster.local:29400"
     assert variables["PET_RDZV_ID"] == UID
+    assert variables["KUBETUNE_WORKER_STOP_TIMEOUT"] == "115"  # the default grace period (120 s) less 5
     assert variables["KUBETUNE_JOB_NAME"] == "demo" and variables["KUBETUNE_JOB_NAMESPACE"] == "default"
     assert variables["NCCL_DEBUG"] == "WARN" and variables["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert variables["NCCL_NVLS_ENABLE"] == "0"
@@ -228,7 +229,7 @@ def test_launcher_and_image_come_from_the_operator():
     )
     c = container(build(options=options)[0])
     assert c["command"] == ["/venv/bin/python", "-m", "torch.distributed.run"] and c["image"] == "local:dev"
-    assert BuildOptions.from_env({}).launcher == ("torchrun",)
+    assert BuildOptions.from_env({}).launcher == ("kubetune", "launch")
 
 
 DEFAULTS = '{"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}'
@@ -286,3 +287,11 @@ def test_suspended_and_finished_jobs_keep_their_children_at_zero_replicas():
 
 def test_building_is_deterministic():
     assert build()[1] == build()[1]
+
+
+@pytest.mark.parametrize(("grace", "stop_timeout"), [(600, "595"), (3, "1")])
+def test_torchruns_workers_get_the_pods_grace_period_to_stop(grace, stop_timeout):
+    children, _ = build(terminationGracePeriodSeconds=grace)
+    pod = children["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+    assert env(children)["KUBETUNE_WORKER_STOP_TIMEOUT"] == stop_timeout

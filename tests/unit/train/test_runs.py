@@ -282,3 +282,66 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_run_resumes(make_con
     assert cli(["train", str(path)]) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == step and summary["steps"] == 30
+
+
+def test_a_flipped_byte_in_the_newest_checkpoint_resumes_from_the_previous_one_and_staging_is_removed(
+    make_config, caplog
+):
+    cfg, path = make_config("bitflip", max_steps=10, save_steps=4, **LORA, learning_rate=0.01)
+    out = Path(cfg.output_dir)
+    train_in_process(cfg)
+    newest = out / "checkpoints" / "checkpoint-8"
+    assert (out / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file() and (newest / "COMPLETE").is_file()
+    manifest = json.loads((newest / "COMPLETE").read_text())["files"]
+    assert len(manifest["model.safetensors"]["sha256"]) == 64
+
+    # As if the run had been killed after its step-8 checkpoint, whose weights then lost one bit on disk.
+    (out / "KUBETUNE_COMPLETE").unlink()
+    weights = newest / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size - 7)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    # And a later checkpoint write that the kill interrupted, before its rename.
+    staging = out / "checkpoints" / ".tmp-checkpoint-9"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half")
+
+    with caplog.at_level("WARNING"):
+        assert cli(["train", str(path)]) == 0
+    assert (
+        "skipping checkpoint" in caplog.text
+        and "checkpoint-8 (step 8): model.safetensors is corrupt" in caplog.text
+    )
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 10
+    assert not staging.exists() and "removing the interrupted checkpoint write" in caplog.text
+
+
+def test_sigterm_under_kubetune_launch_reaches_both_workers_which_save_and_the_run_resumes(make_config):
+    """As in a pod: SIGTERM goes to the launcher (torchrun) only; it forwards it to its workers, which
+    agree on a step, write its checkpoint and exit 143 within KUBETUNE_WORKER_STOP_TIMEOUT."""
+    cfg, path = make_config("launch", max_steps=30, pad_to_sequence_len=True, **LORA, learning_rate=0.01)
+    out = Path(cfg.output_dir)
+    command = [sys.executable, "-m", "kubetune", "launch", "--standalone", "--nproc-per-node", "2"]
+    process = subprocess.Popen(
+        [*command, "-m", "kubetune", "train", str(path)],
+        env=subprocess_env() | {"KUBETUNE_WORKER_STOP_TIMEOUT": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(process, lambda event: event["event"] == "train" and event["step"] >= 3)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=180)
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events[-2:]] == ["checkpoint", "preempted"], stderr[-3000:]
+    step = events[-1]["step"]
+    assert (out / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+    assert "forcefully exiting via" not in stderr  # no worker was SIGKILLed
+
+    result = torchrun_train(path, 2, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == step and summary["steps"] == 30
