@@ -1,7 +1,7 @@
 """A real MLflow tracking server for the tests: `mlflow server` from its own virtualenv.
 
 The server (mlflow with its web stack) is not a kubetune dependency and its pins would fight
-constraints.txt, so it lives in `~/.cache/kubetune/mlflow-venv-<hash of the pinned version>`, created
+constraints.txt, so it lives in `${KUBETUNE_CACHE_DIR:-~/.cache/kubetune}/mlflow-venv-<hash of the pinned version>`, created
 on first use with `python3 -m venv` + `pip install mlflow==MLFLOW_SERVER_VERSION` (cold install time:
 docs/testing.md). The training side talks to it with the mlflow-skinny client of the project's venv.
 Each server gets its own SQLite backend store and artifact root, on 127.0.0.1 at a free port.
@@ -25,7 +25,9 @@ MLFLOW_SERVER_VERSION = "3.17.2"  # the client in constraints.txt (mlflow-skinny
 
 def venv_dir() -> Path:
     key = hashlib.sha256(f"mlflow=={MLFLOW_SERVER_VERSION} {sys.version_info[:2]}".encode()).hexdigest()[:12]
-    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune")) / f"mlflow-venv-{key}"
+    return (
+        Path(os.environ.get("KUBETUNE_CACHE_DIR", Path.home() / ".cache" / "kubetune")) / f"mlflow-venv-{key}"
+    )
 
 
 def ensure_venv() -> Path:
