@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
 from kubetune.data.pretraining import needed_tokens, stream_pretraining
 from kubetune.data.tokenizing import tokenize_dataset
+
+if TYPE_CHECKING:
+    from kubetune.config import TrainConfig
 
 log = logging.getLogger("kubetune.data")
 
@@ -55,7 +58,7 @@ class PreparedData:
     path: Path | None = None
 
 
-def prepare_datasets(cfg, tokenizer, *, rank: int = 0, world_size: int = 1) -> PreparedData:
+def prepare_datasets(cfg: TrainConfig, tokenizer, *, rank: int = 0, world_size: int = 1) -> PreparedData:
     """Tokenize, mask, split and pack cfg.datasets into cfg.dataset_prepared_path (or reuse it).
 
     Under torchrun pass the global rank: rank 0 prepares, the others wait for the finished
@@ -92,7 +95,7 @@ def prepared_root(cfg) -> Path:
     return path if path.is_absolute() else Path(option(cfg, "source_dir") or Path.cwd()) / path
 
 
-def preparation_key(cfg, tokenizer, *, world_size: int = 1) -> str:
+def preparation_key(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> str:
     """The cache key: data content, tokenizer, token-affecting config keys, pipeline version (and for a
     pretraining stream, how many tokens are read from it)."""
     source_dir = option(cfg, "source_dir")
@@ -105,7 +108,7 @@ def preparation_key(cfg, tokenizer, *, world_size: int = 1) -> str:
         "tokenizer": cache.tokenizer_fingerprint(tokenizer),
     }
     if option(cfg, "pretraining_dataset"):
-        sequence_len = int(option(cfg, "sequence_len") or 2048)
+        sequence_len = cfg.sequence_len  # the schema's default (512) when unset
         parts["stream"] = {
             "data": [
                 data_fingerprint(entry, source_dir) for _, entry in _entries(cfg, "pretraining_dataset")
@@ -115,11 +118,11 @@ def preparation_key(cfg, tokenizer, *, world_size: int = 1) -> str:
     return cache.digest(parts)
 
 
-def build_prepared(cfg, tokenizer, *, world_size: int = 1) -> PreparedData:
+def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> PreparedData:
     """Everything prepare_datasets does, in memory, without the cache (world_size: the processes that
     will train, which decides how much of a pretraining stream is read)."""
     started = time.perf_counter()
-    sequence_len = int(option(cfg, "sequence_len") or 2048)
+    sequence_len = cfg.sequence_len  # the schema's default (512) when unset
     seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))  # seed 0 is a seed
     streamed = bool(option(cfg, "pretraining_dataset"))
     if not streamed and not _entries(cfg, "datasets"):

@@ -410,3 +410,22 @@ def test_a_pretraining_stream_without_the_text_column_names_it(tmp_path, tokeniz
     )
     problem = problem_of(cfg, tokenizer)
     assert problem.path == "pretraining_dataset[0].text_column" and "content" in problem.message
+
+
+def test_an_unset_sequence_len_prepares_with_the_schema_default(tmp_path, data_dir, tokenizer):
+    # The data package once fell back to 2048 where the schema's default is 512. No run reached that
+    # fallback (every caller passes a TrainConfig, whose sequence_len is always set); now there is one
+    # default. Long examples show which one was used: they are dropped at 512, kept at 2048.
+    rows = [{"text": "red " * 700}] + [{"text": "red " * 3}] * 4
+    write_jsonl(rows, tmp_path / "text.jsonl")
+    cfg = config(
+        tmp_path,
+        tmp_path,
+        sequence_len=None,
+        sample_packing=False,
+        pad_to_sequence_len=None,
+        datasets=[{"path": str(tmp_path / "text.jsonl"), "type": "completion"}],
+    )
+    assert "sequence_len" not in cfg.model_fields_set and cfg.sequence_len == 512
+    data = build_prepared(cfg, tokenizer)
+    assert data.stats["sequence_len"] == 512 and data.stats["dropped_too_long"] == 1
