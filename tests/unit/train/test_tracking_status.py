@@ -144,3 +144,19 @@ def test_a_planted_secret_reaches_neither_the_configmap_nor_the_status_nor_event
     assert status(kube)["tracking"] == read_tracking({"data": sent[-1]}) == described
     assert any(event[1] == "TrackerRuns" for event in kube.events)
     assert SECRET not in json.dumps(status(kube)) and SECRET not in json.dumps(kube.events)
+
+
+@pytest.mark.slow
+def test_a_training_run_announces_its_tracker_runs_once(make_config, monkeypatch):
+    from kubetune.cli import main as cli
+
+    announced = []
+    real = Reporters.announce_tracking
+    monkeypatch.setattr(Reporters, "announce_tracking", lambda self, entries: (announced.append(entries),
+                                                                              real(self, entries)))  # fmt: skip
+    cfg, path = make_config("announced", max_steps=2, use_tensorboard=True)
+    assert cli(["train", str(path)]) == 0
+    state = json.loads((Path(cfg.output_dir) / "tracking.json").read_text())
+    assert announced == [
+        [{"kind": "tensorboard", "logDir": str(Path(cfg.output_dir) / state["tensorboard"]["log_dir"])}]
+    ]
