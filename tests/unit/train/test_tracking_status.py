@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubetune.config.redaction import without_credentials
 from kubetune.train import tracking
-from kubetune.train.progress import KubernetesReporter, Reporters
+from kubetune.train.progress import KubernetesReporter, Reporters, Throttled
 
 from tests.mlflow_server import mlflow_server
 
@@ -66,7 +66,8 @@ def patches(send, directory: Path) -> list[dict]:
             token_path=token,
             ca_path=None,
         )
-        reporters = Reporters([reporter])
+        # As build_reporters wraps it: the announcement is never held back by the rate bound.
+        reporters = Reporters([Throttled(reporter, 3600.0)])
         send(reporters)
         reporters.close()
     finally:
