@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from kubetune.config import training_config_json_schema
 
+from kubetune_operator.progress import TRACKING_ENTRIES, TRACKING_KINDS, TRACKING_TEXT_LIMIT
 from kubetune_operator.spec import (
     API_VERSION,
     GROUP,
@@ -265,6 +266,31 @@ def _status_schema() -> dict[str, Any]:
             "updatedAt": time,
         },
     }
+    tracker_text = {"type": "string", "maxLength": TRACKING_TEXT_LIMIT}
+    tracking = {
+        "type": "array",
+        "description": (
+            "The experiment tracker runs rank 0 writes to (docs/kubernetes.md, 'Experiment tracking'): where "
+            "to find the charts. URIs never carry credentials."
+        ),
+        "maxItems": TRACKING_ENTRIES,
+        "items": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": {"type": "string", "enum": list(TRACKING_KINDS)},
+                "uri": tracker_text | {"description": "MLflow tracking URI."},
+                "project": tracker_text | {"description": "W&B project."},
+                "entity": tracker_text | {"description": "W&B entity."},
+                "experiment": tracker_text | {"description": "MLflow experiment name, or the W&B run name."},
+                "experimentId": tracker_text,
+                "runId": tracker_text,
+                "mode": tracker_text | {"description": "W&B mode (online, offline)."},
+                "logDir": tracker_text | {"description": "TensorBoard event files, on the outputs volume."},
+                "url": tracker_text | {"description": "The run's page, where one can be built."},
+            },
+        },
+    }
     return {
         "type": "object",
         "properties": {
@@ -293,6 +319,7 @@ def _status_schema() -> dict[str, Any]:
                 "x-kubernetes-preserve-unknown-fields": True,
             },
             "progress": progress,
+            "tracking": tracking,
         },
     }
 

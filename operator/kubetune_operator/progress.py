@@ -5,6 +5,12 @@ runtime's kubetune.train.progress). Code in a pod (remote model code, a custom d
 trusted with anything else: the operator copies only the fields of the progress contract, each
 checked for its type, into status.progress, and derives the Progress column's percent itself. So a
 pod that writes `phase: Succeeded` or `restarts: 0` changes nothing the operator decides from.
+
+status.tracking comes the same way, from the key `tracking.json` (the runtime's
+kubetune.train.tracking.describe): a list of the experiment tracker runs, each an object of short
+strings. It is cleaned like a report: known kinds and fields only, strings of bounded length, at
+most TRACKING_ENTRIES, links only over http(s), and URIs stripped of credentials again (the runtime
+strips them first; a pod is not trusted to have done so).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kubetune.config.redaction import without_credentials
+
 PROGRESS_KEY = "progress.json"
 # A report is a few hundred bytes; anything larger is not a progress report.
 MAX_REPORT_BYTES = 16_384
@@ -22,6 +30,14 @@ TEXT_LIMIT = 1024
 _INTEGERS = ("step", "totalSteps", "trainedTokens", "resumedFromStep")
 _NUMBERS = ("epoch", "loss", "learningRate", "tokensPerSecond", "etaSeconds")
 _TEXTS = ("lastCheckpoint", "outputDir", "updatedAt")
+
+TRACKING_KEY = "tracking.json"
+TRACKING_KINDS = ("mlflow", "wandb", "tensorboard")
+TRACKING_ENTRIES = 4  # one per tracker kind, and room for one more
+TRACKING_TEXT_LIMIT = 2048
+# Every field at its limit still fits; more is not a description of tracker runs.
+MAX_TRACKING_BYTES = 4 * TRACKING_ENTRIES * 10 * TRACKING_TEXT_LIMIT
+TRACKING_TEXTS = ("uri", "project", "entity", "experiment", "experimentId", "runId", "mode", "logDir")
 
 
 def percent(step: int | None, total: int | None) -> str | None:
@@ -87,3 +103,53 @@ def final(progress: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["percent"] = "100%"
     out.pop("etaSeconds", None)
     return out
+
+
+def sanitize_tracking(entries: Any) -> list[dict[str, str]]:
+    """The tracker runs in `entries` the operator will show: each of a known kind, known string fields
+    no longer than TRACKING_TEXT_LIMIT (a longer one is dropped, not cut: a cut URI leads elsewhere),
+    URIs without credentials, `url` only when it is an http(s) link; at most TRACKING_ENTRIES."""
+    if not isinstance(entries, list):
+        return []
+    out: list[dict[str, str]] = []
+    for entry in entries:
+        if len(out) == TRACKING_ENTRIES:
+            break
+        if not isinstance(entry, Mapping) or entry.get("kind") not in TRACKING_KINDS:
+            continue
+        clean = {"kind": entry["kind"]}
+        for key in TRACKING_TEXTS:
+            value = entry.get(key)
+            if isinstance(value, str) and value and len(value) <= TRACKING_TEXT_LIMIT:
+                clean[key] = without_credentials(value) if key == "uri" else value
+        url = entry.get("url")
+        if (
+            isinstance(url, str)
+            and len(url) <= TRACKING_TEXT_LIMIT
+            and url.startswith(("https://", "http://"))
+        ):
+            clean["url"] = without_credentials(url, keep_fragment=True)
+        out.append(clean)
+    return out
+
+
+def read_tracking(configmap: Mapping[str, Any] | None) -> list[dict[str, str]] | None:
+    """The cleaned tracker runs in the progress ConfigMap; None when it names none (or nothing readable)."""
+    text = ((configmap or {}).get("data") or {}).get(TRACKING_KEY)
+    if not isinstance(text, str) or not text or len(text) > MAX_TRACKING_BYTES:
+        return None
+    try:
+        entries = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return sanitize_tracking(entries) or None
+
+
+def tracking_summary(entries: list[Mapping[str, str]]) -> str:
+    """One line per tracker run for the event that announces them (`kubectl describe` shows it)."""
+    lines = []
+    for entry in entries:
+        where = entry.get("url") or entry.get("uri") or entry.get("logDir") or entry.get("project") or ""
+        run = f" run {entry['runId']}" if entry.get("runId") else ""
+        lines.append(f"{entry['kind']}{run}: {where}" if where else f"{entry['kind']}{run}")
+    return "; ".join(lines)

@@ -113,14 +113,18 @@ class Reconciler:
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
         failure = self._create_failure(job, ref, spec, pods)
-        return replace(base, outputs=outputs, create_failure=failure, progress=self._progress(ref)), config
+        progress, tracking = self._progress(ref)
+        observed = replace(
+            base, outputs=outputs, create_failure=failure, progress=progress, tracking=tracking
+        )
+        return observed, config
 
-    def _progress(self, ref: JobRef) -> dict[str, Any] | None:
-        """Rank 0's latest report, from the job's own progress ConfigMap only."""
+    def _progress(self, ref: JobRef) -> tuple[dict[str, Any] | None, list[dict[str, str]] | None]:
+        """Rank 0's latest report and its tracker runs, from the job's own progress ConfigMap only."""
         found = self.kube.get("ConfigMap", ref.namespace, ref.progress_configmap)
         if found is None or not _controlled_by(found, ref):
-            return None
-        return progress_report.read_report(found)
+            return None, None
+        return progress_report.read_report(found), progress_report.read_tracking(found)
 
     def _create_failure(self, job: dict, ref: JobRef, spec: FineTuneJobSpec, pods: list) -> str | None:
         """Why the StatefulSet controller cannot create the missing workers, read from its Events."""

@@ -43,9 +43,10 @@ PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeede
 FINAL = frozenset({SUCCEEDED, FAILED})
 CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
 # Status keys the operator owns: all of them. status.progress too, copied field by field from the
-# ConfigMap rank 0 writes (progress.py): a pod never writes the job itself.
+# ConfigMap rank 0 writes (progress.py): a pod never writes the job itself. status.tracking likewise.
 OWNED_KEYS = (
     "progress",
+    "tracking",
     "phase",
     "reason",
     "message",
@@ -88,6 +89,7 @@ class Observed:
     outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
     create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
     progress: Mapping[str, Any] | None = None  # rank 0's latest report, sanitized (None: no report)
+    tracking: list[Mapping[str, Any]] | None = None  # rank 0's tracker runs, sanitized (None: none named)
 
 
 @dataclass
@@ -203,6 +205,7 @@ def _decide(obs: Observed) -> Plan:
         st.new["progress"] = progress
     else:
         st.new.pop("progress", None)
+    _tracking(st, plan, obs)
 
     if obs.problems or spec is None:
         _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
@@ -298,6 +301,21 @@ def _decide(obs: Observed) -> Plan:
         if blocked and st.old.get("message") != message[:MESSAGE_LIMIT]:
             plan.events.append(Event("Warning", reason, message))
     return plan
+
+
+def _tracking(st: _Status, plan: Plan, obs: Observed) -> None:
+    """status.tracking: the tracker runs rank 0 named, cleaned again; an event when they first appear
+    or change (a resumed run names the same runs: no new event)."""
+    tracking = progress_report.sanitize_tracking(
+        obs.tracking if obs.tracking is not None else st.old.get("tracking")
+    )
+    if not tracking:
+        st.new.pop("tracking", None)
+        return
+    st.new["tracking"] = tracking
+    if tracking != st.old.get("tracking"):
+        message = progress_report.tracking_summary(tracking)[:MESSAGE_LIMIT]
+        plan.events.append(Event("Normal", "TrackerRuns", message))
 
 
 def _restart(st: _Status, plan: Plan, spec: FineTuneJobSpec, live: list, failed: WorkerFailure) -> None:

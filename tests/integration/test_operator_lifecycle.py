@@ -332,3 +332,35 @@ def test_deletion_does_not_wait_for_the_operator(kube_cluster, operator, ns, kub
         wait_for(lambda: not any(children(kube, ns, "ephemeral").values()), 90, what="children collected")
     finally:
         operator.start()
+
+
+def test_tracker_runs_reach_the_status_and_describe_without_credentials(kube_cluster, operator, ns, kube):
+    secret = "s3cr3t-planted-token"
+    apply(kube_cluster, fake_job("tracked", ns, workers=1))
+    wait_for(lambda: phase_is(kube, ns, "tracked", "Running"), 60, what="phase Running")
+    url = f"https://alice:{secret}@mlflow.example.com/?token={secret}#/experiments/3/runs/abc123"
+    entries = [
+        {
+            "kind": "mlflow",
+            "uri": f"https://alice:{secret}@mlflow.example.com",
+            "runId": "abc123",
+            "url": url,
+        },
+        {"kind": "tensorboard", "logDir": "/outputs/runs/x", "extra": {"nested": "dropped"}},
+    ]
+    # What rank 0's KubernetesReporter sends (a pod that did not strip the credentials).
+    kube.request("PATCH", f"/api/v1/namespaces/{ns}/configmaps/tracked-progress",
+                 body={"data": {"tracking.json": json.dumps(entries)}},
+                 content_type="application/merge-patch+json")  # fmt: skip
+    tracked = wait_for(lambda: (j := get_job(kube, ns, "tracked"))["status"].get("tracking") and j, 30,
+                       what="status.tracking")  # fmt: skip
+    assert tracked["status"]["tracking"] == [
+        {"kind": "mlflow", "uri": "https://mlflow.example.com", "runId": "abc123",
+         "url": "https://mlflow.example.com/#/experiments/3/runs/abc123"},
+        {"kind": "tensorboard", "logDir": "/outputs/runs/x"},
+    ]  # fmt: skip
+    described = kube_cluster.kubectl("describe", "ftj", "-n", ns, "tracked").stdout
+    assert (
+        "https://mlflow.example.com/#/experiments/3/runs/abc123" in described and "TrackerRuns" in described
+    )
+    assert secret not in described

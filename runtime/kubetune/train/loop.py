@@ -176,7 +176,9 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     )
     run.last_checkpoint = str(resume) if resume else None
     if accelerator.is_main_process:  # experiment trackers: rank 0's reporters, continued after a resume
-        run.reporters.reporters += tracking.start(cfg, output_dir, resumed_from_step=state.resumed_from_step)
+        trackers = tracking.start(cfg, output_dir, resumed_from_step=state.resumed_from_step)
+        run.reporters.reporters += trackers
+        run.reporters.announce_tracking(tracking.describe(trackers))
     log.info(
         "plan: %d steps (%d per epoch, %d rows per step), eval every %s, checkpoint every %s steps",
         plan.total_steps,

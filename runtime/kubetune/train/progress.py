@@ -12,6 +12,9 @@ Reporters:
     `progress.json`), over plain HTTPS with the pod's service-account token (no kubernetes client),
     from a background thread. The pod may write only that ConfigMap, never the FineTuneJob: the
     operator copies the fields of the contract into status.progress and owns the rest of the status.
+    The same ConfigMap's key `tracking.json` names the experiment tracker runs (kubetune.train.tracking
+    .describe), sent once at start (`Reporters.announce_tracking`); the operator copies it, checked,
+    into status.tracking.
 A reporter that fails logs a warning; it never stops training.
 """
 
@@ -37,6 +40,8 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_INTERVAL = 5.0
 # The key of the progress ConfigMap the operator reads (kubetune_operator.progress.PROGRESS_KEY).
 PROGRESS_KEY = "progress.json"
+# The key naming the tracker runs (kubetune_operator.progress.TRACKING_KEY): a list of objects.
+TRACKING_KEY = "tracking.json"
 
 
 @dataclass
@@ -141,7 +146,7 @@ class KubernetesReporter:
         self.token_path = token_path
         self.context = ssl.create_default_context(cafile=str(ca_path)) if ca_path else None
         self.timeout = timeout
-        self._pending: dict | None = None
+        self._pending: dict[str, str] = {}  # ConfigMap data keys to send, newest value of each
         self._lock = threading.Condition()
         self._closed = False
         self._failures = 0
@@ -170,8 +175,14 @@ class KubernetesReporter:
         )
 
     def report(self, progress: Progress) -> None:
+        self._queue(PROGRESS_KEY, progress.status())  # only the newest matters
+
+    def announce_tracking(self, entries: list[dict]) -> None:
+        self._queue(TRACKING_KEY, entries)
+
+    def _queue(self, key: str, value) -> None:
         with self._lock:
-            self._pending = progress.status()  # only the newest matters
+            self._pending[key] = json.dumps(value)
             self._lock.notify()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -183,17 +194,17 @@ class KubernetesReporter:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._lock.wait()
-                body, self._pending = self._pending, None
-                if body is None:  # closed with nothing left to send
+                data, self._pending = self._pending, {}
+                if not data:  # closed with nothing left to send
                     return
-            self._send(body)
+            self._send(data)
 
-    def _send(self, status: dict) -> None:
+    def _send(self, data: dict[str, str]) -> None:
         request = urllib.request.Request(
             self.url,
-            data=json.dumps({"data": {PROGRESS_KEY: json.dumps(status)}}).encode(),
+            data=json.dumps({"data": data}).encode(),
             method="PATCH",
             headers={
                 # Re-read each time: projected service-account tokens are rotated by the kubelet.
@@ -227,6 +238,10 @@ class Throttled:
         self.clock = clock
         self._last: float | None = None
 
+    def announce_tracking(self, entries: list[dict]) -> None:
+        if hasattr(self.reporter, "announce_tracking"):
+            self.reporter.announce_tracking(entries)  # once per run: never rate-bounded
+
     def report(self, progress: Progress, *, force: bool = False) -> None:
         now = self.clock()
         if not force and self._last is not None and now - self._last < self.interval:
@@ -251,6 +266,19 @@ class Reporters:
                     reporter.report(progress, force=force or progress.completed)
                 else:
                     reporter.report(progress)
+            except Exception as err:  # noqa: BLE001 - reporting must never kill training
+                log.warning("progress reporter %s failed: %s", type(reporter).__name__, err)
+
+    def announce_tracking(self, entries: list[dict]) -> None:
+        """Name the tracker runs (kubetune.train.tracking.describe) to the reporters that carry them."""
+        if not entries:
+            return
+        log.info("experiment tracking: %s", json.dumps(entries))
+        for reporter in self.reporters:
+            if not hasattr(reporter, "announce_tracking"):
+                continue
+            try:
+                reporter.announce_tracking(entries)
             except Exception as err:  # noqa: BLE001 - reporting must never kill training
                 log.warning("progress reporter %s failed: %s", type(reporter).__name__, err)
 

@@ -14,6 +14,11 @@ A group restart resumes from a checkpoint; the run must go on in the same tracke
 one. The identity of the runs (TensorBoard's log directory, MLflow's tracking URI and run id) is kept in
 `output_dir/tracking.json`, which lives beside the checkpoints on the job's output volume. It is reused
 only when the run resumes from a checkpoint; a fresh run starts new tracker runs (and rewrites it).
+
+`describe(trackers)` names the runs for `status.tracking` (kind, server, experiment, run id, a URL
+where one can be built); rank 0 reports it once at start through the progress ConfigMap. After a
+resume the runs are the same, so the description is too. URIs are stripped of credentials first
+(kubetune.config.redaction): nothing from the environment or a URI's userinfo leaves the pod.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubetune.config.redaction import without_credentials
 from kubetune.train.errors import UserError
 from kubetune.train.progress import Progress
 
@@ -102,7 +108,8 @@ def start(cfg: TrainConfig, output_dir: Path, *, resumed_from_step: int | None) 
             tracker = MlflowTracker(cfg, previous.get("mlflow"))
         except Exception as err:  # noqa: BLE001 - whatever the client raises, the job cannot track: say why
             raise UserError(
-                f"could not start the MLflow run at {cfg.mlflow_tracking_uri or 'MLflow default URI'}: {err}",
+                f"could not start the MLflow run at "
+                f"{without_credentials(cfg.mlflow_tracking_uri or '') or 'the MLflow default URI'}: {err}",
                 "Check that mlflow_tracking_uri (or MLFLOW_TRACKING_URI) names a tracking server the pods can "
                 "reach, with its credentials (MLFLOW_TRACKING_TOKEN, ...) in the pods' environment.",
                 key="mlflow_tracking_uri",
@@ -116,6 +123,31 @@ def start(cfg: TrainConfig, output_dir: Path, *, resumed_from_step: int | None) 
     if state:
         save_state(output_dir, state)
     return trackers
+
+
+def describe(trackers: list) -> list[dict[str, str]]:
+    """What `status.tracking` shows of each tracker run (camelCase; None values left out)."""
+    entries = []
+    for tracker in trackers:
+        entry = {key: str(value) for key, value in tracker.describe().items() if value not in (None, "")}
+        entries.append(entry)
+    return entries
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str | None, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, which the tracking server serves at its root (http(s) only)."""
+    uri = without_credentials(tracking_uri)
+    if not uri.startswith(("http://", "https://")) or not experiment_id:
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def shareable_config(cfg: TrainConfig) -> dict:
+    """The config as trackers record it (MLflow params, W&B config): the tracking URI without credentials."""
+    mapping = cfg.to_mapping()
+    if mapping.get("mlflow_tracking_uri"):
+        mapping["mlflow_tracking_uri"] = without_credentials(mapping["mlflow_tracking_uri"])
+    return mapping
 
 
 def load_state(output_dir: Path) -> dict:
@@ -156,10 +188,14 @@ class TensorBoardTracker:
         # one value per step: purge_step discards events at and after it.
         purge = resumed_from_step + 1 if resumed_from_step is not None and previous else None
         self.writer = SummaryWriter(log_dir=str(output_dir / self.log_dir), purge_step=purge)
+        self.output_dir = output_dir
         self.last_event: str | None = None
 
     def identity(self) -> dict:
         return {"log_dir": self.log_dir}
+
+    def describe(self) -> dict:
+        return {"kind": "tensorboard", "logDir": str(self.output_dir / self.log_dir)}
 
     def report(self, progress: Progress) -> None:
         self.last_event = progress.event
@@ -185,24 +221,37 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=cfg.mlflow_tracking_uri)
         self.tracking_uri = self.client.tracking_uri
         self.last_event: str | None = None
-        if previous and previous.get("run_id") and previous.get("tracking_uri") == self.tracking_uri:
+        self.experiment_name = cfg.mlflow_experiment_name or "Default"
+        # The state file (and every log line) names the server without its credentials.
+        self.shown_uri = without_credentials(self.tracking_uri)
+        if previous and previous.get("run_id") and previous.get("tracking_uri") == self.shown_uri:
             self.run_id = previous["run_id"]
             self.experiment_id = previous.get("experiment_id")
             self.client.update_run(self.run_id, status="RUNNING")
-            log.info("MLflow: continuing run %s at %s", self.run_id, self.tracking_uri)
+            log.info("MLflow: continuing run %s at %s", self.run_id, self.shown_uri)
             return
-        name = cfg.mlflow_experiment_name or "Default"
+        name = self.experiment_name
         experiment = self.client.get_experiment_by_name(name)
         self.experiment_id = (
             experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
         )
         run = self.client.create_run(self.experiment_id, run_name=cfg.mlflow_run_name)
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=_params(cfg.to_mapping()))
-        log.info("MLflow: run %s in experiment %r at %s", self.run_id, name, self.tracking_uri)
+        self.client.log_batch(self.run_id, params=_params(shareable_config(cfg)))
+        log.info("MLflow: run %s in experiment %r at %s", self.run_id, name, self.shown_uri)
 
     def identity(self) -> dict:
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
+        return {"tracking_uri": self.shown_uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
+
+    def describe(self) -> dict:
+        return {
+            "kind": "mlflow",
+            "uri": self.shown_uri,
+            "experiment": self.experiment_name,
+            "experimentId": self.experiment_id,
+            "runId": self.run_id,
+            "url": mlflow_run_url(self.tracking_uri, self.experiment_id, self.run_id),
+        }
 
     def report(self, progress: Progress) -> None:
         from mlflow.entities import Metric
@@ -253,14 +302,28 @@ class WandbTracker:
             id=run_id,
             resume="allow" if run_id else None,
             dir=str(output_dir),
-            config=cfg.to_mapping(),
+            config=shareable_config(cfg),
             # stdout carries the JSON log lines: wandb must neither wrap it nor print banners into it.
             settings=wandb.Settings(console="off", silent=True),
         )
+        self.mode = cfg.wandb_mode
         self.last_event: str | None = None
 
     def identity(self) -> dict:
         return {"run_id": self.run.id}
+
+    def describe(self) -> dict:
+        # An offline run has no page yet (run.url is None): its files are under output_dir/wandb/.
+        url = self.run.url if self.mode not in ("offline", "disabled") else None
+        return {
+            "kind": "wandb",
+            "project": self.run.project,
+            "entity": self.run.entity or None,
+            "experiment": self.run.name or None,
+            "runId": self.run.id,
+            "mode": self.mode,
+            "url": without_credentials(url, keep_fragment=True) if url else None,
+        }
 
     def report(self, progress: Progress) -> None:
         self.last_event = progress.event
