@@ -30,6 +30,7 @@ from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted, UserError
 from kubetune.train.loss import CausalLMLoss, loss_function
 from kubetune.train.model_options import activation_offloading
+from kubetune.train.preference import PreferenceLoss
 from kubetune.train.progress import Progress, Reporters, build_reporters
 from kubetune.train.watchdog import LossWatchdog
 
@@ -128,7 +129,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
     )
 
-    module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
+    pair_loss = cfg.preference_loss()  # (trl loss type, beta) with rl:, else None
+    if pair_loss is None:
+        module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
+    else:
+        module = PreferenceLoss(model, loss_type=pair_loss[0], beta=pair_loss[1])
     if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
@@ -168,7 +173,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         data,
         plan,
         backend,
-        Collate(collator),
+        Collate(collator, per_pair=pair_loss is not None),
         state,
         output_dir,
         build_reporters(accelerator.is_main_process),
@@ -393,6 +398,7 @@ class PendingLog:
     interval: _Interval
     eta: float
     learning_rate: float
+    rewards: dict | None = None  # preference runs: trl's reward means since the last line (rank 0's pairs)
 
 
 def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLog:
@@ -415,7 +421,13 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         interval=interval,
         eta=eta,
         learning_rate=run.scheduler.get_last_lr()[0],
+        rewards=_take_rewards(run),
     )
+
+
+def _take_rewards(run: Run) -> dict | None:
+    objective = run.accelerator.unwrap_model(run.module)
+    return objective.take_metrics() if isinstance(objective, PreferenceLoss) else None
 
 
 def local_tensor(value) -> torch.Tensor:
@@ -452,6 +464,7 @@ def flush_log(run: Run) -> None:
         grad_norm=norm[0] if norm else None,
         tokens_per_second=interval.tokens / seconds,
         eta_seconds=pending.eta,
+        rewards=pending.rewards,
     )
 
 
