@@ -426,7 +426,7 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
 
 
 def _take_rewards(run: Run) -> dict | None:
-    objective = run.accelerator.unwrap_model(run.module)
+    objective = getattr(run.module, "module", run.module)  # inside DDP's wrapper (rl: runs no FSDP/DeepSpeed)
     return objective.take_metrics() if isinstance(objective, PreferenceLoss) else None
 
 
