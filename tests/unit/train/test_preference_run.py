@@ -9,7 +9,7 @@ import torch
 from kubetune.cli import main as cli
 from kubetune.tiny import preference_rows, write_jsonl
 
-from .test_runs import LORA
+from .test_runs import LORA, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +44,27 @@ def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
     return module.take_metrics()["rewards/accuracies"]
 
 
-def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
-    make_config, tiny, tmp_path, capsys
-):
+def _dpo_config(make_config, tmp_path, name: str, steps: int):
     train_pairs = write_jsonl(preference_rows(240, seed=0), tmp_path / "pairs.jsonl")
-    held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
-    cfg, path = make_config(
-        "dpo",
+    return make_config(
+        name,
         datasets=[{"path": str(train_pairs), "type": "chatml.intel"}],
         rl="dpo",
         rl_beta=0.1,
         sample_packing=False,
-        max_steps=STEPS,
+        max_steps=steps,
         micro_batch_size=8,
         learning_rate=0.01,
         lr_scheduler="constant",
         **LORA,
     )
+
+
+def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
+    make_config, tiny, tmp_path, capsys
+):
+    held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo", STEPS)
     assert cli(["train", str(path), "--log-format", "json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     train = [line for line in lines if line.get("event") == "train"]
@@ -75,3 +79,25 @@ def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
 
     accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
     assert accuracy > 0.9, accuracy
+
+
+def test_a_preempted_dpo_run_checkpoints_and_resumes(make_config, tmp_path):
+    import signal
+    from pathlib import Path
+
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-sigterm", 12)
+    process = start(path)
+    wait_for(
+        process, lambda event: event["event"] == "train" and event["step"] >= 3 and "rewards/margins" in event
+    )
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert events[-2]["event"] == "checkpoint" and events[-1]["event"] == "preempted"
+    step = events[-1]["step"]
+    assert (Path(cfg.output_dir) / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+
+    assert cli(["train", str(path)]) == 0
+    summary = json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == step and summary["steps"] == 12
