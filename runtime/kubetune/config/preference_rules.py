@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .datasets import PREFERENCE_DATASET_TYPES
 from .problems import ConfigProblem
-from .rules import _has_eval_data as has_eval_data
 from .rules import rule
 from .schema import TrainConfig
 
@@ -62,9 +61,3 @@ def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     for key, value, why in not_yet:
         if value:
             yield ConfigProblem(key, f"{key} is not supported with rl: {why}", f"remove {key}")
-    if has_eval_data(cfg):
-        yield ConfigProblem(
-            "val_set_size" if cfg.val_set_size else "test_datasets",
-            "evaluation of preference runs (held-out rewards) is not wired into the loop yet",
-            "set val_set_size: 0 and remove test_datasets",
-        )

@@ -16,6 +16,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -425,8 +426,12 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
     )
 
 
+def _objective(run: Run) -> torch.nn.Module:
+    return getattr(run.module, "module", run.module)  # inside DDP's wrapper (rl: runs no FSDP/DeepSpeed)
+
+
 def _take_rewards(run: Run) -> dict | None:
-    objective = getattr(run.module, "module", run.module)  # inside DDP's wrapper (rl: runs no FSDP/DeepSpeed)
+    objective = _objective(run)
     return objective.take_metrics() if isinstance(objective, PreferenceLoss) else None
 
 
@@ -496,14 +501,21 @@ def evaluate_and_track(run: Run) -> bool:
     """Evaluate, report, track the best; True when early stopping says stop."""
     state, patience = run.state, run.cfg.early_stopping_patience
     flush_log(run)  # the eval report carries the latest train loss
-    loss, perplexity = evaluate(run)
+    objective = _objective(run)
+    with objective.metrics_apart() if isinstance(objective, PreferenceLoss) else nullcontext():
+        loss, perplexity = evaluate(run)
+        eval_rewards = _take_rewards(run)  # the eval pairs' (rank 0's), apart from the train pairs
+    if eval_rewards is not None:  # a pair loss has no perplexity; the eval pairs' rewards instead
+        perplexity, eval_rewards = None, {f"eval_{name}": value for name, value in eval_rewards.items()}
     optim.after_evaluation(run.scheduler, loss)  # reduce_lr_on_plateau / greedy move with the eval loss
     state.last_eval_loss = loss
     if state.best_eval_loss is None or loss < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = loss, 0
     else:
         state.evals_without_improvement += 1
-    report(run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss)
+    report(
+        run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss, rewards=eval_rewards
+    )
     return bool(patience) and state.evals_without_improvement >= patience
 
 
@@ -571,7 +583,7 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
         "final_eval_loss": state.last_eval_loss,
         "best_eval_loss": state.best_eval_loss,
         "final_eval_perplexity": None
-        if state.last_eval_loss is None
+        if state.last_eval_loss is None or cfg.rl  # a pair loss has no perplexity
         else math.exp(min(state.last_eval_loss, 50.0)),
         "tokens_per_s": round(state.input_tokens / state.train_seconds, 1) if state.train_seconds else None,
         "train_seconds": round(state.train_seconds, 2),

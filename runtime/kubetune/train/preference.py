@@ -16,6 +16,8 @@ against trl's `_compute_loss` on the same pairs. The metrics carry trl's names (
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,18 +75,21 @@ def pair_losses(
     raise ValueError(f"unknown preference loss {loss_type!r}: use one of {', '.join(PAIR_LOSSES)}")
 
 
-def reward_sums(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """Sums over the pairs of the METRIC_NAMES values (detached), trl's definitions."""
+def reward_sums(
+    logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, scored: torch.Tensor
+) -> torch.Tensor:
+    """Sums over the scored pairs of the METRIC_NAMES values (detached), trl's definitions."""
     rewards = beta * (logps - ref_logps).detach()
     chosen, rejected = rewards[:, 0], rewards[:, 1]
+    weight = scored.float()
     return torch.stack(
         [
-            chosen.sum(),
-            rejected.sum(),
-            (chosen > rejected).float().sum(),
-            (chosen - rejected).sum(),
-            logps[:, 0].detach().sum(),
-            logps[:, 1].detach().sum(),
+            (chosen * weight).sum(),
+            (rejected * weight).sum(),
+            ((chosen > rejected).float() * weight).sum(),
+            ((chosen - rejected) * weight).sum(),
+            (logps[:, 0].detach() * weight).sum(),
+            (logps[:, 1].detach() * weight).sum(),
         ]
     )
 
@@ -125,10 +130,23 @@ class PreferenceLoss(nn.Module):
         logps, counts = self._logps(input_ids, targets, position_ids, decoder_inputs)
         with torch.no_grad(), self.reference():
             ref_logps, _ = self._logps(input_ids, targets, position_ids, decoder_inputs)
-        sums = reward_sums(logps, ref_logps, self.beta)
+        # A row without trained tokens (an eval batch's padding row) is no pair: it adds nothing.
+        scored = (counts > 0).all(dim=1)
+        sums = reward_sums(logps, ref_logps, self.beta, scored)
         self.metric_sums = sums if self.metric_sums is None else self.metric_sums + sums
-        self.pairs += logps.shape[0]
-        return pair_losses(logps, ref_logps, counts, loss_type=self.loss_type, beta=self.beta).sum()
+        self.pairs += int(scored.sum())
+        losses = pair_losses(logps, ref_logps, counts, loss_type=self.loss_type, beta=self.beta)
+        return torch.where(scored, losses, torch.zeros_like(losses)).sum()
+
+    @contextmanager
+    def metrics_apart(self):
+        """Forward passes inside (evaluation) count apart: the sums from before are restored after."""
+        saved = self.metric_sums, self.pairs
+        self.metric_sums, self.pairs = None, 0
+        try:
+            yield
+        finally:
+            self.metric_sums, self.pairs = saved
 
     def take_metrics(self) -> dict[str, float] | None:
         """Means since the last call (trl's names), or None when no pair was seen; resets the sums."""

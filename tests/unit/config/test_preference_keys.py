@@ -20,6 +20,7 @@ def _paths(mapping) -> list[str]:
 
 def test_axolotl_dpo_keys_are_accepted_and_read_as_trl_loss_and_beta(seed_mapping):
     assert _paths(_dpo(seed_mapping)) == []
+    assert _paths(_dpo(seed_mapping, val_set_size=0.1)) == []  # evaluated on held-out pairs
     assert load_config(_dpo(seed_mapping)).preference_loss() == ("sigmoid", 0.1)  # trl's defaults
     assert load_config(_dpo(seed_mapping, dpo_beta=0.3)).preference_loss() == ("sigmoid", 0.3)
     assert load_config(_dpo(seed_mapping, rl_beta=0.2, dpo_loss_type="ipo")).preference_loss() == ("ipo", 0.2)
@@ -44,7 +45,6 @@ def test_axolotl_dpo_keys_are_accepted_and_read_as_trl_loss_and_beta(seed_mappin
         ({"sample_packing": True}, "sample_packing"),
         ({"min_sample_len": 4}, "min_sample_len"),
         ({"train_on_inputs": True}, "train_on_inputs"),
-        ({"val_set_size": 0.1}, "val_set_size"),
         ({"fsdp": ["full_shard", "auto_wrap"]}, "fsdp"),
         ({"rl_beta": 0.1, "dpo_beta": 0.1}, "dpo_beta"),
         ({"rl": "ipo", "dpo_loss_type": "sigmoid"}, "dpo_loss_type"),

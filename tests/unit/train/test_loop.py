@@ -22,6 +22,7 @@ def test_early_stopping_after_patience_evaluations_without_a_new_best(monkeypatc
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
         scheduler=None,
+        module=torch.nn.Linear(1, 1),  # an SFT objective
     )
     stops = [loop.evaluate_and_track(run) for _ in range(6)]
     assert stops == [False, False, False, False, False, True]
@@ -36,6 +37,7 @@ def test_without_patience_evaluation_never_stops(monkeypatch):
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
         scheduler=None,
+        module=torch.nn.Linear(1, 1),  # an SFT objective
     )
     assert not any(loop.evaluate_and_track(run) for _ in range(5))
 

@@ -146,3 +146,20 @@ def test_a_model_without_adapter_has_no_reference(peft_model):
         PreferenceLoss(build_tiny_llama(tokenizer), loss_type="sigmoid", beta=0.1)(
             ids, targets, position_ids=positions
         )
+
+
+def test_a_row_without_trained_tokens_is_no_pair(peft_model):
+    """Eval batches pad the last ranks with masked rows: they add no loss and no rewards."""
+    model, _ = peft_model
+    ids, targets, positions = _packed(_pairs())
+    masked = targets.clone()
+    masked[1] = IGNORE_INDEX
+    module = PreferenceLoss(model, loss_type="sigmoid", beta=0.1).eval()
+    with torch.no_grad():
+        full = module(ids[[0, 2]], targets[[0, 2]], **_decoder_inputs(positions[[0, 2]]))
+        expected = module.take_metrics()
+        padded = module(ids, masked, **_decoder_inputs(positions))
+        got = module.take_metrics()
+    assert float(padded) == pytest.approx(float(full), rel=1e-5)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert module.pairs == 0

@@ -44,7 +44,7 @@ def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
     return module.take_metrics()["rewards/accuracies"]
 
 
-def _dpo_config(make_config, tmp_path, name: str, steps: int):
+def _dpo_config(make_config, tmp_path, name: str, steps: int, **keys):
     train_pairs = write_jsonl(preference_rows(240, seed=0), tmp_path / "pairs.jsonl")
     return make_config(
         name,
@@ -57,6 +57,7 @@ def _dpo_config(make_config, tmp_path, name: str, steps: int):
         learning_rate=0.01,
         lr_scheduler="constant",
         **LORA,
+        **keys,
     )
 
 
@@ -64,7 +65,7 @@ def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
     make_config, tiny, tmp_path, capsys
 ):
     held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
-    cfg, path = _dpo_config(make_config, tmp_path, "dpo", STEPS)
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo", STEPS, val_set_size=0.2, eval_steps=30)
     assert cli(["train", str(path), "--log-format", "json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     train = [line for line in lines if line.get("event") == "train"]
@@ -76,6 +77,12 @@ def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
     assert sum(accuracies[-5:]) / 5 > 0.9, accuracies
     assert train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy == reference at step 1
     assert train[-1]["loss"] < 0.4
+
+    evals = [line for line in lines if line.get("event") == "eval"]
+    assert [line["step"] for line in evals] == [30, 60]
+    assert "eval_perplexity" not in evals[-1]  # a pair loss has none
+    assert evals[-1]["eval_rewards/accuracies"] > 0.9 and evals[-1]["eval_rewards/margins"] > 0.5
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 0.6931
 
     accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
     assert accuracy > 0.9, accuracy
