@@ -53,11 +53,10 @@ def _dpo_config(make_config, tmp_path, name: str, steps: int, **keys):
         rl_beta=0.1,
         sample_packing=False,
         max_steps=steps,
-        micro_batch_size=8,
         learning_rate=0.01,
         lr_scheduler="constant",
         **LORA,
-        **keys,
+        **({"micro_batch_size": 8} | keys),
     )
 
 
@@ -108,3 +107,18 @@ def test_a_preempted_dpo_run_checkpoints_and_resumes(make_config, tmp_path):
     assert cli(["train", str(path)]) == 0
     summary = json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == step and summary["steps"] == 12
+
+
+def test_two_process_ddp_runs_dpo(make_config, tmp_path):
+    from pathlib import Path
+
+    from .support import torchrun_train
+
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-ddp", 6, micro_batch_size=4)
+    result = torchrun_train(path, 2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    train = [line for line in lines if line.get("event") == "train"]
+    assert len(train) == 6 and train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert all("rewards/margins" in line for line in train)
+    assert (Path(cfg.output_dir) / "adapter_model.safetensors").is_file()
