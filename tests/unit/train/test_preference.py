@@ -163,3 +163,15 @@ def test_a_row_without_trained_tokens_is_no_pair(peft_model):
     assert float(padded) == pytest.approx(float(full), rel=1e-5)
     assert got == pytest.approx(expected, rel=1e-5)
     assert module.pairs == 0
+
+
+def test_reward_means_reach_the_trackers_under_trl_names():
+    from kubetune.train.progress import Progress
+    from kubetune.train.tracking import metrics_of
+
+    train = Progress(step=3, total_steps=9, epoch=0.1, loss=0.5, rewards={"rewards/margins": 0.25})
+    assert metrics_of(train)["train/rewards/margins"] == 0.25
+    assert train.log_line()["rewards/margins"] == 0.25
+    evaluation = Progress(step=3, total_steps=9, epoch=0.1, event="eval", eval_loss=0.4,
+                          rewards={"eval_rewards/accuracies": 0.75})  # fmt: skip
+    assert metrics_of(evaluation) == {"eval/loss": 0.4, "eval/rewards/accuracies": 0.75}
