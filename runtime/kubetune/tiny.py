@@ -78,6 +78,30 @@ def chat_rows(count: int, seed: int = 0) -> list[dict[str, list[dict[str, str]]]
     ]
 
 
+def preference_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """`chatml.intel` pairs of the same tasks: chosen = the right answer, rejected = a wrong one of the
+    kind a model that ignored the instruction gives (the colour untranslated, the digit not spelled,
+    counting down instead of on), so a preference is learnable from a randomly initialised model."""
+    rows = []
+    for row in alpaca_rows(count, seed):
+        if row["instruction"].startswith("Translate"):
+            wrong = row["input"]
+        elif row["instruction"].startswith("Spell"):
+            wrong = row["input"]
+        else:
+            start = int(row["input"])
+            wrong = " ".join(str(start - k) for k in range(1, len(row["output"].split()) + 1))
+        rows.append(
+            {
+                "system": "You are terse.",
+                "question": f"{row['instruction']} {row['input']}",
+                "chosen": row["output"],
+                "rejected": wrong,
+            }
+        )
+    return rows
+
+
 def _corpus(rows: Iterable[dict[str, str]]) -> Iterable[str]:
     for row in rows:
         yield " ".join(row.values())

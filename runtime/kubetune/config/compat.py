@@ -48,7 +48,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         dataloader_drop_last dataset_exact_deduplication dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
-        do_causal_lm_eval dpo_beta dpo_generate_during_eval dpo_label_smoothing dpo_loss_type
+        do_causal_lm_eval dpo_generate_during_eval
         dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
@@ -81,7 +81,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
         quantize_moe_experts ray_num_workers ray_run_name reinit_weights relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
-        remove_unused_columns resources_per_worker reward_model rl rl_beta
+        remove_unused_columns resources_per_worker reward_model
         role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
@@ -121,6 +121,11 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
     "debug": Unimplemented("remove it"),
+    "dpo_label_smoothing": Unimplemented(
+        "trl's sigmoid and ipo losses (kubetune's rl: dpo / ipo) do not read it; its robust / exo_pair "
+        "losses, which do, are not supported yet: remove it",
+        inert=(0, 0.0, False),
+    ),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
     "shuffle_merged_datasets": Unimplemented(
         "kubetune always shuffles the merged datasets by seed", inert=(True,)
@@ -153,9 +158,10 @@ DATASET: dict[str, Unimplemented] = {
         "a custom format (type: module.ClassName) can do this",
     ),
     **_table(
-        "field_chosen field_rejected field_prompt field_completion field_label step_separator "
+        "field_prompt field_completion field_label step_separator "
         "train_on_last_step_only max_completion_length",
-        "preference / reward datasets (DPO, KTO, PRM) are not supported by kubetune",
+        "kubetune's preference types (rl: dpo / ipo) are chat_template.default and chatml.intel; KTO and "
+        "reward-model datasets are not supported yet",
     ),
     "conversation": Unimplemented("use type: chat_template with chat_template (chatml, llama3, ...)"),
     "field_human": Unimplemented("use roles: {user: [human]}"),

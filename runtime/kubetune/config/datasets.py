@@ -46,6 +46,9 @@ ALPACA_FIELD_TYPES = frozenset(
 # A user-defined format: `module.ClassName` (module importable from the config's directory).
 CUSTOM_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
+# Axolotl's preference (rl:) dataset types kubetune implements (kubetune.data.formats.preference).
+PREFERENCE_DATASET_TYPES: tuple[str, ...] = ("chat_template.default", "chatml.intel")
+
 # Axolotl prompt strategies kubetune does not implement, with what to write instead where one exists.
 AXOLOTL_ONLY_DATASET_TYPES: dict[str, str] = {
     "sharegpt": "type: chat_template with field_messages: conversations, message_field_role: from, "
@@ -99,6 +102,21 @@ DATASET_KEYS_BY_TYPE: dict[str, frozenset[str]] = {
             "drop_system_message",
         }
     ),
+    "chat_template.default": frozenset(
+        {
+            "field_messages",
+            "message_field_role",
+            "message_field_content",
+            "message_property_mappings",
+            "roles",
+            "chat_template",
+            "chat_template_jinja",
+            "drop_system_message",
+            "field_chosen",
+            "field_rejected",
+        }
+    ),
+    "chatml.intel": frozenset(),
     "completion": frozenset({"field"}),
     "input_output": frozenset(),
     "pretokenized": frozenset(),
@@ -123,7 +141,11 @@ def check_dataset_type(value: object) -> object:
                 },
             )
         return value
-    if value in BUILTIN_DATASET_TYPES or value in INSTRUCTION_VARIANT_TYPES:
+    if (
+        value in BUILTIN_DATASET_TYPES
+        or value in INSTRUCTION_VARIANT_TYPES
+        or value in PREFERENCE_DATASET_TYPES
+    ):
         return value
     head = value.split(".", 1)[0].split(":", 1)[0]
     if head in ("alpaca_chat", "jeopardy", "explainchoice") or (head == "alpaca" and ":" in value):
@@ -209,6 +231,18 @@ class DatasetConfig(Section):
     # completion
     field: str | None = _field(None, description="completion: column holding the text. Default: `text`.")
 
+    # preference pairs (rl:)
+    field_chosen: str | None = _field(
+        None,
+        description="chat_template.default (rl:): column holding the preferred answer, an assistant message "
+        "or a string. Default: `chosen`.",
+    )
+    field_rejected: str | None = _field(
+        None,
+        description="chat_template.default (rl:): column holding the dispreferred answer, an assistant "
+        "message or a string. Default: `rejected`.",
+    )
+
     # chat_template
     field_messages: str | None = _field(
         None, description="chat_template: column holding the list of messages. Default: `messages`."
@@ -293,7 +327,11 @@ class DatasetConfig(Section):
     @property
     def is_custom_type(self) -> bool:
         """True when `type` names a user-defined format (`module.ClassName`)."""
-        return self.type is not None and self.type not in (*BUILTIN_DATASET_TYPES, *INSTRUCTION_VARIANT_TYPES)
+        return self.type is not None and self.type not in (
+            *BUILTIN_DATASET_TYPES,
+            *INSTRUCTION_VARIANT_TYPES,
+            *PREFERENCE_DATASET_TYPES,
+        )
 
     def custom_type_parts(self) -> tuple[str, str]:
         """(`module`, `ClassName`) of a custom format; the module resolves against cfg.source_dir."""

@@ -16,6 +16,7 @@ from .kernels import KernelKeys
 from .model import ModelKeys
 from .outputs import OutputKeys
 from .parallel import ParallelKeys
+from .preference import PreferenceKeys
 from .training import TrainingKeys
 
 # In documentation order; TrainConfig's fields are the union of these sections' fields.
@@ -24,6 +25,7 @@ SECTIONS: tuple[type, ...] = (
     DataKeys,
     AdapterKeys,
     TrainingKeys,
+    PreferenceKeys,
     PrecisionKeys,
     KernelKeys,
     ParallelKeys,
@@ -38,6 +40,7 @@ class TrainConfig(
     ParallelKeys,
     KernelKeys,
     PrecisionKeys,
+    PreferenceKeys,
     TrainingKeys,
     AdapterKeys,
     DataKeys,

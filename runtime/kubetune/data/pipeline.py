@@ -23,6 +23,7 @@ from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
+from kubetune.data.pairs import drop_unusable_pairs, pair_rows, split_eval_pairs
 from kubetune.data.pretraining import needed_tokens, stream_pretraining
 from kubetune.data.tokenizing import tokenize_dataset
 
@@ -37,6 +38,7 @@ TOKEN_KEYS = (
     "test_datasets",
     "sequence_len",
     "sample_packing",
+    "rl",  # preference pairs: two examples per row, kept and split by pair
     "eval_sample_packing",
     "train_on_inputs",
     "val_set_size",
@@ -133,6 +135,7 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
         train = stream_pretraining(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
     else:
         train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
+    preference = bool(option(cfg, "rl"))  # two examples per row, kept and split by pair (data/pairs.py)
     if not len(train):
         raise nothing_left_error(per_dataset, sequence_len)
     val_set_size = float(option(cfg, "val_set_size") or 0)
@@ -147,11 +150,16 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
         if not len(evaluation):
             raise nothing_left_error(per_test_dataset, sequence_len)
     else:
-        train, evaluation = split_eval(train, val_set_size, seed)
+        train, evaluation = (split_eval_pairs if preference else split_eval)(train, val_set_size, seed)
     packed = bool(option(cfg, "sample_packing"))
     eval_packed = option(cfg, "eval_sample_packing")
     eval_packed = packed if eval_packed is None else bool(eval_packed)
-    train_rows, train_stats = to_rows(train, sequence_len, packed=packed, seed=seed)
+    rows_of = (
+        (lambda examples, _packed: pair_rows(examples))
+        if preference
+        else (lambda examples, packed_: to_rows(examples, sequence_len, packed=packed_, seed=seed))
+    )
+    train_rows, train_stats = rows_of(train, packed)
     stats: dict[str, Any] = {
         **train_stats,
         "datasets": per_dataset + per_test_dataset,
@@ -162,7 +170,7 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
     }
     eval_rows = None
     if evaluation is not None and len(evaluation):
-        eval_rows, eval_stats = to_rows(evaluation, sequence_len, packed=eval_packed, seed=seed)
+        eval_rows, eval_stats = rows_of(evaluation, eval_packed)
         stats["eval"] = eval_stats
     stats["prepare_seconds"] = round(time.perf_counter() - started, 3)
     return PreparedData(train=train_rows, eval=eval_rows, stats=stats)
@@ -323,7 +331,8 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
         rows = load_rows(entry, where, option(cfg, "source_dir"))
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
         tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
-        examples, too_long, untrained = drop_unusable(tokenized, sequence_len)
+        drop = drop_unusable_pairs if option(cfg, "rl") else drop_unusable
+        examples, too_long, untrained = drop(tokenized, sequence_len)
         examples, too_short = drop_short(examples, option(cfg, "min_sample_len"))
         per_dataset.append(
             {

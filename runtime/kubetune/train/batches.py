@@ -115,8 +115,10 @@ def step_indices(
 class Collate:
     """PackedCollator plus what the loop needs: next-token targets and token counts (on CPU, no sync)."""
 
-    def __init__(self, collator):
+    def __init__(self, collator, *, per_pair: bool = False):
         self.collator = collator
+        # Preference rows (one pair each): the loss is a sum over pairs, so the step divides by pairs.
+        self.per_pair = per_pair
 
     def __call__(self, rows) -> dict:
         batch = self.collator(rows)
@@ -124,7 +126,8 @@ class Collate:
         if masked:  # eval padding rows: forwarded (every rank runs each batch), never counted
             batch["labels"][masked] = IGNORE_INDEX
         batch["targets"] = shift_targets(batch["labels"], batch["position_ids"])
-        batch["n_trained"] = int((batch["targets"] != IGNORE_INDEX).sum())
+        trained = batch["targets"] != IGNORE_INDEX
+        batch["n_trained"] = int(trained.any(dim=1).sum() if self.per_pair else trained.sum())
         batch["n_tokens"] = int(batch["attention_mask"].sum())
         return batch
 

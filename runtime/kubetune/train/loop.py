@@ -16,6 +16,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted, UserError
 from kubetune.train.loss import CausalLMLoss, loss_function
 from kubetune.train.model_options import activation_offloading
+from kubetune.train.preference import PreferenceLoss
 from kubetune.train.progress import Progress, Reporters, build_reporters
 from kubetune.train.watchdog import LossWatchdog
 
@@ -128,7 +130,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
     )
 
-    module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
+    pair_loss = cfg.preference_loss()  # (trl loss type, beta) with rl:, else None
+    if pair_loss is None:
+        module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
+    else:
+        module = PreferenceLoss(model, loss_type=pair_loss[0], beta=pair_loss[1])
     if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
@@ -168,7 +174,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         data,
         plan,
         backend,
-        Collate(collator),
+        Collate(collator, per_pair=pair_loss is not None),
         state,
         output_dir,
         build_reporters(accelerator.is_main_process),
@@ -395,6 +401,7 @@ class PendingLog:
     interval: _Interval
     eta: float
     learning_rate: float
+    rewards: dict | None = None  # preference runs: trl's reward means since the last line (rank 0's pairs)
 
 
 def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLog:
@@ -417,7 +424,17 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         interval=interval,
         eta=eta,
         learning_rate=run.scheduler.get_last_lr()[0],
+        rewards=_take_rewards(run),
     )
+
+
+def _objective(run: Run) -> torch.nn.Module:
+    return getattr(run.module, "module", run.module)  # inside DDP's wrapper (rl: runs no FSDP/DeepSpeed)
+
+
+def _take_rewards(run: Run) -> dict | None:
+    objective = _objective(run)
+    return objective.take_metrics() if isinstance(objective, PreferenceLoss) else None
 
 
 def local_tensor(value) -> torch.Tensor:
@@ -454,6 +471,7 @@ def flush_log(run: Run) -> None:
         grad_norm=norm[0] if norm else None,
         tokens_per_second=interval.tokens / seconds,
         eta_seconds=pending.eta,
+        rewards=pending.rewards,
     )
 
 
@@ -485,14 +503,21 @@ def evaluate_and_track(run: Run) -> bool:
     """Evaluate, report, track the best; True when early stopping says stop."""
     state, patience = run.state, run.cfg.early_stopping_patience
     flush_log(run)  # the eval report carries the latest train loss
-    loss, perplexity = evaluate(run)
+    objective = _objective(run)
+    with objective.metrics_apart() if isinstance(objective, PreferenceLoss) else nullcontext():
+        loss, perplexity = evaluate(run)
+        eval_rewards = _take_rewards(run)  # the eval pairs' (rank 0's), apart from the train pairs
+    if eval_rewards is not None:  # a pair loss has no perplexity; the eval pairs' rewards instead
+        perplexity, eval_rewards = None, {f"eval_{name}": value for name, value in eval_rewards.items()}
     optim.after_evaluation(run.scheduler, loss)  # reduce_lr_on_plateau / greedy move with the eval loss
     state.last_eval_loss = loss
     if state.best_eval_loss is None or loss < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = loss, 0
     else:
         state.evals_without_improvement += 1
-    report(run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss)
+    report(
+        run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss, rewards=eval_rewards
+    )
     return bool(patience) and state.evals_without_improvement >= patience
 
 
@@ -560,7 +585,7 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
         "final_eval_loss": state.last_eval_loss,
         "best_eval_loss": state.best_eval_loss,
         "final_eval_perplexity": None
-        if state.last_eval_loss is None
+        if state.last_eval_loss is None or cfg.rl  # a pair loss has no perplexity
         else math.exp(min(state.last_eval_loss, 50.0)),
         "tokens_per_s": round(state.input_tokens / state.train_seconds, 1) if state.train_seconds else None,
         "train_seconds": round(state.train_seconds, 2),

@@ -63,6 +63,9 @@ class Progress:
     event: str = "train"  # train | eval | checkpoint | done | preempted (log lines only)
     eval_loss: float | None = None
     eval_perplexity: float | None = None
+    rewards: dict[str, float] | None = (
+        None  # preference runs: trl's names (rewards/margins, ...), log lines only
+    )
 
     def status(self) -> dict:
         """The `status.progress` object (camelCase, exactly the fields of the contract)."""
@@ -106,6 +109,7 @@ class Progress:
             "eval_perplexity": _round(self.eval_perplexity),
             "checkpoint": self.last_checkpoint if self.event == "checkpoint" else None,
         }
+        line |= {name: _round(value) for name, value in (self.rewards or {}).items()}
         return {key: value for key, value in line.items() if value is not None}
 
 

@@ -87,8 +87,13 @@ def metrics_of(progress: Progress) -> dict[str, float]:
             "train/grad_norm": progress.grad_norm,
             "train/tokens_per_second": progress.tokens_per_second,
         }
+        # rl: runs: trl's reward means (rewards/margins, ...) as trl's trainers log them
+        values |= {f"train/{name}": value for name, value in (progress.rewards or {}).items()}
     elif progress.event == "eval":
         values = {"eval/loss": progress.eval_loss, "eval/perplexity": progress.eval_perplexity}
+        values |= {
+            f"eval/{name.removeprefix('eval_')}": value for name, value in (progress.rewards or {}).items()
+        }
     else:
         return {}
     return {name: float(value) for name, value in values.items() if value is not None}

@@ -22,6 +22,7 @@ def test_early_stopping_after_patience_evaluations_without_a_new_best(monkeypatc
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
         scheduler=None,
+        module=torch.nn.Linear(1, 1),  # an SFT objective
     )
     stops = [loop.evaluate_and_track(run) for _ in range(6)]
     assert stops == [False, False, False, False, False, True]
@@ -36,6 +37,7 @@ def test_without_patience_evaluation_never_stops(monkeypatch):
         accelerator=SimpleNamespace(is_main_process=False),
         pending_log=None,
         scheduler=None,
+        module=torch.nn.Linear(1, 1),  # an SFT objective
     )
     assert not any(loop.evaluate_and_track(run) for _ in range(5))
 
@@ -92,6 +94,7 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
         state=TrainerState(step=7, trained_tokens=40, input_tokens=64),
         scheduler=SimpleNamespace(get_last_lr=lambda: [0.01]),
         pending_log=None,
+        module=torch.nn.Linear(1, 1),  # an SFT objective: no reward metrics
     )
     interval = loop._Interval(started=0.0, loss_sum=torch.tensor(30.0), trained=20.0, tokens=32.0)
     run.pending_log = loop.begin_log(run, interval, grad_norm, eta=5.0)
@@ -103,6 +106,7 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
     event, metrics = reports[0]
     assert event == "train" and metrics["step"] == 7 and metrics["loss"] == 3.0  # 2 ranks x 30 / 20
     assert (metrics["trained_tokens"], metrics["input_tokens"], metrics["learning_rate"]) == (40, 64, 0.01)
+    assert metrics["rewards"] is None
     if grad_norm is None:
         assert metrics["grad_norm"] is None
     elif grad_norm.isnan():

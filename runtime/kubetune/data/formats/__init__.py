@@ -40,6 +40,10 @@ def resolve_format(type_name: str, *, path: str, source_dir: str | Path | None =
     """The PromptFormat class for a `type:` value; DataError naming `path` when there is none."""
     if type_name in BUILTIN_FORMATS:
         return BUILTIN_FORMATS[type_name]
+    from kubetune.data.formats.preference import PREFERENCE_FORMATS
+
+    if type_name in PREFERENCE_FORMATS:  # rl: datasets (Axolotl's names contain a dot)
+        return PREFERENCE_FORMATS[type_name]
     if "." not in type_name:
         close = difflib.get_close_matches(type_name, BUILTIN_FORMATS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

@@ -1,0 +1,124 @@
+"""Acceptance: `kubetune train` with rl: dpo on the tiny Llama learns a preference set it can learn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from kubetune.cli import main as cli
+from kubetune.tiny import preference_rows, write_jsonl
+
+from .test_runs import LORA, start, wait_for
+
+pytestmark = pytest.mark.slow
+
+STEPS = 60
+
+
+def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
+    """Share of held-out pairs whose chosen answer gets the higher DPO reward, adapter loaded by plain peft."""
+    from kubetune.data import PackedCollator, block_causal_mask
+    from kubetune.data.formats.preference import ChatmlIntel
+    from kubetune.data.pairs import pair_rows
+    from kubetune.train.batches import Collate
+    from kubetune.train.preference import PreferenceLoss
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    rows = [json.loads(line) for line in pairs_path.read_text().splitlines()]
+    data, _ = pair_rows(ChatmlIntel(tokenizer, {}).tokenize_rows(rows))
+    batch = Collate(PackedCollator(tokenizer.pad_token_id), per_pair=True)(
+        [data[i] for i in range(len(data))]
+    )
+    module = PreferenceLoss(model, loss_type="sigmoid", beta=0.1).eval()
+    with torch.no_grad():
+        module(
+            batch["input_ids"],
+            batch["targets"],
+            position_ids=batch["position_ids"],
+            attention_mask=block_causal_mask(batch["position_ids"]),
+        )
+    return module.take_metrics()["rewards/accuracies"]
+
+
+def _dpo_config(make_config, tmp_path, name: str, steps: int, **keys):
+    train_pairs = write_jsonl(preference_rows(240, seed=0), tmp_path / "pairs.jsonl")
+    return make_config(
+        name,
+        datasets=[{"path": str(train_pairs), "type": "chatml.intel"}],
+        rl="dpo",
+        rl_beta=0.1,
+        sample_packing=False,
+        max_steps=steps,
+        learning_rate=0.01,
+        lr_scheduler="constant",
+        **LORA,
+        **({"micro_batch_size": 8} | keys),
+    )
+
+
+def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
+    make_config, tiny, tmp_path, capsys
+):
+    held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo", STEPS, val_set_size=0.2, eval_steps=30)
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    train = [line for line in lines if line.get("event") == "train"]
+    assert len(train) == STEPS
+    margins = [line["rewards/margins"] for line in train]
+    accuracies = [line["rewards/accuracies"] for line in train]
+    assert abs(margins[0]) < 1e-3  # a fresh adapter is the reference: no margin yet
+    assert sum(margins[-5:]) / 5 > 0.5, margins  # mean reward margin rose from 0
+    assert sum(accuracies[-5:]) / 5 > 0.9, accuracies
+    assert train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy == reference at step 1
+    assert train[-1]["loss"] < 0.4
+
+    evals = [line for line in lines if line.get("event") == "eval"]
+    assert [line["step"] for line in evals] == [30, 60]
+    assert "eval_perplexity" not in evals[-1]  # a pair loss has none
+    assert evals[-1]["eval_rewards/accuracies"] > 0.9 and evals[-1]["eval_rewards/margins"] > 0.5
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 0.6931
+
+    accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
+    assert accuracy > 0.9, accuracy
+
+
+def test_a_preempted_dpo_run_checkpoints_and_resumes(make_config, tmp_path):
+    import signal
+    from pathlib import Path
+
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-sigterm", 12)
+    process = start(path)
+    wait_for(
+        process, lambda event: event["event"] == "train" and event["step"] >= 3 and "rewards/margins" in event
+    )
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert events[-2]["event"] == "checkpoint" and events[-1]["event"] == "preempted"
+    step = events[-1]["step"]
+    assert (Path(cfg.output_dir) / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+
+    assert cli(["train", str(path)]) == 0
+    summary = json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] == step and summary["steps"] == 12
+
+
+def test_two_process_ddp_runs_dpo(make_config, tmp_path):
+    from pathlib import Path
+
+    from .support import torchrun_train
+
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-ddp", 6, micro_batch_size=4)
+    result = torchrun_train(path, 2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    train = [line for line in lines if line.get("event") == "train"]
+    assert len(train) == 6 and train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert all("rewards/margins" in line for line in train)
+    assert (Path(cfg.output_dir) / "adapter_model.safetensors").is_file()
