@@ -107,6 +107,7 @@ build() {
   key="$(basename "$dir")"
   start=$(date +%s)
   # Archives of older inputs are dropped: the cache holds one image per name (they are hundreds of MB).
+  mkdir -p "$CACHE_ROOT"
   find "$CACHE_ROOT" -maxdepth 1 -name "$name-*" -exec rm -rf {} +
   mkdir -p "$dir/context"
   pick_storage_driver
