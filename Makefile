@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv system-deps demo test test-unit lint generate clean images
+.PHONY: venv system-deps demo test test-unit lint generate clean images images-runtime
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ system-deps:
 images: venv
 	scripts/system-deps.sh install images
 	images/build.sh operator
+
+# The training runtime (torch's CUDA build, one image for CPU and GPU nodes): not in `make test` (cold build
+# time and size in images/README.md).
+images-runtime: venv
+	scripts/system-deps.sh install images
+	images/build.sh runtime
 
 # A local control plane, the operator, and a tiny CPU fine-tune through it (examples/finetune-cpu-smoke.yaml).
 demo: venv system-deps

@@ -25,7 +25,7 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
-extras_of() { case "$1" in operator) echo operator ;; *) log "unknown image: $1"; exit 2 ;; esac; }
+extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
 base_key() { printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16; }
 
@@ -33,7 +33,7 @@ image_key() {  # the Containerfile, this script, the pins and every file that go
   local name=$1
   {
     base_key
-    cat "$HERE/$name/Containerfile" "${BASH_SOURCE[0]}" "$REPO/constraints.txt" "$REPO/pyproject.toml" "$REPO/README.md"
+    cat "$HERE/$name"/* "${BASH_SOURCE[0]}" "$REPO/constraints.txt" "$REPO/pyproject.toml" "$REPO/README.md"
     (cd "$REPO" && git ls-files -co --exclude-standard -- runtime/kubetune operator/kubetune_operator \
       | grep -v -e __pycache__ -e '\.pyc$' | LC_ALL=C sort | xargs -d '\n' sha256sum)
   } | sha256sum | cut -c1-16
@@ -93,7 +93,19 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
   # setuptools' deprecation notices go to the log, not the terminal
   "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$2" "$REPO" 2>"$2/../pip-wheel.log"
   wheel="$(echo "$2"/kubetune-*.whl)"
-  "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" "$wheel[$extras]"
+  if [ "$1" = runtime ]; then
+    # The GPU stack too (one image for CPU and GPU nodes), flash-attn left out (source only). deepspeed is an
+    # sdist: built here as a pure-Python wheel (DS_BUILD_OPS=0; its setup runs without torch, CUDA ops build at first use).
+    "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
+      -c "$HERE/runtime/constraints-cuda.txt" "$wheel[$extras]" bitsandbytes liger-kernel
+    DS_BUILD_OPS=0 "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$2" \
+      -c "$HERE/runtime/constraints-cuda.txt" deepspeed 2>>"$2/../pip-wheel.log"
+    "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
+      -c "$HERE/runtime/constraints-cuda.txt" "$(echo "$2"/deepspeed-*.whl)"
+    cp "$HERE/runtime/check_gpu_stack.py" "$2/.."
+  else
+    "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" "$wheel[$extras]"
+  fi
 }
 
 build() {

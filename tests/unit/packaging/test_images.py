@@ -57,9 +57,11 @@ def _final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
-def test_there_are_three_images():
+def test_the_image_definitions():
+    """The operator and the buildah runtime image (images/build.sh); the Docker-built runtime images until the
+    buildah one replaces them."""
     assert [p.relative_to(IMAGES).as_posix() for p in DOCKERFILES] == [
-        "operator/Containerfile", "runtime/Dockerfile.cpu", "runtime/Dockerfile.cuda",
+        "operator/Containerfile", "runtime/Containerfile", "runtime/Dockerfile.cpu", "runtime/Dockerfile.cuda",
     ]  # fmt: skip
 
 
