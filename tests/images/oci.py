@@ -82,9 +82,10 @@ class Image:
 
 
 def runc_run(rootfs: Path, image: Image, bundle: Path, argv: list[str], *, user: tuple[int, int] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess:  # fmt: skip
-    """Runs argv in an unpacked image with runc: the image's user (unless overridden) and environment, and a
-    read-only root filesystem (what the chart's securityContext sets)."""
+             volumes: dict[str, Path] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:  # fmt: skip
+    """Runs argv in an unpacked image with runc: the image's user (unless overridden) and environment, a
+    read-only root filesystem (what the chart's securityContext sets), a tmpfs /tmp (the chart's emptyDir) and
+    `volumes` (container path -> host directory) bind-mounted writable."""
     bundle.mkdir(parents=True)
     subprocess.run(["runc", "spec"], check=True, cwd=bundle)
     spec = json.loads((bundle / "config.json").read_text())
@@ -98,6 +99,18 @@ def runc_run(rootfs: Path, image: Image, bundle: Path, argv: list[str], *, user:
         cwd=cfg.get("WorkingDir") or "/",
     )
     spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec["mounts"].append(
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"],
+        }
+    )
+    for target, source in (volumes or {}).items():
+        spec["mounts"].append(
+            {"destination": target, "type": "bind", "source": str(source), "options": ["rbind", "rw"]}
+        )
     (bundle / "config.json").write_text(json.dumps(spec))
     container = f"kubetune-test-{os.getpid()}-{bundle.name}"
     try:
