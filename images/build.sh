@@ -18,7 +18,8 @@ REPO="$(cd "$HERE/.." && pwd)"
 CACHE_ROOT="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/images"
 SUITE=bookworm
 MIRROR="${KUBETUNE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-BASE_PACKAGES=python3,python3-venv,ca-certificates
+# libstdc++6: torch, pyarrow and other C++ wheels link it (found by tests/images running the runtime image).
+BASE_PACKAGES=python3,python3-venv,ca-certificates,libstdc++6
 # Fixed timestamps, so two builds from the same inputs give the same files (mmdebstrap and buildah honour it).
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1767225600}"  # 2026-01-01T00:00:00Z
 PY="${PYTHON:-$REPO/.venv/bin/python}"
