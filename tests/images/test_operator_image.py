@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
@@ -28,7 +29,8 @@ def image() -> Image:
 def rootfs(image, tmp_path_factory):
     root = tmp_path_factory.mktemp("operator") / "rootfs"
     image.unpack(root)
-    return root
+    yield root
+    shutil.rmtree(root)  # pytest keeps its last temporary directories; an unpacked image is too big to keep
 
 
 def test_the_console_script_runs_as_65532_on_a_read_only_root(image, rootfs, tmp_path):

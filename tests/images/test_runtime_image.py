@@ -37,7 +37,8 @@ def image() -> Image:
 def rootfs(image, tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime") / "rootfs"
     image.unpack(root)
-    return root
+    yield root
+    shutil.rmtree(root)  # pytest keeps its last temporary directories; an unpacked image is too big to keep
 
 
 def test_gpu_stack_imports_on_a_cpu_machine(image, rootfs, tmp_path):
