@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv system-deps demo test test-unit lint generate clean
+.PHONY: venv system-deps demo test test-unit lint generate clean images images-runtime
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # Host tools beyond Python and Go (iproute2, util-linux, lua5.1), installed with apt-get where missing (root).
 system-deps:
 	scripts/system-deps.sh
+
+# The container images as OCI archives, built with mmdebstrap + buildah (no Docker engine): images/build.sh.
+# Cached in ~/.cache/kubetune/images/<name>-<hash>/ (a no-op while the inputs are unchanged).
+images: venv
+	scripts/system-deps.sh install images
+	images/build.sh operator
+
+# The training runtime (torch's CUDA build, one image for CPU and GPU nodes): not in `make test` (cold build
+# time and size in images/README.md).
+images-runtime: venv
+	scripts/system-deps.sh install images
+	images/build.sh runtime
 
 # A local control plane, the operator, and a tiny CPU fine-tune through it (examples/finetune-cpu-smoke.yaml).
 demo: venv system-deps

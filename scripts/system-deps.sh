@@ -4,10 +4,15 @@
 #   lua5.1                                                   the ArgoCD health check is tested in real Lua 5.1
 # Installing needs root and apt-get (Debian/Ubuntu); otherwise it names what is missing and exits 1.
 # `scripts/system-deps.sh check` only reports (exit 1 when something is missing).
+# `scripts/system-deps.sh [install|check] images` adds what images/build.sh and tests/images need:
+#   mmdebstrap (the base root filesystem), buildah (the image build), runc (the tests run the images)
 set -euo pipefail
-declare -A package_of=([ip]=iproute2 [unshare]=util-linux [flock]=util-linux [mount]=mount [lua5.1]=lua5.1)
+declare -A package_of=([ip]=iproute2 [unshare]=util-linux [flock]=util-linux [mount]=mount [lua5.1]=lua5.1
+  [mmdebstrap]=mmdebstrap [buildah]=buildah [runc]=runc)
+tools=(ip unshare flock mount lua5.1)
+[ "${2:-}" = images ] && tools+=(mmdebstrap buildah runc)
 missing=()
-for tool in ip unshare flock mount lua5.1; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null && continue
   case " ${missing[*]-} " in *" ${package_of[$tool]} "*) ;; *) missing+=("${package_of[$tool]}") ;; esac
 done

@@ -77,11 +77,13 @@ kubectl config use-context "kind-$CLUSTER" >/dev/null
 log "build images ($OPERATOR_IMAGE, $RUNTIME_IMAGE)"
 cd "$REPO"
 export DOCKER_BUILDKIT=1
-docker build -f images/operator/Dockerfile -t "$OPERATOR_IMAGE" \
-  --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
+# The operator image comes from the project's own build (images/build.sh: buildah, images/operator/Containerfile),
+# the same one `make images` runs; kind loads its OCI archive. build.sh needs root (mmdebstrap, buildah).
+operator_archive="$(${SUDO:-sudo} env "PATH=$PATH" images/build.sh operator | tail -1)"
+kind load image-archive "$operator_archive" --name "$CLUSTER"
 docker build -f images/runtime/Dockerfile.cpu -t "$RUNTIME_IMAGE" .
 # The example's setup Job names a runtime image itself: give the CPU image that name too.
-images=("$OPERATOR_IMAGE" "$RUNTIME_IMAGE")
+images=("$RUNTIME_IMAGE")
 while read -r image; do
   if [ -n "$image" ] && [ "$image" != "$RUNTIME_IMAGE" ]; then docker tag "$RUNTIME_IMAGE" "$image"; images+=("$image"); fi
 done < <(sed -n 's/^ *image: *\([^ ]*\).*/\1/p' "$EXAMPLE" | sort -u)

@@ -1,6 +1,7 @@
 """The container images (images/): hadolint plus the properties the project promises of them.
 
-They cannot be built on these machines (no Docker engine); e2e/kind/run.sh builds them in CI.
+The operator image is built with buildah from images/operator/Containerfile (images/build.sh) and run with runc
+by tests/images; the runtime Dockerfiles are still built by Docker (e2e/kind/run.sh, CI).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from tests.unit.packaging.helm import REPO
 
 IMAGES = REPO / "images"
 HADOLINT_CONFIG = IMAGES / ".hadolint.yaml"
-DOCKERFILES = sorted(p for p in IMAGES.rglob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+DOCKERFILES = sorted(
+    p
+    for pattern in ("Dockerfile*", "Containerfile")
+    for p in IMAGES.rglob(pattern)
+    if not p.name.endswith(".dockerignore")
+)
+OPERATOR = IMAGES / "operator" / "Containerfile"
 OCI_LABELS = ("title", "description", "version", "revision", "created", "source", "licenses")
 
 
@@ -50,9 +57,11 @@ def _final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
-def test_there_are_three_images():
+def test_the_image_definitions():
+    """The operator and the buildah runtime image (images/build.sh); the Docker-built runtime images until the
+    buildah one replaces them."""
     assert [p.relative_to(IMAGES).as_posix() for p in DOCKERFILES] == [
-        "operator/Dockerfile", "runtime/Dockerfile.cpu", "runtime/Dockerfile.cuda",
+        "operator/Containerfile", "runtime/Containerfile", "runtime/Dockerfile.cpu", "runtime/Dockerfile.cuda",
     ]  # fmt: skip
 
 
@@ -93,12 +102,8 @@ def test_multi_stage_non_root_labelled(dockerfile):
 
 
 def test_operator_image_has_no_torch():
-    install = [
-        args
-        for word, args in _instructions(IMAGES / "operator" / "Dockerfile")
-        if word == "RUN" and "pip install" in args
-    ]
-    assert install and all('".[operator]"' in args for args in install)
+    install = [args for word, args in _instructions(OPERATOR) if word == "RUN" and "pip install" in args]
+    assert install and all('"kubetune[operator]"' in args and "--no-index" in args for args in install)
     assert not any(extra in args for args in install for extra in ("runtime", "gpu"))
     assert '! /opt/kubetune/bin/python -c "import torch"' in " ".join(install), (
         "the build proves torch is absent"
@@ -106,7 +111,7 @@ def test_operator_image_has_no_torch():
 
 
 def test_operator_image_runs_the_console_script():
-    final = _final_stage(IMAGES / "operator" / "Dockerfile")
+    final = _final_stage(OPERATOR)
     assert ("ENTRYPOINT", '["kubetune-operator"]') in final
 
 
@@ -158,7 +163,11 @@ def test_cuda_pins_satisfy_the_gpu_extra():
         assert name in base_pins
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
+@pytest.mark.parametrize(
+    "dockerfile",
+    [p for p in DOCKERFILES if p.name != "Containerfile"],
+    ids=lambda p: p.relative_to(IMAGES).as_posix(),
+)
 def test_dockerignore_lets_every_copied_path_through(dockerfile):
     """BuildKit reads <Dockerfile>.dockerignore; a COPY of an ignored path would fail the build."""
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
@@ -205,7 +214,7 @@ def test_kind_script_is_valid_bash():
     assert script.stat().st_mode & 0o111, "executable"
     text = script.read_text()
     for tag in (
-        "images/operator/Dockerfile",
+        "images/build.sh operator",
         "images/runtime/Dockerfile.cpu",
         "examples/finetune-cpu-smoke.yaml",
     ):

@@ -1,0 +1,93 @@
+"""The operator image, built by images/build.sh and run with runc (no Docker): what the Helm chart pulls."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from tests.images.oci import Image, build_or_skip, runc_run
+
+pytestmark = pytest.mark.slow
+MAX_UNCOMPRESSED_BYTES = 200_000_000
+# Names that must never be in an image: a checkout's history, keys, credentials, environment files.
+FORBIDDEN = re.compile(
+    r"(^|/)(\.git|\.netrc|\.pypirc|\.env|id_rsa|id_ed25519|\.docker|credentials(\.json)?)(/|$)"
+)
+
+# A PEM private key with its body (a library's parser that names the marker is not key material).
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    return Image.open(build_or_skip("operator"))
+
+
+@pytest.fixture(scope="module")
+def rootfs(image, tmp_path_factory):
+    root = tmp_path_factory.mktemp("operator") / "rootfs"
+    image.unpack(root)
+    yield root
+    shutil.rmtree(root)  # pytest keeps its last temporary directories; an unpacked image is too big to keep
+
+
+def test_the_console_script_runs_as_65532_on_a_read_only_root(image, rootfs, tmp_path):
+    p = runc_run(rootfs, image, tmp_path / "help", ["kubetune-operator", "--help"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "usage" in p.stdout.lower() and "--webhook" in p.stdout, p.stdout
+    p = runc_run(
+        rootfs, image, tmp_path / "id", ["python", "-c", "import os; print(os.getuid(), os.getgid())"]
+    )
+    assert p.stdout.split() == ["65532", "65532"], p.stdout + p.stderr
+    p = runc_run(rootfs, image, tmp_path / "ro", ["python", "-c", "open('/opt/kubetune/x', 'w')"])
+    assert p.returncode != 0 and "Read-only file system" in p.stderr, p.stdout + p.stderr
+
+
+def test_operator_and_config_import_and_torch_is_absent(image, rootfs, tmp_path):
+    probe = (
+        "import importlib.util, kubetune_operator, kubetune.config; "
+        "print('torch' if importlib.util.find_spec('torch') else 'no torch')"
+    )
+    p = runc_run(rootfs, image, tmp_path / "imports", ["python", "-c", probe])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "no torch"
+
+
+def test_oci_labels_user_and_entrypoint(image):
+    config = image.config["config"]
+    labels = config["Labels"]
+    for key in ("title", "description", "version", "revision", "created", "source", "licenses"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["org.opencontainers.image.title"] == "kubetune-operator"
+    assert re.fullmatch(r"[0-9a-f]{40}", labels["org.opencontainers.image.revision"])
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["kubetune-operator"]
+
+
+def test_no_git_or_secrets_in_any_layer(image):
+    members = [m for layer in image.layer_members() for m in layer]
+    assert len(members) > 1000, "the listing covers the base and the virtualenv"
+    assert any(m.name.endswith("kubetune_operator/__init__.py") for m in members)
+    bad = [m.name for m in members if FORBIDDEN.search(m.name.lstrip("./"))]
+    assert not bad, bad
+    assert not any(m.name.lstrip("./").startswith(("wheels/", "root/.cache")) for m in members), (
+        "build inputs leaked"
+    )
+
+
+def test_no_private_key_material_in_any_file(image, rootfs):
+    hits = []
+    for path in rootfs.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 2_000_000:
+            if PRIVATE_KEY.search(path.read_bytes()):
+                hits.append(str(path.relative_to(rootfs)))
+    assert not hits, hits
+
+
+def test_size_budget(image):
+    import json
+
+    build = json.loads((image.archive.parent / "build.json").read_text())
+    assert 50_000_000 < build["uncompressed_bytes"] <= MAX_UNCOMPRESSED_BYTES, build

@@ -1,0 +1,101 @@
+"""The runtime image (images/build.sh runtime, `make images-runtime`), run with runc: validate and a tiny train.
+
+Not built by `make test` (its cold build is minutes and gigabytes: images/README.md); these tests run where the
+archive for the current inputs exists, and say so when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.images.oci import BUILD, Image, runc_run
+from tests.paths import REPO
+
+pytestmark = pytest.mark.slow
+MAX_UNCOMPRESSED_BYTES = 6_000_000_000
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    if os.geteuid() != 0 or shutil.which("runc") is None:
+        pytest.skip("running an image needs root and runc")
+    archive = subprocess.run(
+        [BUILD, "path", "runtime"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not os.path.exists(archive):
+        pytest.skip("the runtime image is not built for these inputs: make images-runtime")
+    return Image.open(Path(archive))
+
+
+@pytest.fixture(scope="module")
+def rootfs(image, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runtime") / "rootfs"
+    image.unpack(root)
+    yield root
+    shutil.rmtree(root)  # pytest keeps its last temporary directories; an unpacked image is too big to keep
+
+
+def test_gpu_stack_imports_on_a_cpu_machine(image, rootfs, tmp_path):
+    probe = (
+        "import torch, bitsandbytes, liger_kernel, deepspeed, transformers, peft, kubetune.train; "
+        "print(torch.__version__, torch.version.cuda, torch.cuda.is_available())"
+    )
+    p = runc_run(rootfs, image, tmp_path / "imports", ["python", "-c", probe], timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    version, cuda, available = p.stdout.split()[-3:]
+    assert cuda != "None" and available == "False", p.stdout
+
+
+def test_validate_and_train_as_1000_on_a_read_only_root(image, rootfs, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "examples" / "tiny-lora.yml", work / "tiny-lora.yml")
+    os.chown(work, 1000, 1000)
+    os.chown(work / "tiny-lora.yml", 1000, 1000)
+    volumes = {"/work": work}
+    p = runc_run(
+        rootfs,
+        image,
+        tmp_path / "tiny",
+        ["python", "-m", "kubetune.tiny", "/work/tiny"],
+        volumes=volumes,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = runc_run(
+        rootfs,
+        image,
+        tmp_path / "validate",
+        ["kubetune", "validate", "/work/tiny-lora.yml"],
+        volumes=volumes,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = runc_run(
+        rootfs,
+        image,
+        tmp_path / "train",
+        ["kubetune", "train", "/work/tiny-lora.yml"],
+        volumes=volumes,
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    # `kubetune train` writes one JSON event per line; the train events carry the loss.
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    losses = [e["loss"] for e in events if e.get("event") in ("train", "done") and "loss" in e]
+    assert len(losses) >= 3 and losses[-1] < 0.75 * losses[0], (losses, p.stdout[-3000:])
+    assert any((work / "tiny" / "out").iterdir())
+
+
+def test_labels_user_and_size(image):
+    config = image.config["config"]
+    assert config["User"] == "1000:1000"
+    assert config["Labels"]["org.opencontainers.image.title"] == "kubetune-runtime"
+    build = json.loads((image.archive.parent / "build.json").read_text())
+    assert build["uncompressed_bytes"] <= MAX_UNCOMPRESSED_BYTES, build
