@@ -19,6 +19,7 @@ from kubetune_operator import handlers, metrics, webhook
 from kubetune_operator.k8s import Kube
 from kubetune_operator.options import DEFAULT_IMAGE, BuildOptions, parse_resources
 from kubetune_operator.reconcile import Reconciler
+from kubetune_operator.shutdown import run_until_terminated
 from kubetune_operator.spec import GROUP, PLURAL, VERSION, AdmissionPolicy
 
 log = logging.getLogger("kubetune_operator")
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=("json", "plain"), default="json", help="log format (default json)"
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--shutdown-drain",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM keep serving (the webhook above all) this long before stopping, "
+        "while the pod leaves the Service's endpoints (default 5; keep it below the pod's "
+        "terminationGracePeriodSeconds)",
+    )
     parser.add_argument("--runtime-image", default=os.environ.get("KUBETUNE_RUNTIME_IMAGE", DEFAULT_IMAGE),
                         help="image of training pods whose job names none (env KUBETUNE_RUNTIME_IMAGE)")  # fmt: skip
     parser.add_argument("--runtime-resources", metavar="JSON", default=os.environ.get("KUBETUNE_RUNTIME_RESOURCES", ""),
@@ -186,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             "namespace_scanning": not settings.scanning.disabled,
         },
     )
-    kopf.run(
-        registry=registry,
-        settings=settings,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=args.standalone or None,
-        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
-        memo=kopf.Memo(state=state),
+    run_until_terminated(
+        lambda stop_flag: kopf.run(
+            registry=registry,
+            settings=settings,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=args.standalone or None,
+            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+            memo=kopf.Memo(state=state),
+            stop_flag=stop_flag,
+        ),
+        drain_seconds=args.shutdown_drain,
     )
     return 0
 

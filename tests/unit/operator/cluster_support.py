@@ -113,7 +113,8 @@ class OperatorProcess:
 
     def command(self) -> list[str]:
         cmd = [str(Path(sys.executable).with_name("kubetune-operator")), "--log-format", "json",
-               "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port)]  # fmt: skip
+               "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+               "--shutdown-drain", "0.5"]  # fmt: skip
         if self.standalone:
             cmd.append("--standalone")
         for namespace in self.namespaces:
