@@ -270,10 +270,6 @@ def test_qlora_fsdp_offload_params_trains_and_checkpoints(seed_config, real_mode
 
 
 @needs_bnb
-@pytest.mark.xfail(
-    strict=True,
-    reason="fsdp_cpu_ram_efficient_loading is not implemented yet: the config is refused at validation",
-)
 def test_large_axolotl_style_qlora_fsdp_config_validates_unchanged_and_trains(
     seed_config, real_models, tmp_path
 ):

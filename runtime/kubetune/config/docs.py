@@ -64,8 +64,8 @@ RULES_TEXT = """\
   `deepspeed_configs/<name>.json` of a kubetune preset (zero1, zero2, zero3, zero3_bf16,
   zero3_bf16_cpuoffload_params, zero3_bf16_cpuoffload_all).
 - `dataloader_prefetch_factor` needs `dataloader_num_workers` > 0.
-- `hub_model_id`, `hf_mlflow_log_artifacts`, `wandb_watch`, `wandb_log_model` and
-  `fsdp_config.fsdp_cpu_ram_efficient_loading` are known but not implemented yet: accepted when empty, refused when set.
+- `hub_model_id`, `hf_mlflow_log_artifacts`, `wandb_watch` and `wandb_log_model` are known but not implemented
+  yet: accepted when empty, refused when set.
 - `mlflow_experiment_name` / `mlflow_run_name` need MLflow logging on (`use_mlflow: true` or `mlflow_tracking_uri`);
   `wandb_entity` / `wandb_name` / `wandb_run_id` / `wandb_mode` need W&B logging on (`use_wandb: true` or `wandb_project`).
 """

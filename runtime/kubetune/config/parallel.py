@@ -40,8 +40,11 @@ class FsdpConfig(Section):
     )
     fsdp_cpu_ram_efficient_loading: bool | None = field(
         None,
-        description="Load the weights on rank 0 only and broadcast them (saves host memory). Not implemented "
-        "by kubetune yet: every rank loads the weights itself, and true is refused.",
+        description="Only the first process of each pod reads the weights; the others build the model "
+        "without them and receive rank 0's when FSDP shards it (FSDP1: turns on fsdp_sync_module_states). "
+        "One read per pod instead of one per process; with transformers 5.17 the other processes still "
+        "allocate the model's size in host memory (zeros), so it does not lower the peak (docs/training.md). "
+        "4-bit bases are read by every process (transformers cannot build them empty).",
     )
     fsdp_sync_module_states: bool | None = field(
         None, description="FSDP1: broadcast the module states from rank 0 when wrapping. Default: false."

@@ -510,12 +510,6 @@ def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]
                 f"{key} is set but Weights & Biases logging is off (use_wandb is not true and wandb_project is unset)",
                 f"set wandb_project (or use_wandb: true), or remove {key}",
             )
-    if cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_cpu_ram_efficient_loading:
-        yield ConfigProblem(
-            "fsdp_config.fsdp_cpu_ram_efficient_loading",
-            "kubetune does not implement CPU-RAM-efficient loading yet: every rank loads the weights itself",
-            "remove it (or set it to false), and size the nodes' memory for one copy of the weights per process",
-        )
 
 
 from . import preference_rules, training_rules  # noqa: E402, F401  (register the rl:, optimizer, schedule and strategy rules)

@@ -137,6 +137,15 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
                     "Use fsdp_state_dict_type: SHARDED_STATE_DICT on CPU processes (GPUs are not affected).",
                     key="fsdp_config.fsdp_state_dict_type",
                 )
+            if plugin.fsdp_version == 1 and plugin.sync_module_states:
+                # torch's FSDP1 broadcasts module states only from an accelerator ("no available
+                # devices"); FSDP2 loads rank 0's weights through accelerate's broadcast on CPU too.
+                raise UserError(
+                    "FSDP1 cannot broadcast rank 0's weights between CPU processes "
+                    f"({CPU_FSDP_ENV}=1): fsdp_sync_module_states / fsdp_cpu_ram_efficient_loading need GPUs.",
+                    "Set fsdp_version: 2 on CPU processes (GPUs are not affected).",
+                    key="fsdp_config.fsdp_cpu_ram_efficient_loading",
+                )
             _shard_on_cpu(accelerator, plugin)
         else:
             log.warning(
@@ -146,6 +155,55 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
                 CPU_FSDP_ENV,
             )
     return accelerator
+
+
+def ram_efficient_loading(accelerator) -> bool:
+    """fsdp_cpu_ram_efficient_loading is in force: ranks other than each pod's first build the model
+    without reading the weights (transformers' side of it) and receive rank 0's when FSDP shards it."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return is_sharded(accelerator) and plugin is not None and bool(plugin.cpu_ram_efficient_loading)
+
+
+def read_the_weights(model, accelerator, topo: Topology) -> bool:
+    """Whether this rank read the weights itself. Under fsdp_cpu_ram_efficient_loading the ranks other
+    than each pod's first should not have (transformers built their models with zeros); they still do
+    for a 4-bit base, which transformers loads on every rank."""
+    if not ram_efficient_loading(accelerator) or topo.local_rank == 0:
+        return True
+    embeddings = model.get_input_embeddings().weight
+    read = embeddings.device.type != "meta" and bool(embeddings.detach().any())
+    if read:
+        log.warning(
+            "fsdp_cpu_ram_efficient_loading is set, but rank %d read the weights itself (transformers "
+            "loads quantized bases on every rank): size each pod's memory for one copy per process",
+            topo.rank,
+        )
+    return read
+
+
+def report_host_memory(accelerator, read_weights: bool) -> None:
+    """Log each rank's peak host memory with the model prepared, and which ranks read the weights:
+    what fsdp_cpu_ram_efficient_loading is for, and what a pod's memory request must cover."""
+    import torch.distributed as dist
+
+    mine = (round(peak_host_memory_mib()), read_weights)
+    ranks = [mine]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+    if accelerator.is_main_process:
+        log.info(
+            "peak host memory with the model prepared, per rank: %s MiB; ranks that read the weights: %s",
+            ", ".join(str(peak) for peak, _ in ranks),
+            ", ".join(str(rank) for rank, (_, read) in enumerate(ranks) if read) or "none",
+        )
+
+
+def peak_host_memory_mib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_fsdp_requested() -> bool:
@@ -211,9 +269,13 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
         "cpu_offload": ("offload" in options) if offload is None else offload,
         "state_dict_type": get("fsdp_state_dict_type") or "SHARDED_STATE_DICT",
         "activation_checkpointing": bool(get("fsdp_activation_checkpointing")),
-        # Every rank loads the weights itself (see docs/training.md); no broadcast is needed.
-        "cpu_ram_efficient_loading": False,
-        "sync_module_states": bool(get("fsdp_sync_module_states")),
+        # Rank 0 alone reads the weights; transformers builds the others' models without them (zeros, not
+        # meta: it reads accelerate's FSDP_CPU_RAM_EFFICIENT_LOADING) and the wrapper broadcasts rank 0's
+        # values when it shards: FSDP1 through sync_module_states (which this therefore turns on), FSDP2
+        # through accelerate's full-state-dict load. 4-bit bases are the exception: transformers loads
+        # those on every rank (it cannot build them empty), see docs/training.md.
+        "cpu_ram_efficient_loading": bool(get("fsdp_cpu_ram_efficient_loading")),
+        "sync_module_states": bool(get("fsdp_sync_module_states") or get("fsdp_cpu_ram_efficient_loading")),
     }
     if get("fsdp_backward_prefetch"):
         kwargs["backward_prefetch"] = get("fsdp_backward_prefetch")

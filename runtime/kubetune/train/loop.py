@@ -125,6 +125,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         backend=backend,
         device=None if distributed.is_sharded(accelerator) else accelerator.device,
     )
+    read_weights = distributed.read_the_weights(model, accelerator, topo)
     trainable, total = model_lib.parameter_counts(model)
     log.info(
         "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
@@ -141,6 +142,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together
         module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
+    distributed.report_host_memory(accelerator, read_weights)
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
     trainable = None

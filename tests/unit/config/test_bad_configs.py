@@ -245,17 +245,6 @@ BAD = [
         "mlflow_experiment_name",
     ),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
-    (
-        "fsdp-cpu-ram-efficient-loading",
-        {
-            "fsdp": ["full_shard", "auto_wrap"],
-            "fsdp_config": {
-                "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-                "fsdp_cpu_ram_efficient_loading": True,
-            },
-        },
-        "fsdp_config.fsdp_cpu_ram_efficient_loading",
-    ),
     ("early-stopping-without-eval-data", {"early_stopping_patience": 3}, "early_stopping_patience"),
     (
         "cosine-floor-with-linear",

@@ -39,6 +39,16 @@ def test_fsdp2(make_config):
     assert fsdp_plugin_kwargs(cfg, Precision(None, "no"))["reshard_after_forward"] is False
 
 
+def test_cpu_ram_efficient_loading_reaches_the_plugin_and_fsdp1_broadcasts(make_config):
+    """Rank 0 alone reads the weights; FSDP1 needs sync_module_states to hand them to the other ranks."""
+    cfg, _ = make_config(fsdp=["full_shard"], fsdp_config={"fsdp_cpu_ram_efficient_loading": True})
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))
+    assert kwargs["cpu_ram_efficient_loading"] is True and kwargs["sync_module_states"] is True
+    cfg, _ = make_config(fsdp=["full_shard"], fsdp_config={"fsdp_version": 2})
+    kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))
+    assert kwargs["cpu_ram_efficient_loading"] is False and kwargs["sync_module_states"] is False
+
+
 def test_fsdp_backward_prefetch_reaches_the_fsdp1_plugin(make_config):
     cfg, _ = make_config(fsdp=["full_shard"], fsdp_config={"fsdp_backward_prefetch": "BACKWARD_POST"})
     kwargs = fsdp_plugin_kwargs(cfg, Precision(None, "no"))

@@ -76,6 +76,7 @@ def train_resume_and_reload(
     overlay_file=None,
     quantization_config=None,
     atol=1e-4,
+    expect_in_log: str | None = None,
     **keys,
 ):
     """Run 6 steps on 2 CPU processes under FSDP with a checkpoint at 3; run again from that checkpoint
@@ -88,6 +89,7 @@ def train_resume_and_reload(
     first = torchrun_train(path, 2, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert f"FSDP{version} on CPU processes (gloo)" in first.stderr  # sharded for real, not DDP
+    assert expect_in_log is None or expect_in_log in first.stderr, first.stderr[-4000:]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["world_size"] == 2
     assert losses(summary) == pytest.approx(losses(expected_summary), rel=1e-4)
@@ -235,4 +237,25 @@ def nf4_as_trained():
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
         bnb_4bit_quant_storage=torch.float32,
+    )
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_fsdp2_cpu_ram_efficient_loading_follows_the_single_process_run(
+    make_config, tiny, lora_reference, full_reference, adapter
+):
+    """fsdp_cpu_ram_efficient_loading: rank 1 builds the model without the weights and receives rank 0's
+    when FSDP2 shards it; a rank that kept its zeros (or other values) would leave the loss curve."""
+    keys = LORA if adapter == "lora" else FULL
+    expected = lora_reference if adapter == "lora" else full_reference
+    overlay = fsdp(2, "SHARDED_STATE_DICT")
+    overlay["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] = True
+    train_resume_and_reload(
+        make_config,
+        tiny,
+        f"{adapter}-ram-efficient",
+        expected,
+        expect_in_log="ranks that read the weights: 0\n",  # rank 1 built its model from zeros
+        **keys,
+        **overlay,
     )
