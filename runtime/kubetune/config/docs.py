@@ -50,7 +50,8 @@ RULES_TEXT = """\
 - `optimizer: muon` and `ddp_find_unused_parameters: true` are refused with FSDP or DeepSpeed; bitsandbytes
   optimizers are refused with FSDP2.
 - The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
-  CutCrossEntropyPlugin) and the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) must agree.
+  CutCrossEntropyPlugin), the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) and the RMSNorm keys
+  (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
 - `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
   implement tensor or context parallelism yet (use FSDP).

@@ -45,6 +45,9 @@ class KernelKeys(Section):
     flash_attn_fuse_mlp: bool | None = _switch(
         "Axolotl's fused SwiGLU MLP switch: the same path as `liger_glu_activation` (set one of the two)."
     )
+    flash_attn_rms_norm: bool | None = _switch(
+        "Axolotl's flash-attn fused RMSNorm switch: the same path as `liger_rms_norm` (set one of the two)."
+    )
     liger_rope: bool | None = _switch("liger-kernel's fused rotary embedding (CUDA).")
     liger_layer_norm: bool | None = _switch(
         "liger-kernel's fused LayerNorm for the model's nn.LayerNorm modules (CUDA; Llama-family models have none)."

@@ -158,6 +158,13 @@ def fast_path_switches(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProbl
             "keep one of them (they all name kubetune's one fused loss)",
         )
 
+    rms_norm = {cfg.liger_rms_norm, cfg.flash_attn_rms_norm} - {None}
+    if len(rms_norm) > 1:
+        yield ConfigProblem(
+            "flash_attn_rms_norm",
+            "flash_attn_rms_norm and liger_rms_norm disagree; both switch kubetune's one fused RMSNorm",
+            "keep one of them",
+        )
     swiglu = {cfg.liger_glu_activation, cfg.flash_attn_fuse_mlp} - {None}
     if len(swiglu) > 1:
         yield ConfigProblem(

@@ -6,7 +6,7 @@
     sw.fused_loss                                            -> the loss's fused linear cross-entropy switch
 
 Axolotl's keys map onto kubetune's paths: `liger_rms_norm` / `liger_glu_activation` / `liger_rope` /
-`liger_layer_norm` (and `flash_attn_fuse_mlp`, the SwiGLU one) onto kubetune.train.kernels, `liger_fused_linear_cross_entropy` (and
+`liger_layer_norm` (and `flash_attn_fuse_mlp`, the SwiGLU one, and `flash_attn_rms_norm`) onto kubetune.train.kernels, `liger_fused_linear_cross_entropy` (and
 `liger_cross_entropy`, `cut_cross_entropy`, the CutCrossEntropyPlugin) onto kubetune.train.loss's fused
 loss, `lora_{mlp,qkv,o}_kernel` onto kubetune.train.lora_fused, `use_kernels` onto the default of the
 three Llama-family liger switches. Unset keeps kubetune's choice; true forces the path on wherever it
@@ -55,7 +55,7 @@ def switches(cfg) -> Switches:
         return cfg.use_kernels if value is None else value
 
     return Switches(
-        rms_norm=or_kernels(cfg.liger_rms_norm),
+        rms_norm=or_kernels(cfg.liger_rms_norm if cfg.liger_rms_norm is not None else cfg.flash_attn_rms_norm),
         swiglu=or_kernels(
             cfg.liger_glu_activation if cfg.liger_glu_activation is not None else cfg.flash_attn_fuse_mlp
         ),

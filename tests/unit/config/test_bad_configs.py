@@ -245,6 +245,11 @@ BAD = [
         "mlflow_experiment_name",
     ),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
+    (
+        "rms-norm-switches-disagree",
+        {"liger_rms_norm": True, "flash_attn_rms_norm": False},
+        "flash_attn_rms_norm",
+    ),
     ("early-stopping-without-eval-data", {"early_stopping_patience": 3}, "early_stopping_patience"),
     (
         "cosine-floor-with-linear",

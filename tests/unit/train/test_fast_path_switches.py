@@ -47,6 +47,10 @@ def test_liger_switches_choose_the_element_wise_kernels(make_config):
     assert kinds(cfg, default_on=False) == ["rms_norm", "swiglu", "rope"]
     cfg, _ = make_config(flash_attn_fuse_mlp=False)  # Axolotl's older SwiGLU switch
     assert kinds(cfg) == ["rms_norm", "rope"]
+    cfg, _ = make_config(flash_attn_rms_norm=False)  # and its flash-attn RMSNorm switch
+    assert kinds(cfg) == ["swiglu", "rope"]
+    cfg, _ = make_config(flash_attn_rms_norm=True)
+    assert kinds(cfg, default_on=False) == ["rms_norm"]
 
 
 def test_only_the_chosen_liger_kernels_are_swapped_in(monkeypatch):
