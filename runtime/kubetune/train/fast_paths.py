@@ -55,7 +55,9 @@ def switches(cfg) -> Switches:
         return cfg.use_kernels if value is None else value
 
     return Switches(
-        rms_norm=or_kernels(cfg.liger_rms_norm if cfg.liger_rms_norm is not None else cfg.flash_attn_rms_norm),
+        rms_norm=or_kernels(
+            cfg.liger_rms_norm if cfg.liger_rms_norm is not None else cfg.flash_attn_rms_norm
+        ),
         swiglu=or_kernels(
             cfg.liger_glu_activation if cfg.liger_glu_activation is not None else cfg.flash_attn_fuse_mlp
         ),
