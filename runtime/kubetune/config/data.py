@@ -125,6 +125,12 @@ class DataKeys(Section):
         "`sequence_len`). Default: keep every example with something to train.",
         ge=1,
     )
+    dataset_exact_deduplication: bool | None = field(
+        None,
+        description="Drop examples whose tokens and labels equal another's, before `val_set_size` splits "
+        "off evaluation examples; with `test_datasets`, evaluation examples equal to a training example are "
+        "dropped too. Default: keep duplicates.",
+    )
     sample_packing: bool = field(
         False,
         description="Pack several examples into each `sequence_len` row. Position ids restart per example and "

@@ -184,6 +184,15 @@ def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "pretraining_dataset is read as a stream, which has no epochs: the run's length is max_steps",
             "add `max_steps: N`",
         )
+    if cfg.dataset_exact_deduplication and (cfg.pretraining_dataset or cfg.rl):
+        source = (
+            "pretraining_dataset is read as a stream" if cfg.pretraining_dataset else "rl: trains on pairs"
+        )
+        yield ConfigProblem(
+            "dataset_exact_deduplication",
+            f"dataset_exact_deduplication works on prepared SFT examples, and {source}",
+            "remove dataset_exact_deduplication",
+        )
     if cfg.pretraining_dataset and cfg.val_set_size > 0:
         yield ConfigProblem(
             "val_set_size",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -49,6 +50,7 @@ TOKEN_KEYS = (
     "tokens",
     "eot_tokens",
     "min_sample_len",
+    "dataset_exact_deduplication",
 )
 
 
@@ -138,6 +140,11 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
     preference = bool(option(cfg, "rl"))  # two examples per row, kept and split by pair (data/pairs.py)
     if not len(train):
         raise nothing_left_error(per_dataset, sequence_len)
+    deduplicate = bool(option(cfg, "dataset_exact_deduplication"))
+    seen: set[bytes] = set()
+    duplicates = 0
+    if deduplicate:  # before the split, so no example is both trained on and evaluated (as Axolotl does)
+        train, duplicates = drop_duplicates(train, seen)
     val_set_size = float(option(cfg, "val_set_size") or 0)
     if _entries(cfg, "test_datasets"):
         if val_set_size:
@@ -147,6 +154,9 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
                 "set val_set_size: 0 to evaluate on test_datasets, or drop test_datasets",
             )
         evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_test_dataset)
+        if deduplicate:  # also drops evaluation examples that are training examples
+            evaluation, eval_duplicates = drop_duplicates(evaluation, seen)
+            duplicates += eval_duplicates
         if not len(evaluation):
             raise nothing_left_error(per_test_dataset, sequence_len)
     else:
@@ -166,6 +176,7 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
         "dropped_too_long": sum(d["dropped_too_long"] for d in per_dataset),
         "dropped_untrained": sum(d["dropped_untrained"] for d in per_dataset),
         "dropped_too_short": sum(d["dropped_too_short"] for d in per_dataset),
+        "dropped_duplicates": duplicates,
         "sequence_len": sequence_len,
     }
     eval_rows = None
@@ -259,6 +270,25 @@ def drop_short(examples: TokenizedExamples, min_len: int | None) -> tuple[Tokeni
     if not short.any():
         return examples, 0
     return examples.select(np.flatnonzero(~short)), int(short.sum())
+
+
+def drop_duplicates(examples: TokenizedExamples, seen: set[bytes]) -> tuple[TokenizedExamples, int]:
+    """Drop every example whose tokens and labels equal an earlier one's, or one already in `seen`
+    (Axolotl's dataset_exact_deduplication; on the tokenized examples, so two rows that differ only in
+    fields the format does not read count as one). `seen` gains the kept examples' digests."""
+    keep = []
+    for index in range(len(examples)):
+        start, end = examples.offsets[index], examples.offsets[index + 1]
+        digest = hashlib.blake2b(examples.input_ids[start:end].tobytes(), digest_size=16)
+        digest.update(examples.labels[start:end].tobytes())
+        key = digest.digest()
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    dropped = len(examples) - len(keep)
+    if dropped:
+        log.info("dataset_exact_deduplication: dropped %d duplicate examples", dropped)
+    return (examples.select(np.asarray(keep, dtype=np.int64)) if dropped else examples), dropped
 
 
 def split_eval(examples: TokenizedExamples, val_set_size: float, seed: int):

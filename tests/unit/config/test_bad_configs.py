@@ -246,6 +246,11 @@ BAD = [
     ),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
     (
+        "deduplication-of-preference-pairs",
+        {"dataset_exact_deduplication": True, "rl": "dpo"},
+        "dataset_exact_deduplication",
+    ),
+    (
         "rms-norm-switches-disagree",
         {"liger_rms_norm": True, "flash_attn_rms_norm": False},
         "flash_attn_rms_norm",

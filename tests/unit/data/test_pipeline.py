@@ -149,6 +149,26 @@ def test_min_sample_len_drops_the_short_examples(tmp_path, tokenizer):
         assert (data.stats["examples"], data.stats["dropped_too_short"]) == (kept, 3 - kept)
 
 
+def test_dataset_exact_deduplication_drops_repeated_examples_and_eval_copies_of_training_ones(
+    tmp_path, tokenizer
+):
+    rows = [{"text": f"red {word} blue"} for word in ("a", "b", "a", "c", "a", "b")]  # 3 distinct
+    write_jsonl(rows, tmp_path / "train.jsonl")
+    write_jsonl([{"text": "red c blue"}, {"text": "red d blue"}], tmp_path / "test.jsonl")
+    datasets = [{"path": str(tmp_path / "train.jsonl"), "type": "completion"}]
+    test_datasets = [{"path": str(tmp_path / "test.jsonl"), "type": "completion", "split": "train"}]
+    keys = {"sequence_len": 64, "sample_packing": False, "datasets": datasets, "test_datasets": test_datasets}
+    kept = build_prepared(config(tmp_path, tmp_path, **keys), tokenizer)
+    assert (len(kept.train), len(kept.eval), kept.stats["dropped_duplicates"]) == (6, 2, 0)
+    cfg = config(tmp_path, tmp_path, dataset_exact_deduplication=True, **keys)
+    data = build_prepared(cfg, tokenizer)
+    texts = sorted(tokenizer.decode(row["input_ids"], skip_special_tokens=True) for row in data.train)
+    assert [text.replace(" ", "") for text in texts] == ["redablue", "redbblue", "redcblue"]
+    # "red c blue" is a training example: only "red d blue" is left to evaluate on
+    assert len(data.eval) == 1 and data.stats["dropped_duplicates"] == 3 + 1
+    assert preparation_key(cfg, tokenizer) != preparation_key(config(tmp_path, tmp_path, **keys), tokenizer)
+
+
 @pytest.mark.parametrize("val_set_size", [0.05, 0])
 def test_every_example_too_long_blames_sequence_len_not_val_set_size(tmp_path, tokenizer, val_set_size):
     # The newcomer's report: 600 alpaca rows all longer than sequence_len used to stop at val_set_size.
