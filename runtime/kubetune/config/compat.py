@@ -79,7 +79,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
         qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size
         qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
-        quantize_moe_experts ray_num_workers ray_run_name reinit_weights relora relora_anneal_steps
+        quantize_moe_experts ray_num_workers ray_run_name relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
         remove_unused_columns resources_per_worker reward_model
         role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size

@@ -158,6 +158,12 @@ class ModelKeys(Section):
         description="Passed to the tokenizer as `legacy` (Llama-family tokenizers: true puts the word-start "
         "marker on text right after a special token, as older releases did). Default: the tokenizer's own.",
     )
+    reinit_weights: bool | None = field(
+        None,
+        description="Train from randomly initialised weights of `base_model`'s architecture (its config; "
+        "the weights are not read), initialised from `seed` as transformers initialises a new model: "
+        "pretraining from scratch. Default: load the pretrained weights.",
+    )
     resize_token_embeddings_to_32x: bool = field(
         False,
         description="Grow the embedding matrix (and output head) to the tokenizer's length rounded up to a "

@@ -67,6 +67,12 @@ BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_
 
 @rule
 def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    if cfg.reinit_weights and (cfg.load_in_4bit or cfg.load_in_8bit):
+        yield ConfigProblem(
+            "reinit_weights",
+            "reinit_weights trains new random weights, which bitsandbytes cannot quantize as it loads them",
+            "remove load_in_4bit / load_in_8bit (and train the new model in full), or remove reinit_weights",
+        )
     if cfg.adapter == "qlora" and not cfg.load_in_4bit:
         yield ConfigProblem(
             "load_in_4bit",

@@ -200,7 +200,10 @@ def load_model(
     if device is not None:
         kwargs["device_map"] = {"": device}
     try:
-        model = model_cls.from_pretrained(source, **kwargs)
+        if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
+            model = model_options.new_model(model_cls, source, kwargs, device)
+        else:
+            model = model_cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
     model.config.use_cache = False  # training never reuses a KV cache

@@ -67,6 +67,27 @@ def embedding_rows(cfg, tokenizer) -> int:
     return math.ceil(rows / 32) * 32 if cfg.resize_token_embeddings_to_32x else rows
 
 
+def new_model(model_cls, source: str, load_kwargs: dict, device) -> nn.Module:
+    """`reinit_weights`: the model `from_pretrained` would build, with freshly initialised weights instead
+    of the pretrained ones (which are never read): its config (with `model_config` applied), dtype and
+    attention implementation."""
+    import transformers
+
+    config = load_kwargs.get("config")
+    if config is None:
+        revision = {"revision": load_kwargs["revision"]} if "revision" in load_kwargs else {}
+        config = transformers.AutoConfig.from_pretrained(
+            source, trust_remote_code=load_kwargs["trust_remote_code"], **revision
+        )
+    options = {"dtype": load_kwargs["dtype"], "attn_implementation": load_kwargs["attn_implementation"]}
+    if hasattr(model_cls, "from_config"):  # an Auto class (AutoModelForCausalLM)
+        model = model_cls.from_config(config, trust_remote_code=load_kwargs["trust_remote_code"], **options)
+    else:  # a model class named by model_type, e.g. LlamaForCausalLM
+        model = model_cls._from_config(config, **options)
+    log.info("reinit_weights: %s built from its config with new random weights", type(model).__name__)
+    return model.to(device) if device is not None else model
+
+
 def model_config(source: str, overrides: dict | None, trust_remote_code: bool, revision: dict | None = None):
     """The model's transformers config with Axolotl's `model_config` attributes set; UserError naming
     the ones the config class does not have (transformers would drop them silently)."""

@@ -246,6 +246,11 @@ BAD = [
     ),
     ("hub-push-not-implemented", {"hub_model_id": "me/model"}, "hub_model_id"),
     (
+        "reinit-weights-of-a-quantized-base",
+        {"reinit_weights": True, "adapter": "qlora", "load_in_4bit": True},
+        "reinit_weights",
+    ),
+    (
         "deduplication-of-preference-pairs",
         {"dataset_exact_deduplication": True, "rl": "dpo"},
         "dataset_exact_deduplication",

@@ -165,3 +165,23 @@ def test_output_router_logits_adds_the_router_balancing_loss():
     torch.testing.assert_close(with_router - plain, 0.02 * balance * trained)
     with_router.backward()
     assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("model_type", [None, "LlamaForCausalLM"])
+def test_reinit_weights_builds_the_architecture_with_new_weights_from_the_seed(make_config, model_type):
+    from accelerate.utils import set_seed
+
+    cfg, _ = make_config(model_type=model_type, **FULL)
+    pretrained, _ = load(cfg)
+    cfg, _ = make_config(model_type=model_type, reinit_weights=True, **FULL)
+    set_seed(cfg.seed)
+    fresh, _ = load(cfg)
+    set_seed(cfg.seed)
+    again, _ = load(cfg)
+    assert type(fresh) is type(pretrained) and fresh.config.hidden_size == pretrained.config.hidden_size
+    weights = dict(pretrained.named_parameters())
+    for name, param in fresh.named_parameters():
+        assert param.shape == weights[name].shape and param.requires_grad, name
+        if param.dim() == 2:  # linear and embedding weights are drawn anew; norms start at ones again
+            assert not torch.equal(param, weights[name]), name
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), again.parameters(), strict=True))
