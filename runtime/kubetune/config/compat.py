@@ -142,7 +142,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
 # Other spellings of a top-level key, read as that key (setting both is an error).
 RENAMED: dict[str, str] = {
     "adam_eps": "adam_epsilon",
-    "float16": "fp16",  # (bfloat16 is folded in screening: `bfloat16: false` leaves bf16 as it is)
     "model_config": "model_config_overrides",  # pydantic reserves the name model_config
     "evaluation_strategy": "eval_strategy",  # transformers' older spelling
     "model_revision": "revision_of_model",  # an older Axolotl spelling

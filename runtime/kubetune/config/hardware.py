@@ -26,6 +26,12 @@ class PrecisionKeys(Section):
         "Default: `auto`.",
     )
     fp16: bool = field(False, description="Train in float16 mixed precision (with loss scaling).")
+    float16: bool | None = field(
+        None,
+        description="Axolotl's non-AMP float16: the weights load in float16 and train without mixed precision "
+        "or loss scaling (GPU). `fp16: true` (mixed precision) takes precedence; with `bf16: auto` this "
+        "key decides. Default: off.",
+    )
     tf32: bool | Literal["auto"] = field(
         False, description="Allow TF32 matmuls on Ampere and newer GPUs: true, false or `auto`."
     )

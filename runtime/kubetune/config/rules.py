@@ -150,6 +150,17 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             "bf16 and fp16 are both true; training uses one mixed precision",
             "keep one of bf16 / fp16",
         )
+    if cfg.float16 and cfg.bf16 is True:
+        yield ConfigProblem(
+            "float16", "float16 (float16 weights) and bf16: true contradict each other", "keep one of them"
+        )
+    if cfg.float16 and not cfg.fp16 and not cfg.adapter:
+        yield ConfigProblem(
+            "float16",
+            "float16 without fp16 trains every weight in float16 with no loss scaling: small gradients vanish "
+            "and AdamW's epsilon (1e-8) is below float16's smallest value",
+            "use fp16: true (mixed precision: float32 weights, float16 compute), or train an adapter",
+        )
     if cfg.flash_attention and cfg.sdp_attention:
         yield ConfigProblem(
             "sdp_attention",

@@ -32,14 +32,17 @@ class Precision:
 def resolve_precision(cfg, *, cuda: bool) -> Precision:
     """bf16 / fp16 / auto on a GPU; always float32 on CPU (CPU autocast is slow and rarely what you want)."""
     if not cuda:
-        if cfg.bf16 is True or cfg.fp16:
-            log.warning("bf16/fp16 requested but there is no CUDA GPU: training in float32")
+        if cfg.bf16 is True or cfg.fp16 or cfg.float16:
+            log.warning("bf16/fp16/float16 requested but there is no CUDA GPU: training in float32")
         return Precision(torch.float32, "no")
-    if cfg.bf16 is True or (cfg.bf16 == "auto" and not cfg.fp16 and torch.cuda.is_bf16_supported()):
+    auto_bf16 = cfg.bf16 == "auto" and not cfg.fp16 and not cfg.float16
+    if cfg.bf16 is True or (auto_bf16 and torch.cuda.is_bf16_supported()):
         return Precision(torch.bfloat16, "bf16")
     if cfg.fp16:
         # Loss scaling cannot unscale fp16 gradients, so trainable weights stay float32 in a full fine-tune.
         return Precision(torch.float16 if cfg.adapter else torch.float32, "fp16")
+    if cfg.float16:  # Axolotl's non-AMP float16: float16 weights, no autocast, no loss scaling
+        return Precision(torch.float16, "no")
     return Precision(torch.float32, "no")
 
 

@@ -16,7 +16,6 @@ BASE = {
     [
         ({"adam_eps": 1e-9}, "adam_epsilon", 1e-9),  # what the optimizer gets as eps (test_optim)
         ({"bfloat16": True}, "bf16", True),
-        ({"float16": True, "bf16": False}, "fp16", True),
         (
             {"batch_size": 8, "micro_batch_size": 2},
             "gradient_accumulation_steps",
@@ -34,8 +33,16 @@ def test_spelling_reaches_the_setting(keys, attribute, value):
 
 
 def test_both_spellings_at_once_are_refused():
-    (problem,) = validate_mapping({**BASE, "float16": True, "fp16": True})
-    assert problem.path == "float16" and "keep only 'fp16'" in problem.fix
+    (problem,) = validate_mapping({**BASE, "adam_eps": 1e-9, "adam_epsilon": 1e-9})
+    assert problem.path == "adam_eps" and "keep only 'adam_epsilon'" in problem.fix
+
+
+def test_float16_contradictions_are_refused():
+    """A full fine-tune in pure float16, and float16 with bf16: true (the precision itself: test_model)."""
+    lora = {**BASE, "adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_target_linear": True}
+    assert validate_mapping({**lora, "float16": True}) == []
+    assert [p.path for p in validate_mapping({**BASE, "float16": True, "bf16": False})] == ["float16"]
+    assert [p.path for p in validate_mapping({**lora, "float16": True, "bf16": True})] == ["float16"]
 
 
 def test_hf_use_auth_token_true_is_what_kubetune_always_does():

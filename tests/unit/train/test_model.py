@@ -153,3 +153,25 @@ def test_adapter_dtype_fits_the_sharding(make_config, tiny, fsdp_keys, adapter_d
     model = attach_adapter(cfg, base)
     lora = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
     assert lora == {adapter_dtype}
+
+
+def test_float16_is_axolotls_non_amp_float16():
+    """float16 weights without autocast on a GPU; fp16 (mixed precision) takes precedence; float32 on CPU."""
+    from kubetune.config import load_config
+    from kubetune.train.model import Precision, resolve_precision
+
+    lora = {
+        "base_model": "m",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "d", "type": "alpaca"}],
+        "adapter": "lora",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_target_linear": True,
+    }
+    cfg = load_config({**lora, "float16": True})  # bf16 stays auto: float16 decides
+    assert resolve_precision(cfg, cuda=True) == Precision(torch.float16, "no")
+    assert resolve_precision(cfg, cuda=False) == Precision(torch.float32, "no")
+    cfg = load_config({**lora, "float16": True, "fp16": True})
+    assert resolve_precision(cfg, cuda=True) == Precision(torch.float16, "fp16")
