@@ -47,8 +47,10 @@ RULES_TEXT = """\
   `reduce_lr_on_plateau`, `greedy` and `eval_strategy: steps|epoch` need evaluation data.
 - `save_strategy` / `eval_strategy` exclude the interval keys they contradict; `loss_watchdog_patience` needs
   `loss_watchdog_threshold`; `batch_size` must equal `micro_batch_size` x `gradient_accumulation_steps`.
-- `optimizer: muon` and `ddp_find_unused_parameters: true` are refused with FSDP or DeepSpeed; bitsandbytes
-  optimizers are refused with FSDP2.
+- `optimizer: muon` and `ddp_find_unused_parameters: true` are refused with FSDP or DeepSpeed. Under FSDP2
+  the bitsandbytes optimizers are served by torchao's 8-bit AdamW (`adamw_bnb_8bit`, `adamw_8bit`,
+  `paged_adamw_8bit`) and torch's AdamW (`paged_adamw_32bit`): bitsandbytes' states cannot hold FSDP2's
+  sharded parameters; the log names the implementation.
 - The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
   CutCrossEntropyPlugin), the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) and the RMSNorm keys
   (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.

@@ -18,7 +18,6 @@ from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_
 from .parallel import FSDP_SHARDING_STRATEGIES
 from .problems import ConfigProblem
 from .schema import TrainConfig
-from .training import BNB_OPTIMIZERS
 
 Rule = Callable[[TrainConfig, "Path | None"], Iterator[ConfigProblem]]
 RULES: list[Rule] = []
@@ -456,14 +455,6 @@ def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 "fsdp",
                 f"fsdp_version 2 shards fully (resharding is fsdp_reshard_after_forward); {others[0]} is FSDP1 only",
                 "use full_shard (with fsdp_reshard_after_forward: false for shard_grad_op behaviour)",
-            )
-        if cfg.optimizer in BNB_OPTIMIZERS:
-            # Seen on an H200 (bench/notes-gpu.md): bitsandbytes' 8-bit states reject FSDP2's DTensor shards.
-            yield ConfigProblem(
-                "optimizer",
-                f"{cfg.optimizer} keeps bitsandbytes states, which cannot hold FSDP2's sharded parameters",
-                "use adamw_torch_8bit / adamw_torch_4bit (torchao, FSDP2-ready) or adamw_torch_fused with "
-                "fsdp_version 2, or keep the bitsandbytes optimizer with fsdp_version 1",
             )
 
 

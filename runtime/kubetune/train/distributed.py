@@ -76,6 +76,12 @@ def check_request(cfg, *, cuda: bool) -> None:
         fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # type: ignore[arg-type]  # raises on a bad combination
 
 
+def fsdp2_requested(cfg, *, cuda: bool) -> bool:
+    """The config asks for FSDP2 and it will run: on GPUs, or on CPU processes with KUBETUNE_CPU_FSDP."""
+    version = cfg.fsdp_config.fsdp_version if cfg.fsdp_config else 1
+    return bool(cfg.fsdp) and version == 2 and (cuda or cpu_fsdp_requested())
+
+
 def is_sharded(accelerator) -> bool:
     """FSDP and DeepSpeed place the weights themselves and checkpoint in their own formats."""
     from accelerate.utils import DistributedType

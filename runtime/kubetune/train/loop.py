@@ -85,7 +85,7 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     """Every check that needs no model weights: bad input stops here, before anything is written."""
     attention.check_request(cfg, cuda=topo.cuda)
     model_lib.check_request(cfg, cuda=topo.cuda)
-    optim.check_request(cfg, cuda=topo.cuda)
+    optim.check_request(cfg, cuda=topo.cuda, fsdp2=distributed.fsdp2_requested(cfg, cuda=topo.cuda))
     distributed.check_request(cfg, cuda=topo.cuda)
     tracking.check_request(cfg)
     model_lib.model_source(cfg, cfg.base_model, "base_model")
@@ -141,7 +141,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         module = accelerator.prepare(module)
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together
-        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module))
+        fsdp2 = distributed.is_sharded(accelerator) and bool(cfg.fsdp)  # FSDP1 took the branch above
+        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module, fsdp2=fsdp2))
     distributed.report_host_memory(accelerator, read_weights)
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
@@ -425,7 +426,7 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         values=HostCopy(torch.cat(values)),
         interval=interval,
         eta=eta,
-        learning_rate=run.scheduler.get_last_lr()[0],
+        learning_rate=float(run.scheduler.get_last_lr()[0]),  # torchao keeps it as a tensor
         rewards=_take_rewards(run),
     )
 

@@ -15,6 +15,7 @@ multipliers of the peak learning rate per optimizer step, defined in `cosine_mul
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from functools import partial
 
@@ -24,6 +25,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from kubetune.train.errors import UserError
 
+log = logging.getLogger(__name__)
+
 BNB_OPTIMIZERS = {
     "adamw_bnb_8bit": "AdamW8bit",
     "adamw_8bit": "AdamW8bit",  # transformers' name for the same bitsandbytes optimizer
@@ -31,6 +34,25 @@ BNB_OPTIMIZERS = {
     "paged_adamw_32bit": "PagedAdamW32bit",
 }
 TORCHAO_OPTIMIZERS = {"adamw_torch_8bit": "AdamW8bit", "adamw_torch_4bit": "AdamW4bit"}
+# bitsandbytes' optimizer states cannot hold FSDP2's DTensor shards (seen on an H200, bench/notes-gpu.md);
+# under FSDP2 these names are served by the implementation of the same update whose states can: torchao's
+# 8-bit AdamW (block-wise quantised moments, as bitsandbytes') and torch's AdamW for the 32-bit paged one
+# (paging only moves the states between GPU and host memory; FSDP2 shards them instead).
+FSDP2_SERVED = {
+    "adamw_bnb_8bit": "adamw_torch_8bit",
+    "adamw_8bit": "adamw_torch_8bit",
+    "paged_adamw_8bit": "adamw_torch_8bit",
+    "paged_adamw_32bit": "adamw_torch",
+}
+
+
+def served_optimizer(cfg, *, fsdp2: bool) -> str:
+    """The optimizer that serves `cfg.optimizer` (its own name, except bitsandbytes' under FSDP2)."""
+    if fsdp2 and cfg.optimizer in FSDP2_SERVED:
+        return FSDP2_SERVED[cfg.optimizer]
+    return cfg.optimizer
+
+
 EVAL_DRIVEN = ("reduce_lr_on_plateau", "greedy")
 
 
@@ -57,15 +79,16 @@ def _never_decayed(name: str) -> bool:
     )
 
 
-def check_request(cfg, *, cuda: bool) -> None:
-    if cfg.optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
+def check_request(cfg, *, cuda: bool, fsdp2: bool = False) -> None:
+    optimizer = served_optimizer(cfg, fsdp2=fsdp2)
+    if optimizer in TORCHAO_OPTIMIZERS and importlib.util.find_spec("torchao") is None:
         raise UserError(
-            f"optimizer {cfg.optimizer} is torchao's low-bit AdamW and needs the torchao package, which is not "
-            "installed.",
+            f"optimizer {cfg.optimizer} is served by torchao's low-bit AdamW{' under FSDP2' if fsdp2 else ''} "
+            "and needs the torchao package, which is not installed.",
             "Install kubetune's runtime extra (it pins torchao), or use `optimizer: adamw_torch_fused`.",
             key="optimizer",
         )
-    if cfg.optimizer not in BNB_OPTIMIZERS:
+    if optimizer not in BNB_OPTIMIZERS:
         return
     if not cuda or importlib.util.find_spec("bitsandbytes") is None:
         reason = "a CUDA GPU" if not cuda else "the bitsandbytes package, which is not installed"
@@ -77,22 +100,30 @@ def check_request(cfg, *, cuda: bool) -> None:
         )
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: nn.Module, *, fsdp2: bool = False) -> torch.optim.Optimizer:
     groups = parameter_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
+    optimizer = served_optimizer(cfg, fsdp2=fsdp2)
+    if optimizer != cfg.optimizer:
+        log.info(
+            "optimizer %s under FSDP2: served by %s (bitsandbytes' states cannot hold FSDP2's sharded "
+            "parameters)",
+            cfg.optimizer,
+            "torchao.optim.AdamW8bit" if optimizer == "adamw_torch_8bit" else "torch.optim.AdamW",
+        )
+    if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.learning_rate)
     adam = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
-    if cfg.optimizer in BNB_OPTIMIZERS:
+    if optimizer in BNB_OPTIMIZERS:
         import bitsandbytes as bnb
 
-        return getattr(bnb.optim, BNB_OPTIMIZERS[cfg.optimizer])(groups, **adam)
-    if cfg.optimizer in TORCHAO_OPTIMIZERS:
+        return getattr(bnb.optim, BNB_OPTIMIZERS[optimizer])(groups, **adam)
+    if optimizer in TORCHAO_OPTIMIZERS:
         import torchao.optim
 
-        return getattr(torchao.optim, TORCHAO_OPTIMIZERS[cfg.optimizer])(groups, **adam)
-    if cfg.optimizer == "muon":
+        return getattr(torchao.optim, TORCHAO_OPTIMIZERS[optimizer])(groups, **adam)
+    if optimizer == "muon":
         return build_muon(cfg, model, adam)
-    if cfg.optimizer == "adamw_torch_fused":
+    if optimizer == "adamw_torch_fused":
         return torch.optim.AdamW(groups, fused=True, **adam)
     return torch.optim.AdamW(groups, **adam)
 

@@ -227,15 +227,6 @@ BAD = [
         "gradient_checkpointing_kwargs.use_reentrent",
     ),
     ("prefetch-without-workers", {"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor"),
-    (
-        "bnb-8bit-optimizer-with-fsdp2",
-        {
-            "optimizer": "adamw_bnb_8bit",
-            "fsdp": ["full_shard", "auto_wrap"],
-            "fsdp_config": {"fsdp_version": 2, "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"},
-        },
-        "optimizer",
-    ),
     ("wandb-name-without-wandb", {"wandb_name": "n"}, "wandb_name"),
     ("wandb-watch-not-implemented", {"wandb_project": "p", "wandb_watch": "all"}, "wandb_watch"),
     ("mlflow-run-name-without-mlflow", {"mlflow_run_name": "r1"}, "mlflow_run_name"),

@@ -259,3 +259,23 @@ def test_fsdp2_cpu_ram_efficient_loading_follows_the_single_process_run(
         **keys,
         **overlay,
     )
+
+
+def test_fsdp2_with_a_bitsandbytes_optimizer_name_trains_checkpoints_resumes_and_saves(
+    seed_mapping, make_config, tiny, tmp_path
+):
+    """adamw_bnb_8bit under FSDP2 (the seed's optimizer with fsdp_version 2): served by torchao's 8-bit AdamW,
+    whose states FSDP2 shards and accelerate checkpoints; the run follows one process using torchao's
+    8-bit AdamW by its own name (adamw_torch_8bit)."""
+    pytest.importorskip("torchao.optim")
+    expected = reference(seed_mapping, tiny, tmp_path / "ref", optimizer="adamw_torch_8bit", **LORA)
+    train_resume_and_reload(
+        make_config,
+        tiny,
+        "lora-fsdp2-bnb-name",
+        expected,
+        expect_in_log="optimizer adamw_bnb_8bit under FSDP2: served by torchao.optim.AdamW8bit",
+        optimizer="adamw_bnb_8bit",
+        **LORA,
+        **fsdp(2, "SHARDED_STATE_DICT"),
+    )

@@ -116,6 +116,33 @@ def test_bitsandbytes_optimizers_are_built_and_step(name, cls):
     _one_step_changes_the_weights(optimizer, model)
 
 
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("adamw_bnb_8bit", "AdamW8bit"),
+        ("adamw_8bit", "AdamW8bit"),
+        ("paged_adamw_8bit", "AdamW8bit"),
+        ("paged_adamw_32bit", "AdamW"),
+    ],
+)
+def test_under_fsdp2_bitsandbytes_names_are_served_by_optimizers_whose_states_shard(name, served, caplog):
+    """bitsandbytes' states cannot hold FSDP2's DTensor shards: torchao's 8-bit AdamW (or torch's AdamW for
+    the 32-bit paged one) serves the name, on CPU too (no CUDA check), and the log says which."""
+    pytest.importorskip("torchao.optim")
+    check_request(Cfg(optimizer=name), cuda=False, fsdp2=True)  # bitsandbytes itself would need CUDA
+    with pytest.raises(UserError, match="CUDA"):
+        check_request(Cfg(optimizer=name), cuda=False)
+    model = _mlp()
+    with caplog.at_level("INFO", logger="kubetune.train.optim"):
+        optimizer = build_optimizer(Cfg(optimizer=name, learning_rate=1e-2), model, fsdp2=True)
+    assert type(optimizer).__name__ == served and type(optimizer).__module__.split(".")[0] in (
+        "torchao",
+        "torch",
+    )
+    assert f"optimizer {name} under FSDP2: served by" in caplog.text
+    _one_step_changes_the_weights(optimizer, model)
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     class TinyLM(nn.Module):
         def __init__(self):
