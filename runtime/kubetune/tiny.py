@@ -102,6 +102,18 @@ def preference_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def kto_rows(count: int, seed: int = 0) -> list[dict]:
+    """KTO rows (`chatml.intel` for rl: kto) of the same pairs: each prompt once with its right answer
+    (label true) and once with the wrong one (label false), in a seeded shuffled order."""
+    rows = []
+    for pair in preference_rows(count, seed):
+        prompt = {"system": pair["system"], "question": pair["question"]}
+        rows += [prompt | {"completion": pair["chosen"], "label": True}]
+        rows += [prompt | {"completion": pair["rejected"], "label": False}]
+    order = random.Random(seed).sample(range(len(rows)), len(rows))
+    return [rows[i] for i in order]
+
+
 def _corpus(rows: Iterable[dict[str, str]]) -> Iterable[str]:
     for row in rows:
         yield " ".join(row.values())
