@@ -201,7 +201,7 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> Path:
 
 
 def make_fixture(out_dir: str | os.PathLike, *, examples: int = 512, seed: int = 0, **model_kwargs) -> dict:
-    """Write model/ (weights + tokenizer) and data/train.jsonl + data/chat.jsonl under out_dir."""
+    """Write model/ (weights + tokenizer) and data/{train,chat,pairs,kto}.jsonl under out_dir."""
     out = Path(out_dir)
     rows = alpaca_rows(examples, seed)
     tokenizer = train_tokenizer(_corpus(rows))
@@ -218,7 +218,9 @@ def make_fixture(out_dir: str | os.PathLike, *, examples: int = 512, seed: int =
         os.replace(staging, model_dir)
     train = write_jsonl(rows, out / "data" / "train.jsonl")
     chat = write_jsonl(chat_rows(examples, seed), out / "data" / "chat.jsonl")
-    return {"model": str(model_dir), "train": str(train), "chat": str(chat)}
+    pairs = write_jsonl(preference_rows(examples, seed), out / "data" / "pairs.jsonl")  # rl: dpo/orpo/simpo
+    kto = write_jsonl(kto_rows(examples // 2, seed), out / "data" / "kto.jsonl")  # rl: kto
+    return {"model": str(model_dir), "train": str(train), "chat": str(chat), "pairs": str(pairs), "kto": str(kto)}
 
 
 def _mkdir(path: Path) -> Path:
