@@ -220,7 +220,13 @@ def make_fixture(out_dir: str | os.PathLike, *, examples: int = 512, seed: int =
     chat = write_jsonl(chat_rows(examples, seed), out / "data" / "chat.jsonl")
     pairs = write_jsonl(preference_rows(examples, seed), out / "data" / "pairs.jsonl")  # rl: dpo/orpo/simpo
     kto = write_jsonl(kto_rows(examples // 2, seed), out / "data" / "kto.jsonl")  # rl: kto
-    return {"model": str(model_dir), "train": str(train), "chat": str(chat), "pairs": str(pairs), "kto": str(kto)}
+    return {
+        "model": str(model_dir),
+        "train": str(train),
+        "chat": str(chat),
+        "pairs": str(pairs),
+        "kto": str(kto),
+    }
 
 
 def _mkdir(path: Path) -> Path:

@@ -11,8 +11,15 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.smoke import local_outputs, manifest, progress_lines, the_job, trainer_logs
-from tests.e2e.test_cpu_smoke import JOB, _diagnostics, _documents, _wait_for_phase
-from tests.e2e.test_cpu_smoke import kube, ns, operator  # noqa: F401  (fixtures)
+from tests.e2e.test_cpu_smoke import (  # kube, ns, operator: the smoke test's fixtures
+    JOB,
+    _diagnostics,
+    _documents,
+    _wait_for_phase,
+    kube,  # noqa: F401
+    ns,  # noqa: F401
+    operator,  # noqa: F401
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

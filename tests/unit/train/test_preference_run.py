@@ -163,7 +163,8 @@ def test_reference_free_losses_learn_the_right_answers_and_the_adapter_loads_in_
 
     steps = REFERENCE_FREE_STEPS[rl]
     held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
-    keys = {"simpo_gamma": 0.5, "cpo_alpha": 1.0} if rl == "simpo" else {}
+    # SimPO at the paper's scale (beta 2, gamma / beta = 0.5), with trl's default NLL weight
+    keys = {"rl_beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 1.0} if rl == "simpo" else {"rl_beta": 0.1}
     cfg, path = _dpo_config(make_config, tmp_path, rl, steps, rl=rl, **keys)
     assert cli(["train", str(path), "--log-format", "json"]) == 0
     train = _train_lines(capsys)
@@ -175,7 +176,8 @@ def test_reference_free_losses_learn_the_right_answers_and_the_adapter_loads_in_
     assert train[-1]["loss"] < train[0]["loss"]
     assert all("nll_loss" in line for line in train)  # ORPO's NLL term; SimPO's with cpo_alpha > 0
 
-    objective = PreferenceObjective(rl=rl, loss_type=rl, beta=0.1, **keys)
+    beta = keys.pop("rl_beta")
+    objective = PreferenceObjective(rl=rl, loss_type=rl, beta=beta, **keys)
     accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out, objective)
     _record(rl, steps=steps, margins_first5=_mean(margins[:5]), margins_last5=_mean(margins[-5:]),
             accuracy_last5=_mean(accuracies[-5:]), loss=[train[0]["loss"], train[-1]["loss"]],
