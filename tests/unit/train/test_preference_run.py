@@ -216,3 +216,24 @@ def test_kto_learns_from_unpaired_labelled_rows(make_config, tiny, tmp_path, cap
     _record("kto", steps=KTO_STEPS, margins_first=margins[0], margins_last5=_mean(margins[-5:]),
             loss=[train[0]["loss"], train[-1]["loss"]], held_out_pair_accuracy=accuracy)  # fmt: skip
     assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_a_full_fine_tune_dpo_runs_with_a_frozen_copy_or_precomputed_reference(
+    make_config, tmp_path, capsys, precompute
+):
+    """No adapter: the reference is a frozen copy of the loaded model, or its log-probs computed once
+    into the prepared-data cache; either way step 1 compares the policy with itself (loss ln 2)."""
+    from pathlib import Path
+
+    keys = {key: None for key in LORA} | {"adapter": None, "learning_rate": 0.001}
+    cfg, path = _dpo_config(
+        make_config, tmp_path, f"dpo-full-{precompute}", 8, precompute_ref_log_probs=precompute, **keys
+    )
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    train = _train_lines(capsys)
+    assert len(train) == 8 and train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert abs(train[0]["rewards/margins"]) < 1e-3 and train[-1]["rewards/margins"] > 0.0
+    if precompute:  # computed into the prepared-data cache, beside the prepared rows
+        assert list(Path(cfg.dataset_prepared_path).glob("*/ref-logps-*/train.npy"))
+    assert list(Path(cfg.output_dir).glob("*.safetensors"))  # the full model, no adapter
