@@ -226,7 +226,7 @@ def test_a_full_fine_tune_dpo_runs_with_a_frozen_copy_or_precomputed_reference(
     into the prepared-data cache; either way step 1 compares the policy with itself (loss ln 2)."""
     from pathlib import Path
 
-    keys = {key: None for key in LORA} | {"adapter": None, "learning_rate": 0.001}
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
     cfg, path = _dpo_config(
         make_config, tmp_path, f"dpo-full-{precompute}", 8, precompute_ref_log_probs=precompute, **keys
     )
