@@ -51,6 +51,14 @@ def _pair_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps
     }
 
 
+def _per_batch(value: torch.Tensor, scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-micro-batch metric (trl logs its mean over batches) as (value, 1); (0, 0) for a batch
+    without a scored row (an eval batch of padding rows, whose means are empty), which adds nothing."""
+    any_row = scored.any()
+    value = torch.where(any_row, value.detach().float(), torch.zeros((), device=value.device))
+    return value, any_row.float()
+
+
 def _mean_of_scored(per_row: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     return torch.where(scored, per_row, torch.zeros_like(per_row)).sum()
 
@@ -105,11 +113,10 @@ def orpo(objective: PreferenceObjective, logps, counts, nll: tuple[torch.Tensor,
     total = rows * nll_mean - losses.sum()
     ones = torch.ones_like(chosen)
     metrics = _pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected, ones)
-    one = torch.ones((), device=logps.device)
-    metrics["nll_loss"] = (nll_mean.detach(), one)
+    metrics["nll_loss"] = _per_batch(nll_mean, scored)
     # trl logs the micro-batch means of these two
-    metrics["log_odds_ratio"] = (log_odds_ratio.detach(), one)
-    metrics["log_odds_chosen"] = (log_odds_chosen.detach(), one)
+    metrics["log_odds_ratio"] = _per_batch(log_odds_ratio, scored)
+    metrics["log_odds_chosen"] = _per_batch(log_odds_chosen, scored)
     return Objective(total, metrics)
 
 
@@ -131,13 +138,12 @@ def simpo(objective: PreferenceObjective, logps, counts, scored) -> Objective:
     losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(trl_self, chosen, rejected)
     rows = keep.numel()
     total = losses.sum()
-    one = torch.ones((), device=logps.device)
     metrics = _pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected, torch.ones_like(chosen))
     if objective.cpo_alpha:
         # CPOTrainer's nll_loss: cross-entropy of the chosen completions, the token mean of the micro-batch.
         nll_mean = -logps[keep, 0].sum() / counts[keep, 0].sum().clamp(min=1.0)
         total = total + rows * objective.cpo_alpha * nll_mean
-        metrics["nll_loss"] = (nll_mean.detach(), one)
+        metrics["nll_loss"] = _per_batch(nll_mean, scored)
     return Objective(total, metrics)
 
 
@@ -159,12 +165,11 @@ def kto(objective: PreferenceObjective, logps, ref_logps, desirable: torch.Tenso
         objective.undesirable_weight * rejected_losses,
     )
     rewards = beta * logratios.detach()
-    one = torch.ones((), device=logps.device)
     metrics = {
         "rewards/chosen": _masked_sum(rewards, good.float()),
         "rewards/rejected": _masked_sum(rewards, bad.float()),
         "logps/chosen": _masked_sum(logps[:, 0], good.float()),
         "logps/rejected": _masked_sum(logps[:, 0], bad.float()),
-        "kl": (kl.detach(), one),
+        "kl": _per_batch(kl, scored),
     }
     return Objective(_mean_of_scored(losses, scored), metrics)

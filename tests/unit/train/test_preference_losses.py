@@ -213,3 +213,18 @@ def test_orpo_nll_covers_the_prompt_and_chosen_answer_only():
     chosen_part = (targets[0] != IGNORE_INDEX) & (torch.cumsum((positions[0] == 0).long(), 0) == 1)
     assert torch.equal(nll[0][chosen_part], targets[0][chosen_part])
     assert int((nll[0] != IGNORE_INDEX).sum()) == len(prompt) + len(chosen) - 1
+
+
+@pytest.mark.parametrize("rl", ["orpo", "simpo", "kto", "dpo"])
+def test_a_batch_of_padding_rows_adds_no_loss_and_no_metric(peft_model, rl):  # noqa: F811
+    """An eval batch padded with masked rows (no trained token) on a rank: loss 0, no NaN, no metric."""
+    model, _ = peft_model
+    ids, targets, positions, desirable = _kto_packed(KTO_ROWS)
+    loss_type = "sigmoid" if rl == "dpo" else rl
+    module = PreferenceLoss(model, PreferenceObjective(rl=rl, loss_type=loss_type, beta=0.1)).eval()
+    with torch.no_grad():
+        total = module(
+            ids, torch.full_like(targets, IGNORE_INDEX), desirable=desirable, **_decoder_inputs(positions)
+        )
+    assert float(total) == 0.0
+    assert module.take_metrics() is None
