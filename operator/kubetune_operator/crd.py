@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from kubetune.config import training_config_json_schema
 
-from kubetune_operator.progress import TRACKING_ENTRIES, TRACKING_KINDS, TRACKING_TEXT_LIMIT
+from kubetune_operator.progress import REWARD_KEYS, TRACKING_ENTRIES, TRACKING_KINDS, TRACKING_TEXT_LIMIT
 from kubetune_operator.spec import (
     API_VERSION,
     GROUP,
@@ -264,6 +264,13 @@ def _status_schema() -> dict[str, Any]:
             },
             "outputDir": text,
             "updatedAt": time,
+            "rewards": {
+                "type": "object",
+                "description": "Preference runs (rl:): trl's reward means of the latest train log line "
+                "(rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, "
+                "logps/rejected).",
+                "properties": {key: {"type": "number"} for key in REWARD_KEYS},
+            },
         },
     }
     tracker_text = {"type": "string", "maxLength": TRACKING_TEXT_LIMIT}
@@ -336,6 +343,7 @@ def crd() -> dict[str, Any]:
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Restarts", "integer", ".status.restarts", 1),
         ("ETA", "number", ".status.progress.etaSeconds", 1),
+        ("Margin", "number", ".status.progress.rewards.margins", 1),  # preference runs (rl:)
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -30,6 +30,9 @@ TEXT_LIMIT = 1024
 _INTEGERS = ("step", "totalSteps", "trainedTokens", "resumedFromStep")
 _NUMBERS = ("epoch", "loss", "learningRate", "tokensPerSecond", "etaSeconds")
 _TEXTS = ("lastCheckpoint", "outputDir", "updatedAt")
+# status.progress.rewards of a preference run (the runtime's kubetune.train.progress.STATUS_REWARDS):
+# trl's reward means of the latest train log line.
+REWARD_KEYS = ("chosen", "rejected", "margins", "accuracies", "logpsChosen", "logpsRejected")
 
 TRACKING_KEY = "tracking.json"
 TRACKING_KINDS = ("mlflow", "wandb", "tensorboard")
@@ -63,12 +66,21 @@ def sanitize(report: Any) -> dict[str, Any]:
         value = report.get(key)
         if isinstance(value, str):
             out[key] = value[:TEXT_LIMIT]
+    rewards = report.get("rewards")
+    if isinstance(rewards, Mapping):
+        kept = {key: rewards[key] for key in REWARD_KEYS if _finite(rewards.get(key))}
+        if kept:
+            out["rewards"] = kept
     if isinstance(report.get("completed"), bool):
         out["completed"] = report["completed"]
     derived = percent(out.get("step"), out.get("totalSteps"))
     if derived is not None:
         out["percent"] = derived
     return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_report(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:

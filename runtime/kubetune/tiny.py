@@ -102,6 +102,18 @@ def preference_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def kto_rows(count: int, seed: int = 0) -> list[dict]:
+    """KTO rows (`chatml.intel` for rl: kto) of the same pairs: each prompt once with its right answer
+    (label true) and once with the wrong one (label false), in a seeded shuffled order."""
+    rows = []
+    for pair in preference_rows(count, seed):
+        prompt = {"system": pair["system"], "question": pair["question"]}
+        rows += [prompt | {"completion": pair["chosen"], "label": True}]
+        rows += [prompt | {"completion": pair["rejected"], "label": False}]
+    order = random.Random(seed).sample(range(len(rows)), len(rows))
+    return [rows[i] for i in order]
+
+
 def _corpus(rows: Iterable[dict[str, str]]) -> Iterable[str]:
     for row in rows:
         yield " ".join(row.values())
@@ -189,7 +201,7 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> Path:
 
 
 def make_fixture(out_dir: str | os.PathLike, *, examples: int = 512, seed: int = 0, **model_kwargs) -> dict:
-    """Write model/ (weights + tokenizer) and data/train.jsonl + data/chat.jsonl under out_dir."""
+    """Write model/ (weights + tokenizer) and data/{train,chat,pairs,kto}.jsonl under out_dir."""
     out = Path(out_dir)
     rows = alpaca_rows(examples, seed)
     tokenizer = train_tokenizer(_corpus(rows))
@@ -206,7 +218,15 @@ def make_fixture(out_dir: str | os.PathLike, *, examples: int = 512, seed: int =
         os.replace(staging, model_dir)
     train = write_jsonl(rows, out / "data" / "train.jsonl")
     chat = write_jsonl(chat_rows(examples, seed), out / "data" / "chat.jsonl")
-    return {"model": str(model_dir), "train": str(train), "chat": str(chat)}
+    pairs = write_jsonl(preference_rows(examples, seed), out / "data" / "pairs.jsonl")  # rl: dpo/orpo/simpo
+    kto = write_jsonl(kto_rows(examples // 2, seed), out / "data" / "kto.jsonl")  # rl: kto
+    return {
+        "model": str(model_dir),
+        "train": str(train),
+        "chat": str(chat),
+        "pairs": str(pairs),
+        "kto": str(kto),
+    }
 
 
 def _mkdir(path: Path) -> Path:

@@ -44,7 +44,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
         center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
-        comet_project_name comet_workspace cpo_alpha curriculum_sampling
+        comet_project_name comet_workspace curriculum_sampling
         dataloader_drop_last dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
@@ -61,8 +61,8 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         gptq_model_v1 gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
         gradio_temperature gradio_title greater_is_better group_by_length hub_revision hub_strategy
         image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
-        jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps kto_desirable_weight
-        kto_undesirable_weight landmark_attention large_head_attention layer_offloading lisa_layers_attribute
+        jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps
+        landmark_attention large_head_attention layer_offloading lisa_layers_attribute
         lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
         loraplus_lr_embedding loraplus_lr_ratio lr_div_factor lr_groups
@@ -70,10 +70,10 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         metric_for_best_model model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
-        optim_target_modules orpo_alpha otel_metrics_host otel_metrics_port pad_to_multiple_of peft
+        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of peft
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
-        pose_max_context_len pose_num_chunks pose_split_on_token_ids precompute_ref_log_probs
+        pose_max_context_len pose_num_chunks pose_split_on_token_ids
         preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
         pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
         profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
@@ -85,7 +85,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
-        selective_checkpointing shrink_embeddings shuffle_before_merging_datasets simpo_gamma
+        selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp tokenizer_use_mistral_common torch_compile_backend
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
@@ -159,8 +159,9 @@ DATASET: dict[str, Unimplemented] = {
     **_table(
         "field_prompt field_completion field_label step_separator "
         "train_on_last_step_only max_completion_length",
-        "kubetune's preference types (rl: dpo / ipo) are chat_template.default and chatml.intel; KTO and "
-        "reward-model datasets are not supported yet",
+        "kubetune's preference types read fixed columns (chat_template.default and .argilla map theirs with "
+        "field_messages / field_chosen / field_rejected; KTO types read `label`); reward-model datasets are "
+        "not supported yet",
     ),
     "conversation": Unimplemented("use type: chat_template with chat_template (chatml, llama3, ...)"),
     "field_human": Unimplemented("use roles: {user: [human]}"),

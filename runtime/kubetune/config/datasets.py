@@ -47,7 +47,15 @@ ALPACA_FIELD_TYPES = frozenset(
 CUSTOM_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 # Axolotl's preference (rl:) dataset types kubetune implements (kubetune.data.formats.preference).
-PREFERENCE_DATASET_TYPES: tuple[str, ...] = ("chat_template.default", "chatml.intel")
+PAIR_DATASET_TYPES: tuple[str, ...] = ("chat_template.default", "chat_template.argilla", "chatml.intel")
+# KTO's (rl: kto): one completion per row with a boolean `label`, in ChatML or Llama 3 turns
+# (kubetune.data.formats.kto). chatml.intel names a pair type or a KTO type, as in Axolotl, by `rl`.
+KTO_DATASET_TYPES: tuple[str, ...] = tuple(
+    f"{template}.{layout}"
+    for template in ("chatml", "llama3")
+    for layout in ("argilla", "argilla_chat", "intel", "prompt_pairs", "ultra")
+)
+PREFERENCE_DATASET_TYPES: tuple[str, ...] = tuple(dict.fromkeys(PAIR_DATASET_TYPES + KTO_DATASET_TYPES))
 
 # Axolotl prompt strategies kubetune does not implement, with what to write instead where one exists.
 AXOLOTL_ONLY_DATASET_TYPES: dict[str, str] = {

@@ -1,37 +1,114 @@
-"""Preference training (Axolotl's `rl:` keys): offline pair losses, LoRA only (docs/training.md)."""
+"""Preference training (Axolotl's `rl:` keys): offline preference losses from trl (docs/training.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from .base import Section, field
 
-DEFAULT_BETA = 0.1  # trl's DPOConfig default
+DEFAULT_BETA = 0.1  # trl's DPOConfig / ORPOConfig / CPOConfig / KTOConfig default
+DEFAULT_SIMPO_GAMMA = 0.5  # trl's CPOConfig.simpo_gamma
+DEFAULT_CPO_ALPHA = 1.0  # trl's CPOConfig.cpo_alpha (the weight of the chosen answers' NLL)
+# The rl types that compare the policy with a reference policy (ORPO and SimPO have none).
+WITH_REFERENCE = ("dpo", "ipo", "kto")
+
+
+@dataclass(frozen=True)
+class PreferenceObjective:
+    """What a preference run optimises, resolved from the keys with trl's defaults."""
+
+    rl: str  # dpo | ipo | orpo | kto | simpo
+    loss_type: str  # trl's loss type: sigmoid | ipo (DPOTrainer), orpo, kto, simpo (CPOTrainer)
+    beta: float
+    simpo_gamma: float = DEFAULT_SIMPO_GAMMA
+    cpo_alpha: float = DEFAULT_CPO_ALPHA
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.rl in WITH_REFERENCE
+
+    @property
+    def paired(self) -> bool:
+        """False for KTO, whose rows are single completions with a desirable/undesirable label."""
+        return self.rl != "kto"
 
 
 class PreferenceKeys(Section):
     """Preference training"""
 
-    rl: Literal["dpo", "ipo"] | None = field(
+    rl: Literal["dpo", "ipo", "orpo", "kto", "simpo"] | None = field(
         None,
-        description="Train on preference pairs instead of SFT: `dpo` (trl's sigmoid loss, or `dpo_loss_type`) "
-        "or `ipo`. Needs `adapter: lora | qlora` (the reference is the base with the adapter disabled) and "
-        "preference datasets (`chat_template.default`, `chatml.intel`). orpo, kto, simpo and grpo are not "
-        "implemented yet.",
+        description="Train on preferences instead of SFT, with trl's losses: `dpo` (the sigmoid loss, or "
+        "`dpo_loss_type`), `ipo`, `orpo` (odds ratio + NLL, no reference model), `kto` (unpaired rows "
+        "with a boolean `label`), `simpo` (CPO's simpo loss, no reference model). The reference policy "
+        "(dpo, ipo, kto) is the base with the adapter disabled for LoRA, a frozen copy for a full "
+        "fine-tune, or log-probs precomputed once (`precompute_ref_log_probs`). Datasets: preference "
+        "types (chat_template.default, chat_template.argilla, chatml.intel) or, for kto, kto types "
+        "(chatml.argilla, chatml.intel, chatml.ultra, llama3.ultra, ...). grpo is not implemented yet.",
     )
     rl_beta: float | None = field(
-        None, gt=0, description="The preference loss's beta (trl's `beta`). Default: 0.1."
+        None,
+        gt=0,
+        description="The preference loss's beta (trl's `beta`; for orpo the odds-ratio weight, as "
+        "`orpo_alpha`). Default: 0.1.",
     )
     dpo_beta: float | None = field(None, gt=0, description="Axolotl's older spelling of `rl_beta`.")
     dpo_loss_type: Literal["sigmoid", "ipo"] | None = field(
         None,
         description="trl's loss type for `rl: dpo`: `sigmoid` (DPO, the default) or `ipo`.",
     )
+    orpo_alpha: float | None = field(
+        None,
+        gt=0,
+        description="rl: orpo: the weight of the odds-ratio term against the chosen answers' NLL (trl's "
+        "ORPOConfig beta, the paper's lambda). Default: 0.1.",
+    )
+    simpo_gamma: float | None = field(
+        None,
+        ge=0,
+        description="rl: simpo: the target reward margin (trl's CPOConfig simpo_gamma). Default: 0.5.",
+    )
+    cpo_alpha: float | None = field(
+        None,
+        ge=0,
+        description="rl: simpo: the weight of the NLL of the chosen answers added to the SimPO loss (trl's "
+        "CPOConfig cpo_alpha; 0 is the paper's plain SimPO). Default: 1.0.",
+    )
+    kto_desirable_weight: float | None = field(
+        None, gt=0, description="rl: kto: the weight of the desirable rows' losses. Default: 1.0."
+    )
+    kto_undesirable_weight: float | None = field(
+        None, gt=0, description="rl: kto: the weight of the undesirable rows' losses. Default: 1.0."
+    )
+    precompute_ref_log_probs: bool | None = field(
+        None,
+        description="rl: dpo / ipo / kto: compute the reference log-probs once, before training, into the "
+        "prepared-data cache, so that no training step runs the reference (a full fine-tune then needs "
+        "no frozen copy of the model). Default: false.",
+    )
+
+    def preference_objective(self) -> PreferenceObjective | None:
+        """The resolved objective of a preference run; None for SFT."""
+        if self.rl is None:
+            return None
+        beta = next(
+            (b for b in (self.rl_beta, self.dpo_beta, self.orpo_alpha) if b is not None), DEFAULT_BETA
+        )
+        loss_type = {"dpo": self.dpo_loss_type or "sigmoid"}.get(self.rl, self.rl)
+        return PreferenceObjective(
+            rl=self.rl,
+            loss_type=loss_type,
+            beta=beta,
+            simpo_gamma=DEFAULT_SIMPO_GAMMA if self.simpo_gamma is None else self.simpo_gamma,
+            cpo_alpha=DEFAULT_CPO_ALPHA if self.cpo_alpha is None else self.cpo_alpha,
+            desirable_weight=1.0 if self.kto_desirable_weight is None else self.kto_desirable_weight,
+            undesirable_weight=1.0 if self.kto_undesirable_weight is None else self.kto_undesirable_weight,
+        )
 
     def preference_loss(self) -> tuple[str, float] | None:
         """(trl loss type, beta) of a preference run; None for SFT."""
-        if self.rl is None:
-            return None
-        loss = "ipo" if self.rl == "ipo" else (self.dpo_loss_type or "sigmoid")
-        beta = self.rl_beta if self.rl_beta is not None else self.dpo_beta
-        return loss, DEFAULT_BETA if beta is None else beta
+        objective = self.preference_objective()
+        return None if objective is None else (objective.loss_type, objective.beta)

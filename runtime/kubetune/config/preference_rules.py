@@ -1,55 +1,81 @@
-"""Cross-field rules of preference training (`rl:`): what the first slice runs, the rest refused."""
+"""Cross-field rules of preference training (`rl:`): datasets of the right kind, keys of the right rl."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from .datasets import PREFERENCE_DATASET_TYPES
+from .datasets import KTO_DATASET_TYPES, PAIR_DATASET_TYPES, PREFERENCE_DATASET_TYPES
+from .preference import WITH_REFERENCE
 from .problems import ConfigProblem
 from .rules import rule
 from .schema import TrainConfig
 
+# Keys that only one family of rl types reads: key -> the rl values that read it.
+KEYS_OF = {
+    "rl_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
+    "dpo_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
+    "dpo_loss_type": ("dpo", "ipo"),
+    "orpo_alpha": ("orpo",),
+    "simpo_gamma": ("simpo",),
+    "cpo_alpha": ("simpo",),
+    "kto_desirable_weight": ("kto",),
+    "kto_undesirable_weight": ("kto",),
+    "precompute_ref_log_probs": WITH_REFERENCE,
+}
+
+
+def _dataset_types(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    if cfg.rl == "kto":
+        wanted, kind = KTO_DATASET_TYPES, "single completions with a boolean label (KTO)"
+    else:
+        wanted, kind = PAIR_DATASET_TYPES, "preference pairs"
+    for list_key in ("datasets", "test_datasets"):
+        for index, entry in enumerate(getattr(cfg, list_key) or []):
+            if cfg.rl and entry.type not in wanted:
+                yield ConfigProblem(
+                    f"{list_key}[{index}].type",
+                    f"rl: {cfg.rl} trains on {kind}, but this entry's type is {entry.type}",
+                    f"use one of {', '.join(wanted)}, or remove rl for supervised fine-tuning",
+                )
+            elif not cfg.rl and entry.type in PREFERENCE_DATASET_TYPES:
+                yield ConfigProblem(
+                    f"{list_key}[{index}].type",
+                    f"{entry.type} is a preference type, which only preference training reads",
+                    "set rl (dpo, orpo, simpo, kto, ...), or use chat_template for supervised fine-tuning",
+                )
+
 
 @rule
 def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
-    types = ", ".join(PREFERENCE_DATASET_TYPES)
-    for list_key in ("datasets", "test_datasets"):
-        for index, entry in enumerate(getattr(cfg, list_key) or []):
-            pair_type = entry.type in PREFERENCE_DATASET_TYPES
-            if cfg.rl and not pair_type:
-                yield ConfigProblem(
-                    f"{list_key}[{index}].type",
-                    f"rl: {cfg.rl} trains on preference pairs, but this entry's type is {entry.type}",
-                    f"use a preference type ({types}), or remove rl for supervised fine-tuning",
-                )
-            elif pair_type and not cfg.rl:
-                yield ConfigProblem(
-                    f"{list_key}[{index}].type",
-                    f"{entry.type} is a preference (pairs) type, which only preference training reads",
-                    "set `rl: dpo` (or ipo), or use chat_template for supervised fine-tuning",
-                )
+    yield from _dataset_types(cfg)
+    for key, readers in KEYS_OF.items():
+        if key in cfg.model_fields_set and getattr(cfg, key) is not None and cfg.rl not in readers:
+            now = f"rl is {cfg.rl}" if cfg.rl else "rl is not set"
+            yield ConfigProblem(
+                key,
+                f"{key} applies to rl: {' / '.join(readers)}, but {now}",
+                f"remove {key}, or set rl: {readers[0]}",
+            )
     if not cfg.rl:
-        for key in ("rl_beta", "dpo_beta", "dpo_loss_type"):
-            if key in cfg.model_fields_set:
-                yield ConfigProblem(
-                    key, f"{key} applies to preference training, but rl is not set", "set rl: dpo"
-                )
         return
-    if cfg.adapter not in ("lora", "qlora"):
+    set_keys = [key for key in ("rl_beta", "dpo_beta", "orpo_alpha") if getattr(cfg, key) is not None]
+    if len(set_keys) > 1:
         yield ConfigProblem(
-            "rl",
-            f"rl: {cfg.rl} needs a reference policy; kubetune's is the base model with the LoRA adapter "
-            "disabled, and a full fine-tune has no frozen reference copy yet",
-            "set `adapter: lora` (or qlora)",
+            set_keys[1], f"{' and '.join(set_keys)} all set trl's beta", f"keep only {set_keys[0]}"
         )
-    if "rl_beta" in cfg.model_fields_set and "dpo_beta" in cfg.model_fields_set:
-        yield ConfigProblem("dpo_beta", "rl_beta and dpo_beta both set beta", "keep only rl_beta")
     if cfg.rl == "ipo" and cfg.dpo_loss_type not in (None, "ipo"):
         yield ConfigProblem(
             "dpo_loss_type",
             f"rl: ipo is trl's ipo loss, but dpo_loss_type is {cfg.dpo_loss_type}",
             "remove dpo_loss_type, or use rl: dpo with it",
+        )
+    if cfg.rl == "kto" and cfg.micro_batch_size < 2:
+        yield ConfigProblem(
+            "micro_batch_size",
+            "rl: kto estimates its KL term from the other rows of a micro-batch (trl refuses a batch of 1: "
+            "the term would equal the row's own reward)",
+            "set micro_batch_size: 2 or more",
         )
     not_yet = [
         ("sample_packing", cfg.sample_packing, "each pair is already one packed row of its two answers"),

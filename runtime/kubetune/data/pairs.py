@@ -65,6 +65,10 @@ def pair_rows(examples: TokenizedExamples):
     )
     seq_lens = _table({"seq_lens": lengths.astype(np.int64)}, np.arange(0, 2 * pairs + 1, 2))
     table = table.append_column("seq_lens", seq_lens.column("seq_lens"))
+    if examples.flags is not None:  # KTO: the row's desirable label (both its examples carry it)
+        import pyarrow as pa
+
+        table = table.append_column("desirable", pa.array(examples.flags[::2].astype(bool)))
     stats: dict[str, Any] = {
         "examples": pairs,
         "pairs": pairs,

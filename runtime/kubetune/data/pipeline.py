@@ -203,7 +203,9 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
             f"{where}.type", f"type must be a name, got {type(type_name).__name__}", "e.g. type: alpaca"
         )
     else:
-        cls = resolve_format(type_name, path=f"{where}.type", source_dir=option(cfg, "source_dir"))
+        cls = resolve_format(
+            type_name, path=f"{where}.type", source_dir=option(cfg, "source_dir"), rl=option(cfg, "rl")
+        )
     chat_template = option(cfg, "chat_template")
     if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
         chat_template = option(cfg, "chat_template_jinja")  # the template text itself

@@ -112,6 +112,10 @@ def step_indices(
     return steps
 
 
+# Per-row values of preference data that the loss reads beside the tokens (kubetune.train.preference).
+ROW_VALUES = ("desirable", "ref_logps")
+
+
 class Collate:
     """PackedCollator plus what the loop needs: next-token targets and token counts (on CPU, no sync)."""
 
@@ -125,6 +129,9 @@ class Collate:
         masked = [i for i, row in enumerate(rows) if row.get("_masked")]
         if masked:  # eval padding rows: forwarded (every rank runs each batch), never counted
             batch["labels"][masked] = IGNORE_INDEX
+        for key in ROW_VALUES:  # preference rows: KTO's label, precomputed reference log-probs
+            if key in rows[0]:
+                batch[key] = torch.tensor([row[key] for row in rows])
         batch["targets"] = shift_targets(batch["labels"], batch["position_ids"])
         trained = batch["targets"] != IGNORE_INDEX
         batch["n_trained"] = int(trained.any(dim=1).sum() if self.per_pair else trained.sum())

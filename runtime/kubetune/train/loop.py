@@ -26,12 +26,13 @@ import torch
 from kubetune import __version__
 from kubetune.train import attention, checkpoint, distributed, optim, outputs, tracking
 from kubetune.train import model as model_lib
-from kubetune.train.batches import Collate, Plan, eval_batches, make_plan, train_windows
+from kubetune.train.batches import ROW_VALUES, Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted, UserError
 from kubetune.train.loss import CausalLMLoss, loss_function
 from kubetune.train.model_options import activation_offloading
 from kubetune.train.preference import PreferenceLoss
+from kubetune.train.preference_setup import preference_module
 from kubetune.train.progress import Progress, Reporters, build_reporters
 from kubetune.train.watchdog import LossWatchdog
 
@@ -59,6 +60,7 @@ class Run:
     clock: float = 0.0  # perf_counter of the last train_seconds update
     pending_log: PendingLog | None = None  # the last train log line, its values still on the GPU
     trainable: checkpoint.ShardedTrainableState | None = None  # an adapter under FSDP checkpoints this
+    last_rewards: dict | None = None  # preference runs: the latest train line's metrics (status.progress)
 
 
 class StopFlag:
@@ -131,11 +133,14 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
     )
 
-    pair_loss = cfg.preference_loss()  # (trl loss type, beta) with rl:, else None
-    if pair_loss is None:
+    objective = cfg.preference_objective()  # rl: what is optimised, else None
+    collate = Collate(_collator(cfg, tokenizer), per_pair=objective is not None)
+    if objective is None:
         module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
-    else:
-        module = PreferenceLoss(model, loss_type=pair_loss[0], beta=pair_loss[1])
+    else:  # the reference policy (or precomputed log-probs, added to data) is decided here
+        module = preference_module(
+            cfg, objective, model, data, collate=collate, backend=backend, accelerator=accelerator
+        )
     if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
@@ -166,7 +171,6 @@ def setup(cfg, stop: StopFlag) -> Run | None:
 
     if stop.requested:  # SIGTERM while loading: nothing new to save, stop before training
         raise Preempted(state.step, str(resume) if resume else None)
-    collator = _collator(cfg, tokenizer)
     run = Run(
         cfg,
         accelerator,
@@ -177,7 +181,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         data,
         plan,
         backend,
-        Collate(collator, per_pair=pair_loss is not None),
+        collate,
         state,
         output_dir,
         build_reporters(accelerator.is_main_process),
@@ -389,6 +393,7 @@ def _model_inputs(run: Run, batch: dict, device: torch.device) -> dict:
     return {
         "input_ids": on_device["input_ids"],
         "targets": on_device["targets"],
+        **{key: on_device[key] for key in ROW_VALUES if key in on_device},
         **run.backend.model_inputs(on_device),
     }
 
@@ -554,6 +559,8 @@ def report(run: Run, event: str, *, force: bool = False, completed: bool = False
         return
     state = run.state
     step = metrics.pop("step", state.step)
+    if event == "train" and metrics.get("rewards"):
+        run.last_rewards = metrics["rewards"]
     progress = Progress(
         step=step,
         total_steps=run.plan.total_steps,
@@ -565,6 +572,7 @@ def report(run: Run, event: str, *, force: bool = False, completed: bool = False
         completed=completed,
         output_dir=str(run.output_dir),
         event=event,
+        train_rewards=run.last_rewards,
         **metrics,
     )
     run.reporters.report(progress, force=force)

@@ -1,17 +1,13 @@
-"""Preference training (`rl: dpo` / `rl: ipo`): the pair loss on kubetune's packed rows.
+"""Preference training (`rl:` dpo, ipo, orpo, kto, simpo): trl's losses on kubetune's packed rows.
 
-A preference example is ONE packed row of two segments, prompt+chosen then prompt+rejected (positions
-restart at 0 for the second; padding is a third segment), labels -100 on the prompts. So the packed
-attention paths of SFT (flash varlen, SDPA block-causal masks) run it unchanged, and each segment's
-log-probability is the sum over its trained tokens.
+A preference example is ONE packed row of two segments (positions restart at 0 for the second;
+padding is a third segment), labels -100 on the prompts: prompt+chosen then prompt+rejected for the
+pair types, prompt+completion then prompt+another row's completion (the KL segment) for KTO. So
+the packed attention paths of SFT (flash varlen, SDPA block-causal masks) run it unchanged, and
+each segment's log-probability is the sum over its trained tokens.
 
-The reference policy of a LoRA run is the base model with the adapter disabled (peft's
-`disable_adapter()`), run without gradients on the same rows: no second copy of the weights.
-
-The pair losses are trl's (DPOTrainer's `sigmoid` and `ipo` loss types, trl >= 1.16): trl 1.x keeps
-them inside `DPOTrainer._compute_loss` rather than as a function, so they are restated here over
-per-sequence log-probs, and tests/unit/train/test_preference.py checks loss and reward metrics
-against trl's `_compute_loss` on the same pairs. The metrics carry trl's names (`rewards/chosen`, ...).
+The losses are in kubetune.train.preference_losses (trl's, checked against trl's trainers); the
+metrics carry trl's names (`rewards/chosen`, ...).
 """
 
 from __future__ import annotations
@@ -22,18 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubetune.train.loss import IGNORE_INDEX, causal_lm
-
-PAIR_LOSSES = ("sigmoid", "ipo")
-# Sums kept per micro-batch; the log line divides them by the pairs (trl logs the means).
-METRIC_NAMES = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
+from kubetune.config.preference import PreferenceObjective
+from kubetune.train import preference_losses as losses
+from kubetune.train.loss import IGNORE_INDEX, causal_lm, causal_lm_loss_sum
 
 
 def pair_logps(
@@ -61,97 +48,131 @@ def pair_logps(
     return logps.view(-1, 2), counts.view(-1, 2)
 
 
-def pair_losses(
-    logps: torch.Tensor, ref_logps: torch.Tensor, counts: torch.Tensor, *, loss_type: str, beta: float
-) -> torch.Tensor:
-    """Per-pair loss [B] as trl's DPOTrainer computes it (reverse-KL scores, one loss type)."""
-    logratios = logps - ref_logps  # [B, 2]: chosen, rejected
-    if loss_type == "sigmoid":
-        return -F.logsigmoid(beta * (logratios[:, 0] - logratios[:, 1]))
-    if loss_type == "ipo":
-        # trl normalises IPO's log-ratios by the completion length (confirmed with the IPO authors).
-        per_token = logratios / counts.clamp(min=1.0)
-        return (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
-    raise ValueError(f"unknown preference loss {loss_type!r}: use one of {', '.join(PAIR_LOSSES)}")
-
-
-def reward_sums(
-    logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, scored: torch.Tensor
-) -> torch.Tensor:
-    """Sums over the scored pairs of the METRIC_NAMES values (detached), trl's definitions."""
-    rewards = beta * (logps - ref_logps).detach()
-    chosen, rejected = rewards[:, 0], rewards[:, 1]
-    weight = scored.float()
-    return torch.stack(
-        [
-            (chosen * weight).sum(),
-            (rejected * weight).sum(),
-            ((chosen > rejected).float() * weight).sum(),
-            ((chosen - rejected) * weight).sum(),
-            (logps[:, 0].detach() * weight).sum(),
-            (logps[:, 1].detach() * weight).sum(),
-        ]
-    )
+def chosen_targets(input_ids: torch.Tensor, position_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Next-token targets of the whole first segment (prompt + chosen) of the scored rows: ORPO's NLL
+    is over the prompt too (trl's ORPOTrainer labels every attended token of the chosen sequence)."""
+    segment = torch.cumsum((position_ids == 0).to(torch.int64), dim=-1) - 1
+    targets = torch.full_like(input_ids, IGNORE_INDEX)
+    follows = (segment[:, :-1] == 0) & (position_ids[:, 1:] != 0) & scored.unsqueeze(1)
+    targets[:, :-1] = torch.where(follows, input_ids[:, 1:], IGNORE_INDEX)
+    return targets
 
 
 class PreferenceLoss(nn.Module):
-    """What the distributed wrapper wraps for `rl:`: decoder -> pair log-probs -> SUM of pair losses.
+    """What the distributed wrapper wraps for `rl:`: decoder -> row log-probs -> the rl type's loss.
 
-    The loop divides by the step's count of pairs (batches.Collate counts pairs for preference
-    rows), so the gradient is that of trl's mean over pairs. Reward sums since the last log line
-    accumulate in `metric_sums` (with `pairs`), read and reset by the loop when it logs.
+    forward returns the micro-batch's loss times its rows; the loop divides by the step's count of
+    rows (batches.Collate counts rows for preference data), so the gradient is that of trl's mean.
+    The reference policy (dpo, ipo, kto) is, in this order of preference: the log-probs precomputed
+    into the data (`ref_logps`, precompute_ref_log_probs), the frozen copy given as `reference_model`
+    (a full fine-tune), or the model with its adapter disabled (LoRA: no second copy).
+    Metric (sum, count) pairs since the last log line accumulate in `metric_sums`, read and reset by
+    the loop when it logs (`take_metrics`).
     """
 
-    def __init__(self, model: nn.Module, *, loss_type: str, beta: float):
+    def __init__(
+        self, model: nn.Module, objective: PreferenceObjective, reference_model: nn.Module | None = None
+    ):
         super().__init__()
-        if loss_type not in PAIR_LOSSES:
-            raise ValueError(f"unknown preference loss {loss_type!r}: use one of {', '.join(PAIR_LOSSES)}")
         self.model = model
-        self.loss_type = loss_type
-        self.beta = beta
+        self.objective = objective
+        # A plain list keeps the frozen copy out of this module's parameters, state dict and DDP.
+        self._frozen = [reference_model.eval().requires_grad_(False)] if reference_model is not None else []
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
-        self.metric_sums: torch.Tensor | None = None
-        self.pairs = 0
+        self.metric_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _logps(self, input_ids, targets, position_ids, decoder_inputs):
-        lm = causal_lm(self.model)
+    def _hidden(self, model, input_ids, decoder_inputs):
+        lm = causal_lm(model)
         out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
-        return pair_logps(out.last_hidden_state, targets, position_ids, lm.get_output_embeddings())
+        return out.last_hidden_state, lm.get_output_embeddings()
 
+    def _logps(self, input_ids, targets, position_ids, decoder_inputs, model=None):
+        hidden, lm_head = self._hidden(self.model if model is None else model, input_ids, decoder_inputs)
+        return pair_logps(hidden, targets, position_ids, lm_head)
+
+    @contextmanager
     def reference(self):
-        """The context in which the model is the reference policy: the adapter disabled."""
+        """The context in which `self.reference_model()` is the reference policy."""
+        if self._frozen:
+            yield self._frozen[0]
+            return
         disable = getattr(self.model, "disable_adapter", None)
         if disable is None:
-            raise ValueError("preference training needs a peft adapter: the reference is the base model")
-        return disable()
+            raise ValueError(
+                "a preference loss with a reference needs a peft adapter (the base is the reference), "
+                "a frozen reference copy, or precomputed reference log-probs"
+            )
+        with disable():
+            yield self.model
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, **decoder_inputs) -> torch.Tensor:
+    @torch.no_grad()
+    def reference_logps(self, input_ids, targets, position_ids, decoder_inputs) -> torch.Tensor:
+        with self.reference() as model:
+            return self._logps(input_ids, targets, position_ids, decoder_inputs, model=model)[0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        desirable: torch.Tensor | None = None,
+        ref_logps: torch.Tensor | None = None,
+        **decoder_inputs,
+    ) -> torch.Tensor:
+        objective = self.objective
         position_ids = decoder_inputs["position_ids"]
-        logps, counts = self._logps(input_ids, targets, position_ids, decoder_inputs)
-        with torch.no_grad(), self.reference():
-            ref_logps, _ = self._logps(input_ids, targets, position_ids, decoder_inputs)
+        hidden, lm_head = self._hidden(self.model, input_ids, decoder_inputs)
+        logps, counts = pair_logps(hidden, targets, position_ids, lm_head)
         # A row without trained tokens (an eval batch's padding row) is no pair: it adds nothing.
         scored = (counts > 0).all(dim=1)
-        sums = reward_sums(logps, ref_logps, self.beta, scored)
-        self.metric_sums = sums if self.metric_sums is None else self.metric_sums + sums
-        self.pairs += int(scored.sum())
-        losses = pair_losses(logps, ref_logps, counts, loss_type=self.loss_type, beta=self.beta)
-        return torch.where(scored, losses, torch.zeros_like(losses)).sum()
+        if objective.needs_reference and ref_logps is None:
+            ref_logps = self.reference_logps(input_ids, targets, position_ids, decoder_inputs)
+        if objective.rl in ("dpo", "ipo"):
+            result = losses.dpo(objective, logps, counts, ref_logps.to(logps.dtype), scored)
+        elif objective.rl == "kto":
+            if desirable is None:
+                raise ValueError("rl: kto needs each row's desirable label (a KTO dataset type)")
+            result = losses.kto(objective, logps, ref_logps.to(logps.dtype), desirable, scored)
+        elif objective.rl == "orpo":
+            nll_targets = chosen_targets(input_ids, position_ids, scored)
+            nll = (
+                causal_lm_loss_sum(hidden, nll_targets, lm_head),
+                (nll_targets != IGNORE_INDEX).sum().float(),
+            )
+            result = losses.orpo(objective, logps, counts, nll, scored)
+        elif objective.rl == "simpo":
+            result = losses.simpo(objective, logps, counts, scored)
+        else:
+            raise ValueError(f"unknown rl type {objective.rl!r}")
+        for name, (total, count) in result.metrics.items():
+            previous = self.metric_sums.get(name)
+            pair = (total.detach().float(), count.detach().float())
+            self.metric_sums[name] = (
+                pair if previous is None else (previous[0] + pair[0], previous[1] + pair[1])
+            )
+        return result.total
 
     @contextmanager
     def metrics_apart(self):
         """Forward passes inside (evaluation) count apart: the sums from before are restored after."""
-        saved = self.metric_sums, self.pairs
-        self.metric_sums, self.pairs = None, 0
+        saved, self.metric_sums = self.metric_sums, {}
         try:
             yield
         finally:
-            self.metric_sums, self.pairs = saved
+            self.metric_sums = saved
 
     def take_metrics(self) -> dict[str, float] | None:
-        """Means since the last call (trl's names), or None when no pair was seen; resets the sums."""
-        if self.metric_sums is None or not self.pairs:
+        """Means since the last call under trl's names, or None when no row was seen; resets the sums.
+
+        rewards/margins is the chosen mean minus the rejected mean (trl's KTO definition, and for pairs
+        the same number as the mean of the per-pair margins)."""
+        sums, self.metric_sums = self.metric_sums, {}
+        if not sums:
             return None
-        means = (self.metric_sums.detach().float().cpu() / self.pairs).tolist()
-        self.metric_sums, self.pairs = None, 0
-        return dict(zip(METRIC_NAMES, means, strict=True))
+        values = torch.stack([torch.stack(pair) for pair in sums.values()]).cpu().tolist()
+        means = {name: total / count for name, (total, count) in zip(sums, values, strict=True) if count > 0}
+        if not means:
+            return None
+        if "rewards/chosen" in means and "rewards/rejected" in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        return means

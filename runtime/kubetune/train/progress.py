@@ -63,9 +63,10 @@ class Progress:
     event: str = "train"  # train | eval | checkpoint | done | preempted (log lines only)
     eval_loss: float | None = None
     eval_perplexity: float | None = None
-    rewards: dict[str, float] | None = (
-        None  # preference runs: trl's names (rewards/margins, ...), log lines only
-    )
+    rewards: dict[str, float] | None = None  # preference runs: this line's trl metrics (rewards/margins, ...)
+    # preference runs: the latest train line's trl metrics, which status.progress carries on every report
+    # (an eval or checkpoint report replaces the whole report, so it must repeat them)
+    train_rewards: dict[str, float] | None = None
 
     def status(self) -> dict:
         """The `status.progress` object (camelCase, exactly the fields of the contract)."""
@@ -84,6 +85,7 @@ class Progress:
             "percent": self.percent(),
             "outputDir": self.output_dir,
             "updatedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **status_rewards(self.train_rewards),
         }
 
     def percent(self) -> str | None:
@@ -111,6 +113,23 @@ class Progress:
         }
         line |= {name: _round(value) for name, value in (self.rewards or {}).items()}
         return {key: value for key, value in line.items() if value is not None}
+
+
+# trl's metric names -> status.progress.rewards keys (kubetune_operator.progress.REWARD_KEYS)
+STATUS_REWARDS = {
+    "rewards/chosen": "chosen",
+    "rewards/rejected": "rejected",
+    "rewards/margins": "margins",
+    "rewards/accuracies": "accuracies",
+    "logps/chosen": "logpsChosen",
+    "logps/rejected": "logpsRejected",
+}
+
+
+def status_rewards(metrics: dict[str, float] | None) -> dict:
+    """`{"rewards": {...}}` for status.progress from trl's metric names; {} for an SFT run."""
+    rewards = {key: _round(metrics[name]) for name, key in STATUS_REWARDS.items() if name in (metrics or {})}
+    return {"rewards": rewards} if rewards else {}
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:

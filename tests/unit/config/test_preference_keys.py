@@ -1,4 +1,4 @@
-"""rl: dpo / ipo: what the first preference slice accepts, and what it refuses with a fix."""
+"""rl: dpo / ipo / orpo / kto / simpo: the keys accepted, read as trl's settings, and what is refused."""
 
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ def test_axolotl_dpo_keys_are_accepted_and_read_as_trl_loss_and_beta(seed_mappin
 @pytest.mark.parametrize(
     "keys,path",
     [
-        ({"adapter": None, "lora_r": None, "lora_alpha": None, "lora_target_modules": None}, "rl"),
         ({"sample_packing": True}, "sample_packing"),
         ({"min_sample_len": 4}, "min_sample_len"),
         ({"train_on_inputs": True}, "train_on_inputs"),
@@ -49,12 +48,21 @@ def test_axolotl_dpo_keys_are_accepted_and_read_as_trl_loss_and_beta(seed_mappin
         ({"rl_beta": 0.1, "dpo_beta": 0.1}, "dpo_beta"),
         ({"rl": "ipo", "dpo_loss_type": "sigmoid"}, "dpo_loss_type"),
         ({"dpo_label_smoothing": 0.1}, "dpo_label_smoothing"),
-        ({"rl": "kto"}, "rl"),
-        ({"rl": "orpo"}, "rl"),
+        (
+            {"rl": "kto", "datasets": [{"path": "p.jsonl", "type": "chat_template.default"}]},
+            "datasets[0].type",
+        ),
+        ({"rl": "dpo", "datasets": [{"path": "k.jsonl", "type": "llama3.ultra"}]}, "datasets[0].type"),
+        ({"rl": "orpo", "simpo_gamma": 0.5}, "simpo_gamma"),
+        ({"rl": "orpo", "orpo_alpha": 0.2, "rl_beta": 0.2}, "orpo_alpha"),
+        ({"rl": "simpo", "kto_desirable_weight": 0.5}, "kto_desirable_weight"),
+        ({"rl": "orpo", "precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
+        ({"rl": "simpo", "dpo_loss_type": "ipo"}, "dpo_loss_type"),
+        ({"rl": "grpo"}, "rl"),
         ({"datasets": [{"path": "d.jsonl", "type": "alpaca"}]}, "datasets[0].type"),
     ],
 )
-def test_what_the_first_slice_does_not_run_is_refused(seed_mapping, keys, path):
+def test_what_preference_training_does_not_run_is_refused(seed_mapping, keys, path):
     problems = validate_mapping(_dpo(seed_mapping, **keys))
     assert path in [problem.path for problem in problems], problems
     assert all(problem.fix for problem in problems)
@@ -64,3 +72,50 @@ def test_pairs_and_dpo_keys_need_rl(seed_mapping):
     mapping = {**seed_mapping, "datasets": [PAIRS], "rl_beta": 0.2}
     assert set(_paths(mapping)) == {"datasets[0].type", "rl_beta"}
     assert _paths({**seed_mapping, "dpo_label_smoothing": 0.0}) == []  # Axolotl's "off" value
+
+
+KTO = {"path": "kto.jsonl", "type": "chatml.intel"}
+
+
+def test_orpo_simpo_kto_keys_are_read_as_trl_settings(seed_mapping):
+    orpo = _dpo(
+        seed_mapping,
+        rl="orpo",
+        orpo_alpha=0.2,
+        datasets=[{"path": "p.jsonl", "type": "chat_template.argilla"}],
+    )
+    assert _paths(orpo) == []
+    objective = load_config(orpo).preference_objective()
+    assert (objective.loss_type, objective.beta, objective.needs_reference) == ("orpo", 0.2, False)
+    assert load_config(_dpo(seed_mapping, rl="orpo")).preference_objective().beta == 0.1  # ORPOConfig's
+
+    simpo = _dpo(seed_mapping, rl="simpo", rl_beta=2.0, simpo_gamma=0.8, cpo_alpha=0.0)
+    assert _paths(simpo) == []
+    objective = load_config(simpo).preference_objective()
+    assert (objective.loss_type, objective.beta, objective.simpo_gamma, objective.cpo_alpha) == (
+        "simpo",
+        2.0,
+        0.8,
+        0.0,
+    )
+    defaults = load_config(_dpo(seed_mapping, rl="simpo")).preference_objective()
+    assert (defaults.simpo_gamma, defaults.cpo_alpha) == (0.5, 1.0)  # CPOConfig's
+
+    kto = _dpo(
+        seed_mapping, rl="kto", rl_beta=0.5, kto_desirable_weight=0.2, datasets=[KTO], micro_batch_size=2
+    )
+    assert _paths(kto) == []
+    objective = load_config(kto).preference_objective()
+    assert (objective.beta, objective.desirable_weight, objective.undesirable_weight) == (0.5, 0.2, 1.0)
+    assert not objective.paired and objective.needs_reference
+    for llama3 in ("llama3.ultra", "llama3.argilla", "chatml.ultra", "chatml.argilla_chat"):
+        assert _paths({**kto, "datasets": [{"path": "k.jsonl", "type": llama3}]}) == []
+    assert _paths({**kto, "micro_batch_size": 1}) == ["micro_batch_size"]  # trl's KL term needs others
+
+
+def test_full_fine_tune_and_precomputed_reference_are_accepted(seed_mapping):
+    full = _dpo(seed_mapping, adapter=None, lora_r=None, lora_alpha=None, lora_target_modules=None)
+    assert _paths(full) == []  # the reference is a frozen copy
+    assert _paths({**full, "precompute_ref_log_probs": True}) == []
+    assert load_config({**full, "precompute_ref_log_probs": True}).precompute_ref_log_probs is True
+    assert _paths({**seed_mapping, "precompute_ref_log_probs": True}) == ["precompute_ref_log_probs"]

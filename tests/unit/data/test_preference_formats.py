@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from kubetune.data.formats import RowProblem
-from kubetune.data.formats.preference import ChatmlIntel, ChatTemplatePairs
+from kubetune.data.formats.kto import KTO_FORMATS
+from kubetune.data.formats.preference import ChatmlIntel, ChatTemplateArgilla, ChatTemplatePairs
 
 from .conftest import decoded_spans, example
 
@@ -92,3 +93,85 @@ def test_train_on_inputs_is_refused(tokenizer):
     fmt = ChatmlIntel(tokenizer, {}, train_on_inputs=True)
     with pytest.raises(RowProblem, match="only completions"):
         fmt.tokenize_rows([{"question": "q", "chosen": "a", "rejected": "b"}])
+
+
+def test_chat_template_argilla_reads_conversations_ending_with_the_answer(tokenizer):
+    """Axolotl's ORPO type: prompt (string), system, chosen / rejected conversations [user, assistant]."""
+    fmt = ChatTemplateArgilla(tokenizer, {}, chat_template="chatml")
+    row = {
+        "system": "You are terse.",
+        "prompt": "Spell the digit. 2",
+        "chosen": [
+            {"role": "user", "content": "Spell the digit. 2"},
+            {"role": "assistant", "content": "two"},
+        ],
+        "rejected": [
+            {"role": "user", "content": "Spell the digit. 2"},
+            {"role": "assistant", "content": "one"},
+        ],
+    }
+    chosen_ids, chosen_labels, rejected_ids, rejected_labels = _pair(fmt.tokenize_rows([row]), 0)
+    assert decoded_spans(tokenizer, chosen_labels) == ["two<|im_end|>"]
+    assert decoded_spans(tokenizer, rejected_labels) == ["one<|im_end|>"]
+    assert tokenizer.decode(_prompt_ids(chosen_ids, chosen_labels)) == (
+        "<s><|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSpell the digit. 2<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert fmt.required_fields == ("prompt", "chosen", "rejected")
+
+
+KTO_ROWS = [
+    {"system": "You are terse.", "prompt": "Spell the digit. 3", "completion": "three", "label": True},
+    {"prompt": "Spell the digit. 4", "completion": "five", "label": False},
+    {"prompt": "Spell the digit. 6", "completion": "six", "label": True},
+]
+
+
+def test_kto_rows_give_the_completion_and_the_previous_rows_completion_as_kl(tokenizer):
+    examples = KTO_FORMATS["chatml.ultra"](tokenizer, {}).tokenize_rows(KTO_ROWS)
+    assert len(examples) == 6 and examples.flags.tolist() == [True, True, False, False, True, True]
+    spans = [decoded_spans(tokenizer, example(examples, k)[1]) for k in range(6)]
+    # (completion, KL completion) per row: the KL one is the previous row's (the first row takes the last's)
+    assert spans == [["three<|im_end|>"], ["six<|im_end|>"], ["five<|im_end|>"], ["three<|im_end|>"],
+                     ["six<|im_end|>"], ["five<|im_end|>"]]  # fmt: skip
+    ids, labels = example(examples, 0)
+    assert tokenizer.decode(_prompt_ids(ids, labels)) == (
+        "<s><|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSpell the digit. 3<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert _prompt_ids(*example(examples, 1)) == _prompt_ids(ids, labels)  # the KL side keeps the prompt
+
+
+@pytest.mark.parametrize(
+    "type_name,row,prompt",
+    [
+        ("chatml.intel", {"question": "q1", "completion": "a", "label": True}, "<|im_start|>user\nq1<|im_end|>\n"),
+        ("chatml.argilla", {"instruction": "q2", "completion": "a", "label": True}, "<|im_start|>user\nq2"),
+        ("llama3.ultra", {"prompt": "q3", "completion": "a", "label": False},
+         "<|start_header_id|>user<|end_header_id|>\n\nq3<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+        ("llama3.argilla_chat",
+         {"completion": [{"role": "user", "content": "q4"}, {"role": "assistant", "content": "a"}], "label": True},
+         "<|start_header_id|>user<|end_header_id|>\n\nq4<|eot_id|>"),
+    ],
+)  # fmt: skip
+def test_kto_layouts_and_templates(tokenizer, type_name, row, prompt):
+    examples = KTO_FORMATS[type_name](tokenizer, {}).tokenize_rows([row])
+    ids, labels = example(examples, 0)
+    assert prompt in tokenizer.decode(_prompt_ids(ids, labels))
+    end = "<|eot_id|>" if type_name.startswith("llama3") else "<|im_end|>"
+    assert decoded_spans(tokenizer, labels) == [f"a{end}"]
+
+
+def test_a_kto_row_needs_a_boolean_label(tokenizer):
+    fmt = KTO_FORMATS["chatml.ultra"](tokenizer, {})
+    with pytest.raises(RowProblem) as err:
+        fmt.tokenize_rows([KTO_ROWS[0], {"prompt": "q", "completion": "a", "label": "yes"}], first_index=4)
+    assert err.value.row == 5 and "'label'" in err.value.message
+
+
+def test_kto_type_names_resolve_by_rl():
+    from kubetune.data.formats import resolve_format
+
+    assert resolve_format("chatml.intel", path="t", rl="kto") is KTO_FORMATS["chatml.intel"]
+    assert resolve_format("chatml.intel", path="t", rl="dpo") is ChatmlIntel
+    assert resolve_format("llama3.ultra", path="t", rl="kto") is KTO_FORMATS["llama3.ultra"]

@@ -104,3 +104,22 @@ def test_unreadable_or_oversized_reports_are_ignored():
     assert read_report({"data": {"progress.json": "not json"}}) is None
     assert read_report({"data": {}}) is None and read_report(None) is None
     assert sanitize({"step": True, "totalSteps": -1, "epoch": float("inf"), "completed": "yes"}) == {}
+
+
+def test_a_preference_runs_reward_means_reach_the_status_and_nothing_else_does():
+    """The runtime's status.progress.rewards (trl's metric means of the last train line) is copied key
+    by key, finite numbers only; the Margin column of `kubectl get ftj -o wide` reads it."""
+    from kubetune.train.progress import Progress
+
+    kube, reconciler = setup()
+    add_pod(kube, 0)
+    train = Progress(step=4, total_steps=10, epoch=0.4, loss=0.5,
+                     rewards={"rewards/margins": 0.75, "rewards/chosen": 0.5, "kl": 0.1},
+                     train_rewards={"rewards/margins": 0.75, "rewards/chosen": 0.5, "kl": 0.1})  # fmt: skip
+    report(kube, **train.status())
+    reconciler.reconcile("default", "demo")
+    assert status(kube)["progress"]["rewards"] == {"margins": 0.75, "chosen": 0.5}
+    rewards = {"margins": 1.5, "accuracies": "high", "chosen": float("nan"), "phase": 1.0, "logpsChosen": -3}
+    assert sanitize({"step": 1, "rewards": rewards})["rewards"] == {"margins": 1.5, "logpsChosen": -3}
+    assert "rewards" not in sanitize({"step": 1, "rewards": "0.9"})
+    assert "rewards" not in Progress(step=1, total_steps=2, epoch=0.5).status()  # an SFT run has none

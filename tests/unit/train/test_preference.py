@@ -9,6 +9,12 @@ from kubetune.train.loss import IGNORE_INDEX, shift_targets
 from kubetune.train.preference import PreferenceLoss
 
 
+def _objective(loss_type: str, beta: float):
+    from kubetune.config.preference import PreferenceObjective
+
+    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta)
+
+
 def _pairs():
     # (prompt, chosen, rejected) token ids of different lengths, so padding and segment sums matter.
     return [
@@ -102,7 +108,7 @@ def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, tmp_path):
     model, tokenizer = peft_model
     pairs = _pairs()
     ids, targets, positions = _packed(pairs)
-    module = PreferenceLoss(model, loss_type=loss_type, beta=beta)
+    module = PreferenceLoss(model, _objective(loss_type, beta))
     module.eval()
     with torch.no_grad():
         loss_sum = module(ids, targets, **_decoder_inputs(positions))
@@ -124,13 +130,13 @@ def test_reference_is_the_base_with_the_adapter_disabled(peft_model):
     model, tokenizer = peft_model
     plain = build_tiny_llama(tokenizer, seed=0).eval()  # the same base weights, never wrapped by peft
     ids, targets, positions = _packed(_pairs())
-    module = PreferenceLoss(model, loss_type="sigmoid", beta=0.1)
+    module = PreferenceLoss(model, _objective("sigmoid", 0.1))
     module.eval()
     with torch.no_grad():
         policy, _ = module._logps(ids, targets, positions, _decoder_inputs(positions))
         with module.reference():
             reference, _ = module._logps(ids, targets, positions, _decoder_inputs(positions))
-        base, _ = PreferenceLoss(plain, loss_type="sigmoid", beta=0.1)._logps(
+        base, _ = PreferenceLoss(plain, _objective("sigmoid", 0.1))._logps(
             ids, targets, positions, _decoder_inputs(positions)
         )
     assert not torch.allclose(policy, reference)
@@ -143,7 +149,7 @@ def test_a_model_without_adapter_has_no_reference(peft_model):
     _, tokenizer = peft_model
     ids, targets, positions = _packed(_pairs())
     with pytest.raises(ValueError, match="peft adapter"):
-        PreferenceLoss(build_tiny_llama(tokenizer), loss_type="sigmoid", beta=0.1)(
+        PreferenceLoss(build_tiny_llama(tokenizer), _objective("sigmoid", 0.1))(
             ids, targets, position_ids=positions
         )
 
@@ -154,7 +160,7 @@ def test_a_row_without_trained_tokens_is_no_pair(peft_model):
     ids, targets, positions = _packed(_pairs())
     masked = targets.clone()
     masked[1] = IGNORE_INDEX
-    module = PreferenceLoss(model, loss_type="sigmoid", beta=0.1).eval()
+    module = PreferenceLoss(model, _objective("sigmoid", 0.1)).eval()
     with torch.no_grad():
         full = module(ids[[0, 2]], targets[[0, 2]], **_decoder_inputs(positions[[0, 2]]))
         expected = module.take_metrics()
@@ -162,7 +168,7 @@ def test_a_row_without_trained_tokens_is_no_pair(peft_model):
         got = module.take_metrics()
     assert float(padded) == pytest.approx(float(full), rel=1e-5)
     assert got == pytest.approx(expected, rel=1e-5)
-    assert module.pairs == 0
+    assert module.metric_sums == {}  # taken
 
 
 def test_reward_means_reach_the_trackers_under_trl_names():
@@ -175,3 +181,6 @@ def test_reward_means_reach_the_trackers_under_trl_names():
     evaluation = Progress(step=3, total_steps=9, epoch=0.1, event="eval", eval_loss=0.4,
                           rewards={"eval_rewards/accuracies": 0.75})  # fmt: skip
     assert metrics_of(evaluation) == {"eval/loss": 0.4, "eval/rewards/accuracies": 0.75}
+    # status.progress carries the latest train line's rewards on every report, an eval one too
+    evaluation.train_rewards = {"rewards/margins": 0.25, "rewards/accuracies": 1.0, "kl": 0.5}
+    assert evaluation.status()["rewards"] == {"margins": 0.25, "accuracies": 1.0}

@@ -1,4 +1,5 @@
-"""Acceptance: `kubetune train` with rl: dpo on the tiny Llama learns a preference set it can learn."""
+"""Acceptance: `kubetune train` with rl: dpo / orpo / simpo / kto on the tiny Llama learns a preference
+set it can learn (chosen = the right answer of the tiny tasks, rejected = a wrong one)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ pytestmark = pytest.mark.slow
 STEPS = 60
 
 
-def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
+def _objective(loss_type: str, beta: float):
+    from kubetune.config.preference import PreferenceObjective
+
+    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta)
+
+
+def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path, objective=None) -> float:
     """Share of held-out pairs whose chosen answer gets the higher DPO reward, adapter loaded by plain peft."""
     from kubetune.data import PackedCollator, block_causal_mask
     from kubetune.data.formats.preference import ChatmlIntel
@@ -33,7 +40,7 @@ def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
     batch = Collate(PackedCollator(tokenizer.pad_token_id), per_pair=True)(
         [data[i] for i in range(len(data))]
     )
-    module = PreferenceLoss(model, loss_type="sigmoid", beta=0.1).eval()
+    module = PreferenceLoss(model, objective or _objective("sigmoid", 0.1)).eval()
     with torch.no_grad():
         module(
             batch["input_ids"],
@@ -46,18 +53,18 @@ def _held_out_accuracy(base_dir: str, adapter_dir, pairs_path) -> float:
 
 def _dpo_config(make_config, tmp_path, name: str, steps: int, **keys):
     train_pairs = write_jsonl(preference_rows(240, seed=0), tmp_path / "pairs.jsonl")
-    return make_config(
-        name,
-        datasets=[{"path": str(train_pairs), "type": "chatml.intel"}],
-        rl="dpo",
-        rl_beta=0.1,
-        sample_packing=False,
-        max_steps=steps,
-        learning_rate=0.01,
-        lr_scheduler="constant",
+    defaults = {
+        "datasets": [{"path": str(train_pairs), "type": "chatml.intel"}],
+        "rl": "dpo",
+        "rl_beta": 0.1,
+        "sample_packing": False,
+        "max_steps": steps,
+        "learning_rate": 0.01,
+        "lr_scheduler": "constant",
+        "micro_batch_size": 8,
         **LORA,
-        **({"micro_batch_size": 8} | keys),
-    )
+    }
+    return make_config(name, **(defaults | keys))
 
 
 def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
@@ -84,6 +91,8 @@ def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 0.6931
 
     accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
+    _record("kto", steps=KTO_STEPS, margins_first=margins[0], margins_last5=_mean(margins[-5:]),
+            loss=[train[0]["loss"], train[-1]["loss"]], held_out_pair_accuracy=accuracy)  # fmt: skip
     assert accuracy > 0.9, accuracy
 
 
@@ -122,3 +131,109 @@ def test_two_process_ddp_runs_dpo(make_config, tmp_path):
     assert len(train) == 6 and train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     assert all("rewards/margins" in line for line in train)
     assert (Path(cfg.output_dir) / "adapter_model.safetensors").is_file()
+
+
+def _train_lines(capsys) -> list[dict]:
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == "train"]
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def _record(name: str, **figures) -> None:
+    """The measured figures of an acceptance run, on the real stderr (docs/training.md quotes them)."""
+    import sys
+
+    sys.__stderr__.write(f"\nACCEPTANCE {name} {json.dumps(figures)}\n")
+
+
+# Steps of each acceptance run (micro_batch_size 8, lr 0.01 constant, LoRA r 16 on every linear).
+REFERENCE_FREE_STEPS = {"orpo": 60, "simpo": 60}
+
+
+@pytest.mark.parametrize("rl", ["orpo", "simpo"])
+def test_reference_free_losses_learn_the_right_answers_and_the_adapter_loads_in_plain_peft(
+    make_config, tiny, tmp_path, capsys, rl
+):
+    """ORPO / SimPO: rewards are beta x the mean token log-prob, so accuracy is the share of pairs whose
+    chosen answer is likelier per token; the held-out pairs are scored with the adapter loaded by peft."""
+    from kubetune.config.preference import PreferenceObjective
+
+    steps = REFERENCE_FREE_STEPS[rl]
+    held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
+    # SimPO at the paper's scale (beta 2, gamma / beta = 0.5), with trl's default NLL weight
+    keys = {"rl_beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 1.0} if rl == "simpo" else {"rl_beta": 0.1}
+    cfg, path = _dpo_config(make_config, tmp_path, rl, steps, rl=rl, **keys)
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    train = _train_lines(capsys)
+    assert len(train) == steps
+    margins = [line["rewards/margins"] for line in train]
+    accuracies = [line["rewards/accuracies"] for line in train]
+    assert _mean(margins[-5:]) > _mean(margins[:5]) + 0.01, margins  # the margin rose
+    assert _mean(accuracies[-5:]) > 0.9, accuracies
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert all("nll_loss" in line for line in train)  # ORPO's NLL term; SimPO's with cpo_alpha > 0
+
+    beta = keys.pop("rl_beta")
+    objective = PreferenceObjective(rl=rl, loss_type=rl, beta=beta, **keys)
+    accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out, objective)
+    _record(rl, steps=steps, margins_first5=_mean(margins[:5]), margins_last5=_mean(margins[-5:]),
+            accuracy_last5=_mean(accuracies[-5:]), loss=[train[0]["loss"], train[-1]["loss"]],
+            held_out_accuracy=accuracy)  # fmt: skip
+    assert accuracy > 0.9, accuracy
+
+
+KTO_STEPS = 60
+
+
+def test_kto_learns_from_unpaired_labelled_rows(make_config, tiny, tmp_path, capsys):
+    """KTO on single completions labelled desirable / undesirable: the desirable rows' reward rises
+    above the undesirable ones'; on held-out PAIRS of the same tasks the adapter (loaded by plain peft)
+    gives the right answer the higher implicit reward beta x (policy - base) log-prob."""
+    from kubetune.tiny import kto_rows
+
+    held_out = write_jsonl(preference_rows(60, seed=99), tmp_path / "held_out.jsonl")
+    rows = write_jsonl(kto_rows(120, seed=0), tmp_path / "kto.jsonl")
+    cfg, path = _dpo_config(
+        make_config,
+        tmp_path,
+        "kto",
+        KTO_STEPS,
+        rl="kto",
+        datasets=[{"path": str(rows), "type": "chatml.intel"}],
+    )
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    train = _train_lines(capsys)
+    assert len(train) == KTO_STEPS
+    margins = [line["rewards/margins"] for line in train if "rewards/margins" in line]
+    assert abs(margins[0]) < 1e-3  # a fresh adapter is the reference
+    assert _mean(margins[-5:]) > 0.5, margins
+    assert train[0]["loss"] == pytest.approx(0.5, abs=1e-3)  # 1 - sigmoid(0) with KL 0 at step 1
+    assert all("kl" in line for line in train)
+    accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
+    _record("kto", steps=KTO_STEPS, margins_first=margins[0], margins_last5=_mean(margins[-5:]),
+            loss=[train[0]["loss"], train[-1]["loss"]], held_out_pair_accuracy=accuracy)  # fmt: skip
+    assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.parametrize("precompute", [False, True])
+def test_a_full_fine_tune_dpo_runs_with_a_frozen_copy_or_precomputed_reference(
+    make_config, tmp_path, capsys, precompute
+):
+    """No adapter: the reference is a frozen copy of the loaded model, or its log-probs computed once
+    into the prepared-data cache; either way step 1 compares the policy with itself (loss ln 2)."""
+    from pathlib import Path
+
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
+    cfg, path = _dpo_config(
+        make_config, tmp_path, f"dpo-full-{precompute}", 8, precompute_ref_log_probs=precompute, **keys
+    )
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    train = _train_lines(capsys)
+    assert len(train) == 8 and train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert abs(train[0]["rewards/margins"]) < 1e-3 and train[-1]["rewards/margins"] > 0.0
+    if precompute:  # computed into the prepared-data cache, beside the prepared rows
+        assert list(Path(cfg.dataset_prepared_path).glob("*/ref-logps-*/train.npy"))
+    assert list(Path(cfg.output_dir).glob("*.safetensors"))  # the full model, no adapter

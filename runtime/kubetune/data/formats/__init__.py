@@ -36,14 +36,23 @@ __all__ = [
 ]
 
 
-def resolve_format(type_name: str, *, path: str, source_dir: str | Path | None = None) -> type[PromptFormat]:
-    """The PromptFormat class for a `type:` value; DataError naming `path` when there is none."""
+def resolve_format(
+    type_name: str, *, path: str, source_dir: str | Path | None = None, rl: str | None = None
+) -> type[PromptFormat]:
+    """The PromptFormat class for a `type:` value; DataError naming `path` when there is none.
+
+    With `rl: kto` the preference names are KTO's (chatml.intel is a pair type otherwise)."""
     if type_name in BUILTIN_FORMATS:
         return BUILTIN_FORMATS[type_name]
+    from kubetune.data.formats.kto import KTO_FORMATS
     from kubetune.data.formats.preference import PREFERENCE_FORMATS
 
+    if rl == "kto" and type_name in KTO_FORMATS:
+        return KTO_FORMATS[type_name]
     if type_name in PREFERENCE_FORMATS:  # rl: datasets (Axolotl's names contain a dot)
         return PREFERENCE_FORMATS[type_name]
+    if type_name in KTO_FORMATS:
+        return KTO_FORMATS[type_name]
     if "." not in type_name:
         close = difflib.get_close_matches(type_name, BUILTIN_FORMATS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

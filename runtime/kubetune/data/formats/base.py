@@ -59,6 +59,8 @@ class TokenizedExamples:
     input_ids: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray  # int64, len = examples + 1
+    # One bool per example where the format gives one (KTO's desirable label), else None.
+    flags: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -98,10 +100,14 @@ class TokenizedExamples:
         for part in parts[1:]:
             offsets.append(part.offsets[1:] + base)
             base += part.offsets[-1]
+        flagged = [part.flags is not None for part in parts]
+        if any(flagged) and not all(flagged):
+            raise ValueError("examples with and without per-example flags cannot be concatenated")
         return cls(
             np.concatenate([part.input_ids for part in parts]),
             np.concatenate([part.labels for part in parts]),
             np.concatenate(offsets),
+            np.concatenate([part.flags for part in parts]) if all(flagged) else None,
         )
 
     def select(self, indices: np.ndarray) -> TokenizedExamples:
@@ -111,7 +117,8 @@ class TokenizedExamples:
         offsets = np.zeros(len(indices) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         gather = gather_index(self.offsets[indices], lengths)
-        return TokenizedExamples(self.input_ids[gather], self.labels[gather], offsets)
+        flags = None if self.flags is None else self.flags[indices]
+        return TokenizedExamples(self.input_ids[gather], self.labels[gather], offsets, flags)
 
 
 def gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

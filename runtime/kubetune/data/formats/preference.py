@@ -11,6 +11,8 @@ Types:
     assistant message (role/content, mapped like the messages) or a plain string. The conversation
     is rendered by the chat template with the generation prompt; the completion is what the
     rendering of conversation + answer adds, up to and including its end-of-turn token.
+  * `chat_template.argilla`: `prompt` (string), `system` (optional), and `chosen` / `rejected`, each a
+    conversation whose last message is the answer, rendered as chat_template.default renders.
   * `chatml.intel`: columns `system` (optional), `question`, `chosen`, `rejected` (strings) in ChatML.
 """
 
@@ -67,9 +69,14 @@ class ChatTemplatePairs(ChatTemplate, PreferencePairs):
     segments = PreferencePairs.segments
     tokenize_rows = PreferencePairs.tokenize_rows
 
+    def prompt_messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        return [{"role": m["role"], "content": m["content"]} for m in self.messages(row)]
+
     def _answer(self, row: Mapping[str, Any], side: str) -> str:
         field = self.chosen_field if side == "chosen" else self.rejected_field
         value = row.get(field)
+        if isinstance(value, Sequence) and not isinstance(value, str) and value:
+            value = value[-1]  # a conversation ending with the answer (argilla's chosen / rejected)
         if isinstance(value, Mapping):
             value = value.get(self.content_field)
         if not isinstance(value, str):
@@ -81,7 +88,7 @@ class ChatTemplatePairs(ChatTemplate, PreferencePairs):
     def prompt_and_completion(self, row: Mapping[str, Any], side: str) -> tuple[str, str]:
         from jinja2 import TemplateError
 
-        messages = [{"role": m["role"], "content": m["content"]} for m in self.messages(row)]
+        messages = self.prompt_messages(row)
         answer = self._answer(row, side)
         try:
             prompt = self.tokenizer.apply_chat_template(
@@ -106,6 +113,24 @@ class ChatTemplatePairs(ChatTemplate, PreferencePairs):
         return prompt, full[len(prompt) : end]
 
 
+class ChatTemplateArgilla(ChatTemplatePairs):
+    """`type: chat_template.argilla` (Axolotl's ORPO type, argilla/ultrafeedback-binarized-preferences-
+    cleaned): `prompt` (a string), `system` (optional), and `chosen` / `rejected` (or field_chosen /
+    field_rejected), each a conversation whose last message is the answer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.required_fields = ("prompt", self.chosen_field, self.rejected_field)
+
+    def prompt_messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        if not isinstance(row.get("prompt"), str):
+            raise RowProblem("'prompt' must be a string")
+        system = row.get("system")
+        return [{"role": "system", "content": system}] * bool(system) + [
+            {"role": "user", "content": row["prompt"]}
+        ]
+
+
 class ChatmlIntel(PreferencePairs):
     """`type: chatml.intel`: Intel/orca_dpo_pairs columns (system, question, chosen, rejected) in ChatML."""
 
@@ -124,5 +149,6 @@ class ChatmlIntel(PreferencePairs):
 
 PREFERENCE_FORMATS: dict[str, type[PreferencePairs]] = {
     "chat_template.default": ChatTemplatePairs,
+    "chat_template.argilla": ChatTemplateArgilla,
     "chatml.intel": ChatmlIntel,
 }
