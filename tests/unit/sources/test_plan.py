@@ -97,3 +97,46 @@ def test_wanted_files_skip_duplicate_and_foreign_weights():
     ]
     assert wanted_files("model", ["config.json", "pytorch_model.bin"]) == ["config.json", "pytorch_model.bin"]
     assert wanted_files("dataset", ["data/train.bin", "x.h5"]) == ["data/train.bin", "x.h5"]
+
+
+def test_a_scheme_without_a_fetcher_is_a_permanent_failure_naming_the_source(tmp_path):
+    from kubetune.sources.fetch import FETCHERS, FetchError, fetch_sources
+
+    model = tmp_path / "model"
+    model.mkdir()
+    cfg = load_config({**BASE, "base_model": str(model), "revision_of_model": None, "tokenizer_config": None,
+                       "test_datasets": None, "output_dir": str(tmp_path / "out"),
+                       "datasets": [{"path": "az://container/train.jsonl", "type": "alpaca"}]})  # fmt: skip
+    assert "az" not in FETCHERS
+    reports = []
+    with pytest.raises(FetchError) as failed:
+        fetch_sources(cfg, reports.append)
+    assert failed.value.permanent and failed.value.source.key == "datasets[0].path"
+    assert "no fetcher for az:// sources" in str(failed.value) and "'az://container/train.jsonl'" in str(
+        failed.value
+    )
+    assert reports == []  # nothing was started
+
+
+def test_fetchers_plug_in_by_scheme(tmp_path, monkeypatch):
+    from kubetune.sources import fetch
+
+    seen = []
+
+    def fake_store(source, progress, report):  # what an object-store fetcher returns
+        seen.append(source)
+        progress.bytes_done += 10
+        progress.bytes_total += 10
+        report(progress)
+        return fetch.Fetched(source, None, 1, 10, 1, str(tmp_path / "train.jsonl"))
+
+    monkeypatch.setitem(fetch.FETCHERS, "az", fake_store)
+    model = tmp_path / "model"
+    model.mkdir()
+    cfg = load_config({**BASE, "base_model": str(model), "revision_of_model": None, "tokenizer_config": None,
+                       "test_datasets": None, "output_dir": str(tmp_path / "out"),
+                       "datasets": [{"path": "az://container/train.jsonl", "type": "alpaca"}]})  # fmt: skip
+    reports = []
+    results = fetch.fetch_sources(cfg, lambda p: reports.append(p.status()))
+    assert [r.source.uri for r in results] == ["az://container/train.jsonl"] == [s.uri for s in seen]
+    assert reports[-1]["done"] is True and reports[-1]["bytesDone"] == 10 and reports[0]["sources"] == 1
