@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Reporter:
-    """stdout lines, plus the job's progress ConfigMap when in a pod (at most one patch per interval)."""
+    """stdout lines, plus the job's progress ConfigMap when in a pod."""
 
     def __init__(self):
         from kubetune.train.progress import KubernetesReporter
@@ -81,16 +81,22 @@ class _Reporter:
         self.kube = KubernetesReporter.from_environment()
         self.interval = float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "5"))
         self.last_sent = 0.0
+        self.last_milestone = None
         self.latest = None
 
     def __call__(self, progress) -> None:
+        """Called at each step of the fetch (every downloaded chunk too): a line and a patch at the
+        start of each source and file and at the end, else at most one per interval."""
         self.latest = progress
+        now = time.monotonic()
+        milestone = (progress.done, progress.source_index, progress.files_done, progress.files_total)
+        if milestone == self.last_milestone and now - self.last_sent < self.interval:
+            return
+        self.last_milestone, self.last_sent = milestone, now
         status = progress.status()
         print(json.dumps({"event": "fetch", **status}), flush=True)
-        now = time.monotonic()
-        if self.kube is not None and (progress.done or now - self.last_sent >= self.interval):
+        if self.kube is not None:
             self.kube.announce_fetch(status)
-            self.last_sent = now
 
     def fail(self, message: str) -> None:
         if self.kube is not None:

@@ -180,18 +180,39 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
             report(progress)
             downloaded = 0
             local = None
+            counted = byte_counter(progress, report)
             for name in files:
-                path = Path(hf_hub_download(source.uri, name, repo_type=repo_type, revision=commit))
+                before = progress.bytes_done
+                path = Path(
+                    hf_hub_download(
+                        source.uri, name, repo_type=repo_type, revision=commit, tqdm_class=counted
+                    )
+                )
                 local = path.parents[len(Path(name).parts) - 1]
                 downloaded += 1
                 progress.files_done += 1
-                progress.bytes_done += sizes[name]
+                progress.bytes_done = before + sizes[name]  # exact, whatever the progress bar counted
                 report(progress)
             _write_ref(hub_cache, repo_type, source.uri, source.revision, commit)
             local_path = str(local) if local else ""
             marker.write_text(json.dumps({"files": len(files), "bytes": total, "local_path": local_path}))
             log.info("%s: fetched %d files (%d bytes) at %s", source.describe(), len(files), total, commit)
             return Fetched(source, commit, len(files), total, downloaded, local_path)
+
+
+def byte_counter(progress: FetchProgress, report: Reporter):
+    """A tqdm class for huggingface_hub's download progress bars that also counts the bytes into
+    `progress` and reports them: a multi-gigabyte shard shows its bytes while it downloads."""
+    from huggingface_hub.utils import tqdm
+
+    class Counted(tqdm):
+        def update(self, n=1):
+            if n:
+                progress.bytes_done += int(n)
+                report(progress)
+            return super().update(n)
+
+    return Counted
 
 
 def _listing(api, source: Source, repo_type: str, commit: str) -> list:

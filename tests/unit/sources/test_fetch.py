@@ -33,7 +33,7 @@ def test_pinned_fetch_downloads_each_file_once_and_a_second_job_nothing(hub, tmp
     )
     cache = tmp_path / "cache"  # the cache volume both jobs mount
     before = hub.server.downloads()
-    first = hub.fetch(config, cache)
+    first = hub.fetch(config, cache, KUBETUNE_PROGRESS_INTERVAL="0")
     assert first.returncode == 0, first.stderr
     got = new_downloads(hub, before)
     assert got == Counter(
@@ -45,6 +45,17 @@ def test_pinned_fetch_downloads_each_file_once_and_a_second_job_nothing(hub, tmp
         ("datasets[0].path", hub.data),
     ]
     assert lines[0]["downloaded_files"] == len(MODEL_FILES) and lines[0]["bytes"] > 500_000
+    # Bytes are counted while a file downloads (from the client's progress bar), not only after it.
+    repo = hub.server.mirrors / "models" / MODEL
+    sizes = [(repo / name).stat().st_size for name in sorted(MODEL_FILES)]
+    done_by_files = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    reports = [json.loads(x) for x in first.stdout.splitlines() if x.startswith('{"event": "fetch"')]
+    model_reports = [r for r in reports if r["source"] == 1]
+    assert any(r["bytesDone"] > done_by_files[r["filesDone"]] for r in model_reports), model_reports
+    assert (
+        reports[-1]["done"]
+        and reports[-1]["bytesDone"] == reports[-1]["bytesTotal"] == lines[0]["bytes"] + lines[1]["bytes"]
+    )
 
     # A second job naming the same model and revision: nothing downloaded, not even a request (pinned commits).
     requests_before = len(hub.server.requests())
