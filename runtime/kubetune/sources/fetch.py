@@ -145,7 +145,7 @@ def marker_path(hub_cache: Path, repo_type: str, repo_id: str, commit: str) -> P
 
 def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetched:
     from filelock import FileLock
-    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 
     repo_type = "model" if source.kind == "model" else "dataset"
     hub_cache = Path(constants.HF_HUB_CACHE)
@@ -160,6 +160,9 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
                 revision = source.revision or constants.DEFAULT_REVISION
                 commit = api.repo_info(source.uri, repo_type=repo_type, revision=revision).sha
             marker = marker_path(hub_cache, repo_type, source.uri, commit)
+            snapshot = str(
+                hub_cache / f"{repo_type}s--{source.uri.replace('/', '--')}" / "snapshots" / commit
+            )
             if marker.is_file():
                 done = json.loads(marker.read_text())
                 _write_ref(hub_cache, repo_type, source.uri, source.revision, commit)
@@ -171,7 +174,7 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
                     commit,
                     done["files"],
                 )
-                return Fetched(source, commit, done["files"], done["bytes"], 0, done["local_path"])
+                return Fetched(source, commit, done["files"], done["bytes"], 0, snapshot)
             entries = _listing(api, source, repo_type, commit)
             sizes = {e.path: e.size for e in entries}
             files = wanted_files(source.kind, sorted(sizes))
@@ -179,25 +182,23 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
             progress.files_total, progress.bytes_total = len(files), progress.bytes_total + total
             report(progress)
             downloaded = 0
-            local = None
             counted = byte_counter(progress, report)
             for name in files:
                 before = progress.bytes_done
-                path = Path(
-                    hf_hub_download(
-                        source.uri, name, repo_type=repo_type, revision=commit, tqdm_class=counted
-                    )
-                )
-                local = path.parents[len(Path(name).parts) - 1]
-                downloaded += 1
+                # a file an interrupted fetch already completed is in the cache: not downloaded again
+                cached = try_to_load_from_cache(source.uri, name, revision=commit, repo_type=repo_type)
+                hf_hub_download(source.uri, name, repo_type=repo_type, revision=commit, tqdm_class=counted)
+                downloaded += not isinstance(cached, str)
                 progress.files_done += 1
                 progress.bytes_done = before + sizes[name]  # exact, whatever the progress bar counted
                 report(progress)
             _write_ref(hub_cache, repo_type, source.uri, source.revision, commit)
-            local_path = str(local) if local else ""
-            marker.write_text(json.dumps({"files": len(files), "bytes": total, "local_path": local_path}))
+            # Written last and atomically: a marker means every file is there.
+            partial = marker.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"files": len(files), "bytes": total}))
+            os.replace(partial, marker)
             log.info("%s: fetched %d files (%d bytes) at %s", source.describe(), len(files), total, commit)
-            return Fetched(source, commit, len(files), total, downloaded, local_path)
+            return Fetched(source, commit, len(files), total, downloaded, snapshot)
 
 
 def byte_counter(progress: FetchProgress, report: Reporter):

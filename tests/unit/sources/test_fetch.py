@@ -174,3 +174,21 @@ def test_an_unreachable_hub_is_a_transient_failure(hub, tmp_path):
     assert run.returncode == 1, run.stderr
     assert "base_model 'acme/tiny'" in run.stderr
     assert json.loads(termination.read_text())["status"] == "failed"
+
+
+def test_an_interrupted_fetch_resumes_without_downloading_its_files_again(hub, tmp_path):
+    """The marker is written last: a fetch stopped before it (a pod deleted mid-download) lists the
+    repository again, but files already in the cache are not downloaded again."""
+    config = write_config(tmp_path / "config.yml", revision_of_model=hub.v1)
+    cache = tmp_path / "cache"
+    assert hub.fetch(config, cache).returncode == 0
+    markers = list((cache / "hub" / ".kubetune-fetched").glob("*.json"))
+    assert len(markers) == 2  # the model's and the dataset's
+    for marker in markers:
+        marker.unlink()  # as if the pod had stopped just before writing them
+    before = hub.server.downloads()
+    again = hub.fetch(config, cache)
+    assert again.returncode == 0, again.stderr
+    assert [x["downloaded_files"] for x in fetched_lines(again.stdout)] == [0, 0]
+    assert hub.server.downloads() - before == Counter()
+    assert len(list((cache / "hub" / ".kubetune-fetched").glob("*.json"))) == 2
