@@ -103,21 +103,22 @@ def fetch_sources(cfg, report: Reporter = lambda progress: None) -> list[Fetched
     """Fetches every remote source of `cfg` (see kubetune.config.sources) in config order.
 
     Raises FetchError for the first source that fails (the rest are not tried: the run cannot start).
+    A source of a scheme with no fetcher registered is left to the run's own loader.
     """
-    sources = remote_sources(cfg)
+    sources = []
+    for source in remote_sources(cfg):
+        if source.scheme in FETCHERS:
+            sources.append(source)
+        else:  # its loader reads it at run time, as without a fetch step
+            log.info(
+                "%s: no fetcher for %s:// sources, the run reads it itself", source.describe(), source.scheme
+            )
     progress = FetchProgress(sources=len(sources))
     results = []
     for index, source in enumerate(sources, start=1):
         progress.source_index, progress.current = index, source.describe()
         progress.files_done = progress.files_total = 0
-        fetcher = FETCHERS.get(source.scheme)
-        if fetcher is None:
-            raise FetchError(
-                source,
-                f"no fetcher for {source.scheme}:// sources in this installation "
-                f"(known: {', '.join(sorted(FETCHERS))})",
-                permanent=True,
-            )
+        fetcher = FETCHERS[source.scheme]
         report(progress)
         results.append(fetcher(source, progress, report))
     progress.done = True
