@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from kubetune_operator import fetchstep
+
 # Operator-wide options live in options.py; importers find them here too (explicit re-exports).
 from kubetune_operator.options import DEFAULT_IMAGE as DEFAULT_IMAGE
 from kubetune_operator.options import DEFAULT_LAUNCHER as DEFAULT_LAUNCHER
@@ -313,8 +315,9 @@ def _volume_source(choice: VolumeChoice | None, claim_name: str) -> dict[str, An
 STOP_MARGIN_S = 5  # of the grace period, left for torchrun to exit once its workers have
 
 
-def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    """torchrun reads its options from PET_* variables (the Kubeflow convention); users override any entry."""
+def worker_env(job: JobRef, spec: FineTuneJobSpec, *, fetched: bool = False) -> list[dict[str, Any]]:
+    """torchrun reads its options from PET_* variables (the Kubeflow convention); users override any entry.
+    `fetched`: a fetch step fills the cache first (fetchstep.py), so the trainer runs offline."""
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_JOB_NAME", "value": job.name},
         {"name": "KUBETUNE_JOB_NAMESPACE", "value": job.namespace},
@@ -340,11 +343,13 @@ def worker_env(job: JobRef, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     ]
     if read_only_root(spec):
         env.append({"name": "HOME", "value": SCRATCH_DIR})
-    if spec.cache is not None:
+    if spec.cache is not None or fetched:
         env.append({"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"})
         env.append({"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR})
     user = [e.model_dump(exclude_none=True) for e in spec.env]
     overridden = {e["name"] for e in user}
+    if fetched:
+        env += fetchstep.offline_env(overridden)
     return [e for e in env if e["name"] not in overridden] + user
 
 
@@ -369,7 +374,7 @@ def worker_resources(spec: FineTuneJobSpec, defaults: ResourceRequirements | Non
     return out
 
 
-def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[dict], list[dict]]:
+def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec, fetched: bool) -> tuple[list[dict], list[dict]]:
     dshm: dict[str, Any] = {"medium": "Memory"}
     if spec.shmSize:
         dshm["sizeLimit"] = spec.shmSize
@@ -392,6 +397,9 @@ def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec) -> tuple[list[dict],
         if spec.cache.readOnly:
             cache_mount["readOnly"] = True
         mounts.append(cache_mount)
+    elif fetched:  # the fetch step and the trainer share the pod's own cache
+        volumes.append({"name": "cache", "emptyDir": {}})
+        mounts.append({"name": "cache", "mountPath": CACHE_DIR})
     volumes += [v.model_dump(exclude_none=True) for v in spec.volumes]
     mounts += [m.model_dump(exclude_none=True) for m in spec.volumeMounts]
     return volumes, mounts
@@ -407,13 +415,14 @@ def _mount(name: str, path: str, choice: VolumeChoice | None) -> dict[str, Any]:
 def statefulset(
     job: JobRef, spec: FineTuneJobSpec, rendered: Mapping[str, Any], replicas: int, options: BuildOptions
 ) -> dict[str, Any]:
-    volumes, mounts = _volumes_and_mounts(job, spec)
+    fetched = fetchstep.wanted(spec, rendered)
+    volumes, mounts = _volumes_and_mounts(job, spec, fetched)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or options.default_image,
         "command": list(options.launcher),
         "args": ["-m", "kubetune", "train", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        "env": worker_env(job, spec),
+        "env": worker_env(job, spec, fetched=fetched),
         "ports": [{"name": "rdzv", "containerPort": RDZV_PORT, "protocol": "TCP"}],
         "volumeMounts": mounts,
         # Rank 0 writes a one-line JSON summary on success; a crash leaves its last log lines here.
@@ -442,6 +451,10 @@ def statefulset(
         "containers": [container],
         "volumes": volumes,
     }
+    if fetched:
+        pod_spec["initContainers"] = [
+            fetchstep.fetch_container(container, options.fetcher, f"{CONFIG_DIR}/{CONFIG_FILE}")
+        ]
     optional = {
         "nodeSelector": dict(spec.nodeSelector),
         "tolerations": list(spec.tolerations),

@@ -273,6 +273,27 @@ def _status_schema() -> dict[str, Any]:
             },
         },
     }
+    fetch = {
+        "type": "object",
+        "description": (
+            "The fetch step's progress: remote sources (hub models and datasets) downloaded once into the "
+            "cache volume before training (docs/kubernetes.md, 'Models and data')."
+        ),
+        "properties": {
+            "sources": integer | {"description": "Remote sources of the config."},
+            "source": integer | {"description": "The one being fetched (1-based)."},
+            "current": text | {"description": "Its config key, name and revision."},
+            "filesDone": integer,
+            "filesTotal": integer,
+            "bytesDone": integer
+            | {"description": "Bytes of all sources fetched so far (cached ones included)."},
+            "bytesTotal": integer,
+            "fetched": text
+            | {"description": 'bytesDone/bytesTotal, e.g. "1.2GB/5.0GB" (the Fetched column).'},
+            "done": {"type": "boolean"},
+            "error": text | {"description": "Why the fetch failed."},
+        },
+    }
     tracker_text = {"type": "string", "maxLength": TRACKING_TEXT_LIMIT}
     tracking = {
         "type": "array",
@@ -301,7 +322,10 @@ def _status_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed", "Suspended"]},
+            "phase": {
+                "type": "string",
+                "enum": ["Pending", "Fetching", "Running", "Succeeded", "Failed", "Suspended"],
+            },
             "reason": text,
             "message": text,
             "conditions": {
@@ -326,6 +350,7 @@ def _status_schema() -> dict[str, Any]:
                 "x-kubernetes-preserve-unknown-fields": True,
             },
             "progress": progress,
+            "fetch": fetch,
             "tracking": tracking,
         },
     }
@@ -338,6 +363,8 @@ def crd() -> dict[str, Any]:
         ("Step", "integer", ".status.progress.step", 0),
         ("Loss", "number", ".status.progress.loss", 0),
         ("Workers", "string", ".status.workers", 0),
+        # Bytes the fetch step has downloaded (or found cached) of the remote sources.
+        ("Fetched", "string", ".status.fetch.fetched", 0),
         # Why a job is not running (FailedCreate, WorkersBlocked, ...) without -o wide.
         ("Reason", "string", ".status.reason", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),

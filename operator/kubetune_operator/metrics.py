@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+PHASES = ("Pending", "Fetching", "Running", "Succeeded", "Failed", "Suspended")
 
 JOBS = Gauge("kubetune_finetunejobs", "FineTuneJobs seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(

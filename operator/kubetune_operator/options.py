@@ -16,6 +16,8 @@ from kubetune_operator.spec import QUANTITY, AdmissionPolicy, ResourceRequiremen
 # torchrun, giving its workers the pod's grace period after SIGTERM instead of its fixed 30 s
 # (runtime/kubetune/train/commands/launch.py; the time comes from KUBETUNE_WORKER_STOP_TIMEOUT).
 DEFAULT_LAUNCHER = ("kubetune", "launch")
+# The fetch step (init container `fetch`) of jobs that read remote sources; the config path follows.
+DEFAULT_FETCHER = ("kubetune", "fetch")
 DEFAULT_IMAGE = "ghcr.io/kubetune/runtime:0.1.0"
 
 
@@ -66,6 +68,7 @@ class BuildOptions:
 
     default_image: str = DEFAULT_IMAGE
     launcher: tuple[str, ...] = DEFAULT_LAUNCHER
+    fetcher: tuple[str, ...] = DEFAULT_FETCHER
     # Worker requests/limits of jobs without spec.resources (the chart's training.resources).
     default_resources: ResourceRequirements | None = None
     # What job authors may put in a pod (the chart's training.policy), checked by webhook and reconciler.
@@ -82,15 +85,18 @@ class BuildOptions:
         policy: AdmissionPolicy | None = None,
         network_policy: bool = False,
     ) -> BuildOptions:
-        """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes).
+        """KUBETUNE_OPERATOR_TORCHRUN replaces the launcher (local clusters run pods as host processes),
+        KUBETUNE_OPERATOR_FETCH the fetch step's command likewise.
 
         The defaults of the training pods come from the command line (`--runtime-image`,
         `--runtime-resources`), whose own defaults are the env variables the chart sets.
         """
         launcher = tuple(shlex.split(environ.get("KUBETUNE_OPERATOR_TORCHRUN", ""))) or DEFAULT_LAUNCHER
+        fetcher = tuple(shlex.split(environ.get("KUBETUNE_OPERATOR_FETCH", ""))) or DEFAULT_FETCHER
         return cls(
             default_image=default_image,
             launcher=launcher,
+            fetcher=fetcher,
             default_resources=default_resources,
             policy=policy or AdmissionPolicy(),
             network_policy=network_policy,

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_operator.builders import CONTAINER, POD_INDEX_LABEL
+from kubetune_operator.fetchstep import FETCH_CONTAINER
 
 MESSAGE_LIMIT = 1024
 
@@ -56,10 +57,28 @@ def _trainer(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def _terminations(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    trainer = _trainer(pod)
+def _fetch_step(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in pod.get("status", {}).get("initContainerStatuses") or []:
+        if status.get("name") == FETCH_CONTAINER:
+            return status
+    return {}
+
+
+def _terminations(
+    pod: Mapping[str, Any], container: Mapping[str, Any] | None = None
+) -> list[Mapping[str, Any]]:
+    trainer = _trainer(pod) if container is None else container
     found = [trainer.get(key, {}).get("terminated") for key in ("state", "lastState")]
     return [t for t in found if t]
+
+
+def fetching(pods: list[Mapping[str, Any]]) -> list[str]:
+    """Names of the pods whose fetch step runs (downloading, or waiting for another pod's download)."""
+    return [
+        p.get("metadata", {}).get("name", "")
+        for p in pods
+        if "running" in (_fetch_step(p).get("state") or {})
+    ]
 
 
 def live_pods(pods: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -122,10 +141,12 @@ BAD_INPUT, PREEMPTED, FAILED = "bad_input", "preempted", "failed"
 @dataclass(frozen=True)
 class WorkerFailure:
     """The failure the job acts on: `kind` is bad_input (fail at once), preempted (restart without
-    counting against backoffLimit) or failed (restart, counted)."""
+    counting against backoffLimit) or failed (restart, counted); `fetch`: the pod's fetch step failed
+    (a source could not be downloaded), not its trainer."""
 
     kind: str
     message: str
+    fetch: bool = False
 
 
 def worker_exit(terminated: Mapping[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
@@ -152,7 +173,10 @@ def failure(pods: list[Mapping[str, Any]]) -> WorkerFailure | None:
     found: dict[str, WorkerFailure] = {}
     for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
         name = pod.get("metadata", {}).get("name")
-        for terminated in _terminations(pod):
+        exits = [(t, True) for t in _terminations(pod, _fetch_step(pod))] + [
+            (t, False) for t in _terminations(pod)
+        ]
+        for terminated, in_fetch in exits:
             if terminated.get("exitCode") in (0, None):
                 continue
             code, kind, record = worker_exit(terminated)
@@ -162,8 +186,8 @@ def failure(pods: list[Mapping[str, Any]]) -> WorkerFailure | None:
                 if isinstance(reason, str)
                 else terminated.get("message") or terminated.get("reason") or ""
             )
-            text = f"worker {name} exited with code {code}"
-            found.setdefault(kind, WorkerFailure(kind, f"{text}: {detail}" if detail else text))
+            text = f"worker {name}{' fetch step' if in_fetch else ''} exited with code {code}"
+            found.setdefault(kind, WorkerFailure(kind, f"{text}: {detail}" if detail else text, in_fetch))
             break
         else:
             if pod.get("status", {}).get("phase") == "Failed":

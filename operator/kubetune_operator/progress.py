@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,3 +166,63 @@ def tracking_summary(entries: list[Mapping[str, str]]) -> str:
         run = f" run {entry['runId']}" if entry.get("runId") else ""
         lines.append(f"{entry['kind']}{run}: {where}" if where else f"{entry['kind']}{run}")
     return "; ".join(lines)
+
+
+# --- the fetch step (key fetch.json: kubetune.sources.fetch.FetchProgress) ------------------------
+
+FETCH_KEY = "fetch.json"
+_FETCH_INTEGERS = ("sources", "source", "filesDone", "filesTotal", "bytesDone", "bytesTotal")
+_FETCH_TEXTS = ("current", "error")
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@]*@", re.IGNORECASE)
+_QUERY = re.compile(r"(://[^\s?]*)\?[^\s'\"]*")
+
+
+def sanitize_fetch(report: Any) -> dict[str, Any]:
+    """The fetch step's progress as status.fetch: its known fields, each of its type, texts bounded and
+    without credentials in any URI they quote, and `fetched` ("1.2MB/5.0MB", the Fetched column)."""
+    if not isinstance(report, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for key in _FETCH_INTEGERS:
+        value = report.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+            out[key] = value
+    for key in _FETCH_TEXTS:
+        value = report.get(key)
+        if isinstance(value, str) and value:
+            out[key] = _QUERY.sub(r"\1", _USERINFO.sub(r"\1", value))[:TEXT_LIMIT]
+    if isinstance(report.get("done"), bool):
+        out["done"] = report["done"]
+    if "bytesDone" in out:
+        total = out.get("bytesTotal")
+        out["fetched"] = human_bytes(out["bytesDone"]) + (f"/{human_bytes(total)}" if total else "")
+    return out
+
+
+def read_fetch(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sanitized fetch progress in the progress ConfigMap; None when there is none."""
+    text = ((configmap or {}).get("data") or {}).get(FETCH_KEY)
+    if not isinstance(text, str) or not text or len(text) > MAX_REPORT_BYTES:
+        return None
+    try:
+        report = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return sanitize_fetch(report) or None
+
+
+def human_bytes(count: int) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    size, unit = float(count), 0
+    while size >= 1000 and unit < len(units) - 1:
+        size, unit = size / 1000, unit + 1
+    return f"{count}B" if unit == 0 else f"{size:.1f}{units[unit]}"
+
+
+def fetch_summary(fetch: Mapping[str, Any]) -> str:
+    """One line for the Fetching phase's message."""
+    where = f"source {fetch.get('source', '?')} of {fetch.get('sources', '?')}"
+    current = f" ({fetch['current']})" if fetch.get("current") else ""
+    files = f", {fetch.get('filesDone', 0)}/{fetch['filesTotal']} files" if fetch.get("filesTotal") else ""
+    done = f", {fetch['fetched']}" if fetch.get("fetched") else ""
+    return f"fetching {where}{current}{files}{done}"

@@ -113,18 +113,28 @@ class Reconciler:
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
         failure = self._create_failure(job, ref, spec, pods)
-        progress, tracking = self._progress(ref)
+        progress, tracking, fetch = self._progress(ref)
         observed = replace(
-            base, outputs=outputs, create_failure=failure, progress=progress, tracking=tracking
+            base,
+            outputs=outputs,
+            create_failure=failure,
+            progress=progress,
+            tracking=tracking,
+            fetch=fetch,
         )
         return observed, config
 
-    def _progress(self, ref: JobRef) -> tuple[dict[str, Any] | None, list[dict[str, str]] | None]:
-        """Rank 0's latest report and its tracker runs, from the job's own progress ConfigMap only."""
+    def _progress(self, ref: JobRef) -> tuple[dict | None, list[dict[str, str]] | None, dict | None]:
+        """Rank 0's latest report, its tracker runs and the fetch step's progress, from the job's own
+        progress ConfigMap only."""
         found = self.kube.get("ConfigMap", ref.namespace, ref.progress_configmap)
         if found is None or not _controlled_by(found, ref):
-            return None, None
-        return progress_report.read_report(found), progress_report.read_tracking(found)
+            return None, None, None
+        return (
+            progress_report.read_report(found),
+            progress_report.read_tracking(found),
+            progress_report.read_fetch(found),
+        )
 
     def _create_failure(self, job: dict, ref: JobRef, spec: FineTuneJobSpec, pods: list) -> str | None:
         """Why the StatefulSet controller cannot create the missing workers, read from its Events."""

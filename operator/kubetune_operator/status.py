@@ -5,7 +5,10 @@ and carries out the plan. Deciding from observations (pods, progress, the previo
 than from remembered events is what makes a restarted operator pick up exactly where the last one
 stopped.
 
-Phases: Pending -> Running -> Succeeded | Failed, and Suspended while spec.suspend is true.
+Phases: Pending -> (Fetching ->) Running -> Succeeded | Failed, and Suspended while spec.suspend is
+true. Fetching: the workers' fetch step (fetchstep.py) downloads the remote sources; status.fetch
+has its bytes (the Fetched column); a fetch that fails for good (not found, no access, no such
+revision) fails the job at once with reason FetchFailed, naming the source and why.
 Succeeded and Failed are final.
 
 Success takes two steps when rank 0 reports `status.progress.completed` first: the job stays Running
@@ -29,6 +32,7 @@ from kubetune_operator.pods import (
     MESSAGE_LIMIT,
     WorkerFailure,
     failure,
+    fetching,
     is_running,
     live_pods,
     parse_time,
@@ -40,12 +44,15 @@ from kubetune_operator.pods import (
 from kubetune_operator.spec import FineTuneJobSpec, report, shares_one_node_claim
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
+# Between Pending and Running: the workers' fetch step downloads the remote sources (fetchstep.py).
+FETCHING = "Fetching"
 FINAL = frozenset({SUCCEEDED, FAILED})
 CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
 # Status keys the operator owns: all of them. status.progress too, copied field by field from the
 # ConfigMap rank 0 writes (progress.py): a pod never writes the job itself. status.tracking likewise.
 OWNED_KEYS = (
     "progress",
+    "fetch",
     "tracking",
     "phase",
     "reason",
@@ -90,6 +97,7 @@ class Observed:
     create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
     progress: Mapping[str, Any] | None = None  # rank 0's latest report, sanitized (None: no report)
     tracking: list[Mapping[str, Any]] | None = None  # rank 0's tracker runs, sanitized (None: none named)
+    fetch: Mapping[str, Any] | None = None  # the fetch step's progress, sanitized (None: no report)
 
 
 @dataclass
@@ -206,6 +214,11 @@ def _decide(obs: Observed) -> Plan:
     else:
         st.new.pop("progress", None)
     _tracking(st, plan, obs)
+    fetch = progress_report.sanitize_fetch(obs.fetch if obs.fetch is not None else st.old.get("fetch"))
+    if fetch:
+        st.new["fetch"] = fetch
+    else:
+        st.new.pop("fetch", None)
 
     if obs.problems or spec is None:
         _fail(st, plan, obs.problem_reason, report(obs.problems), created and bool(live))
@@ -272,6 +285,10 @@ def _decide(obs: Observed) -> Plan:
         plan.wake_in(left)
 
     failed = failure(live)
+    if failed is not None and failed.kind == "bad_input" and failed.fetch:
+        # Not found, no access, no such revision: a source that cannot be fetched now will not be later.
+        _fail(st, plan, "FetchFailed", f"{failed.message} (not retried)", True)
+        return plan
     if failed is not None and failed.kind == "bad_input":
         # Bad input (exit 2: the config, a missing model directory) fails the same way every time.
         _fail(st, plan, "InvalidInput", f"{failed.message} (bad input: not retried)", True)
@@ -293,6 +310,15 @@ def _decide(obs: Observed) -> Plan:
         reason = "WorkersBlocked" if blocked else "WorkersStarting"
         if obs.create_failure is not None and len(live) < spec.workers:
             blocked, reason = f"cannot create worker pods: {obs.create_failure}", "FailedCreate"
+        fetchers = fetching(live)
+        if fetchers and not blocked:
+            message = (
+                progress_report.fetch_summary(fetch) if fetch else f"fetch step running in {fetchers[0]}"
+            )
+            st.cond("Running", False, "FetchingSources", message)
+            st.phase(FETCHING, "FetchingSources", message[:MESSAGE_LIMIT])
+            _workers(st, running, spec.workers)
+            return plan
         message = blocked or f"{len(running)} of {spec.workers} worker(s) running"
         if len(live) < spec.workers:
             plan.wake_in(MISSING_PODS_RECHECK_SECONDS)

@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "kubetune.data.commands.preprocess",
         "tokenize and pack the datasets into dataset_prepared_path",
     ),
+    "fetch": (
+        "kubetune.sources.command",
+        "download the config's hub models and datasets once into the cache (then train with HF_HUB_OFFLINE=1)",
+    ),
     "train": ("kubetune.train.commands.train", "run a fine-tune (single process or under torchrun)"),
     "launch": (
         "kubetune.train.commands.launch",

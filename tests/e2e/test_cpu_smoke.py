@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PREFIX = "kt-e2e"
 JOB = "cpu-smoke"
 TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "600"))
-# A Running row of `kubectl get ftj`: NAME PHASE PROGRESS STEP LOSS WORKERS AGE
+# A Running row of `kubectl get ftj`: NAME PHASE PROGRESS STEP LOSS WORKERS FETCHED REASON AGE
 RUNNING_ROW = re.compile(rf"^{JOB}\s+Running\s+(\d+)%\s+(\d+)\s+([0-9.]+)\s+2/2\s")
 RESUMED_LINE = re.compile(r"resumed from \S*/checkpoint-(\d+) at step (\d+)")
 

@@ -143,9 +143,17 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
                           and j["status"]["progress"].get("percent") and j, 30, what="progress")  # fmt: skip
     assert progressed["status"]["progress"]["totalSteps"] == 1000000
     table = kube_cluster.kubectl("get", "ftj", "-n", ns).stdout
-    assert table.split()[:8] == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "WORKERS", "REASON", "AGE"], (
-        table
-    )
+    assert table.split()[:9] == [
+        "NAME",
+        "PHASE",
+        "PROGRESS",
+        "STEP",
+        "LOSS",
+        "WORKERS",
+        "FETCHED",
+        "REASON",
+        "AGE",
+    ], table
     assert "Running" in table and "2/2" in table
     assert ("Normal", "Created") in events(kube, ns, "llama") and ("Normal", "Running") in events(
         kube, ns, "llama"

@@ -67,12 +67,13 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, s
     try:
         if local is None:
             revision = option(entry, "revision")
+            fetched = fetched_snapshot(str(path), revision, where)
             rows = datasets.load_dataset(
-                str(path),
+                fetched or str(path),
                 name=name,
                 split=split,
                 data_files=data_files,
-                revision=revision,
+                revision=None if fetched else revision,
                 streaming=streaming,
             )
         elif local.is_dir() and _is_saved_dataset(local):
@@ -119,6 +120,29 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, s
             "(json, parquet, csv, arrow, text)",
         ) from exc
     return rows
+
+
+def fetched_snapshot(repo_id: str, revision: str | None, where: str) -> str | None:
+    """With HF_HUB_OFFLINE=1 (a job whose fetch step filled the cache, or after `kubetune fetch`), the
+    local snapshot of hub dataset `repo_id` at `revision` in huggingface_hub's cache, which
+    datasets then reads as a directory of data files (its README's configs included); None online.
+
+    datasets' own offline mode only finds datasets it has already prepared once, not raw hub files."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        at = f" at revision {revision}" if revision else ""
+        raise data_error(
+            f"{where}.path",
+            f"hub dataset {repo_id!r}{at} is not in the cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set",
+            "run `kubetune fetch CONFIG` with network access first (a FineTuneJob's fetch step does), "
+            "or unset HF_HUB_OFFLINE",
+        ) from None
 
 
 def data_fingerprint(entry: Any, source_dir: str | Path | None) -> dict[str, Any]:

@@ -42,6 +42,8 @@ DEFAULT_INTERVAL = 5.0
 PROGRESS_KEY = "progress.json"
 # The key naming the tracker runs (kubetune_operator.progress.TRACKING_KEY): a list of objects.
 TRACKING_KEY = "tracking.json"
+# The fetch step's progress (kubetune_operator.progress.FETCH_KEY): kubetune.sources.fetch.FetchProgress.
+FETCH_KEY = "fetch.json"
 
 
 @dataclass
@@ -202,6 +204,9 @@ class KubernetesReporter:
 
     def announce_tracking(self, entries: list[dict]) -> None:
         self._queue(TRACKING_KEY, entries)
+
+    def announce_fetch(self, status: dict) -> None:
+        self._queue(FETCH_KEY, status)
 
     def _queue(self, key: str, value) -> None:
         with self._lock:

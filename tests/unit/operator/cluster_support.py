@@ -130,6 +130,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
             "KUBETUNE_OPERATOR_TORCHRUN": f"{sys.executable} {FAKE_TRAINER}",
+            "KUBETUNE_OPERATOR_FETCH": f"{sys.executable} {FAKE_TRAINER} --fetch",
             **self.extra_env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here

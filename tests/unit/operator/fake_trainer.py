@@ -32,11 +32,11 @@ import yaml
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-def patch_progress(progress: dict) -> None:
+def patch_progress(progress: dict, key: str = "progress.json") -> None:
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
     ns, name = os.environ["KUBETUNE_JOB_NAMESPACE"], os.environ["KUBETUNE_PROGRESS_CONFIGMAP"]
     url = f"https://{host}:{port}/api/v1/namespaces/{ns}/configmaps/{name}"
-    body = json.dumps({"data": {"progress.json": json.dumps(progress)}}).encode()
+    body = json.dumps({"data": {key: json.dumps(progress)}}).encode()
     request = urllib.request.Request(url, data=body, method="PATCH")
     request.add_header("Authorization", f"Bearer {(SA_DIR / 'token').read_text().strip()}")
     request.add_header("Content-Type", "application/merge-patch+json")
@@ -49,8 +49,43 @@ def patch_progress(progress: dict) -> None:
         print(f"progress report failed: {error}", flush=True)
 
 
+def fake_fetch(config_path: Path) -> int:
+    """The fetch step (init container `fetch`, KUBETUNE_OPERATOR_FETCH="python fake_trainer.py --fetch"):
+    reports fetch.json progress as `kubetune fetch` does, then, as FAKE_FETCH says:
+
+        ok (default)  every FAKE_INTERVAL seconds one of FAKE_FETCH_FILES files (default 1) of 1 MB, then exit 0
+        missing       exit 2 with the termination message of a repository that does not exist
+    """
+    config = yaml.safe_load(config_path.read_text())
+    source = f"base_model {config['base_model']!r}"
+    files = int(os.environ.get("FAKE_FETCH_FILES", "1"))
+    interval = float(os.environ.get("FAKE_INTERVAL", "1"))
+    report = {"sources": 1, "source": 1, "current": source, "filesTotal": files, "bytesTotal": files * 10**6}
+    if os.environ.get("FAKE_FETCH", "ok") == "missing":
+        reason = (
+            f"fetch: {source}: repository not found on the hub, or not accessible with the credentials given"
+        )
+        patch_progress(
+            {**report, "filesDone": 0, "bytesDone": 0, "done": False, "error": reason}, "fetch.json"
+        )
+        Path("/dev/termination-log").write_text(
+            json.dumps({"status": "bad_input", "exit_code": 2, "reason": reason})
+        )
+        print(reason, file=sys.stderr, flush=True)
+        return 2
+    for done in range(files + 1):
+        patch_progress(
+            {**report, "filesDone": done, "bytesDone": done * 10**6, "done": done == files}, "fetch.json"
+        )
+        if done < files:
+            time.sleep(interval)
+    return 0
+
+
 def main() -> int:
     config_path = Path(sys.argv[-1])
+    if "--fetch" in sys.argv:
+        return fake_fetch(config_path)
     config = yaml.safe_load(config_path.read_text())
     rank = int(os.environ["PET_NODE_RANK"])
     mode = os.environ.get("FAKE_MODE", "run")

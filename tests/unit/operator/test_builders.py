@@ -102,7 +102,9 @@ def test_statefulset_runs_the_workers_in_parallel_under_torchrun():
         "emptyDir": {},
     }
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"config": "/etc/kubetune", "dshm": "/dev/shm", "outputs": OUTPUTS_DIR}
+    # the seed config names hub sources: the fetch step and the trainer share a cache (test_fetchstep.py)
+    assert mounts == {"config": "/etc/kubetune", "dshm": "/dev/shm", "outputs": OUTPUTS_DIR,
+                      "cache": "/var/cache/kubetune"}  # fmt: skip
 
 
 def test_gpus_become_processes_and_resource_limits():

@@ -93,7 +93,7 @@ def test_status_subresource_printer_columns_and_names():
     assert resource["spec"]["names"]["shortNames"] == ["ftj"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Progress", "Step", "Loss", "Workers", "Reason", "Age"]
+    assert columns == ["Phase", "Progress", "Step", "Loss", "Workers", "Fetched", "Reason", "Age"]
     progress = schema()["properties"]["status"]["properties"]["progress"]
     assert progress["x-kubernetes-preserve-unknown-fields"] is True
     assert {"step", "totalSteps", "loss", "completed", "lastCheckpoint"} <= set(progress["properties"])

@@ -48,15 +48,18 @@ class Job:
         self.body["metadata"].update(uid="u-1", generation=1)
         self.now = NOW
         self.report = None  # what rank 0 last wrote into its progress ConfigMap
+        self.fetch = None  # what the fetch step last wrote there (sanitized, as the reconciler reads it)
 
-    def step(self, pods=(), progress=None, minutes=0, body=None):
+    def step(self, pods=(), progress=None, minutes=0, body=None, fetch=None):
         self.now = self.now + timedelta(minutes=minutes)
         if progress is not None:
             self.report = progress
+        if fetch is not None:
+            self.fetch = fetch
         source = body or self.body
         validation = validate_job(source)
         plan = decide(Observed(job=source, spec=validation.spec, pods=list(pods), now=self.now,
-                               problems=validation.problems, progress=self.report,
+                               problems=validation.problems, progress=self.report, fetch=self.fetch,
                                outputs={"outputDir": "/var/lib/kubetune/outputs/demo-u-1", "volume": "emptyDir"}))  # fmt: skip
         patch = status_patch(self.body.get("status"), plan.status)
         if patch:
