@@ -11,7 +11,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev,tracking]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev,tracking,cloud]'
 	touch $@
 
 # Host tools beyond Python and Go (iproute2, util-linux, lua5.1), installed with apt-get where missing (root).
