@@ -96,7 +96,7 @@ def check_object_store_uri(value: object, *, what: str, required: bool) -> objec
     if not bucket:
         raise PydanticCustomError(
             "object_store_bucket",
-            "{what} {value!r} names no bucket",
-            {"what": what, "value": value, "fix": f"write {scheme}://bucket/key"},
+            "{what} names no bucket",
+            {"what": what, "fix": f"write {scheme}://bucket/key"},
         )
     return value
