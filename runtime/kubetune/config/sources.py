@@ -62,13 +62,8 @@ def check_object_store_uri(value: object, *, what: str, required: bool) -> objec
         if required:
             raise PydanticCustomError(
                 "object_store_uri",
-                "{what} must be an object-store URI ({schemes}), not {value!r}",
-                {
-                    "what": what,
-                    "schemes": SCHEMES_TEXT,
-                    "value": value,
-                    "fix": "write e.g. s3://bucket/prefix",
-                },
+                "{what} must be an object-store URI ({schemes})",
+                {"what": what, "schemes": SCHEMES_TEXT, "fix": "write e.g. s3://bucket/prefix"},
             )
         return value
     if scheme not in OBJECT_STORE_SCHEMES:
