@@ -164,3 +164,22 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:]
+
+
+def pytest_collection_finish(session):
+    """Build `weed` before the first test when a selected test uses the store (its module imports
+    s3_server): a cold build (minutes) then does not count against a test's timeout."""
+    if session.config.option.collectonly:
+        return
+    if not any(
+        getattr(getattr(item, "module", None), "s3_server", None) is s3_server for item in session.items
+    ):
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(
+            "s3_server: building SeaweedFS's weed from its Go module if not cached (e2e/s3store/build.sh)"
+        )
+    p = subprocess.run([str(BUILD), "build"], capture_output=True, text=True)
+    if p.returncode != 0 and tr is not None:  # the fixture reports it again as the tests' failure
+        tr.write_line(f"s3_server: build failed:\n{p.stderr[-3000:]}")
