@@ -98,7 +98,7 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
     grpc = {name: free_port() for name in ports}
     command = [
         str(weed), "server", "-ip=127.0.0.1", f"-dir={directory / 'data'}",
-        "-volume.max=4", "-master.volumeSizeLimitMB=64",
+        "-volume.max=4", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
         "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
         *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
@@ -112,12 +112,16 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
         yield server
     finally:
         _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
+        try:  # weed's graceful stop takes ~15 s (heartbeats, filer flush); the data is throwaway
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             _signal_group(process, signal.SIGKILL)
             process.wait()
         log.close()
+        # weed registers unix sockets for its local gRPC (and the filer's) under /tmp, by port.
+        for name, port in [*grpc.items(), ("filer", ports["filer"])]:
+            for sock in Path("/tmp").glob(f"seaweedfs-{name}-*{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def _wait_ready(process: subprocess.Popen, server: S3Server, timeout: float) -> None:
