@@ -5,7 +5,7 @@
 what `make test` prepares; cold build time: docs/testing.md). Each server gets its own data directory and
 free ports on 127.0.0.1 (master, volume, filer and S3 gateway, each with its gRPC port) and two identities
 from an S3 identities file: a read-write one and a read-only one (for the access-denied paths). The client
-side is the project's own: s3fs/botocore, configured only through AWS_* environment variables.
+side is the project's own: obstore through fsspec, configured only through AWS_* environment variables.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": self.read_only_secret_key if read_only else self.secret_key,
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",  # the test server speaks plain HTTP; real stores use HTTPS
         }
 
 
@@ -125,8 +126,9 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
 
 
 def _wait_ready(process: subprocess.Popen, server: S3Server, timeout: float) -> None:
-    """Until the S3 gateway answers and the test bucket exists (created through the S3 API)."""
-    import s3fs
+    """Until the S3 gateway answers and one object can be written to the test bucket and read back
+    (SeaweedFS creates a bucket on an admin identity's first write into it)."""
+    from obstore.store import S3Store
 
     deadline = time.monotonic() + timeout
     last = ""
@@ -135,22 +137,24 @@ def _wait_ready(process: subprocess.Popen, server: S3Server, timeout: float) -> 
             raise RuntimeError(f"weed server exited {process.returncode}:\n{_tail(server.log)}")
         try:
             with urllib.request.urlopen(f"{server.endpoint}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    fs = s3fs.S3FileSystem(
-                        key=server.access_key,
-                        secret=server.secret_key,
-                        endpoint_url=server.endpoint,
-                        skip_instance_cache=True,
-                    )
-                    fs.mkdir(server.bucket)
-                    # A volume must be growable before the first write: write and read one object.
-                    fs.pipe_file(f"{server.bucket}/.ready", b"ok")
-                    if fs.cat_file(f"{server.bucket}/.ready") == b"ok":
-                        fs.rm_file(f"{server.bucket}/.ready")
-                        return
+                response.read()
+            store = S3Store(
+                server.bucket,
+                config={
+                    "access_key_id": server.access_key,
+                    "secret_access_key": server.secret_key,
+                    "endpoint": server.endpoint,
+                    "region": "us-east-1",
+                },
+                client_options={"allow_http": True},
+            )
+            store.put(".ready", b"ok")
+            if bytes(store.get(".ready").bytes()) == b"ok":
+                store.delete(".ready")
+                return
         except (OSError, urllib.error.URLError) as err:
             last = f"{type(err).__name__}: {err}"
-        except Exception as err:  # noqa: BLE001 - the store is still starting (botocore errors vary)
+        except Exception as err:  # noqa: BLE001 - the store is still starting (obstore's errors vary)
             last = f"{type(err).__name__}: {err}"
         if time.monotonic() > deadline:
             raise RuntimeError(

@@ -10,9 +10,10 @@ loader today, a per-job fetch step) calls the same code and lands on the same ca
 A copy lives in `<cache_root>/<key>/data/...` where the key hashes the URI and the objects' ETags (or
 sizes and modification times where a store gives no ETag), so a changed object is fetched again and an
 unchanged one never is. Directories appear by an atomic rename: a half-written copy is never seen.
-Credentials come only from the process environment, read by the filesystem packages themselves
-(botocore's chain for S3, including AWS_ENDPOINT_URL; Google's default credentials; adlfs' AZURE_STORAGE_*
-variables); nothing here prints them, and errors name the URI, never a key.
+Credentials come only from the process environment, read by obstore itself
+(obstore's: AWS_* for S3, including AWS_ENDPOINT_URL; GOOGLE_* for GCS; AZURE_STORAGE_* for Azure);
+nothing here prints them, and errors name the URI, never a key. (Not s3fs: botocore requires
+python-dateutil<3, the kubernetes client of the operator >=3, and both live in one dev environment.)
 """
 
 from __future__ import annotations
@@ -59,30 +60,22 @@ def source_cache_dir() -> Path:
 
 
 def filesystem(uri: str):
-    """(fsspec filesystem, path inside it) for an object-store URI; ObjectStoreError without its package."""
+    """(fsspec filesystem, `bucket/key` path) for an object-store URI; ObjectStoreError without obstore."""
     scheme = uri_scheme(uri)
     if scheme not in OBJECT_STORE_SCHEMES:
         raise ObjectStoreError(uri, f"{uri} is not an object-store URI", "use s3://, gs:// or az://")
-    protocol, package = OBJECT_STORE_SCHEMES[scheme]
     try:
-        import fsspec
-
-        cls = fsspec.get_filesystem_class(protocol)
+        from obstore.fsspec import FsspecStore
     except ImportError as err:
         raise ObjectStoreError(
             uri,
-            f"reading {scheme}:// needs the {package} package, which is not installed ({err})",
+            f"reading {scheme}:// needs the obstore package, which is not installed ({err})",
             "install kubetune with the cloud extra: pip install 'kubetune[cloud]'",
         ) from None
-    path = cls._strip_protocol(f"{protocol}://{uri.split('://', 1)[1]}")
-    # Credentials only from the environment; listings fresh on every call (an object may have changed).
-    return cls(skip_instance_cache=True, **_options(protocol)), path
-
-
-def _options(protocol: str) -> dict[str, Any]:
-    if protocol == "s3":
-        return {"use_listings_cache": False}
-    return {}
+    # A new instance each call: obstore builds each bucket's client from the environment when first
+    # used, and listings must be fresh (an object may have changed since the last call).
+    fs = FsspecStore(scheme, skip_instance_cache=True)
+    return fs, uri.split("://", 1)[1].strip("/")
 
 
 def describe_objects(uri: str) -> tuple[list[dict[str, Any]], bool]:
@@ -105,9 +98,9 @@ def describe_objects(uri: str) -> tuple[list[dict[str, Any]], bool]:
 
 
 def _describe(name: str, info: dict[str, Any]) -> dict[str, Any]:
-    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    tag = info.get("e_tag")
     if not isinstance(tag, str) or not tag:
-        modified = info.get("LastModified") or info.get("updated") or info.get("last_modified") or ""
+        modified = info.get("last_modified") or ""
         tag = f"{info.get('size')}@{modified}"
     return {"name": name, "size": int(info.get("size") or 0), "tag": tag.strip('"')}
 
@@ -186,7 +179,7 @@ def upload_files(local_dir: Path, names: list[str], uri: str) -> dict[str, Any]:
 
 
 class _translated:
-    """Turns the filesystem packages' errors into an ObjectStoreError naming the URI and the fix."""
+    """Turns obstore's errors into an ObjectStoreError naming the URI and the fix."""
 
     def __init__(self, uri: str, action: str):
         self.uri, self.action = uri, action
@@ -198,37 +191,32 @@ class _translated:
         if error is None or isinstance(error, ObjectStoreError):
             return False
         shown = _shown(self.uri)
-        scheme = uri_scheme(self.uri) or ""
-        credentials = CREDENTIALS_HINT.get(
-            OBJECT_STORE_SCHEMES.get(scheme, ("", ""))[1], "the store's credentials"
-        )
-        if isinstance(error, FileNotFoundError):
+        family = OBJECT_STORE_SCHEMES.get(uri_scheme(self.uri) or "", "")
+        credentials = CREDENTIALS_HINT.get(family, "the store's credentials")
+        name = type(error).__name__
+        if isinstance(error, FileNotFoundError) or name == "NotFoundError" or "404 Not Found" in str(error):
             raise ObjectStoreError(
                 self.uri,
                 f"{shown}: no such object, prefix or bucket",
                 "check the bucket and key (object names are case-sensitive); for a prefix end the URI with /",
             ) from None
-        if isinstance(error, PermissionError) or _names_credentials(error):
+        if isinstance(error, PermissionError) or name in ("PermissionDeniedError", "UnauthenticatedError"):
             raise ObjectStoreError(
                 self.uri,
                 f"{shown}: access denied while trying to {self.action} ({_reason(error)})",
                 f"give the job credentials that may {self.action} it, as environment variables: {credentials}; "
                 "on Kubernetes from a Secret through spec.envFrom",
             ) from None
-        if isinstance(error, OSError | ValueError | TimeoutError) or "botocore" in type(error).__module__:
+        if isinstance(error, OSError | ValueError | TimeoutError) or type(error).__module__.startswith(
+            "obstore"
+        ):
             raise ObjectStoreError(
                 self.uri,
                 f"{shown}: cannot {self.action} it: {_reason(error)}",
-                "check the endpoint (AWS_ENDPOINT_URL for an S3-compatible store) and that it is reachable",
+                "check the endpoint (AWS_ENDPOINT_URL for an S3-compatible store; AWS_ALLOW_HTTP=true for one "
+                "without TLS) and that it is reachable",
             ) from None
         return False
-
-
-def _names_credentials(error: BaseException) -> bool:
-    name = type(error).__name__
-    return name in {"NoCredentialsError", "PartialCredentialsError", "ClientError"} and (
-        name != "ClientError" or "Forbidden" in str(error) or "AccessDenied" in str(error)
-    )
 
 
 def _reason(error: BaseException) -> str:

@@ -1,8 +1,8 @@
 """Object-store URIs in a config (`datasets[].path`, `output_uri`): which schemes, checked statically.
 
 The one home for the scheme table. The runtime (kubetune.objectstore) reads and writes these URIs through
-fsspec with the filesystem package named here (the `cloud` extra installs all three); credentials come from
-the process environment only (a Kubernetes Secret through `envFrom`), never from the config or the URI.
+fsspec with obstore's filesystem (the `cloud` extra); credentials come from the process environment only
+(a Kubernetes Secret through `envFrom`), never from the config or the URI.
 """
 
 from __future__ import annotations
@@ -11,23 +11,22 @@ import re
 
 from pydantic_core import PydanticCustomError
 
-# URI scheme -> (fsspec protocol, the package that implements it). Axolotl's spellings for the same stores.
-OBJECT_STORE_SCHEMES: dict[str, tuple[str, str]] = {
-    "s3": ("s3", "s3fs"),
-    "gs": ("gs", "gcsfs"),
-    "gcs": ("gs", "gcsfs"),
-    "az": ("az", "adlfs"),
-    "abfs": ("abfs", "adlfs"),
-    "abfss": ("abfs", "adlfs"),
+# URI scheme -> the store family (obstore, through its fsspec filesystem, implements all three; s3fs
+# cannot be used: botocore requires python-dateutil<3, the kubernetes client >=3). Axolotl's spellings.
+OBJECT_STORE_SCHEMES: dict[str, str] = {
+    "s3": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
 }
-# What each store reads from the environment (docs/kubernetes.md, "Models and data").
+# What each store reads from the environment (docs/kubernetes.md, "Data in object storage").
 CREDENTIALS_HINT: dict[str, str] = {
-    "s3fs": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible store "
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible store "
     "other than AWS)",
-    "gcsfs": "GOOGLE_APPLICATION_CREDENTIALS (the path of a service-account key file) or the node's "
-    "workload identity",
-    "adlfs": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY "
-    "or AZURE_STORAGE_SAS_TOKEN",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (the path of a service-account key file)",
+    "azure": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY",
 }
 SCHEMES_TEXT = ", ".join(f"{scheme}://" for scheme in OBJECT_STORE_SCHEMES)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -85,7 +84,7 @@ def check_object_store_uri(value: object, *, what: str, required: bool) -> objec
             {
                 "what": what,
                 "fix": f"write {scheme}://bucket/key and pass the credentials as environment variables "
-                f"({CREDENTIALS_HINT[OBJECT_STORE_SCHEMES[scheme][1]]}), on Kubernetes from a Secret",
+                f"({CREDENTIALS_HINT[OBJECT_STORE_SCHEMES[scheme]]}), on Kubernetes from a Secret",
             },
         )
     if not bucket:
