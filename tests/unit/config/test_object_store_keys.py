@@ -75,3 +75,35 @@ def test_output_uri_must_be_an_object_store_uri(seed_mapping):
         problems = validate_mapping(_with(seed_mapping, output_uri=value))
         assert [p.path for p in problems] == ["output_uri"], value
         assert needle in problems[0].message and "{" not in problems[0].message
+
+
+def test_kubetune_validate_checks_the_schemes_statically(seed_mapping, tmp_path):
+    """`kubetune validate` refuses a bad scheme and a path-like output_uri with exit 2, and accepts
+    s3:// data and output_uri without reaching any store (no credentials in this environment)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    good = tmp_path / "good.yml"
+    good.write_text(
+        yaml.safe_dump(
+            _with(
+                seed_mapping,
+                datasets=[{"path": "s3://no-such-bucket/train.jsonl", "type": "alpaca"}],
+                output_uri="s3://no-such-bucket/out/",
+            )
+        )
+    )
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        yaml.safe_dump(
+            _with(seed_mapping, datasets=[{"path": "https://x/t.jsonl", "type": "alpaca"}], output_uri="/out")
+        )
+    )
+    run = [sys.executable, "-m", "kubetune", "validate"]
+    result = subprocess.run([*run, str(good)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "datasets[0].path" in result.stdout and "output_uri" in result.stdout
