@@ -120,7 +120,7 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
             process.wait()
         log.close()
         # weed registers unix sockets for its local gRPC (and the filer's) under /tmp, by port.
-        for name, port in [*grpc.items(), ("filer", ports["filer"])]:
+        for name, port in [*grpc.items(), ("filer", ports["filer"]), ("s3", ports["s3"])]:
             for sock in Path("/tmp").glob(f"seaweedfs-{name}-*{port}.sock"):
                 sock.unlink(missing_ok=True)
 
