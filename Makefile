@@ -11,7 +11,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev,tracking]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[runtime,operator,dev,tracking,cloud]'
 	touch $@
 
 # Host tools beyond Python and Go (iproute2, util-linux, lua5.1), installed with apt-get where missing (root).
@@ -35,8 +35,8 @@ demo: venv system-deps
 	bash e2e/demo.sh
 
 # Every tier that needs no GPU: unit, integration (real control plane) and e2e (pods train). Installs
-# what it needs first: the virtualenv, the host tools and the control plane's binaries (cached).
-test: venv system-deps cluster-build
+# what it needs first: the virtualenv, the host tools, the control plane's binaries and the S3 store (cached).
+test: venv system-deps cluster-build s3store-build
 	$(PY) -m pytest
 
 test-unit: venv
@@ -52,7 +52,12 @@ generate: venv
 # ---- local Kubernetes for tests (e2e/localcluster.sh; docs/testing.md) ----------------------------
 # cluster-build: etcd + kube-apiserver/controller-manager/scheduler/kubectl + helm from Go modules
 # into ~/.cache/kubetune/cluster/<hash>/bin (cold: ~15 min on 2 cores; a no-op while cached).
-.PHONY: cluster cluster-build cluster-down test-integration
+.PHONY: cluster cluster-build cluster-down test-integration s3store-build
+# s3store-build: the tests' S3-compatible object store, SeaweedFS's `weed`, from its Go module into
+# ~/.cache/kubetune/seaweedfs/<hash>/bin (tests/s3_server.py starts it; cold build time: docs/testing.md).
+s3store-build:
+	e2e/s3store/build.sh build
+
 cluster-build:
 	e2e/cluster/build.sh build
 

@@ -26,7 +26,7 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
-extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking ;; *) log "unknown image: $1"; exit 2 ;; esac; }
+extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking,cloud ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
 base_key() { printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16; }
 

@@ -346,7 +346,8 @@ def _status_schema() -> dict[str, Any]:
             "readyWorkers": integer,
             "outputs": {
                 "type": "object",
-                "description": "Where the finished run's outputs are, and rank 0's summary.",
+                "description": "Where the finished run's outputs are (outputDir, volume; uri: the "
+                "object-store prefix output_uri uploaded the result to), and rank 0's summary.",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
             "progress": progress,

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.config import ConfigProblem
+from kubetune.config.redaction import without_credentials
 
 from kubetune_operator import progress as progress_report
 from kubetune_operator.pods import (
@@ -433,10 +434,15 @@ def _succeed(
     outputs = dict(obs.outputs or {})  # the operator's own record of where the run writes
     if summary:
         outputs["summary"] = summary
+    uploaded = uploaded_to(summary)
+    if uploaded:
+        outputs["uri"] = uploaded
     st.new["outputs"] = outputs
     st.new["progress"] = progress_report.final(progress, summary)
     st.new["completionTime"] = rfc3339(obs.now)
     message = f"training finished; outputs in {outputs.get('outputDir', 'the outputs volume')}"
+    if uploaded:
+        message = f"{message}, uploaded to {uploaded}"
     if note:
         message = f"{message} ({note})"
     st.cond("Running", False, "Completed", message)
@@ -496,3 +502,12 @@ def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[
         if key not in new:
             patch[key] = None  # merge patch: null removes the key
     return patch
+
+
+def uploaded_to(summary: Mapping[str, Any] | None) -> str | None:
+    """The object-store prefix rank 0 uploaded the result to (output_uri), cleaned: the pod wrote it."""
+    record = (summary or {}).get("output_uri")
+    uri = record.get("uri") if isinstance(record, Mapping) else None
+    if not isinstance(uri, str):
+        return None
+    return without_credentials(uri)[:2048] or None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
 from .datasets import DatasetConfig
+from .sources import check_object_store_uri
 
 
 def _invalid(kind: str, what: str, fix: str) -> PydanticCustomError:
@@ -65,7 +66,11 @@ StepInterval = Annotated[
 class PretrainingDatasetConfig(Section):
     """One entry of `pretraining_dataset`: raw text read as a stream."""
 
-    path: str = field(description="Hub dataset id, or a local file or directory.", min_length=1)
+    path: str = field(
+        description="Hub dataset id, a local file or directory, or an object-store URI (`s3://`, `gs://`, "
+        "`az://`: downloaded once into the source cache, then read as a stream from there).",
+        min_length=1,
+    )
     name: str | None = field(None, description="Dataset configuration name (the hub dataset's subset).")
     split: str = field("train", description="Split to read.")
     data_files: str | list[str] | None = field(None, description="File(s) inside `path` to read.")
@@ -77,6 +82,11 @@ class PretrainingDatasetConfig(Section):
         None, description="`pretrain` (Axolotl's name) or `completion`: the same here. Default: pretrain."
     )
     text_column: str | None = field(None, description="Column holding the text. Default: `text`.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _known_scheme(cls, value: object) -> object:
+        return check_object_store_uri(value, what="path", required=False)
 
 
 class DataKeys(Section):

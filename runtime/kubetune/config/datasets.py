@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from .base import Section
 from .base import field as _field
 from .model import ChatTemplateName, check_chat_template_name
+from .sources import check_object_store_uri
 
 BUILTIN_DATASET_TYPES: tuple[str, ...] = (
     "alpaca",
@@ -195,9 +196,11 @@ class DatasetConfig(Section):
     """One entry of `datasets` (training data) or `test_datasets` (evaluation data)."""
 
     path: str = _field(
-        description="Hub dataset id, or a local file or directory (relative paths resolve against the "
-        "config's directory): a .json/.jsonl/.parquet/.csv file, a directory of them, or a dataset saved "
-        "with `save_to_disk`.",
+        description="Hub dataset id, a local file or directory (relative paths resolve against the "
+        "config's directory), or an object-store URI (`s3://bucket/key`, `gs://`, `az://`; the `cloud` "
+        "extra, credentials from the environment): a .json/.jsonl/.parquet/.csv file, a directory (prefix) "
+        "of them, or a dataset saved with `save_to_disk`. An object-store source is downloaded once into "
+        "the source cache (`KUBETUNE_SOURCE_CACHE`) and read from there.",
         min_length=1,
     )
     type: str | None = _field(
@@ -309,6 +312,11 @@ class DatasetConfig(Section):
     drop_system_message: bool | None = _field(
         None, description="chat_template: remove system messages before rendering. Default: false."
     )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _known_scheme(cls, value: object) -> object:
+        return check_object_store_uri(value, what="path", required=False)
 
     @field_validator("type", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
+from .sources import check_object_store_uri
 
 
 class OutputKeys(Section):
@@ -21,6 +22,15 @@ class OutputKeys(Section):
     )
     save_safetensors: bool = field(
         True, description="Save weights as safetensors. kubetune writes only safetensors: must be true."
+    )
+    output_uri: str | None = field(
+        None,
+        description="Object-store prefix (`s3://bucket/prefix`, `gs://`, `az://`) the finished result is "
+        "uploaded to by rank 0 after the final save: the adapter (or the full model), the tokenizer and "
+        "`training_summary.json`, under the same names as in `output_dir`. Credentials come from the "
+        "environment (a Secret on Kubernetes); the run checks the destination is writable before training, "
+        "and the summary and `status.outputs` record where the files went. kubetune's own key (Axolotl has "
+        "none for object storage). Needs the `cloud` extra.",
     )
     hub_model_id: str | None = field(
         None, description="Hub repository to push the result to when training ends."
@@ -77,6 +87,11 @@ class OutputKeys(Section):
     hf_mlflow_log_artifacts: bool | None = field(
         None, description="Upload the outputs to MLflow as artifacts."
     )
+
+    @field_validator("output_uri", mode="before")
+    @classmethod
+    def _object_store(cls, value: object) -> object:
+        return check_object_store_uri(value, what="output_uri", required=True)
 
     @field_validator("save_safetensors")
     @classmethod

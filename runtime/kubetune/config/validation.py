@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from . import rules
 from .problems import ConfigProblem
+from .redaction import without_credentials
 from .schema import TrainConfig
 from .screening import _short, join, screen, suggest
 
@@ -170,6 +171,8 @@ def _problem(path: str, errs: list[dict]) -> ConfigProblem:
     kind = first.get("type", "")
     ctx = first.get("ctx") or {}
     value = first.get("input")
+    if isinstance(value, str) and "://" in value:  # a URI may carry a credential: never echo it
+        value = without_credentials(value)
     key = path.rpartition(".")[2].split("[")[0] or path
 
     if kind == "missing":

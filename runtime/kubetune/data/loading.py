@@ -1,4 +1,8 @@
-"""Rows from a `datasets[i]` entry: local files, saved datasets directories, or hub ids."""
+"""Rows from a `datasets[i]` entry: local files, saved datasets directories, object-store URIs, or hub ids.
+
+An object-store URI (`s3://`, `gs://`, `az://`) is fetched once into the source cache
+(kubetune.objectstore) and then read like the local file or directory it became.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kubetune.config.sources import is_object_store_uri
 from kubetune.data.errors import DataError, data_error
+from kubetune.objectstore import ObjectStoreError, describe_objects, fetch_source
 
 # file suffix -> datasets builder
 FILE_TYPES = {
@@ -56,7 +62,10 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, s
     name = option(entry, "name")
     data_files = option(entry, "data_files")
     try:
-        local = local_path(str(path), source_dir)
+        remote = is_object_store_uri(str(path))
+        local = fetch_source(str(path)) if remote else local_path(str(path), source_dir)
+    except ObjectStoreError as err:
+        raise data_error(f"{where}.path", err.message, err.fix) from None
     except FileNotFoundError as missing:
         base = f"the config's directory ({source_dir})" if source_dir else "the working directory"
         raise data_error(
@@ -113,9 +122,10 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, s
             raise data_error(
                 f"{where}.path", f"cannot load hub dataset {path!r}: {type(exc).__name__}: {exc}", HUB_FIX
             ) from exc
+        shown = f"{path} (fetched into {local})" if remote else str(local)
         raise data_error(
             f"{where}.path",
-            f"cannot read {local}: {type(exc).__name__}: {exc}",
+            f"cannot read {shown}: {type(exc).__name__}: {exc}",
             "check the file's format (one JSON object per line for .jsonl), or set ds_type "
             "(json, parquet, csv, arrow, text)",
         ) from exc
@@ -146,10 +156,18 @@ def fetched_snapshot(repo_id: str, revision: str | None, where: str) -> str | No
 
 
 def data_fingerprint(entry: Any, source_dir: str | Path | None) -> dict[str, Any]:
-    """What identifies an entry's data without loading it: local file contents, or the hub id."""
+    """What identifies an entry's data without loading it: local file contents, the objects' ETags
+    for an object-store URI (a listing, no download), or the hub id."""
     import hashlib
 
     path = str(option(entry, "path", ""))
+    if is_object_store_uri(path):
+        try:
+            objects, _ = describe_objects(path)
+        except ObjectStoreError:
+            return {"unreadable": path}  # load_rows reports it properly
+        keys = ("name", "split", "data_files")
+        return {"remote": path, "objects": objects, **{key: option(entry, key) for key in keys}}
     try:
         local = local_path(path, source_dir)
     except FileNotFoundError:

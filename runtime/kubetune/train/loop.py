@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kubetune import __version__
-from kubetune.train import attention, checkpoint, distributed, optim, outputs, tracking
+from kubetune.train import attention, checkpoint, distributed, export, optim, outputs, tracking
 from kubetune.train import model as model_lib
 from kubetune.train.batches import ROW_VALUES, Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
@@ -90,6 +90,8 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     optim.check_request(cfg, cuda=topo.cuda, fsdp2=distributed.fsdp2_requested(cfg, cuda=topo.cuda))
     distributed.check_request(cfg, cuda=topo.cuda)
     tracking.check_request(cfg)
+    if topo.is_main:
+        export.check_destination(cfg)
     model_lib.model_source(cfg, cfg.base_model, "base_model")
     if cfg.tokenizer_config:
         model_lib.model_source(cfg, cfg.tokenizer_config, "tokenizer_config")
@@ -583,7 +585,7 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
     acc, state, cfg = run.accelerator, run.state, run.cfg
     if run.data.eval is not None and state.last_eval_loss is None:
         evaluate_and_track(run)
-    outputs.save_model(acc, run.module, run.tokenizer, run.output_dir, trainable=run.trainable)
+    saved = outputs.save_model(acc, run.module, run.tokenizer, run.output_dir, trainable=run.trainable)
     summary = {
         "status": status,
         "steps": state.step,
@@ -615,6 +617,11 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
         "completed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if acc.is_main_process:
+        uploaded = export.upload_result(cfg, run.output_dir, saved)
+        if uploaded is not None:  # where the result went, the summary itself included
+            summary["output_uri"] = {**uploaded, "files": sorted([*uploaded["files"], outputs.SUMMARY])}
+            outputs.write_json(run.output_dir / outputs.SUMMARY, summary)
+            export.upload_result(cfg, run.output_dir, [outputs.SUMMARY])
         outputs.mark_complete(run.output_dir, summary)
         report(run, "done", force=True, completed=True, loss=state.last_loss)
     acc.wait_for_everyone()

@@ -164,7 +164,16 @@ def write_termination_log(summary: dict, path: str | None = None) -> None:
     path = path or os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)
     if not os.path.exists(path) or not os.access(path, os.W_OK):
         return
-    keys = ("status", "steps", "final_train_loss", "final_eval_loss", "trained_tokens", "exit_code", "reason")
+    keys = (
+        "status",
+        "steps",
+        "final_train_loss",
+        "final_eval_loss",
+        "trained_tokens",
+        "output_uri",  # where the result was uploaded: the operator records it in status.outputs
+        "exit_code",
+        "reason",
+    )
     line = json.dumps({key: summary[key] for key in keys if summary.get(key) is not None})
     try:
         with open(path, "w", encoding="utf-8") as handle:
