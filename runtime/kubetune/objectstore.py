@@ -45,6 +45,7 @@ class ObjectStoreError(Exception):
     uri: str
     message: str
     fix: str
+    permanent: bool = True  # False: the store could not be reached (retrying may help)
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})"
@@ -215,6 +216,7 @@ class _translated:
                 f"{shown}: cannot {self.action} it: {_reason(error)}",
                 "check the endpoint (AWS_ENDPOINT_URL for an S3-compatible store; AWS_ALLOW_HTTP=true for one "
                 "without TLS) and that it is reachable",
+                permanent=False,
             ) from None
         return False
 

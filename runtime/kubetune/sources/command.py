@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.config import ConfigError, load_config
+    from kubetune.sources import objectstore_fetch  # noqa: F401  (registers the s3/gs/az fetcher)
     from kubetune.sources.fetch import FetchError, fetch_sources
     from kubetune.train.commands.train import setup_logging
     from kubetune.train.errors import EXIT_BAD_INPUT, EXIT_FAILURE
