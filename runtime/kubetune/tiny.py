@@ -222,7 +222,8 @@ def make_mistral_fixture(
     model_dir = _mkdir(out / "mistral")
     write_tekken(model_dir / "tekken.json", _corpus(rows))
     tokenizer = MistralCommonBackend.from_pretrained(str(model_dir))
-    model = build_tiny_llama(tokenizer, seed=seed, **model_kwargs)
+    # Mistral's architecture (Llama's, as a MistralConfig): for it, AutoTokenizer also picks mistral-common.
+    model = build_tiny_llama(tokenizer, seed=seed, architecture="mistral", **model_kwargs)
     model.save_pretrained(model_dir, safe_serialization=True)
     chat = write_jsonl(chat_rows(examples, seed), out / "data" / "chat.jsonl")
     train = write_jsonl(rows, out / "data" / "train.jsonl")
@@ -239,12 +240,17 @@ def build_tiny_llama(
     intermediate_size: int = 128,
     max_positions: int = 1024,
     seed: int = 0,
+    architecture: str = "llama",
 ):
-    """A randomly initialised LlamaForCausalLM sized for CPU tests (about 100k parameters)."""
+    """A randomly initialised LlamaForCausalLM (or, with architecture="mistral", the same network as a
+    MistralForCausalLM) sized for CPU tests (about 100k parameters)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
-    config = LlamaConfig(
+    prefix = {"llama": "Llama", "mistral": "Mistral"}[architecture]
+    config_class = getattr(transformers, f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForCausalLM")
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -258,7 +264,7 @@ def build_tiny_llama(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return model_class(config)
 
 
 def write_jsonl(rows: Iterable[dict], path: Path) -> Path:
