@@ -58,7 +58,14 @@ def load_tokenizer(cfg):
         # token gets the word-start marker (true) or not (false, transformers' default).
         kwargs["legacy"] = bool(option(cfg, "tokenizer_legacy"))
     tokenizer_type = option(cfg, "tokenizer_type")
-    loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
+    if tokenizer_type:
+        loader = getattr(transformers, tokenizer_type)
+    else:
+        loader = transformers.AutoTokenizer
+        # With mistral-common installed, transformers' AutoTokenizer would pick it for Mistral models
+        # on its own; here tokenizer_use_mistral_common alone decides (its default, false, keeps the
+        # transformers tokenizer, with its Jinja template and editable vocabulary).
+        kwargs["mistral_format"] = False
     tokenizer = loader.from_pretrained(source, **kwargs)
     # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
     special = {k: v for k, v in dict(option(cfg, "special_tokens") or {}).items() if v is not None}

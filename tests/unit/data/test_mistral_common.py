@@ -175,3 +175,19 @@ def test_the_cache_fingerprint_follows_the_tokenizer_file(mistral, model_dir, tm
     changed = load_tokenizer({"base_model": str(other), "tokenizer_use_mistral_common": True})
     same = load_tokenizer({"base_model": str(model_dir), "tokenizer_use_mistral_common": True})
     assert tokenizer_fingerprint(mistral) == tokenizer_fingerprint(same) != tokenizer_fingerprint(changed)
+
+
+def test_off_a_mistral_model_keeps_the_transformers_tokenizer_autotokenizer_would_replace(
+    model_dir, tmp_path
+):
+    import shutil
+
+    from transformers import AutoTokenizer, MistralConfig
+
+    directory = tmp_path / "mistral-model"
+    shutil.copytree(model_dir, directory)
+    MistralConfig(vocab_size=512).save_pretrained(directory)  # a Mistral architecture beside tekken.json
+    assert type(AutoTokenizer.from_pretrained(directory)).__name__ == "MistralCommonBackend"
+    loaded = load_tokenizer({"base_model": str(directory), "special_tokens": {"pad_token": "<pad>"}})
+    assert type(loaded).__name__ == "TokenizersBackend"  # editable: special_tokens applied
+    assert loaded.pad_token == "<pad>"
