@@ -57,3 +57,9 @@ def test_multimodal_stays_refused(seed_mapping):
 def test_off_is_the_default_and_changes_nothing(seed_mapping):
     config = _mistral(seed_mapping, tokenizer_use_mistral_common=False, chat_template="chatml")
     assert validate_mapping(config) == []
+
+
+def test_preference_training_is_refused(seed_mapping):
+    config = _mistral(seed_mapping, rl="dpo", datasets=[{"path": "pairs.jsonl", "type": "chatml.intel"}])
+    [problem] = [p for p in validate_mapping(config) if p.path == "rl"]
+    assert "Jinja chat template" in problem.message and "tokenizer_use_mistral_common" in problem.fix

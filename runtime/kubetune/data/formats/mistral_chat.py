@@ -124,9 +124,13 @@ class MistralChat(ChatTemplate):
     def own_tokens(self, message: dict[str, Any]) -> list[int]:
         """The tokens mistral-common encodes this assistant message to, its closing </s> included."""
         real = self.encode([_PROBE_USER, message])
+        if not hasattr(self, "_probes"):  # the same for every message: encoded once
+            self._probes = [
+                self.encode([_PROBE_USER, {"role": "assistant", "content": placeholder}])
+                for placeholder in _PLACEHOLDERS
+            ]
         shared = len(real)
-        for placeholder in _PLACEHOLDERS:
-            probe = self.encode([_PROBE_USER, {"role": "assistant", "content": placeholder}])
+        for probe in self._probes:
             common = next((i for i, (a, b) in enumerate(zip(real, probe, strict=False)) if a != b), None)
             shared = min(shared, common if common is not None else min(len(real), len(probe)))
         return real[shared:]
