@@ -158,6 +158,90 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     return tokenizer
 
 
+# mistral-common's special tokens, in its order (tokenizer versions 13+ list them in the file).
+TEKKEN_SPECIAL_TOKENS = (
+    "<unk> <s> </s> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS] "
+    "[TOOL_CALLS] [IMG] <pad> [IMG_BREAK] [IMG_END] [PREFIX] [MIDDLE] [SUFFIX] [SYSTEM_PROMPT] "
+    "[/SYSTEM_PROMPT] [TOOL_CONTENT] [ARGS] [CALL_ID] [THINK] [/THINK]"
+).split()
+TEKKEN_PATTERN = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def write_tekken(path: Path, texts: Iterable[str], *, vocab_size: int = 512, num_special: int = 32) -> Path:
+    """A small tekken.json (mistral-common's tokenizer file, version v13): byte-level BPE whose merges
+    are learnt from `texts` here, plus Mistral's special tokens ([INST], [THINK], ...) as ids
+    0..num_special-1, the way Mistral's files lay them out."""
+    import base64
+
+    import regex
+
+    words: dict[bytes, int] = {}
+    for text in texts:
+        for word in regex.findall(TEKKEN_PATTERN, text):
+            words[word.encode()] = words.get(word.encode(), 0) + 1
+    vocab = [bytes([b]) for b in range(256)]
+    pieces = {word: [bytes([b]) for b in word] for word in words}
+    while len(vocab) < vocab_size - num_special:
+        pairs: dict[tuple[bytes, bytes], int] = {}
+        for word, parts in pieces.items():
+            for pair in zip(parts, parts[1:], strict=False):
+                pairs[pair] = pairs.get(pair, 0) + words[word]
+        if not pairs:
+            break
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        vocab.append(best[0] + best[1])
+        for word, parts in pieces.items():
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            pieces[word] = merged
+    model = {
+        "config": {
+            "pattern": TEKKEN_PATTERN,
+            "num_vocab_tokens": len(vocab),
+            "default_vocab_size": len(vocab) + num_special,
+            "default_num_special_tokens": num_special,
+            "version": "v13",
+        },
+        "vocab": [
+            {"rank": rank, "token_bytes": base64.b64encode(token).decode(), "token_str": None}
+            for rank, token in enumerate(vocab)
+        ],
+        "special_tokens": [
+            {"rank": rank, "token_str": token, "is_control": True}
+            for rank, token in enumerate(TEKKEN_SPECIAL_TOKENS)
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(model))
+    return path
+
+
+def make_mistral_fixture(
+    out_dir: str | os.PathLike, *, examples: int = 512, seed: int = 0, **model_kwargs
+) -> dict:
+    """Like make_fixture, with a mistral-common tokenizer: mistral/ (a tiny Llama whose vocabulary is a
+    locally built tekken.json, saved beside it) and data/chat.jsonl; for tokenizer_use_mistral_common."""
+    from transformers.tokenization_mistral_common import MistralCommonBackend
+
+    out = Path(out_dir)
+    rows = alpaca_rows(examples, seed)
+    model_dir = _mkdir(out / "mistral")
+    write_tekken(model_dir / "tekken.json", _corpus(rows))
+    tokenizer = MistralCommonBackend.from_pretrained(str(model_dir))
+    # Mistral's architecture (Llama's, as a MistralConfig): for it, AutoTokenizer also picks mistral-common.
+    model = build_tiny_llama(tokenizer, seed=seed, architecture="mistral", **model_kwargs)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    chat = write_jsonl(chat_rows(examples, seed), out / "data" / "chat.jsonl")
+    train = write_jsonl(rows, out / "data" / "train.jsonl")
+    return {"model": str(model_dir), "chat": str(chat), "train": str(train)}
+
+
 def build_tiny_llama(
     tokenizer,
     *,
@@ -168,12 +252,17 @@ def build_tiny_llama(
     intermediate_size: int = 128,
     max_positions: int = 1024,
     seed: int = 0,
+    architecture: str = "llama",
 ):
-    """A randomly initialised LlamaForCausalLM sized for CPU tests (about 100k parameters)."""
+    """A randomly initialised LlamaForCausalLM (or, with architecture="mistral", the same network as a
+    MistralForCausalLM) sized for CPU tests (about 100k parameters)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
-    config = LlamaConfig(
+    prefix = {"llama": "Llama", "mistral": "Mistral"}[architecture]
+    config_class = getattr(transformers, f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForCausalLM")
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -187,7 +276,7 @@ def build_tiny_llama(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return model_class(config)
 
 
 def write_jsonl(rows: Iterable[dict], path: Path) -> Path:

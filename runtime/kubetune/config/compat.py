@@ -87,7 +87,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
-        tiled_mlp_use_original_mlp tokenizer_use_mistral_common torch_compile_backend
+        tiled_mlp_use_original_mlp torch_compile_backend
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft

@@ -35,6 +35,9 @@ RULES_TEXT = """\
 - `test_datasets` and `val_set_size` > 0 exclude each other.
 - `chat_template: jinja` needs `chat_template_jinja`; `chat_template_jinja` with another named template is refused
   (top level and per dataset).
+- `tokenizer_use_mistral_common: true` refuses `chat_template`, `chat_template_jinja` (top level and per dataset),
+  `special_tokens`, `tokens`, `eot_tokens`, `tokenizer_type`, `tokenizer_legacy`, `rl` and `roles_to_train`
+  other than `assistant` (mistral-common encodes the turns itself, with a fixed vocabulary).
 - A dataset entry may only set the keys of its `type` (custom `module.ClassName` formats may set any);
   `roles_to_train` must name roles of the dataset.
 - `num_epochs` or `max_steps` is required (both: training stops at whichever comes first).

@@ -158,6 +158,15 @@ class ModelKeys(Section):
         description="Passed to the tokenizer as `legacy` (Llama-family tokenizers: true puts the word-start "
         "marker on text right after a special token, as older releases did). Default: the tokenizer's own.",
     )
+    tokenizer_use_mistral_common: bool = field(
+        False,
+        description="Load the tokenizer with Mistral's mistral-common package (the model's `tekken.json` or "
+        "`tokenizer.model.v*`) and encode `chat_template` conversations with its chat-completion encoder, "
+        "the format Mistral's own models define, instead of a Jinja template; the assistant turns and their "
+        "`</s>` are trained (`train_on_eos`). Contents are text, or text and thinking chunks (Magistral "
+        "reasoning). Not with `chat_template`, `chat_template_jinja`, `special_tokens`, `tokens`, "
+        "`eot_tokens` or `rl`, nor multimodal models (`processor_type`).",
+    )
     reinit_weights: bool | None = field(
         None,
         description="Train from randomly initialised weights of `base_model`'s architecture (its config; "

@@ -41,6 +41,16 @@ def digest(obj: Any) -> str:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what decides the tokens: vocabulary, merges, normalisation, special tokens, template."""
+    if type(tokenizer).__name__ == "MistralCommonBackend":
+        # mistral-common: the tokenizer file (vocabulary, version, special tokens) and the encoder's
+        # code (the turn format lives in the package, not in a template) decide the tokens.
+        from importlib.metadata import version
+
+        tokenizer_file = tokenizer.tokenizer.instruct_tokenizer.tokenizer.file_path
+        file_hash = hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()
+        return digest(
+            {"class": "MistralCommonBackend", "file": file_hash, "encoder": version("mistral-common")}
+        )
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = {
         "class": type(tokenizer).__name__,

@@ -22,6 +22,7 @@ from kubetune.data.formats import BUILTIN_FORMATS, PromptFormat, TokenizedExampl
 from kubetune.data.formats.base import gather_index
 from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
+from kubetune.data.formats.mistral_chat import MistralChat, is_mistral_common
 from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
 from kubetune.data.pairs import drop_unusable_pairs, pair_rows, split_eval_pairs
@@ -46,6 +47,7 @@ TOKEN_KEYS = (
     "seed",
     "chat_template",
     "chat_template_jinja",
+    "tokenizer_use_mistral_common",
     "special_tokens",
     "tokens",
     "eot_tokens",
@@ -206,6 +208,16 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
         cls = resolve_format(
             type_name, path=f"{where}.type", source_dir=option(cfg, "source_dir"), rl=option(cfg, "rl")
         )
+    if issubclass(cls, ChatTemplate) and is_mistral_common(tokenizer):
+        if cls is not ChatTemplate:
+            raise data_error(
+                f"{where}.type",
+                f"{type_name} renders conversations with a Jinja chat template, and a mistral-common "
+                "tokenizer has none",
+                "use type: chat_template (mistral-common encodes the conversation), or remove "
+                "tokenizer_use_mistral_common",
+            )
+        cls = MistralChat  # the encoder of mistral-common, not a Jinja template
     chat_template = option(cfg, "chat_template")
     if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
         chat_template = option(cfg, "chat_template_jinja")  # the template text itself

@@ -49,15 +49,23 @@ def load_tokenizer(cfg):
     import transformers
 
     source = tokenizer_source(cfg)
-    kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))}
-    if hasattr(cfg, "revision_for"):  # a TrainConfig: revision_of_model pins the base model's repository
-        kwargs |= cfg.revision_for(source)
+    revision = cfg.revision_for(source) if hasattr(cfg, "revision_for") else {}  # revision_of_model
+    if option(cfg, "tokenizer_use_mistral_common"):
+        return load_mistral_common_tokenizer(source, revision)
+    kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))} | revision
     if option(cfg, "tokenizer_legacy") is not None:
         # Llama-family sentencepiece-style tokenizers: `legacy` decides whether text after a special
         # token gets the word-start marker (true) or not (false, transformers' default).
         kwargs["legacy"] = bool(option(cfg, "tokenizer_legacy"))
     tokenizer_type = option(cfg, "tokenizer_type")
-    loader = getattr(transformers, tokenizer_type) if tokenizer_type else transformers.AutoTokenizer
+    if tokenizer_type:
+        loader = getattr(transformers, tokenizer_type)
+    else:
+        loader = transformers.AutoTokenizer
+        # With mistral-common installed, transformers' AutoTokenizer would pick it for Mistral models
+        # on its own; here tokenizer_use_mistral_common alone decides (its default, false, keeps the
+        # transformers tokenizer, with its Jinja template and editable vocabulary).
+        kwargs["mistral_format"] = False
     tokenizer = loader.from_pretrained(source, **kwargs)
     # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
     special = {k: v for k, v in dict(option(cfg, "special_tokens") or {}).items() if v is not None}
@@ -84,3 +92,34 @@ def load_tokenizer(cfg):
     ):
         tokenizer.chat_template = resolve_chat_template(choice, tokenizer, option(cfg, "chat_template_jinja"))
     return tokenizer
+
+
+def load_mistral_common_tokenizer(source: str, revision: dict):
+    """tokenizer_use_mistral_common: Mistral's own tokenizer file (tekken.json, tokenizer.model.v*)
+    through mistral-common, wrapped by transformers' MistralCommonBackend, in fine-tuning mode (every
+    conversation ends with an assistant turn). Its chat-completion encoder formats conversations
+    (formats/mistral_chat.py); it has no Jinja template, and its vocabulary cannot be extended."""
+    try:
+        from transformers.tokenization_mistral_common import MistralCommonBackend
+        from transformers.utils.import_utils import is_mistral_common_available
+    except ImportError as exc:  # an older transformers
+        raise data_error(
+            "tokenizer_use_mistral_common",
+            f"this transformers has no mistral-common tokenizer wrapper ({exc})",
+            "install kubetune's runtime dependencies (pip install -c constraints.txt 'kubetune[runtime]')",
+        ) from exc
+    if not is_mistral_common_available():
+        raise data_error(
+            "tokenizer_use_mistral_common",
+            "the mistral-common package is not installed (or is older than transformers needs)",
+            "install kubetune's runtime dependencies (pip install -c constraints.txt 'kubetune[runtime]')",
+        )
+    try:
+        return MistralCommonBackend.from_pretrained(source, mode="finetuning", **revision)
+    except (OSError, ValueError) as exc:
+        raise data_error(
+            "tokenizer_use_mistral_common",
+            f"no mistral-common tokenizer loads from {source}: {exc}",
+            "point base_model (or tokenizer_config) at a Mistral model with a tekken.json or "
+            "tokenizer.model.v* file, or remove tokenizer_use_mistral_common",
+        ) from exc

@@ -87,6 +87,10 @@ class ChatTemplate(PromptFormat):
             )
         roles = {**DEFAULT_ROLES, **(self.option("roles", {}) or {})}
         self.role_of = {source: target for target, sources in roles.items() for source in sources}
+        self.setup_template(eot_tokens)
+
+    def setup_template(self, eot_tokens: list[str] | None) -> None:
+        """The Jinja template and the strings that end a turn (formats/mistral_chat.py has neither)."""
         # The dataset's own template wins over the top-level one; a Jinja text implies `jinja`.
         jinja = self.option("chat_template_jinja")
         choice = self.option("chat_template", "jinja" if jinja else None) or self.chat_template
