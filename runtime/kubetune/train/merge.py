@@ -26,7 +26,7 @@ def merge(cfg, output: str | os.PathLike | None = None) -> Path:
             key="adapter",
         )
     target = Path(output).expanduser().resolve() if output else output_dir / "merged"
-    tokenizer = load_tokenizer(output_dir)
+    tokenizer = load_tokenizer(output_dir, cfg)
     # On CPU, in the base checkpoint's own dtype: the merged model is stored as the base model was.
     model = load_base_with_adapter(cfg, output_dir, tokenizer, dtype="auto", device=torch.device("cpu"))
     merged = model.merge_and_unload()

@@ -127,6 +127,8 @@ def check_pad_token(cfg) -> None:
     """
     if cfg.special_tokens and cfg.special_tokens.pad_token:
         return
+    if cfg.tokenizer_use_mistral_common:  # mistral-common's tokenizers always have <pad>
+        return
     import transformers
 
     # The same source kubetune.data.load_tokenizer reads (Axolotl's order).

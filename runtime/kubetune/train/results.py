@@ -39,10 +39,17 @@ def inference_dtype(cfg, device: torch.device) -> torch.dtype:
     return torch.float16 if cfg.fp16 else torch.float32
 
 
-def load_tokenizer(output_dir: Path):
+def load_tokenizer(output_dir: Path, cfg=None):
+    """The tokenizer the run saved (special tokens included); with tokenizer_use_mistral_common the
+    saved tekken.json through mistral-common, as the run used it (an adapter's folder has no model
+    config from which AutoTokenizer could tell)."""
+    if cfg is not None and cfg.tokenizer_use_mistral_common:
+        from kubetune.data.tokenizer import load_mistral_common_tokenizer
+
+        return load_mistral_common_tokenizer(str(output_dir), {})
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(output_dir)  # the tokenizer the run saved (special tokens included)
+    return AutoTokenizer.from_pretrained(output_dir)
 
 
 def load_base_with_adapter(
@@ -67,7 +74,7 @@ def load_result(cfg, *, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     output_dir, kind = require_result(cfg)
-    tokenizer = load_tokenizer(output_dir)
+    tokenizer = load_tokenizer(output_dir, cfg)
     dtype = inference_dtype(cfg, device)
     if kind == "adapter":
         model = load_base_with_adapter(cfg, output_dir, tokenizer, dtype=dtype, device=device)

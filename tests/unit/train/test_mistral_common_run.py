@@ -52,6 +52,9 @@ def test_full_fine_tune_on_mistral_common_chat_data_learns_and_the_result_loads(
     # picks for a Mistral architecture; the reloaded model is the trained one (lower loss on the data).
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     assert type(tokenizer).__name__ == "MistralCommonBackend"
+    from kubetune.train.results import load_tokenizer as result_tokenizer  # what generate / merge load
+
+    assert type(result_tokenizer(out, cfg)).__name__ == "MistralCommonBackend"
     assert (out / "tekken.json").read_bytes() == (Path(mistral_tiny["model"]) / "tekken.json").read_bytes()
     rows = [json.loads(line) for line in Path(mistral_tiny["chat"]).read_text().splitlines()[:32]]
     examples = make_format({"type": "chat_template"}, "datasets[0]", {}, load_tokenizer(cfg)).tokenize_rows(
