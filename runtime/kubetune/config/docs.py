@@ -52,8 +52,11 @@ RULES_TEXT = """\
 - The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
   CutCrossEntropyPlugin) and the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
-- `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
-  implement tensor or context parallelism yet (use FSDP).
+- `tensor_parallel_size` > 1, `context_parallel_size` > 1, `dp_shard_size`, `dp_replicate_size` > 1 and
+  `ring_attn: true` are refused until kubetune honours them (use FSDP). The mesh they build
+  (dp_replicate × dp_shard × context × tensor parallel) needs FSDP2 (`fsdp_version: 2`) with `fsdp`, excludes
+  DeepSpeed, and its product must equal the job's processes (`workers` × `gpusPerWorker`, checked at apply
+  time; at start-up under torchrun), with context × tensor parallel groups inside one pod.
 - `fsdp` and `deepspeed` exclude each other; `fsdp_config` needs `fsdp`; `fsdp` names at most one sharding
   strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `gradient_checkpointing: true` beside
   `fsdp_activation_checkpointing: true` is FSDP's checkpointing alone (a reentrant one disagrees and is refused); `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;

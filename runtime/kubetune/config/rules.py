@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
 from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
-from .parallel import FSDP_SHARDING_STRATEGIES
+from .parallel import FSDP_SHARDING_STRATEGIES, MESH_KEYS
 from .problems import ConfigProblem
 from .schema import TrainConfig
 from .training import BNB_OPTIMIZERS
@@ -306,24 +306,50 @@ def schedule(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
 
 # -- distributed ----------------------------------------------------------------------------------
 
+_NOT_YET = "kubetune does not honour {key} yet"
+_NOT_YET_FIX = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
+
+
+def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """The mesh keys (config/mesh.py) without the world size; its arithmetic is checked where that is known."""
+    set_keys = [key for key in MESH_KEYS if getattr(cfg, key) not in (None, 1)]
+    for key in set_keys:
+        yield ConfigProblem(key, f"{_NOT_YET.format(key=key)}; it is {getattr(cfg, key)}", _NOT_YET_FIX)
+    if cfg.ring_attn:
+        yield ConfigProblem("ring_attn", _NOT_YET.format(key="ring_attn") + "; it is true", _NOT_YET_FIX)
+    if not set_keys:
+        return
+    if cfg.deepspeed is not None:
+        yield ConfigProblem(
+            set_keys[0],
+            f"{set_keys[0]} builds a device mesh for FSDP2 and DTensor; DeepSpeed does not run on it",
+            "remove deepspeed and set `fsdp: [full_shard, auto_wrap]` with fsdp_config.fsdp_version: 2",
+        )
+    if cfg.fsdp and (cfg.fsdp_config is None or cfg.fsdp_config.fsdp_version != 2):
+        yield ConfigProblem(
+            "fsdp_config.fsdp_version",
+            f"{set_keys[0]} shards over a device mesh, which only FSDP2 (fully_shard) does; fsdp_version is 1",
+            "set fsdp_config.fsdp_version: 2",
+        )
+    if (cfg.dp_shard_size or 1) > 1 and not cfg.fsdp:
+        yield ConfigProblem(
+            "dp_shard_size",
+            f"dp_shard_size {cfg.dp_shard_size} shards the model with FSDP, but fsdp is not set",
+            "add `fsdp: [full_shard, auto_wrap]` with fsdp_config.fsdp_version: 2",
+        )
+    model_parallel = cfg.tensor_parallel_size > 1 or cfg.context_parallel_size > 1
+    if model_parallel and (cfg.dp_replicate_size or 1) > 1 and cfg.dp_shard_size == 1:
+        # accelerate composes TP/CP with FSDP2 (2-D) or HSDP (3-D), not with plain replication (DDP).
+        yield ConfigProblem(
+            "dp_replicate_size",
+            "tensor/context parallelism with pure replication (dp_shard_size 1) is not supported by accelerate",
+            "set dp_shard_size > 1 (HSDP, with fsdp) or leave dp_shard_size unset with fsdp",
+        )
+
 
 @rule
 def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigProblem]:
-    not_yet = "kubetune does not implement tensor or context parallelism (tensor_parallel_size, context_parallel_size, ring_attn) yet"
-    instead = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
-    if cfg.tensor_parallel_size > 1:
-        yield ConfigProblem(
-            "tensor_parallel_size", f"{not_yet}; tensor_parallel_size is {cfg.tensor_parallel_size}", instead
-        )
-    if cfg.context_parallel_size > 1:
-        yield ConfigProblem(
-            "context_parallel_size",
-            f"{not_yet}; context_parallel_size is {cfg.context_parallel_size}",
-            instead,
-        )
-    if cfg.ring_attn:
-        yield ConfigProblem("ring_attn", f"{not_yet}; ring_attn is true", instead)
-
+    yield from _mesh(cfg)
     if cfg.fsdp and cfg.deepspeed is not None:
         yield ConfigProblem(
             "deepspeed",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from kubetune.config.deepspeed_presets import resolve_deepspeed_path
+from kubetune.config.mesh import MeshLayout, layout_problems, resolve_layout
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -31,6 +32,7 @@ class Topology:
     world_size: int
     local_rank: int
     cuda: bool
+    local_world_size: int = 1  # processes in this pod (torchrun's --nproc-per-node)
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +48,23 @@ def topology() -> Topology:
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         cuda=torch.cuda.is_available(),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))),
     )
+
+
+def mesh_layout(cfg, topo: Topology) -> MeshLayout:
+    """The run's device mesh for this world (config/mesh.py); a UserError when the sizes do not fit it."""
+    problems = layout_problems(cfg, world_size=topo.world_size, processes_per_node=topo.local_world_size)
+    if problems:
+        first = problems[0]
+        raise UserError(
+            f"{first.message} (torchrun: {topo.world_size} processes, {topo.local_world_size} per node).",
+            first.fix,
+            key=first.path,
+        )
+    layout, _ = resolve_layout(cfg, topo.world_size)
+    assert layout is not None  # no problems: the layout resolved
+    return layout
 
 
 def check_request(cfg, *, cuda: bool) -> None:

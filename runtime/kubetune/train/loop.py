@@ -87,6 +87,7 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     model_lib.check_request(cfg, cuda=topo.cuda)
     optim.check_request(cfg, cuda=topo.cuda)
     distributed.check_request(cfg, cuda=topo.cuda)
+    distributed.mesh_layout(cfg, topo)  # the mesh fills the world exactly (the operator checked it too)
     tracking.check_request(cfg)
     model_lib.model_source(cfg, cfg.base_model, "base_model")
     if cfg.tokenizer_config:
