@@ -51,6 +51,11 @@ class MeshLayout:
         return f"{sizes} = {self.size}"
 
 
+def mesh_requested(cfg) -> bool:
+    """A parallelism size above 1 is set: the run builds accelerate's ParallelismConfig mesh."""
+    return any(size not in (None, 1) for size in requested_sizes(cfg).values())
+
+
 def requested_sizes(cfg) -> dict[str, int | None]:
     """The sizes the config sets (None: not set, to be derived from the world size)."""
     return {
@@ -112,7 +117,8 @@ def resolve_layout(cfg, world_size: int) -> tuple[MeshLayout | None, list[Config
 
 
 def layout_problems(cfg, *, world_size: int, processes_per_node: int) -> list[ConfigProblem]:
-    """Everything about the mesh that needs the number of processes: product, pod boundaries."""
+    """Everything about the mesh that needs the number of processes: product, pod boundaries, and what
+    accelerate can compose."""
     layout, problems = resolve_layout(cfg, world_size)
     if layout is None:
         return problems
@@ -123,6 +129,16 @@ def layout_problems(cfg, *, world_size: int, processes_per_node: int) -> list[Co
                 f"context_parallel_size {layout.cp} × tensor_parallel_size {layout.tp} = {layout.in_pod} "
                 f"processes must sit in one pod, which runs {processes_per_node}",
                 f"run a multiple of {layout.in_pod} processes per pod (gpusPerWorker), or lower the sizes",
+            )
+        )
+    if layout.in_pod > 1 and layout.dp_replicate > 1 and layout.dp_shard == 1:
+        # accelerate composes TP/CP with FSDP2 (2-D) or HSDP (3-D), never with plain replication (DDP).
+        problems.append(
+            ConfigProblem(
+                _key("tp") if layout.tp > 1 else _key("cp"),
+                f"{layout.describe()} replicates a tensor/context-parallel model without sharding it; "
+                "accelerate composes them with FSDP2 only",
+                f"run {layout.in_pod} processes (one model), or add `fsdp` to shard the data-parallel ranks",
             )
         )
     return problems

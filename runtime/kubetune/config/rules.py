@@ -312,13 +312,39 @@ _NOT_YET_FIX = "remove it and shard with FSDP across all GPUs instead (fsdp: [fu
 
 def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
     """The mesh keys (config/mesh.py) without the world size; its arithmetic is checked where that is known."""
-    set_keys = [key for key in MESH_KEYS if getattr(cfg, key) not in (None, 1)]
-    for key in set_keys:
-        yield ConfigProblem(key, f"{_NOT_YET.format(key=key)}; it is {getattr(cfg, key)}", _NOT_YET_FIX)
+    if cfg.context_parallel_size > 1:
+        yield ConfigProblem(
+            "context_parallel_size",
+            f"{_NOT_YET.format(key='context_parallel_size')}; it is {cfg.context_parallel_size}",
+            "remove it: shard long rows' activations with FSDP and gradient_checkpointing instead",
+        )
     if cfg.ring_attn:
-        yield ConfigProblem("ring_attn", _NOT_YET.format(key="ring_attn") + "; it is true", _NOT_YET_FIX)
+        yield ConfigProblem(
+            "ring_attn",
+            _NOT_YET.format(key="ring_attn") + "; it is true",
+            "remove it (see context_parallel_size)",
+        )
+    set_keys = [key for key in MESH_KEYS if getattr(cfg, key) not in (None, 1)]
     if not set_keys:
         return
+    if cfg.tensor_parallel_size > 1:
+        if cfg.adapter != "lora" or cfg.load_in_8bit or cfg.load_in_4bit:
+            yield ConfigProblem(
+                "tensor_parallel_size",
+                "tensor parallelism trains a LoRA adapter on a 16/32-bit base in kubetune "
+                f"(adapter is {cfg.adapter or 'unset'}); full fine-tunes and quantized bases are not supported",
+                "set `adapter: lora` without load_in_4bit / load_in_8bit, or remove tensor_parallel_size",
+            )
+        if cfg.fsdp:
+            # accelerate 1.15 turns the non-sharded parameters into replicated DTensors with
+            # transformers.integrations.tensor_parallel.ReplicateParallel, which transformers 5 removed.
+            yield ConfigProblem(
+                "tensor_parallel_size",
+                "tensor parallelism with FSDP (dp_shard) fails in accelerate 1.15 with transformers 5 "
+                "(ReplicateParallel is gone); kubetune does not run it yet",
+                "remove fsdp to train one tensor-parallel model per tensor_parallel_size processes, "
+                "or remove tensor_parallel_size and shard with FSDP",
+            )
     if cfg.deepspeed is not None:
         yield ConfigProblem(
             set_keys[0],

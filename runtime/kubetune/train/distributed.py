@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from kubetune.config.deepspeed_presets import resolve_deepspeed_path
-from kubetune.config.mesh import MeshLayout, layout_problems, resolve_layout
+from kubetune.config.mesh import MeshLayout, layout_problems, mesh_requested, resolve_layout
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -141,6 +141,9 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
 
         ds = deepspeed_config(cfg, precision=precision, world_size=topo.world_size)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+    parallelism = parallelism_config(mesh_layout(cfg, topo)) if mesh_requested(cfg) else None
+    if parallelism is not None and topo.cuda:
+        kwargs["parallelism_config"] = parallelism
     accelerator = Accelerator(**kwargs)
     if cfg.fsdp and not is_sharded(accelerator):
         if cpu_fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
@@ -163,7 +166,63 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
                 accelerator.distributed_type,
                 CPU_FSDP_ENV,
             )
+    if parallelism is not None and not topo.cuda:
+        _mesh_on_cpu(accelerator, parallelism)
     return accelerator
+
+
+def parallelism_config(layout: MeshLayout):
+    """accelerate's ParallelismConfig of the layout: it builds the torch DeviceMesh (and its flattened
+    dp / dp_shard_cp / dp_cp dims) that FSDP2 and the tensor-parallel model are placed on."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    return ParallelismConfig(
+        dp_replicate_size=layout.dp_replicate,
+        dp_shard_size=layout.dp_shard,
+        tp_size=layout.tp,
+        cp_size=layout.cp,
+    )
+
+
+def _mesh_on_cpu(accelerator, parallelism) -> None:
+    """Give the CPU processes (gloo) the mesh accelerate builds on GPUs.
+
+    accelerate accepts a ParallelismConfig only on accelerators (or under FSDP, which it selects only on
+    accelerators); the mesh, FSDP2 over its data-parallel dims and DTensor tensor parallelism all run on
+    gloo, and kubetune's CPU tests prove the N-D layouts with it. Set where accelerate would have set it."""
+    accelerator.state.parallelism_config = parallelism
+    accelerator.state.device_mesh = parallelism.get_device_mesh("cpu")
+    log.info("device mesh on CPU processes (gloo): %s", parallelism.get_device_mesh("cpu"))
+
+
+def tensor_parallel_mesh(accelerator):
+    """The "tp" dimension of the run's mesh (transformers shards the model over it), or None."""
+    config = accelerator.parallelism_config
+    if config is None or not config.tp_enabled:
+        return None
+    return accelerator.torch_device_mesh["tp"]
+
+
+def clip_tensor_parallel_grads(parameters, max_norm: float):
+    """Clip the gradients of a tensor-parallel model (no FSDP) by their global norm; returns the norm.
+
+    Its gradients are a mix: DTensor shards of the split layers and plain tensors, identical on every
+    rank, of the rest. torch's clip_grad_norm_ over such a mix (accelerate's, without a wrapper) gives a
+    norm that is not the model's (1.18 instead of 1.01 on the tiny Llama), so each DTensor norm is
+    completed across its mesh and each replicated one taken once."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    squares = []
+    for grad in grads:
+        norm = grad.detach().norm(2, dtype=torch.float32)
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2)
+    total = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+    coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        (grad.to_local() if isinstance(grad, DTensor) else grad).mul_(coefficient)
+    return total
 
 
 def cpu_fsdp_requested() -> bool:

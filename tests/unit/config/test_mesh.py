@@ -70,3 +70,13 @@ def test_data_parallel_alone_never_has_a_problem(seed_mapping):
     for world, per_node in ((1, 1), (3, 3), (16, 8)):
         assert layout_problems(typed(seed_mapping), world_size=world, processes_per_node=per_node) == []
         assert resolve_layout(typed(seed_mapping, **FSDP2), world)[0] == MeshLayout(dp_shard=world)
+
+
+def test_tensor_parallel_beside_pure_replication_is_refused(seed_mapping):
+    """tp 2 on 4 processes without fsdp leaves dp_replicate 2, dp_shard 1: accelerate composes TP with
+    FSDP2 only, so the layout is refused with the arithmetic instead of failing at start-up."""
+    cfg = typed(seed_mapping, tensor_parallel_size=2)
+    assert layout_problems(cfg, world_size=2, processes_per_node=2) == []
+    (problem,) = layout_problems(cfg, world_size=4, processes_per_node=4)
+    assert problem.path == "tensor_parallel_size"
+    assert "dp_replicate 2 × dp_shard 1 × cp 1 × tp 2 = 4 replicates" in problem.message
