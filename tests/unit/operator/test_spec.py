@@ -144,3 +144,18 @@ def test_the_device_mesh_must_fill_the_jobs_processes():
     (problem,) = job_config_problems(config, fits, "spec.config")
     assert problem.path == "spec.config.dp_replicate_size"
     assert "dp_replicate 1 × dp_shard 4 × cp 1 × tp 2 = 8 processes, but the job has 16" in problem.message
+
+
+def test_a_tensor_parallel_job_is_admitted_only_when_its_pods_hold_the_tp_group():
+    """Through the admission path (validate_job): tp 2 in one pod of 2 GPUs is admitted; the same config on
+    2 pods of 1 GPU is refused with the arithmetic (its tp group would span pods)."""
+    config = {**SEED_CONFIG, "tensor_parallel_size": 2}
+    admitted = validate_job(job(config=config, workers=1, gpusPerWorker=2))
+    assert admitted.ok, report(admitted.problems)
+    assert admitted.config is not None and admitted.config.tensor_parallel_size == 2
+    refused = validate_job(job(config=config, workers=2, gpusPerWorker=1))
+    paths = [p.path for p in refused.problems]
+    assert "spec.config.tensor_parallel_size" in paths
+    assert "one pod, which runs 1 (workers 2 × 1 processes per pod (gpusPerWorker))" in report(
+        refused.problems
+    )
