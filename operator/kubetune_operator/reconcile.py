@@ -159,7 +159,7 @@ class Reconciler:
         if text is None:
             what = "ConfigMap" if source is None else f"key {source_ref.key!r} in ConfigMap"
             return None, ("ConfigMapNotFound", f"waiting for {what} {source_ref.name!r}"), []
-        config, problems = load_referenced_config(text, f"{source_ref.name}/{source_ref.key}")
+        config, problems = load_referenced_config(text, f"{source_ref.name}/{source_ref.key}", spec)
         if config is None:
             return None, None, problems
         return config.to_mapping(), None, []

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from kubetune.config import ConfigError, ConfigProblem, TrainConfig, load_config, validate_mapping
 from kubetune.config.loading import bound_problems, parse_yaml
+from kubetune.config.mesh import layout_problems
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # The installer's policy is part of validation: importers find it here too (explicit re-exports).
@@ -472,7 +473,25 @@ def _validate_job(obj: Mapping[str, Any], policy: AdmissionPolicy) -> Validation
         problems += config_problems(inline, "spec.config")
     if inline is not None and not problems:
         config = load_config(inline)
+        problems += job_config_problems(config, spec, "spec.config")
+        if problems:
+            config = None
     return Validation(spec=spec, config=config, problems=problems)
+
+
+def job_config_problems(
+    config: TrainConfig, spec: FineTuneJobSpec | None, prefix: str
+) -> list[ConfigProblem]:
+    """The config against the job that runs it: the device mesh must fill the job's processes exactly."""
+    if spec is None:
+        return []
+    problems = layout_problems(
+        config,
+        world_size=spec.workers * spec.processes_per_worker,
+        processes_per_node=spec.processes_per_worker,
+    )
+    jobs = f"workers {spec.workers} × {spec.processes_per_worker} processes per pod (gpusPerWorker)"
+    return [ConfigProblem(f"{prefix}.{p.path}", f"{p.message} ({jobs})", p.fix) for p in problems]
 
 
 def child_configmaps(name: str) -> tuple[str, ...]:
@@ -494,7 +513,9 @@ def _name_collisions(name: Any, spec: FineTuneJobSpec) -> list[ConfigProblem]:
     ]
 
 
-def load_referenced_config(text: str, source: str) -> tuple[TrainConfig | None, list[ConfigProblem]]:
+def load_referenced_config(
+    text: str, source: str, spec: FineTuneJobSpec | None = None
+) -> tuple[TrainConfig | None, list[ConfigProblem]]:
     """The config read from a ConfigMap, validated like an inline one (paths name the ConfigMap key)."""
     prefix = f"configMap {source}"
     mapping, problems = parse_yaml(text, name=prefix)
@@ -507,7 +528,9 @@ def load_referenced_config(text: str, source: str) -> tuple[TrainConfig | None, 
     problems = config_problems(mapping, prefix)
     if problems:
         return None, problems
-    return load_config(mapping), []
+    config = load_config(mapping)
+    problems = job_config_problems(config, spec, prefix)
+    return (None, problems) if problems else (config, [])
 
 
 def report(problems: list[ConfigProblem]) -> str:

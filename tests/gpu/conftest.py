@@ -5,4 +5,5 @@ from tests.unit.train.conftest import (  # noqa: F401 - pytest finds fixtures by
     make_config,
     seed_mapping,
     tiny,
+    tiny_tp,
 )

@@ -101,7 +101,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     # With something to say.
     **_table(
-        "sequence_parallel_degree context_parallel_degree dp_shard_size dp_replicate_size heads_k_stride ring_attn_func",
+        "sequence_parallel_degree context_parallel_degree heads_k_stride ring_attn_func",
         _TP_CP,
     ),
     **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _TP_CP),

@@ -58,8 +58,13 @@ RULES_TEXT = """\
   CutCrossEntropyPlugin), the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) and the RMSNorm keys
   (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
-- `tensor_parallel_size` > 1, `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not
-  implement tensor or context parallelism yet (use FSDP).
+- `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not honour them yet.
+  `tensor_parallel_size` > 1 trains a LoRA adapter on a 16/32-bit base, without `fsdp` (accelerate 1.15's
+  TP + FSDP2 path needs a transformers 4 class). The mesh (dp_replicate × dp_shard × context × tensor
+  parallel) needs FSDP2 (`fsdp_version` defaults to 2 there) when `fsdp` is set, `dp_shard_size` > 1 needs
+  `fsdp`, and the mesh excludes DeepSpeed; its product must equal the job's processes (`workers` ×
+  `gpusPerWorker`, checked at apply time; at start-up under torchrun), with context × tensor parallel
+  groups inside one pod and no tensor/context parallelism beside pure replication.
 - `fsdp` and `deepspeed` exclude each other; `fsdp_config` needs `fsdp`; `fsdp` names at most one sharding
   strategy; `offload` in `fsdp` contradicts `fsdp_offload_params: false`; `gradient_checkpointing: true` beside
   `fsdp_activation_checkpointing: true` is FSDP's checkpointing alone (a reentrant one disagrees and is refused); `SIZE_BASED_WRAP` needs `fsdp_min_num_params`;

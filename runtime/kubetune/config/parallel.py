@@ -10,13 +10,18 @@ from .base import Section, field
 
 FsdpOption = Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard", "offload", "auto_wrap"]
 FSDP_SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
+# The keys that shape the device mesh (kubetune.config.mesh); set to more than 1 they need FSDP2.
+MESH_KEYS = ("dp_replicate_size", "dp_shard_size", "context_parallel_size", "tensor_parallel_size")
 
 
 class FsdpConfig(Section):
     """`fsdp_config`: FSDP options. Keys may also be written without the `fsdp_` prefix (newer Axolotl style)."""
 
     fsdp_version: Literal[1, 2] = field(
-        1, description="FSDP implementation: 1 (FullyShardedDataParallel) or 2 (fully_shard). Default: 1."
+        1,
+        description="FSDP implementation: 1 (FullyShardedDataParallel) or 2 (fully_shard). Default: 1; 2 "
+        "when a parallelism size (tensor_parallel_size, context_parallel_size, dp_shard_size, "
+        "dp_replicate_size) is above 1.",
     )
     fsdp_offload_params: bool | None = field(
         None,
@@ -92,6 +97,22 @@ class ParallelKeys(Section):
             return {**data, "gradient_checkpointing": False}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fsdp2_on_a_mesh(cls, data: object) -> object:
+        # A mesh (tensor/context parallel, HSDP sizes) is sharded by FSDP2 alone: fsdp_version defaults to
+        # 2 there, so the seed's nd-parallel overlay (fsdp + tensor_parallel_size, no version) means FSDP2.
+        if not isinstance(data, dict) or not data.get("fsdp"):
+            return data
+        if not any(data.get(key) not in (None, 1) for key in MESH_KEYS):
+            return data
+        fsdp_config = data.get("fsdp_config")
+        if fsdp_config is None:
+            return {**data, "fsdp_config": {"fsdp_version": 2}}
+        if isinstance(fsdp_config, dict) and fsdp_config.get("fsdp_version") is None:
+            return {**data, "fsdp_config": {**fsdp_config, "fsdp_version": 2}}
+        return data
+
     fsdp: list[FsdpOption] | None = field(
         None,
         description="Enable FSDP with these options: one sharding strategy (full_shard, shard_grad_op, "
@@ -112,6 +133,19 @@ class ParallelKeys(Section):
     context_parallel_size: int = field(
         1,
         description="Context parallel degree. kubetune does not implement context parallelism yet: must be 1.",
+        ge=1,
+    )
+    dp_shard_size: int | None = field(
+        None,
+        description="Ranks one FSDP shard group spans (the mesh's dp_shard dimension; may span pods). "
+        "Default: the processes left after dp_replicate_size × context_parallel_size × tensor_parallel_size "
+        "when `fsdp` is set, else 1.",
+        ge=1,
+    )
+    dp_replicate_size: int | None = field(
+        None,
+        description="Replicas of the model across data-parallel groups (the mesh's outermost dimension; "
+        "with dp_shard_size > 1 this is HSDP). Default: the processes left over without `fsdp`, else 1.",
         ge=1,
     )
     ring_attn: bool = field(

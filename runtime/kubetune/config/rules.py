@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
 from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
-from .parallel import FSDP_SHARDING_STRATEGIES
+from .parallel import FSDP_SHARDING_STRATEGIES, MESH_KEYS
 from .problems import ConfigProblem
 from .schema import TrainConfig
 
@@ -331,24 +331,76 @@ def schedule(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
 
 # -- distributed ----------------------------------------------------------------------------------
 
+_NOT_YET = "kubetune does not honour {key} yet"
+_NOT_YET_FIX = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
 
-@rule
-def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigProblem]:
-    not_yet = "kubetune does not implement tensor or context parallelism (tensor_parallel_size, context_parallel_size, ring_attn) yet"
-    instead = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
-    if cfg.tensor_parallel_size > 1:
-        yield ConfigProblem(
-            "tensor_parallel_size", f"{not_yet}; tensor_parallel_size is {cfg.tensor_parallel_size}", instead
-        )
+
+def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """The mesh keys (config/mesh.py) without the world size; its arithmetic is checked where that is known."""
     if cfg.context_parallel_size > 1:
         yield ConfigProblem(
             "context_parallel_size",
-            f"{not_yet}; context_parallel_size is {cfg.context_parallel_size}",
-            instead,
+            f"{_NOT_YET.format(key='context_parallel_size')}; it is {cfg.context_parallel_size}",
+            "remove it: shard long rows' activations with FSDP and gradient_checkpointing instead",
         )
     if cfg.ring_attn:
-        yield ConfigProblem("ring_attn", f"{not_yet}; ring_attn is true", instead)
+        yield ConfigProblem(
+            "ring_attn",
+            _NOT_YET.format(key="ring_attn") + "; it is true",
+            "remove it (see context_parallel_size)",
+        )
+    set_keys = [key for key in MESH_KEYS if getattr(cfg, key) not in (None, 1)]
+    if not set_keys:
+        return
+    if cfg.tensor_parallel_size > 1:
+        if cfg.adapter != "lora" or cfg.load_in_8bit or cfg.load_in_4bit:
+            yield ConfigProblem(
+                "tensor_parallel_size",
+                "tensor parallelism trains a LoRA adapter on a 16/32-bit base in kubetune "
+                f"(adapter is {cfg.adapter or 'unset'}); full fine-tunes and quantized bases are not supported",
+                "set `adapter: lora` without load_in_4bit / load_in_8bit, or remove tensor_parallel_size",
+            )
+        if cfg.fsdp:
+            # accelerate 1.15 turns the non-sharded parameters into replicated DTensors with
+            # transformers.integrations.tensor_parallel.ReplicateParallel, which transformers 5 removed.
+            yield ConfigProblem(
+                "tensor_parallel_size",
+                "tensor parallelism with FSDP (dp_shard) fails in accelerate 1.15 with transformers 5 "
+                "(ReplicateParallel is gone); kubetune does not run it yet",
+                "remove fsdp to train one tensor-parallel model per tensor_parallel_size processes, "
+                "or remove tensor_parallel_size and shard with FSDP",
+            )
+    if cfg.deepspeed is not None:
+        yield ConfigProblem(
+            set_keys[0],
+            f"{set_keys[0]} builds a device mesh for FSDP2 and DTensor; DeepSpeed does not run on it",
+            "remove deepspeed and set `fsdp: [full_shard, auto_wrap]` with fsdp_config.fsdp_version: 2",
+        )
+    if cfg.fsdp and (cfg.fsdp_config is None or cfg.fsdp_config.fsdp_version != 2):
+        yield ConfigProblem(
+            "fsdp_config.fsdp_version",
+            f"{set_keys[0]} shards over a device mesh, which only FSDP2 (fully_shard) does; fsdp_version is 1",
+            "set fsdp_config.fsdp_version: 2",
+        )
+    if (cfg.dp_shard_size or 1) > 1 and not cfg.fsdp:
+        yield ConfigProblem(
+            "dp_shard_size",
+            f"dp_shard_size {cfg.dp_shard_size} shards the model with FSDP, but fsdp is not set",
+            "add `fsdp: [full_shard, auto_wrap]` with fsdp_config.fsdp_version: 2",
+        )
+    model_parallel = cfg.tensor_parallel_size > 1 or cfg.context_parallel_size > 1
+    if model_parallel and (cfg.dp_replicate_size or 1) > 1 and cfg.dp_shard_size == 1:
+        # accelerate composes TP/CP with FSDP2 (2-D) or HSDP (3-D), not with plain replication (DDP).
+        yield ConfigProblem(
+            "dp_replicate_size",
+            "tensor/context parallelism with pure replication (dp_shard_size 1) is not supported by accelerate",
+            "set dp_shard_size > 1 (HSDP, with fsdp) or leave dp_shard_size unset with fsdp",
+        )
 
+
+@rule
+def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigProblem]:
+    yield from _mesh(cfg)
     if cfg.fsdp and cfg.deepspeed is not None:
         yield ConfigProblem(
             "deepspeed",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from kubetune.config.deepspeed_presets import resolve_deepspeed_path
+from kubetune.config.mesh import MeshLayout, layout_problems, mesh_requested, resolve_layout
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -31,6 +32,7 @@ class Topology:
     world_size: int
     local_rank: int
     cuda: bool
+    local_world_size: int = 1  # processes in this pod (torchrun's --nproc-per-node)
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +48,23 @@ def topology() -> Topology:
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         cuda=torch.cuda.is_available(),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))),
     )
+
+
+def mesh_layout(cfg, topo: Topology) -> MeshLayout:
+    """The run's device mesh for this world (config/mesh.py); a UserError when the sizes do not fit it."""
+    problems = layout_problems(cfg, world_size=topo.world_size, processes_per_node=topo.local_world_size)
+    if problems:
+        first = problems[0]
+        raise UserError(
+            f"{first.message} (torchrun: {topo.world_size} processes, {topo.local_world_size} per node).",
+            first.fix,
+            key=first.path,
+        )
+    layout, _ = resolve_layout(cfg, topo.world_size)
+    assert layout is not None  # no problems: the layout resolved
+    return layout
 
 
 def check_request(cfg, *, cuda: bool) -> None:
@@ -129,6 +147,9 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
 
         ds = deepspeed_config(cfg, precision=precision, world_size=topo.world_size)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+    parallelism = parallelism_config(mesh_layout(cfg, topo)) if mesh_requested(cfg) else None
+    if parallelism is not None and topo.cuda:
+        kwargs["parallelism_config"] = parallelism
     accelerator = Accelerator(**kwargs)
     if cfg.fsdp and not is_sharded(accelerator):
         if cpu_fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
@@ -160,6 +181,8 @@ def build_accelerator(cfg, precision: Precision, topo: Topology):
                 accelerator.distributed_type,
                 CPU_FSDP_ENV,
             )
+    if parallelism is not None and not topo.cuda:
+        _mesh_on_cpu(accelerator, parallelism)
     return accelerator
 
 
@@ -210,6 +233,38 @@ def peak_host_memory_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parallelism_config(layout: MeshLayout):
+    """accelerate's ParallelismConfig of the layout: it builds the torch DeviceMesh (and its flattened
+    dp / dp_shard_cp / dp_cp dims) that FSDP2 and the tensor-parallel model are placed on."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    return ParallelismConfig(
+        dp_replicate_size=layout.dp_replicate,
+        dp_shard_size=layout.dp_shard,
+        tp_size=layout.tp,
+        cp_size=layout.cp,
+    )
+
+
+def _mesh_on_cpu(accelerator, parallelism) -> None:
+    """Give the CPU processes (gloo) the mesh accelerate builds on GPUs.
+
+    accelerate accepts a ParallelismConfig only on accelerators (or under FSDP, which it selects only on
+    accelerators); the mesh, FSDP2 over its data-parallel dims and DTensor tensor parallelism all run on
+    gloo, and kubetune's CPU tests prove the N-D layouts with it. Set where accelerate would have set it."""
+    accelerator.state.parallelism_config = parallelism
+    accelerator.state.device_mesh = parallelism.get_device_mesh("cpu")
+    log.info("device mesh on CPU processes (gloo): %s", parallelism.get_device_mesh("cpu"))
+
+
+def tensor_parallel_mesh(accelerator):
+    """The "tp" dimension of the run's mesh (transformers shards the model over it), or None."""
+    config = accelerator.parallelism_config
+    if config is None or not config.tp_enabled:
+        return None
+    return accelerator.torch_device_mesh["tp"]
 
 
 def cpu_fsdp_requested() -> bool:

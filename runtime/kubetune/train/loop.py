@@ -61,6 +61,9 @@ class Run:
     pending_log: PendingLog | None = None  # the last train log line, its values still on the GPU
     trainable: checkpoint.ShardedTrainableState | None = None  # an adapter under FSDP checkpoints this
     last_rewards: dict | None = None  # preference runs: the latest train line's metrics (status.progress)
+    data_rank: int = 0  # this rank's place among the data-parallel ranks (config/mesh.py)
+    data_world: int = 1  # data-parallel ranks: each reads its own rows
+    group: int = 1  # ranks that read the same rows (a tensor/context-parallel group); sums count each once
 
 
 class StopFlag:
@@ -89,6 +92,7 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     model_lib.check_request(cfg, cuda=topo.cuda)
     optim.check_request(cfg, cuda=topo.cuda, fsdp2=distributed.fsdp2_requested(cfg, cuda=topo.cuda))
     distributed.check_request(cfg, cuda=topo.cuda)
+    distributed.mesh_layout(cfg, topo)  # the mesh fills the world exactly (the operator checked it too)
     tracking.check_request(cfg)
     if topo.is_main:
         export.check_destination(cfg)
@@ -120,7 +124,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
 
     set_seed(cfg.seed)
     data = _prepare_data(cfg, tokenizer, accelerator)
-    plan = make_plan(cfg, len(data.train), accelerator.num_processes, has_eval=data.eval is not None)
+    layout = distributed.mesh_layout(cfg, topo)
+    # Tensor/context-parallel ranks of one group read the same rows: the rows are dealt to the
+    # data-parallel ranks (the mesh's outer dims, so a group's ranks are consecutive).
+    data_rank, data_world = topo.rank // layout.in_pod, layout.data_parallel
+    plan = make_plan(cfg, len(data.train), data_world, has_eval=data.eval is not None)
     backend = attention.select_backend(cfg, cuda=topo.cuda)
     model = model_lib.load_model(
         cfg,
@@ -128,6 +136,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         precision=precision,
         backend=backend,
         device=None if distributed.is_sharded(accelerator) else accelerator.device,
+        tp_mesh=distributed.tensor_parallel_mesh(accelerator),
     )
     read_weights = distributed.read_the_weights(model, accelerator, topo)
     trainable, total = model_lib.parameter_counts(model)
@@ -143,7 +152,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         module = preference_module(
             cfg, objective, model, data, collate=collate, backend=backend, accelerator=accelerator
         )
-    if distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
+    if layout.tp > 1 and not distributed.is_sharded(accelerator):
+        # transformers sharded the model already (DTensor layers) and nothing wraps it: no DDP, whose
+        # all-reduce would mix the tensor-parallel shards. The optimizer alone goes through accelerate.
+        optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
+    elif distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
         module = accelerator.prepare(module)
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
@@ -154,10 +167,11 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
     trainable = None
-    if cfg.adapter and not distributed.is_sharded(accelerator):
-        checkpoint.register_adapter_hooks(accelerator, module)
-    elif cfg.adapter and cfg.fsdp and distributed.is_sharded(accelerator):
+    if cfg.adapter and (layout.tp > 1 or (cfg.fsdp and distributed.is_sharded(accelerator))):
+        # DTensor adapters (FSDP2 shards, tensor-parallel layers): gathered whole, scattered back on resume
         trainable = checkpoint.ShardedTrainableState(accelerator, module, optimizer, scheduler)
+    elif cfg.adapter and not distributed.is_sharded(accelerator):
+        checkpoint.register_adapter_hooks(accelerator, module)
 
     # From here on output_dir is written to.
     if accelerator.is_main_process:
@@ -188,6 +202,9 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         output_dir,
         build_reporters(accelerator.is_main_process),
         trainable=trainable,
+        data_rank=data_rank,
+        data_world=data_world,
+        group=layout.in_pod,
     )
     run.last_checkpoint = str(resume) if resume else None
     if accelerator.is_main_process:  # experiment trackers: rank 0's reporters, continued after a resume
@@ -236,8 +253,8 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         cfg,
         epoch=state.epoch,
         step_in_epoch=state.step_in_epoch,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
+        rank=run.data_rank,
+        world_size=run.data_world,
         pin_memory=device.type == "cuda",
     )
     run.module.train()
@@ -248,10 +265,10 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     watchdog = LossWatchdog.from_config(cfg, seen=len(state.history))
     window = next(windows)
     while state.step < plan.total_steps:
-        counts = StepCounts(acc, window, stop)
-        # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over ranks: undo both,
-        # so the gradient is that of (sum of token losses) / (trained tokens of the step, all ranks).
-        scale = acc.num_processes * cfg.gradient_accumulation_steps / counts.trained_for_scale()
+        counts = StepCounts(acc, window, stop, group=run.group)
+        # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over the data-parallel
+        # ranks: undo both, so the gradient is that of (sum of token losses) / (trained tokens of the step).
+        scale = run.data_world * cfg.gradient_accumulation_steps / counts.trained_for_scale()
         for batch in window:
             with acc.accumulate(run.module), activation_offloading(cfg):
                 loss_sum = run.module(**_model_inputs(run, batch, device))
@@ -341,11 +358,12 @@ class StepCounts:
     the counts on the host already.
     """
 
-    def __init__(self, acc, window: list[dict], stop: StopFlag):
+    def __init__(self, acc, window: list[dict], stop: StopFlag, *, group: int = 1):
         self.stop = stop
+        # Each of the `group` ranks that share these rows adds its share, so the sum counts them once.
         self.local = [
-            sum(b["n_trained"] for b in window),
-            sum(b["n_tokens"] for b in window),
+            sum(b["n_trained"] for b in window) / group,
+            sum(b["n_tokens"] for b in window) / group,
             int(stop.requested),
         ]
         self.reduced = None
@@ -423,6 +441,7 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
         if isinstance(interval.loss_sum, torch.Tensor)
         else torch.zeros(1, device=device)
     )
+    loss_sum = loss_sum / run.group  # the ranks of a tensor/context-parallel group hold the same loss
     values = [acc.reduce(loss_sum, reduction="sum").reshape(1).float()]  # collective: all ranks log here
     if grad_norm is not None:
         values.append(local_tensor(grad_norm).to(device, torch.float32).reshape(1))
@@ -495,8 +514,8 @@ def evaluate(run: Run) -> tuple[float, float]:
         run.data.eval,
         run.collate,
         run.cfg,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
+        rank=run.data_rank,
+        world_size=run.data_world,
         pin_memory=acc.device.type == "cuda",
     )
     for batch in batches:
@@ -504,7 +523,7 @@ def evaluate(run: Run) -> tuple[float, float]:
         sums[0] += loss_sum.double()
         sums[1] += batch["n_trained"]
     run.module.train()
-    loss_sum, count = acc.reduce(sums, reduction="sum").tolist()
+    loss_sum, count = acc.reduce(sums / run.group, reduction="sum").tolist()
     loss = loss_sum / max(count, 1.0)
     return loss, math.exp(min(loss, 50.0))
 

@@ -90,6 +90,10 @@ def why_not_fusable(module: nn.Module) -> str | None:
         return f"base layer is {type(base).__name__} (quantised or wrapped)"
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return "base weights are trained"
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(base.weight, DTensor):  # tensor parallel: the layer's own hooks place the activations
+        return "base weight is a tensor-parallel DTensor"
     if module.fan_in_fan_out:
         return "fan_in_fan_out"
     for name in module.lora_A:

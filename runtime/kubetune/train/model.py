@@ -168,12 +168,19 @@ def load_tokenizer(cfg):
 
 
 def load_model(
-    cfg, tokenizer, *, precision: Precision, backend: AttentionBackend, device: torch.device | None
+    cfg,
+    tokenizer,
+    *,
+    precision: Precision,
+    backend: AttentionBackend,
+    device: torch.device | None,
+    tp_mesh=None,
 ):
     """The model ready for training: trainable parameters are exactly what the config trains.
 
     `device`: where to load the weights directly (one process per GPU); None loads on CPU and leaves
-    placement to the distributed wrapper (FSDP, DeepSpeed).
+    placement to the distributed wrapper (FSDP, DeepSpeed). `tp_mesh`: the tensor-parallel dimension of
+    the run's mesh; the model is sharded over it by its transformers `tp_plan` (DTensor layers).
     """
     import transformers
 
@@ -202,7 +209,9 @@ def load_model(
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-    if device is not None:
+    if tp_mesh is not None:
+        kwargs |= {"tp_plan": "auto", "device_mesh": tp_mesh}
+    elif device is not None:
         kwargs["device_map"] = {"": device}
     try:
         if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)

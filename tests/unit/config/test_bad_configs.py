@@ -196,9 +196,26 @@ BAD = [
         "gradient_checkpointing",
     ),
     ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
-    ("tensor-parallel", {"tensor_parallel_size": 2}, "tensor_parallel_size"),
+    ("tensor-parallel-full-fine-tune", {"tensor_parallel_size": 2, "adapter": DROP}, "tensor_parallel_size"),
+    ("tensor-parallel-with-fsdp", {**FSDP, "tensor_parallel_size": 2}, "tensor_parallel_size"),
     ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
+    (
+        "mesh-with-deepspeed",
+        {"dp_shard_size": 2, "deepspeed": {"zero_optimization": {"stage": 2}}},
+        "dp_shard_size",
+    ),
+    (
+        "mesh-with-fsdp1",
+        {**FSDP, "dp_replicate_size": 2, "fsdp_config": {"fsdp_version": 1}},
+        "fsdp_config.fsdp_version",
+    ),
+    ("dp-shard-without-fsdp", {"dp_shard_size": 2}, "dp_shard_size"),
+    (
+        "tp-with-pure-replication",
+        {"tensor_parallel_size": 2, "dp_replicate_size": 2, "dp_shard_size": 1},
+        "dp_replicate_size",
+    ),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
     ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
     (

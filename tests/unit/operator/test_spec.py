@@ -115,3 +115,47 @@ def test_referenced_config_is_validated_like_an_inline_one():
     assert config is None and problems[0].path == "configMap cfg/config.yaml"
     config, problems = load_referenced_config(yaml.safe_dump(SEED_CONFIG), "cfg/config.yaml")
     assert problems == [] and config.learning_rate == 0.0002
+
+
+def test_the_device_mesh_must_fill_the_jobs_processes():
+    """One rule (kubetune.config.mesh) at apply time: workers x gpusPerWorker is the world the mesh fills,
+    and tensor x context parallel groups stay inside one pod. The typed config comes from the schema alone:
+    the rules still refuse the sizes the runtime does not honour yet."""
+    from kubetune.config.schema import TrainConfig
+    from kubetune_operator.spec import job_config_problems
+
+    config = TrainConfig.model_validate(
+        {**SEED_CONFIG, "fsdp": ["full_shard"], "tensor_parallel_size": 4, "context_parallel_size": 2}
+    )
+    fits = FineTuneJobSpec.model_validate({"config": {}, "workers": 2, "gpusPerWorker": 8})
+    assert job_config_problems(config, fits, "spec.config") == []
+    split = FineTuneJobSpec.model_validate({"config": {}, "workers": 4, "gpusPerWorker": 4})
+    (problem,) = job_config_problems(config, split, "spec.config")
+    assert problem.path == "spec.config.tensor_parallel_size"
+    assert problem.message == (
+        "context_parallel_size 2 × tensor_parallel_size 4 = 8 processes must sit in one pod, which runs 4 "
+        "(workers 4 × 4 processes per pod (gpusPerWorker))"
+    )
+    config = TrainConfig.model_validate(
+        {**SEED_CONFIG, "fsdp": ["full_shard"], "dp_shard_size": 4, "tensor_parallel_size": 2}
+    )
+    assert job_config_problems(config, fits, "spec.config") == []  # dp_replicate 2 is derived: HSDP
+    config = config.model_copy(update={"dp_replicate_size": 1})
+    (problem,) = job_config_problems(config, fits, "spec.config")
+    assert problem.path == "spec.config.dp_replicate_size"
+    assert "dp_replicate 1 × dp_shard 4 × cp 1 × tp 2 = 8 processes, but the job has 16" in problem.message
+
+
+def test_a_tensor_parallel_job_is_admitted_only_when_its_pods_hold_the_tp_group():
+    """Through the admission path (validate_job): tp 2 in one pod of 2 GPUs is admitted; the same config on
+    2 pods of 1 GPU is refused with the arithmetic (its tp group would span pods)."""
+    config = {**SEED_CONFIG, "tensor_parallel_size": 2}
+    admitted = validate_job(job(config=config, workers=1, gpusPerWorker=2))
+    assert admitted.ok, report(admitted.problems)
+    assert admitted.config is not None and admitted.config.tensor_parallel_size == 2
+    refused = validate_job(job(config=config, workers=2, gpusPerWorker=1))
+    paths = [p.path for p in refused.problems]
+    assert "spec.config.tensor_parallel_size" in paths
+    assert "one pod, which runs 1 (workers 2 × 1 processes per pod (gpusPerWorker))" in report(
+        refused.problems
+    )

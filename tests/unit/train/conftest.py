@@ -50,3 +50,18 @@ def _fresh_accelerate_state():
 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def tiny_tp(tiny, tmp_path_factory) -> dict:
+    """The tiny fixture with its vocabulary padded to a multiple of 4: transformers' Llama tp_plan splits
+    lm_head's output (the vocabulary) across the tensor-parallel ranks, which needs it to divide evenly."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tmp_path_factory.mktemp("tiny-tp") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=4, mean_resizing=False)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return {**tiny, "model": str(model_dir)}

@@ -138,3 +138,22 @@ def test_a_file_next_to_the_config_wins_over_the_preset(make_config, tmp_path):
     own.mkdir()
     (own / "zero3.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 2
+
+
+def test_the_mesh_is_checked_against_torchruns_world_at_start_up(make_config):
+    """Outside the operator the world size is known only at start-up: the same rule (config/mesh.py)."""
+    from kubetune.config.mesh import MeshLayout
+    from kubetune.train.distributed import Topology, mesh_layout
+
+    cfg, _ = make_config()
+    four = Topology(rank=0, world_size=4, local_rank=0, cuda=False, local_world_size=2)
+    assert mesh_layout(cfg, four) == MeshLayout(dp_replicate=4)  # plain DDP
+    nd = cfg.model_copy(update={"tensor_parallel_size": 4, "fsdp": ["full_shard"]})
+    with pytest.raises(UserError) as caught:
+        mesh_layout(nd, four)
+    assert "= 4 processes must sit in one pod, which runs 2" in caught.value.problem
+    assert caught.value.key == "tensor_parallel_size"
+    three = Topology(rank=0, world_size=3, local_rank=0, cuda=False, local_world_size=3)
+    with pytest.raises(UserError) as caught:
+        mesh_layout(nd, three)
+    assert "tensor_parallel_size 4 = 4 does not divide the job's 3 processes" in caught.value.problem

@@ -95,6 +95,7 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
         scheduler=SimpleNamespace(get_last_lr=lambda: [0.01]),
         pending_log=None,
         module=torch.nn.Linear(1, 1),  # an SFT objective: no reward metrics
+        group=1,
     )
     interval = loop._Interval(started=0.0, loss_sum=torch.tensor(30.0), trained=20.0, tokens=32.0)
     run.pending_log = loop.begin_log(run, interval, grad_norm, eta=5.0)
@@ -114,3 +115,15 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
     else:
         assert metrics["grad_norm"] == 2.5
     assert run.state.history == [{"step": 7, "loss": 3.0, "lr": 0.01}]
+
+
+def test_ranks_of_a_tensor_parallel_group_count_their_shared_rows_once():
+    """2 ranks of one tp group hold the same 10 trained tokens and the same loss: the sums are 10 and the
+    loss once, not twice (the reduce sums over all ranks)."""
+    acc = SimpleNamespace(
+        num_processes=2, device=torch.device("cpu"), reduce=lambda tensor, reduction: tensor * 2
+    )
+    window = [{"n_trained": 10, "n_tokens": 16}]
+    counts = loop.StepCounts(acc, window, loop.StopFlag(), group=2)
+    assert counts.resolve() == (10.0, 16.0, False)
+    assert float(counts.trained_for_scale()) == 10.0
