@@ -69,21 +69,27 @@ def compare(a: Archive, b: Archive) -> list[str]:
         out.append(f"config differs in: {', '.join(keys)}")
     if len(a.layer_digests) != len(b.layer_digests):
         out.append(f"layer count: {len(a.layer_digests)} != {len(b.layer_digests)}")
-    for i, (da, db, fa, fb) in enumerate(zip(a.layer_digests, b.layer_digests, a.files, b.files)):
+    for i, (da, db, fa, fb) in enumerate(
+        zip(a.layer_digests, b.layer_digests, a.files, b.files, strict=False)
+    ):
         if da == db:
             continue
         out.append(f"layer {i}: {da} != {db}")
         only_a, only_b = sorted(fa.keys() - fb.keys()), sorted(fb.keys() - fa.keys())
         changed = sorted(p for p in fa.keys() & fb.keys() if fa[p] != fb[p])
-        out.append(f"layer {i}: {len(only_a)} paths only in A, {len(only_b)} only in B, {len(changed)} changed")
+        out.append(
+            f"layer {i}: {len(only_a)} paths only in A, {len(only_b)} only in B, {len(changed)} changed"
+        )
         out += [f"  only in A: {p}" for p in only_a[:SHOWN]]
         out += [f"  only in B: {p}" for p in only_b[:SHOWN]]
         fields = ("type", "mode", "uid", "gid", "size", "mtime", "linkname", "sha256")
         for p in changed[:SHOWN]:
-            what = [f for f, x, y in zip(fields, fa[p], fb[p]) if x != y]
+            what = [f for f, x, y in zip(fields, fa[p], fb[p], strict=True) if x != y]
             out.append(f"  changed: {p} ({', '.join(what)})")
         if fa == fb:
-            out.append(f"layer {i}: same files, metadata and contents (the tar stream or compression differs)")
+            out.append(
+                f"layer {i}: same files, metadata and contents (the tar stream or compression differs)"
+            )
     return out
 
 

@@ -139,7 +139,9 @@ def test_explicitly_single_replica_is_recreate(helm):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"webhook": 9443, "metrics": 8080, "health": 8081}
     env = _env(container)
-    assert env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0"  # one image for CPU and GPU nodes
+    assert (
+        env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0"
+    )  # one image for CPU and GPU nodes
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "KUBETUNE_RUNTIME_RESOURCES" not in env
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.unit.packaging.helm import REPO
 
 _spec = importlib.util.spec_from_file_location("compare_oci", REPO / "images" / "compare_oci.py")
 compare_oci = importlib.util.module_from_spec(_spec)
+sys.modules["compare_oci"] = compare_oci  # dataclasses look their module up there
 _spec.loader.exec_module(compare_oci)
 
 BASE = {"etc/os-release": b"bookworm\n", "usr/bin/python3": b"\x7fELF"}

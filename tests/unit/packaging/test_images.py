@@ -183,7 +183,9 @@ def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
     assert "flash-attn" not in installed
     instructions = _instructions(RUNTIME)
     assert not any(word in ("COPY", "ADD") and "wheels" in args for word, args in instructions)
-    assert any(word == "RUN" and args.startswith("--mount=type=bind,source=wheels") for word, args in instructions)
+    assert any(
+        word == "RUN" and args.startswith("--mount=type=bind,source=wheels") for word, args in instructions
+    )
     final = _final_stage(RUNTIME)
     assert ("COPY", "--from=build /opt/kubetune /opt/kubetune") in final
     assert ("ENTRYPOINT", '["kubetune"]') in final
@@ -264,4 +266,6 @@ def test_kind_script_is_valid_bash():
         "examples/finetune-cpu-smoke.yaml",
     ):
         assert tag in text
-    assert "docker build" not in text and "docker tag" not in text, "the images come from images/build.sh only"
+    assert "docker build" not in text and "docker tag" not in text, (
+        "the images come from images/build.sh only"
+    )
