@@ -33,6 +33,10 @@ VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
+# Free space a build needs on the cache's filesystem at its peak (measured: images/README.md): the wheelhouse,
+# the build container's virtualenv, its committed layer, then the compressed archive.
+min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 18 ;; esac; }
+
 extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
 base_key() { printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16; }
@@ -156,6 +160,9 @@ build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json nex
   start=$(date +%s)
   rm -rf "$dir"
   mkdir -p "$dir/context"
+  check_free_space "$name" "$dir"
+  # A failed build leaves nothing behind: the wheelhouse alone is 2.8 GB for the runtime image.
+  trap "rm -rf '$dir'" EXIT
   pick_storage_driver
   base_image
   log "$name: wheelhouse"
@@ -165,14 +172,26 @@ build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json nex
   buildah_ bud --quiet --isolation chroot --pull-never --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
     --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
     -f "$HERE/$name/Containerfile" -t "$tag" "$dir/context" >/dev/null
+  rm -rf "$dir/context"  # before the push: it writes the compressed layers twice (a temporary layout, the tar)
   buildah_ push --quiet "$tag" "oci-archive:$out.part:ghcr.io/kubetune/$name:$VERSION"
   mv "$out.part" "$out"
-  # The archive is the product; the copy in buildah's storage and the build context are intermediates.
+  # The archive is the product; the copy in buildah's storage is an intermediate.
   buildah_ rmi "$tag" >/dev/null
-  rm -rf "$dir/context"
   build_report "$out" "$name" "$(basename "$dir")" "$STORAGE_DRIVER" "$(($(date +%s) - start))" >"$dir/build.json"
+  trap - EXIT
   log "$name: built in $(($(date +%s) - start)) s: $out"
   sed 's/^/images:   /' "$dir/build.json" >&2
+}
+
+check_free_space() {  # $1: image name, $2: a directory on the cache's filesystem. Refuses before filling a disk.
+  local need have
+  need="${KUBETUNE_IMAGES_MIN_FREE_GB:-$(min_free_gb "$1")}"
+  have=$(($(df --output=avail -B1 "$2" | tail -1) / 1000000000))
+  if [ "$have" -lt "$need" ]; then
+    log "$1: needs ${need} GB free under $CACHE_ROOT at its peak, $have GB are (KUBETUNE_IMAGES_MIN_FREE_GB overrides)"
+    rm -rf "$2"
+    exit 3
+  fi
 }
 
 verify_reproducible() {  # $1: image name. Exit 0 when a second build from the same inputs is the same image.

@@ -87,9 +87,7 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint, tmp_path):
 
 
 @pytest.mark.parametrize("dockerfile", CONTAINERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
-def test_multi_stage_non_root_labelled(dockerfile):
-    froms = [args for word, args in _instructions(dockerfile) if word == "FROM"]
-    assert len(froms) >= 2 and " AS build" in froms[0], "multi-stage: a build stage, then the runtime"
+def test_non_root_labelled_without_build_tools(dockerfile):
     final = _final_stage(dockerfile)
     users = [args for word, args in final if word == "USER"]
     assert users, "the final stage must switch to a non-root user"
@@ -99,7 +97,12 @@ def test_multi_stage_non_root_labelled(dockerfile):
     for label in OCI_LABELS:
         assert f"org.opencontainers.image.{label}=" in labels, label
     assert any(word == "HEALTHCHECK" for word, _ in final), "HEALTHCHECK (or an explicit HEALTHCHECK NONE)"
-    assert any(word == "COPY" and args.startswith("--from=build") for word, args in final)
+    # pip leaves with the step that used it, or stays behind in a build stage
+    for word, args in final:
+        if word == "RUN" and "pip install" in args:
+            assert "pip uninstall --yes pip" in args, "the image must not keep pip"
+    froms = [args for word, args in _instructions(dockerfile) if word == "FROM"]
+    assert len(froms) == 1 or any(word == "COPY" and args.startswith("--from=build") for word, args in final)
 
 
 def test_operator_image_has_no_torch():
@@ -186,9 +189,10 @@ def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
     assert any(
         word == "RUN" and args.startswith("--mount=type=bind,source=wheels") for word, args in instructions
     )
-    final = _final_stage(RUNTIME)
-    assert ("COPY", "--from=build /opt/kubetune /opt/kubetune") in final
-    assert ("ENTRYPOINT", '["kubetune"]') in final
+    # One stage: a build stage copied into a runtime stage would hold the 5.6 GB virtualenv twice more while
+    # building (images/README.md, the build's peak disk use).
+    assert [word for word, _ in instructions].count("FROM") == 1
+    assert ("ENTRYPOINT", '["kubetune"]') in instructions
 
 
 def test_cuda_pins_satisfy_the_gpu_extra():
