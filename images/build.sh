@@ -180,7 +180,7 @@ build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json nex
   build_report "$out" "$name" "$(basename "$dir")" "$STORAGE_DRIVER" "$(($(date +%s) - start))" >"$dir/build.json"
   trap - EXIT
   log "$name: built in $(($(date +%s) - start)) s: $out"
-  sed 's/^/images:   /' "$dir/build.json" >&2
+  log "$name: $(tr -d ' \n' <"$dir/build.json")"
 }
 
 check_free_space() {  # $1: image name, $2: a directory on the cache's filesystem. Refuses before filling a disk.
@@ -197,7 +197,7 @@ check_free_space() {  # $1: image name, $2: a directory on the cache's filesyste
 verify_reproducible() {  # $1: image name. Exit 0 when a second build from the same inputs is the same image.
   local name=$1 cached scratch
   cached="$(build "$name" | tail -1)"
-  scratch="$CACHE_ROOT/.verify-$name"
+  scratch="$CACHE_ROOT/verify-$name"  # (its name is the scratch image's tag: no leading dot)
   exec 9>"$CACHE_ROOT/.build.lock"
   flock 9
   # Remaking the base too (mmdebstrap again) checks that the Debian root filesystem is reproducible, at the
