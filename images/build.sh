@@ -35,11 +35,14 @@ log() { printf 'images: %s\n' "$*" >&2; }
 
 # Free space a build needs on the cache's filesystem at its peak (measured: images/README.md): the wheelhouse,
 # the build container's virtualenv, its committed layer, then the compressed archive.
-min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 18 ;; esac; }
+min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 16 ;; esac; }
 
 extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
-base_key() { printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16; }
+base_key() {  # the suite, the mirror, the packages and the two functions that make the base
+  printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p;/^base_image()/,/^}/p' "${BASH_SOURCE[0]}")" \
+    | sha256sum | cut -c1-16
+}
 
 image_key() {  # the Containerfile, this script, the pins and every file that goes into the project's wheel
   local name=$1
@@ -88,7 +91,8 @@ base_image() {  # imports the base rootfs into buildah as localhost/kubetune/bas
     ctr="$(buildah_ from scratch)"
     buildah_ add "$ctr" "$tar" / >/dev/null
     buildah_ config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
-    buildah_ commit --quiet --rm "$ctr" "$ref" >/dev/null
+    # --timestamp: the base's history entry is dated SOURCE_DATE_EPOCH too, so a remade base is the same image
+    buildah_ commit --quiet --rm --timestamp "$SOURCE_DATE_EPOCH" "$ctr" "$ref" >/dev/null
     rm -f "$tar"
     # older bases (other package lists) are intermediates too
     buildah_ images --format '{{.Name}}:{{.Tag}}' | grep "^localhost/kubetune/base:$SUITE-" | grep -v -x "$ref" \

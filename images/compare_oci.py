@@ -67,6 +67,9 @@ def compare(a: Archive, b: Archive) -> list[str]:
     if a.config != b.config:
         keys = sorted(k for k in a.config.keys() | b.config.keys() if a.config.get(k) != b.config.get(k))
         out.append(f"config differs in: {', '.join(keys)}")
+        for key in keys:
+            out.append(f"  A {key}: {json.dumps(a.config.get(key))[:2000]}")
+            out.append(f"  B {key}: {json.dumps(b.config.get(key))[:2000]}")
     if len(a.layer_digests) != len(b.layer_digests):
         out.append(f"layer count: {len(a.layer_digests)} != {len(b.layer_digests)}")
     for i, (da, db, fa, fb) in enumerate(
