@@ -21,6 +21,7 @@
 #   ARTIFACTS           directory for diagnostics on failure   (./kind-e2e-artifacts)
 #   KUBETUNE_CACHE_DIR  where images/build.sh keeps its archives ($HOME/.cache/kubetune of root)
 #   PYTHON              the Python 3.11 images/build.sh downloads the wheelhouse with (.venv/bin/python)
+#   SUDO                how images/build.sh gets root (sudo; empty when already root)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
