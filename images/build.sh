@@ -33,8 +33,8 @@ VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
-# Free space a build needs on the cache's filesystem at its peak (measured: images/README.md): the wheelhouse,
-# the build container's virtualenv, its committed layer, then the compressed archive.
+# Free space a build needs on the cache's filesystem at its peak (estimated from the measured sizes, images/README.md):
+# the wheelhouse, the build container's virtualenv and its committed layer; later the archive, written twice.
 min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 16 ;; esac; }
 
 extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking ;; *) log "unknown image: $1"; exit 2 ;; esac; }
