@@ -173,7 +173,9 @@ build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json nex
   log "$name: wheelhouse"
   wheelhouse "$name" "$dir/context/wheels"
   log "$name: buildah bud ($STORAGE_DRIVER)"
-  revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+  # The label names the commit that first built these inputs; the key leaves the commit out on purpose (a
+  # commit that changes none of the inputs reuses the archive), so verify-reproducible passes the cached one.
+  revision="${KUBETUNE_IMAGE_REVISION:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
   buildah_ bud --quiet --isolation chroot --pull-never --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
     --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
     -f "$HERE/$name/Containerfile" -t "$tag" "$dir/context" >/dev/null
@@ -203,6 +205,14 @@ verify_reproducible() {  # $1: image name. Exit 0 when a second build from the s
   local name=$1 cached scratch
   cached="$(build "$name" | tail -1)"
   scratch="$CACHE_ROOT/verify-$name"  # (its name is the scratch image's tag: no leading dot)
+  KUBETUNE_IMAGE_REVISION="$(tar -xOf "$cached" index.json | "$PY" -c '
+import json, sys, tarfile
+digest = lambda d: "blobs/sha256/" + d.split(":")[1]
+with tarfile.open(sys.argv[1]) as oci:
+    manifest = json.load(oci.extractfile(digest(json.load(sys.stdin)["manifests"][0]["digest"])))
+    config = json.load(oci.extractfile(digest(manifest["config"]["digest"])))
+print(config["config"]["Labels"]["org.opencontainers.image.revision"])' "$cached")"
+  export KUBETUNE_IMAGE_REVISION
   exec 9>"$CACHE_ROOT/.build.lock"
   flock 9
   # Remaking the base too (mmdebstrap again) checks that the Debian root filesystem is reproducible, at the
