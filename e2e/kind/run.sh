@@ -93,8 +93,11 @@ operator_archive="$(build operator)"
 runtime_archive="$(build runtime)"
 for pair in "$operator_archive=$OPERATOR_IMAGE" "$runtime_archive=$RUNTIME_IMAGE"; do
   # build.sh tags pyproject.toml's version; the chart's appVersion must be the same
-  tar -xOf "${pair%%=*}" index.json | grep -q "\"org.opencontainers.image.ref.name\":\"${pair#*=}\"" \
-    || { echo "e2e/kind/run.sh: ${pair%%=*} is not tagged ${pair#*=}" >&2; exit 2; }
+  index="$(tar --occurrence=1 -xOf "${pair%%=*}" index.json)"
+  case "$index" in
+    *"\"org.opencontainers.image.ref.name\":\"${pair#*=}\""*) ;;
+    *) echo "e2e/kind/run.sh: ${pair%%=*} is not tagged ${pair#*=}: $index" >&2; exit 2 ;;
+  esac
 done
 # Every image the example names must be one of the two loaded here.
 while read -r image; do
