@@ -5,30 +5,45 @@
 #   wheels    the project's wheel + its pinned dependencies, downloaded on the host (pip download, -c constraints.txt)
 #   image     buildah bud --isolation chroot of images/<name>/Containerfile, FROM the base, pip install --no-index
 #
-# usage: images/build.sh [operator]   build if needed; prints the OCI archive's path on the last line
-#        images/build.sh path operator print where the archive is (or would be), build nothing
+# usage: images/build.sh [operator|runtime]            build if needed; prints the OCI archive's path last
+#        images/build.sh path <name>                   print where the archive is (or would be), build nothing
+#        images/build.sh verify-reproducible <name>    build it again from the same inputs into a scratch
+#                                                      directory and compare with the cached archive
+#                                                      (manifest, config, layer digests, file lists)
 #
 # Everything lives outside the repository, keyed by a hash of everything that decides the image:
 #   ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/images/<name>-<hash>/<name>.oci.tar  (+ build.json: times, size)
-# A warm build (archive present for that hash) does nothing. Needs root, mmdebstrap, buildah (scripts/system-deps.sh
-# images installs them with apt-get).
+# A warm build (archive present for that hash) does nothing. Builds are serialised by a lock in that directory
+# (.build.lock), so two checkouts or two test runs never build the same image twice at once: the second waits,
+# then finds the archive. Needs root, mmdebstrap, buildah (scripts/system-deps.sh images installs them).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 CACHE_ROOT="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/images"
 SUITE=bookworm
+PYTHON_VERSION=3.11  # bookworm's python3: the wheelhouse is downloaded for it by a host Python of the same version
 MIRROR="${KUBETUNE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # libstdc++6: torch, pyarrow and other C++ wheels link it (found by tests/images running the runtime image).
 BASE_PACKAGES=python3,python3-venv,ca-certificates,libstdc++6
 # Fixed timestamps, so two builds from the same inputs give the same files (mmdebstrap and buildah honour it).
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1767225600}"  # 2026-01-01T00:00:00Z
 PY="${PYTHON:-$REPO/.venv/bin/python}"
+# The images' tag and version label: the project's version (the Helm chart's appVersion names the same).
+VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)"
 
 log() { printf 'images: %s\n' "$*" >&2; }
 
+# Free space a build needs at its peak on the cache's filesystem (which holds /var/tmp here): the runtime's was
+# measured at 28.3 GB (images/README.md): the wheelhouse, the build container's virtualenv, buildah's temporary
+# copy of it in /var/tmp while committing, and the committed layer.
+min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 30 ;; esac; }
+
 extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking,cloud ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
-base_key() { printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16; }
+base_key() {  # the suite, the mirror, the packages and the two functions that make the base
+  printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$(sed -n '/^base_rootfs()/,/^}/p;/^base_image()/,/^}/p' "${BASH_SOURCE[0]}")" \
+    | sha256sum | cut -c1-16
+}
 
 image_key() {  # the Containerfile, this script, the pins and every file that goes into the project's wheel
   local name=$1
@@ -77,7 +92,8 @@ base_image() {  # imports the base rootfs into buildah as localhost/kubetune/bas
     ctr="$(buildah_ from scratch)"
     buildah_ add "$ctr" "$tar" / >/dev/null
     buildah_ config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
-    buildah_ commit --quiet --rm "$ctr" "$ref" >/dev/null
+    # --timestamp: the base's history entry is dated SOURCE_DATE_EPOCH too, so a remade base is the same image
+    buildah_ commit --quiet --rm --timestamp "$SOURCE_DATE_EPOCH" "$ctr" "$ref" >/dev/null
     rm -f "$tar"
     # older bases (other package lists) are intermediates too
     buildah_ images --format '{{.Name}}:{{.Tag}}' | grep "^localhost/kubetune/base:$SUITE-" | grep -v -x "$ref" \
@@ -90,6 +106,11 @@ base_image() {  # imports the base rootfs into buildah as localhost/kubetune/bas
 wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing compiles inside the image.
   local extras wheel
   extras="$(extras_of "$1")"
+  # pip downloads the wheels its own interpreter can install (cp311 for 3.11): they must be the image's.
+  if ! "$PY" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$PYTHON_VERSION')"; then
+    log "the wheelhouse needs a host Python $PYTHON_VERSION (the image's); $PY is not: set PYTHON=python$PYTHON_VERSION"
+    exit 2
+  fi
   mkdir -p "$2"
   # setuptools' deprecation notices go to the log, not the terminal
   "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$2" "$REPO" 2>"$2/../pip-wheel.log"
@@ -109,58 +130,144 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
   fi
 }
 
-build() {
-  local name=$1 out dir key start size revision
+build() {  # the cached archive for the current inputs, built under the lock if absent
+  local name=$1 out
   out="$(archive_path "$name")"
-  if [ -f "$out" ]; then
+  if [ ! -f "$out" ]; then
+    mkdir -p "$CACHE_ROOT"
+    exec 9>"$CACHE_ROOT/.build.lock"
+    if ! flock --nonblock 9; then
+      log "$name: another build holds $CACHE_ROOT/.build.lock; waiting"
+      flock 9
+    fi
+    if [ -f "$out" ]; then
+      log "$name: built by the build we waited for"
+    else
+      build_into "$name" "$out"
+      evict "$name"
+    fi
+    exec 9>&-
+  else
     log "$name: cached ($out)"
-    echo "$out"; return
   fi
+  echo "$out"
+}
+
+evict() {  # keeps the newest ${KUBETUNE_IMAGES_KEEP:-2} archives of this image (two checkouts at different commits share the cache)
+  find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -name "$1-*" -printf '%T@ %p\n' | sort -rn \
+    | tail -n +"$((${KUBETUNE_IMAGES_KEEP:-2} + 1))" | cut -d' ' -f2- | xargs -r -d '\n' rm -rf
+}
+
+build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json next to it). Holds the lock.
+  local name=$1 out=$2 dir tag start size revision
   dir="$(dirname "$out")"
-  key="$(basename "$dir")"
+  tag="localhost/kubetune/$name:$(basename "$dir")"
   start=$(date +%s)
-  # Archives of older inputs are dropped: the cache holds one image per name (they are hundreds of MB).
-  mkdir -p "$CACHE_ROOT"
-  find "$CACHE_ROOT" -maxdepth 1 -name "$name-*" -exec rm -rf {} +
+  rm -rf "$dir"
   mkdir -p "$dir/context"
+  check_free_space "$name" "$dir"
+  # A failed build leaves nothing behind: the wheelhouse alone is 2.8 GB for the runtime image.
+  trap "rm -rf '$dir'" EXIT
   pick_storage_driver
   base_image
   log "$name: wheelhouse"
   wheelhouse "$name" "$dir/context/wheels"
   log "$name: buildah bud ($STORAGE_DRIVER)"
-  revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+  # The label names the commit that first built these inputs; the key leaves the commit out on purpose (a
+  # commit that changes none of the inputs reuses the archive), so verify-reproducible passes the cached one.
+  revision="${KUBETUNE_IMAGE_REVISION:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
   buildah_ bud --quiet --isolation chroot --pull-never --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
-    --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
-    -f "$HERE/$name/Containerfile" -t "localhost/kubetune/$name:$key" "$dir/context" >/dev/null
-  buildah_ push --quiet "localhost/kubetune/$name:$key" "oci-archive:$out.part:ghcr.io/kubetune/$name:0.1.0"
+    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
+    -f "$HERE/$name/Containerfile" -t "$tag" "$dir/context" >/dev/null
+  rm -rf "$dir/context"  # before the push: it writes the compressed layers twice (a temporary layout, the tar)
+  buildah_ push --quiet "$tag" "oci-archive:$out.part:ghcr.io/kubetune/$name:$VERSION"
   mv "$out.part" "$out"
-  # The archive is the product; the copy in buildah's storage and the build context are intermediates.
-  buildah_ rmi "localhost/kubetune/$name:$key" >/dev/null
-  rm -rf "$dir/context"
-  size="$(image_size "$out")"
-  printf '{"image": "%s", "key": "%s", "storage_driver": "%s", "cold_build_s": %d, "uncompressed_bytes": %s}\n' \
-    "$name" "$key" "$STORAGE_DRIVER" "$(($(date +%s) - start))" "$size" >"$dir/build.json"
-  log "$name: built in $(($(date +%s) - start)) s, $((size / 1000000)) MB uncompressed: $out"
-  echo "$out"
+  # The archive is the product; the copy in buildah's storage is an intermediate.
+  buildah_ rmi "$tag" >/dev/null
+  build_report "$out" "$name" "$(basename "$dir")" "$STORAGE_DRIVER" "$(($(date +%s) - start))" >"$dir/build.json"
+  trap - EXIT
+  log "$name: built in $(($(date +%s) - start)) s: $out"
+  log "$name: $(tr -d ' \n' <"$dir/build.json")"
 }
 
-image_size() {  # sum of the uncompressed layer sizes (gzip's trailer holds each layer's size mod 2^32)
-  "$PY" - "$1" <<'PY'
-import gzip, json, sys, tarfile
+check_free_space() {  # $1: image name, $2: a directory on the cache's filesystem. Refuses before filling a disk.
+  local need have
+  need="${KUBETUNE_IMAGES_MIN_FREE_GB:-$(min_free_gb "$1")}"
+  have=$(($(df --output=avail -B1 "$2" | tail -1) / 1000000000))
+  if [ "$have" -lt "$need" ]; then
+    log "$1: needs ${need} GB free under $CACHE_ROOT at its peak, $have GB are (KUBETUNE_IMAGES_MIN_FREE_GB overrides)"
+    rm -rf "$2"
+    exit 3
+  fi
+}
+
+verify_reproducible() {  # $1: image name. Exit 0 when a second build from the same inputs is the same image.
+  local name=$1 cached scratch
+  cached="$(build "$name" | tail -1)"
+  scratch="$CACHE_ROOT/verify-$name"  # (its name is the scratch image's tag: no leading dot)
+  KUBETUNE_IMAGE_REVISION="$(tar -xOf "$cached" index.json | "$PY" -c '
+import json, sys, tarfile
+digest = lambda d: "blobs/sha256/" + d.split(":")[1]
 with tarfile.open(sys.argv[1]) as oci:
+    manifest = json.load(oci.extractfile(digest(json.load(sys.stdin)["manifests"][0]["digest"])))
+    config = json.load(oci.extractfile(digest(manifest["config"]["digest"])))
+print(config["config"]["Labels"]["org.opencontainers.image.revision"])' "$cached")"
+  export KUBETUNE_IMAGE_REVISION
+  exec 9>"$CACHE_ROOT/.build.lock"
+  flock 9
+  # Remaking the base too (mmdebstrap again) checks that the Debian root filesystem is reproducible, at the
+  # price of the mirror's state: a package update between the two builds is a real difference.
+  if [ "${KUBETUNE_VERIFY_FRESH_BASE:-0}" = 1 ]; then
+    pick_storage_driver
+    buildah_ rmi "localhost/kubetune/base:$SUITE-$(base_key)" "localhost/kubetune/base:$SUITE" >/dev/null
+  fi
+  build_into "$name" "$scratch/$name.oci.tar"
+  exec 9>&-
+  local rc=0
+  "$PY" "$HERE/compare_oci.py" "$cached" "$scratch/$name.oci.tar" || rc=$?
+  rm -rf "$scratch"
+  return "$rc"
+}
+
+build_report() {  # $1: archive, then name/key/driver/seconds: build.json, with the largest contributors by path
+  "$PY" - "$@" <<'PY'
+import collections, gzip, json, sys, tarfile
+archive, name, key, driver, seconds = sys.argv[1:]
+
+class Counting:  # counts the uncompressed bytes of a layer while tarfile streams it
+    def __init__(self, f): self.f, self.n = f, 0
+    def read(self, size=-1):
+        data = self.f.read(size); self.n += len(data); return data
+
+def group(path):  # what a file counts towards: a site-packages distribution (nvidia's per library) or the base
+    parts = path.lstrip("./").split("/")
+    if "site-packages" in parts:
+        rest = parts[parts.index("site-packages") + 1:]
+        return "site-packages/" + "/".join(rest[:2] if rest[0] == "nvidia" and len(rest) > 2 else rest[:1])
+    return "base: /" + "/".join(parts[:2]) if parts[0] != "opt" else "/" + "/".join(parts[:3])
+
+total, sizes = 0, collections.Counter()
+with tarfile.open(archive) as oci:
     blob = lambda d: oci.extractfile("blobs/sha256/" + d.split(":")[1])
     index = json.load(oci.extractfile("index.json"))
     manifest = json.load(blob(index["manifests"][0]["digest"]))
-    total = 0
     for layer in manifest["layers"]:
-        with gzip.open(blob(layer["digest"])) as f:
-            while chunk := f.read(1 << 20):
-                total += len(chunk)
-    print(total)
+        counting = Counting(gzip.open(blob(layer["digest"])))
+        with tarfile.open(fileobj=counting, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    sizes[group(member.name)] += member.size
+        while counting.read(1 << 20):
+            pass
+        total += counting.n
+largest = [{"path": path, "bytes": size} for path, size in sizes.most_common(8)]
+print(json.dumps({"image": name, "key": key, "storage_driver": driver, "cold_build_s": int(seconds),
+                  "uncompressed_bytes": total, "largest": largest}, indent=1))
 PY
 }
 
 case "${1:-operator}" in
   path) archive_path "${2:-operator}" ;;
+  verify-reproducible) verify_reproducible "${2:-operator}" ;;
   *) build "${1:-operator}" ;;
 esac

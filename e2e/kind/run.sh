@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # End-to-end on kind, for hosts with Docker (a workstation, GitHub Actions): build the operator
-# and CPU runtime images, load them into a kind cluster, install the Helm chart, apply the CPU
-# smoke FineTuneJob and wait for it to succeed. The development machines of this project have no
-# Docker engine, so this runs in CI (e2e/kind/github-workflow.yaml) and by hand, not in `make test`;
-# `make test` covers the same path on the local process cluster (tests/e2e/test_helm_install.py).
+# and runtime images with the project's own build (images/build.sh: mmdebstrap + buildah, the same
+# one `make images` runs; no Docker involved), load their OCI archives into a kind cluster, install
+# the Helm chart, apply the CPU smoke FineTuneJob and wait for it to succeed. The development
+# machines of this project have no Docker engine for kind, so this runs in CI
+# (e2e/kind/github-workflow.yaml) and by hand, not in `make test`; `make test` covers the same path
+# on the local process cluster (tests/e2e/test_helm_install.py).
 #
 #   e2e/kind/run.sh            create (or reuse) the cluster, run, keep the cluster
 #   e2e/kind/run.sh down       delete the cluster
 #
-# Needs on PATH: docker, kind (>= v0.27), kubectl, helm (v3.14+ or v4).
+# Needs on PATH: docker (for kind's nodes), kind (>= v0.27), kubectl, helm (v3.14+ or v4); for
+# images/build.sh: root or sudo, buildah, mmdebstrap, and a Python 3.11 with pip (PYTHON).
 # Environment (all optional):
 #   KIND_CLUSTER_NAME   cluster name                           (kubetune-e2e)
 #   KIND_NODE_IMAGE     kindest/node image to create it with   (kind's default)
@@ -16,6 +19,9 @@
 #   JOB_NAMESPACE       where the smoke job runs               (default)
 #   TIMEOUT             wait for Succeeded                     (20m)
 #   ARTIFACTS           directory for diagnostics on failure   (./kind-e2e-artifacts)
+#   KUBETUNE_CACHE_DIR  where images/build.sh keeps its archives ($HOME/.cache/kubetune of root)
+#   PYTHON              the Python 3.11 images/build.sh downloads the wheelhouse with (.venv/bin/python)
+#   SUDO                how images/build.sh gets root (sudo; empty when already root)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +36,7 @@ EXAMPLE="$REPO/examples/finetune-cpu-smoke.yaml"
 # be overridden and kind never tries to pull them (non-latest tags are pulled only when missing).
 APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO/helm/kubetune/Chart.yaml")"
 OPERATOR_IMAGE="ghcr.io/kubetune/operator:$APP_VERSION"
-RUNTIME_IMAGE="ghcr.io/kubetune/runtime:$APP_VERSION-cpu"
+RUNTIME_IMAGE="ghcr.io/kubetune/runtime:$APP_VERSION"  # one image for CPU and GPU nodes
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -74,22 +80,36 @@ if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 fi
 kubectl config use-context "kind-$CLUSTER" >/dev/null
 
-log "build images ($OPERATOR_IMAGE, $RUNTIME_IMAGE)"
+log "build images ($OPERATOR_IMAGE, $RUNTIME_IMAGE) with images/build.sh"
 cd "$REPO"
-export DOCKER_BUILDKIT=1
-# The operator image comes from the project's own build (images/build.sh: buildah, images/operator/Containerfile),
-# the same one `make images` runs; kind loads its OCI archive. build.sh needs root (mmdebstrap, buildah).
-operator_archive="$(${SUDO:-sudo} env "PATH=$PATH" images/build.sh operator | tail -1)"
-kind load image-archive "$operator_archive" --name "$CLUSTER"
-docker build -f images/runtime/Dockerfile.cpu -t "$RUNTIME_IMAGE" .
-# The example's setup Job names a runtime image itself: give the CPU image that name too.
-images=("$RUNTIME_IMAGE")
+# build.sh needs root (mmdebstrap, buildah --isolation chroot); it is a no-op for an archive already built from
+# the same inputs. Its archives carry the names the chart and the example use by default
+# (org.opencontainers.image.ref.name), so nothing is overridden and kind never tries to pull them.
+build() {
+  ${SUDO-sudo} env "PATH=$PATH" ${KUBETUNE_CACHE_DIR:+"KUBETUNE_CACHE_DIR=$KUBETUNE_CACHE_DIR"} \
+    ${PYTHON:+"PYTHON=$PYTHON"} images/build.sh "$1" | tail -1
+}
+operator_archive="$(build operator)"
+runtime_archive="$(build runtime)"
+for pair in "$operator_archive=$OPERATOR_IMAGE" "$runtime_archive=$RUNTIME_IMAGE"; do
+  # build.sh tags pyproject.toml's version; the chart's appVersion must be the same
+  index="$(tar --occurrence=1 -xOf "${pair%%=*}" index.json)"
+  case "$index" in
+    *"\"org.opencontainers.image.ref.name\":\"${pair#*=}\""*) ;;
+    *) echo "e2e/kind/run.sh: ${pair%%=*} is not tagged ${pair#*=}: $index" >&2; exit 2 ;;
+  esac
+done
+# Every image the example names must be one of the two loaded here.
 while read -r image; do
-  if [ -n "$image" ] && [ "$image" != "$RUNTIME_IMAGE" ]; then docker tag "$RUNTIME_IMAGE" "$image"; images+=("$image"); fi
+  if [ -n "$image" ] && [ "$image" != "$RUNTIME_IMAGE" ] && [ "$image" != "$OPERATOR_IMAGE" ]; then
+    echo "e2e/kind/run.sh: $EXAMPLE names $image, which images/build.sh does not build" >&2
+    exit 2
+  fi
 done < <(sed -n 's/^ *image: *\([^ ]*\).*/\1/p' "$EXAMPLE" | sort -u)
 
-log "load images into kind: ${images[*]}"
-kind load docker-image "${images[@]}" --name "$CLUSTER"
+log "load images into kind: $operator_archive $runtime_archive"
+kind load image-archive "$operator_archive" --name "$CLUSTER"
+kind load image-archive "$runtime_archive" --name "$CLUSTER"
 
 on_exit() {
   local status=$?
@@ -102,7 +122,6 @@ log "helm install"
 helm lint helm/kubetune
 helm upgrade --install kubetune helm/kubetune \
   --namespace "$NAMESPACE" --create-namespace \
-  --set training.image.variant=cpu \
   --wait --timeout 5m
 kubectl -n "$NAMESPACE" rollout status deployment/kubetune --timeout=180s
 

@@ -1,6 +1,6 @@
-"""Smoke-check the CUDA runtime image's library set on a real GPU.
+"""Smoke-check the runtime image's GPU library set on a real GPU (the image's entrypoint is `kubetune`).
 
-    docker run --rm --gpus 1 ghcr.io/kubetune/runtime:0.1.0-cuda python /opt/kubetune/check_gpu_stack.py
+    docker run --rm --gpus 1 --entrypoint python ghcr.io/kubetune/runtime:0.1.0 /opt/kubetune/check_gpu_stack.py
 
 Each check exercises the path kubetune trains with, on a tiny random-init Llama (no hub access):
   versions     torch / transformers / peft / accelerate / bitsandbytes / deepspeed / flash-attn

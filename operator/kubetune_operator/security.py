@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune_operator.spec import FineTuneJobSpec, SeccompProfile
 
-# The runtime images run as this user and group (images/runtime/Dockerfile.*: USER 1000:1000); volumes
+# The runtime image runs as this user and group (images/runtime/Containerfile: USER 1000:1000); volumes
 # are given to its group (fsGroup) so the trainer can write its outputs and caches.
 RUNTIME_UID = 1000
 RUNTIME_GID = 1000

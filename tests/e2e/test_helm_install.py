@@ -113,7 +113,6 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
     values = {
         "scope.mode": "namespaced",
         "logFormat": "plain",
-        "training.image.variant": "cpu",
         "crds.keep": True,
     }
     crd_existed = kube_cluster.kubectl("get", "crd", CRD, check=False).returncode == 0

@@ -37,6 +37,7 @@ def build_or_skip(name: str) -> Path:
 @dataclass
 class Image:
     archive: Path
+    manifest_digest: str  # sha256:..., the image's identity
     config: dict  # the OCI image configuration (config.Labels, config.User, config.Env, ...)
     layers: list[str]  # blob names inside the archive, base first
 
@@ -51,7 +52,7 @@ class Image:
             manifest = blob(index["manifests"][0]["digest"])
             config = blob(manifest["config"]["digest"])
         layers = ["blobs/sha256/" + layer["digest"].split(":", 1)[1] for layer in manifest["layers"]]
-        return cls(archive, config, layers)
+        return cls(archive, index["manifests"][0]["digest"], config, layers)
 
     def layer_members(self) -> list[list[tarfile.TarInfo]]:
         with tarfile.open(self.archive) as oci:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 
 import pytest
 
-from tests.images.oci import Image, build_or_skip, runc_run
+from tests.images.oci import BUILD, Image, build_or_skip, runc_run
 
 pytestmark = pytest.mark.slow
 MAX_UNCOMPRESSED_BYTES = 200_000_000
@@ -91,3 +92,13 @@ def test_size_budget(image):
 
     build = json.loads((image.archive.parent / "build.json").read_text())
     assert 50_000_000 < build["uncompressed_bytes"] <= MAX_UNCOMPRESSED_BYTES, build
+
+
+def test_a_second_build_from_the_same_inputs_is_the_same_image(image):
+    """Reproducibility: images/build.sh builds the operator again into a scratch directory and compares it with
+    the cached archive (images/compare_oci.py: manifest digest, else configuration, layers and file lists)."""
+    p = subprocess.run(
+        [BUILD, "verify-reproducible", "operator"], capture_output=True, text=True, timeout=1800
+    )
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert f"reproducible: manifest {image.manifest_digest}" in p.stdout, p.stdout

@@ -81,7 +81,7 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{- define "kubetune.trainingImage" -}}
-{{- $tag := default (printf "%s-%s" .Chart.AppVersion .Values.training.image.variant) .Values.training.image.tag }}
+{{- $tag := default .Chart.AppVersion .Values.training.image.tag }}
 {{- printf "%s:%s" .Values.training.image.repository $tag }}
 {{- end }}
 

@@ -139,7 +139,9 @@ def test_explicitly_single_replica_is_recreate(helm):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"webhook": 9443, "metrics": 8080, "health": 8081}
     env = _env(container)
-    assert env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0-cuda"
+    assert (
+        env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0"
+    )  # one image for CPU and GPU nodes
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "KUBETUNE_RUNTIME_RESOURCES" not in env
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -481,9 +483,9 @@ def test_training_defaults_reach_the_operator(helm):
     from kubetune_operator.main import build_parser
 
     resources = {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}
-    docs = template(helm, {"training.image.variant": "cpu", "training.resources": resources})
+    docs = template(helm, {"training.image.tag": "0.2.0-rc1", "training.resources": resources})
     env = _env(_container(docs))
-    assert env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.1.0-cpu"
+    assert env["KUBETUNE_RUNTIME_IMAGE"] == "ghcr.io/kubetune/runtime:0.2.0-rc1"
     assert json.loads(env["KUBETUNE_RUNTIME_RESOURCES"]) == resources
     # The operator reads it (as the default of --runtime-resources) and accepts it.
     assert "KUBETUNE_RUNTIME_RESOURCES" in build_parser().format_help()
@@ -509,6 +511,7 @@ def test_image_digest(helm):
         {"crds.keepIt": True},
         {"metrics.serviceMonitor.intervall": "30s"},
         {"training.image.unknown": "x"},
+        {"training.image.variant": "cpu"},  # gone: one runtime image serves CPU and GPU nodes
         {"securityContext.runAsUserr": 1000},
         {"scope.mode": "everywhere"},
         {"ha.replicas": 1},

@@ -1,12 +1,11 @@
 """The container images (images/): hadolint plus the properties the project promises of them.
 
-The operator image is built with buildah from images/operator/Containerfile (images/build.sh) and run with runc
-by tests/images; the runtime Dockerfiles are still built by Docker (e2e/kind/run.sh, CI).
+Each image has one definition, images/<name>/Containerfile, built by images/build.sh (mmdebstrap + buildah)
+here, in GitHub Actions and by e2e/kind/run.sh; tests/images runs the built archives with runc.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import shutil
 import subprocess
@@ -21,13 +20,11 @@ from tests.unit.packaging.helm import REPO
 
 IMAGES = REPO / "images"
 HADOLINT_CONFIG = IMAGES / ".hadolint.yaml"
-DOCKERFILES = sorted(
-    p
-    for pattern in ("Dockerfile*", "Containerfile")
-    for p in IMAGES.rglob(pattern)
-    if not p.name.endswith(".dockerignore")
-)
+CONTAINERFILES = sorted(IMAGES.rglob("Containerfile"))
 OPERATOR = IMAGES / "operator" / "Containerfile"
+RUNTIME = IMAGES / "runtime" / "Containerfile"
+BUILD = IMAGES / "build.sh"
+WORKFLOWS = REPO / ".github" / "workflows"
 OCI_LABELS = ("title", "description", "version", "revision", "created", "source", "licenses")
 
 
@@ -57,15 +54,19 @@ def _final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
-def test_the_image_definitions():
-    """The operator and the buildah runtime image (images/build.sh); the Docker-built runtime images until the
-    buildah one replaces them."""
-    assert [p.relative_to(IMAGES).as_posix() for p in DOCKERFILES] == [
-        "operator/Containerfile", "runtime/Containerfile", "runtime/Dockerfile.cpu", "runtime/Dockerfile.cuda",
-    ]  # fmt: skip
+def test_one_definition_per_image():
+    """The Containerfiles are the only image definitions: no Dockerfile (or its .dockerignore) beside them."""
+    assert [p.relative_to(IMAGES).as_posix() for p in CONTAINERFILES] == [
+        "operator/Containerfile",
+        "runtime/Containerfile",
+    ]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()  # fmt: skip
+    strays = [f for f in files if "dockerfile" in f.lower().rsplit("/", 1)[-1]]
+    assert not strays, strays
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
+@pytest.mark.parametrize("dockerfile", CONTAINERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
 def test_hadolint(hadolint, dockerfile):
     p = subprocess.run([hadolint, "--config", str(HADOLINT_CONFIG), str(dockerfile)],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -85,10 +86,8 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint, tmp_path):
         assert rule in p.stdout, rule
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
-def test_multi_stage_non_root_labelled(dockerfile):
-    froms = [args for word, args in _instructions(dockerfile) if word == "FROM"]
-    assert len(froms) >= 2 and " AS build" in froms[0], "multi-stage: a build stage, then the runtime"
+@pytest.mark.parametrize("dockerfile", CONTAINERFILES, ids=lambda p: p.relative_to(IMAGES).as_posix())
+def test_non_root_labelled_without_build_tools(dockerfile):
     final = _final_stage(dockerfile)
     users = [args for word, args in final if word == "USER"]
     assert users, "the final stage must switch to a non-root user"
@@ -98,7 +97,12 @@ def test_multi_stage_non_root_labelled(dockerfile):
     for label in OCI_LABELS:
         assert f"org.opencontainers.image.{label}=" in labels, label
     assert any(word == "HEALTHCHECK" for word, _ in final), "HEALTHCHECK (or an explicit HEALTHCHECK NONE)"
-    assert any(word == "COPY" and args.startswith("--from=build") for word, args in final)
+    # pip leaves with the step that used it, or stays behind in a build stage
+    for word, args in final:
+        if word == "RUN" and "pip install" in args:
+            assert "pip uninstall --yes pip" in args, "the image must not keep pip"
+    froms = [args for word, args in _instructions(dockerfile) if word == "FROM"]
+    assert len(froms) == 1 or any(word == "COPY" and args.startswith("--from=build") for word, args in final)
 
 
 def test_operator_image_has_no_torch():
@@ -127,17 +131,68 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-def test_runtime_images_install_with_the_repository_constraints():
-    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
-        runs = [
-            args
-            for word, args in _instructions(IMAGES / "runtime" / name)
-            if word == "RUN" and "pip install" in args
-        ]
-        assert all("-c constraints.txt" in args or "--index-url" in args for args in runs), name
-        assert any('".[runtime' in args for args in runs), name
-        # torch comes from constraints.txt, never from a version written in the Dockerfile
-        assert any("sed -n 's/^torch==//p' constraints.txt" in args for args in runs), name
+def _pip_installs(containerfile: Path) -> list[str]:
+    """The requirement arguments of the Containerfile's `pip install` commands."""
+    runs = [args for word, args in _instructions(containerfile) if word == "RUN" and "pip install" in args]
+    assert runs, containerfile
+    requirements = []
+    for run in runs:
+        for command in run.split("&&"):
+            if "pip install" in command:
+                words = command.split("pip install", 1)[1].split()
+                skip_value = False
+                for word in words:
+                    if skip_value:
+                        skip_value = False
+                    elif word == "--find-links":
+                        skip_value = True
+                    elif not word.startswith("-"):
+                        requirements.append(word.strip('"'))
+    return requirements
+
+
+def _build_sh_extras() -> dict[str, str]:
+    """images/build.sh's extras_of: image name -> the kubetune extras its wheelhouse is downloaded for."""
+    line = next(line for line in BUILD.read_text().splitlines() if line.startswith("extras_of()"))
+    return dict(re.findall(r"(\w+)\) echo ([\w,]+) ;;", line))
+
+
+@pytest.mark.parametrize("containerfile", CONTAINERFILES, ids=lambda p: p.parent.name)
+def test_images_install_only_the_pinned_wheelhouse(containerfile):
+    """Nothing is fetched inside a build: pip installs --no-index from the wheelhouse build.sh downloaded with
+    the repository's constraints, for the same kubetune extras, and every other package it names is pinned."""
+    import tomllib
+
+    runs = [args for word, args in _instructions(containerfile) if word == "RUN" and "pip install" in args]
+    assert all("--no-index" in args and "--find-links /wheels" in args for args in runs)
+    requirements = [Requirement(r) for r in _pip_installs(containerfile)]
+    (project,) = [r for r in requirements if r.name == "kubetune"]
+    name = containerfile.parent.name
+    assert ",".join(sorted(project.extras)) == ",".join(sorted(_build_sh_extras()[name].split(","))), name
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert project.extras <= extras.keys()
+    pins = _pins(REPO / "constraints.txt") | _pins(IMAGES / "runtime" / "constraints-cuda.txt")
+    others = [r.name.lower() for r in requirements if r.name != "kubetune"]
+    assert all(other in pins for other in others), (others, "pin them in images/runtime/constraints-cuda.txt")
+    text = BUILD.read_text()
+    assert '-c "$REPO/constraints.txt"' in text and '-c "$HERE/runtime/constraints-cuda.txt"' in text
+
+
+def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
+    """One runtime image for CPU and GPU nodes: the GPU libraries are installed (flash-attn is left out: source
+    only on PyPI), and the multi-GB wheelhouse is bind-mounted into the build step, never a layer."""
+    installed = {Requirement(r).name.lower() for r in _pip_installs(RUNTIME)}
+    assert {"bitsandbytes", "deepspeed", "liger-kernel"} <= installed
+    assert "flash-attn" not in installed
+    instructions = _instructions(RUNTIME)
+    assert not any(word in ("COPY", "ADD") and "wheels" in args for word, args in instructions)
+    assert any(
+        word == "RUN" and args.startswith("--mount=type=bind,source=wheels") for word, args in instructions
+    )
+    # One stage: a build stage copied into a runtime stage would hold the 5.6 GB virtualenv twice more while
+    # building (images/README.md, the build's peak disk use).
+    assert [word for word, _ in instructions].count("FROM") == 1
+    assert ("ENTRYPOINT", '["kubetune"]') in instructions
 
 
 def test_cuda_pins_satisfy_the_gpu_extra():
@@ -163,48 +218,42 @@ def test_cuda_pins_satisfy_the_gpu_extra():
         assert name in base_pins
 
 
-@pytest.mark.parametrize(
-    "dockerfile",
-    [p for p in DOCKERFILES if p.name != "Containerfile"],
-    ids=lambda p: p.relative_to(IMAGES).as_posix(),
-)
-def test_dockerignore_lets_every_copied_path_through(dockerfile):
-    """BuildKit reads <Dockerfile>.dockerignore; a COPY of an ignored path would fail the build."""
-    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
-    patterns = [
-        line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
+def _steps(workflow: Path, job: str) -> list[dict]:
+    return yaml.safe_load(workflow.read_text())["jobs"][job]["steps"]
 
-    def included(path: str) -> bool:
-        keep = True
-        for pattern in patterns:
-            negate = pattern.startswith("!")
-            glob = pattern.lstrip("!")
-            if fnmatch.fnmatch(path, glob) or fnmatch.fnmatch(path, glob.rstrip("*").rstrip("/") + "*"):
-                keep = negate
-        return keep
 
-    for word, args in _instructions(dockerfile):
-        if word != "COPY" or args.startswith("--from"):
-            continue
-        *sources, _dest = args.split()
-        for source in sources:
-            source = source.rstrip("/")
-            assert (REPO / source).exists(), source
-            probe = (
-                source
-                if (REPO / source).is_file()
-                else next(p.relative_to(REPO).as_posix() for p in (REPO / source).rglob("*.py"))
-            )
-            assert included(probe), f"{dockerfile.name}: {probe} is excluded by {ignore.name}"
+def _build_sh_python() -> str:
+    return re.search(r"^PYTHON_VERSION=([0-9.]+)", BUILD.read_text(), re.M).group(1)
 
 
 def test_kind_workflow_copies_are_identical():
     source = REPO / "e2e" / "kind" / "github-workflow.yaml"
-    assert (REPO / ".github" / "workflows" / "kind-e2e.yaml").read_text() == source.read_text()
-    workflow = yaml.safe_load(source.read_text())
-    steps = workflow["jobs"]["kind-e2e"]["steps"]
-    assert any(step.get("run", "").strip() == "e2e/kind/run.sh" for step in steps)
+    assert (WORKFLOWS / "kind-e2e.yaml").read_text() == source.read_text()
+    steps = _steps(source, "kind-e2e")
+    assert any(step.get("run", "").strip().endswith("e2e/kind/run.sh") for step in steps)
+    python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
+    assert python == [_build_sh_python()], "images/build.sh downloads the wheelhouse with the image's Python"
+
+
+def test_images_workflow_builds_with_build_sh_and_runs_the_image_tests():
+    """GitHub Actions runs the same script as `make images` / `make images-runtime`, then tests/images."""
+    workflow = WORKFLOWS / "images.yaml"
+    steps = _steps(workflow, "images")
+    runs = "\n".join(step.get("run", "") for step in steps)
+    for command in (
+        "images/build.sh operator",
+        "images/build.sh verify-reproducible operator",
+        "images/build.sh runtime",
+        "-m pytest tests/images",
+    ):
+        assert command in runs, command
+    assert "docker" not in runs.lower()
+    python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
+    assert python == [_build_sh_python()]
+    # A change to any input of the images' cache key (images/build.sh image_key) triggers the workflow.
+    paths = yaml.safe_load(workflow.read_text())[True]["pull_request"]["paths"]
+    for path in ("images/**", "runtime/**", "operator/**", "pyproject.toml", "constraints.txt", "README.md"):
+        assert path in paths, path
 
 
 def test_kind_script_is_valid_bash():
@@ -214,8 +263,13 @@ def test_kind_script_is_valid_bash():
     assert script.stat().st_mode & 0o111, "executable"
     text = script.read_text()
     for tag in (
-        "images/build.sh operator",
-        "images/runtime/Dockerfile.cpu",
+        "images/build.sh",
+        "build operator",
+        "build runtime",
+        'kind load image-archive "$runtime_archive"',
         "examples/finetune-cpu-smoke.yaml",
     ):
         assert tag in text
+    assert "docker build" not in text and "docker tag" not in text, (
+        "the images come from images/build.sh only"
+    )
