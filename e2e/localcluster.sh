@@ -25,7 +25,11 @@ case "${1:-}" in
   up)
     need_tools
     BIN="$("$HERE/cluster/build.sh" build | tail -n1)"
-    exec "$PY" "$HERE/cluster/localcluster.py" up --bin-dir "$BIN" --python "$PY" "${@:2}"
+    NODE_ARGS=()
+    if [ "${KUBETUNE_NODE:-agent}" = kubelet ]; then
+      NODE_ARGS=(--node-bin-dir "$("$HERE/node/build.sh" build | tail -n1)")
+    fi
+    exec "$PY" "$HERE/cluster/localcluster.py" up --bin-dir "$BIN" "${NODE_ARGS[@]}" --python "$PY" "${@:2}"
     ;;
   down|status)
     exec "$PY" "$HERE/cluster/localcluster.py" "$1"

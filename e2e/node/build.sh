@@ -7,6 +7,7 @@
 #   containerd, containerd-shim-runc-v2, ctr
 #                           github.com/containerd/containerd/v2 (own module: containerd/; overlayfs snapshotter,
 #                           no cgo: btrfs/devmapper/zfs left out)
+#   pause.oci.tar           the sandbox image: build/pause/linux/pause.c of k8s.io/kubernetes, gcc -static, buildah
 # runc and the CNI plugins (bridge, host-local, loopback, portmap) come from Debian (scripts/system-deps.sh node).
 #
 # usage: build.sh [build]   build if needed; prints the bin directory on the last line
@@ -32,6 +33,7 @@ command -v go >/dev/null || { echo "node/build.sh: no Go toolchain on PATH (need
 
 CACHE_ROOT="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/node"
 CONTAINERD_CMDS=(containerd containerd-shim-runc-v2 ctr)
+PAUSE_IMAGE=localhost/kubetune/pause:3.10  # e2e/cluster/realnode.py names it too
 
 cache_key() {
   {
@@ -65,6 +67,21 @@ gen() {
     GOFLAGS=-mod=mod go get -tool "github.com/containerd/containerd/v2/cmd/$c@$CONTAINERD_VERSION"
   done
   GOFLAGS=-mod=mod go mod tidy
+}
+
+pause_image() {  # $1: bin dir. The sandbox image: pause.c of the same k8s.io/kubernetes, static, as an OCI archive
+  local out=$1 src work b
+  src="$(GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+  work="$(mktemp -d)"
+  gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION-kubetune" -o "$work/pause" "$src/build/pause/linux/pause.c"
+  strip "$work/pause"
+  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' > "$work/Containerfile"
+  b=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver vfs)
+  SOURCE_DATE_EPOCH=1767225600 "${b[@]}" bud --quiet --isolation chroot --timestamp 1767225600 \
+    -t "$PAUSE_IMAGE" -f "$work/Containerfile" "$work" >/dev/null
+  "${b[@]}" push --quiet "$PAUSE_IMAGE" "oci-archive:$out/pause.oci.tar:$PAUSE_IMAGE"
+  "${b[@]}" rmi --all >/dev/null 2>&1 || true
+  rm -rf "$work"
 }
 
 build() {
@@ -101,6 +118,7 @@ build() {
        -o "$tmp/$c" "github.com/containerd/containerd/v2/cmd/$c") >&2
   done
   times+=" containerd=$(( $(date +%s) - t ))s"
+  pause_image "$tmp"
   echo "$K8S_VERSION coredns=$COREDNS_VERSION containerd=$CONTAINERD_VERSION built in $(( $(date +%s) - start ))s:$times" \
     > "$tmp/.complete"
   rm -rf "$dir"; mv "$tmp" "$dir"
