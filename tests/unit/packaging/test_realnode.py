@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -49,7 +48,9 @@ def test_image_names_are_completed_like_the_cri_does(ref: str, full: str) -> Non
 def test_archive_ref_reads_the_name_buildah_writes(tmp_path: Path) -> None:
     index = {
         "schemaVersion": 2,
-        "manifests": [{"annotations": {"org.opencontainers.image.ref.name": "ghcr.io/kubetune/runtime:0.1.0"}}],
+        "manifests": [
+            {"annotations": {"org.opencontainers.image.ref.name": "ghcr.io/kubetune/runtime:0.1.0"}}
+        ],
     }
     archive = tmp_path / "a.oci.tar"
     with tarfile.open(archive, "w") as t:
@@ -77,6 +78,8 @@ def test_dns_service_leads_to_coredns_on_the_node(tmp_path: Path) -> None:
 
 
 def test_containerd_kubelet_and_cni_agree(tmp_path: Path) -> None:
+    import tomllib  # 3.11+, like the images' Python; the package itself supports 3.10
+
     node = _node(tmp_path)
     containerd = tomllib.loads(realnode.containerd_config(node))
     kubelet = realnode.kubelet_config(node)
