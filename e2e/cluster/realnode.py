@@ -172,8 +172,9 @@ def kube_proxy_config(node: Node, kubeconfig: Path) -> dict:
         "clusterCIDR": node.pod_cidr,
         "detectLocalMode": "ClusterCIDR",
         "bindAddress": "0.0.0.0",
-        "healthzBindAddress": "127.0.0.1:0",
-        "metricsBindAddress": "127.0.0.1:0",
+        # the usual 10256/10249 beside the default kubelet port 10250; moved with it for a second cluster
+        "healthzBindAddress": f"127.0.0.1:{node.kubelet_port + 6}",
+        "metricsBindAddress": f"127.0.0.1:{node.kubelet_port - 1}",
         # leave the host's conntrack sysctls alone (shared machine)
         "conntrack": {"maxPerCore": 0, "min": 0},
     }
@@ -304,7 +305,11 @@ def node_kubeconfig(node: Node, path: Path, cert: str) -> None:
 
 
 def start_containerd(node: Node, spawn) -> None:
-    spawn("containerd", [str(node.bin_dir / "containerd"), "--config", str(node.dir / "containerd.toml")])
+    # containerd finds its shim (containerd-shim-runc-v2) on PATH
+    env = dict(os.environ, PATH=f"{node.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    spawn(
+        "containerd", [str(node.bin_dir / "containerd"), "--config", str(node.dir / "containerd.toml")], env
+    )
 
 
 def containerd_ready(node: Node) -> bool:
