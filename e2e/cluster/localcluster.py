@@ -385,14 +385,16 @@ def _node_images(node_bin_dir: Path) -> list[tuple[Path, list[str]]]:
     return out
 
 
-def _start_real_node(b: Path, node_bin_dir: Path, kubeconfig: Path, pki: Path, timeout: float) -> None:
+def _start_real_node(
+    b: Path, node_bin_dir: Path, kubeconfig: Path, pki: Path, python: str, timeout: float
+) -> None:
     node = _real_node(b, node_bin_dir)
     realnode.prepare(node)
     realnode.start_containerd(node, _spawn)
     _wait("containerd", lambda: realnode.containerd_ready(node), 30, ["containerd"])
     realnode.import_images(node, _node_images(node_bin_dir), log)
     realnode.start_kubelet(node, _spawn)
-    realnode.start_services(node, _spawn, kubeconfig)
+    realnode.start_services(node, _spawn, kubeconfig, python)
     _wait("node registered", lambda: _get(pki, f"/api/v1/nodes/{NODE_NAME}")[0] == 200, timeout, COMPONENTS)
     realnode.advertise_gpus(node, kubeconfig)
 
@@ -502,7 +504,7 @@ def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = N
     if NODE_KIND == "kubelet":
         if node_bin_dir is None:
             raise SystemExit("localcluster: KUBETUNE_NODE=kubelet needs --node-bin-dir (e2e/node/build.sh)")
-        _start_real_node(b, node_bin_dir, kubeconfig, pki, timeout)
+        _start_real_node(b, node_bin_dir, kubeconfig, pki, python, timeout)
         _wait(
             "node Ready, nvidia.com/gpu and the default ServiceAccount",
             lambda: _is_ready(pki),
@@ -543,7 +545,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
     # the node first (whichever kind ran): the node agent stops its pods' process groups; the
     # kubelet leaves its containers to containerd, which realnode.stop_pods empties before it stops
     real = (STATE / "node" / "containerd.toml").exists()
-    order = ["kube-proxy", "coredns", "kubelet"] if real else []
+    order = ["provisioner", "kube-proxy", "coredns", "kubelet"] if real else []
     order += [c for c in reversed(CONTROL_PLANE + ["nodeagent", "containerd"]) if c not in order]
     for comp in order:
         if comp == "containerd" and real:

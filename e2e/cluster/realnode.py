@@ -24,7 +24,7 @@ from pathlib import Path
 CONTAINERD_NAMESPACE = "k8s.io"
 PAUSE_IMAGE = "localhost/kubetune/pause:3.10"
 CLUSTER_DOMAIN = "cluster.local"
-COMPONENTS = ["containerd", "kubelet", "kube-proxy", "coredns"]
+COMPONENTS = ["containerd", "kubelet", "kube-proxy", "coredns", "provisioner"]
 
 
 @dataclass(frozen=True)
@@ -333,8 +333,8 @@ def start_kubelet(node: Node, spawn) -> None:
     )
 
 
-def start_services(node: Node, spawn, kubeconfig: Path) -> None:
-    """kube-proxy and CoreDNS (+ the kube-dns Service) once the API answers."""
+def start_services(node: Node, spawn, kubeconfig: Path, python: str) -> None:
+    """kube-proxy, CoreDNS (+ the kube-dns Service) and the volume provisioner once the API answers."""
     import yaml
 
     (node.dir / "kube-proxy.yaml").write_text(yaml.safe_dump(kube_proxy_config(node, kubeconfig)))
@@ -344,6 +344,12 @@ def start_services(node: Node, spawn, kubeconfig: Path) -> None:
     (node.dir / "Corefile").write_text(corefile(node, kubeconfig))
     spawn("coredns", [str(node.bin_dir / "coredns"), "-conf", str(node.dir / "Corefile")])
     kubectl(node, kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(dns_objects(node)))
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
+    spawn(
+        "provisioner",
+        [python, str(Path(__file__).with_name("provisioner.py")), str(node.state), node.name],
+        env,
+    )
 
 
 def kubectl(node: Node, kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
