@@ -155,7 +155,15 @@ def kubelet_config(node: Node) -> dict:
         # test images are imported, never pulled back: the image GC must not remove them
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        # No disk eviction ("0%" turns a signal off): under disk pressure the kubelet deletes unused images
+        # first, and an imported image cannot be pulled back (it happened on a shared machine at 99% full).
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "0%",
+            "nodefs.inodesFree": "0%",
+            "imagefs.available": "0%",
+            "imagefs.inodesFree": "0%",
+        },
         "maxPods": 110,
         "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "5s",

@@ -163,6 +163,8 @@ def failure(pods: list[Mapping[str, Any]]) -> WorkerFailure | None:
                 else terminated.get("message") or terminated.get("reason") or ""
             )
             text = f"worker {name} exited with code {code}"
+            if terminated.get("reason") == "OOMKilled":  # the kubelet's word: the log tail rarely says it
+                text = f"worker {name} was OOMKilled (over its memory limit; exit code {code})"
             found.setdefault(kind, WorkerFailure(kind, f"{text}: {detail}" if detail else text))
             break
         else:
