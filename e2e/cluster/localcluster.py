@@ -363,28 +363,6 @@ def _real_node(bin_dir: Path, node_bin_dir: Path) -> realnode.Node:
     )
 
 
-def _node_images(node_bin_dir: Path) -> list[tuple[Path, list[str]]]:
-    """OCI archives to import: the pause image, then $KUBETUNE_NODE_IMAGES (``archive[=name+name]``,
-    comma-separated) or, by default, the operator and runtime images of this checkout that images/build.sh
-    has built (the runtime image also as kubetune/runtime:dev, the tests' image)."""
-    out = [(node_bin_dir / "pause.oci.tar", [])]
-    spec = os.environ.get("KUBETUNE_NODE_IMAGES")
-    if spec is not None:
-        for item in filter(None, spec.split(",")):
-            path, _, names = item.partition("=")
-            out.append((Path(path), [n for n in names.split("+") if n]))
-        return out
-    for name, tags in (("operator", []), ("runtime", ["kubetune/runtime:dev"])):
-        path = subprocess.run(
-            [str(REPO / "images" / "build.sh"), "path", name], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        if path and Path(path).exists():
-            out.append((Path(path), tags))
-        else:
-            log(f"no {name} image built for this checkout (make images): pods naming it will not start")
-    return out
-
-
 def _start_real_node(
     b: Path, node_bin_dir: Path, kubeconfig: Path, pki: Path, python: str, timeout: float
 ) -> None:
@@ -392,7 +370,7 @@ def _start_real_node(
     realnode.prepare(node)
     realnode.start_containerd(node, _spawn)
     _wait("containerd", lambda: realnode.containerd_ready(node), 30, ["containerd"])
-    realnode.import_images(node, _node_images(node_bin_dir), log)
+    realnode.import_images(node, realnode.images_to_import(node_bin_dir, REPO, log), log)
     realnode.start_kubelet(node, _spawn)
     realnode.start_services(node, _spawn, kubeconfig, python)
     _wait("node registered", lambda: _get(pki, f"/api/v1/nodes/{NODE_NAME}")[0] == 200, timeout, COMPONENTS)

@@ -268,6 +268,28 @@ def import_images(node: Node, archives: list[tuple[Path, list[str]]], log) -> No
                 ctr(node, "images", "tag", "--force", ref, full)
 
 
+def images_to_import(node_bin_dir: Path, repo: Path, log) -> list[tuple[Path, list[str]]]:
+    """OCI archives to import: the pause image, then $KUBETUNE_NODE_IMAGES (``archive[=name+name]``,
+    comma-separated) or, by default, the operator and runtime images of this checkout that images/build.sh
+    has built (the runtime image also as kubetune/runtime:dev, the tests' image)."""
+    out = [(node_bin_dir / "pause.oci.tar", [])]
+    spec = os.environ.get("KUBETUNE_NODE_IMAGES")
+    if spec is not None:
+        for item in filter(None, spec.split(",")):
+            path, _, names = item.partition("=")
+            out.append((Path(path), [n for n in names.split("+") if n]))
+        return out
+    for name, tags in (("operator", []), ("runtime", ["kubetune/runtime:dev"])):
+        path = subprocess.run(
+            [str(repo / "images" / "build.sh"), "path", name], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if path and Path(path).exists():
+            out.append((Path(path), tags))
+        else:
+            log(f"no {name} image built for this checkout (make images): pods naming it will not start")
+    return out
+
+
 def normalized(ref: str) -> str:
     """docker.io/library/ completion, as the CRI resolves a pod's image name."""
     first = ref.split("/", 1)[0]

@@ -100,3 +100,13 @@ def test_containerd_kubelet_and_cni_agree(tmp_path: Path) -> None:
 def test_the_built_pause_image_is_the_one_containerd_pins() -> None:
     build = (Path(realnode.__file__).parents[1] / "node" / "build.sh").read_text()
     assert f"PAUSE_IMAGE={realnode.PAUSE_IMAGE} " in build
+
+
+def test_images_to_import_start_with_the_pause_image_then_the_named_archives(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBETUNE_NODE_IMAGES", "/a/op.oci.tar,/b/rt.oci.tar=kubetune/runtime:dev+other:1,")
+    got = realnode.images_to_import(tmp_path, tmp_path, print)
+    assert got == [
+        (tmp_path / "pause.oci.tar", []),
+        (Path("/a/op.oci.tar"), []),
+        (Path("/b/rt.oci.tar"), ["kubetune/runtime:dev", "other:1"]),
+    ]
