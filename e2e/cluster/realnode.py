@@ -271,7 +271,7 @@ def import_images(node: Node, archives: list[tuple[Path, list[str]]], log) -> No
 def images_to_import(node_bin_dir: Path, repo: Path, log) -> list[tuple[Path, list[str]]]:
     """OCI archives to import: the pause image, then $KUBETUNE_NODE_IMAGES (``archive[=name+name]``,
     comma-separated) or, by default, the operator and runtime images of this checkout that images/build.sh
-    has built (the runtime image also as kubetune/runtime:dev, the tests' image)."""
+    has built (the runtime image also under the names below)."""
     out = [(node_bin_dir / "pause.oci.tar", [])]
     spec = os.environ.get("KUBETUNE_NODE_IMAGES")
     if spec is not None:
@@ -279,7 +279,10 @@ def images_to_import(node_bin_dir: Path, repo: Path, log) -> list[tuple[Path, li
             path, _, names = item.partition("=")
             out.append((Path(path), [n for n in names.split("+") if n]))
         return out
-    for name, tags in (("operator", []), ("runtime", ["kubetune/runtime:dev"])):
+    # the runtime image is also the tests' image and the name examples/finetune-cpu-smoke.yaml's setup Job
+    # gives it (the CPU image's tag when Docker builds it, images/runtime/Dockerfile.cpu)
+    runtime_names = ["kubetune/runtime:dev", "ghcr.io/kubetune/runtime:0.1.0-cpu"]
+    for name, tags in (("operator", []), ("runtime", runtime_names)):
         path = subprocess.run(
             [str(repo / "images" / "build.sh"), "path", name], capture_output=True, text=True, check=False
         ).stdout.strip()
