@@ -100,7 +100,7 @@ def cni_bin_dir() -> str:
         if Path(d, "bridge").exists():
             return d
     raise SystemExit(
-        "localcluster: no CNI plugins (bridge, host-local, loopback): run scripts/system-deps.sh node"
+        "localcluster: no CNI plugins (bridge, host-local, loopback): run scripts/system-deps.sh install node"
     )
 
 
