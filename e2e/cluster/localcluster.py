@@ -371,7 +371,7 @@ def _start_real_node(
     realnode.start_containerd(node, _spawn)
     _wait("containerd", lambda: realnode.containerd_ready(node), 30, ["containerd"])
     realnode.import_images(node, realnode.images_to_import(node_bin_dir, REPO, log), log)
-    realnode.start_kubelet(node, _spawn)
+    realnode.start_kubelet(node, _spawn, python)
     realnode.start_services(node, _spawn, kubeconfig, python)
     _wait("node registered", lambda: _get(pki, f"/api/v1/nodes/{NODE_NAME}")[0] == 200, timeout, COMPONENTS)
     realnode.advertise_gpus(node, kubeconfig)
@@ -523,7 +523,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
     # the node first (whichever kind ran): the node agent stops its pods' process groups; the
     # kubelet leaves its containers to containerd, which realnode.stop_pods empties before it stops
     real = (STATE / "node" / "containerd.toml").exists()
-    order = ["provisioner", "kube-proxy", "coredns", "kubelet"] if real else []
+    order = ["provisioner", "kube-proxy", "coredns", "kubelet", "podlogs"] if real else []
     order += [c for c in reversed(CONTROL_PLANE + ["nodeagent", "containerd"]) if c not in order]
     for comp in order:
         if comp == "containerd" and real:

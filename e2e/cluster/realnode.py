@@ -24,7 +24,7 @@ from pathlib import Path
 CONTAINERD_NAMESPACE = "k8s.io"
 PAUSE_IMAGE = "localhost/kubetune/pause:3.10"
 CLUSTER_DOMAIN = "cluster.local"
-COMPONENTS = ["containerd", "kubelet", "kube-proxy", "coredns", "provisioner"]
+COMPONENTS = ["containerd", "podlogs", "kubelet", "kube-proxy", "coredns", "provisioner"]
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,9 @@ def kubelet_config(node: Node) -> dict:
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": "/etc/resolv.conf",
         "failSwapOn": False,
-        "podLogsDir": str(node.state / "logs" / "pods"),
+        # podlogs.py keeps each file (hard links) in logs/pods, the node agent's layout, after the pod goes
+        "podLogsDir": str(node.state / "logs" / "kubelet-pods"),
+        "containerLogMaxSize": "1Gi",
         # test images are imported, never pulled back: the image GC must not remove them
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -349,7 +351,12 @@ def containerd_ready(node: Node) -> bool:
     return node.sock.exists() and ctr(node, "version", check=False, timeout=5).returncode == 0
 
 
-def start_kubelet(node: Node, spawn) -> None:
+def start_kubelet(node: Node, spawn, python: str) -> None:
+    logs = node.state / "logs"
+    spawn(
+        "podlogs",
+        [python, str(Path(__file__).with_name("podlogs.py")), str(logs / "kubelet-pods"), str(logs / "pods")],
+    )
     kubeconfig = node.dir / "kubelet.kubeconfig"
     node_kubeconfig(node, kubeconfig, "kubelet")
     spawn(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import realnode
+from tests.e2e.smoke import without_cri_prefix
 
 
 def _node(tmp_path: Path) -> realnode.Node:
@@ -110,3 +111,18 @@ def test_images_to_import_start_with_the_pause_image_then_the_named_archives(tmp
         (Path("/a/op.oci.tar"), []),
         (Path("/b/rt.oci.tar"), ["kubetune/runtime:dev", "other:1"]),
     ]
+
+
+def test_pod_logs_are_kept_by_hard_links_that_outlive_the_kubelets_removal(tmp_path):
+    from e2e.cluster import podlogs
+
+    log = tmp_path / "kubelet" / "ns_p-0_uid" / "trainer" / "0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-12-05T00:00:00.1Z stdout F first\n")
+    assert podlogs.link_new(tmp_path / "kubelet", tmp_path / "kept") == 1
+    with log.open("a") as f:  # the container goes on writing
+        f.write("2026-12-05T00:00:00.2Z stdout P sec\n2026-12-05T00:00:00.3Z stdout F ond\n")
+    log.unlink()  # the pod is deleted
+    kept = (tmp_path / "kept" / "ns_p-0_uid" / "trainer" / "0.log").read_text()
+    assert without_cri_prefix(kept) == "first\nsecond"
+    assert podlogs.link_new(tmp_path / "kubelet", tmp_path / "kept") == 0
