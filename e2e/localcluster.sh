@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager +
 # kube-scheduler built from Go modules (e2e/cluster/build.sh) and a node agent that runs pods as
-# processes (e2e/nodeagent). Needs root (network namespaces, bind mounts), iproute2, util-linux.
+# processes (e2e/nodeagent), or with KUBETUNE_NODE=kubelet a real node: containerd, kubelet, kube-proxy,
+# CoreDNS (e2e/node/build.sh; docs/testing.md "Real node"). Needs root (network namespaces, bind mounts),
+# iproute2, util-linux.
 #
 #   e2e/localcluster.sh up      start (or find running) cluster; last line: kubeconfig path
 #   e2e/localcluster.sh down    stop everything, remove pods' namespaces/mounts and the state
@@ -18,14 +20,22 @@ PY="${KUBETUNE_PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
 need_tools() {  # fresh machines without iproute2 / util-linux: install them (root with apt-get only)
-  "$REPO/scripts/system-deps.sh"
+  if [ "${KUBETUNE_NODE:-agent}" = kubelet ]; then
+    "$REPO/scripts/system-deps.sh" install node
+  else
+    "$REPO/scripts/system-deps.sh"
+  fi
 }
 
 case "${1:-}" in
   up)
     need_tools
     BIN="$("$HERE/cluster/build.sh" build | tail -n1)"
-    exec "$PY" "$HERE/cluster/localcluster.py" up --bin-dir "$BIN" --python "$PY" "${@:2}"
+    NODE_ARGS=()
+    if [ "${KUBETUNE_NODE:-agent}" = kubelet ]; then
+      NODE_ARGS=(--node-bin-dir "$("$HERE/node/build.sh" build | tail -n1)")
+    fi
+    exec "$PY" "$HERE/cluster/localcluster.py" up --bin-dir "$BIN" "${NODE_ARGS[@]}" --python "$PY" "${@:2}"
     ;;
   down|status)
     exec "$PY" "$HERE/cluster/localcluster.py" "$1"

@@ -6,12 +6,19 @@
 # `scripts/system-deps.sh check` only reports (exit 1 when something is missing).
 # `scripts/system-deps.sh [install|check] images` adds what images/build.sh and tests/images need:
 #   mmdebstrap (the base root filesystem), buildah (the image build), runc (the tests run the images)
+# `scripts/system-deps.sh [install|check] node` adds what the real node (KUBETUNE_NODE=kubelet) needs:
+#   runc, the CNI plugins (bridge, host-local, loopback, portmap), iptables (kube-proxy), gcc + buildah
+#   (e2e/node/build.sh builds the static pause binary and its image)
 set -euo pipefail
 declare -A package_of=([ip]=iproute2 [unshare]=util-linux [flock]=util-linux [mount]=mount [lua5.1]=lua5.1
-  [mmdebstrap]=mmdebstrap [buildah]=buildah [runc]=runc)
+  [mmdebstrap]=mmdebstrap [buildah]=buildah [runc]=runc [gcc]=gcc [iptables]=iptables)
 tools=(ip unshare flock mount lua5.1)
 [ "${2:-}" = images ] && tools+=(mmdebstrap buildah runc)
+[ "${2:-}" = node ] && tools+=(runc iptables gcc buildah)
 missing=()
+if [ "${2:-}" = node ] && [ ! -x /usr/lib/cni/bridge ] && [ ! -x /opt/cni/bin/bridge ]; then
+  missing+=(containernetworking-plugins)
+fi
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null && continue
   case " ${missing[*]-} " in *" ${package_of[$tool]} "*) ;; *) missing+=("${package_of[$tool]}") ;; esac

@@ -1,9 +1,11 @@
 """Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and the node agent, each a detached process group with its own log.
+kube-scheduler and a node, each a detached process group with its own log. The node is the node
+agent (``KUBETUNE_NODE=agent``, the default: pods run as host processes) or a real one
+(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py).
 
 Driven by e2e/localcluster.sh (which builds the binaries first); usable directly:
 
-    python e2e/cluster/localcluster.py up --bin-dir DIR     # last line: kubeconfig path
+    python e2e/cluster/localcluster.py up --bin-dir DIR [--node-bin-dir DIR]  # last line: kubeconfig path
     python e2e/cluster/localcluster.py down
     python e2e/cluster/localcluster.py env                  # export KUBECONFIG=...
 
@@ -26,6 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnode  # noqa: E402 - beside this file, not a package
+
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
 
@@ -37,9 +42,16 @@ SCHEDULER_PORT = int(os.environ.get("KUBETUNE_SCHEDULER_PORT", "10259"))
 BRIDGE = os.environ.get("KUBETUNE_BRIDGE", "kt0")
 POD_CIDR = ipaddress.ip_network(os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
 GATEWAY = str(next(POD_CIDR.hosts()))  # 10.244.0.1: host side of the bridge; pods reach the API here
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = os.environ.get("KUBETUNE_SERVICE_CIDR", "10.96.0.0/16")
+DNS_IP = str(ipaddress.ip_network(SERVICE_CIDR)[10])  # 10.96.0.10, the kube-dns Service
 NODE_NAME = os.environ.get("KUBETUNE_NODE_NAME", "kubetune-node")
-COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent"]
+NODE_KIND = os.environ.get("KUBETUNE_NODE", "agent")
+if NODE_KIND not in ("agent", "kubelet"):
+    raise SystemExit(
+        f"localcluster: KUBETUNE_NODE={NODE_KIND!r}: use agent (the node agent) or kubelet (a real node)"
+    )
+CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+COMPONENTS = CONTROL_PLANE + (["nodeagent"] if NODE_KIND == "agent" else realnode.COMPONENTS)
 
 
 def log(msg: str) -> None:
@@ -309,6 +321,8 @@ def _is_ready(pki: Path) -> bool:
     conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
     if conds.get("Ready") != "True":
         return False
+    if NODE_KIND == "kubelet" and node["status"].get("allocatable", {}).get("nvidia.com/gpu") != _gpus():
+        return False
     code, _ = _get(pki, "/api/v1/namespaces/default/serviceaccounts/default")
     return code == 200
 
@@ -328,7 +342,42 @@ def _bridge() -> None:
     ip("route", "replace", "blackhole", SERVICE_CIDR)
 
 
-def up(bin_dir: Path, python: str, timeout: float) -> Path:
+def _gpus() -> str:
+    return os.environ.get("KUBETUNE_NODE_GPUS", "8")
+
+
+def _real_node(bin_dir: Path, node_bin_dir: Path) -> realnode.Node:
+    return realnode.Node(
+        state=STATE,
+        bin_dir=node_bin_dir,
+        kube_bin_dir=bin_dir,
+        name=NODE_NAME,
+        gateway=GATEWAY,
+        bridge=BRIDGE,
+        pod_cidr=str(POD_CIDR),
+        service_cidr=SERVICE_CIDR,
+        dns_ip=DNS_IP,
+        kubelet_port=KUBELET_PORT,
+        apiserver_port=APISERVER_PORT,
+        gpus=_gpus(),
+    )
+
+
+def _start_real_node(
+    b: Path, node_bin_dir: Path, kubeconfig: Path, pki: Path, python: str, timeout: float
+) -> None:
+    node = _real_node(b, node_bin_dir)
+    realnode.prepare(node)
+    realnode.start_containerd(node, _spawn)
+    _wait("containerd", lambda: realnode.containerd_ready(node), 30, ["containerd"])
+    realnode.import_images(node, realnode.images_to_import(node_bin_dir, REPO, log), log)
+    realnode.start_kubelet(node, _spawn, python)
+    realnode.start_services(node, _spawn, kubeconfig, python)
+    _wait("node registered", lambda: _get(pki, f"/api/v1/nodes/{NODE_NAME}")[0] == 200, timeout, COMPONENTS)
+    realnode.advertise_gpus(node, kubeconfig)
+
+
+def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = None) -> Path:
     pki = STATE / "pki"
     kubeconfig = STATE / "kubeconfig"
     if kubeconfig.exists() and _is_ready(pki):
@@ -363,7 +412,9 @@ def up(bin_dir: Path, python: str, timeout: float) -> Path:
         [
             str(b / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-            "--bind-address=127.0.0.1",
+            # a real node's pods reach the API through the kubernetes Service: kube-proxy sends them to
+            # the advertised address (the bridge's); the node agent's pods use the host's 127.0.0.1
+            f"--bind-address={'0.0.0.0' if NODE_KIND == 'kubelet' else '127.0.0.1'}",
             f"--secure-port={APISERVER_PORT}",
             f"--advertise-address={GATEWAY}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -428,6 +479,18 @@ def up(bin_dir: Path, python: str, timeout: float) -> Path:
             "--v=1",
         ],
     )
+    if NODE_KIND == "kubelet":
+        if node_bin_dir is None:
+            raise SystemExit("localcluster: KUBETUNE_NODE=kubelet needs --node-bin-dir (e2e/node/build.sh)")
+        _start_real_node(b, node_bin_dir, kubeconfig, pki, python, timeout)
+        _wait(
+            "node Ready, nvidia.com/gpu and the default ServiceAccount",
+            lambda: _is_ready(pki),
+            timeout,
+            COMPONENTS,
+        )
+        log(f"ready in {time.monotonic() - t0:.1f}s (real node); logs in {STATE / 'logs'}")
+        return kubeconfig
     env = dict(os.environ)
     env.update(
         {
@@ -457,8 +520,14 @@ def _port_open(port: int) -> bool:
 
 
 def down(wipe: bool = True, quiet: bool = False) -> None:
-    # the node agent first: it stops its pods' process groups
-    for comp in reversed(COMPONENTS):
+    # the node first (whichever kind ran): the node agent stops its pods' process groups; the
+    # kubelet leaves its containers to containerd, which realnode.stop_pods empties before it stops
+    real = (STATE / "node" / "containerd.toml").exists()
+    order = ["provisioner", "kube-proxy", "coredns", "kubelet", "podlogs"] if real else []
+    order += [c for c in reversed(CONTROL_PLANE + ["nodeagent", "containerd"]) if c not in order]
+    for comp in order:
+        if comp == "containerd" and real:
+            realnode.stop_pods(_node_for_cleanup())
         pid = _alive(comp)
         if pid is None:
             continue
@@ -466,7 +535,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
             os.killpg(pid, signal.SIGTERM)
         except OSError:
             continue
-        deadline = time.monotonic() + (15 if comp == "nodeagent" else 10)
+        deadline = time.monotonic() + (15 if comp in ("nodeagent", "containerd") else 10)
         while time.monotonic() < deadline and _alive(comp) is not None:
             time.sleep(0.1)
         if _alive(comp) is not None:
@@ -480,6 +549,8 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
     sys.path.insert(0, str(REPO / "e2e"))
     from nodeagent import cleanup
 
+    if real:
+        realnode.cleanup(_node_for_cleanup(), wipe=wipe)
     cleanup.cleanup_node(STATE / "node", BRIDGE, delete_bridge=wipe)
     if wipe:
         subprocess.run(["ip", "route", "del", "blackhole", SERVICE_CIDR], capture_output=True, check=False)
@@ -490,10 +561,18 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
         (STATE / "kubeconfig").unlink(missing_ok=True)
 
 
+def _node_for_cleanup() -> realnode.Node:
+    """The node's paths; the binaries are found from its containerd's config (ctr beside containerd)."""
+    return _real_node(Path("/nonexistent"), realnode.installed_bin_dir(STATE))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["up", "down", "env", "status"])
     ap.add_argument("--bin-dir", type=Path)
+    ap.add_argument(
+        "--node-bin-dir", type=Path, help="e2e/node/build.sh's bin directory (KUBETUNE_NODE=kubelet)"
+    )
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
@@ -507,7 +586,7 @@ def main() -> None:
     if a.cmd == "up":
         if a.bin_dir is None:
             ap.error("up needs --bin-dir")
-        kc = up(a.bin_dir, a.python, a.timeout)
+        kc = up(a.bin_dir, a.python, a.timeout, a.node_bin_dir)
         print(kc)
     elif a.cmd == "down":
         down()

@@ -186,7 +186,10 @@ def failure(pods: list[Mapping[str, Any]]) -> WorkerFailure | None:
                 if isinstance(reason, str)
                 else terminated.get("message") or terminated.get("reason") or ""
             )
-            text = f"worker {name}{' fetch step' if in_fetch else ''} exited with code {code}"
+            step = " fetch step" if in_fetch else ""
+            text = f"worker {name}{step} exited with code {code}"
+            if terminated.get("reason") == "OOMKilled":  # the kubelet's word: the log tail rarely says it
+                text = f"worker {name}{step} was OOMKilled (over its memory limit; exit code {code})"
             found.setdefault(kind, WorkerFailure(kind, f"{text}: {detail}" if detail else text, in_fetch))
             break
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -109,7 +110,27 @@ def trainer_logs(cluster, namespace: str, pod: str) -> str:
         (cluster.logs_dir / "pods").glob(f"{namespace}_{pod}_*/trainer/*.log"),
         key=lambda p: p.stat().st_mtime,
     )
-    return "\n".join(path.read_text(errors="replace") for path in runs)
+    return "\n".join(without_cri_prefix(path.read_text(errors="replace")) for path in runs)
+
+
+# A kubelet's container log line: `<RFC 3339 time> <stdout|stderr> <F|P> <text>` (P: the line goes on in
+# the next entry). The node agent writes the text alone.
+CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) ([FP]) (.*)$")
+
+
+def without_cri_prefix(log: str) -> str:
+    """The container's own output from a log in the CRI format (a real node's); other text unchanged."""
+    lines, partial = [], ""
+    for line in log.splitlines():
+        m = CRI_LINE.match(line)
+        if m is None:
+            lines.append(line)
+        elif m[1] == "P":
+            partial += m[2]
+        else:
+            lines.append(partial + m[2])
+            partial = ""
+    return "\n".join(lines + ([partial] if partial else []))
 
 
 def progress_lines(log: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from kubetune_operator.k8s import Kube
 
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import job
-from tests.unit.operator.cluster_support import running_operator
+from tests.unit.operator.cluster_support import running_operator, runs_containers
 
 pytestmark = pytest.mark.integration
 
@@ -223,6 +223,16 @@ def test_crashes_beyond_backoff_limit_fail_the_job(kube_cluster, operator, ns, k
     assert "exited with code 1" in status["message"] and "fake trainer crashed" in status["message"]
     wait_for(lambda: kube.get("StatefulSet", ns, "doomed")["spec"]["replicas"] == 0, 30, what="scaled to 0")
     assert ("Warning", "BackoffLimitExceeded") in events(kube, ns, "doomed")
+
+
+def test_a_worker_over_its_memory_limit_is_reported_oomkilled(kube_cluster, operator, ns, kube):
+    if not runs_containers(kube_cluster):
+        pytest.skip("the node agent runs workers as host processes: no memory limit is enforced")
+    apply(kube_cluster, fake_job("hungry", ns, mode="oom", workers=1, runPolicy={"backoffLimit": 0},
+                                 resources={"limits": {"memory": "256Mi"}}))  # fmt: skip
+    failed = wait_for(lambda: phase_is(kube, ns, "hungry", "Failed"), 120, what="Failed")
+    assert failed["status"]["reason"] == "BackoffLimitExceeded"
+    assert "hungry-0 was OOMKilled (over its memory limit; exit code 137)" in failed["status"]["message"]
 
 
 def test_success_records_outputs_scales_to_zero_and_ttl_deletes(kube_cluster, operator, ns, kube):

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -129,8 +130,8 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
-            "KUBETUNE_OPERATOR_TORCHRUN": f"{sys.executable} {FAKE_TRAINER}",
-            "KUBETUNE_OPERATOR_FETCH": f"{sys.executable} {FAKE_TRAINER} --fetch",
+            "KUBETUNE_OPERATOR_TORCHRUN": fake_trainer_launcher(self.cluster),
+            "KUBETUNE_OPERATOR_FETCH": fake_trainer_launcher(self.cluster, "--fetch"),
             **self.extra_env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
@@ -185,6 +186,22 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def runs_containers(cluster) -> bool:
+    """Whether the cluster's nodes run images (a kubelet), not host processes (the local node agent)."""
+    runtimes = cluster.kubectl(
+        "get", "nodes", "-o", "jsonpath={.items[*].status.nodeInfo.containerRuntimeVersion}"
+    )
+    return any(not r.startswith("kubetune://") for r in runtimes.stdout.split())
+
+
+def fake_trainer_launcher(cluster, *args: str) -> str:
+    """The operator's launcher: the fake trainer. The node agent runs pods as processes of this Python;
+    a real node runs the image's Python, which gets the trainer's source in the command instead."""
+    if runs_containers(cluster):
+        return shlex.join(["python", "-u", "-c", FAKE_TRAINER.read_text(), *args])
+    return shlex.join([sys.executable, str(FAKE_TRAINER), *args])
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ pod (the config file, the PET_* variables), then behaves as FAKE_MODE says:
              take a while), writes its termination message, and every rank exits 0; a restarted
              trainer that finds KUBETUNE_COMPLETE exits 0 at once, silently, as the runtime does
     crash    exits 1 after FAKE_DELAY seconds with a traceback-like message
+    oom      allocates memory until killed (a real node's memory limit: OOMKilled)
     crash-once-rank1  rank 1 crashes once (a marker in the outputs directory remembers), then runs
 
 Progress goes out exactly as the runtime sends it: a JSON merge patch of the job's progress
@@ -101,6 +102,12 @@ def main() -> int:
         print("fake trainer: already complete", flush=True)
         return 0
 
+    if mode == "oom":  # allocate (and touch) memory until the kernel kills the container
+        hoard = []
+        while True:
+            hoard.append(bytearray(32 * 1024 * 1024))
+            print(f"fake trainer: holding {32 * len(hoard)} MiB", flush=True)
+            time.sleep(0.05)
     if mode == "crash":
         time.sleep(float(os.environ.get("FAKE_DELAY", "1")))
         print("Traceback (most recent call last):\nRuntimeError: fake trainer crashed", flush=True)

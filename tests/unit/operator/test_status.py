@@ -246,6 +246,15 @@ def test_backoff_limit_zero_fails_at_the_first_crash():
     assert j.status["phase"] == "Failed" and j.status["restarts"] == 0
 
 
+def test_a_worker_killed_for_its_memory_limit_is_reported_oomkilled():
+    j = Job(runPolicy={"backoffLimit": 0})
+    killed = pod(0, exit_code=137, message="step 3/10")
+    killed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    j.step([killed])
+    assert j.status["phase"] == "Failed"
+    assert "demo-0 was OOMKilled (over its memory limit; exit code 137): step 3/10" in j.status["message"]
+
+
 def test_a_pod_the_kubelet_failed_counts_as_a_failure():
     j = Job()
     plan = j.step([pod(0, running=False, phase="Failed")])
