@@ -63,8 +63,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float = 120.0):
-    """Yields an S3Server whose data lives in `directory`; stops it (and its process group) after."""
+def s3_server(
+    directory: Path, *, bucket: str = "kubetune-test", host: str = "127.0.0.1", timeout: float = 120.0
+):
+    """Yields an S3Server whose data lives in `directory`, listening on `host` (the e2e tests use the local
+    cluster's bridge address, which pods reach); stops it (and its process group) after."""
     weed = weed_binary()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
@@ -98,7 +101,7 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     grpc = {name: free_port() for name in ports}
     command = [
-        str(weed), "server", "-ip=127.0.0.1", f"-dir={directory / 'data'}",
+        str(weed), "server", f"-ip={host}", f"-dir={directory / 'data'}",
         "-volume.max=4", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
         "-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0",
         *(f"-{name}.port={port}" for name, port in ports.items()),
@@ -106,7 +109,7 @@ def s3_server(directory: Path, *, bucket: str = "kubetune-test", timeout: float 
     ]  # fmt: skip
     log = open(server.log, "w")  # noqa: SIM115 - closed below, after the process
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    endpoint = f"http://{host}:{ports['s3']}"
     server = S3Server(**{**server.__dict__, "endpoint": endpoint})
     try:
         _wait_ready(process, server, timeout)
