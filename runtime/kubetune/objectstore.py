@@ -114,16 +114,26 @@ def source_key(uri: str, objects: list[dict[str, Any]]) -> str:
 
 def fetch_source(uri: str, cache_root: str | os.PathLike | None = None) -> Path:
     """The local copy of `uri` (an object: its file; a prefix: the directory of its objects),
-    downloading only when no copy of these exact objects is in `cache_root` yet."""
+    downloading only when no copy of these exact objects is in `cache_root` yet. Processes sharing the
+    cache (the ranks of a pod, the fetch steps of a job's pods) download under one lock per copy: the
+    first downloads, the others wait and find its copy."""
+    from filelock import FileLock
+
     root = Path(cache_root) if cache_root is not None else source_cache_dir()
     objects, single = describe_objects(uri)
     entry = root / source_key(uri, objects)
     local = entry / "data" / objects[0]["name"] if single else entry / "data"
-    if (entry / "source.json").is_file():
-        log.info("%s: using the copy in %s", _shown(uri), entry)
-        return local
-    fs, path = filesystem(uri)
     root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if (entry / "source.json").is_file():
+            log.info("%s: using the copy in %s", _shown(uri), entry)
+            return local
+        _download(uri, objects, single, root, entry)
+    return local
+
+
+def _download(uri: str, objects: list[dict[str, Any]], single: bool, root: Path, entry: Path) -> None:
+    fs, path = filesystem(uri)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{entry.name}.staging-"))
     started = time.monotonic()
     try:
@@ -151,7 +161,6 @@ def fetch_source(uri: str, cache_root: str | os.PathLike | None = None) -> Path:
         time.monotonic() - started,
         entry,
     )
-    return local
 
 
 def check_writable(uri: str) -> None:

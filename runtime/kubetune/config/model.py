@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import IDENTIFIER, Section, field
+from .sources import check_object_store_uri
 
 # Named chat templates kubetune ships (kubetune.data.formats.named_templates renders them, a unit
 # test keeps the two lists equal); `jinja` means chat_template_jinja.
@@ -91,8 +92,9 @@ class ModelKeys(Section):
     """Model and tokenizer"""
 
     base_model: str = field(
-        description="Hub id or local directory of the model to fine-tune (required). A local path is "
-        "resolved relative to the config's directory.",
+        description="Hub id, local directory or object-store prefix (s3://, gs://, az://; credentials from "
+        "the environment) of the model to fine-tune (required). A local path is resolved relative to the "
+        "config's directory; a prefix is downloaded once into the job's source cache.",
         min_length=1,
     )
     revision_of_model: str | None = field(
@@ -104,7 +106,9 @@ class ModelKeys(Section):
         min_length=1,
     )
     base_model_config: str | None = field(
-        None, description="Hub id or directory to read the model config from. Default: `base_model`."
+        None,
+        description="Hub id, directory or object-store prefix to read the model config from. Default: "
+        "`base_model`.",
     )
     model_config_overrides: dict[str, Any] | None = field(
         None,
@@ -125,7 +129,9 @@ class ModelKeys(Section):
         pattern=IDENTIFIER,
     )
     tokenizer_config: str | None = field(
-        None, description="Hub id or directory to load the tokenizer from. Default: `base_model`."
+        None,
+        description="Hub id, directory or object-store prefix to load the tokenizer from. Default: "
+        "`base_model`.",
     )
     trust_remote_code: bool = field(
         False, description="Allow model and tokenizer code from the model repository to run."
@@ -185,6 +191,11 @@ class ModelKeys(Section):
         "token after a message's content counts as its end of turn (trained per `train_on_eos`) when it is "
         "one of these. Default: any special token of the tokenizer.",
     )
+
+    @field_validator("base_model", "base_model_config", "tokenizer_config", mode="before")
+    @classmethod
+    def _known_scheme(cls, value: object, info) -> object:
+        return check_object_store_uri(value, what=info.field_name, required=False)
 
     @field_validator("chat_template", mode="before")
     @classmethod

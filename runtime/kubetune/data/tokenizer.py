@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kubetune.config.sources import is_object_store_uri
 from kubetune.data.errors import data_error
 from kubetune.data.formats.chat_template import resolve_chat_template
 from kubetune.data.formats.named_templates import NAMED_TEMPLATES
@@ -29,6 +30,13 @@ def tokenizer_source(cfg) -> str:
             "set base_model (or tokenizer_config)",
         )
     value = str(option(cfg, key))
+    if is_object_store_uri(value):  # the local copy (the fetch step made it, or this downloads it once)
+        from kubetune import objectstore
+
+        try:
+            return str(objectstore.fetch_source(value))
+        except objectstore.ObjectStoreError as err:
+            raise data_error(key, err.message, err.fix) from None
     resolve = getattr(cfg, "resolve_path", None)
     if resolve is not None:
         path = resolve(value)

@@ -1,5 +1,5 @@
 """The fetch step's fetcher for object-store sources (s3://, gs://, az://): kubetune.objectstore's
-download into the job's source cache, under a lock per source, so the pods of a job that share the cache
+download into the job's source cache (under a lock per source), so the pods of a job that share the cache
 volume download each object once; the run's loader then finds that copy (same URI, same ETags) and
 downloads nothing."""
 
@@ -12,8 +12,6 @@ from kubetune.sources.fetch import Fetched, FetchError, FetchProgress, Reporter,
 
 
 def fetch_object_store(source: Source, progress: FetchProgress, report: Reporter) -> Fetched:
-    from filelock import FileLock
-
     from kubetune import objectstore
 
     try:
@@ -24,9 +22,8 @@ def fetch_object_store(source: Source, progress: FetchProgress, report: Reporter
         root = objectstore.source_cache_dir()
         root.mkdir(parents=True, exist_ok=True)
         entry = root / objectstore.source_key(source.uri, objects)
-        with FileLock(str(entry) + ".lock"):
-            cached = (entry / "source.json").is_file()
-            local = objectstore.fetch_source(source.uri, root)
+        cached = (entry / "source.json").is_file()  # (fetch_source itself downloads under a lock)
+        local = objectstore.fetch_source(source.uri, root)
     except objectstore.ObjectStoreError as err:
         raise FetchError(source, f"{err.message} (fix: {err.fix})", permanent=err.permanent) from None
     progress.files_done, progress.bytes_done = len(objects), progress.bytes_done + total

@@ -83,7 +83,13 @@ def cpu_nf4_requested() -> bool:
 
 
 def model_source(cfg, value: str, key: str) -> str:
-    """A local directory (resolved against the config's directory) or a hub id, checked for existence."""
+    """A local directory (resolved against the config's directory) or a hub id, checked for existence;
+    for an object-store prefix (s3://, gs://, az://) the local copy of it (the job's fetch step made it,
+    or this downloads it once into the source cache)."""
+    from kubetune.config.sources import is_object_store_uri
+
+    if is_object_store_uri(value):
+        return object_store_copy(cfg, value, key)
     path = cfg.resolve_path(value)
     if path.is_dir():
         if key == "base_model" and cfg.revision_of_model:
@@ -108,6 +114,29 @@ def model_source(cfg, value: str, key: str) -> str:
             key=key,
         )
     return value  # a hub id
+
+
+def object_store_copy(cfg, value: str, key: str) -> str:
+    """The local directory holding the objects under the prefix `value` (a model or tokenizer)."""
+    from kubetune import objectstore
+
+    if key == "base_model" and cfg.revision_of_model:
+        raise UserError(
+            f"revision_of_model pins a hub revision, but base_model is the object-store prefix {value}.",
+            "Remove revision_of_model (the prefix's objects are what they are), or name the hub id in base_model.",
+            key="revision_of_model",
+        )
+    try:
+        local = objectstore.fetch_source(value)
+    except objectstore.ObjectStoreError as err:
+        raise UserError(f"{key}: {err.message}", err.fix, key=key) from None
+    if not local.is_dir():
+        raise UserError(
+            f"{key} {value!r} names one object, not a model directory.",
+            f"Point {key} at the prefix holding config.json and the weights (e.g. s3://bucket/models/name/).",
+            key=key,
+        )
+    return str(local)
 
 
 def _load_error(key: str, source: str, err: Exception) -> UserError:

@@ -130,3 +130,31 @@ def test_credentials_that_cannot_write_output_uri_stop_the_run_before_training(
     assert "output_uri" in err and "access denied while trying to write" in err
     assert f"s3://{store.bucket}/results/denied" in err and store.read_only_secret_key not in err
     assert not (Path(cfg.output_dir) / "training_summary.json").exists()
+
+
+def test_a_base_model_in_object_storage_is_downloaded_once_and_trains(store, s3, make_config, tiny, tmp_path):
+    """base_model: s3://bucket/models/tiny (a prefix holding config.json, the weights and the tokenizer)
+    is read from its local copy in the source cache; a second run (another rank, a later job) downloads
+    nothing; revision_of_model, a hub pin, is refused for it."""
+    for file in Path(tiny["model"]).iterdir():
+        s3.put_file(str(file), f"{store.bucket}/models/tiny/{file.name}")
+    keys = {"base_model": f"s3://{store.bucket}/models/tiny", "max_steps": 2, **LORA}
+    env = subprocess_env() | store.env() | {"KUBETUNE_SOURCE_CACHE": str(tmp_path / "sources")}
+    logs = []
+    for name in ("first", "second"):
+        cfg, path = make_config(f"s3model-{name}", **keys)
+        done = subprocess.run(
+            [sys.executable, "-m", "kubetune", "train", str(path)], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())["steps"] == 2
+        logs.append(done.stderr)
+    objects = len(list(Path(tiny["model"]).iterdir()))
+    assert f"fetched {objects} object(s)" in logs[0] and "using the copy" in logs[1]
+    assert "fetched" not in logs[1]
+    (copy,) = (tmp_path / "sources").glob("*/data/config.json")
+    assert copy.read_bytes() == (Path(tiny["model"]) / "config.json").read_bytes()
+
+    cfg, path = make_config("s3model-pinned", revision_of_model="main", **keys)
+    assert cli(["train", str(path)]) == 2
