@@ -57,7 +57,12 @@ def test_fetching_shows_bytes_then_the_trainers_run(kube_cluster, operator, ns, 
     assert (
         running["status"]["fetch"]["fetched"] == "4.0MB/4.0MB" and running["status"]["fetch"]["done"] is True
     )
-    reasons = [reason for _, reason in events(kube, ns, "hub")]
+    # The Running event is recorded after the status says Running: wait for it rather than race it.
+    reasons = wait_for(
+        lambda: (found := [reason for _, reason in events(kube, ns, "hub")]) and "Running" in found and found,
+        30,
+        what="the Running event",
+    )
     assert reasons.index("Fetching") < reasons.index("Running"), reasons
 
 
