@@ -84,16 +84,21 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_report(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The sanitized report in the progress ConfigMap; None when it holds none (or nothing readable)."""
-    text = ((configmap or {}).get("data") or {}).get(PROGRESS_KEY)
+def _read_json(configmap: Mapping[str, Any] | None, key: str) -> Any:
+    """The JSON value under `key` of the progress ConfigMap; None when absent, too large or unreadable."""
+    text = ((configmap or {}).get("data") or {}).get(key)
     if not isinstance(text, str) or not text or len(text) > MAX_REPORT_BYTES:
         return None
     try:
-        report = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return None
-    return sanitize(report) or None
+
+
+def read_report(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sanitized report in the progress ConfigMap; None when it holds none (or nothing readable)."""
+    report = _read_json(configmap, PROGRESS_KEY)
+    return None if report is None else (sanitize(report) or None)
 
 
 def final(progress: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,14 +206,8 @@ def sanitize_fetch(report: Any) -> dict[str, Any]:
 
 def read_fetch(configmap: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The sanitized fetch progress in the progress ConfigMap; None when there is none."""
-    text = ((configmap or {}).get("data") or {}).get(FETCH_KEY)
-    if not isinstance(text, str) or not text or len(text) > MAX_REPORT_BYTES:
-        return None
-    try:
-        report = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return sanitize_fetch(report) or None
+    report = _read_json(configmap, FETCH_KEY)
+    return None if report is None else (sanitize_fetch(report) or None)
 
 
 def human_bytes(count: int) -> str:
