@@ -99,6 +99,13 @@ def events(kube, namespace, name):
     ]
 
 
+def wait_for_events(kube, namespace, name, *wanted, timeout: float = 30):
+    """The operator records an event after it writes the status it announces: wait for the events,
+    never read them once right after the status (that raced in CI)."""
+    return wait_for(lambda: (found := events(kube, namespace, name)) and all(w in found for w in wanted) and found,
+                    timeout, what=f"events {wanted} of {name}")  # fmt: skip
+
+
 def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
     apply(kube_cluster, fake_job("llama", ns))
     first = wait_for(lambda: phase_is(kube, ns, "llama", "Pending", "Running"), 30, what="status")
@@ -156,9 +163,7 @@ def test_a_job_gets_its_children_and_runs(kube_cluster, operator, ns, kube):
         "AGE",
     ], table
     assert "Running" in table and "2/2" in table
-    assert ("Normal", "Created") in events(kube, ns, "llama") and ("Normal", "Running") in events(
-        kube, ns, "llama"
-    )
+    wait_for_events(kube, ns, "llama", ("Normal", "Created"), ("Normal", "Running"))
 
     # GitOps-safe: no finalizer, no kopf annotations; the operator writes only status.
     meta = get_job(kube, ns, "llama")["metadata"]
@@ -209,7 +214,7 @@ def test_a_worker_crash_restarts_the_group_once(kube_cluster, operator, ns, kube
     time.sleep(5)  # the restarted group keeps running: no second crash, no second restart
     after = phase_is(kube, ns, "crashy", "Running")
     assert after is not None and after["status"]["restarts"] == 1
-    reasons = [r for _, r in events(kube, ns, "crashy")]
+    reasons = [r for _, r in wait_for_events(kube, ns, "crashy", ("Warning", "Restarting"))]
     assert reasons.count("Restarting") == 1
     (message,) = [m for m in after["status"]["conditions"] if m["type"] == "Running"]
     assert message["status"] == "True"
@@ -223,7 +228,7 @@ def test_crashes_beyond_backoff_limit_fail_the_job(kube_cluster, operator, ns, k
     assert status["reason"] == "BackoffLimitExceeded" and status["restarts"] == 1
     assert "exited with code 1" in status["message"] and "fake trainer crashed" in status["message"]
     wait_for(lambda: kube.get("StatefulSet", ns, "doomed")["spec"]["replicas"] == 0, 30, what="scaled to 0")
-    assert ("Warning", "BackoffLimitExceeded") in events(kube, ns, "doomed")
+    wait_for_events(kube, ns, "doomed", ("Warning", "BackoffLimitExceeded"))
 
 
 def test_a_worker_over_its_memory_limit_is_reported_oomkilled(kube_cluster, operator, ns, kube):
@@ -247,7 +252,7 @@ def test_success_records_outputs_scales_to_zero_and_ttl_deletes(kube_cluster, op
     if completing["status"]["reason"] == "Completing":
         assert completing["status"]["phase"] == "Running"
         assert kube.get("StatefulSet", ns, "quick")["spec"]["replicas"] == 2
-        assert ("Normal", "Completing") in events(kube, ns, "quick")
+        wait_for_events(kube, ns, "quick", ("Normal", "Completing"))
     # else the operator learnt of the last report and of rank 0's exit together (the report goes through
     # the progress ConfigMap, one hop more than the exit): it went straight to Succeeded, no Completing.
     done = wait_for(lambda: phase_is(kube, ns, "quick", "Succeeded"), 90, what="Succeeded")
@@ -286,8 +291,7 @@ def test_suspend_and_resume(kube_cluster, operator, ns, kube):
     assert kube.get("StatefulSet", ns, "pausable")["spec"]["template"]["spec"]["nodeSelector"] == {
         "kubernetes.io/os": "linux"
     }
-    reasons = [r for _, r in events(kube, ns, "pausable")]
-    assert "Suspended" in reasons and "Resumed" in reasons
+    wait_for_events(kube, ns, "pausable", ("Normal", "Suspended"), ("Normal", "Resumed"))
 
 
 def test_run_defining_fields_are_immutable(kube_cluster, operator, ns, kube):
@@ -337,7 +341,7 @@ def test_operator_killed_mid_job_comes_back_without_duplicates(kube_cluster, ope
     assert len(live_pods(kube, ns, "durable")) == 2
     keys = ("phase", "startTime", "restarts", "workers", "observedGeneration")
     assert {k: after["status"][k] for k in keys} == {k: before["status"][k] for k in keys}
-    created = [r for _, r in events(kube, ns, "durable") if r == "Created"]
+    created = [r for _, r in wait_for_events(kube, ns, "durable", ("Normal", "Created")) if r == "Created"]
     assert created == ["Created"]
 
 
