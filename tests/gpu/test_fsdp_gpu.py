@@ -132,6 +132,13 @@ def seed_config(make_config):
     return build
 
 
+def unsharded(keys: dict) -> dict:
+    """The same run in one process without FSDP: the reference a sharded run is compared with, as in
+    test_engine_gpu (its in-process run kept the FSDP keys before; all four variants failed on the H200 on
+    2026-12-05 without a traceback kept, see bench/results/gpu_pytest_s4_call1.log)."""
+    return keys | {"fsdp": None, "fsdp_config": None}
+
+
 def summary_of(cfg) -> dict:
     return json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())
 
@@ -218,7 +225,7 @@ def test_seed_qlora_fsdp_overlay_trains_checkpoints_resumes_after_sigterm_and_ex
     # The exported adapter: plain peft onto the un-sharded 4-bit base, against one process's live model.
     out = Path(cfg.output_dir)
     assert_every_lora_tensor_trained(out, expected_lora_layers=LAYERS * 7)
-    single_cfg, _ = seed_config(f"{tag}-single", keys, gradient_accumulation_steps=nproc())
+    single_cfg, _ = seed_config(f"{tag}-single", unsharded(keys), gradient_accumulation_steps=nproc())
     run, _ = train_in_process(single_cfg)
     ids = probe(real_models[family]).cuda()
     trained = logits_of(run.accelerator.unwrap_model(run.module).model, ids).float()
@@ -235,7 +242,9 @@ def test_lora_fsdp_full_state_dict_exports_the_trained_adapter(seed_config, real
     """Issue 13's lost result: FSDP1 + LoRA wrote an adapter without its LoRA weights."""
     keys = seed_overlay_keys("llama", real_models["llama"], version) | {
         "adapter": "lora",
-        "load_in_4bit": False,
+        "load_in_4bit": None,  # None removes the overlay's 4-bit keys (their rule refuses them without 4-bit)
+        "bnb_4bit_compute_dtype": None,
+        "bnb_4bit_use_double_quant": None,
         "optimizer": "adamw_torch",
         "max_steps": 12,
     }
@@ -243,7 +252,7 @@ def test_lora_fsdp_full_state_dict_exports_the_trained_adapter(seed_config, real
     result = torchrun_train(path, nproc(), timeout=540)
     assert result.returncode == 0, result.stderr[-4000:]
     assert_every_lora_tensor_trained(Path(cfg.output_dir), expected_lora_layers=LAYERS * 7)
-    single_cfg, _ = seed_config(f"lora-single{version}", keys, gradient_accumulation_steps=nproc())
+    single_cfg, _ = seed_config(f"lora-single{version}", unsharded(keys), gradient_accumulation_steps=nproc())
     run, _ = train_in_process(single_cfg)
     ids = probe(real_models["llama"]).cuda()
     trained = logits_of(run.accelerator.unwrap_model(run.module).model, ids).float()

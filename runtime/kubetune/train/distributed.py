@@ -20,6 +20,7 @@ from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
 log = logging.getLogger(__name__)
+PEFT_LAYER_CLASSES_ENV = "FSDP_TRANSFORMER_CLS_TO_WRAP"
 
 # Test and development switch: FSDP on CPU processes (gloo) instead of the DDP fallback; see docs/training.md.
 CPU_FSDP_ENV = "KUBETUNE_CPU_FSDP"
@@ -111,6 +112,31 @@ def is_fsdp1(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2
+
+
+def wrap_trainable_leaves_apart(accelerator, model) -> None:
+    """FSDP1 with `fsdp_use_orig_params: false` flattens each wrapped unit into one tensor that is trained
+    or frozen as a whole, and a decoder layer with an adapter holds both ("Must flatten tensors with
+    uniform requires_grad"). peft's wrap policy, the one transformers' Trainer installs for PEFT models
+    under FSDP, also gives every trainable leaf module (LoRA's A and B, a trained embedding) a unit of its
+    own; the layer classes stay units as the config names them."""
+    plugin = accelerator.state.fsdp_plugin
+    if not is_fsdp1(accelerator) or plugin.use_orig_params:
+        return
+    from peft.utils.other import fsdp_auto_wrap_policy
+
+    layers = plugin.transformer_cls_names_to_wrap
+    saved = os.environ.get(PEFT_LAYER_CLASSES_ENV)
+    if layers:  # peft reads the layer classes from this variable, else from the model's _no_split_modules
+        os.environ[PEFT_LAYER_CLASSES_ENV] = ",".join(layers)
+    try:
+        plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
+    finally:
+        if saved is None:
+            os.environ.pop(PEFT_LAYER_CLASSES_ENV, None)
+        else:
+            os.environ[PEFT_LAYER_CLASSES_ENV] = saved
+    log.info("fsdp_use_orig_params is false: the adapter's trainable layers are FSDP units of their own")
 
 
 def build_accelerator(cfg, precision: Precision, topo: Topology):

@@ -158,6 +158,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     elif distributed.is_sharded(accelerator) and cfg.fsdp and not accelerator.is_fsdp2:
         # FSDP1: the optimizer must see the wrapped (flattened) parameters.
+        if cfg.adapter:
+            distributed.wrap_trainable_leaves_apart(accelerator, model)
         module = accelerator.prepare(module)
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together

@@ -56,7 +56,12 @@ def save_model(accelerator, module, tokenizer, output_dir: Path, *, trainable=No
         base_config = getattr(model, "get_base_model", lambda: model)().config
         base_config.use_cache = True  # for whoever loads the result to generate
         if hasattr(model, "peft_config"):
-            with wrapper_free_module_names(model):
+            names_only = (
+                trainable.key_names_without_collectives()
+                if trainable is not None
+                else contextlib.nullcontext()
+            )
+            with wrapper_free_module_names(model), names_only:
                 model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         else:  # transformers writes safetensors shards (5 GB each, with an index beyond one)
             model.save_pretrained(staging, state_dict=state_dict, max_shard_size="5GB")

@@ -22,7 +22,9 @@ trainable parameters one at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,7 +49,48 @@ class ShardedTrainableState:
     def trainable_names(self) -> list[str]:
         from kubetune.train.outputs import clean_key
 
+        if self._flattened():
+            return [name for _, fqns in self._trained_flat_units() for name in fqns]
         return [clean_key(name) for name, param in self.module.named_parameters() if param.requires_grad]
+
+    def _flattened(self) -> bool:
+        """FSDP1 with use_orig_params=False: the parameters are FlatParameters, one per FSDP unit."""
+        from kubetune.train.distributed import is_fsdp1
+
+        return is_fsdp1(self.accelerator) and not self.accelerator.state.fsdp_plugin.use_orig_params
+
+    @contextmanager
+    def key_names_without_collectives(self):
+        """On the main process alone, while it writes the adapter: peft reads the key names of each
+        `modules_to_save` copy by calling its state_dict(), and with flat parameters that copy is an FSDP
+        unit whose state_dict() is a collective the other ranks never enter (the save hung). Inside, each
+        flat unit answers state_dict() with the names of its original parameters; the values peft saves
+        come from gather_trainable."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        units = []
+        if self._flattened():
+            units = [u for u in self.module.modules() if isinstance(u, FSDP) and u._flat_param is not None]
+        for unit in units:
+            unit.state_dict = functools.partial(dict.fromkeys, unit._flat_param._fqns)
+        try:
+            yield
+        finally:
+            for unit in units:
+                del unit.state_dict
+
+    def _trained_flat_units(self):
+        """(FSDP unit, clean names of the original parameters in its trained FlatParameter), in module
+        order; a unit's flat parameter is trained or frozen as a whole (distributed.wrap_trainable_leaves_apart)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        from kubetune.train.outputs import clean_key
+
+        for unit_name, unit in self.module.named_modules():
+            flat = unit._flat_param if isinstance(unit, FSDP) else None
+            if flat is not None and flat.requires_grad:
+                prefix = f"{unit_name}." if unit_name else ""
+                yield unit, [clean_key(prefix + fqn) for fqn in flat._fqns]
 
     def save(self, directory: Path) -> None:
         """Collective: every rank calls it."""
@@ -137,6 +180,19 @@ class ShardedTrainableState:
             return
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+        if self._flattened():
+            # Inside summon_full_params the unit's original parameters are views of its unsharded flat
+            # parameter (written back on exit when writeback is set).
+            trained = list(self._trained_flat_units())
+            if trained and trained[0][0] is not self.module:
+                # the root first, always: it initialises FSDP's state before a nested unit is unsharded
+                with FSDP.summon_full_params(self.module, recurse=False):
+                    pass
+            for unit, names in trained:
+                with FSDP.summon_full_params(unit, recurse=False, writeback=writeback):
+                    for fqn, name in zip(unit._flat_param._fqns, names, strict=True):
+                        yield name, unit.module.get_parameter(fqn)
+            return
         # Names and owners are read outside summon_full_params (inside it FSDP renames the parameters);
         # with use_orig_params the parameter objects stay the same, so identity finds them again.
         names = {id(param): clean_key(name) for name, param in self.module.named_parameters()}

@@ -131,6 +131,26 @@ def test_fsdp_lora_trains_checkpoints_resumes_and_saves_the_trained_adapter(
     )
 
 
+def test_fsdp1_lora_without_original_parameters_wraps_the_adapter_apart_and_matches_one_process(
+    make_config, tiny, lora_reference
+):
+    """fsdp_use_orig_params: false (Axolotl's QLoRA + FSDP examples set it): FSDP1 flattens each unit into
+    one tensor, trained or frozen as a whole, so the LoRA layers become units of their own (peft's wrap
+    policy); the flat parameters checkpoint, resume and export by their original names. On the H200 this
+    config crashed with "Must flatten tensors with uniform requires_grad" (bench/results/gpu_pytest_s4_call4.log)."""
+    keys = fsdp(1, "FULL_STATE_DICT")
+    keys["fsdp_config"]["fsdp_use_orig_params"] = False
+    train_resume_and_reload(
+        make_config,
+        tiny,
+        "lora-fsdp1-flat",
+        lora_reference,
+        expect_in_log="the adapter's trainable layers are FSDP units of their own",
+        **LORA,
+        **keys,
+    )
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_fsdp_full_fine_tune_trains_checkpoints_resumes_and_saves_the_trained_model(
     make_config, tiny, full_reference, version
@@ -191,14 +211,18 @@ def qlora_reference(seed_mapping, tiny, tmp_path_factory):
         del os.environ[CPU_NF4]
 
 
-@pytest.mark.parametrize("version", [None, 2])  # None: fsdp_version unset, as in the seed (FSDP1)
+# None: fsdp_version unset, as in the seed (FSDP1); fsdp_use_orig_params false as Axolotl's QLoRA + FSDP
+# examples set it (flat parameters; the adapter's layers wrapped apart)
+@pytest.mark.parametrize(("version", "use_orig_params"), [(None, None), (2, None), (None, False)])
 def test_seed_qlora_fsdp_overlay_trains_checkpoints_resumes_and_saves_the_trained_adapter(
-    make_config, tiny, qlora_reference, monkeypatch, version
+    make_config, tiny, qlora_reference, monkeypatch, version, use_orig_params
 ):
     """The 4-bit base under FSDP with FULL_STATE_DICT: its first checkpoint crashed (issue 13)."""
     monkeypatch.setenv(CPU_NF4, "1")  # the reload below quantizes the base on the CPU too
-    name = f"qlora-fsdp{version or 1}"
+    name = f"qlora-fsdp{version or 1}" + ("-flat" if use_orig_params is False else "")
     keys = qlora_overlay(version)
+    if use_orig_params is not None:
+        keys["fsdp_config"]["fsdp_use_orig_params"] = use_orig_params
     cfg, _ = make_config(name, overlay_file=QLORA_FSDP_OVERLAY, gradient_accumulation_steps=1, **STEPS | keys)
     assert (
         cfg.adapter == "qlora"
