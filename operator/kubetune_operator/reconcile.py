@@ -109,6 +109,7 @@ class Reconciler:
         base = Observed(job=job, spec=spec, pods=pods, now=now, problems=validation.problems)
         if not validation.ok or spec is None or (job.get("status") or {}).get("phase") in FINAL:
             return base, None
+        config: dict[str, Any] | None
         if validation.config is not None:
             config = validation.config.to_mapping()
         else:
