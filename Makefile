@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv system-deps demo test test-unit lint generate clean images images-runtime
+.PHONY: venv system-deps demo test test-unit lint check generate clean images images-runtime
 
 venv: $(VENV)/.installed
 
@@ -42,9 +42,17 @@ test: venv system-deps cluster-build s3store-build
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
+# Style and types: ruff, then mypy over the packages [tool.mypy] in pyproject.toml names (the dev extra
+# installs it with `make venv`).
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# What to run before a commit: lint, the generated files up to date, the unit tests (no cluster, no GPU).
+check: lint
+	$(PY) scripts/generate.py --check
+	$(PY) -m pytest tests/unit -q
 
 generate: venv
 	$(PY) scripts/generate.py

@@ -11,7 +11,7 @@ the tiny test models are a few hundred kilobytes.
 Like the MLflow server (tests/mlflow_server.py), olah and its dependencies (its own
 huggingface_hub, fastapi, GitPython pins) live in their own virtualenv,
 `${KUBETUNE_CACHE_DIR:-~/.cache/kubetune}/olah-venv-<hash of the pinned version and Python>`, created on
-first use (`.installed` marks a finished install; cold install time: docs/testing.md).
+first use (tests/server_process.py; cold install time: docs/testing.md).
 
 The access log is uvicorn's, one line per request; `HubServer.downloads()` counts the file
 downloads (`GET .../resolve/...`) per repository file, which is what the one-download-per-job tests
@@ -20,13 +20,9 @@ measure.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +30,8 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.server_process import ensure_tool, free_port, log_tail, stop_group
 
 HUB_SERVER_VERSION = "0.5.4"  # olah
 
@@ -43,27 +41,6 @@ RESOLVE_PATH = re.compile(
     r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>[^?]+)"
 )
 GIT = ["git", "-c", "user.name=kubetune tests", "-c", "user.email=tests@kubetune.invalid"]
-
-
-def venv_dir() -> Path:
-    key = hashlib.sha256(f"olah=={HUB_SERVER_VERSION} {sys.version_info[:2]}".encode()).hexdigest()[:12]
-    return (
-        Path(os.environ.get("KUBETUNE_CACHE_DIR", Path.home() / ".cache" / "kubetune")) / f"olah-venv-{key}"
-    )
-
-
-def ensure_venv() -> Path:
-    """The virtualenv's `olah-cli` executable, installing it first when the venv is missing or unfinished."""
-    root = venv_dir()
-    cli = root / "bin" / "olah-cli"
-    if (root / ".installed").is_file() and cli.is_file():
-        return cli
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
-    subprocess.run(
-        [str(root / "bin" / "pip"), "install", "-q", f"olah=={HUB_SERVER_VERSION}"], check=True, timeout=900
-    )
-    (root / ".installed").write_text(HUB_SERVER_VERSION)
-    return cli
 
 
 def commit_repo(
@@ -119,12 +96,12 @@ class HubServer:
 def hub_server(directory: Path, *, host: str = "127.0.0.1", timeout: float = 120.0):
     """Yields a running HubServer whose repositories live in `directory/mirrors` (add them with
     `.commit(...)`, before or while it runs) and whose access log is `directory/server.log`."""
-    cli = ensure_venv()
+    cli = ensure_tool("olah", HUB_SERVER_VERSION, "olah-cli")
     directory.mkdir(parents=True, exist_ok=True)
     mirrors = directory / "mirrors"
     for kind in ("models", "datasets"):
         (mirrors / kind).mkdir(parents=True, exist_ok=True)
-    port = _free_port(host)
+    port = free_port(host)
     config = directory / "olah.toml"
     config.write_text(
         "[basic]\n"
@@ -133,7 +110,8 @@ def hub_server(directory: Path, *, host: str = "127.0.0.1", timeout: float = 120
         f'mirrors-path = ["{mirrors}"]\n'
         "[accessibility]\noffline = true\n"
     )
-    log = open(directory / "server.log", "w")  # noqa: SIM115 - closed below, after the process
+    log_path = directory / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below, after the process
     process = subprocess.Popen(
         [str(cli), "--config", str(config), "--log-path", str(directory / "logs")],
         cwd=directory,
@@ -146,7 +124,7 @@ def hub_server(directory: Path, *, host: str = "127.0.0.1", timeout: float = 120
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"olah exited {process.returncode}:\n{_tail(directory)}")
+                raise RuntimeError(f"olah exited {process.returncode}:\n{log_tail(log_path)}")
             try:
                 # Any answer means it listens (an unknown repository is a 401, like the real hub's).
                 urllib.request.urlopen(
@@ -158,33 +136,9 @@ def hub_server(directory: Path, *, host: str = "127.0.0.1", timeout: float = 120
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"olah did not answer in {timeout:.0f} s:\n{_tail(directory)}")
+                raise RuntimeError(f"olah did not answer in {timeout:.0f} s:\n{log_tail(log_path)}")
             time.sleep(0.3)
         yield server
     finally:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+        stop_group(process, grace=20)
         log.close()
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _tail(directory: Path) -> str:
-    return (directory / "server.log").read_text(errors="replace")[-3000:]

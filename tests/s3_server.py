@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +19,8 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.server_process import free_port, log_tail, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "e2e" / "s3store" / "build.sh"
@@ -53,13 +53,6 @@ def weed_binary() -> Path:
         [str(BUILD), "build"], check=True, capture_output=True, text=True, timeout=3600
     ).stdout
     return Path(out.strip().splitlines()[-1]) / "weed"
-
-
-def free_port() -> int:
-    """A free port whose gRPC twin (SeaweedFS's default is port + 10000) is not the point: we pass both."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -98,6 +91,7 @@ def s3_server(
     }
     config = directory / "s3-identities.json"
     config.write_text(json.dumps(identities))
+    # each gRPC port is passed too (SeaweedFS would default it to port + 10000, maybe taken)
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     grpc = {name: free_port() for name in ports}
     command = [
@@ -115,12 +109,8 @@ def s3_server(
         _wait_ready(process, server, timeout)
         yield server
     finally:
-        _signal_group(process, signal.SIGTERM)
-        try:  # weed's graceful stop takes ~15 s (heartbeats, filer flush); the data is throwaway
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+        # weed's graceful stop takes ~15 s (heartbeats, filer flush); the data is throwaway
+        stop_group(process, grace=3)
         log.close()
         # weed registers unix sockets for its local gRPC (and the filer's) under /tmp, by port.
         for name, port in [*grpc.items(), ("filer", ports["filer"]), ("s3", ports["s3"])]:
@@ -137,7 +127,7 @@ def _wait_ready(process: subprocess.Popen, server: S3Server, timeout: float) -> 
     last = ""
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"weed server exited {process.returncode}:\n{_tail(server.log)}")
+            raise RuntimeError(f"weed server exited {process.returncode}:\n{log_tail(server.log)}")
         try:
             with urllib.request.urlopen(f"{server.endpoint}/healthz", timeout=2) as response:
                 response.read()
@@ -161,20 +151,9 @@ def _wait_ready(process: subprocess.Popen, server: S3Server, timeout: float) -> 
             last = f"{type(err).__name__}: {err}"
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"weed's S3 gateway not ready in {timeout:.0f} s ({last}):\n{_tail(server.log)}"
+                f"weed's S3 gateway not ready in {timeout:.0f} s ({last}):\n{log_tail(server.log)}"
             )
         time.sleep(0.5)
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:]
 
 
 def pytest_collection_finish(session):

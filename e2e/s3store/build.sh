@@ -15,18 +15,16 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
 
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
-  export PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null || { echo "build.sh: no Go toolchain on PATH (need go >= 1.26)" >&2; exit 1; }
+# shellcheck source=../gobuild.sh
+source "$HERE/../gobuild.sh"
+GOBUILD_NAME=build.sh
+gobuild_toolchain
 
 CACHE_ROOT="${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/seaweedfs"
 MODULE=github.com/seaweedfs/seaweedfs
 
 cache_key() {
-  { cat "$HERE/versions.env" "$HERE"/go.{mod,sum}; go env GOVERSION GOARCH GOOS; } | sha256sum | cut -c1-16
+  gobuild_key "$HERE/versions.env" "$HERE"/go.{mod,sum}
 }
 
 bindir() { echo "$CACHE_ROOT/$(cache_key)/bin"; }
@@ -49,25 +47,17 @@ gen() {
 build() {
   local dir tmp start
   dir="$(bindir)"
-  if [ -x "$dir/weed" ] && [ -e "$dir/.complete" ]; then echo "$dir"; return 0; fi
-  mkdir -p "$CACHE_ROOT"
-  exec 9>"$CACHE_ROOT/.build.lock"
-  flock 9
-  if [ -e "$dir/.complete" ]; then echo "$dir"; return 0; fi
+  gobuild_cached "$dir" weed && return 0
+  gobuild_lock "$dir"
+  gobuild_cached "$dir" weed && return 0
   start=$(date +%s)
-  tmp="$(dirname "$dir")/bin.tmp.$$"
-  rm -rf "$tmp"; mkdir -p "$tmp"
+  tmp="$(gobuild_tmpdir "$dir")"
   echo "build.sh: building seaweedfs weed ($SEAWEEDFS_VERSION) into $dir (cold builds take a while)" >&2
-  (cd "$HERE" && GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp/weed" "$MODULE/weed") >&2
+  gobuild_go "$HERE" -ldflags "-s -w" -o "$tmp/weed" "$MODULE/weed"
   echo "seaweedfs=$SEAWEEDFS_VERSION built in $(( $(date +%s) - start ))s" > "$tmp/.complete"
-  rm -rf "$dir"; mv "$tmp" "$dir"
+  gobuild_publish "$tmp" "$dir"
   echo "build.sh: done in $(( $(date +%s) - start ))s" >&2
   echo "$dir"
 }
 
-case "${1:-build}" in
-  build) build ;;
-  bindir) bindir ;;
-  gen) gen ;;
-  *) echo "usage: $0 [build|bindir|gen]" >&2; exit 2 ;;
-esac
+gobuild_main "$@"

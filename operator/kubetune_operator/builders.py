@@ -374,16 +374,18 @@ def worker_resources(spec: FineTuneJobSpec, defaults: ResourceRequirements | Non
     return out
 
 
-def _volumes_and_mounts(job: JobRef, spec: FineTuneJobSpec, fetched: bool) -> tuple[list[dict], list[dict]]:
+def _volumes_and_mounts(
+    job: JobRef, spec: FineTuneJobSpec, fetched: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     dshm: dict[str, Any] = {"medium": "Memory"}
     if spec.shmSize:
         dshm["sizeLimit"] = spec.shmSize
-    volumes = [
+    volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": job.configmap}},
         {"name": "dshm", "emptyDir": dshm},
         {"name": "outputs", **_volume_source(spec.storage, job.outputs_claim)},
     ]
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         _mount("outputs", OUTPUTS_DIR, spec.storage),

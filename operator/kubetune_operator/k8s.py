@@ -8,6 +8,7 @@ twice is a no-op and a restarted operator never creates duplicates.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -121,13 +122,14 @@ class Kube:
         found = self.request("GET", path(kind, namespace), query={"labelSelector": selector})
         return (found or {}).get("items", [])
 
-    def events_about(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+    # `list` below this point names the method above; the builtin is spelled builtins.list.
+    def events_about(self, namespace: str, kind: str, name: str) -> builtins.list[dict[str, Any]]:
         """The Events whose involvedObject is this object (the StatefulSet controller's FailedCreate, ...)."""
         selector = f"involvedObject.kind={kind},involvedObject.name={name}"
         found = self.request("GET", path("Event", namespace), query={"fieldSelector": selector})
         return (found or {}).get("items", [])
 
-    def list_jobs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         prefix, plural = KINDS["FineTuneJob"]
         url = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
         return (self.request("GET", url) or {}).get("items", [])

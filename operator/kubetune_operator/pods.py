@@ -6,7 +6,7 @@ Pure functions of pod (and Event) objects as the API returns them; status.py dec
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -213,7 +213,7 @@ def _tail(text: str, lines: int = 3, limit: int = 500) -> str:
     return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
-def create_failure(events: list[Mapping[str, Any]], since: datetime | None) -> str | None:
+def create_failure(events: Sequence[Mapping[str, Any]], since: datetime | None) -> str | None:
     """The message of the newest Event about the StatefulSet when it is FailedCreate (a later
     SuccessfulCreate means the cause went away); events from before `since` are an earlier job's."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetune.config.redaction import without_credentials
@@ -163,7 +163,7 @@ def read_tracking(configmap: Mapping[str, Any] | None) -> list[dict[str, str]] |
     return sanitize_tracking(entries) or None
 
 
-def tracking_summary(entries: list[Mapping[str, str]]) -> str:
+def tracking_summary(entries: Sequence[Mapping[str, str]]) -> str:
     """One line per tracker run for the event that announces them (`kubectl describe` shows it)."""
     lines = []
     for entry in entries:

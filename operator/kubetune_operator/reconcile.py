@@ -73,11 +73,12 @@ class Reconciler:
             return Result(phase=None)
         ref = JobRef.of(job)
         pods = self.kube.list("Pod", namespace, builders.selector_labels(ref))
-        observed, config = self._observe(job, ref, pods)
+        observed, inputs = self._observe(job, ref, pods)
         plan = decide(observed)
-        if plan.apply_children and config is not None:
+        if plan.apply_children and inputs is not None:
+            spec, config = inputs
             try:
-                self._apply_children(ref, observed.spec, config, plan.replicas)
+                self._apply_children(ref, spec, config, plan.replicas)
             except ChildRefused as refused:
                 if refused.wait:
                     plan = decide(replace(observed, waiting=(refused.reason, refused.problem.message)))
@@ -97,18 +98,23 @@ class Reconciler:
 
     # --- observe ------------------------------------------------------------------------------------
 
-    def _observe(self, job: dict, ref: JobRef, pods: list) -> tuple[Observed, dict[str, Any] | None]:
+    def _observe(
+        self, job: dict, ref: JobRef, pods: list
+    ) -> tuple[Observed, tuple[FineTuneJobSpec, dict[str, Any]] | None]:
+        """What the job looks like now, and the valid spec and config its children are built from (None
+        while it has none: invalid, waiting for its config, or finished)."""
         now = datetime.now(timezone.utc)
         validation = validate_job(job, self.options.policy)
         spec = validation.spec
         base = Observed(job=job, spec=spec, pods=pods, now=now, problems=validation.problems)
         if not validation.ok or spec is None or (job.get("status") or {}).get("phase") in FINAL:
             return base, None
+        config: dict[str, Any] | None
         if validation.config is not None:
             config = validation.config.to_mapping()
         else:
             config, waiting, problems = self._referenced_config(ref, spec)
-            if problems or waiting:
+            if config is None:  # then problems or waiting say why
                 return replace(base, problems=problems, waiting=waiting), None
         rendered = builders.render_config(ref, spec, config)
         outputs = builders.outputs_location(ref, spec, rendered)
@@ -122,7 +128,7 @@ class Reconciler:
             tracking=tracking,
             fetch=fetch,
         )
-        return observed, config
+        return observed, (spec, config)
 
     def _progress(self, ref: JobRef) -> tuple[dict | None, list[dict[str, str]] | None, dict | None]:
         """Rank 0's latest report, its tracker runs and the fetch step's progress, from the job's own
@@ -151,6 +157,14 @@ class Reconciler:
         own = self.kube.get("ConfigMap", ref.namespace, ref.configmap)
         if own is not None and _owned_by(own, ref):
             rendered, problems = parse_yaml(own["data"][CONFIG_FILE], name=ref.configmap)
+            if not problems and not isinstance(rendered, dict):  # emptied or rewritten by hand
+                problems = [
+                    ConfigProblem(
+                        f"configMap {ref.configmap}",
+                        "the job's own copy of its config holds no YAML mapping",
+                        f"delete ConfigMap {ref.configmap}: the operator copies spec.configMapRef again",
+                    )
+                ]
             return (rendered, None, []) if not problems else (None, None, problems)
         source_ref = spec.configMapRef
         assert source_ref is not None  # validate_spec guarantees config or configMapRef

@@ -62,6 +62,11 @@ REPORT_PROBLEMS = 50
 REPORT_CHARS = 16_000
 
 K8sObject = dict[str, Any]
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]
+
+
+def _read_write_once() -> list[AccessMode]:
+    return ["ReadWriteOnce"]
 
 
 class _Model(BaseModel):
@@ -89,8 +94,8 @@ class ClaimTemplate(_Model):
     storageClassName: str | None = Field(
         None, max_length=NAME_MAX, description="StorageClass; the cluster default when absent."
     )
-    accessModes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"],
+    accessModes: list[AccessMode] = Field(
+        default_factory=_read_write_once,
         min_length=1,
         max_length=4,
         description="Access modes; multi-node jobs on ReadWriteOnce storage only work on one node.",

@@ -20,7 +20,7 @@ the report would SIGTERM torchrun while rank 0 is still writing its summary and 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,7 +97,7 @@ class Observed:
     outputs: Mapping[str, Any] | None = None  # where the run writes (outputDir, volume)
     create_failure: str | None = None  # the StatefulSet's newest event, when it is a FailedCreate
     progress: Mapping[str, Any] | None = None  # rank 0's latest report, sanitized (None: no report)
-    tracking: list[Mapping[str, Any]] | None = None  # rank 0's tracker runs, sanitized (None: none named)
+    tracking: Sequence[Mapping[str, Any]] | None = None  # rank 0's tracker runs, sanitized (None: none named)
     fetch: Mapping[str, Any] | None = None  # the fetch step's progress, sanitized (None: no report)
 
 

@@ -11,30 +11,20 @@ naming the same revisions on the same cache downloads nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 import shutil
 
 import pytest
 from kubetune_operator.k8s import Kube
 
-from tests.e2e.smoke import events, job_status, trainer_logs
+from tests.e2e.smoke import events, job_status
+from tests.e2e.sources_job import PREFIX, bridge_address, cache_claim, run_job, sources_job
+from tests.e2e.sources_job import operator as operator  # the module's fixture
 from tests.hub_server import hub_server
-from tests.kube_cluster import wait_for
-from tests.unit.operator.cluster_support import OperatorProcess, install_crd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PREFIX = "kt-hub"
-TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "600"))
 TOKEN = "hf_e2e_planted_token_4d1f"  # must never show in the job's status or events
-
-
-def bridge_address() -> str:
-    """The host's address on the local cluster's pod bridge: where pods reach a server of the host."""
-    cidr = ipaddress.ip_network(os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
-    return str(next(cidr.hosts()))  # the node agent gives the bridge the first host address
 
 
 @pytest.fixture(scope="module")
@@ -55,54 +45,16 @@ def hub(kube_cluster, tmp_path_factory):
         yield server, model, dataset
 
 
-@pytest.fixture(scope="module")
-def operator(kube_cluster, tmp_path_factory):
-    install_crd(kube_cluster)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {"KUBETUNE_OPERATOR_TORCHRUN": "kubetune launch", "KUBETUNE_OPERATOR_FETCH": "kubetune fetch"}
-    process = OperatorProcess(kube_cluster, log, namespaces=[f"{PREFIX}-*"], extra_env=env).start()
-    yield process
-    process.stop()
-    print(f"operator log: {log}")
-
-
 def finetunejob(name: str, ns: str, endpoint: str, model: str, dataset: str) -> dict:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "workers": 2,
-            "gpusPerWorker": 0,
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
-            "storage": {"claimTemplate": {"size": "1Gi"}},
-            "cache": {"existingClaim": "hub-cache"},  # both jobs' workers share it
-            "envFrom": [{"secretRef": {"name": "hub-token"}}],
-            "env": [
-                {"name": "HF_ENDPOINT", "value": endpoint},
-                {"name": "OMP_NUM_THREADS", "value": "1"},
-                {"name": "KUBETUNE_PROGRESS_INTERVAL", "value": "1"},
-            ],
-            "terminationGracePeriodSeconds": 30,
-            "runPolicy": {"backoffLimit": 1},
-            "config": {
-                "base_model": "acme/tiny",
-                "revision_of_model": model,
-                "model_type": "LlamaForCausalLM",
-                "datasets": [{"path": "acme/colours", "type": "alpaca", "revision": dataset}],
-                "sequence_len": 128,
-                "adapter": "lora",
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "lora_target_modules": ["q_proj", "v_proj"],
-                "micro_batch_size": 4,
-                "max_steps": 6,
-                "learning_rate": 0.01,
-                "logging_steps": 1,
-                "save_steps": 100,
-            },
-        },
+    sources = {
+        "base_model": "acme/tiny",
+        "revision_of_model": model,
+        "datasets": [{"path": "acme/colours", "type": "alpaca", "revision": dataset}],
     }
+    # both jobs' workers share the cache claim
+    return sources_job(
+        name, ns, cache="hub-cache", secret="hub-token", env={"HF_ENDPOINT": endpoint}, sources=sources
+    )
 
 
 def test_a_job_from_the_hub_mirror_fetches_each_file_once(kube_cluster, hub, operator):
@@ -113,9 +65,7 @@ def test_a_job_from_the_hub_mirror_fetches_each_file_once(kube_cluster, hub, ope
         kube_cluster.kubectl(
             "-n", ns, "create", "secret", "generic", "hub-token", f"--from-literal=HF_TOKEN={TOKEN}"
         )
-        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "hub-cache"},
-                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
-        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(claim))
+        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(cache_claim("hub-cache")))
         files = {
             f"models/acme/tiny/{p.name}"
             for p in (server.mirrors / "models/acme/tiny").iterdir()
@@ -124,7 +74,7 @@ def test_a_job_from_the_hub_mirror_fetches_each_file_once(kube_cluster, hub, ope
         files.add("datasets/acme/colours/train.jsonl")
         before = server.downloads()
 
-        first = _run(
+        first = run_job(
             kube_cluster, kube, operator, ns, finetunejob("hub-1", ns, server.endpoint, model, dataset)
         )
         got = server.downloads() - before
@@ -139,7 +89,7 @@ def test_a_job_from_the_hub_mirror_fetches_each_file_once(kube_cluster, hub, ope
         assert first["fetch"]["fetched"] in row  # the Fetched column
 
         resolves = len(server.requests())
-        second = _run(
+        second = run_job(
             kube_cluster, kube, operator, ns, finetunejob("hub-2", ns, server.endpoint, model, dataset)
         )
         assert server.downloads() - before == got, "the second job downloaded again"
@@ -152,24 +102,3 @@ def test_a_job_from_the_hub_mirror_fetches_each_file_once(kube_cluster, hub, ope
         assert TOKEN not in shown
     finally:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def _run(kube_cluster, kube, operator, ns: str, job: dict) -> dict:
-    name = job["metadata"]["name"]
-    kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(job))
-
-    def finished():
-        status = job_status(kube, ns, name)
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    try:
-        status = wait_for(finished, TIMEOUT, interval=1, what=f"FineTuneJob {ns}/{name} to finish")
-    except Exception:
-        print("operator log (tail):\n" + operator.log_tail(60))
-        print(kube_cluster.kubectl("-n", ns, "get", "ftj,pods", "-o", "wide", check=False).stdout)
-        raise
-    if status["phase"] != "Succeeded":
-        print("operator log (tail):\n" + operator.log_tail(60))
-        print(trainer_logs(kube_cluster, ns, f"{name}-0")[-4000:])
-    assert status["phase"] == "Succeeded", status
-    return status

@@ -18,16 +18,15 @@ import os
 import pytest
 from kubetune_operator.k8s import Kube
 
-from tests.e2e import test_hub_fetch as hub_job
 from tests.e2e.smoke import events, job_status
+from tests.e2e.sources_job import PREFIX, bridge_address, cache_claim, run_job, sources_job
+from tests.e2e.sources_job import operator as operator  # the module's fixture
 from tests.hub_server import hub_server
 from tests.s3_server import s3_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TOKEN = "hf_e2e_planted_token_77ab"
-PREFIX, bridge_address, _run = hub_job.PREFIX, hub_job.bridge_address, hub_job._run
-operator = hub_job.operator  # the same operator fixture (its namespaces: PREFIX-*)
 
 
 @pytest.fixture(scope="module")
@@ -57,46 +56,19 @@ def servers(kube_cluster, tmp_path_factory):
 
 
 def finetunejob(name: str, ns: str, hub, model: str, store) -> dict:
-    return {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "workers": 2,
-            "gpusPerWorker": 0,
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
-            "storage": {"claimTemplate": {"size": "1Gi"}},
-            "cache": {"existingClaim": "sources-cache"},
-            "envFrom": [{"secretRef": {"name": "credentials"}}],
-            "env": [
-                {"name": "HF_ENDPOINT", "value": hub.endpoint},
-                {"name": "AWS_ENDPOINT_URL", "value": store.endpoint},
-                {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
-                {"name": "AWS_ALLOW_HTTP", "value": "true"},
-                {"name": "OMP_NUM_THREADS", "value": "1"},
-                {"name": "KUBETUNE_PROGRESS_INTERVAL", "value": "1"},
-            ],
-            "terminationGracePeriodSeconds": 30,
-            "runPolicy": {"backoffLimit": 1},
-            "config": {
-                "base_model": "acme/tiny",
-                "revision_of_model": model,
-                "model_type": "LlamaForCausalLM",
-                "datasets": [{"path": f"s3://{store.bucket}/data/train.jsonl", "type": "alpaca"}],
-                "output_uri": f"s3://{store.bucket}/results/{name}",
-                "sequence_len": 128,
-                "adapter": "lora",
-                "lora_r": 8,
-                "lora_alpha": 16,
-                "lora_target_modules": ["q_proj", "v_proj"],
-                "micro_batch_size": 4,
-                "max_steps": 6,
-                "learning_rate": 0.01,
-                "logging_steps": 1,
-                "save_steps": 100,
-            },
-        },
+    env = {
+        "HF_ENDPOINT": hub.endpoint,
+        "AWS_ENDPOINT_URL": store.endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
     }
+    sources = {
+        "base_model": "acme/tiny",
+        "revision_of_model": model,
+        "datasets": [{"path": f"s3://{store.bucket}/data/train.jsonl", "type": "alpaca"}],
+        "output_uri": f"s3://{store.bucket}/results/{name}",
+    }
+    return sources_job(name, ns, cache="sources-cache", secret="credentials", env=env, sources=sources)
 
 
 def fetch_logs(cluster, ns: str, name: str) -> list[str]:
@@ -121,12 +93,10 @@ def test_a_job_reads_hub_and_object_store_sources_once_and_uploads_its_result(
             "-n", ns, "create", "secret", "generic", "credentials",
             *(f"--from-literal={key}={value}" for key, value in secret.items()),
         )  # fmt: skip
-        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "sources-cache"},
-                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
-        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(claim))
+        kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(cache_claim("sources-cache")))
         before = hub.downloads()
 
-        status = _run(kube_cluster, kube, operator, ns, finetunejob("store-1", ns, hub, model, store))
+        status = run_job(kube_cluster, kube, operator, ns, finetunejob("store-1", ns, hub, model, store))
         got = hub.downloads() - before
         print(f"hub downloads (2 workers): {dict(got)}")
         assert got and set(got.values()) == {1}, got  # each model file once

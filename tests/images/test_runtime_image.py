@@ -58,34 +58,16 @@ def test_validate_and_train_as_1000_on_a_read_only_root(image, rootfs, tmp_path)
     shutil.copy(REPO / "examples" / "tiny-lora.yml", work / "tiny-lora.yml")
     os.chown(work, 1000, 1000)
     os.chown(work / "tiny-lora.yml", 1000, 1000)
-    volumes = {"/work": work}
-    p = runc_run(
-        rootfs,
-        image,
-        tmp_path / "tiny",
-        ["python", "-m", "kubetune.tiny", "/work/tiny"],
-        volumes=volumes,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    p = runc_run(
-        rootfs,
-        image,
-        tmp_path / "validate",
-        ["kubetune", "validate", "/work/tiny-lora.yml"],
-        volumes=volumes,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    p = runc_run(
-        rootfs,
-        image,
-        tmp_path / "train",
-        ["kubetune", "train", "/work/tiny-lora.yml"],
-        volumes=volumes,
-        timeout=900,
-    )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    def run_ok(step: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """Runs `argv` in the image with the work directory at /work and asserts it exits 0."""
+        p = runc_run(rootfs, image, tmp_path / step, argv, volumes={"/work": work}, timeout=timeout)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        return p
+
+    run_ok("tiny", ["python", "-m", "kubetune.tiny", "/work/tiny"], timeout=600)
+    run_ok("validate", ["kubetune", "validate", "/work/tiny-lora.yml"], timeout=600)
+    p = run_ok("train", ["kubetune", "train", "/work/tiny-lora.yml"], timeout=900)
     # `kubetune train` writes one JSON event per line; the train events carry the loss.
     events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     losses = [e["loss"] for e in events if e.get("event") in ("train", "done") and "loss" in e]

@@ -10,33 +10,13 @@ download is tests/unit/sources (a real hub server) and tests/e2e/test_hub_fetch.
 from __future__ import annotations
 
 import pytest
-from kubetune_operator.k8s import Kube
 
 from tests.integration.test_operator_lifecycle import apply, events, fake_job, live_pods, phase_is
 from tests.kube_cluster import wait_for
-from tests.unit.operator.cluster_support import running_operator
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "ktop-fetch"
-
-
-@pytest.fixture(scope="module")
-def operator(kube_cluster, tmp_path_factory):
-    with running_operator(kube_cluster, tmp_path_factory.mktemp("operator"), PREFIX) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(kube_cluster):
-    name = kube_cluster.create_namespace(prefix=PREFIX)
-    yield name
-    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def kube(kube_cluster):
-    return Kube(kube_cluster.api_client())
+PREFIX = "ktop-fetch"  # the namespaces of this module's operator and jobs (conftest.py)
 
 
 def test_fetching_shows_bytes_then_the_trainers_run(kube_cluster, operator, ns, kube):

@@ -11,34 +11,15 @@ import time
 
 import pytest
 import yaml
-from kubetune_operator.k8s import Kube
 
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import job
-from tests.unit.operator.cluster_support import running_operator, runs_containers
+from tests.unit.operator.cluster_support import runs_containers
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "ktop-life"
+PREFIX = "ktop-life"  # the namespaces of this module's operator and jobs (conftest.py)
 SELECTOR = "kubetune.dev/job-name"
-
-
-@pytest.fixture(scope="module")
-def operator(kube_cluster, tmp_path_factory):
-    with running_operator(kube_cluster, tmp_path_factory.mktemp("operator"), PREFIX) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(kube_cluster):
-    name = kube_cluster.create_namespace(prefix=PREFIX)
-    yield name
-    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def kube(kube_cluster):
-    return Kube(kube_cluster.api_client())
 
 
 # Several workers need outputs they all mount (refused otherwise); the local provisioner's claims

@@ -11,21 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubetune_operator.k8s import Kube
 
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import job
-from tests.unit.operator.cluster_support import running_operator
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "ktop-pss"
-
-
-@pytest.fixture(scope="module")
-def operator(kube_cluster, tmp_path_factory):
-    with running_operator(kube_cluster, tmp_path_factory.mktemp("operator"), PREFIX) as process:
-        yield process
+PREFIX = "ktop-pss"  # the namespaces of this module's operator and jobs (conftest.py)
 
 
 @pytest.fixture
@@ -34,11 +26,6 @@ def restricted_ns(kube_cluster):
     kube_cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     yield name
     kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def kube(kube_cluster):
-    return Kube(kube_cluster.api_client())
 
 
 def fake_job(name, namespace, **spec):

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,53 @@ def test_the_check_sees_lazy_imports():
     # A boundary crossed inside a function is still crossed: the walk must find such imports.
     found = {module for _, _, module in imports(REPO / "runtime" / "kubetune" / "train" / "commands")}
     assert "kubetune.train" in found or any(m.startswith("kubetune.train.") for m in found)
+
+
+# The walk above reads this project's import statements; a third-party library that pulls torch in, or a
+# name imported through importlib, only shows when the modules are really imported. So each layer's every
+# module (`__main__` aside: importing it runs the program) is imported in a fresh interpreter, and what
+# ended up in sys.modules is judged.
+LOADED_AFTER_IMPORTING = """
+import importlib, json, pkgutil, sys
+for name in sys.argv[1:]:
+    package = importlib.import_module(name)
+    for info in pkgutil.walk_packages(package.__path__, name + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_after_importing(*packages: str) -> list[str]:
+    p = subprocess.run(
+        [sys.executable, "-c", LOADED_AFTER_IMPORTING, *packages],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("packages", "rule", "forbidden"),
+    [
+        (
+            ("kubetune_operator",),
+            "importing the operator loads kubetune.config only of the runtime, and no heavy library",
+            lambda m: (
+                (top(m) == "kubetune" and m != "kubetune" and not m.startswith("kubetune.config"))
+                or top(m) in HEAVY
+            ),
+        ),
+        (("kubetune.config",), "importing kubetune.config loads no heavy library", lambda m: top(m) in HEAVY),
+        (
+            ("kubetune.data",),
+            "importing kubetune.data loads no kubetune.train",
+            lambda m: m.startswith("kubetune.train"),
+        ),
+    ],
+)
+def test_import_boundaries_hold_when_imported(packages, rule, forbidden):
+    assert [m for m in loaded_after_importing(*packages) if forbidden(m)] == [], rule

@@ -351,7 +351,7 @@ class DatasetConfig(Section):
 
     def custom_type_parts(self) -> tuple[str, str]:
         """(`module`, `ClassName`) of a custom format; the module resolves against cfg.source_dir."""
-        if not self.is_custom_type:
+        if self.type is None or not self.is_custom_type:
             raise ValueError(f"dataset type {self.type!r} is built in, not a custom format")
         module, _, attr = self.type.rpartition(".")
         return module, attr

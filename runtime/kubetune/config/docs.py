@@ -175,7 +175,7 @@ def render_markdown() -> str:
     for section in SECTIONS:
         title = (section.__doc__ or section.__name__).strip().splitlines()[0]
         out += [f"## {title}", "", *_table(TrainConfig, _own_fields(section)), ""]
-    nested = [
+    nested: list[tuple[str, type[BaseModel], str]] = [
         ("Dataset entries", DatasetConfig, "Each item of `datasets` and `test_datasets`."),
         ("fsdp_config", FsdpConfig, (FsdpConfig.__doc__ or "").strip()),
         ("special_tokens", SpecialTokens, (SpecialTokens.__doc__ or "").strip()),

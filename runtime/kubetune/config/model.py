@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import field_validator
 from pydantic_core import PydanticCustomError
@@ -34,15 +34,17 @@ SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
 )
 # Every value chat_template accepts: the shipped ones, the tokenizer's own, and the tokenizer's own
 # with a shipped one as the fallback.
-ChatTemplateName = Literal[  # type: ignore[valid-type]
-    (
-        "tokenizer_default",
-        *SHIPPED_CHAT_TEMPLATES,
-        "jinja",
-        *(f"tokenizer_default_fallback_{name}" for name in SHIPPED_CHAT_TEMPLATES),
-    )
-]
-CHAT_TEMPLATE_NAMES: tuple[str, ...] = ChatTemplateName.__args__  # type: ignore[attr-defined]
+_CHAT_TEMPLATE_NAMES = (
+    "tokenizer_default",
+    *SHIPPED_CHAT_TEMPLATES,
+    "jinja",
+    *(f"tokenizer_default_fallback_{name}" for name in SHIPPED_CHAT_TEMPLATES),
+)
+if TYPE_CHECKING:  # a Literal built at run time is opaque to a type checker: a string to it
+    ChatTemplateName = str
+else:  # pydantic validates against (and the JSON schema lists) every name
+    ChatTemplateName = Literal[_CHAT_TEMPLATE_NAMES]
+CHAT_TEMPLATE_NAMES: tuple[str, ...] = _CHAT_TEMPLATE_NAMES
 
 # Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
 AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(

@@ -314,11 +314,12 @@ def _numeric_only(annotation: Any) -> bool:
     if origin is typing.Annotated:
         return _numeric_only(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return bool(args) and all(_numeric_only(a) for a in args)
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(members) and all(_numeric_only(a) for a in members)
     if origin is typing.Literal:
-        args = typing.get_args(annotation)
-        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+        return all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in typing.get_args(annotation)
+        )
     return annotation in (int, float)
 
 

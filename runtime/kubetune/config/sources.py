@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic_core import PydanticCustomError
 
 HUB = "hub"
+SourceKind = Literal["model", "dataset"]
 # org/name or name, as the hub spells repository ids (letters, digits, -, _, .; no leading . or -)
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 URI = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://")
@@ -35,7 +36,7 @@ class Source:
     """One remote source a run reads: the config key naming it, what it is, where, at which revision."""
 
     key: str  # config key path, e.g. "base_model" or "datasets[0].path"
-    kind: Literal["model", "dataset"]
+    kind: SourceKind
     uri: str  # a hub id, or a URI such as s3://bucket/train.jsonl
     revision: str | None = None  # hub revision (branch, tag or commit); None: the default branch
     scheme: str = HUB
@@ -72,7 +73,7 @@ def remote_sources(config: Any, *, check_local: bool = True) -> list[Source]:
     seen: set[tuple[str, str, str | None]] = set()
     source_dir = _get(config, "source_dir")
 
-    def add(key: str, kind: str, value: Any, revision: Any) -> None:
+    def add(key: str, kind: SourceKind, value: Any, revision: Any) -> None:
         if not value or not isinstance(value, str):
             return
         scheme = scheme_of(value, source_dir, check_local=check_local)

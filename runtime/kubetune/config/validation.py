@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from . import rules
 from .problems import ConfigProblem
@@ -138,7 +139,7 @@ def _walk(loc: tuple, data: Any) -> tuple[str, list[Any], bool]:
 
 
 def translate(error: ValidationError, data: Mapping) -> list[ConfigProblem]:
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[ErrorDetails]] = {}
     tagged_paths: set[str] = set()
     for err in error.errors(include_url=False):
         loc = tuple(err.get("loc", ()))
@@ -165,7 +166,7 @@ def translate(error: ValidationError, data: Mapping) -> list[ConfigProblem]:
     return problems
 
 
-def _problem(path: str, errs: list[dict]) -> ConfigProblem:
+def _problem(path: str, errs: list[ErrorDetails]) -> ConfigProblem:
     custom = [e for e in errs if (e.get("ctx") or {}).get("fix")]
     first = custom[0] if custom else errs[0]
     kind = first.get("type", "")
@@ -195,14 +196,14 @@ def _problem(path: str, errs: list[dict]) -> ConfigProblem:
     return ConfigProblem(path, message, ctx.get("fix") or _fix(first, key, path.rpartition(".")[2] or path))
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return msg[0].lower() + msg[1:] if msg[:2] != msg[:2].upper() else msg
 
 
-def _fix(err: dict, key: str, segment: str) -> str:
+def _fix(err: ErrorDetails, key: str, segment: str) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "literal_error":

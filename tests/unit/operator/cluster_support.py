@@ -37,7 +37,15 @@ def free_port() -> int:
 
 def install_crd(cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.dev", "--timeout=60s")
+    # A CRD created a moment ago may have no status.conditions yet, and `kubectl wait` then fails at once
+    # ("<nil> is of the type <nil>") instead of waiting: ask again until the apiserver has written them.
+    deadline = time.monotonic() + 60
+    while True:
+        wait = ("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.dev", "--timeout=60s")
+        done = cluster.kubectl(*wait, check=time.monotonic() > deadline)
+        if done.returncode == 0:
+            return
+        time.sleep(0.5)
 
 
 def write_certificates(directory: Path) -> bytes:

@@ -120,6 +120,24 @@ def test_config_map_ref_waits_then_snapshots_the_config():
     )
 
 
+def test_an_emptied_copy_of_a_referenced_config_fails_the_job_naming_it():
+    body = job(configMapRef={"name": "cfg"})
+    del body["spec"]["config"]
+    kube, reconciler, _ = setup(body)
+    kube.add(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "cfg"},
+            "data": {"config.yaml": yaml.safe_dump(seed_config())},
+        }
+    )
+    reconciler.reconcile("default", "demo")
+    kube.objects[("ConfigMap", "default", "demo-config")]["data"]["config.yaml"] = ""
+    reconciler.forget("default", "demo")
+    assert reconciler.reconcile("default", "demo").phase == "Failed"
+    assert "delete ConfigMap demo-config" in status(kube)["message"]
+
+
 def test_an_invalid_referenced_config_fails_the_job():
     body = job(configMapRef={"name": "cfg"})
     del body["spec"]["config"]
