@@ -160,13 +160,21 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             "and AdamW's epsilon (1e-8) is below float16's smallest value",
             "use fp16: true (mixed precision: float32 weights, float16 compute), or train an adapter",
         )
-    if cfg.flash_attention and cfg.sdp_attention:
+    flags = [
+        flag for flag in ("flash_attention", "sdp_attention", "xformers_attention") if getattr(cfg, flag)
+    ]
+    if len(flags) > 1:
         yield ConfigProblem(
-            "sdp_attention",
-            "flash_attention and sdp_attention are both true; only one attention implementation is used",
+            flags[-1],
+            f"{' and '.join(flags)} are {'both' if len(flags) == 2 else 'all'} true; only one attention "
+            "implementation is used",
             "keep one of them",
         )
-    expected = {"flash_attention": ("flash_attention_2", "flash_attention_3"), "sdp_attention": ("sdpa",)}
+    expected = {
+        "flash_attention": ("flash_attention_2", "flash_attention_3"),
+        "sdp_attention": ("sdpa",),
+        "xformers_attention": ("xformers",),
+    }
     if cfg.attn_implementation:
         for flag, allowed in expected.items():
             if getattr(cfg, flag) and cfg.attn_implementation not in allowed:

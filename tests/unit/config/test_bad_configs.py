@@ -142,7 +142,7 @@ BAD = [
     ("no-training-length", {"num_epochs": DROP}, "num_epochs"),
     ("bf16-and-fp16", {"bf16": True, "fp16": True}, "fp16"),
     ("flash-and-sdp", {"flash_attention": True, "sdp_attention": True}, "sdp_attention"),
-    ("xformers", {"xformers_attention": True}, "xformers_attention"),
+    ("flash-and-xformers", {"flash_attention": True, "xformers_attention": True}, "xformers_attention"),
     (
         "attn-implementation-contradiction",
         {"flash_attention": True, "attn_implementation": "sdpa"},
