@@ -59,7 +59,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
         generation_prompt_ratio generation_temperature generation_top_k generation_top_p gptq gptq_groupsize
         gptq_model_v1 gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
-        gradio_temperature gradio_title greater_is_better group_by_length hub_revision hub_strategy
+        gradio_temperature gradio_title greater_is_better hub_revision hub_strategy
         image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
         jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps
         landmark_attention large_head_attention layer_offloading lisa_layers_attribute

@@ -224,6 +224,15 @@ def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "max_steps needs",
             "remove val_set_size, and evaluate on test_datasets",
         )
+    for key in ("sample_packing", "pad_to_sequence_len"):
+        if cfg.group_by_length and getattr(cfg, key):
+            yield ConfigProblem(
+                "group_by_length",
+                f"group_by_length batches rows of similar length to pad less, and with {key}: true every "
+                "row is sequence_len wide already",
+                f"remove group_by_length (or set {key}: false to batch unpacked examples by length)",
+            )
+            break
     if "sequence_len" not in cfg.model_fields_set:
         for key in ("sample_packing", "pad_to_sequence_len"):
             if getattr(cfg, key):

@@ -35,7 +35,7 @@ BAD = [
         "fsdp_config.fsdp_ofload_params",
     ),
     ("unknown-special-token", {"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad"),
-    ("axolotl-key-set", {"group_by_length": True}, "group_by_length"),
+    ("axolotl-key-set", {"auto_find_batch_size": True}, "auto_find_batch_size"),
     (
         "axolotl-dataset-key-set",
         {"datasets": [{"path": "d", "type": "alpaca", "shards": 4}]},
