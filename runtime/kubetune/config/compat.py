@@ -70,7 +70,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         metric_for_best_model model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
-        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of peft
+        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids

@@ -60,6 +60,7 @@ LORA_KEYS = (
     "peft_use_dora",
     "peft_use_rslora",
     "lora_target_parameters",
+    "peft",
 )
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
@@ -114,6 +115,20 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
             "list them in lora_target_modules (e.g. [q_proj, k_proj, v_proj, o_proj]) or set "
             "`lora_target_linear: true`",
         )
+    if cfg.peft and cfg.peft.loftq_config:
+        if cfg.adapter == "qlora" or cfg.load_in_8bit:
+            yield ConfigProblem(
+                "peft.loftq_config",
+                "LoftQ quantizes a full-precision base itself and initialises the adapter from the quantization "
+                "error; a base already loaded quantized has no full-precision weights to start from",
+                "use `adapter: lora` without load_in_4bit / load_in_8bit, or remove peft.loftq_config",
+            )
+        if cfg.lora_model_dir:
+            yield ConfigProblem(
+                "peft.loftq_config",
+                "LoftQ initialises a new adapter, and lora_model_dir continues a trained one",
+                "remove peft.loftq_config (or lora_model_dir to start a new adapter)",
+            )
     if not cfg.load_in_4bit:
         for key in BNB_4BIT_KEYS:
             if key in cfg.model_fields_set:
