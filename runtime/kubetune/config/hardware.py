@@ -62,6 +62,15 @@ class PrecisionKeys(Section):
         "`flash_attention_2` with `flash_attention`, else kubetune picks the fastest kernel for the machine.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
+    torch_compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = field(
+        None,
+        description="`mode` of the `torch.compile` that `torch_compile: true` runs on each decoder layer: "
+        "`default`, `reduce-overhead` (CUDA graphs), `max-autotune` (Inductor tunes its kernels, with CUDA "
+        "graphs; minutes of compiling first) or `max-autotune-no-cudagraphs`. Needs `torch_compile: true`. "
+        "Default: torch's `default`.",
+    )
 
     @field_validator("attn_implementation", mode="before")
     @classmethod

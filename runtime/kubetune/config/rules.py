@@ -175,6 +175,12 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             "and AdamW's epsilon (1e-8) is below float16's smallest value",
             "use fp16: true (mixed precision: float32 weights, float16 compute), or train an adapter",
         )
+    if cfg.torch_compile_mode and not cfg.torch_compile:
+        yield ConfigProblem(
+            "torch_compile_mode",
+            f"torch_compile_mode: {cfg.torch_compile_mode} is the mode of torch.compile, and torch_compile is off",
+            "add `torch_compile: true`, or remove torch_compile_mode",
+        )
     flags = [
         flag for flag in ("flash_attention", "sdp_attention", "xformers_attention") if getattr(cfg, flag)
     ]

@@ -328,9 +328,16 @@ def load_model(
         apply_liger_kernels(model, kinds)
     if cfg.torch_compile:
         # Regional compilation: each decoder layer once (same code, so one graph), not the whole model.
+        if cfg.torch_compile_mode:
+            log.info("torch.compile mode: %s", cfg.torch_compile_mode)
         for layer in _decoder_layers(model):
-            layer.compile()
+            layer.compile(**compile_options(cfg))
     return model
+
+
+def compile_options(cfg) -> dict:
+    """Keyword arguments of each decoder layer's torch.compile: `mode` when torch_compile_mode sets it."""
+    return {"mode": cfg.torch_compile_mode} if cfg.torch_compile_mode else {}
 
 
 def wants_fused_kernels(cfg, precision: Precision, *, cuda: bool) -> bool:

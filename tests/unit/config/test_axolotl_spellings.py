@@ -79,3 +79,18 @@ def test_tokens_given_as_special_tokens_mapping_says_where_they_belong():
     assert validate_mapping({**base, "special_tokens": {"bos_token": "<s>", "eos_token": "</s>"}}) == []
     (other,) = validate_mapping({**base, "tokens": {"word": "x"}})
     assert "list" in other.fix  # any other mapping: the generic list message
+
+
+def test_fused_attn_kernel_stays_refused_with_kubetunes_nearest_fast_path_named():
+    """Axolotl's fused q_norm + RoPE Triton kernel has no kubetune counterpart: refused, never ignored."""
+    from kubetune.config import validate_mapping
+
+    base = {
+        "base_model": "m",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "d", "type": "alpaca"}],
+    }
+    (problem,) = validate_mapping({**base, "fused_attn_kernel": True})
+    assert problem.path == "fused_attn_kernel" and "liger_rms_norm" in problem.fix
+    assert validate_mapping({**base, "fused_attn_kernel": False}) == []
