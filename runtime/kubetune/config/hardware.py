@@ -58,7 +58,8 @@ class PrecisionKeys(Section):
         "`flex_attention` is torch's flex attention with a document mask (bf16/fp16 on a CUDA GPU; elsewhere "
         "SDPA with the same mask runs, logged). `xformers` is xformers' memory-efficient kernel as torch "
         "ships it: SDPA restricted to `SDPBackend.EFFICIENT_ATTENTION` with the document mask (any "
-        "precision; CUDA only, a CPU run stops at start; the xformers package is not needed). Default: "
+        "precision; CUDA only, a CPU run stops at start, as does a model whose attention layers take no "
+        "registered attention function, e.g. Falcon; the xformers package is not needed). Default: "
         "`flash_attention_2` with `flash_attention`, else kubetune picks the fastest kernel for the machine.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")

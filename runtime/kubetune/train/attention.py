@@ -166,6 +166,23 @@ def register_sdpa_efficient() -> None:
     AttentionMaskInterface.register(SDPA_EFFICIENT, sdpa_mask)
 
 
+def check_model_takes(backend: AttentionBackend, model_class: type) -> None:
+    """Refuse, before loading, a kubetune-registered attention function for a model class whose attention
+    layers do not look functions up in transformers' registry (older ones such as Falcon index their own
+    table of classes by name and would fail with a KeyError while being built)."""
+    if backend.hf_implementation == SDPA_EFFICIENT and not getattr(
+        model_class, "_supports_attention_backend", False
+    ):
+        raise UserError(
+            f"attn_implementation xformers runs as an attention function registered with transformers, and "
+            f"{model_class.__name__}'s attention layers do not take registered functions.",
+            "Use `attn_implementation: sdpa` (or flash_attention_2) for this model."
+            if getattr(model_class, "_supports_sdpa", False)
+            else "Use `attn_implementation: eager` for this model (it has no SDPA attention either).",
+            key="attn_implementation",
+        )
+
+
 def register_torch_varlen() -> None:
     """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded).
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kubetune.train import fast_paths, model_options
-from kubetune.train.attention import AttentionBackend
+from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,8 @@ def load_model(
             cfg.trust_remote_code,
             cfg.revision_for(getattr(cfg, key)),
         )
+    if backend.hf_implementation == SDPA_EFFICIENT:
+        check_model_takes(backend, model_options.model_class(model_cls, source, kwargs))
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization

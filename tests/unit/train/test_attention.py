@@ -188,3 +188,31 @@ def test_xformers_on_cuda_runs_the_memory_efficient_kernel_and_matches_sdpa(tiny
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         attention.efficient_attention_forward(module, query, key, value, mask)
     assert any("efficient_attention" in event.key for event in prof.key_averages())
+
+
+def test_xformers_on_a_model_without_registered_attention_functions_is_refused_before_loading(tmp_path):
+    """Falcon's attention layers come from its own table of classes, not transformers' registry: the
+    registered memory-efficient function cannot reach them, so the run says so instead of crashing."""
+    from kubetune.train.attention import check_model_takes
+    from kubetune.train.model_options import model_class
+    from transformers import AutoModelForCausalLM, FalconConfig, LlamaConfig
+
+    efficient = AttentionBackend("sdpa_efficient", attention.SDPA_EFFICIENT)
+    for name, config in (
+        ("falcon", FalconConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1)),
+        ("llama", LlamaConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1)),
+    ):
+        config.save_pretrained(tmp_path / name)
+    falcon = model_class(AutoModelForCausalLM, str(tmp_path / "falcon"), {"trust_remote_code": False})
+    llama = model_class(AutoModelForCausalLM, str(tmp_path / "llama"), {"trust_remote_code": False})
+    assert (falcon.__name__, llama.__name__) == ("FalconForCausalLM", "LlamaForCausalLM")
+    with pytest.raises(UserError) as err:
+        check_model_takes(efficient, falcon)
+    assert err.value.key == "attn_implementation" and "attn_implementation: sdpa" in err.value.fix
+    check_model_takes(efficient, llama)
+    check_model_takes(AttentionBackend("sdpa", "sdpa"), falcon)  # only the registered function needs it
+    from transformers import GPTJForCausalLM
+
+    with pytest.raises(UserError) as err:
+        check_model_takes(efficient, GPTJForCausalLM)  # no SDPA path at all: the fix says eager
+    assert "attn_implementation: eager" in err.value.fix
