@@ -20,6 +20,28 @@ def unfrozen_parameter_regex(pattern: str) -> re.Pattern:
     return re.compile(re.sub(r"\.(?!\+)", r"\\.", pattern))
 
 
+class LoftQ(Section):
+    """peft's LoftQ initialisation of the LoRA weights (`peft.loftq_config`)."""
+
+    loftq_bits: Literal[4] = field(
+        4,
+        description="Bits of the quantization LoftQ compensates: 4 (bitsandbytes NF4, the only width kubetune "
+        "supports). Default: 4.",
+    )
+
+
+class PeftOptions(Section):
+    """Axolotl's `peft:` mapping."""
+
+    loftq_config: LoftQ | None = field(
+        None,
+        description='Initialise LoRA with LoftQ (peft\'s `init_lora_weights="loftq"`, one iteration): each '
+        "targeted weight W is replaced by its NF4-quantized value Q(W) and the adapter's B·A starts as the "
+        "rank-r part of W - Q(W) (applied times lora_alpha / lora_r, as peft does: `lora_alpha` = `lora_r` "
+        "starts closest to W), so base + adapter is closer to W than Q(W) alone, instead of B = 0.",
+    )
+
+
 class AdapterKeys(Section):
     """Adapters and quantization"""
 
@@ -61,6 +83,14 @@ class AdapterKeys(Section):
         "of a mixture-of-experts model `[mlp.experts.gate_up_proj, mlp.experts.down_proj]` (peft's "
         "`target_parameters`).",
         min_length=1,
+    )
+    peft: PeftOptions | None = field(
+        None,
+        description="peft options as Axolotl groups them: `{loftq_config: {loftq_bits: 4}}` initialises the "
+        "adapter with LoftQ. The adapter then trains on top of the NF4-quantized weights, as peft's LoftQ does: "
+        "`kubetune merge` / `generate` quantize the same weights again before applying it. Needs `adapter: lora` "
+        "(an unquantized base), a CUDA GPU and bitsandbytes (peft computes the quantization there; a CPU run "
+        "stops at start); not with `lora_model_dir`.",
     )
     unfrozen_parameters: list[str] | None = field(
         None,

@@ -55,11 +55,11 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_optimum
         flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
-        fp8_enable_fsdp_float8_all_gather freeze_mm_modules fused_attn_kernel gc_collect_steps gc_steps
+        fp8_enable_fsdp_float8_all_gather freeze_mm_modules gc_collect_steps gc_steps
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
         generation_prompt_ratio generation_temperature generation_top_k generation_top_p gptq gptq_groupsize
         gptq_model_v1 gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
-        gradio_temperature gradio_title greater_is_better group_by_length hub_revision hub_strategy
+        gradio_temperature gradio_title greater_is_better hub_revision hub_strategy
         image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
         jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps
         landmark_attention large_head_attention layer_offloading lisa_layers_attribute
@@ -70,7 +70,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         metric_for_best_model model_kwargs model_quantization_config
         model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
-        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of peft
+        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids
@@ -88,7 +88,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp torch_compile_backend
-        torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
+        torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_onebitllms use_otel_metrics use_pose use_ray use_trackio vllm
@@ -106,6 +106,13 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _TP_CP),
     **_table("local_rank world_size ddp device device_map", _LAUNCHER),
+    # Axolotl's own Triton kernel fusing q_norm + RoPE (Qwen3 / Qwen3.5 / Gemma 4 attention); kubetune has no such
+    # fused launch, only liger's separate RMSNorm and RoPE kernels, so accepting it would change nothing.
+    "fused_attn_kernel": Unimplemented(
+        "kubetune has no fused q_norm + RoPE kernel; its liger RMSNorm and RoPE kernels cover those ops "
+        "separately (liger_rms_norm / liger_rope, on by default on a GPU in bf16 without torch_compile): "
+        "remove fused_attn_kernel"
+    ),
     "torch_dtype": Unimplemented("use bf16 / fp16"),
     "full_finetune": Unimplemented("leave adapter unset for a full fine-tune"),
     **_table(

@@ -152,6 +152,14 @@ class DataKeys(Section):
     pad_to_sequence_len: bool = field(
         False, description="Pad every batch to `sequence_len` tokens (steady memory use and shapes)."
     )
+    group_by_length: bool = field(
+        False,
+        description="Batches of rows of similar length, as transformers' `LengthGroupedSampler` (its "
+        "`get_length_grouped_indices`): each epoch's seeded permutation is cut into megabatches of up to 50 "
+        "optimizer steps' rows, each sorted longest first (the longest row of the epoch leads), so a "
+        "micro-batch pads less. Unpacked rows only: not with `sample_packing` or `pad_to_sequence_len` (every "
+        "row has the same width there).",
+    )
     train_on_inputs: bool = field(
         False,
         description="Train on the prompt tokens as well. Default false: only response tokens carry labels.",

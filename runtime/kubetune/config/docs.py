@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import compat
+from .adapter import LoftQ, PeftOptions
 from .datasets import DatasetConfig
 from .model import SpecialTokens
 from .parallel import FsdpConfig
@@ -21,17 +22,22 @@ _NESTED_ANCHORS = {
     FsdpConfig: "fsdp_config",
     SpecialTokens: "special_tokens",
     GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
+    PeftOptions: "peft",
+    LoftQ: "peftloftq_config",
 }
 
 RULES_TEXT = """\
 - `adapter: qlora` needs `load_in_4bit: true`; `adapter: lora` with `load_in_4bit: true` should be `qlora`.
 - `load_in_4bit` and `load_in_8bit` exclude each other; either needs an adapter; `bnb_4bit_*` keys need `load_in_4bit`.
-- `lora_*` / `peft_*` keys set (to a non-default value) without an `adapter` are refused.
+- `lora_*` / `peft_*` keys and `peft` set (to a non-default value) without an `adapter` are refused;
+  `peft.loftq_config` needs `adapter: lora` (no 4/8-bit base) and no `lora_model_dir`.
 - With an adapter, `lora_target_modules` or `lora_target_linear` is required (unless `lora_model_dir` is given).
 - `tokens` with an adapter needs `lora_modules_to_save` (the embedding and output layers).
-- `bf16: true` and `fp16: true` exclude each other; so do `flash_attention` and `sdp_attention`, and
+- `bf16: true` and `fp16: true` exclude each other; so do `flash_attention`, `sdp_attention` and
+  `xformers_attention`, and
   `attn_implementation` must agree with them.
-- `sample_packing` / `pad_to_sequence_len` need `sequence_len` set explicitly.
+- `sample_packing` / `pad_to_sequence_len` need `sequence_len` set explicitly; `group_by_length` is refused
+  with either (every row is `sequence_len` wide).
 - `test_datasets` and `val_set_size` > 0 exclude each other.
 - `chat_template: jinja` needs `chat_template_jinja`; `chat_template_jinja` with another named template is refused
   (top level and per dataset).
@@ -184,6 +190,8 @@ def render_markdown() -> str:
             GradientCheckpointingKwargs,
             (GradientCheckpointingKwargs.__doc__ or "").strip(),
         ),
+        ("peft", PeftOptions, (PeftOptions.__doc__ or "").strip()),
+        ("peft.loftq_config", LoftQ, (LoftQ.__doc__ or "").strip()),
     ]
     for title, model, blurb in nested:
         out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]

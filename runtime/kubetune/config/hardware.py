@@ -9,9 +9,15 @@ from pydantic_core import PydanticCustomError
 
 from .base import Section, field
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTN_IMPLEMENTATIONS = (
+    "eager",
+    "sdpa",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+    "xformers",
+)
 ATTN_HINTS = {
-    "xformers": "use sdpa or flash_attention_2",
     "sage": "use flash_attention_2",
     "s2": "use flash_attention_2",
 }
@@ -40,18 +46,32 @@ class PrecisionKeys(Section):
     )
     sdp_attention: bool = field(False, description="Use PyTorch scaled-dot-product attention.")
     xformers_attention: bool = field(
-        False, description="Axolotl's xformers attention: not implemented by kubetune (must be false)."
+        False,
+        description="Axolotl's xformers attention, the same as `attn_implementation: xformers` (CUDA only).",
     )
     attn_implementation: (
-        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "xformers"]
+        | None
     ) = field(
         None,
         description="transformers attention implementation, an alternative spelling of the flags above; "
         "`flex_attention` is torch's flex attention with a document mask (bf16/fp16 on a CUDA GPU; elsewhere "
-        "SDPA with the same mask runs, logged). Default: `flash_attention_2` with `flash_attention`, else "
-        "kubetune picks the fastest kernel for the machine.",
+        "SDPA with the same mask runs, logged). `xformers` is xformers' memory-efficient kernel as torch "
+        "ships it: SDPA restricted to `SDPBackend.EFFICIENT_ATTENTION` with the document mask (any "
+        "precision; CUDA only, a CPU run stops at start, as does a model whose attention layers take no "
+        "registered attention function, e.g. Falcon; the xformers package is not needed). Default: "
+        "`flash_attention_2` with `flash_attention`, else kubetune picks the fastest kernel for the machine.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
+    torch_compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = field(
+        None,
+        description="`mode` of the `torch.compile` that `torch_compile: true` runs on each decoder layer: "
+        "`default`, `reduce-overhead` (CUDA graphs), `max-autotune` (Inductor tunes its kernels, with CUDA "
+        "graphs; minutes of compiling first) or `max-autotune-no-cudagraphs`. Needs `torch_compile: true`. "
+        "Default: torch's `default`.",
+    )
 
     @field_validator("attn_implementation", mode="before")
     @classmethod
@@ -70,17 +90,6 @@ class PrecisionKeys(Section):
             "attn_implementation '{value}' is not implemented by kubetune",
             {"value": value, "fix": hint},
         )
-
-    @field_validator("xformers_attention")
-    @classmethod
-    def _no_xformers(cls, value: bool) -> bool:
-        if value:
-            raise PydanticCustomError(
-                "xformers_unsupported",
-                "kubetune does not implement xformers attention",
-                {"fix": "remove xformers_attention and set flash_attention: true or sdp_attention: true"},
-            )
-        return value
 
 
 class LoaderKeys(Section):

@@ -199,6 +199,22 @@ class ModelKeys(Section):
     def _known_scheme(cls, value: object, info) -> object:
         return check_object_store_uri(value, what=info.field_name, required=False)
 
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_list(cls, value: object) -> object:
+        # Axolotl's `tokens` is a list too (its schema: list[str]); some old example configs give it a mapping
+        # of special tokens, which Axolotl refuses as well. Say where those belong.
+        if isinstance(value, dict) and value and set(value) <= set(SpecialTokens.model_fields):
+            raise PydanticCustomError(
+                "tokens_mapping",
+                "tokens is a list of extra tokens to add; this mapping sets special tokens ({names})",
+                {
+                    "names": ", ".join(value),
+                    "fix": "move the mapping under `special_tokens:` (the same keys), and remove tokens",
+                },
+            )
+        return value
+
     @field_validator("chat_template", mode="before")
     @classmethod
     def _known_template(cls, value: object) -> object:

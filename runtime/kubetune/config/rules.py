@@ -60,6 +60,7 @@ LORA_KEYS = (
     "peft_use_dora",
     "peft_use_rslora",
     "lora_target_parameters",
+    "peft",
 )
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
@@ -114,6 +115,20 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
             "list them in lora_target_modules (e.g. [q_proj, k_proj, v_proj, o_proj]) or set "
             "`lora_target_linear: true`",
         )
+    if cfg.peft and cfg.peft.loftq_config:
+        if cfg.adapter == "qlora" or cfg.load_in_8bit:
+            yield ConfigProblem(
+                "peft.loftq_config",
+                "LoftQ quantizes a full-precision base itself and initialises the adapter from the quantization "
+                "error; a base already loaded quantized has no full-precision weights to start from",
+                "use `adapter: lora` without load_in_4bit / load_in_8bit, or remove peft.loftq_config",
+            )
+        if cfg.lora_model_dir:
+            yield ConfigProblem(
+                "peft.loftq_config",
+                "LoftQ initialises a new adapter, and lora_model_dir continues a trained one",
+                "remove peft.loftq_config (or lora_model_dir to start a new adapter)",
+            )
     if not cfg.load_in_4bit:
         for key in BNB_4BIT_KEYS:
             if key in cfg.model_fields_set:
@@ -160,13 +175,27 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             "and AdamW's epsilon (1e-8) is below float16's smallest value",
             "use fp16: true (mixed precision: float32 weights, float16 compute), or train an adapter",
         )
-    if cfg.flash_attention and cfg.sdp_attention:
+    if cfg.torch_compile_mode and not cfg.torch_compile:
         yield ConfigProblem(
-            "sdp_attention",
-            "flash_attention and sdp_attention are both true; only one attention implementation is used",
+            "torch_compile_mode",
+            f"torch_compile_mode: {cfg.torch_compile_mode} is the mode of torch.compile, and torch_compile is off",
+            "add `torch_compile: true`, or remove torch_compile_mode",
+        )
+    flags = [
+        flag for flag in ("flash_attention", "sdp_attention", "xformers_attention") if getattr(cfg, flag)
+    ]
+    if len(flags) > 1:
+        yield ConfigProblem(
+            flags[-1],
+            f"{' and '.join(flags)} are {'both' if len(flags) == 2 else 'all'} true; only one attention "
+            "implementation is used",
             "keep one of them",
         )
-    expected = {"flash_attention": ("flash_attention_2", "flash_attention_3"), "sdp_attention": ("sdpa",)}
+    expected = {
+        "flash_attention": ("flash_attention_2", "flash_attention_3"),
+        "sdp_attention": ("sdpa",),
+        "xformers_attention": ("xformers",),
+    }
     if cfg.attn_implementation:
         for flag, allowed in expected.items():
             if getattr(cfg, flag) and cfg.attn_implementation not in allowed:
@@ -216,6 +245,15 @@ def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "max_steps needs",
             "remove val_set_size, and evaluate on test_datasets",
         )
+    for key in ("sample_packing", "pad_to_sequence_len"):
+        if cfg.group_by_length and getattr(cfg, key):
+            yield ConfigProblem(
+                "group_by_length",
+                f"group_by_length batches rows of similar length to pad less, and with {key}: true every "
+                "row is sequence_len wide already",
+                f"remove group_by_length (or set {key}: false to batch unpacked examples by length)",
+            )
+            break
     if "sequence_len" not in cfg.model_fields_set:
         for key in ("sample_packing", "pad_to_sequence_len"):
             if getattr(cfg, key):

@@ -7,6 +7,8 @@ Every backend honours packing boundaries; they differ only in how the boundaries
                 bf16/fp16 on CUDA when flash-attn is absent: no wheel to carry, no mask to build
   flex          torch flex attention with a document-causal BlockMask (CUDA, fp32, or an older torch)
   sdpa, eager   kubetune.data's dense block-diagonal causal 4D mask (CPU, or when asked for)
+  sdpa_efficient  SDPA with that mask, restricted to torch's memory-efficient kernel (SDPBackend.
+                EFFICIENT_ATTENTION, the xformers kernel torch carries): Axolotl's `xformers` (CUDA only)
 
 `select_backend` picks one from the config and the machine (logging any fallback);
 `AttentionBackend.model_inputs` turns a collated batch into the decoder's keyword arguments.
@@ -20,6 +22,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend
 
 from kubetune.train.errors import UserError
 
@@ -27,11 +30,15 @@ log = logging.getLogger(__name__)
 
 FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
 TORCH_VARLEN = "kubetune_torch_varlen"  # the name it is registered under with transformers
+SDPA_EFFICIENT = "kubetune_sdpa_efficient"  # likewise: Axolotl's attn_implementation `xformers`
+# The kernels SDPA may choose under `xformers`: xformers' memory-efficient (cutlass) kernel is the one
+# torch ships as EFFICIENT_ATTENTION. A tuple at module level so a CPU test can widen it (CPU has none).
+EFFICIENT_KERNELS: tuple[SDPBackend, ...] = (SDPBackend.EFFICIENT_ATTENTION,)
 
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    name: str  # flash_varlen | torch_varlen | flex | sdpa | eager
+    name: str  # flash_varlen | torch_varlen | flex | sdpa | sdpa_efficient | eager
     hf_implementation: str  # the `attn_implementation` transformers loads the model with
 
     def model_inputs(self, batch: dict) -> dict:
@@ -124,6 +131,58 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.view(batch, length, heads, dim), None
 
 
+def efficient_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """transformers attention function: SDPA allowed only its memory-efficient kernel (Axolotl's xformers).
+
+    The restriction is entered here, around each attention call, so it also holds when gradient
+    checkpointing recomputes the layer during backward (the backward of an SDPA call is that of the
+    kernel its forward chose). Grouped key/value heads are repeated first: the memory-efficient kernel
+    is not one of those that take fewer key/value heads (`enable_gqa`). No kernel that may run ->
+    torch's RuntimeError, never a silent fallback to another kernel.
+    """
+    from torch.nn.attention import sdpa_kernel
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(causal and attention_mask is None and query.shape[2] > 1)
+    with sdpa_kernel(list(EFFICIENT_KERNELS)):
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal
+        )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_sdpa_efficient() -> None:
+    """Make SDPA_EFFICIENT a transformers attn_implementation, with SDPA's mask function (a 4D mask
+    given by kubetune passes through as is; plain calls get SDPA's own mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SDPA_EFFICIENT, efficient_attention_forward)
+    AttentionMaskInterface.register(SDPA_EFFICIENT, sdpa_mask)
+
+
+def check_model_takes(backend: AttentionBackend, model_class: type) -> None:
+    """Refuse, before loading, a kubetune-registered attention function for a model class whose attention
+    layers do not look functions up in transformers' registry (older ones such as Falcon index their own
+    table of classes by name and would fail with a KeyError while being built)."""
+    if backend.hf_implementation == SDPA_EFFICIENT and not getattr(
+        model_class, "_supports_attention_backend", False
+    ):
+        raise UserError(
+            f"attn_implementation xformers runs as an attention function registered with transformers, and "
+            f"{model_class.__name__}'s attention layers do not take registered functions.",
+            "Use `attn_implementation: sdpa` (or flash_attention_2) for this model."
+            if getattr(model_class, "_supports_sdpa", False)
+            else "Use `attn_implementation: eager` for this model (it has no SDPA attention either).",
+            key="attn_implementation",
+        )
+
+
 def register_torch_varlen() -> None:
     """Make TORCH_VARLEN a transformers attn_implementation (needed before the model is loaded).
 
@@ -142,9 +201,11 @@ def _half_precision(cfg) -> bool:
 
 
 def requested_backend(cfg) -> str | None:
-    """What the config asks for: flash | sdpa | eager | flex, or None (choose for the machine)."""
+    """What the config asks for: flash | sdpa | eager | flex | xformers, or None (choose for the machine)."""
     if cfg.attn_implementation in FLASH_IMPLEMENTATIONS or cfg.flash_attention:
         return "flash"
+    if cfg.attn_implementation == "xformers" or cfg.xformers_attention:
+        return "xformers"
     if cfg.attn_implementation == "sdpa" or cfg.sdp_attention:
         return "sdpa"
     if cfg.attn_implementation == "eager":
@@ -164,6 +225,14 @@ def check_request(cfg, *, cuda: bool) -> None:
             "train with PyTorch SDPA attention on CPU.",
             key=key,
         )
+    if requested_backend(cfg) == "xformers" and not cuda:
+        key = "attn_implementation" if cfg.attn_implementation == "xformers" else "xformers_attention"
+        raise UserError(
+            f"{key} asks for the memory-efficient (xformers) attention kernel, which torch has for CUDA GPUs "
+            "only, and this machine has none.",
+            "Run on a GPU node, or set `attn_implementation: sdpa` to train with PyTorch SDPA attention on CPU.",
+            key=key,
+        )
 
 
 def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
@@ -174,6 +243,13 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
         return AttentionBackend("eager", "eager")
     if wanted == "sdpa":
         return AttentionBackend("sdpa", "sdpa")
+    if wanted == "xformers":
+        register_sdpa_efficient()
+        log.info(
+            "attention: xformers -> torch SDPA restricted to its memory-efficient kernel "
+            "(SDPBackend.EFFICIENT_ATTENTION) with the document mask"
+        )
+        return AttentionBackend("sdpa_efficient", SDPA_EFFICIENT)
     if wanted == "flex":
         if cuda and _half_precision(cfg):
             return AttentionBackend("flex", "flex_attention")

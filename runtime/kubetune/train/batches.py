@@ -12,7 +12,7 @@ permutation each epoch leaves out different ones).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,11 +99,29 @@ def _interval(steps, per_epoch, steps_per_epoch: int, total: int) -> int | None:
 
 
 def step_indices(
-    rows: int, epoch: int, plan: Plan, *, seed: int, rank: int, world_size: int, micro_batch_size: int
+    rows: int,
+    epoch: int,
+    plan: Plan,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    micro_batch_size: int,
+    lengths: Sequence[int] | None = None,
 ):
-    """For each step of `epoch`: this rank's micro-batches, as lists of row indices."""
+    """For each step of `epoch`: this rank's micro-batches, as lists of row indices.
+
+    With `lengths` (group_by_length), the permutation is transformers' length-grouped one over whole
+    optimizer steps: each step's rows are neighbours in a megabatch sorted by length, so every
+    micro-batch dealt from them holds rows of similar length.
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(rows, generator=generator).tolist()
+    if lengths is None:
+        order = torch.randperm(rows, generator=generator).tolist()
+    else:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        order = get_length_grouped_indices(lengths, plan.rows_per_step, generator=generator)
     steps = []
     for step in range(plan.steps_per_epoch):
         chunk = order[step * plan.rows_per_step : (step + 1) * plan.rows_per_step]
@@ -168,6 +186,7 @@ def train_windows(
 ) -> Iterator[list[dict]]:
     """Endless stream of optimizer steps (each a list of gradient_accumulation_steps micro-batches),
     starting at the data position (epoch, step_in_epoch)."""
+    lengths = row_lengths(dataset) if cfg.group_by_length else None
     while True:
         steps = step_indices(
             len(dataset),
@@ -177,6 +196,7 @@ def train_windows(
             rank=rank,
             world_size=world_size,
             micro_batch_size=cfg.micro_batch_size,
+            lengths=lengths,
         )[step_in_epoch:]
         batches = iter(
             loader(dataset, [mb for step in steps for mb in step], collate, cfg, pin_memory=pin_memory)
@@ -184,6 +204,13 @@ def train_windows(
         for step in steps:
             yield [next(batches) for _ in step]
         epoch, step_in_epoch = epoch + 1, 0
+
+
+def row_lengths(dataset) -> list[int]:
+    """Tokens per row, read from the Arrow column (no row is decoded into Python lists)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
 
 
 def eval_batches(dataset, collate: Collate, cfg, *, rank: int, world_size: int, pin_memory: bool):

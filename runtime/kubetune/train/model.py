@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kubetune.train import fast_paths, model_options
-from kubetune.train.attention import AttentionBackend
+from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,19 @@ def resolve_precision(cfg, *, cuda: bool) -> Precision:
 
 def check_request(cfg, *, cuda: bool) -> None:
     """Quantization needs CUDA and bitsandbytes; say so before loading anything."""
+    if cfg.peft and cfg.peft.loftq_config:
+        # peft computes LoftQ's quantization with bitsandbytes on the GPU (it moves each weight to "cuda").
+        missing = "a CUDA GPU" if not cuda else None
+        if missing is None and importlib.util.find_spec("bitsandbytes") is None:
+            missing = "the bitsandbytes package"
+        if missing:
+            raise UserError(
+                f"peft.loftq_config (LoftQ) quantizes the base weights with bitsandbytes on a CUDA GPU, and "
+                f"this machine has no {missing.removeprefix('a ').removeprefix('the ')}.",
+                "Run on a GPU node with bitsandbytes (kubetune[gpu]), or remove peft.loftq_config to start "
+                "the adapter from peft's default init.",
+                key="peft.loftq_config",
+            )
     quantized = cfg.load_in_4bit or cfg.load_in_8bit or cfg.adapter == "qlora"
     if not quantized:
         return
@@ -235,6 +248,8 @@ def load_model(
             cfg.trust_remote_code,
             cfg.revision_for(getattr(cfg, key)),
         )
+    if backend.hf_implementation == SDPA_EFFICIENT:
+        check_model_takes(backend, model_options.model_class(model_cls, source, kwargs))
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
@@ -315,9 +330,16 @@ def load_model(
         apply_liger_kernels(model, kinds)
     if cfg.torch_compile:
         # Regional compilation: each decoder layer once (same code, so one graph), not the whole model.
+        if cfg.torch_compile_mode:
+            log.info("torch.compile mode: %s", cfg.torch_compile_mode)
         for layer in _decoder_layers(model):
-            layer.compile()
+            layer.compile(**compile_options(cfg))
     return model
+
+
+def compile_options(cfg) -> dict:
+    """Keyword arguments of each decoder layer's torch.compile: `mode` when torch_compile_mode sets it."""
+    return {"mode": cfg.torch_compile_mode} if cfg.torch_compile_mode else {}
 
 
 def wants_fused_kernels(cfg, precision: Precision, *, cuda: bool) -> bool:
@@ -408,6 +430,7 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
         bias="none",
+        **loftq_options(cfg),
     )
     # FSDP1 flattens each wrapped block's parameters into one tensor of one dtype; peft's default upcast
     # of the adapter weights to float32 beside bf16/fp16 base weights makes that impossible.
@@ -420,6 +443,19 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
             "Check lora_target_modules / lora_modules_to_save against the model's module names.",
             key="lora_target_modules",
         ) from err
+
+
+def loftq_options(cfg) -> dict:
+    """LoraConfig arguments of `peft.loftq_config`: peft's LoftQ init (one iteration, as Axolotl)."""
+    if not (cfg.peft and cfg.peft.loftq_config):
+        return {}
+    from peft import LoftQConfig
+
+    bits = cfg.peft.loftq_config.loftq_bits
+    log.info(
+        "lora: LoftQ init (%d-bit NF4 base weights, adapter = their quantization error's top-r part)", bits
+    )
+    return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(loftq_bits=bits)}
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

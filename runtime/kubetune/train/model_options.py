@@ -88,6 +88,28 @@ def new_model(model_cls, source: str, load_kwargs: dict, device) -> nn.Module:
     return model.to(device) if device is not None else model
 
 
+def model_class(model_cls, source: str, load_kwargs: dict) -> type:
+    """The concrete transformers class `model_cls.from_pretrained(source)` builds (an Auto class resolved
+    through the model's config; a named class as it is). A remote-code model resolves to the Auto class."""
+    import transformers
+
+    if not hasattr(model_cls, "_model_mapping"):
+        return model_cls
+    config = load_kwargs.get("config")
+    if config is None:
+        revision = {"revision": load_kwargs["revision"]} if "revision" in load_kwargs else {}
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                source, trust_remote_code=load_kwargs["trust_remote_code"], **revision
+            )
+        except (OSError, ValueError):
+            return model_cls  # from_pretrained reports it, with the key to fix
+    try:
+        return model_cls._model_mapping[type(config)]
+    except (KeyError, ValueError):
+        return model_cls
+
+
 def model_config(source: str, overrides: dict | None, trust_remote_code: bool, revision: dict | None = None):
     """The model's transformers config with Axolotl's `model_config` attributes set; UserError naming
     the ones the config class does not have (transformers would drop them silently)."""

@@ -57,7 +57,7 @@ def load_base_with_adapter(
 ):
     """The base model (unquantized, even after a QLoRA run) with the trained adapter attached."""
     import transformers
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
     model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM")
     source = model_source(cfg, cfg.base_model, "base_model")
@@ -66,7 +66,39 @@ def load_base_with_adapter(
     ).to(device)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
-    return PeftModel.from_pretrained(base, output_dir).eval()
+    config = PeftConfig.from_pretrained(output_dir)
+    loftq = getattr(config, "init_lora_weights", None) == "loftq"
+    if loftq:  # peft would run LoftQ's init again on load, on "cuda" only; the weights are loaded anyway
+        config.init_lora_weights = True
+    model = PeftModel.from_pretrained(base, output_dir, config=config).eval()
+    if loftq:
+        quantize_loftq_base(model)
+    return model
+
+
+def quantize_loftq_base(model) -> int:
+    """Give a LoftQ adapter the base it trained on: peft's LoftQ init replaced every targeted weight W by
+    its NF4 round trip Q(W) (one iteration: bitsandbytes Params4bit, blocks of 64, no double quant), and
+    the adapter learned on top of Q(W). Applied to W itself the adapter would add the quantization error a
+    second time. The same round trip (here on the CPU, where merge runs) reproduces Q(W). Returns the count."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora import LoraLayer
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and module.lora_A:
+            base = module.get_base_layer()
+            weight = base.weight.data
+            packed = bnb.nn.Params4bit(
+                weight.detach().to("cpu", torch.float32),
+                requires_grad=False,
+                compress_statistics=False,
+                quant_type="nf4",
+            ).to(weight.device)
+            dequantized = bnb.functional.dequantize_4bit(packed.data, packed.quant_state)
+            base.weight.data = dequantized.to(weight.dtype)
+            count += 1
+    return count
 
 
 def load_result(cfg, *, device: torch.device):

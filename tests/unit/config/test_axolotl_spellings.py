@@ -57,3 +57,40 @@ def test_gradient_checkpointing_beside_fsdp_activation_checkpointing_is_fsdps_al
     # the same request twice: FSDP's checkpoint wrapper does it, the model's own is not switched on as well
     assert cfg.fsdp_config.fsdp_activation_checkpointing is True and cfg.gradient_checkpointing is False
     assert load_config({**BASE, "gradient_checkpointing": True}).gradient_checkpointing is True  # no FSDP
+
+
+def test_tokens_given_as_special_tokens_mapping_says_where_they_belong():
+    """Axolotl's `tokens` is a list (archived examples give a mapping of special tokens, which Axolotl refuses
+    too): kubetune keeps refusing it, and the fix points at special_tokens."""
+    from kubetune.config import validate_mapping
+
+    base = {
+        "base_model": "m",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "d", "type": "alpaca"}],
+    }
+    (problem,) = validate_mapping({**base, "tokens": {"bos_token": "<s>", "eos_token": "</s>"}})
+    assert (
+        problem.path == "tokens"
+        and "special_tokens" in problem.fix
+        and "bos_token, eos_token" in problem.message
+    )
+    assert validate_mapping({**base, "special_tokens": {"bos_token": "<s>", "eos_token": "</s>"}}) == []
+    (other,) = validate_mapping({**base, "tokens": {"word": "x"}})
+    assert "list" in other.fix  # any other mapping: the generic list message
+
+
+def test_fused_attn_kernel_stays_refused_with_kubetunes_nearest_fast_path_named():
+    """Axolotl's fused q_norm + RoPE Triton kernel has no kubetune counterpart: refused, never ignored."""
+    from kubetune.config import validate_mapping
+
+    base = {
+        "base_model": "m",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "d", "type": "alpaca"}],
+    }
+    (problem,) = validate_mapping({**base, "fused_attn_kernel": True})
+    assert problem.path == "fused_attn_kernel" and "liger_rms_norm" in problem.fix
+    assert validate_mapping({**base, "fused_attn_kernel": False}) == []

@@ -35,7 +35,7 @@ BAD = [
         "fsdp_config.fsdp_ofload_params",
     ),
     ("unknown-special-token", {"special_tokens": {"pad": "<pad>"}}, "special_tokens.pad"),
-    ("axolotl-key-set", {"group_by_length": True}, "group_by_length"),
+    ("axolotl-key-set", {"auto_find_batch_size": True}, "auto_find_batch_size"),
     (
         "axolotl-dataset-key-set",
         {"datasets": [{"path": "d", "type": "alpaca", "shards": 4}]},
@@ -142,7 +142,7 @@ BAD = [
     ("no-training-length", {"num_epochs": DROP}, "num_epochs"),
     ("bf16-and-fp16", {"bf16": True, "fp16": True}, "fp16"),
     ("flash-and-sdp", {"flash_attention": True, "sdp_attention": True}, "sdp_attention"),
-    ("xformers", {"xformers_attention": True}, "xformers_attention"),
+    ("flash-and-xformers", {"flash_attention": True, "xformers_attention": True}, "xformers_attention"),
     (
         "attn-implementation-contradiction",
         {"flash_attention": True, "attn_implementation": "sdpa"},

@@ -1,10 +1,14 @@
 """Packing boundaries: a packed row gives every example exactly the hidden states it gets alone."""
 
+import logging
+
 import pytest
 import torch
 from kubetune.data import PackedCollator
+from kubetune.train import attention
 from kubetune.train.attention import AttentionBackend, check_request, select_backend
 from kubetune.train.errors import UserError
+from torch.nn.attention import SDPBackend
 
 
 def packed_vs_alone(
@@ -49,6 +53,7 @@ def test_packed_rows_never_attend_across_examples(tiny, name):
 class Cfg:
     flash_attention = False
     sdp_attention = False
+    xformers_attention = False
     attn_implementation = None
     bf16 = True  # a GPU run in half precision unless a test says otherwise
     fp16 = False
@@ -85,3 +90,129 @@ def test_flash_attention_on_a_machine_without_cuda_is_bad_input():
     with pytest.raises(UserError) as err:
         check_request(Cfg(flash_attention=True), cuda=False)
     assert "CUDA" in err.value.problem and "flash_attention: false" in err.value.fix
+
+
+# -- attn_implementation: xformers = SDPA restricted to torch's memory-efficient kernel ----------------
+
+
+@pytest.mark.parametrize("keys", [{"attn_implementation": "xformers"}, {"xformers_attention": True}])
+def test_xformers_selects_sdpa_restricted_to_the_memory_efficient_kernel(keys, caplog):
+    from transformers import AttentionInterface
+
+    with caplog.at_level(logging.INFO, logger="kubetune.train.attention"):
+        backend = select_backend(Cfg(**keys), cuda=True)
+    assert (backend.name, backend.hf_implementation) == ("sdpa_efficient", attention.SDPA_EFFICIENT)
+    assert (
+        AttentionInterface._global_mapping[attention.SDPA_EFFICIENT] is attention.efficient_attention_forward
+    )
+    assert "EFFICIENT_ATTENTION" in caplog.text  # logged, not silent
+    assert attention.EFFICIENT_KERNELS == (SDPBackend.EFFICIENT_ATTENTION,)
+
+
+def test_xformers_on_a_machine_without_cuda_is_bad_input():
+    with pytest.raises(UserError) as err:
+        check_request(Cfg(attn_implementation="xformers"), cuda=False)
+    assert err.value.key == "attn_implementation" and "attn_implementation: sdpa" in err.value.fix
+
+
+def _attention_call(module_groups: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, 6, 8, generator=generator)
+    key, value = (torch.randn(2, 4 // module_groups, 6, 8, generator=generator) for _ in range(2))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = module_groups, True
+    return module, query, key, value, mask
+
+
+def test_the_kernel_restriction_is_in_force_inside_the_attention_call(monkeypatch):
+    """CPU has no memory-efficient kernel: restricted to it, SDPA finds no kernel and says so (it does not
+    quietly run another one), while plain SDPA on the same inputs runs."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module, query, key, value, mask = _attention_call()
+    sdpa_attention_forward(module, query, key, value, mask)
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        attention.efficient_attention_forward(module, query, key, value, mask)
+
+    entered = []
+    real = torch.nn.attention.sdpa_kernel
+
+    def recording(backends, *args, **kwargs):
+        entered.append(list(backends))
+        return real([*backends, SDPBackend.MATH], *args, **kwargs)  # let CPU compute, record the request
+
+    monkeypatch.setattr(torch.nn.attention, "sdpa_kernel", recording)
+    out, _ = attention.efficient_attention_forward(module, query, key, value, mask)
+    assert entered == [[SDPBackend.EFFICIENT_ATTENTION]]
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask)
+    torch.testing.assert_close(out, expected)  # grouped key/value heads repeated as SDPA's path does
+
+
+def test_xformers_losses_equal_plain_sdpa_on_packed_rows(tiny, monkeypatch):
+    """The whole model under the xformers implementation (kernel list widened to math, which CPU has) gives
+    SDPA's loss and gradients on a packed batch, and keeps examples apart."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(attention, "EFFICIENT_KERNELS", (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH))
+    efficient = select_backend(Cfg(attn_implementation="xformers"), cuda=True)
+    packed_vs_alone(tiny["model"], efficient)
+    rows = [{"input_ids": list(range(5, 25)), "labels": list(range(5, 25)), "seq_lens": [8, 12]}]
+    batch = PackedCollator(pad_token_id=3, pad_to=24)(rows)
+    losses = {}
+    for backend in (AttentionBackend("sdpa", "sdpa"), efficient):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(
+            tiny["model"], attn_implementation=backend.hf_implementation
+        )
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], **backend.model_inputs(batch))
+        out.loss.backward()
+        grad = model.model.layers[0].self_attn.q_proj.weight.grad
+        losses[backend.name] = (out.loss.detach(), grad.clone())
+    torch.testing.assert_close(losses["sdpa_efficient"][0], losses["sdpa"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses["sdpa_efficient"][1], losses["sdpa"][1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_xformers_on_cuda_runs_the_memory_efficient_kernel_and_matches_sdpa(tiny):
+    """On a GPU the restriction leaves exactly the memory-efficient kernel: the profiler sees it, and the
+    packed hidden states match each example alone, in float32 and bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    efficient = select_backend(Cfg(attn_implementation="xformers"), cuda=True)
+    packed_vs_alone(tiny["model"], efficient, device="cuda")
+    packed_vs_alone(tiny["model"], efficient, atol=3e-2, device="cuda", dtype=torch.bfloat16)
+    module, query, key, value, mask = (
+        x.cuda() if isinstance(x, torch.Tensor) else x for x in _attention_call()
+    )
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        attention.efficient_attention_forward(module, query, key, value, mask)
+    assert any("efficient_attention" in event.key for event in prof.key_averages())
+
+
+def test_xformers_on_a_model_without_registered_attention_functions_is_refused_before_loading(tmp_path):
+    """Falcon's attention layers come from its own table of classes, not transformers' registry: the
+    registered memory-efficient function cannot reach them, so the run says so instead of crashing."""
+    from kubetune.train.attention import check_model_takes
+    from kubetune.train.model_options import model_class
+    from transformers import AutoModelForCausalLM, FalconConfig, LlamaConfig
+
+    efficient = AttentionBackend("sdpa_efficient", attention.SDPA_EFFICIENT)
+    for name, config in (
+        ("falcon", FalconConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1)),
+        ("llama", LlamaConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1)),
+    ):
+        config.save_pretrained(tmp_path / name)
+    falcon = model_class(AutoModelForCausalLM, str(tmp_path / "falcon"), {"trust_remote_code": False})
+    llama = model_class(AutoModelForCausalLM, str(tmp_path / "llama"), {"trust_remote_code": False})
+    assert (falcon.__name__, llama.__name__) == ("FalconForCausalLM", "LlamaForCausalLM")
+    with pytest.raises(UserError) as err:
+        check_model_takes(efficient, falcon)
+    assert err.value.key == "attn_implementation" and "attn_implementation: sdpa" in err.value.fix
+    check_model_takes(efficient, llama)
+    check_model_takes(AttentionBackend("sdpa", "sdpa"), falcon)  # only the registered function needs it
+    from transformers import GPTJForCausalLM
+
+    with pytest.raises(UserError) as err:
+        check_model_takes(efficient, GPTJForCausalLM)  # no SDPA path at all: the fix says eager
+    assert "attn_implementation: eager" in err.value.fix

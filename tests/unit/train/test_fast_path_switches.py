@@ -159,6 +159,7 @@ def test_loss_switch_off_keeps_the_plain_loss_where_the_fused_one_would_run(monk
         ("sdpa", True, True, ("sdpa", "sdpa")),
         ("eager", True, True, ("eager", "eager")),
         ("flash_attention_2", True, True, ("flash_varlen", "flash_attention_2")),
+        ("xformers", True, False, ("sdpa_efficient", "kubetune_sdpa_efficient")),  # any precision
     ],
 )
 def test_attn_implementation_picks_the_backend(monkeypatch, caplog, implementation, cuda, bf16, backend):
@@ -166,7 +167,12 @@ def test_attn_implementation_picks_the_backend(monkeypatch, caplog, implementati
 
     monkeypatch.setattr(attention, "flash_attn_installed", lambda: True)
     config = SimpleNamespace(
-        attn_implementation=implementation, flash_attention=False, sdp_attention=False, fp16=False, bf16=bf16
+        attn_implementation=implementation,
+        flash_attention=False,
+        sdp_attention=False,
+        xformers_attention=False,
+        fp16=False,
+        bf16=bf16,
     )
     with caplog.at_level(logging.WARNING, logger="kubetune.train.attention"):
         chosen = attention.select_backend(config, cuda=cuda)
@@ -185,6 +191,6 @@ def test_attn_implementations_without_a_kubetune_backend_are_refused_with_the_fi
         "datasets": [{"path": "d", "type": "alpaca"}],
     }
     assert validate_mapping({**base, "attn_implementation": "flex_attention"}) == []
-    for value, fix in (("xformers", "sdpa"), ("kernels-community/vllm-flash-attn3", "flash_attention_3")):
-        (problem,) = validate_mapping({**base, "attn_implementation": value})
-        assert problem.path == "attn_implementation" and fix in problem.fix
+    assert validate_mapping({**base, "attn_implementation": "xformers"}) == []
+    (problem,) = validate_mapping({**base, "attn_implementation": "kernels-community/vllm-flash-attn3"})
+    assert problem.path == "attn_implementation" and "flash_attention_3" in problem.fix

@@ -52,7 +52,13 @@ def packed_batch(seed: int = 0, width: int = 48) -> dict:
 
 
 def cfg(**overrides):
-    values = {"attn_implementation": None, "flash_attention": False, "sdp_attention": False, "fp16": False}
+    values = {
+        "attn_implementation": None,
+        "flash_attention": False,
+        "sdp_attention": False,
+        "fp16": False,
+        "xformers_attention": False,
+    }
     values["bf16"] = "auto"
     values.update(overrides)
     return SimpleNamespace(**values)

@@ -175,3 +175,25 @@ def test_float16_is_axolotls_non_amp_float16():
     assert resolve_precision(cfg, cuda=False) == Precision(torch.float32, "no")
     cfg = load_config({**lora, "float16": True, "fp16": True})
     assert resolve_precision(cfg, cuda=True) == Precision(torch.float16, "fp16")
+
+
+@pytest.mark.parametrize("mode", [None, "max-autotune-no-cudagraphs"])
+def test_torch_compile_mode_reaches_every_decoder_layers_compile(make_config, monkeypatch, mode):
+    """torch_compile compiles each decoder layer; torch_compile_mode is the `mode` of that torch.compile."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self), kwargs)))
+    cfg, _ = make_config(torch_compile=True, torch_compile_mode=mode)
+    model, _ = load(cfg)
+    layers = model.base_model.model.model.layers
+    assert [kind for kind, _ in calls] == [type(layer) for layer in layers] and len(calls) > 0
+    assert all(kwargs == ({"mode": mode} if mode else {}) for _, kwargs in calls)
+
+
+def test_torch_compile_mode_without_torch_compile_is_refused(seed_mapping):
+    from kubetune.config import validate_mapping
+
+    (problem,) = validate_mapping({**seed_mapping, "torch_compile_mode": "max-autotune"})
+    assert problem.path == "torch_compile_mode" and "torch_compile: true" in problem.fix
+    assert (
+        validate_mapping({**seed_mapping, "torch_compile": True, "torch_compile_mode": "max-autotune"}) == []
+    )

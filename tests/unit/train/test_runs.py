@@ -345,3 +345,43 @@ def test_sigterm_under_kubetune_launch_reaches_both_workers_which_save_and_the_r
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from_step"] == step and summary["steps"] == 30
+
+
+def test_group_by_length_run_trains_in_length_grouped_batches(make_config):
+    """An unpacked run with group_by_length goes through the loop; its batches pad less than the default order's."""
+    padding = {}
+    for grouped in (False, True):
+        cfg, _ = make_config(
+            f"grouped-{grouped}",
+            sample_packing=False,
+            pad_to_sequence_len=False,
+            group_by_length=grouped,
+            max_steps=6,
+            learning_rate=0.02,
+            **LORA,
+        )
+        run, summary = train_in_process(cfg)
+        assert summary["steps"] == 6
+        padding[grouped] = sum(
+            batch["input_ids"].numel() - batch["n_tokens"]
+            for step in _first_steps(run, cfg, 6)
+            for batch in step
+        )
+    assert padding[True] < padding[False], padding
+
+
+def _first_steps(run, cfg, count: int) -> list:
+    from kubetune.train.batches import train_windows
+
+    windows = train_windows(
+        run.data.train,
+        run.plan,
+        run.collate,
+        cfg,
+        epoch=0,
+        step_in_epoch=0,
+        rank=0,
+        world_size=1,
+        pin_memory=False,
+    )
+    return [next(windows) for _ in range(count)]
