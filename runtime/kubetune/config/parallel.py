@@ -55,7 +55,10 @@ class FsdpConfig(Section):
         None, description="FSDP1: broadcast the module states from rank 0 when wrapping. Default: false."
     )
     fsdp_use_orig_params: bool | None = field(
-        None, description="FSDP1: keep the original parameters visible (needed for adapters). Default: true."
+        None,
+        description="FSDP1: keep the original parameters visible. Default: true. With false, each FSDP unit is "
+        "one flat tensor, trained or frozen as a whole: an adapter's trainable layers become units of their "
+        "own (peft's wrap policy) and checkpoints keep the original names.",
     )
     fsdp_activation_checkpointing: bool | None = field(
         None, description="FSDP's own activation checkpointing (instead of `gradient_checkpointing`)."
