@@ -89,7 +89,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp torch_compile_backend
         torch_compile_mode torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
-        trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
+        trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_onebitllms use_otel_metrics use_pose use_ray use_trackio vllm
         xpos_rope
@@ -178,4 +178,44 @@ FSDP_CONFIG: dict[str, Unimplemented] = {
     "fsdp_forward_prefetch": Unimplemented(""),
     "fsdp_offload_optimizer": Unimplemented("use fsdp_offload_params"),
     "fsdp_limit_all_gathers": Unimplemented("", inert=(True,)),
+}
+
+_GRPO = (
+    "it drives GRPO's online generation (vLLM, reward functions, sampling), and rl: grpo is not implemented yet "
+    "(design: docs/preference-grpo.md): remove it, or train offline with rl: dpo / ipo / orpo / kto / simpo"
+)
+
+# Keys of the `trl` block (Axolotl's TRLConfig). Those kubetune honours are in config/preference.py
+# (TrlConfig); the rest drive GRPO's generation, which kubetune does not run. Their Axolotl defaults
+# are accepted, as a config dumped by Axolotl holds them.
+TRL: dict[str, Unimplemented] = {
+    **_table(
+        """vllm_mode vllm_server_timeout vllm_guided_decoding_regex reward_funcs reward_weights
+        generation_batch_size num_generations num_completions_to_print importance_sampling_level
+        temperature top_p top_k min_p repetition_penalty generation_kwargs chat_template_kwargs
+        num_iterations epsilon epsilon_high use_liger_loss vllm_enable_sleep_mode rollout_func
+        multi_objective_aggregation prefetch_depth vllm_sync_interval streaming_partial_batch
+        streaming_min_groups vllm_importance_sampling_correction vllm_importance_sampling_mode
+        vllm_importance_sampling_cap off_policy_mask_threshold use_bias_correction_kl
+        use_vllm log_completions mask_truncated_completions use_data_producer async_prefetch vllm_lora_sync""",
+        _GRPO,
+    ),
+    "vllm_server_host": Unimplemented(_GRPO, inert=("0.0.0.0",)),  # nosec B104: a default, never bound
+    "vllm_server_port": Unimplemented(_GRPO, inert=(8000,)),
+    "scale_rewards": Unimplemented(_GRPO, inert=(True,)),
+    "reward_num_workers": Unimplemented(_GRPO, inert=(1,)),
+    "replay_buffer_size": Unimplemented(_GRPO, inert=(0,)),
+    "replay_recompute_logps": Unimplemented(_GRPO, inert=(True,)),
+    "reroll_start_fraction": Unimplemented(_GRPO, inert=(1.0, 1)),
+    "reroll_max_groups": Unimplemented(_GRPO, inert=(1,)),
+    "skip_zero_advantage_batches": Unimplemented(_GRPO, inert=(True,)),
+    "loss_type": Unimplemented(
+        "trl.loss_type is GRPO's loss (grpo, bnpo, dr_grpo), and rl: grpo is not implemented yet; the "
+        "offline losses are chosen by rl (dpo, ipo, orpo, kto, simpo) and dpo_loss_type"
+    ),
+    "max_completion_length": Unimplemented(
+        "trl.max_completion_length bounds GRPO's generated completions, and rl: grpo is not implemented "
+        "yet; the offline losses score the dataset's completions whole (a row longer than sequence_len is "
+        "dropped): remove it"
+    ),
 }

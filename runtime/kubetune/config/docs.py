@@ -13,6 +13,7 @@ from . import compat
 from .datasets import DatasetConfig
 from .model import SpecialTokens
 from .parallel import FsdpConfig
+from .preference import TrlConfig
 from .schema import SECTIONS, TrainConfig
 from .training import GradientCheckpointingKwargs
 
@@ -21,6 +22,7 @@ _NESTED_ANCHORS = {
     FsdpConfig: "fsdp_config",
     SpecialTokens: "special_tokens",
     GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
+    TrlConfig: "trl",
 }
 
 RULES_TEXT = """\
@@ -178,6 +180,7 @@ def render_markdown() -> str:
     nested = [
         ("Dataset entries", DatasetConfig, "Each item of `datasets` and `test_datasets`."),
         ("fsdp_config", FsdpConfig, (FsdpConfig.__doc__ or "").strip()),
+        ("trl", TrlConfig, " ".join((TrlConfig.__doc__ or "").split())),
         ("special_tokens", SpecialTokens, (SpecialTokens.__doc__ or "").strip()),
         (
             "gradient_checkpointing_kwargs",
@@ -203,5 +206,8 @@ def render_markdown() -> str:
         "### In fsdp_config",
         "",
         *_compat_lines(compat.FSDP_CONFIG),
+        "### In trl",
+        "",
+        *_compat_lines(compat.TRL),
     ]
     return "\n".join(out).rstrip() + "\n"

@@ -10,6 +10,9 @@ from .base import Section, field
 DEFAULT_BETA = 0.1  # trl's DPOConfig / ORPOConfig / CPOConfig / KTOConfig default
 DEFAULT_SIMPO_GAMMA = 0.5  # trl's CPOConfig.simpo_gamma
 DEFAULT_CPO_ALPHA = 1.0  # trl's CPOConfig.cpo_alpha (the weight of the chosen answers' NLL)
+# TR-DPO's reference sync: Axolotl's trl-block defaults (what it passes to trl), not trl's own 0.6 / 512.
+DEFAULT_REF_MIXUP_ALPHA = 0.9
+DEFAULT_REF_SYNC_STEPS = 64
 # The rl types that compare the policy with a reference policy (ORPO and SimPO have none).
 WITH_REFERENCE = ("dpo", "ipo", "kto")
 
@@ -25,6 +28,9 @@ class PreferenceObjective:
     cpo_alpha: float = DEFAULT_CPO_ALPHA
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    # TR-DPO: every `ref_sync_steps` optimizer steps the frozen reference becomes
+    # alpha x policy + (1 - alpha) x reference; None when the reference stays fixed.
+    ref_sync: tuple[float, int] | None = None
 
     @property
     def needs_reference(self) -> bool:
@@ -34,6 +40,37 @@ class PreferenceObjective:
     def paired(self) -> bool:
         """False for KTO, whose rows are single completions with a desirable/undesirable label."""
         return self.rl != "kto"
+
+
+class TrlConfig(Section):
+    """`trl`: Axolotl's block of trl trainer settings. kubetune honours those that its offline losses
+    read; the GRPO / vLLM / generation keys are refused (docs/training.md lists each)."""
+
+    beta: float | None = field(
+        None,
+        gt=0,
+        description="trl's beta, as `rl_beta` (Axolotl reads this one first; setting both is an error).",
+    )
+    sync_ref_model: bool | None = field(
+        None,
+        description="rl: dpo / ipo / kto with a full fine-tune: TR-DPO, the frozen reference is mixed "
+        "towards the policy every `ref_model_sync_steps` optimizer steps (trl's SyncRefModelCallback). "
+        "Not with an adapter (the reference is the base with the adapter disabled) nor with "
+        "precompute_ref_log_probs. Default: false.",
+    )
+    ref_model_mixup_alpha: float | None = field(
+        None,
+        gt=0,
+        le=1,
+        description="With sync_ref_model: the reference becomes alpha x policy + (1 - alpha) x reference. "
+        f"Default: {DEFAULT_REF_MIXUP_ALPHA} (Axolotl's).",
+    )
+    ref_model_sync_steps: int | None = field(
+        None,
+        ge=1,
+        description=f"With sync_ref_model: optimizer steps between two mixes. Default: {DEFAULT_REF_SYNC_STEPS} "
+        "(Axolotl's).",
+    )
 
 
 class PreferenceKeys(Section):
@@ -89,14 +126,28 @@ class PreferenceKeys(Section):
         "prepared-data cache, so that no training step runs the reference (a full fine-tune then needs "
         "no frozen copy of the model). Default: false.",
     )
+    trl: TrlConfig | None = field(
+        None,
+        description="Axolotl's block of trl trainer settings: `beta`, and the reference-model sync of a "
+        "full fine-tune (`sync_ref_model`, `ref_model_mixup_alpha`, `ref_model_sync_steps`). The GRPO, "
+        "vLLM and generation keys are refused (grpo is not implemented yet).",
+    )
 
     def preference_objective(self) -> PreferenceObjective | None:
         """The resolved objective of a preference run; None for SFT."""
         if self.rl is None:
             return None
+        trl = self.trl or TrlConfig()
         beta = next(
-            (b for b in (self.rl_beta, self.dpo_beta, self.orpo_alpha) if b is not None), DEFAULT_BETA
+            (b for b in (trl.beta, self.rl_beta, self.dpo_beta, self.orpo_alpha) if b is not None),
+            DEFAULT_BETA,
         )
+        ref_sync = None
+        if trl.sync_ref_model:
+            ref_sync = (
+                DEFAULT_REF_MIXUP_ALPHA if trl.ref_model_mixup_alpha is None else trl.ref_model_mixup_alpha,
+                DEFAULT_REF_SYNC_STEPS if trl.ref_model_sync_steps is None else trl.ref_model_sync_steps,
+            )
         loss_type = {"dpo": self.dpo_loss_type or "sigmoid"}.get(self.rl, self.rl)
         return PreferenceObjective(
             rl=self.rl,
@@ -106,6 +157,7 @@ class PreferenceKeys(Section):
             cpo_alpha=DEFAULT_CPO_ALPHA if self.cpo_alpha is None else self.cpo_alpha,
             desirable_weight=1.0 if self.kto_desirable_weight is None else self.kto_desirable_weight,
             undesirable_weight=1.0 if self.kto_undesirable_weight is None else self.kto_undesirable_weight,
+            ref_sync=ref_sync,
         )
 
     def preference_loss(self) -> tuple[str, float] | None:

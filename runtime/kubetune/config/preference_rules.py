@@ -46,9 +46,63 @@ def _dataset_types(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 )
 
 
+def _trl_block(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """The `trl` block: read only by a preference run; one home for beta; the reference sync's limits."""
+    trl = cfg.trl
+    if trl is None:
+        return
+    set_keys = sorted(trl.model_fields_set)
+    if not cfg.rl:
+        for key in set_keys:
+            yield ConfigProblem(
+                f"trl.{key}",
+                f"trl.{key} is a preference-training setting, but rl is not set",
+                f"remove trl.{key}, or set rl (dpo, ipo, orpo, kto, simpo)",
+            )
+        return
+    if trl.beta is not None:
+        for other in ("rl_beta", "dpo_beta", "orpo_alpha"):
+            if getattr(cfg, other) is not None:
+                yield ConfigProblem(
+                    "trl.beta",
+                    f"trl.beta ({trl.beta}) and {other} ({getattr(cfg, other)}) both set trl's beta",
+                    f"keep only one of trl.beta and {other}",
+                )
+    for key in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
+        if getattr(trl, key) is not None and not trl.sync_ref_model:
+            yield ConfigProblem(
+                f"trl.{key}",
+                f"trl.{key} tunes the reference-model sync, which is off (trl.sync_ref_model is not true)",
+                f"set trl.sync_ref_model: true, or remove trl.{key}",
+            )
+    if not trl.sync_ref_model:
+        return
+    if cfg.rl not in WITH_REFERENCE:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            f"rl: {cfg.rl} has no reference model to sync",
+            f"remove trl.sync_ref_model, or use rl: {' / '.join(WITH_REFERENCE)}",
+        )
+    elif cfg.adapter:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            f"with adapter: {cfg.adapter} the reference is the base model with the adapter disabled, "
+            "which a sync would overwrite (trl refuses it with PEFT too)",
+            "remove trl.sync_ref_model, or train without an adapter (a full fine-tune keeps a reference copy)",
+        )
+    elif cfg.precompute_ref_log_probs:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            "precompute_ref_log_probs fixes the reference log-probs before training; a synced reference "
+            "changes during it",
+            "remove one of trl.sync_ref_model and precompute_ref_log_probs",
+        )
+
+
 @rule
 def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     yield from _dataset_types(cfg)
+    yield from _trl_block(cfg)
     for key, readers in KEYS_OF.items():
         if key in cfg.model_fields_set and getattr(cfg, key) is not None and cfg.rl not in readers:
             now = f"rl is {cfg.rl}" if cfg.rl else "rl is not set"

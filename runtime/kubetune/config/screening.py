@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from . import compat
 from .datasets import DatasetConfig
 from .parallel import FsdpConfig
+from .preference import TrlConfig
 from .problems import ConfigProblem
 from .schema import TrainConfig
 
@@ -56,6 +57,7 @@ COMPAT_BY_MODEL: dict[type[BaseModel], dict[str, compat.Unimplemented]] = {
     TrainConfig: compat.TOP_LEVEL,
     DatasetConfig: compat.DATASET,
     FsdpConfig: compat.FSDP_CONFIG,
+    TrlConfig: compat.TRL,
 }
 
 # For "this key belongs elsewhere" hints.

@@ -105,6 +105,26 @@ class PreferenceLoss(nn.Module):
         with disable():
             yield self.model
 
+    @property
+    def frozen_reference(self) -> nn.Module | None:
+        """The frozen copy that is the reference of a full fine-tune (None otherwise)."""
+        return self._frozen[0] if self._frozen else None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> bool:
+        """TR-DPO (trl.sync_ref_model): every `ref_sync` steps the frozen reference moves towards the
+        policy, alpha x policy + (1 - alpha) x reference, with trl's SyncRefModelCallback. DDP keeps the
+        policies of all ranks equal, so their references stay equal. True when it synced."""
+        if self.objective.ref_sync is None or not self._frozen:
+            return False
+        alpha, every = self.objective.ref_sync
+        if step % every:
+            return False
+        from trl.trainer.callbacks import SyncRefModelCallback
+
+        SyncRefModelCallback.sync_target_model(self.model, self._frozen[0], alpha)
+        return True
+
     @torch.no_grad()
     def reference_logps(self, input_ids, targets, position_ids, decoder_inputs) -> torch.Tensor:
         with self.reference() as model:

@@ -9,10 +9,11 @@ from kubetune.config import DatasetConfig, TrainConfig, training_config_json_sch
 from kubetune.config.docs import render_markdown
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
+from kubetune.config.preference import TrlConfig
 from kubetune.config.training import GradientCheckpointingKwargs, Optimizer
 from pydantic import BaseModel
 
-MODELS = (TrainConfig, DatasetConfig, FsdpConfig, SpecialTokens, GradientCheckpointingKwargs)
+MODELS = (TrainConfig, DatasetConfig, FsdpConfig, SpecialTokens, GradientCheckpointingKwargs, TrlConfig)
 
 # The keys issue #2 names (wandb_* / mlflow_* checked by prefix below).
 ISSUE_KEYS = """base_model base_model_config model_type tokenizer_type tokenizer_config trust_remote_code special_tokens

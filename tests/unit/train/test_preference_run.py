@@ -237,3 +237,24 @@ def test_a_full_fine_tune_dpo_runs_with_a_frozen_copy_or_precomputed_reference(
     if precompute:  # computed into the prepared-data cache, beside the prepared rows
         assert list(Path(cfg.dataset_prepared_path).glob("*/ref-logps-*/train.npy"))
     assert list(Path(cfg.output_dir).glob("*.safetensors"))  # the full model, no adapter
+
+
+def test_a_full_fine_tune_dpo_with_trl_reference_sync_restarts_from_the_policy(make_config, tmp_path, capsys):
+    """trl: {beta, sync_ref_model, ref_model_mixup_alpha: 1, ref_model_sync_steps: 2}: after steps 2 and 4
+    the reference IS the policy, so steps 3 and 5 compare the policy with itself (loss ln 2, margin 0);
+    without the sync they do not. beta comes from the trl block (the rewards scale with it)."""
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
+    trl = {"beta": 0.2, "sync_ref_model": True, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 2}
+    lines = {}
+    for name, block in (("synced", trl), ("fixed", {"beta": 0.2})):
+        _, path = _dpo_config(make_config, tmp_path, f"dpo-{name}", 5, rl_beta=None, trl=block, **keys)
+        assert cli(["train", str(path), "--log-format", "json"]) == 0
+        lines[name] = _train_lines(capsys)
+    synced, fixed = lines["synced"], lines["fixed"]
+    assert len(synced) == len(fixed) == 5
+    for step in (0, 1):  # steps 1 and 2: the same run until the first sync
+        assert synced[step]["loss"] == pytest.approx(fixed[step]["loss"], rel=1e-5)
+    for step in (2, 4):  # steps 3 and 5 follow a sync
+        assert synced[step]["loss"] == pytest.approx(0.6931, abs=1e-4)
+        assert abs(synced[step]["rewards/margins"]) < 1e-5
+        assert abs(fixed[step]["loss"] - 0.6931) > 1e-3 and abs(fixed[step]["rewards/margins"]) > 1e-4
