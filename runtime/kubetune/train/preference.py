@@ -81,6 +81,16 @@ class PreferenceLoss(nn.Module):
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
         self.metric_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @staticmethod
+    def kl_group():
+        """The ranks over which KTO's KL estimate is averaged: all of them when several train (DDP; the
+        ranks of a tensor-parallel group hold the same rows, which leaves the mean unchanged); None alone."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return dist.group.WORLD
+        return None
+
     def _hidden(self, model, input_ids, decoder_inputs):
         lm = causal_lm(model)
         out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
@@ -152,7 +162,9 @@ class PreferenceLoss(nn.Module):
         elif objective.rl == "kto":
             if desirable is None:
                 raise ValueError("rl: kto needs each row's desirable label (a KTO dataset type)")
-            result = losses.kto(objective, logps, ref_logps.to(logps.dtype), desirable, scored)
+            result = losses.kto(
+                objective, logps, ref_logps.to(logps.dtype), desirable, scored, kl_group=self.kl_group()
+            )
         elif objective.rl == "orpo":
             nll_targets = chosen_targets(input_ids, position_ids, scored)
             nll = (

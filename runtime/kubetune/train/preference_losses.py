@@ -11,7 +11,8 @@ the two segments, their trained-token counts, the reference's log-probs (dpo, ip
     log-probs, plus `cpo_alpha` x the NLL of the chosen completions (token mean over the micro-batch).
   * kto: a row is [prompt + completion][prompt + another row's completion] (the KL segment), with a
     desirable/undesirable label; trl's KTOTrainer keeps the loss inside `_compute_loss`: restated
-    here (the KL estimate is the micro-batch mean, detached and clamped at 0, as trl's).
+    here. The KL estimate is the mean of the KL segments' log-ratios over the micro-batches of all
+    data-parallel ranks (trl gathers the ranks' means), detached and clamped at 0, as trl's.
 
 Each returns `Objective`: `total`, the micro-batch's loss times its count of scored rows (the loop
 sums micro-batches and divides by the step's rows, so one micro-batch per step gives trl's mean),
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from kubetune.config.preference import PreferenceObjective
@@ -147,14 +149,31 @@ def simpo(objective: PreferenceObjective, logps, counts, scored) -> Objective:
     return Objective(total, metrics)
 
 
-def kto(objective: PreferenceObjective, logps, ref_logps, desirable: torch.Tensor, scored) -> Objective:
+def kto(
+    objective: PreferenceObjective,
+    logps,
+    ref_logps,
+    desirable: torch.Tensor,
+    scored,
+    *,
+    kl_group: dist.ProcessGroup | None = None,
+) -> Objective:
     """KTOTrainer's `kto` loss: 1 - sigmoid(beta (logratio - KL)) for desirable rows, 1 - sigmoid(beta
-    (KL - logratio)) for undesirable ones, weighted; KL = the micro-batch's mean KL-segment log-ratio."""
+    (KL - logratio)) for undesirable ones, weighted; KL = the mean KL-segment log-ratio of the scored
+    rows of this micro-batch on every rank of `kl_group` (the data-parallel ranks; None: this rank only).
+
+    trl averages the ranks' micro-batch means (gather_for_metrics(kl).mean()); the sum and count are
+    all-reduced here instead, the same number when the ranks score as many rows (a training step) and
+    the mean of the real rows when an eval batch pads some ranks with unscored rows. Every rank of the
+    group must call it for each micro-batch, as every rank runs each train and eval batch."""
     beta = objective.beta
     weight = scored.float()
     logratios = logps[:, 0] - ref_logps[:, 0]
     kl_logratios = (logps[:, 1] - ref_logps[:, 1]).detach()  # trl computes the policy's KL logps without grad
-    kl = ((kl_logratios * weight).sum() / weight.sum().clamp(min=1.0)).clamp(min=0)
+    kl_totals = torch.stack([(kl_logratios * weight).sum(), weight.sum()])
+    if kl_group is not None:
+        dist.all_reduce(kl_totals, op=dist.ReduceOp.SUM, group=kl_group)
+    kl = (kl_totals[0] / kl_totals[1].clamp(min=1.0)).clamp(min=0)
     good = desirable.bool() & scored
     bad = ~desirable.bool() & scored
     chosen_losses = 1 - torch.sigmoid(beta * (logratios - kl))
