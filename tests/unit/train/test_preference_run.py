@@ -258,3 +258,28 @@ def test_a_full_fine_tune_dpo_with_trl_reference_sync_restarts_from_the_policy(m
         assert synced[step]["loss"] == pytest.approx(0.6931, abs=1e-4)
         assert abs(synced[step]["rewards/margins"]) < 1e-5
         assert abs(fixed[step]["loss"] - 0.6931) > 1e-3 and abs(fixed[step]["rewards/margins"]) > 1e-4
+
+
+def test_a_resumed_run_continues_from_the_synced_reference(make_config, tmp_path, capsys):
+    """The synced reference is checkpoint state: a run resumed from step 3 (after the sync at step 2)
+    logs steps 4 and 5 as the uninterrupted run does; a resume that rebuilt the reference from the
+    loaded model would not (its step 4 compares with the base)."""
+    from pathlib import Path
+
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
+    trl = {"sync_ref_model": True, "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 2}
+    common = {"rl_beta": 0.5, "trl": trl, "save_steps": 3, **keys}
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-sync-whole", 5, **common)
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    whole = _train_lines(capsys)
+    saved = Path(cfg.output_dir) / "checkpoints" / "checkpoint-3"
+    assert (saved / "COMPLETE").is_file()
+    _, path = _dpo_config(
+        make_config, tmp_path, "dpo-sync-resumed", 5, resume_from_checkpoint=str(saved), **common
+    )
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    resumed = _train_lines(capsys)
+    assert [line["step"] for line in resumed] == [4, 5]
+    for ours, theirs in zip(resumed, whole[3:], strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["rewards/margins"] == pytest.approx(theirs["rewards/margins"], rel=1e-4, abs=1e-6)
