@@ -50,7 +50,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         do_causal_lm_eval dpo_generate_during_eval
         dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
-        dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
+        dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_optimum

@@ -28,6 +28,7 @@ class PreferenceObjective:
     cpo_alpha: float = DEFAULT_CPO_ALPHA
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    use_weighting: bool = False  # WPO: each pair's loss weighted by its two completions' probabilities
     # TR-DPO: every `ref_sync_steps` optimizer steps the frozen reference becomes
     # alpha x policy + (1 - alpha) x reference; None when the reference stays fixed.
     ref_sync: tuple[float, int] | None = None
@@ -120,6 +121,12 @@ class PreferenceKeys(Section):
     kto_undesirable_weight: float | None = field(
         None, gt=0, description="rl: kto: the weight of the undesirable rows' losses. Default: 1.0."
     )
+    dpo_use_weighting: bool | None = field(
+        None,
+        description="rl: dpo / ipo: WPO weighting (trl's DPOConfig use_weighting): each pair's loss times the "
+        "product of its chosen and rejected completions' weights, exp of the mean over the completion's "
+        "tokens of log p(token) - log sum p(v)^2 (no gradient). Default: false.",
+    )
     precompute_ref_log_probs: bool | None = field(
         None,
         description="rl: dpo / ipo / kto: compute the reference log-probs once, before training, into the "
@@ -157,6 +164,7 @@ class PreferenceKeys(Section):
             cpo_alpha=DEFAULT_CPO_ALPHA if self.cpo_alpha is None else self.cpo_alpha,
             desirable_weight=1.0 if self.kto_desirable_weight is None else self.kto_desirable_weight,
             undesirable_weight=1.0 if self.kto_undesirable_weight is None else self.kto_undesirable_weight,
+            use_weighting=bool(self.dpo_use_weighting),
             ref_sync=ref_sync,
         )
 

@@ -16,6 +16,7 @@ KEYS_OF = {
     "rl_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
     "dpo_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
     "dpo_loss_type": ("dpo", "ipo"),
+    "dpo_use_weighting": ("dpo", "ipo"),
     "orpo_alpha": ("orpo",),
     "simpo_gamma": ("simpo",),
     "cpo_alpha": ("simpo",),
@@ -104,7 +105,9 @@ def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     yield from _dataset_types(cfg)
     yield from _trl_block(cfg)
     for key, readers in KEYS_OF.items():
-        if key in cfg.model_fields_set and getattr(cfg, key) is not None and cfg.rl not in readers:
+        value = getattr(cfg, key)
+        # A switch left off (`dpo_use_weighting: false`, as Axolotl configs write it) reads as unset.
+        if key in cfg.model_fields_set and value not in (None, False) and cfg.rl not in readers:
             now = f"rl is {cfg.rl}" if cfg.rl else "rl is not set"
             yield ConfigProblem(
                 key,

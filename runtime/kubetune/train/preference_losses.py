@@ -4,7 +4,8 @@ Inputs are [B, 2] tensors of a micro-batch's rows (kubetune.train.preference): s
 the two segments, their trained-token counts, the reference's log-probs (dpo, ipo, kto), and
 `scored` [B], the rows that are real (an eval batch pads with rows of no trained tokens).
 
-  * dpo (sigmoid) / ipo: trl's DPOTrainer keeps these inside `_compute_loss`: restated here.
+  * dpo (sigmoid) / ipo: trl's DPOTrainer keeps these inside `_compute_loss`: restated here, with
+    its WPO weighting (use_weighting).
   * orpo: trl's `ORPOTrainer.odds_ratio_loss`, called as is, on per-token mean log-probs, plus the
     NLL of prompt + chosen (ORPOTrainer's `chosen_nll_loss`: the token mean over the micro-batch).
   * simpo: trl's `CPOTrainer.cpo_loss` with loss_type "simpo", called as is, on per-token mean
@@ -65,8 +66,9 @@ def _mean_of_scored(per_row: torch.Tensor, scored: torch.Tensor) -> torch.Tensor
     return torch.where(scored, per_row, torch.zeros_like(per_row)).sum()
 
 
-def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored) -> Objective:
-    """DPOTrainer's sigmoid and ipo losses (reverse-KL scores); rewards beta x (policy - reference)."""
+def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored, wpo_weights=None) -> Objective:
+    """DPOTrainer's sigmoid and ipo losses (reverse-KL scores); rewards beta x (policy - reference).
+    `wpo_weights` [B, 2] (dpo_use_weighting): each pair's loss times its chosen x rejected weight."""
     beta = objective.beta
     logratios = logps - ref_logps  # [B, 2]: chosen, rejected
     if objective.loss_type == "sigmoid":
@@ -77,6 +79,8 @@ def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored) -> Obj
         losses = (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss type {objective.loss_type!r}: use sigmoid or ipo")
+    if wpo_weights is not None:
+        losses = losses * wpo_weights[:, 0] * wpo_weights[:, 1]
     rewards = beta * logratios.detach()
     metrics = _pair_metrics(rewards[:, 0], rewards[:, 1], logps[:, 0], logps[:, 1], scored)
     return Objective(_mean_of_scored(losses, scored), metrics)

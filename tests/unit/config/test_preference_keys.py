@@ -197,3 +197,14 @@ def test_trl_reference_sync_needs_a_full_fine_tune_with_a_live_reference(seed_ma
     assert [(p.path, "rl is not set" in p.message) for p in problems] == [("trl.beta", True)]
     conflict = validate_mapping(_dpo(seed_mapping, trl={"beta": 0.2}, rl_beta=0.3))
     assert "rl_beta" in conflict[0].message and "trl.beta" in conflict[0].fix  # both key paths named
+
+
+def test_dpo_use_weighting_is_read_for_dpo_and_ipo_only(seed_mapping):
+    assert load_config(_dpo(seed_mapping, dpo_use_weighting=True)).preference_objective().use_weighting
+    assert (
+        load_config(_dpo(seed_mapping, rl="ipo", dpo_use_weighting=True)).preference_objective().use_weighting
+    )
+    assert not load_config(_dpo(seed_mapping)).preference_objective().use_weighting
+    assert _paths(_dpo(seed_mapping, rl="orpo", dpo_use_weighting=True)) == ["dpo_use_weighting"]
+    assert _paths({**seed_mapping, "dpo_use_weighting": True}) == ["dpo_use_weighting"]
+    assert _paths({**seed_mapping, "dpo_use_weighting": False}) == []  # off, as Axolotl configs write it

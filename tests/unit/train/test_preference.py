@@ -9,10 +9,10 @@ from kubetune.train.loss import IGNORE_INDEX, shift_targets
 from kubetune.train.preference import PreferenceLoss
 
 
-def _objective(loss_type: str, beta: float):
+def _objective(loss_type: str, beta: float, use_weighting: bool = False):
     from kubetune.config.preference import PreferenceObjective
 
-    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta)
+    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta, use_weighting=use_weighting)
 
 
 def _pairs():
@@ -77,7 +77,7 @@ def peft_model():
     return model, tokenizer
 
 
-def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path):
+def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting=False):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -88,6 +88,7 @@ def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path):
         report_to="none",
         use_cpu=True,
         bf16=False,
+        use_weighting=use_weighting,
     )
     rows = Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
@@ -103,17 +104,31 @@ def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path):
     return float(loss), metrics
 
 
-@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1)])
-def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, tmp_path):
+@pytest.mark.parametrize(
+    "loss_type,beta,use_weighting",
+    [
+        ("sigmoid", 0.1, False),
+        ("sigmoid", 0.5, False),
+        ("ipo", 0.1, False),
+        ("sigmoid", 0.1, True),
+        ("ipo", 0.1, True),
+    ],
+)
+def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, use_weighting, tmp_path):
     model, tokenizer = peft_model
     pairs = _pairs()
     ids, targets, positions = _packed(pairs)
-    module = PreferenceLoss(model, _objective(loss_type, beta))
+    module = PreferenceLoss(model, _objective(loss_type, beta, use_weighting))
     module.eval()
     with torch.no_grad():
         loss_sum = module(ids, targets, **_decoder_inputs(positions))
+        unweighted = PreferenceLoss(model, _objective(loss_type, beta))(
+            ids, targets, **_decoder_inputs(positions)
+        )
     ours = module.take_metrics()
-    expected_loss, theirs = _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path)
+    expected_loss, theirs = _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting)
+    if use_weighting:  # dpo_use_weighting changes the loss (here the weights are below 1)
+        assert float(loss_sum) < 0.99 * float(unweighted)
 
     assert float(loss_sum) / len(pairs) == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
