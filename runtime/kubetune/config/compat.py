@@ -121,11 +121,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
     "debug": Unimplemented("remove it"),
-    "dpo_label_smoothing": Unimplemented(
-        "trl's sigmoid and ipo losses (kubetune's rl: dpo / ipo) do not read it; its robust / exo_pair "
-        "losses, which do, are not supported yet: remove it",
-        inert=(0, 0.0, False),
-    ),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
     "shuffle_merged_datasets": Unimplemented(
         "kubetune always shuffles the merged datasets by seed", inert=(True,)

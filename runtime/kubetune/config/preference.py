@@ -28,6 +28,7 @@ class PreferenceObjective:
     cpo_alpha: float = DEFAULT_CPO_ALPHA
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    label_smoothing: float = 0.0  # trl's, for the robust and exo_pair losses
     use_weighting: bool = False  # WPO: each pair's loss weighted by its two completions' probabilities
     # TR-DPO: every `ref_sync_steps` optimizer steps the frozen reference becomes
     # alpha x policy + (1 - alpha) x reference; None when the reference stays fixed.
@@ -94,9 +95,17 @@ class PreferenceKeys(Section):
         "`orpo_alpha`). Default: 0.1.",
     )
     dpo_beta: float | None = field(None, gt=0, description="Axolotl's older spelling of `rl_beta`.")
-    dpo_loss_type: Literal["sigmoid", "ipo"] | None = field(
+    dpo_loss_type: Literal["sigmoid", "ipo", "robust", "exo_pair"] | None = field(
         None,
-        description="trl's loss type for `rl: dpo`: `sigmoid` (DPO, the default) or `ipo`.",
+        description="trl's loss type for `rl: dpo`: `sigmoid` (DPO, the default), `ipo`, `robust` (rDPO, "
+        "for noisy preference labels) or `exo_pair` (EXO); the last two read `dpo_label_smoothing`.",
+    )
+    dpo_label_smoothing: float | None = field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="trl's label_smoothing: the assumed share of flipped preference labels, read by "
+        "dpo_loss_type robust (0 <= it < 0.5) and exo_pair (> 0; the EXO paper uses 1e-3). Default: 0.",
     )
     orpo_alpha: float | None = field(
         None,
@@ -164,6 +173,7 @@ class PreferenceKeys(Section):
             cpo_alpha=DEFAULT_CPO_ALPHA if self.cpo_alpha is None else self.cpo_alpha,
             desirable_weight=1.0 if self.kto_desirable_weight is None else self.kto_desirable_weight,
             undesirable_weight=1.0 if self.kto_undesirable_weight is None else self.kto_undesirable_weight,
+            label_smoothing=self.dpo_label_smoothing or 0.0,
             use_weighting=bool(self.dpo_use_weighting),
             ref_sync=ref_sync,
         )

@@ -17,6 +17,7 @@ KEYS_OF = {
     "dpo_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
     "dpo_loss_type": ("dpo", "ipo"),
     "dpo_use_weighting": ("dpo", "ipo"),
+    "dpo_label_smoothing": ("dpo",),
     "orpo_alpha": ("orpo",),
     "simpo_gamma": ("simpo",),
     "cpo_alpha": ("simpo",),
@@ -126,6 +127,19 @@ def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "dpo_loss_type",
             f"rl: ipo is trl's ipo loss, but dpo_loss_type is {cfg.dpo_loss_type}",
             "remove dpo_loss_type, or use rl: dpo with it",
+        )
+    smoothing = cfg.dpo_label_smoothing or 0.0
+    if cfg.rl == "dpo" and smoothing and cfg.dpo_loss_type not in ("robust", "exo_pair"):
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            f"trl's {cfg.dpo_loss_type or 'sigmoid'} loss does not read dpo_label_smoothing (robust and exo_pair do)",
+            "set dpo_loss_type: robust (or exo_pair), or remove dpo_label_smoothing",
+        )
+    if cfg.rl == "dpo" and cfg.dpo_loss_type == "exo_pair" and not smoothing:
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            "dpo_loss_type: exo_pair needs a label smoothing above 0 (trl refuses 0: its loss takes log(0))",
+            "set dpo_label_smoothing, e.g. 0.001 (the EXO paper's)",
         )
     if cfg.rl == "kto" and cfg.micro_batch_size < 2:
         yield ConfigProblem(

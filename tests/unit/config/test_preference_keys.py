@@ -208,3 +208,18 @@ def test_dpo_use_weighting_is_read_for_dpo_and_ipo_only(seed_mapping):
     assert _paths(_dpo(seed_mapping, rl="orpo", dpo_use_weighting=True)) == ["dpo_use_weighting"]
     assert _paths({**seed_mapping, "dpo_use_weighting": True}) == ["dpo_use_weighting"]
     assert _paths({**seed_mapping, "dpo_use_weighting": False}) == []  # off, as Axolotl configs write it
+
+
+def test_dpo_label_smoothing_is_read_by_the_robust_and_exo_pair_losses(seed_mapping):
+    robust = _dpo(seed_mapping, dpo_loss_type="robust", dpo_label_smoothing=0.2)
+    assert _paths(robust) == []
+    objective = load_config(robust).preference_objective()
+    assert (objective.loss_type, objective.label_smoothing) == ("robust", 0.2)
+    assert _paths(_dpo(seed_mapping, dpo_loss_type="robust")) == []  # 0: the plain sigmoid's value
+    assert _paths(_dpo(seed_mapping, dpo_loss_type="exo_pair", dpo_label_smoothing=0.001)) == []
+    assert _paths(_dpo(seed_mapping, dpo_loss_type="exo_pair")) == ["dpo_label_smoothing"]  # trl: log(0)
+    assert _paths(_dpo(seed_mapping, dpo_label_smoothing=0.1)) == ["dpo_label_smoothing"]  # sigmoid
+    assert _paths(_dpo(seed_mapping, rl="ipo", dpo_label_smoothing=0.1)) == ["dpo_label_smoothing"]
+    assert _paths(_dpo(seed_mapping, dpo_loss_type="robust", dpo_label_smoothing=0.5)) == [
+        "dpo_label_smoothing"
+    ]

@@ -9,10 +9,12 @@ from kubetune.train.loss import IGNORE_INDEX, shift_targets
 from kubetune.train.preference import PreferenceLoss
 
 
-def _objective(loss_type: str, beta: float, use_weighting: bool = False):
+def _objective(loss_type: str, beta: float, use_weighting: bool = False, label_smoothing: float = 0.0):
     from kubetune.config.preference import PreferenceObjective
 
-    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta, use_weighting=use_weighting)
+    return PreferenceObjective(
+        rl="dpo", loss_type=loss_type, beta=beta, use_weighting=use_weighting, label_smoothing=label_smoothing
+    )
 
 
 def _pairs():
@@ -77,7 +79,9 @@ def peft_model():
     return model, tokenizer
 
 
-def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting=False):
+def _trl_loss(
+    model, tokenizer, pairs, loss_type, beta, tmp_path, *, use_weighting=False, label_smoothing=0.0
+):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -89,6 +93,7 @@ def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting=
         use_cpu=True,
         bf16=False,
         use_weighting=use_weighting,
+        label_smoothing=label_smoothing,
     )
     rows = Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
@@ -105,30 +110,41 @@ def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting=
 
 
 @pytest.mark.parametrize(
-    "loss_type,beta,use_weighting",
+    "loss_type,beta,use_weighting,smoothing",
     [
-        ("sigmoid", 0.1, False),
-        ("sigmoid", 0.5, False),
-        ("ipo", 0.1, False),
-        ("sigmoid", 0.1, True),
-        ("ipo", 0.1, True),
+        ("sigmoid", 0.1, False, 0.0),
+        ("sigmoid", 0.5, False, 0.0),
+        ("ipo", 0.1, False, 0.0),
+        ("sigmoid", 0.1, True, 0.0),  # dpo_use_weighting
+        ("ipo", 0.1, True, 0.0),
+        ("robust", 0.5, False, 0.2),  # dpo_label_smoothing
+        ("exo_pair", 0.5, False, 0.001),
     ],
 )
-def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, use_weighting, tmp_path):
+def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, use_weighting, smoothing, tmp_path):
     model, tokenizer = peft_model
     pairs = _pairs()
     ids, targets, positions = _packed(pairs)
-    module = PreferenceLoss(model, _objective(loss_type, beta, use_weighting))
+    module = PreferenceLoss(model, _objective(loss_type, beta, use_weighting, smoothing))
     module.eval()
     with torch.no_grad():
         loss_sum = module(ids, targets, **_decoder_inputs(positions))
-        unweighted = PreferenceLoss(model, _objective(loss_type, beta))(
+        plain = PreferenceLoss(model, _objective("ipo" if loss_type == "ipo" else "sigmoid", beta))(
             ids, targets, **_decoder_inputs(positions)
         )
     ours = module.take_metrics()
-    expected_loss, theirs = _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path, use_weighting)
-    if use_weighting:  # dpo_use_weighting changes the loss (here the weights are below 1)
-        assert float(loss_sum) < 0.99 * float(unweighted)
+    expected_loss, theirs = _trl_loss(
+        model,
+        tokenizer,
+        pairs,
+        loss_type,
+        beta,
+        tmp_path,
+        use_weighting=use_weighting,
+        label_smoothing=smoothing,
+    )
+    if use_weighting or smoothing:  # the key changes the loss (not the rewards)
+        assert abs(float(loss_sum) - float(plain)) > 0.01 * float(plain)
 
     assert float(loss_sum) / len(pairs) == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
