@@ -49,7 +49,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         do_causal_lm_eval dpo_generate_during_eval
-        dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
+        dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
@@ -82,7 +82,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         quantize_moe_experts ray_num_workers ray_run_name relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
         remove_unused_columns resources_per_worker reward_model
-        role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
+        role_boundaries rope_scaling s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
@@ -120,6 +120,10 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     # Hub downloads always use the token of HF_TOKEN (or the cached login): true is kubetune's behaviour.
     "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
+    "rpo_alpha": Unimplemented(
+        "trl 1.x dropped it (Axolotl refuses it too): RPO is dpo_loss_type: [sigmoid, sft] with "
+        "dpo_loss_weights: [1.0, ALPHA]"
+    ),
     "debug": Unimplemented("remove it"),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
     "shuffle_merged_datasets": Unimplemented(

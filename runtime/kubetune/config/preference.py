@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from .base import Section, field
 
@@ -13,6 +15,8 @@ DEFAULT_CPO_ALPHA = 1.0  # trl's CPOConfig.cpo_alpha (the weight of the chosen a
 # TR-DPO's reference sync: Axolotl's trl-block defaults (what it passes to trl), not trl's own 0.6 / 512.
 DEFAULT_REF_MIXUP_ALPHA = 0.9
 DEFAULT_REF_SYNC_STEPS = 64
+# trl DPOTrainer's loss types that kubetune runs (dpo_loss_type).
+DpoLossType = Literal["sigmoid", "ipo", "robust", "exo_pair", "sft"]
 # The rl types that compare the policy with a reference policy (ORPO and SimPO have none).
 WITH_REFERENCE = ("dpo", "ipo", "kto")
 
@@ -22,7 +26,7 @@ class PreferenceObjective:
     """What a preference run optimises, resolved from the keys with trl's defaults."""
 
     rl: str  # dpo | ipo | orpo | kto | simpo
-    loss_type: str  # trl's loss type: sigmoid | ipo (DPOTrainer), orpo, kto, simpo (CPOTrainer)
+    loss_type: str  # trl's loss type: sigmoid | ipo | robust | exo_pair | sft (DPOTrainer), orpo, kto, simpo
     beta: float
     simpo_gamma: float = DEFAULT_SIMPO_GAMMA
     cpo_alpha: float = DEFAULT_CPO_ALPHA
@@ -30,9 +34,17 @@ class PreferenceObjective:
     undesirable_weight: float = 1.0
     label_smoothing: float = 0.0  # trl's, for the robust and exo_pair losses
     use_weighting: bool = False  # WPO: each pair's loss weighted by its two completions' probabilities
+    # rl: dpo with a list of trl loss types (dpo_loss_type, dpo_loss_weights): ((type, weight), ...), whose
+    # weighted sum is the loss, as DPOTrainer's loss_type / loss_weights; empty: loss_type alone.
+    dpo_mix: tuple[tuple[str, float], ...] = ()
     # TR-DPO: every `ref_sync_steps` optimizer steps the frozen reference becomes
     # alpha x policy + (1 - alpha) x reference; None when the reference stays fixed.
     ref_sync: tuple[float, int] | None = None
+
+    @property
+    def dpo_losses(self) -> tuple[tuple[str, float], ...]:
+        """(trl loss type, weight) of each term of a dpo / ipo loss."""
+        return self.dpo_mix or ((self.loss_type, 1.0),)
 
     @property
     def needs_reference(self) -> bool:
@@ -95,10 +107,17 @@ class PreferenceKeys(Section):
         "`orpo_alpha`). Default: 0.1.",
     )
     dpo_beta: float | None = field(None, gt=0, description="Axolotl's older spelling of `rl_beta`.")
-    dpo_loss_type: Literal["sigmoid", "ipo", "robust", "exo_pair"] | None = field(
+    dpo_loss_type: DpoLossType | Annotated[list[DpoLossType], Field(min_length=1)] | None = field(
         None,
         description="trl's loss type for `rl: dpo`: `sigmoid` (DPO, the default), `ipo`, `robust` (rDPO, "
-        "for noisy preference labels) or `exo_pair` (EXO); the last two read `dpo_label_smoothing`.",
+        "for noisy preference labels), `exo_pair` (EXO; these two read `dpo_label_smoothing`) or `sft` "
+        "(the chosen answers' NLL); or, as Axolotl writes it, a list of them, whose losses add up "
+        "weighted by `dpo_loss_weights` (RPO: `[sigmoid, sft]`).",
+    )
+    dpo_loss_weights: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] | None = field(
+        None,
+        description="rl: dpo: the weight of each loss of the `dpo_loss_type` list (trl's loss_weights), as "
+        "many as it has. Default: 1 each.",
     )
     dpo_label_smoothing: float | None = field(
         None,
@@ -164,7 +183,14 @@ class PreferenceKeys(Section):
                 DEFAULT_REF_MIXUP_ALPHA if trl.ref_model_mixup_alpha is None else trl.ref_model_mixup_alpha,
                 DEFAULT_REF_SYNC_STEPS if trl.ref_model_sync_steps is None else trl.ref_model_sync_steps,
             )
-        loss_type = {"dpo": self.dpo_loss_type or "sigmoid"}.get(self.rl, self.rl)
+        types = (
+            self.dpo_loss_type if isinstance(self.dpo_loss_type, list) else [self.dpo_loss_type or "sigmoid"]
+        )
+        loss_type = {"dpo": types[0]}.get(self.rl, self.rl)
+        dpo_mix: tuple[tuple[str, float], ...] = ()
+        if self.rl == "dpo" and (len(types) > 1 or self.dpo_loss_weights):
+            weights = self.dpo_loss_weights or [1.0] * len(types)
+            dpo_mix = tuple(zip(types, (float(w) for w in weights), strict=True))
         return PreferenceObjective(
             rl=self.rl,
             loss_type=loss_type,
@@ -175,6 +201,7 @@ class PreferenceKeys(Section):
             undesirable_weight=1.0 if self.kto_undesirable_weight is None else self.kto_undesirable_weight,
             label_smoothing=self.dpo_label_smoothing or 0.0,
             use_weighting=bool(self.dpo_use_weighting),
+            dpo_mix=dpo_mix,
             ref_sync=ref_sync,
         )
 

@@ -18,6 +18,7 @@ KEYS_OF = {
     "dpo_loss_type": ("dpo", "ipo"),
     "dpo_use_weighting": ("dpo", "ipo"),
     "dpo_label_smoothing": ("dpo",),
+    "dpo_loss_weights": ("dpo",),
     "orpo_alpha": ("orpo",),
     "simpo_gamma": ("simpo",),
     "cpo_alpha": ("simpo",),
@@ -101,6 +102,48 @@ def _trl_block(cfg: TrainConfig) -> Iterator[ConfigProblem]:
         )
 
 
+def _dpo_losses(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """dpo_loss_type (one trl loss type or Axolotl's list), its weights and the label smoothing."""
+    given = cfg.dpo_loss_type
+    types = given if isinstance(given, list) else [given or ("ipo" if cfg.rl == "ipo" else "sigmoid")]
+    if cfg.rl == "ipo" and types != ["ipo"]:
+        yield ConfigProblem(
+            "dpo_loss_type",
+            f"rl: ipo is trl's ipo loss, but dpo_loss_type is {given}",
+            "remove dpo_loss_type, or use rl: dpo with it",
+        )
+    if cfg.rl != "dpo":
+        return
+    if len(set(types)) < len(types):
+        yield ConfigProblem("dpo_loss_type", f"a loss type is listed twice in {given}", "list each once")
+    weights = cfg.dpo_loss_weights
+    if weights is not None and len(weights) != len(types):
+        yield ConfigProblem(
+            "dpo_loss_weights",
+            f"{len(weights)} weights for {len(types)} loss types (dpo_loss_type: {given or 'sigmoid'})",
+            "give one weight per loss type of dpo_loss_type, in its order",
+        )
+    if cfg.dpo_use_weighting and "sft" in types:
+        yield ConfigProblem(
+            "dpo_use_weighting",
+            "trl's WPO weighting fails on its sft loss term (DPOTrainer raises on it)",
+            "remove dpo_use_weighting, or sft from dpo_loss_type",
+        )
+    smoothing = cfg.dpo_label_smoothing or 0.0
+    if smoothing and not {"robust", "exo_pair"} & set(types):
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            f"trl's {' / '.join(types)} loss does not read dpo_label_smoothing (robust and exo_pair do)",
+            "set dpo_loss_type: robust (or exo_pair), or remove dpo_label_smoothing",
+        )
+    if "exo_pair" in types and not smoothing:
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            "dpo_loss_type: exo_pair needs a label smoothing above 0 (trl refuses 0: its loss takes log(0))",
+            "set dpo_label_smoothing, e.g. 0.001 (the EXO paper's)",
+        )
+
+
 @rule
 def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     yield from _dataset_types(cfg)
@@ -122,25 +165,7 @@ def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
         yield ConfigProblem(
             set_keys[1], f"{' and '.join(set_keys)} all set trl's beta", f"keep only {set_keys[0]}"
         )
-    if cfg.rl == "ipo" and cfg.dpo_loss_type not in (None, "ipo"):
-        yield ConfigProblem(
-            "dpo_loss_type",
-            f"rl: ipo is trl's ipo loss, but dpo_loss_type is {cfg.dpo_loss_type}",
-            "remove dpo_loss_type, or use rl: dpo with it",
-        )
-    smoothing = cfg.dpo_label_smoothing or 0.0
-    if cfg.rl == "dpo" and smoothing and cfg.dpo_loss_type not in ("robust", "exo_pair"):
-        yield ConfigProblem(
-            "dpo_label_smoothing",
-            f"trl's {cfg.dpo_loss_type or 'sigmoid'} loss does not read dpo_label_smoothing (robust and exo_pair do)",
-            "set dpo_loss_type: robust (or exo_pair), or remove dpo_label_smoothing",
-        )
-    if cfg.rl == "dpo" and cfg.dpo_loss_type == "exo_pair" and not smoothing:
-        yield ConfigProblem(
-            "dpo_label_smoothing",
-            "dpo_loss_type: exo_pair needs a label smoothing above 0 (trl refuses 0: its loss takes log(0))",
-            "set dpo_label_smoothing, e.g. 0.001 (the EXO paper's)",
-        )
+    yield from _dpo_losses(cfg)
     if cfg.rl == "kto" and cfg.micro_batch_size < 2:
         yield ConfigProblem(
             "micro_batch_size",

@@ -4,8 +4,9 @@ Inputs are [B, 2] tensors of a micro-batch's rows (kubetune.train.preference): s
 the two segments, their trained-token counts, the reference's log-probs (dpo, ipo, kto), and
 `scored` [B], the rows that are real (an eval batch pads with rows of no trained tokens).
 
-  * dpo (sigmoid, robust, exo_pair) / ipo: trl's DPOTrainer keeps these inside `_compute_loss`:
-    restated here, with its label smoothing (robust, exo_pair) and WPO weighting (use_weighting).
+  * dpo (sigmoid, robust, exo_pair, sft, or a weighted list of them) / ipo: trl's DPOTrainer keeps
+    these inside `_compute_loss`: restated here, with its label smoothing (robust, exo_pair) and WPO
+    weighting (use_weighting).
   * orpo: trl's `ORPOTrainer.odds_ratio_loss`, called as is, on per-token mean log-probs, plus the
     NLL of prompt + chosen (ORPOTrainer's `chosen_nll_loss`: the token mean over the micro-batch).
   * simpo: trl's `CPOTrainer.cpo_loss` with loss_type "simpo", called as is, on per-token mean
@@ -67,35 +68,46 @@ def _mean_of_scored(per_row: torch.Tensor, scored: torch.Tensor) -> torch.Tensor
     return torch.where(scored, per_row, torch.zeros_like(per_row)).sum()
 
 
-def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored, wpo_weights=None) -> Objective:
-    """DPOTrainer's sigmoid, robust, exo_pair and ipo losses (reverse-KL scores); rewards beta x (policy - reference).
-    `wpo_weights` [B, 2] (dpo_use_weighting): each pair's loss times its chosen x rejected weight."""
-    beta = objective.beta
-    logratios = logps - ref_logps  # [B, 2]: chosen, rejected
+def _dpo_term(
+    loss_type: str, objective: PreferenceObjective, logps, counts, logratios, scored
+) -> torch.Tensor:
+    """[B] per-pair loss of one of DPOTrainer's loss types (reverse-KL scores)."""
+    beta, smoothing = objective.beta, objective.label_smoothing
     delta = logratios[:, 0] - logratios[:, 1]
-    smoothing = objective.label_smoothing
-    if objective.loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * delta)
-    elif objective.loss_type == "robust":  # rDPO: unbiased under a share `smoothing` of flipped labels
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * delta)
+    if loss_type == "robust":  # rDPO: unbiased under a share `smoothing` of flipped labels
         clean = -(1 - smoothing) * F.logsigmoid(beta * delta)
         flipped = -smoothing * F.logsigmoid(-beta * delta)
-        losses = (clean - flipped) / (1 - 2 * smoothing)
-    elif objective.loss_type == "exo_pair":  # EXO: KL(softmax of the rewards || [1 - smoothing, smoothing])
+        return (clean - flipped) / (1 - 2 * smoothing)
+    if loss_type == "exo_pair":  # EXO: KL(softmax of the rewards || [1 - smoothing, smoothing])
         chosen_q, rejected_q = torch.sigmoid(beta * delta), torch.sigmoid(-beta * delta)
-        losses = chosen_q * (F.logsigmoid(beta * delta) - math.log1p(-smoothing)) + rejected_q * (
+        return chosen_q * (F.logsigmoid(beta * delta) - math.log1p(-smoothing)) + rejected_q * (
             F.logsigmoid(-beta * delta) - math.log(smoothing)
         )
-    elif objective.loss_type == "ipo":
+    if loss_type == "ipo":
         # trl normalises IPO's log-ratios by the completion length (confirmed with the IPO authors).
         per_token = logratios / counts.clamp(min=1.0)
-        losses = (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(
-            f"unknown DPO loss type {objective.loss_type!r}: use sigmoid, ipo, robust or exo_pair"
-        )
-    if wpo_weights is not None:
-        losses = losses * wpo_weights[:, 0] * wpo_weights[:, 1]
-    rewards = beta * logratios.detach()
+        return (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
+    if loss_type == "sft":  # the chosen completions' NLL, the token mean of the micro-batch, for each pair
+        chosen = torch.where(scored, logps[:, 0], torch.zeros_like(logps[:, 0]))
+        tokens = torch.where(scored, counts[:, 0], torch.zeros_like(counts[:, 0]))
+        return (-chosen.sum() / tokens.sum().clamp(min=1.0)).expand(logps.shape[0])
+    raise ValueError(f"unknown DPO loss type {loss_type!r}: use sigmoid, ipo, robust, exo_pair or sft")
+
+
+def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored, wpo_weights=None) -> Objective:
+    """DPOTrainer's loss: the weighted sum of its loss types' (sigmoid, ipo, robust, exo_pair, sft)
+    per-pair losses; rewards beta x (policy - reference). `wpo_weights` [B, 2] (dpo_use_weighting):
+    each term's per-pair loss times the pair's chosen x rejected weight, as trl applies it."""
+    logratios = logps - ref_logps  # [B, 2]: chosen, rejected
+    losses = torch.zeros_like(logratios[:, 0])
+    for loss_type, weight in objective.dpo_losses:
+        term = _dpo_term(loss_type, objective, logps, counts, logratios, scored)
+        if wpo_weights is not None:
+            term = term * wpo_weights[:, 0] * wpo_weights[:, 1]
+        losses = losses + weight * term
+    rewards = objective.beta * logratios.detach()
     metrics = _pair_metrics(rewards[:, 0], rewards[:, 1], logps[:, 0], logps[:, 1], scored)
     return Objective(_mean_of_scored(losses, scored), metrics)
 

@@ -223,3 +223,29 @@ def test_dpo_label_smoothing_is_read_by_the_robust_and_exo_pair_losses(seed_mapp
     assert _paths(_dpo(seed_mapping, dpo_loss_type="robust", dpo_label_smoothing=0.5)) == [
         "dpo_label_smoothing"
     ]
+
+
+def test_dpo_loss_type_as_axolotl_writes_it_a_list_with_weights(seed_mapping):
+    one = load_config(_dpo(seed_mapping, dpo_loss_type=["ipo"])).preference_objective()
+    assert (one.loss_type, one.dpo_losses) == ("ipo", (("ipo", 1.0),))
+    rpo = _dpo(seed_mapping, dpo_loss_type=["sigmoid", "sft"], dpo_loss_weights=[1.0, 0.5])
+    assert _paths(rpo) == []
+    assert load_config(rpo).preference_objective().dpo_losses == (("sigmoid", 1.0), ("sft", 0.5))
+    unweighted = load_config(_dpo(seed_mapping, dpo_loss_type=["sigmoid", "sft"])).preference_objective()
+    assert unweighted.dpo_losses == (("sigmoid", 1.0), ("sft", 1.0))  # trl's default: 1 each
+    assert _paths(_dpo(seed_mapping, dpo_loss_type=["sigmoid", "sft"], dpo_loss_weights=[1.0])) == [
+        "dpo_loss_weights"
+    ]
+    assert _paths(_dpo(seed_mapping, dpo_loss_type=["sigmoid", "sigmoid"])) == ["dpo_loss_type"]
+    assert _paths(_dpo(seed_mapping, dpo_loss_type=[])) == ["dpo_loss_type"]
+    hinge = _paths(_dpo(seed_mapping, dpo_loss_type=["hinge"]))  # a trl loss type kubetune does not run
+    assert hinge and all(path.startswith("dpo_loss_type") for path in hinge)
+    assert _paths(_dpo(seed_mapping, rl="ipo", dpo_loss_type=["ipo"])) == []
+    assert _paths(_dpo(seed_mapping, rl="ipo", dpo_loss_type=["ipo", "sft"])) == ["dpo_loss_type"]
+    assert _paths(_dpo(seed_mapping, rl="orpo", dpo_loss_weights=[1.0])) == ["dpo_loss_weights"]
+    smoothed = _dpo(seed_mapping, dpo_loss_type=["robust", "sft"], dpo_label_smoothing=0.1)
+    assert _paths(smoothed) == []
+    weighted = _dpo(seed_mapping, dpo_loss_type=["sigmoid", "sft"], dpo_use_weighting=True)
+    assert _paths(weighted) == ["dpo_use_weighting"]  # trl fails on it
+    problems = validate_mapping({**_dpo(seed_mapping), "rpo_alpha": 0.5})
+    assert [p.path for p in problems] == ["rpo_alpha"] and "[sigmoid, sft]" in problems[0].fix

@@ -80,7 +80,16 @@ def peft_model():
 
 
 def _trl_loss(
-    model, tokenizer, pairs, loss_type, beta, tmp_path, *, use_weighting=False, label_smoothing=0.0
+    model,
+    tokenizer,
+    pairs,
+    loss_type,
+    beta,
+    tmp_path,
+    *,
+    use_weighting=False,
+    label_smoothing=0.0,
+    weights=None,
 ):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -88,7 +97,8 @@ def _trl_loss(
     args = DPOConfig(
         output_dir=str(tmp_path),
         beta=beta,
-        loss_type=[loss_type],
+        loss_type=[loss_type] if isinstance(loss_type, str) else list(loss_type),
+        loss_weights=weights,
         report_to="none",
         use_cpu=True,
         bf16=False,
@@ -153,6 +163,33 @@ def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, use_weight
         assert ours[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
     assert abs(ours["rewards/margins"]) > 1e-4  # the adapter is on: the comparison is not of zeros
     assert module.take_metrics() is None  # taken: the next log line starts from nothing
+
+
+@pytest.mark.parametrize(
+    "mix,use_weighting",
+    # trl's WPO weighting fails on its sft term (an in-place product on an expanded tensor): the
+    # weighted case has none, and the config refuses dpo_use_weighting with sft.
+    [((("sigmoid", 1.0), ("sft", 0.5)), False), ((("ipo", 0.3), ("sigmoid", 1.0)), True)],
+)
+def test_a_weighted_list_of_loss_types_matches_trl(peft_model, mix, use_weighting, tmp_path):
+    """Axolotl's dpo_loss_type list with dpo_loss_weights (RPO is [sigmoid, sft]): trl's loss_type /
+    loss_weights on the same batch; it differs from the sigmoid loss alone."""
+    from dataclasses import replace
+
+    model, tokenizer = peft_model
+    pairs = _pairs()
+    ids, targets, positions = _packed(pairs)
+    objective = replace(_objective(mix[0][0], 0.1, use_weighting), dpo_mix=mix)
+    module = PreferenceLoss(model, objective).eval()
+    with torch.no_grad():
+        loss_sum = module(ids, targets, **_decoder_inputs(positions))
+        alone = PreferenceLoss(model, _objective("sigmoid", 0.1))(ids, targets, **_decoder_inputs(positions))
+    types, weights = zip(*mix, strict=True)
+    expected, _ = _trl_loss(
+        model, tokenizer, pairs, types, 0.1, tmp_path, use_weighting=use_weighting, weights=list(weights)
+    )
+    assert float(loss_sum) / len(pairs) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert abs(float(loss_sum) - float(alone)) > 0.1
 
 
 def test_reference_is_the_base_with_the_adapter_disabled(peft_model):
