@@ -283,3 +283,35 @@ def test_a_resumed_run_continues_from_the_synced_reference(make_config, tmp_path
     for ours, theirs in zip(resumed, whole[3:], strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
         assert ours["rewards/margins"] == pytest.approx(theirs["rewards/margins"], rel=1e-4, abs=1e-6)
+
+
+def test_two_process_kto_matches_one_process_with_the_same_global_batch(make_config, tmp_path, capsys):
+    """rl: kto under torchrun (2 CPU processes, 4 rows each) logs the losses and KL of one process with
+    8 rows a step (the same rows: the step's slice of the permutation does not depend on the split),
+    as the KL estimate is all-reduced; evaluation (padding rows on a rank) runs the same collectives."""
+    from kubetune.tiny import kto_rows
+
+    from .support import torchrun_train
+
+    rows = write_jsonl(kto_rows(60, seed=0), tmp_path / "kto.jsonl")
+    keys = {"rl": "kto", "datasets": [{"path": str(rows), "type": "chatml.intel"}]}
+    keys |= {"val_set_size": 0.15, "eval_steps": 2, "learning_rate": 0.02}
+    _, one_path = _dpo_config(make_config, tmp_path, "kto-one", 4, micro_batch_size=8, **keys)
+    assert cli(["train", str(one_path), "--log-format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    _, two_path = _dpo_config(make_config, tmp_path, "kto-two", 4, micro_batch_size=4, **keys)
+    result = torchrun_train(two_path, 2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    for event in ("train", "eval"):
+        ones = [line for line in lines if line.get("event") == event]
+        twos = [line for line in two if line.get("event") == event]
+        assert len(ones) == len(twos) == (4 if event == "train" else 2)
+        for a, b in zip(ones, twos, strict=True):
+            name = "loss" if event == "train" else "eval_loss"
+            assert b[name] == pytest.approx(a[name], rel=2e-4), (event, a, b)
+    kl = [line["kl"] for line in two if line.get("event") == "train"]
+    assert kl == pytest.approx(
+        [line["kl"] for line in lines if line.get("event") == "train"], rel=1e-3, abs=1e-6
+    )
+    assert max(kl) > 0  # the KL term is not zero all along: the comparison covers it
