@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .datasets import KTO_DATASET_TYPES, PAIR_DATASET_TYPES, PREFERENCE_DATASET_TYPES
-from .preference import WITH_REFERENCE
+from .preference import DEFAULT_REF_MIXUP_ALPHA, DEFAULT_REF_SYNC_STEPS, WITH_REFERENCE
 from .problems import ConfigProblem
 from .rules import rule
 from .schema import TrainConfig
@@ -54,7 +54,10 @@ def _trl_block(cfg: TrainConfig) -> Iterator[ConfigProblem]:
     trl = cfg.trl
     if trl is None:
         return
-    set_keys = sorted(trl.model_fields_set)
+    # Off, or Axolotl's defaults of the sync's tuning keys: what a config dumped by Axolotl holds.
+    inert = {"beta": (), "sync_ref_model": (False,), "ref_model_mixup_alpha": (DEFAULT_REF_MIXUP_ALPHA,)}
+    inert["ref_model_sync_steps"] = (DEFAULT_REF_SYNC_STEPS,)
+    set_keys = sorted(key for key in trl.model_fields_set if getattr(trl, key) not in inert[key])
     if not cfg.rl:
         for key in set_keys:
             yield ConfigProblem(
@@ -72,7 +75,7 @@ def _trl_block(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                     f"keep only one of trl.beta and {other}",
                 )
     for key in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
-        if getattr(trl, key) is not None and not trl.sync_ref_model:
+        if key in set_keys and not trl.sync_ref_model:
             yield ConfigProblem(
                 f"trl.{key}",
                 f"trl.{key} tunes the reference-model sync, which is off (trl.sync_ref_model is not true)",

@@ -158,6 +158,10 @@ def test_trl_block_beta_and_reference_sync_are_read_as_trl_settings(seed_mapping
         "temperature": None,
     }
     assert _paths(_dpo(seed_mapping, trl=dumped)) == []
+    dumped |= {"sync_ref_model": False, "ref_model_mixup_alpha": 0.9, "ref_model_sync_steps": 64}
+    assert _paths(_dpo(seed_mapping, trl=dumped)) == []  # the sync off, with Axolotl's defaults
+    assert _paths({**seed_mapping, "trl": dumped}) == []  # nothing set: SFT runs as without the block
+    assert load_config(_dpo(seed_mapping, trl=dumped)).preference_objective().ref_sync is None
 
 
 @pytest.mark.parametrize(
