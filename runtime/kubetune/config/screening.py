@@ -96,6 +96,12 @@ def _unknown_key(model: type[BaseModel], path: str, key: str) -> ConfigProblem:
             f"'{key}' is a key of a dataset entry",
             f"move it into the entries of datasets (datasets[0].{key})",
         )
+    if model is TrlConfig and f"dpo_{key}" in _TOP_KEYS:  # trl's name of an Axolotl dpo_* key
+        return ConfigProblem(
+            where,
+            f"Axolotl spells trl's {key} as the top-level key dpo_{key}",
+            f"move it to the top level as dpo_{key}",
+        )
     if model is not TrainConfig and (key in _TOP_KEYS or key in compat.TOP_LEVEL):
         return ConfigProblem(
             where, f"'{key}' is a top-level key, not one of {path}", f"move '{key}' to the top level"

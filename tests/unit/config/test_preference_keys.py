@@ -253,3 +253,9 @@ def test_dpo_loss_type_as_axolotl_writes_it_a_list_with_weights(seed_mapping):
     assert _paths(weighted) == ["dpo_use_weighting"]  # trl fails on it
     problems = validate_mapping({**_dpo(seed_mapping), "rpo_alpha": 0.5})
     assert [p.path for p in problems] == ["rpo_alpha"] and "[sigmoid, sft]" in problems[0].fix
+
+
+def test_trl_names_of_axolotl_dpo_keys_point_to_the_top_level_key(seed_mapping):
+    for key in ("label_smoothing", "use_weighting", "loss_weights"):
+        [problem] = validate_mapping(_dpo(seed_mapping, trl={key: 0.1}))
+        assert problem.path == f"trl.{key}" and f"dpo_{key}" in problem.fix
