@@ -49,8 +49,8 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         do_causal_lm_eval dpo_generate_during_eval
-        dpo_loss_weights dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
-        dpo_use_weighting dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
+        dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
+        dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
         embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_optimum
@@ -82,14 +82,14 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         quantize_moe_experts ray_num_workers ray_run_name relora relora_anneal_steps
         relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
         remove_unused_columns resources_per_worker reward_model
-        role_boundaries rope_scaling rpo_alpha s2_attention sage_attention sample_packing_bin_size
+        role_boundaries rope_scaling s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
         skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp torch_compile_backend
         torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
-        trackio_run_name trackio_space_id trainer_cls trl unsloth_cross_entropy_loss
+        trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
         use_onebitllms use_otel_metrics use_pose use_ray use_trackio vllm
         xpos_rope
@@ -127,12 +127,11 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     # Hub downloads always use the token of HF_TOKEN (or the cached login): true is kubetune's behaviour.
     "hf_use_auth_token": Unimplemented("put the token in the HF_TOKEN environment variable", inert=(True,)),
     "merge_lora": Unimplemented("run `kubetune merge CONFIG` after training"),
-    "debug": Unimplemented("remove it"),
-    "dpo_label_smoothing": Unimplemented(
-        "trl's sigmoid and ipo losses (kubetune's rl: dpo / ipo) do not read it; its robust / exo_pair "
-        "losses, which do, are not supported yet: remove it",
-        inert=(0, 0.0, False),
+    "rpo_alpha": Unimplemented(
+        "trl 1.x dropped it (Axolotl refuses it too): RPO is dpo_loss_type: [sigmoid, sft] with "
+        "dpo_loss_weights: [1.0, ALPHA]"
     ),
+    "debug": Unimplemented("remove it"),
     # Keys whose Axolotl default is kubetune's behaviour: that value is accepted too.
     "shuffle_merged_datasets": Unimplemented(
         "kubetune always shuffles the merged datasets by seed", inert=(True,)
@@ -185,4 +184,44 @@ FSDP_CONFIG: dict[str, Unimplemented] = {
     "fsdp_forward_prefetch": Unimplemented(""),
     "fsdp_offload_optimizer": Unimplemented("use fsdp_offload_params"),
     "fsdp_limit_all_gathers": Unimplemented("", inert=(True,)),
+}
+
+_GRPO = (
+    "it drives GRPO's online generation (vLLM, reward functions, sampling), and rl: grpo is not implemented yet "
+    "(design: docs/preference-grpo.md): remove it, or train offline with rl: dpo / ipo / orpo / kto / simpo"
+)
+
+# Keys of the `trl` block (Axolotl's TRLConfig). Those kubetune honours are in config/preference.py
+# (TrlConfig); the rest drive GRPO's generation, which kubetune does not run. Their Axolotl defaults
+# are accepted, as a config dumped by Axolotl holds them.
+TRL: dict[str, Unimplemented] = {
+    **_table(
+        """vllm_mode vllm_server_timeout vllm_guided_decoding_regex reward_funcs reward_weights
+        generation_batch_size num_generations num_completions_to_print importance_sampling_level
+        temperature top_p top_k min_p repetition_penalty generation_kwargs chat_template_kwargs
+        num_iterations epsilon epsilon_high use_liger_loss vllm_enable_sleep_mode rollout_func
+        multi_objective_aggregation prefetch_depth vllm_sync_interval streaming_partial_batch
+        streaming_min_groups vllm_importance_sampling_correction vllm_importance_sampling_mode
+        vllm_importance_sampling_cap off_policy_mask_threshold use_bias_correction_kl
+        use_vllm log_completions mask_truncated_completions use_data_producer async_prefetch vllm_lora_sync""",
+        _GRPO,
+    ),
+    "vllm_server_host": Unimplemented(_GRPO, inert=("0.0.0.0",)),  # nosec B104: a default, never bound
+    "vllm_server_port": Unimplemented(_GRPO, inert=(8000,)),
+    "scale_rewards": Unimplemented(_GRPO, inert=(True,)),
+    "reward_num_workers": Unimplemented(_GRPO, inert=(1,)),
+    "replay_buffer_size": Unimplemented(_GRPO, inert=(0,)),
+    "replay_recompute_logps": Unimplemented(_GRPO, inert=(True,)),
+    "reroll_start_fraction": Unimplemented(_GRPO, inert=(1.0, 1)),
+    "reroll_max_groups": Unimplemented(_GRPO, inert=(1,)),
+    "skip_zero_advantage_batches": Unimplemented(_GRPO, inert=(True,)),
+    "loss_type": Unimplemented(
+        "trl.loss_type is GRPO's loss (grpo, bnpo, dr_grpo), and rl: grpo is not implemented yet; the "
+        "offline losses are chosen by rl (dpo, ipo, orpo, kto, simpo) and dpo_loss_type"
+    ),
+    "max_completion_length": Unimplemented(
+        "trl.max_completion_length bounds GRPO's generated completions, and rl: grpo is not implemented "
+        "yet; the offline losses score the dataset's completions whole (a row longer than sequence_len is "
+        "dropped): remove it"
+    ),
 }

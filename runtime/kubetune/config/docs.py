@@ -14,6 +14,7 @@ from .adapter import LoftQ, PeftOptions
 from .datasets import DatasetConfig
 from .model import SpecialTokens
 from .parallel import FsdpConfig
+from .preference import TrlConfig
 from .schema import SECTIONS, TrainConfig
 from .training import GradientCheckpointingKwargs
 
@@ -24,6 +25,7 @@ _NESTED_ANCHORS = {
     GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
     PeftOptions: "peft",
     LoftQ: "peftloftq_config",
+    TrlConfig: "trl",
 }
 
 RULES_TEXT = """\
@@ -184,6 +186,7 @@ def render_markdown() -> str:
     nested: list[tuple[str, type[BaseModel], str]] = [
         ("Dataset entries", DatasetConfig, "Each item of `datasets` and `test_datasets`."),
         ("fsdp_config", FsdpConfig, (FsdpConfig.__doc__ or "").strip()),
+        ("trl", TrlConfig, " ".join((TrlConfig.__doc__ or "").split())),
         ("special_tokens", SpecialTokens, (SpecialTokens.__doc__ or "").strip()),
         (
             "gradient_checkpointing_kwargs",
@@ -211,5 +214,8 @@ def render_markdown() -> str:
         "### In fsdp_config",
         "",
         *_compat_lines(compat.FSDP_CONFIG),
+        "### In trl",
+        "",
+        *_compat_lines(compat.TRL),
     ]
     return "\n".join(out).rstrip() + "\n"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .datasets import KTO_DATASET_TYPES, PAIR_DATASET_TYPES, PREFERENCE_DATASET_TYPES
-from .preference import WITH_REFERENCE
+from .preference import DEFAULT_REF_MIXUP_ALPHA, DEFAULT_REF_SYNC_STEPS, WITH_REFERENCE
 from .problems import ConfigProblem
 from .rules import rule
 from .schema import TrainConfig
@@ -16,6 +16,9 @@ KEYS_OF = {
     "rl_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
     "dpo_beta": ("dpo", "ipo", "orpo", "kto", "simpo"),
     "dpo_loss_type": ("dpo", "ipo"),
+    "dpo_use_weighting": ("dpo", "ipo"),
+    "dpo_label_smoothing": ("dpo",),
+    "dpo_loss_weights": ("dpo",),
     "orpo_alpha": ("orpo",),
     "simpo_gamma": ("simpo",),
     "cpo_alpha": ("simpo",),
@@ -46,11 +49,112 @@ def _dataset_types(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 )
 
 
+def _trl_block(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """The `trl` block: read only by a preference run; one home for beta; the reference sync's limits."""
+    trl = cfg.trl
+    if trl is None:
+        return
+    # Off, or Axolotl's defaults of the sync's tuning keys: what a config dumped by Axolotl holds.
+    inert = {"beta": (), "sync_ref_model": (False,), "ref_model_mixup_alpha": (DEFAULT_REF_MIXUP_ALPHA,)}
+    inert["ref_model_sync_steps"] = (DEFAULT_REF_SYNC_STEPS,)
+    set_keys = sorted(key for key in trl.model_fields_set if getattr(trl, key) not in inert[key])
+    if not cfg.rl:
+        for key in set_keys:
+            yield ConfigProblem(
+                f"trl.{key}",
+                f"trl.{key} is a preference-training setting, but rl is not set",
+                f"remove trl.{key}, or set rl (dpo, ipo, orpo, kto, simpo)",
+            )
+        return
+    if trl.beta is not None:
+        for other in ("rl_beta", "dpo_beta", "orpo_alpha"):
+            if getattr(cfg, other) is not None:
+                yield ConfigProblem(
+                    "trl.beta",
+                    f"trl.beta ({trl.beta}) and {other} ({getattr(cfg, other)}) both set trl's beta",
+                    f"keep only one of trl.beta and {other}",
+                )
+    for key in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
+        if key in set_keys and not trl.sync_ref_model:
+            yield ConfigProblem(
+                f"trl.{key}",
+                f"trl.{key} tunes the reference-model sync, which is off (trl.sync_ref_model is not true)",
+                f"set trl.sync_ref_model: true, or remove trl.{key}",
+            )
+    if not trl.sync_ref_model:
+        return
+    if cfg.rl not in WITH_REFERENCE:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            f"rl: {cfg.rl} has no reference model to sync",
+            f"remove trl.sync_ref_model, or use rl: {' / '.join(WITH_REFERENCE)}",
+        )
+    elif cfg.adapter:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            f"with adapter: {cfg.adapter} the reference is the base model with the adapter disabled, "
+            "which a sync would overwrite (trl refuses it with PEFT too)",
+            "remove trl.sync_ref_model, or train without an adapter (a full fine-tune keeps a reference copy)",
+        )
+    elif cfg.precompute_ref_log_probs:
+        yield ConfigProblem(
+            "trl.sync_ref_model",
+            "precompute_ref_log_probs fixes the reference log-probs before training; a synced reference "
+            "changes during it",
+            "remove one of trl.sync_ref_model and precompute_ref_log_probs",
+        )
+
+
+def _dpo_losses(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """dpo_loss_type (one trl loss type or Axolotl's list), its weights and the label smoothing."""
+    given = cfg.dpo_loss_type
+    types = given if isinstance(given, list) else [given or ("ipo" if cfg.rl == "ipo" else "sigmoid")]
+    if cfg.rl == "ipo" and types != ["ipo"]:
+        yield ConfigProblem(
+            "dpo_loss_type",
+            f"rl: ipo is trl's ipo loss, but dpo_loss_type is {given}",
+            "remove dpo_loss_type, or use rl: dpo with it",
+        )
+    if cfg.rl != "dpo":
+        return
+    if len(set(types)) < len(types):
+        yield ConfigProblem("dpo_loss_type", f"a loss type is listed twice in {given}", "list each once")
+    weights = cfg.dpo_loss_weights
+    if weights is not None and len(weights) != len(types):
+        yield ConfigProblem(
+            "dpo_loss_weights",
+            f"{len(weights)} weights for {len(types)} loss types (dpo_loss_type: {given or 'sigmoid'})",
+            "give one weight per loss type of dpo_loss_type, in its order",
+        )
+    if cfg.dpo_use_weighting and "sft" in types:
+        yield ConfigProblem(
+            "dpo_use_weighting",
+            "trl's WPO weighting fails on its sft loss term (DPOTrainer raises on it)",
+            "remove dpo_use_weighting, or sft from dpo_loss_type",
+        )
+    smoothing = cfg.dpo_label_smoothing or 0.0
+    if smoothing and not {"robust", "exo_pair"} & set(types):
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            f"trl's {' / '.join(types)} loss does not read dpo_label_smoothing (robust and exo_pair do)",
+            "set dpo_loss_type: robust (or exo_pair), or remove dpo_label_smoothing",
+        )
+    if "exo_pair" in types and not smoothing:
+        yield ConfigProblem(
+            "dpo_label_smoothing",
+            "dpo_loss_type: exo_pair needs a label smoothing above 0 (trl refuses 0: its loss takes log(0))",
+            "set dpo_label_smoothing, e.g. 0.001 (the EXO paper's)",
+        )
+
+
 @rule
 def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     yield from _dataset_types(cfg)
+    yield from _trl_block(cfg)
     for key, readers in KEYS_OF.items():
-        if key in cfg.model_fields_set and getattr(cfg, key) is not None and cfg.rl not in readers:
+        value = getattr(cfg, key)
+        # A switch left off (`dpo_use_weighting: false`, as Axolotl configs write it) reads as unset.
+        if key in cfg.model_fields_set and value not in (None, False) and cfg.rl not in readers:
             now = f"rl is {cfg.rl}" if cfg.rl else "rl is not set"
             yield ConfigProblem(
                 key,
@@ -64,12 +168,7 @@ def preference(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
         yield ConfigProblem(
             set_keys[1], f"{' and '.join(set_keys)} all set trl's beta", f"keep only {set_keys[0]}"
         )
-    if cfg.rl == "ipo" and cfg.dpo_loss_type not in (None, "ipo"):
-        yield ConfigProblem(
-            "dpo_loss_type",
-            f"rl: ipo is trl's ipo loss, but dpo_loss_type is {cfg.dpo_loss_type}",
-            "remove dpo_loss_type, or use rl: dpo with it",
-        )
+    yield from _dpo_losses(cfg)
     if cfg.rl == "kto" and cfg.micro_batch_size < 2:
         yield ConfigProblem(
             "micro_batch_size",

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from . import compat
 from .datasets import DatasetConfig
 from .parallel import FsdpConfig
+from .preference import TrlConfig
 from .problems import ConfigProblem
 from .schema import TrainConfig
 
@@ -56,6 +57,7 @@ COMPAT_BY_MODEL: dict[type[BaseModel], dict[str, compat.Unimplemented]] = {
     TrainConfig: compat.TOP_LEVEL,
     DatasetConfig: compat.DATASET,
     FsdpConfig: compat.FSDP_CONFIG,
+    TrlConfig: compat.TRL,
 }
 
 # For "this key belongs elsewhere" hints.
@@ -93,6 +95,12 @@ def _unknown_key(model: type[BaseModel], path: str, key: str) -> ConfigProblem:
             where,
             f"'{key}' is a key of a dataset entry",
             f"move it into the entries of datasets (datasets[0].{key})",
+        )
+    if model is TrlConfig and f"dpo_{key}" in _TOP_KEYS:  # trl's name of an Axolotl dpo_* key
+        return ConfigProblem(
+            where,
+            f"Axolotl spells trl's {key} as the top-level key dpo_{key}",
+            f"move it to the top level as dpo_{key}",
         )
     if model is not TrainConfig and (key in _TOP_KEYS or key in compat.TOP_LEVEL):
         return ConfigProblem(

@@ -290,6 +290,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         # previous step, so waiting for them here leaves the GPU busy.
         trained, tokens, stopping = counts.resolve()
         state.step += 1
+        _after_optimizer_step(run)
         state.step_in_epoch += 1
         if state.step_in_epoch == plan.steps_per_epoch:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -461,6 +462,14 @@ def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLo
 
 def _objective(run: Run) -> torch.nn.Module:
     return getattr(run.module, "module", run.module)  # inside DDP's wrapper (rl: runs no FSDP/DeepSpeed)
+
+
+def _after_optimizer_step(run: Run) -> None:
+    objective = _objective(run)
+    if isinstance(objective, PreferenceLoss) and objective.after_optimizer_step(run.state.step):
+        log.info(
+            "step %d: the reference model was synced towards the policy (trl.sync_ref_model)", run.state.step
+        )
 
 
 def _take_rewards(run: Run) -> dict | None:

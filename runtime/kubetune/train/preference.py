@@ -24,9 +24,16 @@ from kubetune.train.loss import IGNORE_INDEX, causal_lm, causal_lm_loss_sum
 
 
 def pair_logps(
-    hidden: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor, lm_head: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, 2] summed log-probs, [B, 2] trained-token counts) of each row's chosen and rejected segment.
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    position_ids: torch.Tensor,
+    lm_head: nn.Module,
+    *,
+    wpo_weights: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """([B, 2] summed log-probs, [B, 2] trained-token counts) of each row's chosen and rejected segment,
+    plus with `wpo_weights` the [B, 2] WPO weights of the segments (trl's use_weighting, no gradient):
+    exp of the mean over the segment's tokens of log p(token) - log sum_v p(v)^2.
 
     Segment k of a row starts at its k-th position id 0; a target belongs to the segment of the
     position that predicts it (shift_targets already masks the predictions across a boundary).
@@ -37,7 +44,8 @@ def pair_logps(
     if bool((trained & (segment > 1)).any()):
         raise ValueError("a preference row has trained tokens after its rejected segment")
     logits = lm_head(hidden[trained]).float()
-    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 1, targets[trained].unsqueeze(1)).squeeze(1)
+    log_probs = F.log_softmax(logits, dim=-1)
+    token_logps = torch.gather(log_probs, 1, targets[trained].unsqueeze(1)).squeeze(1)
     rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)
     slot = (rows * 2 + segment.clamp(max=1))[trained]
     width = targets.shape[0] * 2
@@ -45,7 +53,13 @@ def pair_logps(
     counts = torch.zeros(width, device=hidden.device, dtype=torch.float32).index_add(
         0, slot, torch.ones_like(token_logps)
     )
-    return logps.view(-1, 2), counts.view(-1, 2)
+    if not wpo_weights:
+        return logps.view(-1, 2), counts.view(-1, 2)
+    with torch.no_grad():
+        aligned = token_logps - torch.logsumexp(2 * log_probs, dim=-1)
+        sums = torch.zeros(width, device=hidden.device, dtype=torch.float32).index_add(0, slot, aligned)
+        weights = torch.exp(sums / counts.clamp(min=1.0))
+    return logps.view(-1, 2), counts.view(-1, 2), weights.view(-1, 2)
 
 
 def chosen_targets(input_ids: torch.Tensor, position_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
@@ -81,6 +95,16 @@ class PreferenceLoss(nn.Module):
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
         self.metric_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @staticmethod
+    def kl_group():
+        """The ranks over which KTO's KL estimate is averaged: all of them when several train (DDP; the
+        ranks of a tensor-parallel group hold the same rows, which leaves the mean unchanged); None alone."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return dist.group.WORLD
+        return None
+
     def _hidden(self, model, input_ids, decoder_inputs):
         lm = causal_lm(model)
         out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
@@ -105,6 +129,26 @@ class PreferenceLoss(nn.Module):
         with disable():
             yield self.model
 
+    @property
+    def frozen_reference(self) -> nn.Module | None:
+        """The frozen copy that is the reference of a full fine-tune (None otherwise)."""
+        return self._frozen[0] if self._frozen else None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> bool:
+        """TR-DPO (trl.sync_ref_model): every `ref_sync` steps the frozen reference moves towards the
+        policy, alpha x policy + (1 - alpha) x reference, with trl's SyncRefModelCallback. DDP keeps the
+        policies of all ranks equal, so their references stay equal. True when it synced."""
+        if self.objective.ref_sync is None or not self._frozen:
+            return False
+        alpha, every = self.objective.ref_sync
+        if step % every:
+            return False
+        from trl.trainer.callbacks import SyncRefModelCallback
+
+        SyncRefModelCallback.sync_target_model(self.model, self._frozen[0], alpha)
+        return True
+
     @torch.no_grad()
     def reference_logps(self, input_ids, targets, position_ids, decoder_inputs) -> torch.Tensor:
         with self.reference() as model:
@@ -122,17 +166,22 @@ class PreferenceLoss(nn.Module):
         objective = self.objective
         position_ids = decoder_inputs["position_ids"]
         hidden, lm_head = self._hidden(self.model, input_ids, decoder_inputs)
-        logps, counts = pair_logps(hidden, targets, position_ids, lm_head)
+        logps, counts, *wpo = pair_logps(
+            hidden, targets, position_ids, lm_head, wpo_weights=objective.use_weighting
+        )
         # A row without trained tokens (an eval batch's padding row) is no pair: it adds nothing.
         scored = (counts > 0).all(dim=1)
         if objective.needs_reference and ref_logps is None:
             ref_logps = self.reference_logps(input_ids, targets, position_ids, decoder_inputs)
         if objective.rl in ("dpo", "ipo"):
-            result = losses.dpo(objective, logps, counts, ref_logps.to(logps.dtype), scored)
+            weights = wpo[0] if wpo else None
+            result = losses.dpo(objective, logps, counts, ref_logps.to(logps.dtype), scored, weights)
         elif objective.rl == "kto":
             if desirable is None:
                 raise ValueError("rl: kto needs each row's desirable label (a KTO dataset type)")
-            result = losses.kto(objective, logps, ref_logps.to(logps.dtype), desirable, scored)
+            result = losses.kto(
+                objective, logps, ref_logps.to(logps.dtype), desirable, scored, kl_group=self.kl_group()
+            )
         elif objective.rl == "orpo":
             nll_targets = chosen_targets(input_ids, position_ids, scored)
             nll = (

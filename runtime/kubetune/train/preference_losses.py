@@ -4,14 +4,17 @@ Inputs are [B, 2] tensors of a micro-batch's rows (kubetune.train.preference): s
 the two segments, their trained-token counts, the reference's log-probs (dpo, ipo, kto), and
 `scored` [B], the rows that are real (an eval batch pads with rows of no trained tokens).
 
-  * dpo (sigmoid) / ipo: trl's DPOTrainer keeps these inside `_compute_loss`: restated here.
+  * dpo (sigmoid, robust, exo_pair, sft, or a weighted list of them) / ipo: trl's DPOTrainer keeps
+    these inside `_compute_loss`: restated here, with its label smoothing (robust, exo_pair) and WPO
+    weighting (use_weighting).
   * orpo: trl's `ORPOTrainer.odds_ratio_loss`, called as is, on per-token mean log-probs, plus the
     NLL of prompt + chosen (ORPOTrainer's `chosen_nll_loss`: the token mean over the micro-batch).
   * simpo: trl's `CPOTrainer.cpo_loss` with loss_type "simpo", called as is, on per-token mean
     log-probs, plus `cpo_alpha` x the NLL of the chosen completions (token mean over the micro-batch).
   * kto: a row is [prompt + completion][prompt + another row's completion] (the KL segment), with a
     desirable/undesirable label; trl's KTOTrainer keeps the loss inside `_compute_loss`: restated
-    here (the KL estimate is the micro-batch mean, detached and clamped at 0, as trl's).
+    here. The KL estimate is the mean of the KL segments' log-ratios over the micro-batches of all
+    data-parallel ranks (trl gathers the ranks' means), detached and clamped at 0, as trl's.
 
 Each returns `Objective`: `total`, the micro-batch's loss times its count of scored rows (the loop
 sums micro-batches and divides by the step's rows, so one micro-batch per step gives trl's mean),
@@ -21,10 +24,12 @@ checks each against trl's trainer on the same batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from kubetune.config.preference import PreferenceObjective
@@ -63,19 +68,46 @@ def _mean_of_scored(per_row: torch.Tensor, scored: torch.Tensor) -> torch.Tensor
     return torch.where(scored, per_row, torch.zeros_like(per_row)).sum()
 
 
-def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored) -> Objective:
-    """DPOTrainer's sigmoid and ipo losses (reverse-KL scores); rewards beta x (policy - reference)."""
-    beta = objective.beta
-    logratios = logps - ref_logps  # [B, 2]: chosen, rejected
-    if objective.loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * (logratios[:, 0] - logratios[:, 1]))
-    elif objective.loss_type == "ipo":
+def _dpo_term(
+    loss_type: str, objective: PreferenceObjective, logps, counts, logratios, scored
+) -> torch.Tensor:
+    """[B] per-pair loss of one of DPOTrainer's loss types (reverse-KL scores)."""
+    beta, smoothing = objective.beta, objective.label_smoothing
+    delta = logratios[:, 0] - logratios[:, 1]
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * delta)
+    if loss_type == "robust":  # rDPO: unbiased under a share `smoothing` of flipped labels
+        clean = -(1 - smoothing) * F.logsigmoid(beta * delta)
+        flipped = -smoothing * F.logsigmoid(-beta * delta)
+        return (clean - flipped) / (1 - 2 * smoothing)
+    if loss_type == "exo_pair":  # EXO: KL(softmax of the rewards || [1 - smoothing, smoothing])
+        chosen_q, rejected_q = torch.sigmoid(beta * delta), torch.sigmoid(-beta * delta)
+        return chosen_q * (F.logsigmoid(beta * delta) - math.log1p(-smoothing)) + rejected_q * (
+            F.logsigmoid(-beta * delta) - math.log(smoothing)
+        )
+    if loss_type == "ipo":
         # trl normalises IPO's log-ratios by the completion length (confirmed with the IPO authors).
         per_token = logratios / counts.clamp(min=1.0)
-        losses = (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(f"unknown DPO loss type {objective.loss_type!r}: use sigmoid or ipo")
-    rewards = beta * logratios.detach()
+        return (per_token[:, 0] - per_token[:, 1] - 1 / (2 * beta)) ** 2
+    if loss_type == "sft":  # the chosen completions' NLL, the token mean of the micro-batch, for each pair
+        chosen = torch.where(scored, logps[:, 0], torch.zeros_like(logps[:, 0]))
+        tokens = torch.where(scored, counts[:, 0], torch.zeros_like(counts[:, 0]))
+        return (-chosen.sum() / tokens.sum().clamp(min=1.0)).expand(logps.shape[0])
+    raise ValueError(f"unknown DPO loss type {loss_type!r}: use sigmoid, ipo, robust, exo_pair or sft")
+
+
+def dpo(objective: PreferenceObjective, logps, counts, ref_logps, scored, wpo_weights=None) -> Objective:
+    """DPOTrainer's loss: the weighted sum of its loss types' (sigmoid, ipo, robust, exo_pair, sft)
+    per-pair losses; rewards beta x (policy - reference). `wpo_weights` [B, 2] (dpo_use_weighting):
+    each term's per-pair loss times the pair's chosen x rejected weight, as trl applies it."""
+    logratios = logps - ref_logps  # [B, 2]: chosen, rejected
+    losses = torch.zeros_like(logratios[:, 0])
+    for loss_type, weight in objective.dpo_losses:
+        term = _dpo_term(loss_type, objective, logps, counts, logratios, scored)
+        if wpo_weights is not None:
+            term = term * wpo_weights[:, 0] * wpo_weights[:, 1]
+        losses = losses + weight * term
+    rewards = objective.beta * logratios.detach()
     metrics = _pair_metrics(rewards[:, 0], rewards[:, 1], logps[:, 0], logps[:, 1], scored)
     return Objective(_mean_of_scored(losses, scored), metrics)
 
@@ -147,14 +179,31 @@ def simpo(objective: PreferenceObjective, logps, counts, scored) -> Objective:
     return Objective(total, metrics)
 
 
-def kto(objective: PreferenceObjective, logps, ref_logps, desirable: torch.Tensor, scored) -> Objective:
+def kto(
+    objective: PreferenceObjective,
+    logps,
+    ref_logps,
+    desirable: torch.Tensor,
+    scored,
+    *,
+    kl_group: dist.ProcessGroup | None = None,
+) -> Objective:
     """KTOTrainer's `kto` loss: 1 - sigmoid(beta (logratio - KL)) for desirable rows, 1 - sigmoid(beta
-    (KL - logratio)) for undesirable ones, weighted; KL = the micro-batch's mean KL-segment log-ratio."""
+    (KL - logratio)) for undesirable ones, weighted; KL = the mean KL-segment log-ratio of the scored
+    rows of this micro-batch on every rank of `kl_group` (the data-parallel ranks; None: this rank only).
+
+    trl averages the ranks' micro-batch means (gather_for_metrics(kl).mean()); the sum and count are
+    all-reduced here instead, the same number when the ranks score as many rows (a training step) and
+    the mean of the real rows when an eval batch pads some ranks with unscored rows. Every rank of the
+    group must call it for each micro-batch, as every rank runs each train and eval batch."""
     beta = objective.beta
     weight = scored.float()
     logratios = logps[:, 0] - ref_logps[:, 0]
     kl_logratios = (logps[:, 1] - ref_logps[:, 1]).detach()  # trl computes the policy's KL logps without grad
-    kl = ((kl_logratios * weight).sum() / weight.sum().clamp(min=1.0)).clamp(min=0)
+    kl_totals = torch.stack([(kl_logratios * weight).sum(), weight.sum()])
+    if kl_group is not None:
+        dist.all_reduce(kl_totals, op=dist.ReduceOp.SUM, group=kl_group)
+    kl = (kl_totals[0] / kl_totals[1].clamp(min=1.0)).clamp(min=0)
     good = desirable.bool() & scored
     bad = ~desirable.bool() & scored
     chosen_losses = 1 - torch.sigmoid(beta * (logratios - kl))

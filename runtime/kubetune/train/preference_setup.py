@@ -60,7 +60,11 @@ def preference_module(cfg, objective, model, data, *, collate, backend, accelera
     if cfg.adapter:
         return PreferenceLoss(model, objective)  # the base with the adapter disabled
     log.info("rl: %s with a full fine-tune: the reference is a frozen copy of the model", cfg.rl)
-    return PreferenceLoss(model, objective, reference_model=copy.deepcopy(model))
+    module = PreferenceLoss(model, objective, reference_model=copy.deepcopy(model))
+    if objective.ref_sync is not None:
+        # A synced reference is training state: checkpoints keep it, so a resumed run continues from it.
+        accelerator.register_for_checkpointing(module.frozen_reference)
+    return module
 
 
 def reference_key(cfg, accelerator) -> str:

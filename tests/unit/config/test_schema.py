@@ -10,6 +10,7 @@ from kubetune.config.adapter import LoftQ, PeftOptions
 from kubetune.config.docs import render_markdown
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
+from kubetune.config.preference import TrlConfig
 from kubetune.config.training import GradientCheckpointingKwargs, Optimizer
 from pydantic import BaseModel
 
@@ -21,6 +22,7 @@ MODELS = (
     GradientCheckpointingKwargs,
     PeftOptions,
     LoftQ,
+    TrlConfig,
 )
 
 # The keys issue #2 names (wandb_* / mlflow_* checked by prefix below).

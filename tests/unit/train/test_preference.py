@@ -9,10 +9,12 @@ from kubetune.train.loss import IGNORE_INDEX, shift_targets
 from kubetune.train.preference import PreferenceLoss
 
 
-def _objective(loss_type: str, beta: float):
+def _objective(loss_type: str, beta: float, use_weighting: bool = False, label_smoothing: float = 0.0):
     from kubetune.config.preference import PreferenceObjective
 
-    return PreferenceObjective(rl="dpo", loss_type=loss_type, beta=beta)
+    return PreferenceObjective(
+        rl="dpo", loss_type=loss_type, beta=beta, use_weighting=use_weighting, label_smoothing=label_smoothing
+    )
 
 
 def _pairs():
@@ -77,17 +79,31 @@ def peft_model():
     return model, tokenizer
 
 
-def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path):
+def _trl_loss(
+    model,
+    tokenizer,
+    pairs,
+    loss_type,
+    beta,
+    tmp_path,
+    *,
+    use_weighting=False,
+    label_smoothing=0.0,
+    weights=None,
+):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(
         output_dir=str(tmp_path),
         beta=beta,
-        loss_type=[loss_type],
+        loss_type=[loss_type] if isinstance(loss_type, str) else list(loss_type),
+        loss_weights=weights,
         report_to="none",
         use_cpu=True,
         bf16=False,
+        use_weighting=use_weighting,
+        label_smoothing=label_smoothing,
     )
     rows = Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
@@ -103,17 +119,42 @@ def _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path):
     return float(loss), metrics
 
 
-@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1)])
-def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, tmp_path):
+@pytest.mark.parametrize(
+    "loss_type,beta,use_weighting,smoothing",
+    [
+        ("sigmoid", 0.1, False, 0.0),
+        ("sigmoid", 0.5, False, 0.0),
+        ("ipo", 0.1, False, 0.0),
+        ("sigmoid", 0.1, True, 0.0),  # dpo_use_weighting
+        ("ipo", 0.1, True, 0.0),
+        ("robust", 0.5, False, 0.2),  # dpo_label_smoothing
+        ("exo_pair", 0.5, False, 0.001),
+    ],
+)
+def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, use_weighting, smoothing, tmp_path):
     model, tokenizer = peft_model
     pairs = _pairs()
     ids, targets, positions = _packed(pairs)
-    module = PreferenceLoss(model, _objective(loss_type, beta))
+    module = PreferenceLoss(model, _objective(loss_type, beta, use_weighting, smoothing))
     module.eval()
     with torch.no_grad():
         loss_sum = module(ids, targets, **_decoder_inputs(positions))
+        plain = PreferenceLoss(model, _objective("ipo" if loss_type == "ipo" else "sigmoid", beta))(
+            ids, targets, **_decoder_inputs(positions)
+        )
     ours = module.take_metrics()
-    expected_loss, theirs = _trl_loss(model, tokenizer, pairs, loss_type, beta, tmp_path)
+    expected_loss, theirs = _trl_loss(
+        model,
+        tokenizer,
+        pairs,
+        loss_type,
+        beta,
+        tmp_path,
+        use_weighting=use_weighting,
+        label_smoothing=smoothing,
+    )
+    if use_weighting or smoothing:  # the key changes the loss (not the rewards)
+        assert abs(float(loss_sum) - float(plain)) > 0.01 * float(plain)
 
     assert float(loss_sum) / len(pairs) == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
@@ -122,6 +163,33 @@ def test_pair_loss_and_rewards_match_trl(peft_model, loss_type, beta, tmp_path):
         assert ours[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
     assert abs(ours["rewards/margins"]) > 1e-4  # the adapter is on: the comparison is not of zeros
     assert module.take_metrics() is None  # taken: the next log line starts from nothing
+
+
+@pytest.mark.parametrize(
+    "mix,use_weighting",
+    # trl's WPO weighting fails on its sft term (an in-place product on an expanded tensor): the
+    # weighted case has none, and the config refuses dpo_use_weighting with sft.
+    [((("sigmoid", 1.0), ("sft", 0.5)), False), ((("ipo", 0.3), ("sigmoid", 1.0)), True)],
+)
+def test_a_weighted_list_of_loss_types_matches_trl(peft_model, mix, use_weighting, tmp_path):
+    """Axolotl's dpo_loss_type list with dpo_loss_weights (RPO is [sigmoid, sft]): trl's loss_type /
+    loss_weights on the same batch; it differs from the sigmoid loss alone."""
+    from dataclasses import replace
+
+    model, tokenizer = peft_model
+    pairs = _pairs()
+    ids, targets, positions = _packed(pairs)
+    objective = replace(_objective(mix[0][0], 0.1, use_weighting), dpo_mix=mix)
+    module = PreferenceLoss(model, objective).eval()
+    with torch.no_grad():
+        loss_sum = module(ids, targets, **_decoder_inputs(positions))
+        alone = PreferenceLoss(model, _objective("sigmoid", 0.1))(ids, targets, **_decoder_inputs(positions))
+    types, weights = zip(*mix, strict=True)
+    expected, _ = _trl_loss(
+        model, tokenizer, pairs, types, 0.1, tmp_path, use_weighting=use_weighting, weights=list(weights)
+    )
+    assert float(loss_sum) / len(pairs) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert abs(float(loss_sum) - float(alone)) > 0.1
 
 
 def test_reference_is_the_base_with_the_adapter_disabled(peft_model):

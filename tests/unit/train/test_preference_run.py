@@ -237,3 +237,81 @@ def test_a_full_fine_tune_dpo_runs_with_a_frozen_copy_or_precomputed_reference(
     if precompute:  # computed into the prepared-data cache, beside the prepared rows
         assert list(Path(cfg.dataset_prepared_path).glob("*/ref-logps-*/train.npy"))
     assert list(Path(cfg.output_dir).glob("*.safetensors"))  # the full model, no adapter
+
+
+def test_a_full_fine_tune_dpo_with_trl_reference_sync_restarts_from_the_policy(make_config, tmp_path, capsys):
+    """trl: {beta, sync_ref_model, ref_model_mixup_alpha: 1, ref_model_sync_steps: 2}: after steps 2 and 4
+    the reference IS the policy, so steps 3 and 5 compare the policy with itself (loss ln 2, margin 0);
+    without the sync they do not. beta comes from the trl block (the rewards scale with it)."""
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
+    trl = {"beta": 0.2, "sync_ref_model": True, "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 2}
+    lines = {}
+    for name, block in (("synced", trl), ("fixed", {"beta": 0.2})):
+        _, path = _dpo_config(make_config, tmp_path, f"dpo-{name}", 5, rl_beta=None, trl=block, **keys)
+        assert cli(["train", str(path), "--log-format", "json"]) == 0
+        lines[name] = _train_lines(capsys)
+    synced, fixed = lines["synced"], lines["fixed"]
+    assert len(synced) == len(fixed) == 5
+    for step in (0, 1):  # steps 1 and 2: the same run until the first sync
+        assert synced[step]["loss"] == pytest.approx(fixed[step]["loss"], rel=1e-5)
+    for step in (2, 4):  # steps 3 and 5 follow a sync
+        assert synced[step]["loss"] == pytest.approx(0.6931, abs=1e-4)
+        assert abs(synced[step]["rewards/margins"]) < 1e-5
+        assert abs(fixed[step]["loss"] - 0.6931) > 1e-3 and abs(fixed[step]["rewards/margins"]) > 1e-4
+
+
+def test_a_resumed_run_continues_from_the_synced_reference(make_config, tmp_path, capsys):
+    """The synced reference is checkpoint state: a run resumed from step 3 (after the sync at step 2)
+    logs steps 4 and 5 as the uninterrupted run does; a resume that rebuilt the reference from the
+    loaded model would not (its step 4 compares with the base)."""
+    from pathlib import Path
+
+    keys = {key: None for key in (*LORA, "lora_target_modules")} | {"adapter": None, "learning_rate": 0.001}
+    trl = {"sync_ref_model": True, "ref_model_mixup_alpha": 0.5, "ref_model_sync_steps": 2}
+    common = {"rl_beta": 0.5, "trl": trl, "save_steps": 3, **keys}
+    cfg, path = _dpo_config(make_config, tmp_path, "dpo-sync-whole", 5, **common)
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    whole = _train_lines(capsys)
+    saved = Path(cfg.output_dir) / "checkpoints" / "checkpoint-3"
+    assert (saved / "COMPLETE").is_file()
+    _, path = _dpo_config(
+        make_config, tmp_path, "dpo-sync-resumed", 5, resume_from_checkpoint=str(saved), **common
+    )
+    assert cli(["train", str(path), "--log-format", "json"]) == 0
+    resumed = _train_lines(capsys)
+    assert [line["step"] for line in resumed] == [4, 5]
+    for ours, theirs in zip(resumed, whole[3:], strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["rewards/margins"] == pytest.approx(theirs["rewards/margins"], rel=1e-4, abs=1e-6)
+
+
+def test_two_process_kto_matches_one_process_with_the_same_global_batch(make_config, tmp_path, capsys):
+    """rl: kto under torchrun (2 CPU processes, 4 rows each) logs the losses and KL of one process with
+    8 rows a step (the same rows: the step's slice of the permutation does not depend on the split),
+    as the KL estimate is all-reduced; evaluation (padding rows on a rank) runs the same collectives."""
+    from kubetune.tiny import kto_rows
+
+    from .support import torchrun_train
+
+    rows = write_jsonl(kto_rows(60, seed=0), tmp_path / "kto.jsonl")
+    keys = {"rl": "kto", "datasets": [{"path": str(rows), "type": "chatml.intel"}]}
+    keys |= {"val_set_size": 0.15, "eval_steps": 2, "learning_rate": 0.02}
+    _, one_path = _dpo_config(make_config, tmp_path, "kto-one", 4, micro_batch_size=8, **keys)
+    assert cli(["train", str(one_path), "--log-format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    _, two_path = _dpo_config(make_config, tmp_path, "kto-two", 4, micro_batch_size=4, **keys)
+    result = torchrun_train(two_path, 2, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    for event in ("train", "eval"):
+        ones = [line for line in lines if line.get("event") == event]
+        twos = [line for line in two if line.get("event") == event]
+        assert len(ones) == len(twos) == (4 if event == "train" else 2)
+        for a, b in zip(ones, twos, strict=True):
+            name = "loss" if event == "train" else "eval_loss"
+            assert b[name] == pytest.approx(a[name], rel=2e-4), (event, a, b)
+    kl = [line["kl"] for line in two if line.get("event") == "train"]
+    assert kl == pytest.approx(
+        [line["kl"] for line in lines if line.get("event") == "train"], rel=1e-3, abs=1e-6
+    )
+    assert max(kl) > 0  # the KL term is not zero all along: the comparison covers it

@@ -132,3 +132,50 @@ def test_precomputed_reference_log_probs_are_cached_and_replace_the_reference(ti
     finally:
         setup_module.reference_logps = original
     assert calls == [] and again.train[REF_COLUMN] == data.train[REF_COLUMN]
+
+
+def test_trl_sync_ref_model_mixes_the_frozen_reference_towards_the_policy(tiny_pairs, tmp_path):
+    """TR-DPO: every ref_model_sync_steps optimizer steps the reference becomes alpha x policy +
+    (1 - alpha) x reference; the synced reference is registered for checkpoints (resume continues it)."""
+    from dataclasses import replace
+
+    from accelerate import Accelerator
+    from kubetune.data.pipeline import PreparedData
+
+    Accelerator(cpu=True)  # trl's sync reads accelerate's state, as in a run (reset after each test)
+
+    _, train, evaluation, collate, build = tiny_pairs
+    model = build()
+    registered = []
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), process_index=0, register_for_checkpointing=registered.append
+    )
+    module = preference_module(
+        _cfg(),
+        replace(DPO, ref_sync=(0.5, 2)),
+        model,
+        PreparedData(train=train, eval=evaluation, path=tmp_path),
+        collate=collate,
+        backend=AttentionBackend("sdpa", "sdpa"),
+        accelerator=accelerator,
+    )
+    assert registered == [module.frozen_reference]
+    module.eval()
+    loaded = [p.detach().clone() for p in module.frozen_reference.parameters()]
+    with torch.no_grad():
+        for parameter in model.parameters():  # a training step moves the policy
+            parameter.add_(0.01 * torch.randn_like(parameter))
+        before = float(_loss(module, collate, train))
+    assert not module.after_optimizer_step(1)  # not a sync step: the reference is unchanged
+    for now, then in zip(module.frozen_reference.parameters(), loaded, strict=True):
+        assert torch.equal(now, then)
+    assert module.after_optimizer_step(2)
+    for now, then, policy in zip(
+        module.frozen_reference.parameters(), loaded, model.parameters(), strict=True
+    ):
+        torch.testing.assert_close(now, 0.5 * then + 0.5 * policy.detach())
+    with torch.no_grad():
+        after = float(_loss(module, collate, train))
+    assert abs(after - before) > 1e-4  # the loss compares the policy with the moved reference
+    plain = _setup(_cfg(), build(), tiny_pairs, tmp_path)[0]
+    assert plain.frozen_reference is not None and not plain.after_optimizer_step(64)  # no sync asked
