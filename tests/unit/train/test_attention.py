@@ -174,6 +174,7 @@ def test_xformers_losses_equal_plain_sdpa_on_packed_rows(tiny, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_xformers_on_cuda_runs_the_memory_efficient_kernel_and_matches_sdpa(tiny):
     """On a GPU the restriction leaves exactly the memory-efficient kernel: the profiler sees it, and the
     packed hidden states match each example alone, in float32 and bf16."""
