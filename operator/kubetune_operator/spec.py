@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kubetune.config import ConfigError, ConfigProblem, TrainConfig, load_config, validate_mapping
@@ -440,7 +440,7 @@ def config_problems(config: Any, prefix: str) -> list[ConfigProblem]:
     problems = bound_problems(config)  # before anything walks it: no alias bomb, no deep nesting
     if not problems:
         problems = validate_mapping(config)
-    return [ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems]
+    return [problem.under(prefix) for problem in problems]
 
 
 def validate_job(obj: Mapping[str, Any], policy: AdmissionPolicy | None = None) -> Validation:
@@ -485,7 +485,7 @@ def job_config_problems(
         processes_per_node=spec.processes_per_worker,
     )
     jobs = f"workers {spec.workers} × {spec.processes_per_worker} processes per pod (gpusPerWorker)"
-    return [ConfigProblem(f"{prefix}.{p.path}", f"{p.message} ({jobs})", p.fix) for p in problems]
+    return [replace(problem.under(prefix), message=f"{problem.message} ({jobs})") for problem in problems]
 
 
 def child_configmaps(name: str) -> tuple[str, ...]:
@@ -514,9 +514,7 @@ def load_referenced_config(
     prefix = f"configMap {source}"
     mapping, problems = parse_yaml(text, name=prefix)
     if problems:
-        return None, [
-            ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems
-        ]
+        return None, [problem.under(prefix) for problem in problems]
     if not isinstance(mapping, Mapping):
         return None, [ConfigProblem(prefix, "the config must be a YAML mapping", "write key: value pairs")]
     problems = config_problems(mapping, prefix)

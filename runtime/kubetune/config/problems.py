@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -42,6 +42,10 @@ class ConfigProblem:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    def under(self, prefix: str) -> ConfigProblem:
+        """The same problem in a config that sits at `prefix` (``spec.config``) of a larger document."""
+        return replace(self, path=f"{prefix}.{self.path}" if self.path else prefix)
 
     def __str__(self) -> str:
         where = self.path or "(top level)"
