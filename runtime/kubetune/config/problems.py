@@ -236,8 +236,10 @@ def _problem(path: str, errs: list[ErrorDetails], words: _Words) -> ConfigProble
             "required key is missing",
             f"add `{key}: ...`" + (f" ({description})" if description else ""),
         )
-    if kind == "extra_forbidden" and holder is not None:
-        return unknown_key(path.rpartition(".")[0], key, holder.model_fields, reference=words.reference)
+    extra = (first.get("loc") or ("",))[-1]
+    if kind == "extra_forbidden" and holder is not None and isinstance(extra, str):
+        parent = path.removesuffix(extra).removesuffix(".")  # not split at dots: the key may hold one
+        return unknown_key(parent, extra, holder.model_fields, reference=words.reference)
     if not custom and len(errs) > 1:
         nouns = list(dict.fromkeys(_NOUNS[e["type"]] for e in errs if e.get("type") in _NOUNS))
         if nouns:
