@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kubetune.config import ConfigError, ConfigProblem, TrainConfig, load_config, validate_mapping
 from kubetune.config.loading import bound_problems, parse_yaml
 from kubetune.config.mesh import layout_problems
+from kubetune.config.problems import translate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 # The installer's policy is part of validation: importers find it here too (explicit re-exports).
 from kubetune_operator.admission import AdmissionPolicy as AdmissionPolicy
@@ -49,6 +51,9 @@ RESERVED_VOLUMES = frozenset({"config", "dshm", "outputs", "cache", "kubetune-tm
 RESERVED_MOUNT_PATHS = frozenset({CONFIG_DIR, OUTPUTS_DIR, CACHE_DIR, "/dev/shm"})
 
 QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+|[KMGTPE]i?|[mkMGTPE])?$"
+# What a problem's fix points to, and says about the spec's string patterns.
+REFERENCE = "docs/kubernetes.md"
+PATTERN_FIXES = {QUANTITY: 'write {key} as a Kubernetes quantity such as "8Gi"'}
 
 # Bounds on the spec's own strings, lists and maps (the CRD carries them too, so the apiserver refuses
 # an oversized object before any webhook or reconcile reads it).
@@ -126,8 +131,13 @@ class VolumeChoice(_Model):
     def _exactly_one(self) -> VolumeChoice:
         chosen = [k for k in ("existingClaim", "claimTemplate", "volume") if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError(
-                f"set exactly one of existingClaim, claimTemplate or volume (found {', '.join(chosen) or 'none'})"
+            raise PydanticCustomError(
+                "exactly_one",
+                "set exactly one of existingClaim, claimTemplate or volume (found {found})",
+                {
+                    "found": ", ".join(chosen) or "none",
+                    "fix": "keep one of existingClaim, claimTemplate or volume",
+                },
             )
         return self
 
@@ -331,35 +341,6 @@ class Validation:
         return not self.problems
 
 
-def pydantic_problems(error: ValidationError, prefix: str) -> list[ConfigProblem]:
-    """One problem per pydantic error, with a key path like ``spec.volumes[2].name``."""
-    problems = []
-    for item in error.errors():
-        path = prefix
-        for part in item["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        fix = _FIXES.get(item["type"], "")
-        message = item["msg"].removeprefix("Value error, ")
-        if isinstance(item.get("input"), (str, int, float, bool)) and item["type"] != "missing":
-            message += f" (found {_cut(repr(item['input']), 100)})"  # a value, not a copy of the object
-        problems.append(ConfigProblem(path=path, message=message, fix=fix))
-    return problems
-
-
-_FIXES = {
-    "extra_forbidden": "remove this key (check its spelling against the FineTuneJob reference)",
-    "missing": "add this key",
-    "int_parsing": "write a whole number",
-    "int_type": "write a whole number",
-    "bool_parsing": "write true or false",
-    "string_type": "write a string",
-    "greater_than_equal": "raise the value",
-    "less_than_equal": "lower the value",
-    "string_pattern_mismatch": 'write a Kubernetes quantity such as "8Gi"',
-    "literal_error": "use one of the values listed",
-}
-
-
 def validate_spec(spec: Any) -> tuple[FineTuneJobSpec | None, list[ConfigProblem]]:
     """The spec alone: types, ranges, and the rules between fields that pydantic cannot see."""
     if not isinstance(spec, Mapping):
@@ -367,7 +348,15 @@ def validate_spec(spec: Any) -> tuple[FineTuneJobSpec | None, list[ConfigProblem
     try:
         parsed = FineTuneJobSpec.model_validate(dict(spec))
     except ValidationError as error:
-        return None, pydantic_problems(error, "spec")
+        problems = translate(
+            error,
+            spec,
+            model=FineTuneJobSpec,
+            prefix="spec",
+            reference=REFERENCE,
+            pattern_fixes=PATTERN_FIXES,
+        )
+        return None, problems
     problems = []
     if (parsed.config is None) == (parsed.configMapRef is None):
         problems.append(
@@ -451,7 +440,7 @@ def config_problems(config: Any, prefix: str) -> list[ConfigProblem]:
     problems = bound_problems(config)  # before anything walks it: no alias bomb, no deep nesting
     if not problems:
         problems = validate_mapping(config)
-    return [ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems]
+    return [problem.under(prefix) for problem in problems]
 
 
 def validate_job(obj: Mapping[str, Any], policy: AdmissionPolicy | None = None) -> Validation:
@@ -496,7 +485,7 @@ def job_config_problems(
         processes_per_node=spec.processes_per_worker,
     )
     jobs = f"workers {spec.workers} × {spec.processes_per_worker} processes per pod (gpusPerWorker)"
-    return [ConfigProblem(f"{prefix}.{p.path}", f"{p.message} ({jobs})", p.fix) for p in problems]
+    return [replace(problem.under(prefix), message=f"{problem.message} ({jobs})") for problem in problems]
 
 
 def child_configmaps(name: str) -> tuple[str, ...]:
@@ -525,9 +514,7 @@ def load_referenced_config(
     prefix = f"configMap {source}"
     mapping, problems = parse_yaml(text, name=prefix)
     if problems:
-        return None, [
-            ConfigProblem(f"{prefix}.{p.path}" if p.path else prefix, p.message, p.fix) for p in problems
-        ]
+        return None, [problem.under(prefix) for problem in problems]
     if not isinstance(mapping, Mapping):
         return None, [ConfigProblem(prefix, "the config must be a YAML mapping", "write key: value pairs")]
     problems = config_problems(mapping, prefix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,3 +33,21 @@ def field(default: Any = ..., *, description: str, **kwargs: Any) -> Any:
 
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def nested_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """(model class, is_list) when a field holds a model or a list of them."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = nested_model(arg)
+            if found:
+                return found
+        return None
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        found = nested_model(item)
+        return (found[0], True) if found and not found[1] else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None

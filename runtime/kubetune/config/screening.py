@@ -10,7 +10,6 @@ What comes out holds only schema keys, so the pydantic pass reports value proble
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -19,38 +18,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import compat
+from .base import nested_model
 from .datasets import DatasetConfig
 from .parallel import FsdpConfig
 from .preference import TrlConfig
-from .problems import ConfigProblem
+from .problems import ConfigProblem, join, short, suggest, unknown_key
 from .schema import TrainConfig
 
 _DROPPED = object()  # a value already reported by the screening
-
-
-def join(path: str, key: object) -> str:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return f"{path}[{key}]"
-    text = key if isinstance(key, str) else repr(key)
-    return f"{path}.{text}" if path else text
-
-
-def _nested_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
-    """(model class, is_list) when a field holds a schema model or a list of them."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _nested_model(arg)
-            if found:
-                return found
-        return None
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        found = _nested_model(item)
-        return (found[0], True) if found and not found[1] else None
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    return None
 
 
 COMPAT_BY_MODEL: dict[type[BaseModel], dict[str, compat.Unimplemented]] = {
@@ -66,52 +41,28 @@ _DATASET_KEYS = frozenset(DatasetConfig.model_fields)
 _FSDP_KEYS = frozenset(FsdpConfig.model_fields)
 
 
-def _normalise(key: str) -> str:
-    return key.strip().lower().replace("-", "_").replace(" ", "_")
-
-
-def suggest(key: str, candidates: typing.Iterable[str]) -> str | None:
-    candidates = list(candidates)
-    norm = _normalise(key)
-    if norm in candidates:
-        return norm
-    matches = difflib.get_close_matches(norm, candidates, n=1, cutoff=0.7)
-    return matches[0] if matches else None
-
-
 def _unknown_key(model: type[BaseModel], path: str, key: str) -> ConfigProblem:
-    where = join(path, key)
-    known = list(model.model_fields)
-    guess = suggest(key, known)
-    if guess:
-        return ConfigProblem(
-            where, f"unknown key '{key}'; did you mean '{guess}'?", f"rename it to '{guess}'"
-        )
-    # A key of another level, written at the wrong one.
-    if model is TrainConfig and key in _FSDP_KEYS:
-        return ConfigProblem(where, f"'{key}' belongs under fsdp_config", f"move it to fsdp_config.{key}")
-    if model is TrainConfig and key in _DATASET_KEYS:
-        return ConfigProblem(
-            where,
-            f"'{key}' is a key of a dataset entry",
-            f"move it into the entries of datasets (datasets[0].{key})",
-        )
-    if model is TrlConfig and f"dpo_{key}" in _TOP_KEYS:  # trl's name of an Axolotl dpo_* key
-        return ConfigProblem(
-            where,
-            f"Axolotl spells trl's {key} as the top-level key dpo_{key}",
-            f"move it to the top level as dpo_{key}",
-        )
-    if model is not TrainConfig and (key in _TOP_KEYS or key in compat.TOP_LEVEL):
-        return ConfigProblem(
-            where, f"'{key}' is a top-level key, not one of {path}", f"move '{key}' to the top level"
-        )
-    where_text = f"in {path}" if path else "at the top level"
-    return ConfigProblem(
-        where,
-        f"unknown key '{key}' {where_text}",
-        "remove it, or see docs/config.md (`kubetune schema`) for the keys kubetune accepts",
-    )
+    if not suggest(key, model.model_fields):  # a key of another level, written at the wrong one
+        where = join(path, key)
+        if model is TrainConfig and key in _FSDP_KEYS:
+            return ConfigProblem(where, f"'{key}' belongs under fsdp_config", f"move it to fsdp_config.{key}")
+        if model is TrainConfig and key in _DATASET_KEYS:
+            return ConfigProblem(
+                where,
+                f"'{key}' is a key of a dataset entry",
+                f"move it into the entries of datasets (datasets[0].{key})",
+            )
+        if model is TrlConfig and f"dpo_{key}" in _TOP_KEYS:  # trl's name of an Axolotl dpo_* key
+            return ConfigProblem(
+                where,
+                f"Axolotl spells trl's {key} as the top-level key dpo_{key}",
+                f"move it to the top level as dpo_{key}",
+            )
+        if model is not TrainConfig and (key in _TOP_KEYS or key in compat.TOP_LEVEL):
+            return ConfigProblem(
+                where, f"'{key}' is a top-level key, not one of {path}", f"move '{key}' to the top level"
+            )
+    return unknown_key(path, key, model.model_fields)
 
 
 def screen(
@@ -167,7 +118,7 @@ def screen(
                 problems.append(
                     ConfigProblem(
                         join(path, key),
-                        f"'{key}' is an Axolotl key that kubetune does not implement; it is set to {_short(value)}",
+                        f"'{key}' is an Axolotl key that kubetune does not implement; it is set to {short(value)}",
                         fix,
                     )
                 )
@@ -188,7 +139,7 @@ def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProbl
         if not isinstance(bfloat16, bool):
             problems.append(
                 ConfigProblem(
-                    "bfloat16", f"expected true or false, got {_short(bfloat16)}", "write bf16: true"
+                    "bfloat16", f"expected true or false, got {short(bfloat16)}", "write bf16: true"
                 )
             )
         elif bfloat16 and out.get("bf16") is False:
@@ -206,7 +157,7 @@ def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProbl
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         problems.append(
             ConfigProblem(
-                "batch_size", f"expected a whole number >= 1, got {_short(value)}", "e.g. batch_size: 16"
+                "batch_size", f"expected a whole number >= 1, got {short(value)}", "e.g. batch_size: 16"
             )
         )
         return
@@ -272,7 +223,7 @@ def _normalise_fsdp(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
                 problems.append(
                     ConfigProblem(
                         "fsdp_version",
-                        f"fsdp_version ({_short(version)}) and fsdp_config.fsdp_version ({_short(inner)}) disagree",
+                        f"fsdp_version ({short(version)}) and fsdp_config.fsdp_version ({short(inner)}) disagree",
                         "keep one of them",
                     )
                 )
@@ -290,7 +241,7 @@ def _normalise_fsdp(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
             problems.append(
                 ConfigProblem(
                     "fsdp_config.fsdp_sharding_strategy",
-                    f"unknown sharding strategy {_short(raw)}",
+                    f"unknown sharding strategy {short(raw)}",
                     "use FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD or NO_SHARD (or put full_shard, ... in the fsdp list)",
                 )
             )
@@ -310,7 +261,7 @@ def _normalise_fsdp(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
             problems.append(
                 ConfigProblem(
                     "fsdp_config.fsdp_sharding_strategy",
-                    f"fsdp_sharding_strategy {_short(raw)} contradicts {listed[0]} in the fsdp list",
+                    f"fsdp_sharding_strategy {short(raw)} contradicts {listed[0]} in the fsdp list",
                     "keep the strategy in one place (the fsdp list)",
                 )
             )
@@ -336,12 +287,12 @@ def _screen_value(annotation: Any, value: Any, problems: list[ConfigProblem], pa
         problems.append(
             ConfigProblem(
                 path,
-                f"expected a number, got {_short(value)}",
+                f"expected a number, got {short(value)}",
                 f"write {path.rpartition('.')[2]} as a number",
             )
         )
         return _DROPPED
-    nested = _nested_model(annotation)
+    nested = nested_model(annotation)
     if nested is None:
         return value
     model, is_list = nested
@@ -355,17 +306,3 @@ def _screen_value(annotation: Any, value: Any, problems: list[ConfigProblem], pa
     if isinstance(value, Mapping):
         return screen(value, problems, model, path)
     return value
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """A value as the YAML user wrote it (true, null, 'text'), cut to one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a report must never fail on an odd value
-        text = f"<{type(value).__name__}>"
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,7 +5,7 @@ by the functions that need them.
 """
 
 from kubetune.data.collator import PackedCollator, block_causal_mask
-from kubetune.data.errors import DataError, DataProblem
+from kubetune.data.errors import DataError
 from kubetune.data.formats import IGNORE_INDEX, PromptFormat, TokenizedExamples
 from kubetune.data.packing import pack_lengths, packing_efficiency
 from kubetune.data.pipeline import PreparedData, build_prepared, preparation_key, prepare_datasets
@@ -14,7 +14,6 @@ from kubetune.data.tokenizer import load_tokenizer
 __all__ = [
     "IGNORE_INDEX",
     "DataError",
-    "DataProblem",
     "PackedCollator",
     "PreparedData",
     "PromptFormat",

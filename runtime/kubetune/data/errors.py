@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from kubetune.config import ConfigError, ConfigProblem
 
-DataProblem = ConfigProblem
-
 
 class DataError(ConfigError):
     """Raised when the configured datasets cannot be prepared; `problems` says where and what to do."""
 
-    def report(self) -> str:
-        """The one-screen report: every problem with its key path and fix."""
-        return str(self)
-
 
 def data_error(path: str, message: str, fix: str) -> DataError:
-    return DataError([DataProblem(path, message, fix)])
+    return DataError([ConfigProblem(path, message, fix)])

@@ -28,7 +28,7 @@ from kubetune.train import attention, checkpoint, distributed, export, optim, ou
 from kubetune.train import model as model_lib
 from kubetune.train.batches import ROW_VALUES, Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
-from kubetune.train.errors import Preempted, UserError
+from kubetune.train.errors import Preempted
 from kubetune.train.loss import CausalLMLoss, loss_function
 from kubetune.train.model_options import activation_offloading
 from kubetune.train.preference import PreferenceLoss
@@ -225,7 +225,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
 
 
 def train(cfg) -> dict:
-    """Run the whole fine-tune; returns the training summary (raises UserError, Preempted)."""
+    """Run the whole fine-tune; returns the training summary (raises ConfigError for bad input, Preempted)."""
     started = time.time()
     stop = StopFlag()
     stop.install()
@@ -659,17 +659,12 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
 
 
 def _prepare_data(cfg, tokenizer, accelerator):
-    from kubetune.data import DataError, prepare_datasets
+    from kubetune.data import prepare_datasets
 
-    try:
-        return prepare_datasets(
-            cfg, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes
-        )
-    except DataError as err:
-        # The key is the one each problem names (sequence_len when every example was too long), not
-        # always "datasets".
-        keys = ", ".join(dict.fromkeys(problem.path for problem in err.problems))
-        raise UserError(err.report(), "Fix what each problem above names.", key=keys or None) from err
+    # Raises DataError: bad input like a UserError (a ConfigError, reported by the runner, exit 2).
+    return prepare_datasets(
+        cfg, tokenizer, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
 
 
 def _collator(cfg, tokenizer):

@@ -10,7 +10,16 @@ import os
 import sys
 import traceback
 
-from kubetune.train.errors import EXIT_FAILURE, EXIT_OK, EXIT_PREEMPTED, Preempted, UserError
+from kubetune.config import ConfigError
+from kubetune.train.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    Preempted,
+    bad_input_reason,
+    bad_input_report,
+)
 from kubetune.train.outputs import write_termination_log
 
 log = logging.getLogger("kubetune.train")
@@ -34,12 +43,14 @@ def run(cfg) -> int:
 
     try:
         summary = train(cfg)
-    except UserError as err:
+    except ConfigError as err:  # bad input, whoever found it (a UserError, the data's DataError)
         if is_main_process():
-            print(err.report(), file=sys.stderr)
+            print(bad_input_report(err), file=sys.stderr)
         if is_first_in_pod():
-            write_termination_log({"status": "bad_input", "exit_code": err.exit_code, "reason": err.problem})
-        return err.exit_code
+            write_termination_log(
+                {"status": "bad_input", "exit_code": EXIT_BAD_INPUT, "reason": bad_input_reason(err)}
+            )
+        return EXIT_BAD_INPUT
     except Preempted as stop:
         log.warning("%s", stop)
         if is_first_in_pod():

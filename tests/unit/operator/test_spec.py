@@ -100,6 +100,44 @@ def test_spec_problems_name_their_key(changes, path):
     assert path in [p.path for p in problems], report(problems)
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"workerz": 2},
+         ("spec.workerz", "unknown key 'workerz'; did you mean 'workers'?", "rename it to 'workers'")),
+        ({"runPolicy": {"backofLimit": 2}},
+         ("spec.runPolicy.backofLimit", "unknown key 'backofLimit'; did you mean 'backoffLimit'?",
+          "rename it to 'backoffLimit'")),
+        ({"runPolicy": {"retries.max": 2}},
+         ("spec.runPolicy.retries.max", "unknown key 'retries.max' in spec.runPolicy",
+          "remove it, or see docs/kubernetes.md for the keys kubetune accepts")),
+        ({"workers": 0},
+         ("spec.workers", "input should be greater than or equal to 1, got 0", "use a value of at least 1")),
+        ({"imagePullPolicy": "always"},
+         ("spec.imagePullPolicy", "input should be 'Always', 'IfNotPresent' or 'Never', got 'always'",
+          "did you mean 'Always'? (imagePullPolicy: Always)")),
+        ({"shmSize": "8 gigs"},
+         ("spec.shmSize", None, 'write shmSize as a Kubernetes quantity such as "8Gi"')),
+        ({"env": [{"value": "x"}]},
+         ("spec.env[0].name", "required key is missing", "add `name: ...` (Variable name)")),
+        ({"storage": {"existingClaim": "a", "claimTemplate": {"size": "1Gi"}}},
+         ("spec.storage",
+          "set exactly one of existingClaim, claimTemplate or volume (found existingClaim, claimTemplate)",
+          "keep one of existingClaim, claimTemplate or volume")),
+    ],
+)  # fmt: skip
+def test_spec_problems_are_worded_like_config_problems(changes, expected):
+    """One translation of pydantic errors (kubetune.config.problems) for the spec and the config: the
+    same did-you-mean for a misspelt key, the same bounds and the description of a missing key."""
+    body = job()
+    body["spec"].update(changes)
+    path, message, fix = expected
+    (problem,) = [p for p in validate_job(body).problems if p.path == path]
+    assert problem.fix == fix
+    if message is not None:
+        assert problem.message == message
+
+
 def test_spec_must_be_a_mapping():
     assert [p.path for p in validate_job({"metadata": {"name": "x"}, "spec": "nope"}).problems] == ["spec"]
 

@@ -88,3 +88,14 @@ def test_every_example_longer_than_sequence_len(make_config, populated, capsys):
         path, populated, capsys, "(sequence_len)", "longer than sequence_len 16", "raise sequence_len"
     )
     assert "val_set_size" not in report
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"), [("merge", ["--output", "merged"]), ("generate", ["--prompt", "Hi"])]
+)
+def test_merge_and_generate_name_their_action(make_config, capsys, command, extra):
+    """A UserError is a ConfigError: the commands report it as their own refusal, not as a config's."""
+    _, path = make_config(f"no-run-{command}")  # output_dir holds nothing trained yet
+    assert cli([command, str(path), *extra]) == 2
+    report = capsys.readouterr().err
+    assert f"kubetune: cannot {command} (output_dir):" in report and "kubetune train" in report

@@ -86,3 +86,45 @@ def test_a_restarted_worker_of_a_completed_run_reports_its_summary_again(monkeyp
     )
     assert runner.run(cfg) == 0
     assert json.loads(log.read_text()) == summary
+
+
+def test_data_problems_are_bad_input_with_every_key_path(monkeypatch, tmp_path, capsys):
+    """The data pipeline's DataError reaches the runner as it is (no conversion): each problem is
+    printed with its key path and fix, the termination reason is the whole report."""
+    from kubetune.config import ConfigProblem
+    from kubetune.data import DataError
+
+    error = DataError(
+        [
+            ConfigProblem("datasets[0].path", "no file at /data/a.jsonl", "point path at the file"),
+            ConfigProblem(
+                "sequence_len", "every example is longer than sequence_len 16", "raise sequence_len"
+            ),
+        ]
+    )
+    code, message = _run_failing(monkeypatch, tmp_path, error, rank=0, local_rank=0)
+    assert code == 2
+    assert json.loads(message) == {"status": "bad_input", "exit_code": 2, "reason": str(error)}
+    assert capsys.readouterr().err.splitlines() == [
+        "kubetune: cannot train (datasets[0].path, sequence_len):",
+        "  datasets[0].path: no file at /data/a.jsonl",
+        "    fix: point path at the file",
+        "  sequence_len: every example is longer than sequence_len 16",
+        "    fix: raise sequence_len",
+        "  Nothing in output_dir was changed.",
+    ]
+
+
+def test_a_user_error_is_one_config_problem():
+    from kubetune.config import ConfigError, ConfigProblem
+
+    error = UserError("no CUDA GPU here", "set adapter: lora", key="load_in_4bit")
+    assert isinstance(error, ConfigError)
+    assert error.problems == [ConfigProblem("load_in_4bit", "no CUDA GPU here", "set adapter: lora")]
+    assert str(error).splitlines() == [
+        "kubetune: cannot train (load_in_4bit):",
+        "  no CUDA GPU here",
+        "  fix: set adapter: lora",
+        "  Nothing in output_dir was changed.",
+    ]
+    assert UserError("bitsandbytes is not installed", "install it").key is None

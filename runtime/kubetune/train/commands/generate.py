@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
             template=args.template,
             temperature=args.temperature,
         )
+    except UserError as err:  # before ConfigError, which it is: its report names the action refused
+        print(err.report("generate"), file=sys.stderr)
+        return err.exit_code
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UserError as err:
-        print(err.report("generate"), file=sys.stderr)
-        return err.exit_code
     print(text)
     return 0

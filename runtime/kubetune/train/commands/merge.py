@@ -25,11 +25,11 @@ def run(args: argparse.Namespace) -> int:
         from kubetune.train.merge import merge
 
         target = merge(cfg, args.output)
+    except UserError as err:  # before ConfigError, which it is: its report names the action refused
+        print(err.report("merge"), file=sys.stderr)
+        return err.exit_code
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UserError as err:
-        print(err.report("merge"), file=sys.stderr)
-        return err.exit_code
     print(target)
     return 0
