@@ -10,8 +10,8 @@ from kubetune_operator.builders import BuildOptions
 from kubetune_operator.fetchstep import OFFLINE_ENV
 
 from tests.unit.operator.cases import seed_config
+from tests.unit.operator.lifecycle_support import Job, pod
 from tests.unit.operator.test_builders import build, container
-from tests.unit.operator.test_status import Job, pod
 
 LOCAL = {
     **seed_config(),
