@@ -6,6 +6,7 @@ Shared by the lifecycle policy tests (test_policy_*.py).
 from datetime import datetime, timedelta, timezone
 
 from kubetune_operator.lifecycle import Observed, decide, status_patch
+from kubetune_operator.policies.draft import Draft
 from kubetune_operator.spec import validate_job
 
 from tests.unit.operator.cases import job
@@ -81,3 +82,16 @@ class Job:
 
     def condition(self, kind):
         return next(c for c in self.status["conditions"] if c["type"] == kind)
+
+
+def draft(pods=(), status=None, now=NOW, **observed):
+    """A policy's input on its own: a valid two-worker job with `status`, observing `pods`.
+
+    `observed` sets Observed's other fields (progress, waiting, problems, ...); `spec=` a dict of spec
+    changes applied before validation.
+    """
+    body = job(**observed.pop("spec", {}))
+    body["metadata"].update(uid="u-1", generation=1)
+    if status is not None:
+        body["status"] = status
+    return Draft(Observed(job=body, spec=validate_job(body).spec, pods=list(pods), now=now, **observed))

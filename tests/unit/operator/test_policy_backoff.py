@@ -1,6 +1,8 @@
 """handle_failure (policies/backoff.py): restarts, backoffLimit, preemption, bad input."""
 
-from tests.unit.operator.lifecycle_support import Job, pod
+from kubetune_operator.policies.backoff import handle_failure
+
+from tests.unit.operator.lifecycle_support import Job, draft, pod
 
 # The worker's own exit code, from the termination message its first process writes (under torchrun
 # the container exits 1 whatever the worker returned).
@@ -93,3 +95,11 @@ def test_preemption_after_a_checkpoint_does_not_count_against_backoff_limit():
     # A real crash next to a preemption is a crash: counted (and here, past the limit).
     j.step([pod(0, exit_code=143), pod(1, exit_code=1, message="CUDA error")])
     assert j.status["phase"] == "Failed" and j.status["reason"] == "BackoffLimitExceeded"
+
+
+def test_handle_failure_lets_healthy_workers_through_and_restarts_the_group_on_a_crash():
+    assert not handle_failure(draft([pod(0), pod(1)]))
+    d = draft([pod(0), pod(1, exit_code=1, message="boom")])
+    assert handle_failure(d)
+    assert d.decision.delete_pods == ["demo-0", "demo-1"] and d.new["restarts"] == 1
+    assert d.new["reason"] == "Restarting" and d.new["workers"] == "0/2"

@@ -3,8 +3,9 @@
 from datetime import timedelta
 
 import pytest
+from kubetune_operator.policies.completion import COMPLETION_GRACE_SECONDS, complete
 
-from tests.unit.operator.lifecycle_support import Job, pod, stamp
+from tests.unit.operator.lifecycle_support import Job, draft, pod, stamp
 
 DONE = {"step": 120, "totalSteps": 120, "completed": True, "outputDir": "/var/lib/kubetune/outputs/demo-u-1"}
 
@@ -93,3 +94,11 @@ def test_success_from_rank_zeros_exit_and_termination_message():
     j.step([pod(0, running=True, last_exit=0, message=summary), pod(1, last_exit=0)])
     assert j.status["phase"] == "Succeeded"
     assert j.status["outputs"]["summary"] == {"final_loss": 0.81, "steps": 120}
+
+
+def test_complete_does_not_settle_a_training_still_running():
+    assert not complete(draft([pod(0), pod(1)], progress={"step": 5, "totalSteps": 10}))
+    d = draft([pod(0), pod(1)])
+    d.new["progress"] = {"step": 10, "completed": True}
+    assert complete(d) and d.new["reason"] == "Completing"
+    assert d.decision.requeue_after == pytest.approx(COMPLETION_GRACE_SECONDS)

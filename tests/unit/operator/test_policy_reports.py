@@ -1,8 +1,9 @@
 """carry_reports (policies/reports.py): the pods' reports copied into the status."""
 
 from kubetune_operator.lifecycle import status_patch
+from kubetune_operator.policies.reports import carry_reports
 
-from tests.unit.operator.lifecycle_support import Job, pod
+from tests.unit.operator.lifecycle_support import Job, draft, pod
 
 
 def test_progress_reports_are_copied_into_the_status():
@@ -13,3 +14,16 @@ def test_progress_reports_are_copied_into_the_status():
     assert status_patch(j.status, plan.status) is None and plan.events == []
     assert "progressPercent" not in j.status
     assert j.status["progress"] == {"step": 30, "totalSteps": 120, "percent": "25%", "loss": 1.5}
+
+
+def test_carry_reports_keeps_only_the_contract_fields_and_never_settles():
+    d = draft(progress={"step": 3, "totalSteps": 12, "injected": "x", "completed": "yes"})
+    assert not carry_reports(d)
+    assert d.new["progress"] == {"step": 3, "totalSteps": 12, "percent": "25%"}
+    # No report read this time: the one in the status stays; none at all: no key.
+    kept = draft(status={"progress": {"step": 5}})
+    assert not carry_reports(kept)
+    assert kept.new["progress"] == {"step": 5}
+    empty = draft()
+    carry_reports(empty)
+    assert "progress" not in empty.new and "fetch" not in empty.new and "tracking" not in empty.new

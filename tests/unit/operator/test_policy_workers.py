@@ -2,9 +2,11 @@
 
 from datetime import timedelta
 
+import pytest
 from kubetune_operator.lifecycle import status_patch
+from kubetune_operator.policies.workers import MISSING_PODS_RECHECK_SECONDS, report_workers
 
-from tests.unit.operator.lifecycle_support import NOW, Job, pod, stamp
+from tests.unit.operator.lifecycle_support import NOW, Job, draft, pod, stamp
 
 
 def test_pending_then_running_as_the_pods_run():
@@ -37,3 +39,11 @@ def test_stuck_pods_are_explained_once():
     assert j.status["reason"] == "WorkersBlocked" and "ImagePullBackOff" in j.status["message"]
     assert [e.reason for e in plan.events] == ["Created", "WorkersBlocked"]
     assert j.step([pod(0, running=False, waiting="ImagePullBackOff"), pod(1)]).events == []
+
+
+def test_report_workers_always_settles_and_counts_the_running_workers():
+    d = draft([pod(0), pod(1, running=False)])
+    assert report_workers(d)
+    assert d.new["phase"] == "Pending" and d.new["workers"] == "1/2" and d.decision.events == []
+    d = draft([pod(0)])  # a pod missing: look again soon, nothing watches the StatefulSet's events
+    assert report_workers(d) and d.decision.requeue_after == pytest.approx(MISSING_PODS_RECHECK_SECONDS)
