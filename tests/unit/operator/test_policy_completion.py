@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from kubetune_operator.policies.completion import COMPLETION_GRACE_SECONDS, complete
 
-from tests.unit.operator.lifecycle_support import Job, draft, pod, stamp
+from tests.unit.operator.lifecycle_support import NOW, Job, draft, pod, stamp
 
 DONE = {"step": 120, "totalSteps": 120, "completed": True, "outputDir": "/var/lib/kubetune/outputs/demo-u-1"}
 
@@ -102,3 +102,19 @@ def test_complete_does_not_settle_a_training_still_running():
     d.new["progress"] = {"step": 10, "completed": True}
     assert complete(d) and d.new["reason"] == "Completing"
     assert d.decision.requeue_after == pytest.approx(COMPLETION_GRACE_SECONDS)
+
+
+def test_the_grace_period_is_timed_from_the_completion_report_not_an_older_condition():
+    # A Succeeded=False condition from before (here an operator version that wrote one) keeps its
+    # old transition time unless Completing restamps it: the grace would then look already spent.
+    earlier = {
+        "type": "Succeeded",
+        "status": "False",
+        "reason": "Other",
+        "lastTransitionTime": stamp(NOW - timedelta(hours=1)),
+    }
+    d = draft([pod(0), pod(1)], status={"phase": "Running", "conditions": [earlier]})
+    d.new["progress"] = {"step": 10, "completed": True}
+    assert complete(d)
+    succeeded = next(c for c in d.conditions if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "Completing" and succeeded["lastTransitionTime"] == stamp(NOW)
