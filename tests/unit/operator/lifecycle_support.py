@@ -45,6 +45,20 @@ def pod(index, *, running=True, exit_code=None, last_exit=None, message="", dele
     }
 
 
+def fetching_pod(index, *, state=None, last=None):
+    """A worker pod whose fetch init container is in `state` (trainer not started yet)."""
+    p = pod(index, running=False)
+    p["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+    p["status"]["initContainerStatuses"] = [
+        {
+            "name": "fetch",
+            "state": state or {"running": {}},
+            "lastState": {"terminated": last} if last else {},
+        }
+    ]
+    return p
+
+
 class Job:
     """A FineTuneJob whose status evolves by applying each decision, as the API would."""
 

@@ -2,7 +2,7 @@
 
 from kubetune_operator.policies.backoff import handle_failure
 
-from tests.unit.operator.lifecycle_support import Job, draft, pod
+from tests.unit.operator.lifecycle_support import Job, draft, fetching_pod, pod
 
 # The worker's own exit code, from the termination message its first process writes (under torchrun
 # the container exits 1 whatever the worker returned).
@@ -103,3 +103,14 @@ def test_handle_failure_lets_healthy_workers_through_and_restarts_the_group_on_a
     assert handle_failure(d)
     assert d.decision.delete_pods == ["demo-0", "demo-1"] and d.new["restarts"] == 1
     assert d.new["reason"] == "Restarting" and d.new["workers"] == "0/2"
+
+
+def test_handle_failure_fails_at_once_on_a_source_that_cannot_be_fetched():
+    missing = '{"status": "bad_input", "exit_code": 2, "reason": "fetch: base_model: repository not found"}'
+    crashed = fetching_pod(
+        0, state={"waiting": {"reason": "CrashLoopBackOff"}}, last={"exitCode": 2, "message": missing}
+    )
+    d = draft([crashed, fetching_pod(1)])
+    assert handle_failure(d)
+    assert d.new["reason"] == "FetchFailed" and "repository not found" in d.new["message"]
+    assert d.decision.delete_pods == [] and d.decision.scale_to_zero and d.new["restarts"] == 0

@@ -27,3 +27,13 @@ def test_carry_reports_keeps_only_the_contract_fields_and_never_settles():
     empty = draft()
     carry_reports(empty)
     assert "progress" not in empty.new and "fetch" not in empty.new and "tracking" not in empty.new
+
+
+def test_carry_reports_announces_new_tracker_runs_once():
+    runs = [{"kind": "tensorboard", "logDir": "/outputs/demo/runs/a"}]
+    d = draft(tracking=runs)
+    carry_reports(d)
+    assert d.new["tracking"] == runs and [e.reason for e in d.decision.events] == ["TrackerRuns"]
+    again = draft(tracking=runs, status={"tracking": runs})
+    carry_reports(again)
+    assert again.new["tracking"] == runs and again.decision.events == []

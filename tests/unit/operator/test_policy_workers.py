@@ -6,7 +6,7 @@ import pytest
 from kubetune_operator.lifecycle import status_patch
 from kubetune_operator.policies.workers import MISSING_PODS_RECHECK_SECONDS, report_workers
 
-from tests.unit.operator.lifecycle_support import NOW, Job, draft, pod, stamp
+from tests.unit.operator.lifecycle_support import NOW, Job, draft, fetching_pod, pod, stamp
 
 
 def test_pending_then_running_as_the_pods_run():
@@ -47,3 +47,9 @@ def test_report_workers_always_settles_and_counts_the_running_workers():
     assert d.new["phase"] == "Pending" and d.new["workers"] == "1/2" and d.decision.events == []
     d = draft([pod(0)])  # a pod missing: look again soon, nothing watches the StatefulSet's events
     assert report_workers(d) and d.decision.requeue_after == pytest.approx(MISSING_PODS_RECHECK_SECONDS)
+
+
+def test_report_workers_says_fetching_while_the_fetch_step_runs():
+    d = draft([fetching_pod(0), fetching_pod(1)])
+    assert report_workers(d)
+    assert d.new["phase"] == "Fetching" and d.new["message"] == "fetch step running in demo-0"
