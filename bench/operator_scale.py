@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes.config import new_client_from_config  # noqa: E402
 from kubetune_operator.k8s import Kube  # noqa: E402
-from kubetune_operator.status import parse_time  # noqa: E402
+from kubetune_operator.pods import parse_time  # noqa: E402
 
 from tests.unit.operator.cases import job  # noqa: E402
 from tests.unit.operator.cluster_support import OperatorProcess, install_crd  # noqa: E402

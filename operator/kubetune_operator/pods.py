@@ -1,6 +1,6 @@
 """What the operator reads from its worker pods: who runs, who finished, who failed and why.
 
-Pure functions of pod (and Event) objects as the API returns them; status.py decides from them.
+Pure functions of pod (and Event) objects as the API returns them; the lifecycle policies (policies/) decide from them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One reconcile of one FineTuneJob: observe, decide (status.py), act (k8s.py).
+"""One reconcile of one FineTuneJob: observe, decide (lifecycle.py), act (k8s.py).
 
 Level-triggered: whatever woke us (the job changed, a pod changed, a timer), we read the job and its
 pods afresh and converge. Running it twice in a row, or after an operator restart, is harmless.
@@ -21,9 +21,9 @@ from kubetune_operator import builders
 from kubetune_operator import progress as progress_report
 from kubetune_operator.builders import JOB_LABEL, BuildOptions, JobRef
 from kubetune_operator.k8s import ApiError, Kube
+from kubetune_operator.lifecycle import FINAL, Decision, Observed, condition, decide, status_patch
 from kubetune_operator.pods import create_failure, live_pods, parse_time
 from kubetune_operator.spec import CONFIG_FILE, FineTuneJobSpec, load_referenced_config, validate_job
-from kubetune_operator.status import FINAL, Observed, Plan, condition, decide, status_patch
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,16 @@ class Reconciler:
         ref = JobRef.of(job)
         pods = self.kube.list("Pod", namespace, builders.selector_labels(ref))
         observed, inputs = self._observe(job, ref, pods)
-        plan = decide(observed)
-        if plan.apply_children and inputs is not None:
+        decision = decide(observed)
+        if decision.apply_children and inputs is not None:
             spec, config = inputs
             try:
-                self._apply_children(ref, spec, config, plan.replicas)
+                self._apply_children(ref, spec, config, decision.replicas)
             except ChildRefused as refused:
                 if refused.wait:
-                    plan = decide(replace(observed, waiting=(refused.reason, refused.problem.message)))
+                    decision = decide(replace(observed, waiting=(refused.reason, refused.problem.message)))
                 else:
-                    plan = decide(
+                    decision = decide(
                         replace(observed, problems=[refused.problem], problem_reason=refused.reason)
                     )
             except ApiError as error:
@@ -92,9 +92,9 @@ class Reconciler:
                 # The apiserver refused a child built from the spec (e.g. a malformed toleration):
                 # only a spec change can fix that, so the job fails with the apiserver's words.
                 problem = ConfigProblem("spec", error.message, "fix the field the message names")
-                plan = decide(replace(observed, problems=[problem], problem_reason="InvalidSpec"))
-        self._act(job, ref, pods, plan)
-        return Result(phase=plan.status.get("phase"), requeue_after=plan.requeue_after)
+                decision = decide(replace(observed, problems=[problem], problem_reason="InvalidSpec"))
+        self._act(job, ref, pods, decision)
+        return Result(phase=decision.status.get("phase"), requeue_after=decision.requeue_after)
 
     # --- observe ------------------------------------------------------------------------------------
 
@@ -199,23 +199,23 @@ class Reconciler:
         with self._lock:
             self._applied[key] = digest
 
-    def _act(self, job: dict, ref: JobRef, pods: list, plan: Plan) -> None:
+    def _act(self, job: dict, ref: JobRef, pods: list, decision: Decision) -> None:
         # Pods go before the status write: should the write fail, the next reconcile sees the
         # replacement pods, not the old failure, so a restart is never counted twice.
         uids = {p["metadata"]["name"]: p["metadata"].get("uid") for p in pods}
-        for pod in plan.delete_pods:
+        for pod in decision.delete_pods:
             self.kube.delete("Pod", ref.namespace, pod, uid=uids.get(pod))
-        if plan.scale_to_zero:
+        if decision.scale_to_zero:
             try:
                 self.kube.scale("StatefulSet", ref.namespace, ref.statefulset, 0)
             except ApiError as error:
                 if error.status != 404:
                     raise
             self.forget(ref.namespace, ref.name)
-        patch = status_patch(job.get("status"), plan.status)
+        patch = status_patch(job.get("status"), decision.status)
         if patch is not None:
             self.kube.patch_status(ref.namespace, ref.name, patch)
-        for event in plan.events:
+        for event in decision.events:
             log.info("%s/%s: %s: %s", ref.namespace, ref.name, event.reason, event.message)
             try:
                 self.kube.post_event(job, event.type, event.reason, event.message)
@@ -223,7 +223,7 @@ class Reconciler:
                 log.warning(
                     "could not post event %s for %s/%s: %s", event.reason, ref.namespace, ref.name, error
                 )
-        if plan.delete_job:
+        if decision.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed; deleting the job", ref.namespace, ref.name)
             self.kube.delete("FineTuneJob", ref.namespace, ref.name, uid=ref.uid)
             self.forget(ref.namespace, ref.name)

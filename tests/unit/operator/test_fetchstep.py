@@ -10,8 +10,8 @@ from kubetune_operator.builders import BuildOptions
 from kubetune_operator.fetchstep import OFFLINE_ENV
 
 from tests.unit.operator.cases import seed_config
+from tests.unit.operator.lifecycle_support import Job, fetching_pod, pod
 from tests.unit.operator.test_builders import build, container
-from tests.unit.operator.test_status import Job, pod
 
 LOCAL = {
     **seed_config(),
@@ -90,20 +90,6 @@ def test_the_fetch_command_comes_from_the_operator():
 
 
 # --- status ---------------------------------------------------------------------------------------
-
-
-def fetching_pod(index, *, state=None, last=None):
-    """A worker pod whose fetch init container is in `state` (trainer not started yet)."""
-    p = pod(index, running=False)
-    p["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
-    p["status"]["initContainerStatuses"] = [
-        {
-            "name": "fetch",
-            "state": state or {"running": {}},
-            "lastState": {"terminated": last} if last else {},
-        }
-    ]
-    return p
 
 
 REPORT = {"sources": 2, "source": 1, "current": "base_model 'acme/tiny' at revision v1", "filesDone": 3,

@@ -3,7 +3,7 @@ operator cleans what the pod wrote (no credentials, bounded) and leaves it out w
 
 import json
 
-from kubetune_operator.status import uploaded_to
+from kubetune_operator.policies.outcomes import uploaded_to
 
 from tests.unit.operator.test_progress import add_pod, setup, status
 

@@ -39,7 +39,7 @@ def s3(store, monkeypatch):
 
 def test_s3_data_trains_and_the_result_is_uploaded_and_loads_in_peft(store, s3, make_config, tiny, tmp_path):
     import torch
-    from kubetune_operator.status import uploaded_to
+    from kubetune_operator.policies.outcomes import uploaded_to
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
