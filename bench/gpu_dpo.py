@@ -44,7 +44,10 @@ class DpoRecorder(Recorder):
 
         super().__init__(*args, **kwargs)
         for name in ("trl", "datasets"):
-            self.common["versions"][name] = md.version(name)
+            try:
+                self.common["versions"][name] = md.version(name)
+            except md.PackageNotFoundError:  # trl's runs then record the import error; kubetune's still run
+                self.common["versions"][name] = None
 
     def add(self, **row) -> dict:
         row = {**self.common, **row, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
