@@ -63,7 +63,7 @@ BETA = 0.1
 CASES = [
     ("dpo-lora", "no gc", False, {}),
     ("dpo-lora-gc", "gc (trl's default)", True, {}),
-    ("dpo-lora", "kubetune torch_compile, no gc", False, {"torch_compile": True}),
+    ("dpo-lora", "torch_compile, no gc", False, {"torch_compile": True}),
 ]
 PROMPT_TOKENS, COMPLETION_TOKENS = (200, 60, 120, 300), (150, 300)  # prompt: mean, sd, min, max
 

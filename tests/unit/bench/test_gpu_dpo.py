@@ -118,3 +118,16 @@ def test_tiny_run_measures_trl_and_kubetune_and_their_ratio(tmp_path):
         rows["kubetune"]["tokens_per_s"] / rows["trl"]["tokens_per_s"]
     )
     assert "trl" in done.stdout and "kubetune" in done.stdout  # the printed table
+
+
+def test_runs_that_cannot_start_within_the_budget_are_recorded_as_skipped(tmp_path):
+    out = tmp_path / "dpo.jsonl"
+    command = [sys.executable, str(BENCH / "gpu_dpo.py"), "--tiny", "--cases", "1", "--out", str(out)]
+    command += ["--work", str(tmp_path / "work"), "--budget", "1", "--min-child-s", "60"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["system"], r["skipped"].startswith("time budget spent")) for r in rows] == [
+        ("trl", True),
+        ("kubetune", True),
+    ]
