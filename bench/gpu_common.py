@@ -249,8 +249,12 @@ class Recorder:
         self.rows.append(row)
         with self.path.open("a") as fh:  # appended line by line so a killed run keeps what it measured
             fh.write(json.dumps(row) + "\n")
-        print(f"[{time.monotonic() - START:6.0f}s] {summary_line(row)}", flush=True)
+        print(f"[{time.monotonic() - START:6.0f}s] {self.line(row)}", flush=True)
         return row
+
+    def line(self, row: dict) -> str:
+        """How a row is printed as it is recorded (a suite with other fields overrides it)."""
+        return summary_line(row)
 
     def table(self) -> str:
         lines = [f"{'system':12} {'case':24} {'variant':58} {'tok/s':>8} {'MFU':>6} {'GiB':>6} {'loss':>7}"]

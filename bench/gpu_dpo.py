@@ -49,13 +49,8 @@ class DpoRecorder(Recorder):
             except md.PackageNotFoundError:  # trl's runs then record the import error; kubetune's still run
                 self.common["versions"][name] = None
 
-    def add(self, **row) -> dict:
-        row = {**self.common, **row, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.rows.append(row)
-        with self.path.open("a") as fh:  # appended line by line so a killed run keeps what it measured
-            fh.write(json.dumps(row) + "\n")
-        print(f"[{time.monotonic() - START:6.0f}s] {row_line(row)}", flush=True)
-        return row
+    def line(self, row: dict) -> str:
+        return row_line(row)
 
 
 BETA = 0.1
