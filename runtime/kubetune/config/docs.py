@@ -67,8 +67,8 @@ RULES_TEXT = """\
   (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
 - `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not honour them yet.
-  `tensor_parallel_size` > 1 trains a LoRA adapter on a 16/32-bit base, without `fsdp` (accelerate 1.15's
-  TP + FSDP2 path needs a transformers 4 class). The mesh (dp_replicate × dp_shard × context × tensor
+  `tensor_parallel_size` > 1 trains a LoRA adapter on a 16/32-bit base, alone or inside FSDP2 / HSDP
+  (`fsdp`). The mesh (dp_replicate × dp_shard × context × tensor
   parallel) needs FSDP2 (`fsdp_version` defaults to 2 there) when `fsdp` is set, `dp_shard_size` > 1 needs
   `fsdp`, and the mesh excludes DeepSpeed; its product must equal the job's processes (`workers` ×
   `gpusPerWorker`, checked at apply time; at start-up under torchrun), with context × tensor parallel

@@ -130,7 +130,8 @@ class ParallelKeys(Section):
     )
     tensor_parallel_size: int = field(
         1,
-        description="Tensor parallel degree. kubetune does not implement tensor parallelism yet: must be 1.",
+        description="Tensor parallel degree: consecutive ranks of one pod share each layer (the model's "
+        "transformers tp_plan, DTensor); a LoRA adapter on a 16/32-bit base, alone or inside FSDP2. Default: 1.",
         ge=1,
     )
     context_parallel_size: int = field(

@@ -398,16 +398,6 @@ def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 f"(adapter is {cfg.adapter or 'unset'}); full fine-tunes and quantized bases are not supported",
                 "set `adapter: lora` without load_in_4bit / load_in_8bit, or remove tensor_parallel_size",
             )
-        if cfg.fsdp:
-            # accelerate 1.15 turns the non-sharded parameters into replicated DTensors with
-            # transformers.integrations.tensor_parallel.ReplicateParallel, which transformers 5 removed.
-            yield ConfigProblem(
-                "tensor_parallel_size",
-                "tensor parallelism with FSDP (dp_shard) fails in accelerate 1.15 with transformers 5 "
-                "(ReplicateParallel is gone); kubetune does not run it yet",
-                "remove fsdp to train one tensor-parallel model per tensor_parallel_size processes, "
-                "or remove tensor_parallel_size and shard with FSDP",
-            )
     if cfg.deepspeed is not None:
         yield ConfigProblem(
             set_keys[0],

@@ -7,10 +7,13 @@ accelerate reads them and initialises the process group: NCCL on GPUs, gloo on C
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -291,6 +294,28 @@ def tensor_parallel_mesh(accelerator):
     if config is None or not config.tp_enabled:
         return None
     return accelerator.torch_device_mesh["tp"]
+
+
+@contextmanager
+def tensor_parallel_left_to_fully_shard(accelerator) -> Iterator[None]:
+    """accelerate.prepare of a tensor-parallel model under FSDP2, with the model's tp dim kept from accelerate.
+
+    accelerate 1.15 prepares TP × FSDP2 by first turning every plain parameter into a replicated DTensor
+    with transformers' ReplicateParallel, which transformers 5 removed (ImportError). That step is not
+    needed: torch's fully_shard composes with the DTensor layers transformers' tp_plan made (a tp-sharded
+    weight becomes a DTensor over (dp_shard, tp), a plain one is sharded over dp_shard alone), and
+    accelerate's clip_grad_norm_ groups the gradients by mesh. So prepare sees the config without tp and
+    shards over the mesh's data-parallel dims as for FSDP2 alone; tests/unit/train/test_nd_cpu.py checks
+    the result against one process."""
+    config = accelerator.state.parallelism_config
+    if config is None or not config.tp_enabled or not accelerator.is_fsdp2:
+        yield
+        return
+    accelerator.state.parallelism_config = dataclasses.replace(config, tp_size=1, tp_handler=None)
+    try:
+        yield
+    finally:
+        accelerator.state.parallelism_config = config
 
 
 def cpu_fsdp_requested() -> bool:

@@ -164,7 +164,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together
         fsdp2 = distributed.is_sharded(accelerator) and bool(cfg.fsdp)  # FSDP1 took the branch above
-        module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module, fsdp2=fsdp2))
+        with distributed.tensor_parallel_left_to_fully_shard(accelerator):  # TP × FSDP2
+            module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module, fsdp2=fsdp2))
     distributed.report_host_memory(accelerator, read_weights)
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)

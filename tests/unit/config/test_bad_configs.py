@@ -197,7 +197,6 @@ BAD = [
     ),
     ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
     ("tensor-parallel-full-fine-tune", {"tensor_parallel_size": 2, "adapter": DROP}, "tensor_parallel_size"),
-    ("tensor-parallel-with-fsdp", {**FSDP, "tensor_parallel_size": 2}, "tensor_parallel_size"),
     ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
     ("ring-attention", {"ring_attn": True}, "ring_attn"),
     (

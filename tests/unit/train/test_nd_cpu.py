@@ -165,3 +165,12 @@ def test_hsdp_2x2_matches_one_process(seed_mapping, tiny_tp, start_adapter, tmp_
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=4,
         env={"KUBETUNE_CPU_FSDP": "1"}, dp_replicate_size=2, dp_shard_size=2, **CPU_FSDP2,
     )  # fmt: skip
+
+
+def test_tensor_parallel_2_x_dp_shard_2_matches_one_process(seed_mapping, tiny_tp, start_adapter, tmp_path):
+    """TP 2 inside FSDP2 over dp_shard 2 on 4 ranks (ranks {0,1} and {2,3} are the tp groups, each reading
+    2 rows) vs 1 process x 2 micro-batches of 2 rows."""
+    run_resume_and_reload(
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=2,
+        env={"KUBETUNE_CPU_FSDP": "1"}, tensor_parallel_size=2, dp_shard_size=2, **CPU_FSDP2,
+    )  # fmt: skip
