@@ -53,3 +53,11 @@ def test_tensor_parallel_2_x_dp_shard_2_on_gpus(seed_mapping, tiny_tp, start_ada
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=2, tolerance=GPU_TOLERANCE, common=FLOAT32,
         tensor_parallel_size=2, dp_shard_size=2, **CPU_FSDP2,
     )  # fmt: skip
+
+
+@needs_gpus(2)
+def test_context_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
+    run_resume_and_reload(
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, tolerance=GPU_TOLERANCE,
+        common={**FLOAT32, "sequence_len": 256}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
+    )  # fmt: skip

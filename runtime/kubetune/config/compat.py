@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_TP_CP = (
-    "kubetune does not implement tensor, context or sequence parallelism yet; train with FSDP "
-    "(fsdp: [full_shard, auto_wrap]) across all GPUs instead"
+_SP = (
+    "kubetune does not read Axolotl's sequence-parallel / ring-flash-attn keys; its context parallelism is "
+    "context_parallel_size (a ring over torch attention, with fsdp): set that and remove this key"
+)
+_EP = (
+    "kubetune does not implement expert parallelism; train with FSDP (fsdp: [full_shard, auto_wrap]) "
+    "across all GPUs instead"
 )
 _LAUNCHER = "the launcher sets this (torchrun, or the operator on Kubernetes); remove it"
 _ARCH = "kubetune reads the architecture from the model's config; remove it"
@@ -102,9 +106,9 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     # With something to say.
     **_table(
         "sequence_parallel_degree context_parallel_degree heads_k_stride ring_attn_func",
-        _TP_CP,
+        _SP,
     ),
-    **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _TP_CP),
+    **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _EP),
     **_table("local_rank world_size ddp device device_map", _LAUNCHER),
     # Axolotl's own Triton kernel fusing q_norm + RoPE (Qwen3 / Qwen3.5 / Gemma 4 attention); kubetune has no such
     # fused launch, only liger's separate RMSNorm and RoPE kernels, so accepting it would change nothing.

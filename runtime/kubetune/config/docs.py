@@ -66,7 +66,9 @@ RULES_TEXT = """\
   CutCrossEntropyPlugin), the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) and the RMSNorm keys
   (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
-- `context_parallel_size` > 1 and `ring_attn: true` are refused: kubetune does not honour them yet.
+- `context_parallel_size` > 1 needs `fsdp` (FSDP2 reduces the gradients over the cp ranks), attends with
+  kubetune's ring attention (so `attn_implementation`, `flash_attention`, `sdp_attention` and `xformers_attention`
+  are refused beside it) and excludes `rl`; `ring_attn: true` needs `context_parallel_size` > 1.
   `tensor_parallel_size` > 1 trains a LoRA adapter on a 16/32-bit base, alone or inside FSDP2 / HSDP
   (`fsdp`). The mesh (dp_replicate × dp_shard × context × tensor
   parallel) needs FSDP2 (`fsdp_version` defaults to 2 there) when `fsdp` is set, `dp_shard_size` > 1 needs

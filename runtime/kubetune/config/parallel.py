@@ -136,7 +136,9 @@ class ParallelKeys(Section):
     )
     context_parallel_size: int = field(
         1,
-        description="Context parallel degree. kubetune does not implement context parallelism yet: must be 1.",
+        description="Context parallel degree: consecutive ranks of one pod each train one slice of every row, "
+        "attending with a ring over the slices (kubetune's ring attention over torch ops; packed examples kept "
+        "apart); needs `fsdp` (FSDP2 reduces the gradients over these ranks). Default: 1.",
         ge=1,
     )
     dp_shard_size: int | None = field(
@@ -154,7 +156,8 @@ class ParallelKeys(Section):
     )
     ring_attn: bool = field(
         False,
-        description="Ring attention for context parallelism. Not implemented by kubetune yet: must be false.",
+        description="Ring attention for context parallelism: how context_parallel_size > 1 always attends in "
+        "kubetune (true or false alike); refused without it.",
     )
     ddp_backend: Literal["auto", "nccl", "gloo"] = field(
         "auto",

@@ -369,24 +369,18 @@ def schedule(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
 
 # -- distributed ----------------------------------------------------------------------------------
 
-_NOT_YET = "kubetune does not honour {key} yet"
-_NOT_YET_FIX = "remove it and shard with FSDP across all GPUs instead (fsdp: [full_shard, auto_wrap])"
-
 
 def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
     """The mesh keys (config/mesh.py) without the world size; its arithmetic is checked where that is known."""
-    if cfg.context_parallel_size > 1:
-        yield ConfigProblem(
-            "context_parallel_size",
-            f"{_NOT_YET.format(key='context_parallel_size')}; it is {cfg.context_parallel_size}",
-            "remove it: shard long rows' activations with FSDP and gradient_checkpointing instead",
-        )
-    if cfg.ring_attn:
+    if cfg.ring_attn and cfg.context_parallel_size == 1:
         yield ConfigProblem(
             "ring_attn",
-            _NOT_YET.format(key="ring_attn") + "; it is true",
-            "remove it (see context_parallel_size)",
+            "ring_attn is how kubetune's context parallelism attends; without context_parallel_size > 1 "
+            "there is no ring",
+            "set context_parallel_size (2 or more, with fsdp), or remove ring_attn",
         )
+    if cfg.context_parallel_size > 1:
+        yield from _context_parallel(cfg)
     set_keys = [key for key in MESH_KEYS if getattr(cfg, key) not in (None, 1)]
     if not set_keys:
         return
@@ -424,6 +418,35 @@ def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
             "tensor/context parallelism with pure replication (dp_shard_size 1) is not supported by accelerate",
             "set dp_shard_size > 1 (HSDP, with fsdp) or leave dp_shard_size unset with fsdp",
         )
+
+
+def _context_parallel(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """context_parallel_size > 1: each rank of a cp group trains one slice of every row with kubetune's
+    ring attention (train/context_parallel.py); FSDP2 reduces the gradients over the cp ranks."""
+    cp = f"context_parallel_size {cfg.context_parallel_size}"
+    if not cfg.fsdp:
+        yield ConfigProblem(
+            "context_parallel_size",
+            f"{cp} splits every row over ranks that hold one model, and FSDP2 is what sums their "
+            "gradients; fsdp is not set",
+            "add `fsdp: [full_shard, auto_wrap]` (fsdp_version 2)",
+        )
+    for key in (key for key in _ATTENTION_KEYS if getattr(cfg, key)):
+        yield ConfigProblem(
+            key,
+            f"{cp} attends with kubetune's ring attention (torch ops per key/value block, packed examples "
+            f"kept apart); {key} would not be used",
+            f"remove {key}",
+        )
+    if cfg.rl:
+        yield ConfigProblem(
+            "context_parallel_size",
+            f"{cp} splits rows across ranks, and the preference losses (rl: {cfg.rl}) score whole rows",
+            "remove context_parallel_size for preference training",
+        )
+
+
+_ATTENTION_KEYS = ("attn_implementation", "flash_attention", "sdp_attention", "xformers_attention")
 
 
 @rule

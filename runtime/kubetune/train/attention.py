@@ -9,6 +9,7 @@ Every backend honours packing boundaries; they differ only in how the boundaries
   sdpa, eager   kubetune.data's dense block-diagonal causal 4D mask (CPU, or when asked for)
   sdpa_efficient  SDPA with that mask, restricted to torch's memory-efficient kernel (SDPBackend.
                 EFFICIENT_ATTENTION, the xformers kernel torch carries): Axolotl's `xformers` (CUDA only)
+  ring          context parallelism: a ring over the cp ranks' slices of the rows (context_parallel.py)
 
 `select_backend` picks one from the config and the machine (logging any fallback);
 `AttentionBackend.model_inputs` turns a collated batch into the decoder's keyword arguments.
@@ -38,12 +39,14 @@ EFFICIENT_KERNELS: tuple[SDPBackend, ...] = (SDPBackend.EFFICIENT_ATTENTION,)
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    name: str  # flash_varlen | torch_varlen | flex | sdpa | sdpa_efficient | eager
+    name: str  # flash_varlen | torch_varlen | flex | sdpa | sdpa_efficient | eager | ring
     hf_implementation: str  # the `attn_implementation` transformers loads the model with
 
     def model_inputs(self, batch: dict) -> dict:
         """Decoder keyword arguments (besides input_ids) for a collated, on-device batch."""
         position_ids = batch["position_ids"]
+        if self.name == "ring":  # context parallel: the split (context_parallel.py) derives the examples
+            return {"position_ids": position_ids}
         if self.name == "flash_varlen":
             # The kernel reads the boundaries directly; max_seqlen stays a Python int (no device sync).
             cu = batch["cu_seqlens"].to(torch.int32)
@@ -235,9 +238,16 @@ def check_request(cfg, *, cuda: bool) -> None:
         )
 
 
-def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
-    """The backend for this config on this machine; a fallback is logged, never silent."""
+def select_backend(cfg, *, cuda: bool, context_parallel: bool = False) -> AttentionBackend:
+    """The backend for this config on this machine; a fallback is logged, never silent.
+    `context_parallel`: the mesh has a cp dim (the config rules leave attn_implementation unset then)."""
     check_request(cfg, cuda=cuda)
+    if context_parallel:
+        from kubetune.train import context_parallel
+
+        context_parallel.register()
+        log.info("attention: ring attention over the context-parallel ranks (packed examples kept apart)")
+        return AttentionBackend("ring", context_parallel.RING_ATTENTION)
     wanted = requested_backend(cfg)
     if wanted == "eager":
         return AttentionBackend("eager", "eager")

@@ -297,25 +297,36 @@ def tensor_parallel_mesh(accelerator):
 
 
 @contextmanager
-def tensor_parallel_left_to_fully_shard(accelerator) -> Iterator[None]:
-    """accelerate.prepare of a tensor-parallel model under FSDP2, with the model's tp dim kept from accelerate.
+def model_parallel_left_to_fully_shard(accelerator) -> Iterator[None]:
+    """accelerate.prepare under FSDP2 with the mesh's tp and cp dims kept from accelerate's own steps.
 
-    accelerate 1.15 prepares TP × FSDP2 by first turning every plain parameter into a replicated DTensor
-    with transformers' ReplicateParallel, which transformers 5 removed (ImportError). That step is not
-    needed: torch's fully_shard composes with the DTensor layers transformers' tp_plan made (a tp-sharded
-    weight becomes a DTensor over (dp_shard, tp), a plain one is sharded over dp_shard alone), and
-    accelerate's clip_grad_norm_ groups the gradients by mesh. So prepare sees the config without tp and
-    shards over the mesh's data-parallel dims as for FSDP2 alone; tests/unit/train/test_nd_cpu.py checks
-    the result against one process."""
+    Tensor parallelism: accelerate 1.15 prepares TP × FSDP2 by first turning every plain parameter into a
+    replicated DTensor with transformers' ReplicateParallel, which transformers 5 removed (ImportError).
+    That step is not needed: torch's fully_shard composes with the DTensor layers transformers' tp_plan
+    made (a tp-sharded weight becomes a DTensor over (dp_shard, tp), a plain one is sharded over dp_shard
+    alone), and accelerate's clip_grad_norm_ groups the gradients by mesh. Context parallelism:
+    accelerate's step installs torch's context_parallel, which cannot keep packed examples apart;
+    kubetune's ring attention (context_parallel.py) does it instead. So prepare sees the config without
+    tp and cp and shards over the mesh's dp_shard × cp ranks (accelerate's flattened dp_shard_cp dim, with
+    dp_replicate for HSDP) as for FSDP2 alone; tests/unit/train/test_nd_cpu.py checks the result against
+    one process."""
     config = accelerator.state.parallelism_config
-    if config is None or not config.tp_enabled or not accelerator.is_fsdp2:
+    if config is None or not (config.tp_enabled or config.cp_enabled) or not accelerator.is_fsdp2:
         yield
         return
-    accelerator.state.parallelism_config = dataclasses.replace(config, tp_size=1, tp_handler=None)
+    hidden = dataclasses.replace(config, tp_size=1, tp_handler=None, cp_size=1, cp_handler=None)
+    accelerator.state.parallelism_config = hidden
     try:
         yield
     finally:
         accelerator.state.parallelism_config = config
+
+
+def sequence_split(accelerator, tokenizer):
+    """Context parallelism's split of the rows over the mesh's cp dim (context_parallel.py)."""
+    from kubetune.train.context_parallel import SequenceSplit
+
+    return SequenceSplit(accelerator.torch_device_mesh["cp"].get_group(), tokenizer.pad_token_id)
 
 
 def cpu_fsdp_requested() -> bool:

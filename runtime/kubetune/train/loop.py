@@ -129,7 +129,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     # data-parallel ranks (the mesh's outer dims, so a group's ranks are consecutive).
     data_rank, data_world = topo.rank // layout.in_pod, layout.data_parallel
     plan = make_plan(cfg, len(data.train), data_world, has_eval=data.eval is not None)
-    backend = attention.select_backend(cfg, cuda=topo.cuda)
+    backend = attention.select_backend(cfg, cuda=topo.cuda, context_parallel=layout.cp > 1)
     model = model_lib.load_model(
         cfg,
         tokenizer,
@@ -147,7 +147,8 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     objective = cfg.preference_objective()  # rl: what is optimised, else None
     collate = Collate(_collator(cfg, tokenizer), per_pair=objective is not None)
     if objective is None:
-        module = CausalLMLoss(model, loss_fn=loss_function(cfg))  # the config's fused-loss switch
+        split = distributed.sequence_split(accelerator, tokenizer) if layout.cp > 1 else None
+        module = CausalLMLoss(model, loss_fn=loss_function(cfg), sequence_split=split)  # fused-loss switch
     else:  # the reference policy (or precomputed log-probs, added to data) is decided here
         module = preference_module(
             cfg, objective, model, data, collate=collate, backend=backend, accelerator=accelerator
@@ -164,7 +165,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         optimizer = accelerator.prepare(optim.build_optimizer(cfg, module))
     else:  # DDP, FSDP2 and DeepSpeed take model and optimizer together
         fsdp2 = distributed.is_sharded(accelerator) and bool(cfg.fsdp)  # FSDP1 took the branch above
-        with distributed.tensor_parallel_left_to_fully_shard(accelerator):  # TP × FSDP2
+        with distributed.model_parallel_left_to_fully_shard(accelerator):  # TP / CP × FSDP2
             module, optimizer = accelerator.prepare(module, optim.build_optimizer(cfg, module, fsdp2=fsdp2))
     distributed.report_host_memory(accelerator, read_weights)
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)

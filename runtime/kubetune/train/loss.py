@@ -117,10 +117,13 @@ class CausalLMLoss(nn.Module):
     untrained positions.
     """
 
-    def __init__(self, model: nn.Module, loss_fn=causal_lm_loss_sum):
+    def __init__(self, model: nn.Module, loss_fn=causal_lm_loss_sum, sequence_split=None):
         super().__init__()
         self.model = model  # the transformers model, or the peft model around it
         self.loss_fn = loss_fn
+        # context parallelism (train/context_parallel.SequenceSplit): this rank's slice of the rows in,
+        # the cp group's loss sum out
+        self.sequence_split = sequence_split
         # FSDP's auto-wrap and accelerate read these from the wrapped root.
         self._no_split_modules = getattr(causal_lm(model), "_no_split_modules", None)
 
@@ -131,13 +134,15 @@ class CausalLMLoss(nn.Module):
         router_loss = router_aux_loss(lm)  # None unless model_config sets output_router_logits
         if router_loss is not None:
             decoder_inputs["output_router_logits"] = True
+        if self.sequence_split is not None:
+            input_ids, targets, decoder_inputs = self.sequence_split.split(input_ids, targets, decoder_inputs)
         out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
         loss = self.loss_fn(out.last_hidden_state, targets, lm.get_output_embeddings())
         if router_loss is not None:
             # The loss is a token sum the loop divides by the step's trained tokens: weighting the
             # micro-batch's router loss by its trained tokens makes the step's a token-weighted mean.
             loss = loss + router_loss(out.router_logits) * (targets != IGNORE_INDEX).sum()
-        return loss
+        return loss if self.sequence_split is None else self.sequence_split.combine(loss)
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

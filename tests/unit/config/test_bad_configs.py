@@ -197,8 +197,23 @@ BAD = [
     ),
     ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
     ("tensor-parallel-full-fine-tune", {"tensor_parallel_size": 2, "adapter": DROP}, "tensor_parallel_size"),
-    ("context-parallel", {"context_parallel_size": 2}, "context_parallel_size"),
-    ("ring-attention", {"ring_attn": True}, "ring_attn"),
+    ("context-parallel-without-fsdp", {"context_parallel_size": 2}, "context_parallel_size"),
+    (
+        "context-parallel-with-flash",
+        {**FSDP, "context_parallel_size": 2, "flash_attention": True},
+        "flash_attention",
+    ),
+    (
+        "context-parallel-with-sdpa",
+        {**FSDP, "context_parallel_size": 2, "attn_implementation": "sdpa"},
+        "attn_implementation",
+    ),
+    ("ring-attention-without-context-parallel", {"ring_attn": True}, "ring_attn"),
+    (
+        "context-parallel-preference",
+        {**FSDP, "context_parallel_size": 2, "rl": "dpo"},
+        "context_parallel_size",
+    ),
     (
         "mesh-with-deepspeed",
         {"dp_shard_size": 2, "deepspeed": {"zero_optimization": {"stage": 2}}},

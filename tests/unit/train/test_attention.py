@@ -68,6 +68,18 @@ def test_cpu_defaults_to_sdpa_and_honours_an_explicit_choice():
     assert select_backend(Cfg(sdp_attention=True), cuda=True).name == "sdpa"
 
 
+def test_context_parallel_attends_with_the_ring_given_only_the_position_ids():
+    """The split (context_parallel.py) derives the examples from the whole rows' position_ids: no mask."""
+    from transformers import AttentionInterface
+
+    backend = select_backend(Cfg(), cuda=True, context_parallel=True)
+    assert (backend.name, backend.hf_implementation) == ("ring", "kubetune_ring")
+    assert "kubetune_ring" in AttentionInterface._global_mapping
+    position_ids = torch.tensor([[0, 1, 2, 0, 1]])
+    inputs = backend.model_inputs({"position_ids": position_ids, "cu_seqlens": torch.tensor([0, 3, 5])})
+    assert inputs.keys() == {"position_ids"} and inputs["position_ids"] is position_ids
+
+
 def test_flash_without_flash_attn_falls_back_to_flex_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr("kubetune.train.attention.flash_attn_installed", lambda: False)
     monkeypatch.setattr("kubetune.train.attention.torch_varlen_available", lambda: False)

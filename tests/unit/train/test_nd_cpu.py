@@ -174,3 +174,15 @@ def test_tensor_parallel_2_x_dp_shard_2_matches_one_process(seed_mapping, tiny_t
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=2,
         env={"KUBETUNE_CPU_FSDP": "1"}, tensor_parallel_size=2, dp_shard_size=2, **CPU_FSDP2,
     )  # fmt: skip
+
+
+def test_context_parallel_2_over_packed_rows_matches_one_process(
+    seed_mapping, tiny_tp, start_adapter, tmp_path
+):
+    """CP 2 with ring attention, FSDP2 over the cp ranks: both ranks read the same 2 packed rows (sequence_len
+    256 packs 2-3 examples a row, so examples cross the split) and train one half of each; one process
+    with the same rows and full attention."""
+    run_resume_and_reload(
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, common={"sequence_len": 256},
+        env={"KUBETUNE_CPU_FSDP": "1"}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
+    )  # fmt: skip
