@@ -50,8 +50,8 @@ ANY = {"x-kubernetes-preserve-unknown-fields": True}
 # Fields that define the run. Changing them mid-run would make checkpoints meaningless or the
 # workers disagree; a new run is a new FineTuneJob. (As for a Kubernetes Job's pod template.)
 IMMUTABLE = (
-    "config", "configMapRef", "image", "workers", "gpusPerWorker", "resources", "storage", "cache",
-    "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize", "podSecurityContext",
+    "config", "configMapRef", "image", "workers", "gpusPerWorker", "processesPerWorker", "resources", "storage",
+    "cache", "env", "envFrom", "volumes", "volumeMounts", "serviceAccountName", "shmSize", "podSecurityContext",
     "securityContext",
 )  # fmt: skip
 # Where pods may run can change only while the job is suspended (e.g. a queue such as Kueue picks

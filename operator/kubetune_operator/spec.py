@@ -266,7 +266,15 @@ class FineTuneJobSpec(_Model):
     )
     workers: int = Field(1, ge=1, le=1024, description="Number of worker pods (torchrun nodes).")
     gpusPerWorker: int = Field(
-        0, ge=0, le=64, description="GPUs (and training processes) per pod; 0 trains on CPU with one process."
+        0, ge=0, le=64, description="GPUs (and training processes) per pod; 0 trains on CPU."
+    )
+    processesPerWorker: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Training processes per pod (torchrun's --nproc-per-node). Default: gpusPerWorker (one per "
+        "GPU), or 1 on CPU. On CPU (gpusPerWorker 0) several processes share the pod's CPUs, e.g. a tensor- or "
+        "context-parallel group, which must sit in one pod; with GPUs it must equal gpusPerWorker.",
     )
     resources: ResourceRequirements | None = Field(
         None, description="CPU/memory requests and limits per pod."
@@ -325,7 +333,12 @@ class FineTuneJobSpec(_Model):
 
     @property
     def processes_per_worker(self) -> int:
-        return max(1, self.gpusPerWorker)
+        return self.processesPerWorker or max(1, self.gpusPerWorker)
+
+    @property
+    def processes_key(self) -> str:
+        """The field the process count comes from, for messages."""
+        return "processesPerWorker" if self.processesPerWorker else "gpusPerWorker"
 
 
 @dataclass(frozen=True)
@@ -394,6 +407,16 @@ def validate_spec(spec: Any) -> tuple[FineTuneJobSpec | None, list[ConfigProblem
                 )
             )
     problems += shared_storage_problems(parsed)
+    chosen = parsed.processesPerWorker
+    if parsed.gpusPerWorker and chosen is not None and chosen != parsed.gpusPerWorker:
+        problems.append(
+            ConfigProblem(
+                "spec.processesPerWorker",
+                f"processesPerWorker is {chosen} but gpusPerWorker is {parsed.gpusPerWorker}: kubetune runs one "
+                "training process per GPU",
+                "remove processesPerWorker (it follows gpusPerWorker), or set it to gpusPerWorker",
+            )
+        )
     gpu_request = _gpu_resource(parsed)
     if gpu_request is not None and str(gpu_request) != str(parsed.gpusPerWorker):
         problems.append(
@@ -484,7 +507,7 @@ def job_config_problems(
         world_size=spec.workers * spec.processes_per_worker,
         processes_per_node=spec.processes_per_worker,
     )
-    jobs = f"workers {spec.workers} × {spec.processes_per_worker} processes per pod (gpusPerWorker)"
+    jobs = f"workers {spec.workers} × {spec.processes_per_worker} processes per pod ({spec.processes_key})"
     return [replace(problem.under(prefix), message=f"{problem.message} ({jobs})") for problem in problems]
 
 

@@ -128,7 +128,8 @@ def layout_problems(cfg, *, world_size: int, processes_per_node: int) -> list[Co
                 _key("tp") if layout.tp > 1 else _key("cp"),
                 f"context_parallel_size {layout.cp} × tensor_parallel_size {layout.tp} = {layout.in_pod} "
                 f"processes must sit in one pod, which runs {processes_per_node}",
-                f"run a multiple of {layout.in_pod} processes per pod (gpusPerWorker), or lower the sizes",
+                f"run a multiple of {layout.in_pod} processes per pod (gpusPerWorker, or processesPerWorker on CPU), "
+                "or lower the sizes",
             )
         )
     if layout.in_pod > 1 and layout.dp_replicate > 1 and layout.dp_shard == 1:

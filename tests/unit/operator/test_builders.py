@@ -117,6 +117,13 @@ def test_gpus_become_processes_and_resource_limits():
     assert "resources" not in container(build()[0])
 
 
+def test_cpu_pods_run_processes_per_worker_processes_without_gpus():
+    config = {**job()["spec"]["config"], "tensor_parallel_size": 2, "fsdp": ["full_shard", "auto_wrap"]}
+    children, _ = build(config=config, processesPerWorker=2)
+    assert env(children)["PET_NPROC_PER_NODE"] == "2" and env(children)["PET_NNODES"] == "2"
+    assert "resources" not in container(children)  # no nvidia.com/gpu on a CPU job
+
+
 def test_config_map_holds_the_config_with_output_dir_on_the_outputs_volume():
     children, _ = build()
     rendered = yaml.safe_load(children["ConfigMap"]["data"]["config.yaml"])

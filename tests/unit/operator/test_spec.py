@@ -197,3 +197,32 @@ def test_a_tensor_parallel_job_is_admitted_only_when_its_pods_hold_the_tp_group(
     assert "one pod, which runs 1 (workers 2 × 1 processes per pod (gpusPerWorker))" in report(
         refused.problems
     )
+
+
+def test_a_cpu_job_asks_for_several_processes_per_pod_with_processes_per_worker():
+    """2 CPU pods x 2 processes: tp 2 inside each pod, FSDP2 across the pods (dp_shard 2) is admitted;
+    the same config with one process per pod would split its tp groups across pods."""
+    config = {**SEED_CONFIG, "tensor_parallel_size": 2, "fsdp": ["full_shard", "auto_wrap"]}
+    admitted = validate_job(job(config=config, workers=2, processesPerWorker=2))
+    assert admitted.ok, report(admitted.problems)
+    assert admitted.spec.processes_per_worker == 2 and admitted.spec.gpusPerWorker == 0
+    refused = validate_job(job(config=config, workers=2))
+    assert "one pod, which runs 1 (workers 2 × 1 processes per pod (gpusPerWorker))" in report(
+        refused.problems
+    )
+    refused = validate_job(job(config={**config, "tensor_parallel_size": 4}, workers=2, processesPerWorker=2))
+    assert "one pod, which runs 2 (workers 2 × 2 processes per pod (processesPerWorker))" in report(
+        refused.problems
+    )
+
+
+def test_processes_per_worker_follows_the_gpus_on_gpu_pods():
+    assert validate_job(job(gpusPerWorker=4)).spec.processes_per_worker == 4
+    assert validate_job(job(gpusPerWorker=4, processesPerWorker=4)).ok
+    refused = validate_job(job(gpusPerWorker=4, processesPerWorker=2))
+    (problem,) = refused.problems
+    assert problem.path == "spec.processesPerWorker"
+    assert problem.message == (
+        "processesPerWorker is 2 but gpusPerWorker is 4: kubetune runs one training process per GPU"
+    )
+    assert validate_job(job(processesPerWorker=0)).problems[0].path == "spec.processesPerWorker"
