@@ -61,3 +61,12 @@ def test_context_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_pa
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, tolerance=GPU_TOLERANCE,
         common={**FLOAT32, "sequence_len": 256}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
     )  # fmt: skip
+
+
+@needs_gpus(4)
+def test_tensor_parallel_2_x_context_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
+    run_resume_and_reload(
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=1, tolerance=GPU_TOLERANCE,
+        common={**FLOAT32, "sequence_len": 256}, tensor_parallel_size=2, context_parallel_size=2, ring_attn=True,
+        **CPU_FSDP2,
+    )  # fmt: skip

@@ -2,7 +2,8 @@
 
 First the libraries themselves: peft's LoRA layers over transformers' DTensor tensor-parallel layers
 (the Llama tp_plan), with the DTensor collectives carried by gloo. Then `kubetune train` under torchrun
-with tensor_parallel_size / dp_shard_size / dp_replicate_size: 6 steps with a checkpoint at 3, resumed
+with tensor_parallel_size / dp_shard_size / dp_replicate_size / context_parallel_size (and their
+compositions tp × dp_shard, tp × cp): 6 steps with a checkpoint at 3, resumed
 from it at the same layout, the saved adapter loaded by plain peft. Every run starts from the same
 adapter (`lora_model_dir`): peft initialises a fresh adapter differently on a tensor-parallel model
 than on a plain one, so only a common start makes the curves comparable.
@@ -185,4 +186,15 @@ def test_context_parallel_2_over_packed_rows_matches_one_process(
     run_resume_and_reload(
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, common={"sequence_len": 256},
         env={"KUBETUNE_CPU_FSDP": "1"}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
+    )  # fmt: skip
+
+
+def test_tensor_parallel_2_x_context_parallel_2_matches_one_process(
+    seed_mapping, tiny_tp, start_adapter, tmp_path
+):
+    """The seed overlay's composition at CPU size: tp 2 inside cp 2 (ranks {0,1} hold the first half of every
+    row, {2,3} the second), FSDP2 over the cp ranks; all 4 read the same 2 packed rows."""
+    run_resume_and_reload(
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=1, common={"sequence_len": 256},
+        env={"KUBETUNE_CPU_FSDP": "1"}, tensor_parallel_size=2, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
     )  # fmt: skip
