@@ -70,7 +70,7 @@ RULES_TEXT = """\
   kubetune's ring attention (so `attn_implementation`, `flash_attention`, `sdp_attention` and `xformers_attention`
   are refused beside it) and excludes `rl`; `ring_attn: true` needs `context_parallel_size` > 1.
   `tensor_parallel_size` > 1 trains a LoRA adapter on a 16/32-bit base, alone or inside FSDP2 / HSDP
-  (`fsdp`). The mesh (dp_replicate × dp_shard × context × tensor parallel) needs FSDP2 (`fsdp_version`
+  (`fsdp`, which then needs dp_shard × cp above 1; not with `fsdp_cpu_ram_efficient_loading`). The mesh (dp_replicate × dp_shard × context × tensor parallel) needs FSDP2 (`fsdp_version`
   defaults to 2 there) when `fsdp` is set, `dp_shard_size` > 1 needs `fsdp`, and the mesh excludes DeepSpeed;
   its product must equal the job's processes (`workers` × processes per pod: `gpusPerWorker`, or
   `processesPerWorker` on CPU; checked at apply time, and at start-up under torchrun), with context × tensor

@@ -142,4 +142,14 @@ def layout_problems(cfg, *, world_size: int, processes_per_node: int) -> list[Co
                 f"run {layout.in_pod} processes (one model), or add `fsdp` to shard the data-parallel ranks",
             )
         )
+    if cfg.fsdp and layout.tp > 1 and layout.dp_shard * layout.cp == 1:
+        # FSDP2 shards over dp_shard × cp (accelerate's dp_shard_cp dim); tensor parallelism took every rank.
+        problems.append(
+            ConfigProblem(
+                "fsdp",
+                f"{layout.describe()} leaves FSDP no ranks to shard over (dp_shard × cp is 1)",
+                "remove fsdp (tensor parallelism alone shards the layers), or run a multiple of "
+                f"{2 * layout.in_pod * layout.dp_replicate} processes so that dp_shard_size is above 1",
+            )
+        )
     return problems

@@ -392,6 +392,15 @@ def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
                 f"(adapter is {cfg.adapter or 'unset'}); full fine-tunes and quantized bases are not supported",
                 "set `adapter: lora` without load_in_4bit / load_in_8bit, or remove tensor_parallel_size",
             )
+        if cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_cpu_ram_efficient_loading:
+            # accelerate 1.15's fsdp2_load_full_state_dict broadcasts rank 0's tensors whole; rank 0's
+            # tensor-parallel layers are DTensor shards, and the broadcast fails (gloo: peer closed).
+            yield ConfigProblem(
+                "fsdp_config.fsdp_cpu_ram_efficient_loading",
+                "fsdp_cpu_ram_efficient_loading broadcasts rank 0's full weights when FSDP2 shards them, which "
+                "fails for the tensor-parallel layers transformers loaded as shards (accelerate 1.15)",
+                "remove fsdp_cpu_ram_efficient_loading with tensor_parallel_size: every rank reads the weights",
+            )
     if cfg.deepspeed is not None:
         yield ConfigProblem(
             set_keys[0],

@@ -197,6 +197,11 @@ BAD = [
     ),
     ("fsdp-key-at-top-level", {"fsdp_offload_params": True}, "fsdp_offload_params"),
     ("tensor-parallel-full-fine-tune", {"tensor_parallel_size": 2, "adapter": DROP}, "tensor_parallel_size"),
+    (
+        "tensor-parallel-with-ram-efficient-loading",
+        {**FSDP, "tensor_parallel_size": 2, "fsdp_config": {"fsdp_cpu_ram_efficient_loading": True}},
+        "fsdp_config.fsdp_cpu_ram_efficient_loading",
+    ),
     ("context-parallel-without-fsdp", {"context_parallel_size": 2}, "context_parallel_size"),
     (
         "context-parallel-with-flash",

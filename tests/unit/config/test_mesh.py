@@ -80,3 +80,17 @@ def test_tensor_parallel_beside_pure_replication_is_refused(seed_mapping):
     (problem,) = layout_problems(cfg, world_size=4, processes_per_node=4)
     assert problem.path == "tensor_parallel_size"
     assert "dp_replicate 2 × dp_shard 1 × cp 1 × tp 2 = 4 replicates" in problem.message
+
+
+def test_fsdp_beside_tensor_parallel_needs_ranks_to_shard_over(seed_mapping):
+    """accelerate shards over dp_shard × cp: tp 2 with fsdp on 2 processes leaves it nothing."""
+    cfg = typed(seed_mapping, **FSDP2, tensor_parallel_size=2)
+    (problem,) = layout_problems(cfg, world_size=2, processes_per_node=2)
+    assert problem.path == "fsdp"
+    assert problem.message == (
+        "dp_replicate 1 × dp_shard 1 × cp 1 × tp 2 = 2 leaves FSDP no ranks to shard over (dp_shard × cp is 1)"
+    )
+    assert "run a multiple of 4 processes" in problem.fix
+    assert layout_problems(cfg, world_size=4, processes_per_node=4) == []  # dp_shard 2
+    with_cp = typed(seed_mapping, **FSDP2, tensor_parallel_size=2, context_parallel_size=2)
+    assert layout_problems(with_cp, world_size=4, processes_per_node=4) == []  # FSDP over the cp ranks
