@@ -182,9 +182,11 @@ def test_context_parallel_2_over_packed_rows_matches_one_process(
 ):
     """CP 2 with ring attention, FSDP2 over the cp ranks: both ranks read the same 2 packed rows (sequence_len
     256 packs 2-3 examples a row, so examples cross the split) and train one half of each; one process
-    with the same rows and full attention."""
+    with the same rows and full attention. With gradient checkpointing (long rows need it), so the ring
+    also runs again inside the backward's recomputation (tp x cp below runs without)."""
     run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, common={"sequence_len": 256},
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1,
+        common={"sequence_len": 256, "gradient_checkpointing": True},
         env={"KUBETUNE_CPU_FSDP": "1"}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
     )  # fmt: skip
 
