@@ -67,8 +67,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
         loraplus_lr_embedding loraplus_lr_ratio lr_div_factor lr_groups
         max_memory max_prompt_len mean_resizing_embeddings merge_method
-        metric_for_best_model model_kwargs model_quantization_config
-        model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
+        metric_for_best_model model_kwargs multipack_real_batches neftune_noise_alpha
         noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
         optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import compat
-from .adapter import LoftQ, PeftOptions
+from .adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from .datasets import DatasetConfig
 from .model import SpecialTokens
 from .parallel import FsdpConfig
@@ -25,12 +25,15 @@ _NESTED_ANCHORS = {
     GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
     PeftOptions: "peft",
     LoftQ: "peftloftq_config",
+    Mxfp4Kwargs: "model_quantization_config_kwargs",
     TrlConfig: "trl",
 }
 
 RULES_TEXT = """\
 - `adapter: qlora` needs `load_in_4bit: true`; `adapter: lora` with `load_in_4bit: true` should be `qlora`.
 - `load_in_4bit` and `load_in_8bit` exclude each other; either needs an adapter; `bnb_4bit_*` keys need `load_in_4bit`.
+- `model_quantization_config: Mxfp4Config` needs `model_quantization_config_kwargs: {dequantize: true}` and
+  no `load_in_4bit` / `load_in_8bit`; the kwargs need the config.
 - `lora_*` / `peft_*` keys and `peft` set (to a non-default value) without an `adapter` are refused;
   `peft.loftq_config` needs `adapter: lora` (no 4/8-bit base) and no `lora_model_dir`.
 - With an adapter, `lora_target_modules` or `lora_target_linear` is required (unless `lora_model_dir` is given).
@@ -195,6 +198,7 @@ def render_markdown() -> str:
         ),
         ("peft", PeftOptions, (PeftOptions.__doc__ or "").strip()),
         ("peft.loftq_config", LoftQ, (LoftQ.__doc__ or "").strip()),
+        ("model_quantization_config_kwargs", Mxfp4Kwargs, (Mxfp4Kwargs.__doc__ or "").strip()),
     ]
     for title, model, blurb in nested:
         out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
 from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
+from .hardware import is_hub_kernel
 from .parallel import FSDP_SHARDING_STRATEGIES, MESH_KEYS
 from .problems import ConfigProblem
 from .schema import TrainConfig
@@ -65,6 +66,33 @@ LORA_KEYS = (
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
 
+def _model_quantization(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """model_quantization_config: Mxfp4Config is honoured only as Axolotl's examples use it (dequantized)."""
+    kwargs = cfg.model_quantization_config_kwargs
+    if kwargs is not None and cfg.model_quantization_config is None:
+        yield ConfigProblem(
+            "model_quantization_config_kwargs",
+            "model_quantization_config_kwargs is set but model_quantization_config is not",
+            "add `model_quantization_config: Mxfp4Config`, or remove model_quantization_config_kwargs",
+        )
+    if cfg.model_quantization_config is None:
+        return
+    if kwargs is None or not kwargs.dequantize:
+        yield ConfigProblem(
+            "model_quantization_config_kwargs",
+            "Mxfp4Config without dequantize: true keeps the MXFP4 experts packed where the kernels exist, "
+            "and transformers' MXFP4 layers cannot be trained",
+            "add `model_quantization_config_kwargs: {dequantize: true}`",
+        )
+    if cfg.load_in_4bit or cfg.load_in_8bit:
+        yield ConfigProblem(
+            "model_quantization_config",
+            "model_quantization_config and load_in_4bit / load_in_8bit are two quantization configs for "
+            "one model",
+            "keep one: Mxfp4Config (dequantized) for an MXFP4 checkpoint, or bitsandbytes for the others",
+        )
+
+
 @rule
 def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     if cfg.reinit_weights and (cfg.load_in_4bit or cfg.load_in_8bit):
@@ -85,6 +113,7 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
             "adapter: lora with load_in_4bit: true is QLoRA",
             "set `adapter: qlora`",
         )
+    yield from _model_quantization(cfg)
     if cfg.load_in_4bit and cfg.load_in_8bit:
         yield ConfigProblem(
             "load_in_8bit",
@@ -198,7 +227,8 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
     }
     if cfg.attn_implementation:
         for flag, allowed in expected.items():
-            if getattr(cfg, flag) and cfg.attn_implementation not in allowed:
+            hub_flash = flag == "flash_attention" and is_hub_kernel(cfg.attn_implementation)
+            if getattr(cfg, flag) and cfg.attn_implementation not in allowed and not hub_flash:
                 yield ConfigProblem(
                     "attn_implementation",
                     f"attn_implementation: {cfg.attn_implementation} contradicts {flag}: true",

@@ -2,7 +2,8 @@
 
 Every backend honours packing boundaries; they differ only in how the boundaries are handed over:
 
-  flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all)
+  flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all);
+                also a hub kernel (`kernels-community/...`) that transformers wraps as a flash attention
   torch_varlen  the same FlashAttention-2 kernels as built into torch (torch.nn.attention.varlen), for
                 bf16/fp16 on CUDA when flash-attn is absent: no wheel to carry, no mask to build
   flex          torch flex attention with a document-causal BlockMask (CUDA, fp32, or an older torch)
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend
 
+from kubetune.config.hardware import is_hub_kernel
 from kubetune.train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,10 @@ def _half_precision(cfg) -> bool:
 
 
 def requested_backend(cfg) -> str | None:
-    """What the config asks for: flash | sdpa | eager | flex | xformers, or None (choose for the machine)."""
+    """What the config asks for: hub_kernel | flash | sdpa | eager | flex | xformers, or None (choose for
+    the machine)."""
+    if is_hub_kernel(cfg.attn_implementation):
+        return "hub_kernel"
     if cfg.attn_implementation in FLASH_IMPLEMENTATIONS or cfg.flash_attention:
         return "flash"
     if cfg.attn_implementation == "xformers" or cfg.xformers_attention:
@@ -225,6 +230,8 @@ def check_request(cfg, *, cuda: bool) -> None:
             "train with PyTorch SDPA attention on CPU.",
             key=key,
         )
+    if requested_backend(cfg) == "hub_kernel":
+        _check_hub_kernel(cfg, cuda=cuda)
     if requested_backend(cfg) == "xformers" and not cuda:
         key = "attn_implementation" if cfg.attn_implementation == "xformers" else "xformers_attention"
         raise UserError(
@@ -235,10 +242,44 @@ def check_request(cfg, *, cuda: bool) -> None:
         )
 
 
+def kernels_installed() -> bool:
+    return importlib.util.find_spec("kernels") is not None
+
+
+def _check_hub_kernel(cfg, *, cuda: bool) -> None:
+    """A hub attention kernel is compiled CUDA code taking bf16/fp16, fetched by the `kernels` package."""
+    name = cfg.attn_implementation
+    if not cuda:
+        raise UserError(
+            f"attn_implementation {name} is a CUDA kernel from the Hub, and this machine has no CUDA GPU.",
+            "Run on a GPU node, or set `attn_implementation: sdpa` to train with PyTorch SDPA attention on CPU.",
+            key="attn_implementation",
+        )
+    if not _half_precision(cfg):
+        raise UserError(
+            f"attn_implementation {name} is a flash-attention kernel, which takes bf16/fp16 only, and this run "
+            "computes in float32.",
+            "Set `bf16: true` (or fp16: true), or use `attn_implementation: sdpa`.",
+            key="attn_implementation",
+        )
+    if not kernels_installed():
+        raise UserError(
+            f"attn_implementation {name} is fetched from the Hub by the `kernels` package, which is not installed.",
+            "pip install 'kubetune[gpu]' (or just kernels) in the training image, or use "
+            "`attn_implementation: flash_attention_2`.",
+            key="attn_implementation",
+        )
+
+
 def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
     """The backend for this config on this machine; a fallback is logged, never silent."""
     check_request(cfg, cuda=cuda)
     wanted = requested_backend(cfg)
+    if wanted == "hub_kernel":
+        # transformers loads it (kernels.get_kernel) and calls its flash_attn_varlen_func through the same
+        # wrapper as flash_attention_2's: the cu_seqlens of flash_varlen reach it.
+        log.info("attention: hub kernel %s (flash-attention varlen calls)", cfg.attn_implementation)
+        return AttentionBackend("flash_varlen", cfg.attn_implementation)
     if wanted == "eager":
         return AttentionBackend("eager", "eager")
     if wanted == "sdpa":

@@ -253,6 +253,8 @@ def load_model(
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
+    elif (unpacked := model_options.checkpoint_quantization(cfg)) is not None:
+        kwargs["quantization_config"] = unpacked  # unpacked to plain weights: not `quantization` below
     if tp_mesh is not None:
         kwargs |= {"tp_plan": "auto", "device_mesh": tp_mesh}
     elif device is not None:

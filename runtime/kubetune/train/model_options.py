@@ -159,3 +159,16 @@ def activation_offloading(cfg) -> contextlib.AbstractContextManager:
     if not cfg.activation_offloading:
         return contextlib.nullcontext()
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+
+
+def checkpoint_quantization(cfg):
+    """`model_quantization_config: Mxfp4Config` with `dequantize: true` (config rules refuse any other
+    form): transformers' Mxfp4Config that unpacks a gpt-oss checkpoint's MXFP4 experts into plain
+    weights while loading. Without it a GPU with the MXFP4 kernels keeps them packed, and transformers'
+    MXFP4 layers do not train. None when the key is unset."""
+    if cfg.model_quantization_config != "Mxfp4Config":
+        return None
+    from transformers import Mxfp4Config
+
+    log.info("model_quantization_config: Mxfp4Config(dequantize=True): MXFP4 experts load as plain weights")
+    return Mxfp4Config(dequantize=True)

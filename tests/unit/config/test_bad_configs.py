@@ -148,6 +148,43 @@ BAD = [
         {"flash_attention": True, "attn_implementation": "sdpa"},
         "attn_implementation",
     ),
+    (
+        "hub-kernel-outside-kernels-community",
+        {"attn_implementation": "someone/flash-attn3"},
+        "attn_implementation",
+    ),
+    (
+        "mxfp4-without-dequantize",
+        {"model_quantization_config": "Mxfp4Config"},
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-dequantize-false",
+        {
+            "model_quantization_config": "Mxfp4Config",
+            "model_quantization_config_kwargs": {"dequantize": False},
+        },
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-kwargs-without-config",
+        {"model_quantization_config_kwargs": {"dequantize": True}},
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-and-bitsandbytes",
+        {
+            **QLORA,
+            "model_quantization_config": "Mxfp4Config",
+            "model_quantization_config_kwargs": {"dequantize": True},
+        },
+        "model_quantization_config",
+    ),
+    (
+        "quantization-config-not-mxfp4",
+        {"model_quantization_config": "GPTQConfig"},
+        "model_quantization_config",
+    ),
     ("packing-without-sequence-len", {"sequence_len": DROP}, "sequence_len"),
     ("val-set-size-one", {"val_set_size": 1.0}, "val_set_size"),
     (

@@ -6,7 +6,7 @@ import sys
 import typing
 
 from kubetune.config import DatasetConfig, TrainConfig, training_config_json_schema
-from kubetune.config.adapter import LoftQ, PeftOptions
+from kubetune.config.adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from kubetune.config.docs import render_markdown
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
@@ -22,6 +22,7 @@ MODELS = (
     GradientCheckpointingKwargs,
     PeftOptions,
     LoftQ,
+    Mxfp4Kwargs,
     TrlConfig,
 )
 

@@ -217,3 +217,37 @@ def test_xformers_on_a_model_without_registered_attention_functions_is_refused_b
     with pytest.raises(UserError) as err:
         check_model_takes(efficient, GPTJForCausalLM)  # no SDPA path at all: the fix says eager
     assert "attn_implementation: eager" in err.value.fix
+
+
+# -- attn_implementation: kernels-community/NAME = a hub flash-attention kernel (GPU-untested here) ---------
+
+HUB = "kernels-community/vllm-flash-attn3"
+
+
+def test_a_hub_kernel_is_loaded_by_transformers_and_fed_cu_seqlens(monkeypatch, caplog):
+    """transformers loads the kernel under its name and wraps it as a flash attention: kubetune passes the
+    name through and hands packed rows over as cu_seqlens (flash_varlen), never a dense mask."""
+    monkeypatch.setattr("kubetune.train.attention.kernels_installed", lambda: True)
+    with caplog.at_level(logging.INFO, logger="kubetune.train.attention"):
+        backend = select_backend(Cfg(attn_implementation=HUB), cuda=True)
+    assert (backend.name, backend.hf_implementation) == ("flash_varlen", HUB)
+    assert HUB in caplog.text
+    batch = PackedCollator(pad_token_id=0, pad_to=8)([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
+    inputs = backend.model_inputs(batch)
+    assert inputs["attention_mask"] is None and inputs["cu_seq_lens_q"].tolist() == [0, 3, 8]
+
+
+@pytest.mark.parametrize(
+    ("keys", "cuda", "installed", "says"),
+    [
+        ({}, False, True, "no CUDA GPU"),
+        ({"bf16": False}, True, True, "float32"),
+        ({}, True, False, "kernels"),
+    ],
+)
+def test_a_hub_kernel_that_cannot_run_here_is_refused_at_start(monkeypatch, keys, cuda, installed, says):
+    monkeypatch.setattr("kubetune.train.attention.kernels_installed", lambda: installed)
+    monkeypatch.setattr("kubetune.train.attention.torch.cuda.is_bf16_supported", lambda: True)
+    with pytest.raises(UserError) as err:
+        check_request(Cfg(attn_implementation=HUB, **keys), cuda=cuda)
+    assert err.value.key == "attn_implementation" and says in err.value.problem

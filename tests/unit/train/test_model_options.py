@@ -185,3 +185,73 @@ def test_reinit_weights_builds_the_architecture_with_new_weights_from_the_seed(m
         if param.dim() == 2:  # linear and embedding weights are drawn anew; norms start at ones again
             assert not torch.equal(param, weights[name]), name
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), again.parameters(), strict=True))
+
+
+def _mxfp4_checkpoint(directory, vocab_size: int) -> dict[str, torch.Tensor]:
+    """A tiny gpt-oss checkpoint laid out as openai/gpt-oss-20b is: the experts' weights as MXFP4 `_blocks`
+    (two 4-bit values a byte) and `_scales` (a power of two per 32 values), quant_method mxfp4 in its
+    config. Returns the packed tensors."""
+    import json
+
+    import safetensors.torch
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GptOssForCausalLM(config).save_pretrained(directory)
+    weights = safetensors.torch.load_file(directory / "model.safetensors")
+    generator, packed = torch.Generator().manual_seed(1), {}
+    for name in [n for n in weights if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        experts, rows, columns = weights.pop(name).shape
+        packed[f"{name}_blocks"] = torch.randint(0, 256, (experts, columns, rows // 32, 16), generator=generator, dtype=torch.uint8)  # fmt: skip
+        packed[f"{name}_scales"] = torch.randint(124, 130, (experts, columns, rows // 32), generator=generator, dtype=torch.uint8)  # fmt: skip
+    safetensors.torch.save_file(weights | packed, directory / "model.safetensors", metadata={"format": "pt"})
+    meta = json.loads((directory / "config.json").read_text())
+    meta["quantization_config"] = {"quant_method": "mxfp4"}
+    (directory / "config.json").write_text(json.dumps(meta))
+    return packed
+
+
+def test_mxfp4_dequantize_loads_the_experts_as_trainable_plain_weights(make_config, tmp_path, monkeypatch):
+    """model_quantization_config: Mxfp4Config + dequantize: true -> transformers' Mxfp4Config(dequantize=True)
+    at load: the experts are the MXFP4 values unpacked, plain tensors that train in a full fine-tune (on a GPU
+    with the MXFP4 kernels transformers would otherwise keep them packed and untrainable: GPU-untested)."""
+    import transformers
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    cfg, _ = make_config(**FULL)
+    tokenizer = load_tokenizer(cfg)
+    packed = _mxfp4_checkpoint(tmp_path / "gpt-oss", len(tokenizer))
+    cfg, _ = make_config(
+        base_model=str(tmp_path / "gpt-oss"),
+        tokenizer_config=cfg.base_model,
+        model_quantization_config="Mxfp4Config",
+        model_quantization_config_kwargs={"dequantize": True},
+        model_type=None,  # the seed's LlamaForCausalLM
+        **FULL,
+    )
+    seen = {}
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model = load_model(
+        cfg, tokenizer, precision=FP32, backend=AttentionBackend("eager", "eager"), device=None
+    )
+    assert isinstance(seen["quantization_config"], transformers.Mxfp4Config)
+    assert seen["quantization_config"].dequantize is True
+    experts = model.model.layers[1].mlp.experts
+    name = "model.layers.1.mlp.experts.gate_up_proj"
+    unpacked = convert_moe_packed_tensors(packed[f"{name}_blocks"], packed[f"{name}_scales"])
+    torch.testing.assert_close(experts.gate_up_proj.detach().float(), unpacked.float())
+    assert experts.gate_up_proj.requires_grad and getattr(model.config, "quantization_config", None) is None
+    model.float()
+    backward(model)
+    assert experts.down_proj.grad is not None and experts.down_proj.grad.abs().sum() > 0
