@@ -73,7 +73,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids
-        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
+        preprocess_iterable
         pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
         profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
         qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size
@@ -85,7 +85,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
-        skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
+        skip_prepare_dataset strict tiled_mlp tiled_mlp_num_shards
         tiled_mlp_use_original_mlp torch_compile_backend
         torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
@@ -139,6 +139,12 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         "transformers 5 always loads the weights without a second copy in CPU memory (and ignores this key)",
         inert=(True, False),
     ),
+    # Packed examples never attend to each other in kubetune (data/collator, train/attention): Axolotl's
+    # default true is its behaviour; false (attention across the documents of a packed row) is not implemented.
+    "pretrain_multipack_attn": Unimplemented(
+        "kubetune keeps the examples of a packed row apart (their attention never crosses); remove it",
+        inert=(True,),
+    ),
     "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
     "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),
     "experimental_skip_move_to_device": Unimplemented("", inert=(True,)),
@@ -150,6 +156,7 @@ RENAMED: dict[str, str] = {
     "model_config": "model_config_overrides",  # pydantic reserves the name model_config
     "evaluation_strategy": "eval_strategy",  # transformers' older spelling
     "model_revision": "revision_of_model",  # an older Axolotl spelling
+    "pretrain_multipack_buffer_size": "streaming_multipack_buffer_size",  # Axolotl's name before v0.13
 }
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.

@@ -259,6 +259,22 @@ def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "pretraining_dataset is read as a stream, which has no epochs: the run's length is max_steps",
             "add `max_steps: N`",
         )
+    if cfg.streaming and cfg.max_steps is None:
+        yield ConfigProblem(
+            "max_steps",
+            "streaming: true reads the datasets as streams, which have no epochs: the run's length is max_steps",
+            "add `max_steps: N`, or remove streaming",
+        )
+    if cfg.streaming and cfg.rl:
+        yield ConfigProblem(
+            "streaming", "streaming reads SFT examples, and rl: trains on pairs", "remove streaming"
+        )
+    if cfg.streaming_multipack_buffer_size and not (cfg.streaming or cfg.pretraining_dataset):
+        yield ConfigProblem(
+            "streaming_multipack_buffer_size",
+            "streaming_multipack_buffer_size shuffles a stream, and no dataset is streamed",
+            "add `streaming: true` (or use pretraining_dataset), or remove streaming_multipack_buffer_size",
+        )
     if cfg.dataset_exact_deduplication and (cfg.pretraining_dataset or cfg.rl):
         source = (
             "pretraining_dataset is read as a stream" if cfg.pretraining_dataset else "rl: trains on pairs"
