@@ -181,6 +181,15 @@ class ModelKeys(Section):
         "the weights are not read), initialised from `seed` as transformers initialises a new model: "
         "pretraining from scratch. Default: load the pretrained weights.",
     )
+    llama4_linearized_experts: bool = field(
+        False,
+        description="Build Llama 4's routed experts as one linear layer per expert and projection "
+        "(`experts.gate_projs.N` / `up_projs.N` / `down_projs.N`), the layout of Axolotl's linearized Llama 4 "
+        "checkpoints (e.g. `axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16`), in place of "
+        "transformers' two fused expert tensors: the checkpoint's per-expert weights load into them (4-bit "
+        "with `load_in_4bit`) and LoRA can target them. Same computation. Llama 4 models only (any other stops "
+        "at start); also applied when `kubetune merge` / `generate` load the base. Default: false.",
+    )
     resize_token_embeddings_to_32x: bool = field(
         False,
         description="Grow the embedding matrix (and output head) to the tokenizer's length rounded up to a "

@@ -260,10 +260,13 @@ def load_model(
     elif device is not None:
         kwargs["device_map"] = {"": device}
     try:
-        if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
-            model = model_options.new_model(model_cls, source, kwargs, device)
-        else:
-            model = model_cls.from_pretrained(source, **kwargs)
+        with model_options.experts_layout(cfg):  # llama4_linearized_experts
+            if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
+                model = model_options.new_model(model_cls, source, kwargs, device)
+            else:
+                model = model_cls.from_pretrained(source, **kwargs)
+    except UserError:
+        raise  # already names its key and fix (a ValueError too)
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
     model.config.use_cache = False  # training never reuses a KV cache

@@ -255,3 +255,63 @@ def test_mxfp4_dequantize_loads_the_experts_as_trainable_plain_weights(make_conf
     model.float()
     backward(model)
     assert experts.down_proj.grad is not None and experts.down_proj.grad.abs().sum() > 0
+
+
+def _llama4(directory, vocab_size: int):
+    """A tiny Llama 4 text model saved twice: as transformers lays it out, and linearized (each expert's
+    gate / up / down projection a linear layer's weight, as Axolotl's linearized checkpoints store it)."""
+    import safetensors.torch
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    config = Llama4TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, intermediate_size_mlp=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=3,
+        num_experts_per_tok=1, interleave_moe_layer_step=1, no_rope_layers=[1, 1], attention_chunk_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Llama4ForCausalLM(config)
+    model.save_pretrained(directory / "fused")
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for name in [n for n in weights if n.endswith("experts.gate_up_proj")]:
+        prefix, gate_up = name.removesuffix("gate_up_proj"), weights.pop(name)
+        down, size = weights.pop(prefix + "down_proj"), gate_up.shape[-1] // 2
+        for i in range(gate_up.shape[0]):
+            weights[f"{prefix}gate_projs.{i}.weight"] = gate_up[i, :, :size].T.contiguous()
+            weights[f"{prefix}up_projs.{i}.weight"] = gate_up[i, :, size:].T.contiguous()
+            weights[f"{prefix}down_projs.{i}.weight"] = down[i].T.contiguous()
+    model.save_pretrained(directory / "linearized")
+    safetensors.torch.save_file(
+        weights, directory / "linearized" / "model.safetensors", metadata={"format": "pt"}
+    )
+    return model.eval()
+
+
+def test_llama4_linearized_experts_load_a_linearized_checkpoint_into_per_expert_linear_layers(
+    make_config, tmp_path
+):
+    """The linearized checkpoint's per-expert weights load into linear layers (LoRA can target them) and the
+    model computes exactly what the fused original does; without the key they would be missing."""
+    from kubetune.train.llama4_experts import LinearizedExperts
+    from peft.tuners.lora import LoraLayer
+
+    cfg, _ = make_config(**FULL)
+    tokenizer = load_tokenizer(cfg)
+    fused = _llama4(tmp_path, len(tokenizer))
+    keys = {
+        "tokenizer_config": cfg.base_model,
+        "model_type": None,
+        "lora_target_modules": ["experts.gate_projs.0"],
+    }
+    cfg, _ = make_config(base_model=str(tmp_path / "linearized"), llama4_linearized_experts=True, **keys)
+    model, _ = load(cfg)
+    experts = model.get_base_model().model.layers[0].feed_forward.experts
+    assert isinstance(experts, LinearizedExperts) and isinstance(experts.gate_projs[0], LoraLayer)
+    ids = torch.randint(3, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, fused(input_ids=ids).logits)
+    backward(model)
+    assert experts.gate_projs[0].lora_B["default"].weight.grad.abs().sum() > 0
+    # A model without Llama 4 experts is refused rather than loaded unchanged.
+    cfg, _ = make_config(llama4_linearized_experts=True, **FULL)
+    with pytest.raises(UserError, match="has no Llama 4"):
+        load(cfg)
