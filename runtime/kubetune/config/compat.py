@@ -54,7 +54,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
         eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_optimum
-        flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
+        flex_attention fp32_norm_classes fp32_norms fp8
         fp8_enable_fsdp_float8_all_gather freeze_mm_modules gc_collect_steps gc_steps
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
         generation_prompt_ratio generation_temperature generation_top_k generation_top_p gptq gptq_groupsize

@@ -12,6 +12,7 @@ from pydantic_core import PydanticUndefined
 from . import compat
 from .adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from .datasets import DatasetConfig
+from .hardware import FlexCompileKwargs
 from .model import SpecialTokens
 from .parallel import FsdpConfig
 from .preference import TrlConfig
@@ -26,6 +27,7 @@ _NESTED_ANCHORS = {
     PeftOptions: "peft",
     LoftQ: "peftloftq_config",
     Mxfp4Kwargs: "model_quantization_config_kwargs",
+    FlexCompileKwargs: "flex_attn_compile_kwargs",
     TrlConfig: "trl",
 }
 
@@ -199,6 +201,7 @@ def render_markdown() -> str:
         ("peft", PeftOptions, (PeftOptions.__doc__ or "").strip()),
         ("peft.loftq_config", LoftQ, (LoftQ.__doc__ or "").strip()),
         ("model_quantization_config_kwargs", Mxfp4Kwargs, (Mxfp4Kwargs.__doc__ or "").strip()),
+        ("flex_attn_compile_kwargs", FlexCompileKwargs, (FlexCompileKwargs.__doc__ or "").strip()),
     ]
     for title, model, blurb in nested:
         out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]

@@ -35,6 +35,18 @@ ATTN_HINTS = {
 }
 
 
+class FlexCompileKwargs(Section):
+    """Keyword arguments of the `torch.compile` of flex attention (`flex_attn_compile_kwargs`)."""
+
+    dynamic: bool | None = field(
+        None, description="Compile for dynamic shapes (true) or specialise on each shape (false)."
+    )
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = field(
+        None, description="torch.compile's mode, e.g. `max-autotune-no-cudagraphs` (tunes the kernels)."
+    )
+    fullgraph: bool | None = field(None, description="Refuse graph breaks.")
+
+
 class PrecisionKeys(Section):
     """Precision and attention"""
 
@@ -78,6 +90,14 @@ class PrecisionKeys(Section):
         "package (kubetune[gpu]); packed rows reach it as cu_seqlens; CUDA and bf16/fp16 only, a CPU run "
         "stops at start. Default: "
         "`flash_attention_2` with `flash_attention`, else kubetune picks the fastest kernel for the machine.",
+    )
+    flex_attn_compile_kwargs: FlexCompileKwargs | None = field(
+        None,
+        description="With `attn_implementation: flex_attention`: the options of the `torch.compile` of "
+        "torch's flex_attention (transformers compiles it once with none of its own on torch >= 2.7), e.g. "
+        "`{dynamic: false, mode: max-autotune-no-cudagraphs}` as in Axolotl's Llama 4 examples. Flex "
+        "attention runs on a CUDA GPU in bf16/fp16 only: elsewhere the run stops at start rather than fall "
+        "back to SDPA with these options unused.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
     torch_compile_mode: (

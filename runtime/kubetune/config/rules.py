@@ -210,6 +210,13 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             f"torch_compile_mode: {cfg.torch_compile_mode} is the mode of torch.compile, and torch_compile is off",
             "add `torch_compile: true`, or remove torch_compile_mode",
         )
+    if cfg.flex_attn_compile_kwargs is not None and cfg.attn_implementation != "flex_attention":
+        yield ConfigProblem(
+            "flex_attn_compile_kwargs",
+            "flex_attn_compile_kwargs configures the compile of flex attention, and attn_implementation is "
+            f"{cfg.attn_implementation or 'not flex_attention'}",
+            "add `attn_implementation: flex_attention`, or remove flex_attn_compile_kwargs",
+        )
     flags = [
         flag for flag in ("flash_attention", "sdp_attention", "xformers_attention") if getattr(cfg, flag)
     ]

@@ -242,6 +242,24 @@ def check_request(cfg, *, cuda: bool) -> None:
         )
 
 
+def compile_flex_with(options: dict) -> None:
+    """`flex_attn_compile_kwargs`: transformers' flex attention calls through its module-level
+    compile_friendly_flex_attention, which compiles torch's flex_attention once with options of its own
+    choosing; this puts in its place the same call over flex_attention compiled with `options`."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as hf_flex
+
+    compiled = torch.compile(flex_attention, **options)  # lazy: compiles at the first call
+
+    def compile_friendly_flex_attention(query, key, value, training=False, **kwargs):
+        # Inside a compiled region (torch_compile) the outer compile traces flex_attention itself.
+        function = flex_attention if torch.compiler.is_compiling() else compiled
+        return function(query, key, value, **kwargs)
+
+    hf_flex.compile_friendly_flex_attention = compile_friendly_flex_attention
+    log.info("attention: flex attention compiled with %s", options)
+
+
 def kernels_installed() -> bool:
     return importlib.util.find_spec("kernels") is not None
 
@@ -292,8 +310,20 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
         )
         return AttentionBackend("sdpa_efficient", SDPA_EFFICIENT)
     if wanted == "flex":
+        options = getattr(cfg, "flex_attn_compile_kwargs", None)
         if cuda and _half_precision(cfg):
+            if options is not None:
+                compile_flex_with(options.model_dump(exclude_none=True))
             return AttentionBackend("flex", "flex_attention")
+        if options is not None:
+            why = "a CUDA GPU" if not cuda else "bf16/fp16 (this run computes in float32)"
+            raise UserError(
+                f"flex_attn_compile_kwargs sets how flex attention is compiled, and flex attention needs {why}; "
+                "SDPA would run here instead, with those options unused.",
+                "Run on a GPU node in bf16, or remove flex_attn_compile_kwargs (SDPA with the document mask "
+                "then runs, logged).",
+                key="flex_attn_compile_kwargs",
+            )
         # flex attention compiles its kernels for CUDA, and its backward found none for float32 heads on
         # an H200 (see below): SDPA with the same document mask computes the same attention.
         why = "a CUDA GPU" if not cuda else "bf16/fp16 (this run computes in float32)"

@@ -185,6 +185,12 @@ BAD = [
         {"model_quantization_config": "GPTQConfig"},
         "model_quantization_config",
     ),
+    (
+        "flex-compile-kwargs-without-flex",
+        {"flex_attn_compile_kwargs": {"dynamic": False}},
+        "flex_attn_compile_kwargs",
+    ),
+    ("streaming-without-max-steps", {"streaming": True}, "max_steps"),
     ("packing-without-sequence-len", {"sequence_len": DROP}, "sequence_len"),
     ("val-set-size-one", {"val_set_size": 1.0}, "val_set_size"),
     (

@@ -8,6 +8,7 @@ import typing
 from kubetune.config import DatasetConfig, TrainConfig, training_config_json_schema
 from kubetune.config.adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from kubetune.config.docs import render_markdown
+from kubetune.config.hardware import FlexCompileKwargs
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
 from kubetune.config.preference import TrlConfig
@@ -23,6 +24,7 @@ MODELS = (
     PeftOptions,
     LoftQ,
     Mxfp4Kwargs,
+    FlexCompileKwargs,
     TrlConfig,
 )
 

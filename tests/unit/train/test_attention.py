@@ -251,3 +251,53 @@ def test_a_hub_kernel_that_cannot_run_here_is_refused_at_start(monkeypatch, keys
     with pytest.raises(UserError) as err:
         check_request(Cfg(attn_implementation=HUB, **keys), cuda=cuda)
     assert err.value.key == "attn_implementation" and says in err.value.problem
+
+
+# -- flex_attn_compile_kwargs: the options of flex attention's torch.compile (GPU-untested here) -----------
+
+
+def test_flex_attn_compile_kwargs_compile_the_flex_attention_transformers_calls(monkeypatch):
+    """transformers' flex attention calls its module-level compile_friendly_flex_attention: with the key, that
+    is flex_attention compiled with the given options (recorded here; `backend: eager` so CPU runs it), and
+    it computes what flex_attention computes."""
+    from kubetune.config.hardware import FlexCompileKwargs
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as hf_flex
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", hf_flex.compile_friendly_flex_attention)
+    seen = []
+    real_compile = torch.compile
+
+    def spy(function, **options):
+        seen.append((function, options))
+        return real_compile(function, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    options = FlexCompileKwargs(dynamic=False, mode="max-autotune-no-cudagraphs")
+    backend = select_backend(
+        Cfg(attn_implementation="flex_attention", flex_attn_compile_kwargs=options), cuda=True
+    )
+    assert backend.name == "flex"
+    assert seen == [(flex_attention, {"dynamic": False, "mode": "max-autotune-no-cudagraphs"})]
+    query, key, value = (
+        torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(k)) for k in range(3)
+    )
+    out = hf_flex.compile_friendly_flex_attention(query, key, value, training=True)
+    torch.testing.assert_close(out, flex_attention(query, key, value))
+
+
+@pytest.mark.parametrize(("cuda", "bf16"), [(False, True), (True, False)])
+def test_flex_attn_compile_kwargs_where_flex_attention_cannot_run_are_refused_at_start(
+    monkeypatch, cuda, bf16
+):
+    from kubetune.config.hardware import FlexCompileKwargs
+
+    monkeypatch.setattr("kubetune.train.attention.torch.cuda.is_bf16_supported", lambda: bf16)
+    cfg = Cfg(
+        attn_implementation="flex_attention",
+        flex_attn_compile_kwargs=FlexCompileKwargs(dynamic=False),
+        bf16=bf16,
+    )
+    with pytest.raises(UserError) as err:
+        select_backend(cfg, cuda=cuda)
+    assert err.value.key == "flex_attn_compile_kwargs" and "SDPA" in err.value.problem
