@@ -27,6 +27,7 @@ SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
     "qwen3_5",
     "cohere",
     "deepseek_v2",
+    "jamba",
     "mistral_v1",
     "mistral_v2v3",
     "mistral_v3_tekken",
@@ -49,7 +50,7 @@ CHAT_TEMPLATE_NAMES: tuple[str, ...] = _CHAT_TEMPLATE_NAMES
 # Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
 AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(
     """alpaca llama3_2_vision
-    phi_35 phi_4 deepseek_v3 jamba nemotron_h exaone exaone4 metharme pixtral llava
+    phi_35 phi_4 deepseek_v3 nemotron_h exaone exaone4 metharme pixtral llava
     qwen2_vl gemma4_unified command_a command_a_tool_use command_a_rag aya""".split()
 )
 
@@ -151,7 +152,7 @@ class ModelKeys(Section):
         description="Chat template for `chat_template` datasets: `tokenizer_default` (the tokenizer's own), "
         "one kubetune ships, written from each family's published turn format (`chatml`, `llama3`, `llama4`, "
         "`gemma`, `gemma3`, `gemma3n`, `gemma4`, `phi_3`, `falcon_h1`, `qwen_25`, `qwen3`, `qwen3_5`, `cohere`, "
-        "`deepseek_v2`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
+        "`deepseek_v2`, `jamba`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
         "text turns only, `qwen3`/`qwen3_5` with reasoning), `tokenizer_default_fallback_<name>` (the "
         "tokenizer's own, else the named one) or `jinja` (the template in `chat_template_jinja`). "
         "Default: `tokenizer_default`.",
