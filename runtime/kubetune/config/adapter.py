@@ -134,6 +134,23 @@ class AdapterKeys(Section):
                 ) from None
         return value
 
+    lisa_n_layers: int | None = field(
+        None,
+        description="LISA (layerwise importance sampled AdamW): in a full fine-tune, train only this many "
+        "decoder layers at a time, drawn at random (from `seed`) every `lisa_step_interval` steps; the "
+        "other layers are frozen meanwhile, the embeddings, final norm and output head always train. One "
+        "process only (not DDP, FSDP or DeepSpeed). Default: off.",
+        ge=1,
+    )
+    lisa_step_interval: int | None = field(
+        None,
+        description="LISA: optimizer steps between two draws of the trained layers (required with lisa_n_layers).",
+        ge=1,
+    )
+    lisa_layers_attribute: str | None = field(
+        None,
+        description="LISA: dotted path of the decoder layer list in the model. Default: `model.layers`.",
+    )
     load_in_8bit: bool = field(
         False, description="Load the base model in 8-bit (bitsandbytes); needs `adapter: lora`."
     )

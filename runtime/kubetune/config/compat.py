@@ -62,8 +62,8 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         gradio_temperature gradio_title greater_is_better hub_revision hub_strategy
         image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
         jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps
-        landmark_attention large_head_attention layer_offloading lisa_layers_attribute
-        lisa_n_layers lisa_step_interval load_best_model_at_end lora_alpha_pattern
+        landmark_attention large_head_attention layer_offloading
+        load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
         loraplus_lr_embedding loraplus_lr_ratio lr_div_factor lr_groups
         max_memory max_prompt_len mean_resizing_embeddings merge_method

@@ -94,6 +94,35 @@ def _model_quantization(cfg: TrainConfig) -> Iterator[ConfigProblem]:
 
 
 @rule
+def lisa(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    """LISA switches requires_grad of whole layers of a full fine-tune, in one process."""
+    if not cfg.lisa_n_layers:
+        for key in ("lisa_step_interval", "lisa_layers_attribute"):
+            if getattr(cfg, key) is not None:
+                yield ConfigProblem(
+                    key,
+                    f"{key} is a LISA setting, and lisa_n_layers is not set",
+                    f"add lisa_n_layers, or remove {key}",
+                )
+        return
+    if cfg.lisa_step_interval is None:
+        yield ConfigProblem(
+            "lisa_step_interval",
+            "lisa_n_layers needs lisa_step_interval (steps between draws)",
+            "add e.g. `lisa_step_interval: 20`",
+        )
+    clash = [
+        key for key in ("adapter", "unfrozen_parameters", "fsdp", "deepspeed", "rl") if getattr(cfg, key)
+    ]
+    if clash:
+        yield ConfigProblem(
+            "lisa_n_layers",
+            f"LISA trains whole decoder layers of a full fine-tune in one process, and {clash[0]} is set",
+            f"remove {clash[0]}, or remove lisa_n_layers",
+        )
+
+
+@rule
 def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     if cfg.reinit_weights and (cfg.load_in_4bit or cfg.load_in_8bit):
         yield ConfigProblem(

@@ -191,6 +191,8 @@ BAD = [
         "flex_attn_compile_kwargs",
     ),
     ("streaming-without-max-steps", {"streaming": True}, "max_steps"),
+    ("lisa-with-an-adapter", {"lisa_n_layers": 2, "lisa_step_interval": 5}, "lisa_n_layers"),
+    ("lisa-interval-alone", {"lisa_step_interval": 5}, "lisa_step_interval"),
     ("packing-without-sequence-len", {"sequence_len": DROP}, "sequence_len"),
     ("val-set-size-one", {"val_set_size": 1.0}, "val_set_size"),
     (
@@ -260,7 +262,7 @@ BAD = [
         "dp_replicate_size",
     ),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
-    ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
+    ("chat-template-unshipped", {"chat_template": "nemotron_h"}, "chat_template"),
     (
         "unfrozen-parameters-row-range",
         {"unfrozen_parameters": ["^lm_head.weight$[:32000]"]},

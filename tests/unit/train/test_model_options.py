@@ -315,3 +315,51 @@ def test_llama4_linearized_experts_load_a_linearized_checkpoint_into_per_expert_
     cfg, _ = make_config(llama4_linearized_experts=True, **FULL)
     with pytest.raises(UserError, match="has no Llama 4"):
         load(cfg)
+
+
+def test_lisa_trains_the_drawn_layers_and_redraws_them_every_interval(make_config):
+    """A full fine-tune with lisa_n_layers: 1 of the tiny model's layers trains at a time (plus the layers
+    outside the decoder list), the draw changes every lisa_step_interval steps, and it comes from the
+    seed and the step's block only (a resumed run draws the same)."""
+    from kubetune.train.lisa import Lisa
+    from kubetune.train.loop import StopFlag, setup, train_loop
+
+    keys = {**FULL, "lisa_n_layers": 1, "lisa_step_interval": 3, "max_steps": 9, "learning_rate": 0.01}
+    cfg, _ = make_config(**keys)
+    stop = StopFlag()
+    run = setup(cfg, stop)
+    model = run.accelerator.unwrap_model(run.module).model
+    layers = model.model.layers
+    before = [[p.detach().clone() for p in layer.parameters()] for layer in layers]
+    head = model.lm_head.weight.detach().clone()
+    changed_per_block = []
+    original_step = Lisa.step_begins
+
+    def spy(self, step):
+        if step % 3 == 0 and step:  # a block ended: which layers moved during it
+            changed_per_block.append(
+                [
+                    i
+                    for i, layer in enumerate(layers)
+                    if any(not torch.equal(p, b) for p, b in zip(layer.parameters(), before[i], strict=True))
+                ]
+            )
+            before[:] = [[p.detach().clone() for p in layer.parameters()] for layer in layers]
+        original_step(self, step)
+
+    Lisa.step_begins = spy
+    try:
+        assert train_loop(run, stop) == "completed"
+    finally:
+        Lisa.step_begins = original_step
+    run.reporters.close()
+    draws = [Lisa(layers, 1, 3, cfg.seed) for _ in range(3)]
+    for block, draw in enumerate(draws):
+        draw.step_begins(3 * block)
+    assert changed_per_block == [draws[0].active, draws[1].active]  # blocks 0 and 1; one layer each
+    assert len({tuple(d.active) for d in draws}) > 1 or len(layers) == 1
+    assert not torch.equal(model.lm_head.weight, head)  # outside the layer list: trained throughout
+    # A draw depends on the seed and the block only.
+    again = Lisa(layers, 1, 3, cfg.seed)
+    again.step_begins(7)
+    assert again.active == draws[2].active
