@@ -71,7 +71,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     # Everything below is accepted when empty/off and refused when set.
     **_table(
         """accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides
-        auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
+        auto_find_batch_size batch_flattening bench_dataset bench_split
         chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
         comet_project_name comet_workspace curriculum_sampling

@@ -34,6 +34,8 @@ _NESTED_ANCHORS = {
 RULES_TEXT = """\
 - `adapter: qlora` needs `load_in_4bit: true`; `adapter: lora` with `load_in_4bit: true` should be `qlora`.
 - `load_in_4bit` and `load_in_8bit` exclude each other; either needs an adapter; `bnb_4bit_*` keys need `load_in_4bit`.
+  Axolotl's `bnb_config_kwargs: {bnb_4bit_use_double_quant, bnb_4bit_quant_type, bnb_4bit_compute_dtype}` are
+  read as those keys (other arguments refused).
 - `model_quantization_config: Mxfp4Config` needs `model_quantization_config_kwargs: {dequantize: true}` and
   no `load_in_4bit` / `load_in_8bit`; the kwargs need the config.
 - `lora_*` / `peft_*` keys and `peft` set (to a non-default value) without an `adapter` are refused;

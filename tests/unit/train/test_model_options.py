@@ -363,3 +363,29 @@ def test_lisa_trains_the_drawn_layers_and_redraws_them_every_interval(make_confi
     again = Lisa(layers, 1, 3, cfg.seed)
     again.step_begins(7)
     assert again.active == draws[2].active
+
+
+def test_bnb_config_kwargs_are_read_as_the_bnb_4bit_keys():
+    """Axolotl's bnb_config_kwargs: the BitsAndBytesConfig arguments kubetune has as keys reach the
+    quantization config as those keys do; the others, and a disagreement with the key, are refused."""
+    from kubetune.config import load_config, validate_mapping
+    from kubetune.train.model import quantization_config
+
+    base = {
+        "base_model": "m", "learning_rate": 1e-4, "num_epochs": 1, "datasets": [{"path": "d", "type": "alpaca"}],
+        "adapter": "qlora", "load_in_4bit": True, "lora_target_linear": True,
+    }  # fmt: skip
+    for double_quant in (False, True):
+        mapping = {
+            **base,
+            "bnb_config_kwargs": {"bnb_4bit_use_double_quant": double_quant, "bnb_4bit_quant_type": "fp4"},
+        }
+        assert validate_mapping(mapping) == []
+        cfg = load_config(mapping)
+        bnb = quantization_config(cfg, Precision(torch.bfloat16, "bf16"))
+        assert bnb.bnb_4bit_use_double_quant is double_quant and bnb.bnb_4bit_quant_type == "fp4"
+    (problem,) = validate_mapping({**base, "bnb_config_kwargs": {"llm_int8_threshold": 5.0}})
+    assert problem.path == "bnb_config_kwargs.llm_int8_threshold"
+    clash = {**base, "bnb_4bit_quant_type": "nf4", "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4"}}
+    (problem,) = validate_mapping(clash)
+    assert problem.path == "bnb_config_kwargs.bnb_4bit_quant_type"
