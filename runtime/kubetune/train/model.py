@@ -270,8 +270,7 @@ def load_model(
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
     if quantization is None and "quantization_config" in kwargs:
-        # transformers unpacks MXFP4 experts to bf16 whatever `dtype` asked for: match the run's dtype.
-        model = model.to(precision.load_dtype)
+        model_options.match_unpacked_dtype(model, precision.load_dtype)
     model.config.use_cache = False  # training never reuses a KV cache
     model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
 

@@ -175,6 +175,17 @@ def checkpoint_quantization(cfg):
     return Mxfp4Config(dequantize=True)
 
 
+def match_unpacked_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """transformers unpacks MXFP4 experts to bf16 whatever `dtype` the load asked for: in a run of
+    another dtype (float32 on CPU, fp16) those weights take the run's dtype. Only bf16 weights change,
+    so the modules the model keeps in float32 (`_keep_in_fp32_modules`, e.g. gpt-oss' norms) stay."""
+    if dtype == torch.bfloat16:
+        return
+    for param in model.parameters():
+        if param.dtype == torch.bfloat16:
+            param.data = param.data.to(dtype)
+
+
 @contextlib.contextmanager
 def experts_layout(cfg) -> Iterator[None]:
     """Around a base model's from_pretrained: `llama4_linearized_experts` has Llama 4's experts built as
