@@ -195,6 +195,35 @@ def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
     assert ("ENTRYPOINT", '["kubetune"]') in instructions
 
 
+def test_host_built_wheels_get_the_pinned_build_backends(tmp_path):
+    """Reproducibility: the wheels build.sh builds on the host (the project's; deepspeed's, an sdist) take their
+    build backend from images/build-constraints.txt, not the newest on PyPI (its version is written into the
+    image: .dist-info/WHEEL's generator), through old and new pips alike; the file is in the cache key.
+    tests/images checks the pinned generator inside the built images."""
+    constraints = IMAGES / "build-constraints.txt"
+    assert {"setuptools", "wheel"} <= _pins(constraints).keys()
+    text = BUILD.read_text()
+    assert re.search(r'^BUILD_CONSTRAINTS="\$HERE/build-constraints.txt"', text, re.M)
+    assert text.count("-m pip wheel") == 1, "every wheel built on the host goes through host_wheel"
+    assert text.count("host_wheel --") == 2, "the project's wheel and deepspeed's"
+    image_key = re.search(r"^image_key\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    assert '"$BUILD_CONSTRAINTS"' in image_key
+    # host_wheel hands the file to pip as build constraints: PIP_BUILD_CONSTRAINT (pip >= 25.3) and
+    # PIP_CONSTRAINT (older pips apply it inside build environments too), bypassing pip's wheel cache (a wheel
+    # cached earlier was built by whatever backend was newest then)
+    function = re.search(r"^host_wheel\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$PIP_BUILD_CONSTRAINT" "$PIP_CONSTRAINT" "$*"\n')
+    fake.chmod(0o755)
+    script = f"{function}\nPY={fake}\nBUILD_CONSTRAINTS={constraints}\nhost_wheel --no-deps x"
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert p.stdout.splitlines() == [
+        str(constraints),
+        str(constraints),
+        "-m pip wheel --no-cache-dir --no-deps x",
+    ]
+
+
 def test_cuda_pins_satisfy_the_gpu_extra():
     import tomllib
 
