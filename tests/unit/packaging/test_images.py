@@ -255,11 +255,22 @@ def _build_sh_python() -> str:
     return re.search(r"^PYTHON_VERSION=([0-9.]+)", BUILD.read_text(), re.M).group(1)
 
 
+def _assert_cache_dir_is_the_runners(steps: list[dict]) -> None:
+    """actions/cache restores the archives as the runner user: a cache directory made by `sudo mkdir` (root's)
+    makes every restore fail with only a warning, so each run would rebuild the images cold."""
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert 'sudo install -d -o "$(id -u)" -g "$(id -g)" "$KUBETUNE_CACHE_DIR"' in runs
+    assert not re.search(r"sudo mkdir[^\n]*KUBETUNE_CACHE_DIR", runs)
+    cached = [step for step in steps if step.get("uses", "").startswith("actions/cache")]
+    assert cached and all("KUBETUNE_CACHE_DIR" in step["with"]["path"] for step in cached)
+
+
 def test_kind_workflow_copies_are_identical():
     source = REPO / "e2e" / "kind" / "github-workflow.yaml"
     assert (WORKFLOWS / "kind-e2e.yaml").read_text() == source.read_text()
     steps = _steps(source, "kind-e2e")
     assert any(step.get("run", "").strip().endswith("e2e/kind/run.sh") for step in steps)
+    _assert_cache_dir_is_the_runners(steps)
     python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
     assert python == [_build_sh_python()], "images/build.sh downloads the wheelhouse with the image's Python"
 
@@ -279,6 +290,7 @@ def test_images_workflow_builds_with_build_sh_and_runs_the_image_tests():
     assert "docker" not in runs.lower()
     python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
     assert python == [_build_sh_python()]
+    _assert_cache_dir_is_the_runners(steps)
     # A change to any input of the images' cache key (images/build.sh image_key) triggers the workflow.
     paths = yaml.safe_load(workflow.read_text())[True]["pull_request"]["paths"]
     for path in ("images/**", "runtime/**", "operator/**", "pyproject.toml", "constraints.txt", "README.md"):
