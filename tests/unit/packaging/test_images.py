@@ -265,6 +265,27 @@ def _assert_cache_dir_is_the_runners(steps: list[dict]) -> None:
     assert cached and all("KUBETUNE_CACHE_DIR" in step["with"]["path"] for step in cached)
 
 
+def test_both_workflows_share_the_archives_cache_entries():
+    """One cache entry per archive (key images-<name>-<hash>, the path build.sh writes), the same in both
+    workflows: the runtime archive is 3 GB of the repository's 10 GB of GitHub Actions cache."""
+
+    def caches(workflow: str, job: str) -> list[tuple[str, str]]:
+        steps = _steps(WORKFLOWS / workflow, job)
+        return [
+            (s["with"]["path"], s["with"]["key"])
+            for s in steps
+            if s.get("uses", "").startswith("actions/cache")
+        ]
+
+    expected = [
+        (f"${{{{ env.KUBETUNE_CACHE_DIR }}}}/images/${{{{ steps.keys.outputs.{name} }}}}",
+         f"images-${{{{ steps.keys.outputs.{name} }}}}")
+        for name in ("operator", "runtime")
+    ]  # fmt: skip
+    assert caches("images.yaml", "images") == expected
+    assert caches("kind-e2e.yaml", "kind-e2e") == expected
+
+
 def test_kind_workflow_copies_are_identical():
     source = REPO / "e2e" / "kind" / "github-workflow.yaml"
     assert (WORKFLOWS / "kind-e2e.yaml").read_text() == source.read_text()
