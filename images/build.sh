@@ -128,7 +128,7 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
     # The GPU stack too (one image for CPU and GPU nodes), flash-attn left out (source only). deepspeed is an
     # sdist: built here as a pure-Python wheel (DS_BUILD_OPS=0; its setup runs without torch, CUDA ops build at first use).
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
-      -c "$HERE/runtime/constraints-cuda.txt" "$wheel[$extras]" bitsandbytes liger-kernel
+      -c "$HERE/runtime/constraints-cuda.txt" "$wheel[$extras]" bitsandbytes liger-kernel kernels
     DS_BUILD_OPS=0 host_wheel --quiet --no-deps --wheel-dir "$2" \
       -c "$HERE/runtime/constraints-cuda.txt" deepspeed 2>>"$2/../pip-wheel.log"
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \

@@ -20,6 +20,17 @@ def unfrozen_parameter_regex(pattern: str) -> re.Pattern:
     return re.compile(re.sub(r"\.(?!\+)", r"\\.", pattern))
 
 
+class Mxfp4Kwargs(Section):
+    """Keyword arguments of transformers' `Mxfp4Config` (`model_quantization_config_kwargs`)."""
+
+    dequantize: bool = field(
+        False,
+        description="Unpack the checkpoint's MXFP4 expert weights into plain bf16 weights as they load, so "
+        "they can be trained (required: transformers' MXFP4 layers do not train). Default: false, as in "
+        "transformers.",
+    )
+
+
 class LoftQ(Section):
     """peft's LoftQ initialisation of the LoRA weights (`peft.loftq_config`)."""
 
@@ -123,6 +134,23 @@ class AdapterKeys(Section):
                 ) from None
         return value
 
+    lisa_n_layers: int | None = field(
+        None,
+        description="LISA (layerwise importance sampled AdamW): in a full fine-tune, train only this many "
+        "decoder layers at a time, drawn at random (from `seed`) every `lisa_step_interval` steps; the "
+        "other layers are frozen meanwhile, the embeddings, final norm and output head always train. One "
+        "process only (not DDP, FSDP or DeepSpeed). Default: off.",
+        ge=1,
+    )
+    lisa_step_interval: int | None = field(
+        None,
+        description="LISA: optimizer steps between two draws of the trained layers (required with lisa_n_layers).",
+        ge=1,
+    )
+    lisa_layers_attribute: str | None = field(
+        None,
+        description="LISA: dotted path of the decoder layer list in the model. Default: `model.layers`.",
+    )
     load_in_8bit: bool = field(
         False, description="Load the base model in 8-bit (bitsandbytes); needs `adapter: lora`."
     )
@@ -138,4 +166,15 @@ class AdapterKeys(Section):
     )
     bnb_4bit_use_double_quant: bool | None = field(
         None, description="4-bit: also quantize the quantization constants. Default: true."
+    )
+    model_quantization_config: Literal["Mxfp4Config"] | None = field(
+        None,
+        description="Axolotl's name of the transformers quantization config the base model loads with. "
+        "`Mxfp4Config` (gpt-oss checkpoints, whose MoE experts are stored in MXFP4) with "
+        "`model_quantization_config_kwargs: {dequantize: true}`: the experts are unpacked into bf16 "
+        "weights while loading, on any machine (without it, a GPU with the MXFP4 kernels keeps them "
+        "packed, and transformers' MXFP4 layers cannot be trained). Not with load_in_4bit / load_in_8bit.",
+    )
+    model_quantization_config_kwargs: Mxfp4Kwargs | None = field(
+        None, description="Keyword arguments of `model_quantization_config` (`dequantize`)."
     )

@@ -36,70 +36,113 @@ def _table(names: str, hint: str = "", **kwargs) -> dict[str, Unimplemented]:
     return {name: Unimplemented(hint, **kwargs) for name in names.split()}
 
 
+_MOE = (
+    "kubetune runs the model's own (transformers) MoE experts: it has no expert kernels (ScatterMoE, "
+    "SonicMoE, grouped_mm), no 4/8-bit quantization of the fused expert tensors (load_in_4bit quantizes the "
+    "linear layers only, the experts load in bf16) and no NVFP4 expert merge; remove it (same result; the "
+    "experts need their bf16 memory)"
+)
+_QAT = (
+    "quantization-aware training (fake-quantized weights and activations) is not implemented; remove qat to "
+    "train in bf16, and quantize the result afterwards"
+)
+_REWARD = "reward and process-reward models (a classification head) are not supported yet; remove it"
+_TRACKERS = "kubetune reports to TensorBoard, MLflow or W&B (use_tensorboard, use_mlflow, wandb_*); remove it"
+_RAY = "kubetune schedules its workers itself (torchrun, or the operator on Kubernetes): remove it"
+_TILED = (
+    "tiled MLP (the MLP over sequence chunks) is not implemented; gradient_checkpointing and "
+    "activation_offloading lower activation memory instead: remove it"
+)
+_CAUSAL_EVAL = (
+    "generation-based evaluation is not implemented; every evaluation reports eval loss and perplexity "
+    "(eval_steps / evals_per_epoch): remove it"
+)
+_GPTQ = (
+    "GPTQ-quantized base models are not supported; train on the unquantized model with load_in_4bit instead"
+)
+_RELORA = "ReLoRA (periodic merge and restart of the adapter) is not implemented; remove it"
+_SAVE_ONLY = (
+    "kubetune's checkpoints always hold the optimizer and scheduler state, so a run resumes exactly where it "
+    "stopped; remove it"
+)
+
 # Top-level keys.
 TOP_LEVEL: dict[str, Unimplemented] = {
     # Everything below is accepted when empty/off and refused when set.
     **_table(
         """accelerator_config adam_beta3 adam_epsilon2 added_tokens_overrides
-        auto_find_batch_size batch_flattening bench_dataset bench_split bnb_config_kwargs
-        center_rewards_coefficient chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
-        cls_model_config comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
+        auto_find_batch_size batch_flattening bench_dataset bench_split
+        chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
+        comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
         comet_project_name comet_workspace curriculum_sampling
         dataloader_drop_last dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
-        do_causal_lm_eval dpo_generate_during_eval
+        dpo_generate_during_eval
         dpo_norm_loss dpo_padding_free dpo_use_liger_kernel dpo_use_logits_to_keep
         dynamic_checkpoint eaft_alpha eaft_k ebft embedding_lr embedding_lr_scale
-        embeddings_skip_upcast eval_causal_lm_metrics eval_max_new_tokens eval_sequence_len
-        eval_table_size excess_length_strategy experts_implementation fix_untrained_tokens
+        embeddings_skip_upcast eval_sequence_len
+        excess_length_strategy fix_untrained_tokens
         flash_attn_cross_entropy flash_attn_d512 flash_optimum
-        flex_attention flex_attn_compile_kwargs fp32_norm_classes fp32_norms fp8
+        flex_attention fp32_norm_classes fp32_norms fp8
         fp8_enable_fsdp_float8_all_gather freeze_mm_modules gc_collect_steps gc_steps
         gemma4_hybrid_attn_impl generate_samples generation_do_sample generation_max_new_tokens
-        generation_prompt_ratio generation_temperature generation_top_k generation_top_p gptq gptq_groupsize
-        gptq_model_v1 gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
+        generation_prompt_ratio generation_temperature generation_top_k generation_top_p
+        gpu_memory_limit gradio_max_new_tokens gradio_server_name gradio_server_port gradio_share
         gradio_temperature gradio_title greater_is_better hub_revision hub_strategy
         image_resize_algorithm image_size include_tkps include_tokens_per_second is_preprocess
-        jagged_restart_anneal_steps jagged_restart_steps jagged_restart_warmup_steps
-        landmark_attention large_head_attention layer_offloading lisa_layers_attribute
-        lisa_n_layers lisa_step_interval llama4_linearized_experts load_best_model_at_end lora_alpha_pattern
+        landmark_attention large_head_attention layer_offloading
+        load_best_model_at_end lora_alpha_pattern
         lora_embedding_kernel lora_on_cpu lora_rank_pattern
         loraplus_lr_embedding loraplus_lr_ratio lr_div_factor lr_groups
         max_memory max_prompt_len mean_resizing_embeddings merge_method
-        metric_for_best_model model_kwargs model_quantization_config
-        model_quantization_config_kwargs multipack_real_batches neftune_noise_alpha
-        noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples num_labels optim_args
-        optim_target_modules otel_metrics_host otel_metrics_port pad_to_multiple_of
+        metric_for_best_model model_kwargs multipack_real_batches neftune_noise_alpha
+        noisy_embedding_alpha num_dataset_shards_to_save num_generation_samples optim_args
+        optim_target_modules pad_to_multiple_of
         peft_autocast_adapter_dtype peft_ensure_weight_tying peft_init_lora_weights peft_layer_replication
         peft_layers_pattern peft_layers_to_transform peft_trainable_token_indices
         pose_max_context_len pose_num_chunks pose_split_on_token_ids
-        preprocess_iterable pretrain_multipack_attn pretrain_multipack_buffer_size
-        pretraining_sample_concatenation process_reward_model processor_kwargs processor_type profiler_steps
-        profiler_steps_start push_dataset_to_hub qat qgalore_cos_threshold qgalore_gamma_proj
+        preprocess_iterable
+        pretraining_sample_concatenation processor_kwargs processor_type profiler_steps
+        profiler_steps_start push_dataset_to_hub qgalore_cos_threshold qgalore_gamma_proj
         qgalore_proj_bits qgalore_proj_group_size qgalore_proj_quant qgalore_proj_type qgalore_queue_size
         qgalore_rank qgalore_scale qgalore_update_proj_gap qlora_sharded_model_loading quantization
-        quantize_moe_experts ray_num_workers ray_run_name relora relora_anneal_steps
-        relora_cpu_offload relora_prune_method relora_prune_ratio relora_steps relora_warmup_steps
-        remove_unused_columns resources_per_worker reward_model
+        remove_unused_columns
         role_boundaries rope_scaling s2_attention sage_attention sample_packing_bin_size
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
-        save_only_model scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
+        scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
-        skip_prepare_dataset streaming streaming_multipack_buffer_size strict tiled_mlp tiled_mlp_num_shards
-        tiled_mlp_use_original_mlp torch_compile_backend
+        skip_prepare_dataset strict
+        torch_compile_backend
         torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
-        unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_comet use_eaft
-        use_onebitllms use_otel_metrics use_pose use_ray use_trackio vllm
+        unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_eaft
+        use_onebitllms use_pose vllm
         xpos_rope
-        use_scattermoe use_sonicmoe
-        swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace
-        swanlab_log_model swanlab_log_completions swanlab_completion_log_interval swanlab_completion_max_buffer
-        use_swanlab gptq_disable_exllama llmcompressor diffusion base_model_ignore_patterns nvfp4_merge_aware
-        use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode"""
+        llmcompressor diffusion base_model_ignore_patterns"""
     ),
     # With something to say.
+    **_table(
+        "quantize_moe_experts use_scattermoe use_sonicmoe experts_implementation nvfp4_merge_aware use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode",
+        _MOE,
+    ),
+    **_table("qat", _QAT),
+    **_table(
+        "reward_model process_reward_model num_labels cls_model_config center_rewards_coefficient", _REWARD
+    ),
+    **_table(
+        "use_otel_metrics otel_metrics_host otel_metrics_port use_swanlab swanlab_project swanlab_experiment_name swanlab_description swanlab_mode swanlab_workspace swanlab_log_model swanlab_log_completions swanlab_completion_log_interval swanlab_completion_max_buffer use_comet use_trackio",
+        _TRACKERS,
+    ),
+    **_table("use_ray ray_num_workers ray_run_name resources_per_worker", _RAY),
+    **_table("tiled_mlp tiled_mlp_num_shards tiled_mlp_use_original_mlp", _TILED),
+    **_table("do_causal_lm_eval eval_causal_lm_metrics eval_max_new_tokens eval_table_size", _CAUSAL_EVAL),
+    **_table("gptq gptq_disable_exllama gptq_groupsize gptq_model_v1", _GPTQ),
+    **_table(
+        "relora relora_steps relora_warmup_steps relora_anneal_steps relora_prune_ratio relora_prune_method relora_cpu_offload jagged_restart_steps jagged_restart_warmup_steps jagged_restart_anneal_steps",
+        _RELORA,
+    ),
+    **_table("save_only_model", _SAVE_ONLY),
     **_table(
         "sequence_parallel_degree context_parallel_degree heads_k_stride ring_attn_func",
         _TP_CP,
@@ -140,6 +183,12 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         "transformers 5 always loads the weights without a second copy in CPU memory (and ignores this key)",
         inert=(True, False),
     ),
+    # Packed examples never attend to each other in kubetune (data/collator, train/attention): Axolotl's
+    # default true is its behaviour; false (attention across the documents of a packed row) is not implemented.
+    "pretrain_multipack_attn": Unimplemented(
+        "kubetune keeps the examples of a packed row apart (their attention never crosses); remove it",
+        inert=(True,),
+    ),
     "tokenizer_use_fast": Unimplemented("kubetune always loads the fast tokenizer", inert=(True,)),
     "tokenizer_save_jinja_files": Unimplemented("", inert=(True,)),
     "experimental_skip_move_to_device": Unimplemented("", inert=(True,)),
@@ -151,6 +200,7 @@ RENAMED: dict[str, str] = {
     "model_config": "model_config_overrides",  # pydantic reserves the name model_config
     "evaluation_strategy": "eval_strategy",  # transformers' older spelling
     "model_revision": "revision_of_model",  # an older Axolotl spelling
+    "pretrain_multipack_buffer_size": "streaming_multipack_buffer_size",  # Axolotl's name before v0.13
 }
 
 # Keys of a `datasets[]` / `test_datasets[]` entry.

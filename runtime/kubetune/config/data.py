@@ -164,3 +164,20 @@ class DataKeys(Section):
         False,
         description="Train on the prompt tokens as well. Default false: only response tokens carry labels.",
     )
+    streaming: bool = field(
+        False,
+        description="Read `datasets` as streams (`datasets` streaming: a hub dataset is never downloaded or "
+        "tokenized whole): each entry's rows are tokenized in batches, entry after entry, until the "
+        "examples kept cover `max_steps` (required) optimizer steps (rows of `sequence_len` tokens with "
+        "`sample_packing`, one example each without); those are then prepared like any dataset (evaluation "
+        "split, shuffle by `seed`, packing). `test_datasets` are read whole. `pretraining_dataset` is always "
+        "streamed. Default: false.",
+    )
+    streaming_multipack_buffer_size: int | None = field(
+        None,
+        description="Read a stream (`streaming: true` or `pretraining_dataset`) through a shuffle buffer of "
+        "this many rows drawn by `seed` (`datasets.IterableDataset.shuffle`), as Axolotl shuffles its "
+        "streams; which rows are read first then varies with the seed. The rows read are packed together "
+        "as one set (not buffer by buffer). Default: the stream's own order.",
+        ge=1,
+    )

@@ -10,8 +10,9 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import compat
-from .adapter import LoftQ, PeftOptions
+from .adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from .datasets import DatasetConfig
+from .hardware import FlexCompileKwargs
 from .model import SpecialTokens
 from .parallel import FsdpConfig
 from .preference import TrlConfig
@@ -25,12 +26,18 @@ _NESTED_ANCHORS = {
     GradientCheckpointingKwargs: "gradient_checkpointing_kwargs",
     PeftOptions: "peft",
     LoftQ: "peftloftq_config",
+    Mxfp4Kwargs: "model_quantization_config_kwargs",
+    FlexCompileKwargs: "flex_attn_compile_kwargs",
     TrlConfig: "trl",
 }
 
 RULES_TEXT = """\
 - `adapter: qlora` needs `load_in_4bit: true`; `adapter: lora` with `load_in_4bit: true` should be `qlora`.
 - `load_in_4bit` and `load_in_8bit` exclude each other; either needs an adapter; `bnb_4bit_*` keys need `load_in_4bit`.
+  Axolotl's `bnb_config_kwargs: {bnb_4bit_use_double_quant, bnb_4bit_quant_type, bnb_4bit_compute_dtype}` are
+  read as those keys (other arguments refused).
+- `model_quantization_config: Mxfp4Config` needs `model_quantization_config_kwargs: {dequantize: true}` and
+  no `load_in_4bit` / `load_in_8bit`; the kwargs need the config.
 - `lora_*` / `peft_*` keys and `peft` set (to a non-default value) without an `adapter` are refused;
   `peft.loftq_config` needs `adapter: lora` (no 4/8-bit base) and no `lora_model_dir`.
 - With an adapter, `lora_target_modules` or `lora_target_linear` is required (unless `lora_model_dir` is given).
@@ -195,6 +202,8 @@ def render_markdown() -> str:
         ),
         ("peft", PeftOptions, (PeftOptions.__doc__ or "").strip()),
         ("peft.loftq_config", LoftQ, (LoftQ.__doc__ or "").strip()),
+        ("model_quantization_config_kwargs", Mxfp4Kwargs, (Mxfp4Kwargs.__doc__ or "").strip()),
+        ("flex_attn_compile_kwargs", FlexCompileKwargs, (FlexCompileKwargs.__doc__ or "").strip()),
     ]
     for title, model, blurb in nested:
         out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]

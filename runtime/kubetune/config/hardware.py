@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
@@ -17,10 +18,33 @@ ATTN_IMPLEMENTATIONS = (
     "flex_attention",
     "xformers",
 )
+# Attention kernels from the Hub's `kernels-community` organisation (the one transformers loads without
+# `allow_all_kernels`), e.g. `kernels-community/vllm-flash-attn3` (FlashAttention-3 with gpt-oss' attention
+# sinks): transformers fetches the kernel with the `kernels` package and runs it through its flash-attention
+# wrapper, so packed rows reach it as cu_seqlens like flash_attention_2's.
+HUB_KERNEL = re.compile(r"kernels-community/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._-]+)?")
+
+
+def is_hub_kernel(value: object) -> bool:
+    return isinstance(value, str) and HUB_KERNEL.fullmatch(value) is not None
+
+
 ATTN_HINTS = {
     "sage": "use flash_attention_2",
     "s2": "use flash_attention_2",
 }
+
+
+class FlexCompileKwargs(Section):
+    """Keyword arguments of the `torch.compile` of flex attention (`flex_attn_compile_kwargs`)."""
+
+    dynamic: bool | None = field(
+        None, description="Compile for dynamic shapes (true) or specialise on each shape (false)."
+    )
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = field(
+        None, description="torch.compile's mode, e.g. `max-autotune-no-cudagraphs` (tunes the kernels)."
+    )
+    fullgraph: bool | None = field(None, description="Refuse graph breaks.")
 
 
 class PrecisionKeys(Section):
@@ -51,6 +75,7 @@ class PrecisionKeys(Section):
     )
     attn_implementation: (
         Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "xformers"]
+        | Annotated[str, StringConstraints(pattern=HUB_KERNEL.pattern)]
         | None
     ) = field(
         None,
@@ -59,8 +84,20 @@ class PrecisionKeys(Section):
         "SDPA with the same mask runs, logged). `xformers` is xformers' memory-efficient kernel as torch "
         "ships it: SDPA restricted to `SDPBackend.EFFICIENT_ATTENTION` with the document mask (any "
         "precision; CUDA only, a CPU run stops at start, as does a model whose attention layers take no "
-        "registered attention function, e.g. Falcon; the xformers package is not needed). Default: "
+        "registered attention function, e.g. Falcon; the xformers package is not needed). "
+        "`kernels-community/NAME` (e.g. `kernels-community/vllm-flash-attn3`, FlashAttention-3 with gpt-oss' "
+        "attention sinks) is a flash-attention kernel transformers fetches from the Hub with the `kernels` "
+        "package (kubetune[gpu]); packed rows reach it as cu_seqlens; CUDA and bf16/fp16 only, a CPU run "
+        "stops at start. Default: "
         "`flash_attention_2` with `flash_attention`, else kubetune picks the fastest kernel for the machine.",
+    )
+    flex_attn_compile_kwargs: FlexCompileKwargs | None = field(
+        None,
+        description="With `attn_implementation: flex_attention`: the options of the `torch.compile` of "
+        "torch's flex_attention (transformers compiles it once with none of its own on torch >= 2.7), e.g. "
+        "`{dynamic: false, mode: max-autotune-no-cudagraphs}` as in Axolotl's Llama 4 examples. Flex "
+        "attention runs on a CUDA GPU in bf16/fp16 only: elsewhere the run stops at start rather than fall "
+        "back to SDPA with these options unused.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
     torch_compile_mode: (
@@ -76,15 +113,21 @@ class PrecisionKeys(Section):
     @field_validator("attn_implementation", mode="before")
     @classmethod
     def _known_implementation(cls, value: object) -> object:
-        if not isinstance(value, str) or value in ATTN_IMPLEMENTATIONS:
+        if not isinstance(value, str) or value in ATTN_IMPLEMENTATIONS or is_hub_kernel(value):
             return value
         hint = ATTN_HINTS.get(value)
         if hint is None and "/" in value:
             hint = (
-                "hub attention kernels are not loaded by kubetune; use flash_attention_2 or flash_attention_3"
+                "kubetune loads hub attention kernels from kernels-community only (transformers' verified "
+                "organisation), e.g. kernels-community/vllm-flash-attn3; or use flash_attention_2"
             )
-        if hint is None:
-            return value  # the Literal's own error lists the choices
+        if hint is None:  # listed here: the union with the hub-kernel pattern would blur pydantic's message
+            choices = ", ".join(ATTN_IMPLEMENTATIONS)
+            raise PydanticCustomError(
+                "attn_implementation_unknown",
+                "attn_implementation '{value}' is not one of " + choices + " or kernels-community/NAME",
+                {"value": value, "fix": f"use one of: {choices}"},
+            )
         raise PydanticCustomError(
             "attn_implementation_not_implemented",
             "attn_implementation '{value}' is not implemented by kubetune",

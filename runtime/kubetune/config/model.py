@@ -27,6 +27,7 @@ SHIPPED_CHAT_TEMPLATES: tuple[str, ...] = (
     "qwen3_5",
     "cohere",
     "deepseek_v2",
+    "jamba",
     "mistral_v1",
     "mistral_v2v3",
     "mistral_v3_tekken",
@@ -49,7 +50,7 @@ CHAT_TEMPLATE_NAMES: tuple[str, ...] = _CHAT_TEMPLATE_NAMES
 # Templates Axolotl ships that kubetune does not (yet): named so the error can say so.
 AXOLOTL_ONLY_CHAT_TEMPLATES = frozenset(
     """alpaca llama3_2_vision
-    phi_35 phi_4 deepseek_v3 jamba nemotron_h exaone exaone4 metharme pixtral llava
+    phi_35 phi_4 deepseek_v3 nemotron_h exaone exaone4 metharme pixtral llava
     qwen2_vl gemma4_unified command_a command_a_tool_use command_a_rag aya""".split()
 )
 
@@ -151,7 +152,7 @@ class ModelKeys(Section):
         description="Chat template for `chat_template` datasets: `tokenizer_default` (the tokenizer's own), "
         "one kubetune ships, written from each family's published turn format (`chatml`, `llama3`, `llama4`, "
         "`gemma`, `gemma3`, `gemma3n`, `gemma4`, `phi_3`, `falcon_h1`, `qwen_25`, `qwen3`, `qwen3_5`, `cohere`, "
-        "`deepseek_v2`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
+        "`deepseek_v2`, `jamba`, `mistral_v1`, `mistral_v2v3`, `mistral_v3_tekken`, `mistral_v7_tekken`; "
         "text turns only, `qwen3`/`qwen3_5` with reasoning), `tokenizer_default_fallback_<name>` (the "
         "tokenizer's own, else the named one) or `jinja` (the template in `chat_template_jinja`). "
         "Default: `tokenizer_default`.",
@@ -180,6 +181,15 @@ class ModelKeys(Section):
         description="Train from randomly initialised weights of `base_model`'s architecture (its config; "
         "the weights are not read), initialised from `seed` as transformers initialises a new model: "
         "pretraining from scratch. Default: load the pretrained weights.",
+    )
+    llama4_linearized_experts: bool = field(
+        False,
+        description="Build Llama 4's routed experts as one linear layer per expert and projection "
+        "(`experts.gate_projs.N` / `up_projs.N` / `down_projs.N`), the layout of Axolotl's linearized Llama 4 "
+        "checkpoints (e.g. `axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16`), in place of "
+        "transformers' two fused expert tensors: the checkpoint's per-expert weights load into them (4-bit "
+        "with `load_in_4bit`) and LoRA can target them. Same computation. Llama 4 models only (any other stops "
+        "at start); also applied when `kubetune merge` / `generate` load the base. Default: false.",
     )
     resize_token_embeddings_to_32x: bool = field(
         False,

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
 from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
+from .hardware import is_hub_kernel
 from .parallel import FSDP_SHARDING_STRATEGIES, MESH_KEYS
 from .problems import ConfigProblem
 from .schema import TrainConfig
@@ -65,6 +66,62 @@ LORA_KEYS = (
 BNB_4BIT_KEYS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
 
 
+def _model_quantization(cfg: TrainConfig) -> Iterator[ConfigProblem]:
+    """model_quantization_config: Mxfp4Config is honoured only as Axolotl's examples use it (dequantized)."""
+    kwargs = cfg.model_quantization_config_kwargs
+    if kwargs is not None and cfg.model_quantization_config is None:
+        yield ConfigProblem(
+            "model_quantization_config_kwargs",
+            "model_quantization_config_kwargs is set but model_quantization_config is not",
+            "add `model_quantization_config: Mxfp4Config`, or remove model_quantization_config_kwargs",
+        )
+    if cfg.model_quantization_config is None:
+        return
+    if kwargs is None or not kwargs.dequantize:
+        yield ConfigProblem(
+            "model_quantization_config_kwargs",
+            "Mxfp4Config without dequantize: true keeps the MXFP4 experts packed where the kernels exist, "
+            "and transformers' MXFP4 layers cannot be trained",
+            "add `model_quantization_config_kwargs: {dequantize: true}`",
+        )
+    if cfg.load_in_4bit or cfg.load_in_8bit:
+        yield ConfigProblem(
+            "model_quantization_config",
+            "model_quantization_config and load_in_4bit / load_in_8bit are two quantization configs for "
+            "one model",
+            "keep one: Mxfp4Config (dequantized) for an MXFP4 checkpoint, or bitsandbytes for the others",
+        )
+
+
+@rule
+def lisa(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
+    """LISA switches requires_grad of whole layers of a full fine-tune, in one process."""
+    if not cfg.lisa_n_layers:
+        for key in ("lisa_step_interval", "lisa_layers_attribute"):
+            if getattr(cfg, key) is not None:
+                yield ConfigProblem(
+                    key,
+                    f"{key} is a LISA setting, and lisa_n_layers is not set",
+                    f"add lisa_n_layers, or remove {key}",
+                )
+        return
+    if cfg.lisa_step_interval is None:
+        yield ConfigProblem(
+            "lisa_step_interval",
+            "lisa_n_layers needs lisa_step_interval (steps between draws)",
+            "add e.g. `lisa_step_interval: 20`",
+        )
+    clash = [
+        key for key in ("adapter", "unfrozen_parameters", "fsdp", "deepspeed", "rl") if getattr(cfg, key)
+    ]
+    if clash:
+        yield ConfigProblem(
+            "lisa_n_layers",
+            f"LISA trains whole decoder layers of a full fine-tune in one process, and {clash[0]} is set",
+            f"remove {clash[0]}, or remove lisa_n_layers",
+        )
+
+
 @rule
 def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
     if cfg.reinit_weights and (cfg.load_in_4bit or cfg.load_in_8bit):
@@ -85,6 +142,7 @@ def adapter_and_quantization(cfg: TrainConfig, _: Path | None) -> Iterator[Confi
             "adapter: lora with load_in_4bit: true is QLoRA",
             "set `adapter: qlora`",
         )
+    yield from _model_quantization(cfg)
     if cfg.load_in_4bit and cfg.load_in_8bit:
         yield ConfigProblem(
             "load_in_8bit",
@@ -181,6 +239,13 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
             f"torch_compile_mode: {cfg.torch_compile_mode} is the mode of torch.compile, and torch_compile is off",
             "add `torch_compile: true`, or remove torch_compile_mode",
         )
+    if cfg.flex_attn_compile_kwargs is not None and cfg.attn_implementation != "flex_attention":
+        yield ConfigProblem(
+            "flex_attn_compile_kwargs",
+            "flex_attn_compile_kwargs configures the compile of flex attention, and attn_implementation is "
+            f"{cfg.attn_implementation or 'not flex_attention'}",
+            "add `attn_implementation: flex_attention`, or remove flex_attn_compile_kwargs",
+        )
     flags = [
         flag for flag in ("flash_attention", "sdp_attention", "xformers_attention") if getattr(cfg, flag)
     ]
@@ -198,7 +263,8 @@ def precision_and_attention(cfg: TrainConfig, _: Path | None) -> Iterator[Config
     }
     if cfg.attn_implementation:
         for flag, allowed in expected.items():
-            if getattr(cfg, flag) and cfg.attn_implementation not in allowed:
+            hub_flash = flag == "flash_attention" and is_hub_kernel(cfg.attn_implementation)
+            if getattr(cfg, flag) and cfg.attn_implementation not in allowed and not hub_flash:
                 yield ConfigProblem(
                     "attn_implementation",
                     f"attn_implementation: {cfg.attn_implementation} contradicts {flag}: true",
@@ -228,6 +294,22 @@ def data(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]:
             "max_steps",
             "pretraining_dataset is read as a stream, which has no epochs: the run's length is max_steps",
             "add `max_steps: N`",
+        )
+    if cfg.streaming and cfg.max_steps is None:
+        yield ConfigProblem(
+            "max_steps",
+            "streaming: true reads the datasets as streams, which have no epochs: the run's length is max_steps",
+            "add `max_steps: N`, or remove streaming",
+        )
+    if cfg.streaming and cfg.rl:
+        yield ConfigProblem(
+            "streaming", "streaming reads SFT examples, and rl: trains on pairs", "remove streaming"
+        )
+    if cfg.streaming_multipack_buffer_size and not (cfg.streaming or cfg.pretraining_dataset):
+        yield ConfigProblem(
+            "streaming_multipack_buffer_size",
+            "streaming_multipack_buffer_size shuffles a stream, and no dataset is streamed",
+            "add `streaming: true` (or use pretraining_dataset), or remove streaming_multipack_buffer_size",
         )
     if cfg.dataset_exact_deduplication and (cfg.pretraining_dataset or cfg.rl):
         source = (

@@ -108,8 +108,8 @@ def screen(
         ):
             out[name] = value  # folded into fsdp / fsdp_config by _normalise_fsdp
             continue
-        if model is TrainConfig and name in ("batch_size", "bfloat16"):
-            out[name] = value  # folded into gradient_accumulation_steps / bf16
+        if model is TrainConfig and name in ("batch_size", "bfloat16", "bnb_config_kwargs"):
+            out[name] = value  # folded into gradient_accumulation_steps / bf16 / the bnb_4bit_* keys
             continue
         entry = table.get(name) or (table.get(f"fsdp_{name}") if model is FsdpConfig else None)
         if entry is not None:
@@ -148,6 +148,7 @@ def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProbl
             )
         elif bfloat16 and "bf16" not in out:
             out["bf16"] = True
+    _fold_bnb_config_kwargs(out, problems)
     if "batch_size" not in out:
         return
     value = out.pop("batch_size")
@@ -182,6 +183,47 @@ def _normalise_axolotl_spellings(out: dict[str, Any], problems: list[ConfigProbl
         )
         return
     out["gradient_accumulation_steps"] = value // micro
+
+
+# bitsandbytes' BitsAndBytesConfig arguments that kubetune has as keys of its own; the others it sets itself.
+_BNB_KWARGS = ("bnb_4bit_use_double_quant", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
+
+
+def _fold_bnb_config_kwargs(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
+    """Axolotl's `bnb_config_kwargs` (extra BitsAndBytesConfig arguments): those kubetune has as top-level
+    keys are read as them (a value given both ways must agree); the others are refused by name."""
+    kwargs = out.pop("bnb_config_kwargs", None)
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping):
+        problems.append(
+            ConfigProblem(
+                "bnb_config_kwargs",
+                f"expected a mapping, got {short(kwargs)}",
+                "e.g. {bnb_4bit_use_double_quant: true}",
+            )
+        )
+        return
+    for key, value in kwargs.items():
+        where = f"bnb_config_kwargs.{key}"
+        if key not in _BNB_KWARGS:
+            problems.append(
+                ConfigProblem(
+                    where,
+                    f"kubetune sets BitsAndBytesConfig's {key} itself",
+                    f"remove it; the arguments kubetune takes here are {', '.join(_BNB_KWARGS)} (the top-level keys of those names)",
+                )
+            )
+        elif key in out and out[key] != value:
+            problems.append(
+                ConfigProblem(
+                    where,
+                    f"{key} is {short(out[key])} at the top level and {short(value)} here",
+                    f"keep one {key}",
+                )
+            )
+        elif value is not None:
+            out[key] = value
 
 
 # Axolotl's other spellings of FSDP settings, folded into the `fsdp` list / `fsdp_config`.

@@ -27,6 +27,7 @@ from kubetune.data.loading import data_fingerprint, load_rows, option
 from kubetune.data.packing import pack, packing_efficiency
 from kubetune.data.pairs import drop_unusable_pairs, pair_rows, split_eval_pairs
 from kubetune.data.pretraining import needed_tokens, stream_pretraining
+from kubetune.data.streaming import needed_rows, stream_datasets
 from kubetune.data.tokenizing import tokenize_dataset
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ TOKEN_KEYS = (
     "eot_tokens",
     "min_sample_len",
     "dataset_exact_deduplication",
+    "streaming",
+    "streaming_multipack_buffer_size",  # which rows a stream's shuffle buffer yields first
 )
 
 
@@ -121,6 +124,8 @@ def preparation_key(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> str:
             ],
             "tokens": needed_tokens(cfg, sequence_len, world_size),
         }
+    elif option(cfg, "streaming"):  # how much of each stream is read
+        parts["stream"] = {"rows": needed_rows(cfg, world_size)}
     return cache.digest(parts)
 
 
@@ -137,6 +142,8 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
     per_test_dataset: list[dict[str, Any]] = []
     if streamed:
         train = stream_pretraining(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
+    elif option(cfg, "streaming"):
+        train = stream_datasets(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
     else:
         train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
     preference = bool(option(cfg, "rl"))  # two examples per row, kept and split by pair (data/pairs.py)

@@ -1,8 +1,8 @@
 """`pretraining_dataset`: raw text read as a stream, up to the tokens the run needs.
 
 A pretraining corpus (c4, fineweb) is far larger than a run reads, so it is never downloaded or
-prepared whole: each entry is opened as a stream (`datasets` streaming) and read in order, entry
-after entry, until the documents read hold the tokens of `max_steps` optimizer steps (micro_batch_size
+prepared whole: each entry is opened as a stream (`datasets` streaming) and read in order (or through
+the shuffle buffer of `streaming_multipack_buffer_size`, data/streaming.py), entry after entry, until the documents read hold the tokens of `max_steps` optimizer steps (micro_batch_size
 x gradient_accumulation_steps x processes rows of sequence_len tokens). Each document becomes
 bos + text + eos, cut into pieces of at most `sequence_len` tokens (a long document is not dropped);
 every token is trained. The pieces then go through the usual preparation (shuffled by `seed`,
@@ -19,6 +19,7 @@ import numpy as np
 from kubetune.data.errors import data_error
 from kubetune.data.formats.base import IGNORE_INDEX, TokenizedExamples, encode_texts, special_prefix_ids
 from kubetune.data.loading import load_rows, option
+from kubetune.data.streaming import needed_rows, shuffled_stream
 
 log = logging.getLogger("kubetune.data")
 
@@ -27,13 +28,7 @@ _BATCH = 256  # documents tokenized per call
 
 def needed_tokens(cfg, sequence_len: int, world_size: int) -> int:
     """Tokens that max_steps optimizer steps consume (rows of sequence_len tokens)."""
-    rows = (
-        int(option(cfg, "max_steps") or 0)
-        * int(option(cfg, "micro_batch_size") or 1)
-        * int(option(cfg, "gradient_accumulation_steps") or 1)
-        * world_size
-    )
-    return rows * sequence_len
+    return needed_rows(cfg, world_size) * sequence_len
 
 
 def stream_pretraining(
@@ -52,7 +47,8 @@ def stream_pretraining(
         column = option(entry, "text_column") or "text"
         documents, first_piece = 0, len(pieces)
         batch: list[str] = []
-        for row in load_rows(entry, where, option(cfg, "source_dir"), streaming=True):
+        stream = shuffled_stream(load_rows(entry, where, option(cfg, "source_dir"), streaming=True), cfg)
+        for row in stream:
             text = row.get(column)
             if not isinstance(text, str):
                 raise data_error(

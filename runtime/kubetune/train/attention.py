@@ -2,7 +2,8 @@
 
 Every backend honours packing boundaries; they differ only in how the boundaries are handed over:
 
-  flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all)
+  flash_varlen  flash-attn's varlen kernel, given cu_seqlens over the flattened batch (no mask at all);
+                also a hub kernel (`kernels-community/...`) that transformers wraps as a flash attention
   torch_varlen  the same FlashAttention-2 kernels as built into torch (torch.nn.attention.varlen), for
                 bf16/fp16 on CUDA when flash-attn is absent: no wheel to carry, no mask to build
   flex          torch flex attention with a document-causal BlockMask (CUDA, fp32, or an older torch)
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend
 
+from kubetune.config.hardware import is_hub_kernel
 from kubetune.train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,10 @@ def _half_precision(cfg) -> bool:
 
 
 def requested_backend(cfg) -> str | None:
-    """What the config asks for: flash | sdpa | eager | flex | xformers, or None (choose for the machine)."""
+    """What the config asks for: hub_kernel | flash | sdpa | eager | flex | xformers, or None (choose for
+    the machine)."""
+    if is_hub_kernel(cfg.attn_implementation):
+        return "hub_kernel"
     if cfg.attn_implementation in FLASH_IMPLEMENTATIONS or cfg.flash_attention:
         return "flash"
     if cfg.attn_implementation == "xformers" or cfg.xformers_attention:
@@ -225,6 +230,8 @@ def check_request(cfg, *, cuda: bool) -> None:
             "train with PyTorch SDPA attention on CPU.",
             key=key,
         )
+    if requested_backend(cfg) == "hub_kernel":
+        _check_hub_kernel(cfg, cuda=cuda)
     if requested_backend(cfg) == "xformers" and not cuda:
         key = "attn_implementation" if cfg.attn_implementation == "xformers" else "xformers_attention"
         raise UserError(
@@ -235,10 +242,62 @@ def check_request(cfg, *, cuda: bool) -> None:
         )
 
 
+def compile_flex_with(options: dict) -> None:
+    """`flex_attn_compile_kwargs`: transformers' flex attention calls through its module-level
+    compile_friendly_flex_attention, which compiles torch's flex_attention once with options of its own
+    choosing; this puts in its place the same call over flex_attention compiled with `options`."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as hf_flex
+
+    compiled = torch.compile(flex_attention, **options)  # lazy: compiles at the first call
+
+    def compile_friendly_flex_attention(query, key, value, training=False, **kwargs):
+        # Inside a compiled region (torch_compile) the outer compile traces flex_attention itself.
+        function = flex_attention if torch.compiler.is_compiling() else compiled
+        return function(query, key, value, **kwargs)
+
+    hf_flex.compile_friendly_flex_attention = compile_friendly_flex_attention
+    log.info("attention: flex attention compiled with %s", options)
+
+
+def kernels_installed() -> bool:
+    return importlib.util.find_spec("kernels") is not None
+
+
+def _check_hub_kernel(cfg, *, cuda: bool) -> None:
+    """A hub attention kernel is compiled CUDA code taking bf16/fp16, fetched by the `kernels` package."""
+    name = cfg.attn_implementation
+    if not cuda:
+        raise UserError(
+            f"attn_implementation {name} is a CUDA kernel from the Hub, and this machine has no CUDA GPU.",
+            "Run on a GPU node, or set `attn_implementation: sdpa` to train with PyTorch SDPA attention on CPU.",
+            key="attn_implementation",
+        )
+    if not _half_precision(cfg):
+        raise UserError(
+            f"attn_implementation {name} is a flash-attention kernel, which takes bf16/fp16 only, and this run "
+            "computes in float32.",
+            "Set `bf16: true` (or fp16: true), or use `attn_implementation: sdpa`.",
+            key="attn_implementation",
+        )
+    if not kernels_installed():
+        raise UserError(
+            f"attn_implementation {name} is fetched from the Hub by the `kernels` package, which is not installed.",
+            "pip install 'kubetune[gpu]' (or just kernels) in the training image, or use "
+            "`attn_implementation: flash_attention_2`.",
+            key="attn_implementation",
+        )
+
+
 def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
     """The backend for this config on this machine; a fallback is logged, never silent."""
     check_request(cfg, cuda=cuda)
     wanted = requested_backend(cfg)
+    if wanted == "hub_kernel":
+        # transformers loads it (kernels.get_kernel) and calls its flash_attn_varlen_func through the same
+        # wrapper as flash_attention_2's: the cu_seqlens of flash_varlen reach it.
+        log.info("attention: hub kernel %s (flash-attention varlen calls)", cfg.attn_implementation)
+        return AttentionBackend("flash_varlen", cfg.attn_implementation)
     if wanted == "eager":
         return AttentionBackend("eager", "eager")
     if wanted == "sdpa":
@@ -251,8 +310,20 @@ def select_backend(cfg, *, cuda: bool) -> AttentionBackend:
         )
         return AttentionBackend("sdpa_efficient", SDPA_EFFICIENT)
     if wanted == "flex":
+        options = getattr(cfg, "flex_attn_compile_kwargs", None)
         if cuda and _half_precision(cfg):
+            if options is not None:
+                compile_flex_with(options.model_dump(exclude_none=True))
             return AttentionBackend("flex", "flex_attention")
+        if options is not None:
+            why = "a CUDA GPU" if not cuda else "bf16/fp16 (this run computes in float32)"
+            raise UserError(
+                f"flex_attn_compile_kwargs sets how flex attention is compiled, and flex attention needs {why}; "
+                "SDPA would run here instead, with those options unused.",
+                "Run on a GPU node in bf16, or remove flex_attn_compile_kwargs (SDPA with the document mask "
+                "then runs, logged).",
+                key="flex_attn_compile_kwargs",
+            )
         # flex attention compiles its kernels for CUDA, and its backward found none for float32 heads on
         # an H200 (see below): SDPA with the same document mask computes the same attention.
         why = "a CUDA GPU" if not cuda else "bf16/fp16 (this run computes in float32)"

@@ -29,7 +29,8 @@ from kubetune.train import model as model_lib
 from kubetune.train.batches import ROW_VALUES, Collate, Plan, eval_batches, make_plan, train_windows
 from kubetune.train.checkpoint import TrainerState
 from kubetune.train.errors import Preempted
-from kubetune.train.loss import CausalLMLoss, loss_function
+from kubetune.train.lisa import Lisa
+from kubetune.train.loss import CausalLMLoss, causal_lm, loss_function
 from kubetune.train.model_options import activation_offloading
 from kubetune.train.preference import PreferenceLoss
 from kubetune.train.preference_setup import preference_module
@@ -265,8 +266,15 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     first_step = state.step
     grad_norm = None
     watchdog = LossWatchdog.from_config(cfg, seen=len(state.history))
+    lisa = (
+        Lisa.from_config(cfg, causal_lm(_objective(run).model), processes=acc.num_processes)
+        if cfg.lisa_n_layers
+        else None
+    )
     window = next(windows)
     while state.step < plan.total_steps:
+        if lisa is not None:
+            lisa.step_begins(state.step)
         counts = StepCounts(acc, window, stop, group=run.group)
         # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over the data-parallel
         # ranks: undo both, so the gradient is that of (sum of token losses) / (trained tokens of the step).

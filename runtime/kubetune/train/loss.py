@@ -131,13 +131,27 @@ class CausalLMLoss(nn.Module):
         router_loss = router_aux_loss(lm)  # None unless model_config sets output_router_logits
         if router_loss is not None:
             decoder_inputs["output_router_logits"] = True
-        out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
+        out = decoder_of(lm)(input_ids=input_ids, use_cache=False, **decoder_inputs)
         loss = self.loss_fn(out.last_hidden_state, targets, lm.get_output_embeddings())
         if router_loss is not None:
             # The loss is a token sum the loop divides by the step's trained tokens: weighting the
             # micro-batch's router loss by its trained tokens makes the step's a token-weighted mean.
             loss = loss + router_loss(out.router_logits) * (targets != IGNORE_INDEX).sum()
         return loss
+
+
+def decoder_of(lm: nn.Module) -> nn.Module:
+    """The decoder stack of a transformers *ForCausalLM (what returns hidden states, not logits).
+
+    transformers' get_decoder finds it by attribute names and base_model_prefix; a model whose prefix
+    names no attribute (Llama4ForCausalLM: prefix `language_model`, decoder at `.model`; and so
+    Llama4ForConditionalGeneration, whose get_decoder asks it) gets itself back, the head included.
+    """
+    found = lm.get_decoder()
+    inner = getattr(found, "model", None)
+    if isinstance(inner, nn.Module) and found.get_output_embeddings() is not None:
+        return inner
+    return found
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

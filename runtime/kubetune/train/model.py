@@ -253,17 +253,24 @@ def load_model(
     quantization = quantization_config(cfg, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
+    elif (unpacked := model_options.checkpoint_quantization(cfg)) is not None:
+        kwargs["quantization_config"] = unpacked  # unpacked to plain weights: not `quantization` below
     if tp_mesh is not None:
         kwargs |= {"tp_plan": "auto", "device_mesh": tp_mesh}
     elif device is not None:
         kwargs["device_map"] = {"": device}
     try:
-        if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
-            model = model_options.new_model(model_cls, source, kwargs, device)
-        else:
-            model = model_cls.from_pretrained(source, **kwargs)
+        with model_options.experts_layout(cfg):  # llama4_linearized_experts
+            if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
+                model = model_options.new_model(model_cls, source, kwargs, device)
+            else:
+                model = model_cls.from_pretrained(source, **kwargs)
+    except UserError:
+        raise  # already names its key and fix (a ValueError too)
     except (OSError, ValueError) as err:
         raise _load_error("base_model", source, err) from err
+    if quantization is None and "quantization_config" in kwargs:
+        model_options.match_unpacked_dtype(model, precision.load_dtype)
     model.config.use_cache = False  # training never reuses a KV cache
     model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
 

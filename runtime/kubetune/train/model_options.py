@@ -1,7 +1,8 @@
 """Axolotl's model-side options, applied by load_model, the loss and the training loop through one call
 each: which weights train (`unfrozen_parameters`), the embedding size (`resize_token_embeddings_to_32x`),
 the router load-balancing loss (`model_config: {output_router_logits: true}`), and activation offloading
-(`activation_offloading`, `gradient_checkpointing: offload`)."""
+(`activation_offloading`, `gradient_checkpointing: offload`), the checkpoint's quantization config
+(`model_quantization_config`) and Llama 4's expert layout (`llama4_linearized_experts`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -159,3 +160,48 @@ def activation_offloading(cfg) -> contextlib.AbstractContextManager:
     if not cfg.activation_offloading:
         return contextlib.nullcontext()
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+
+
+def checkpoint_quantization(cfg):
+    """`model_quantization_config: Mxfp4Config` with `dequantize: true` (config rules refuse any other
+    form): transformers' Mxfp4Config that unpacks a gpt-oss checkpoint's MXFP4 experts into plain
+    weights while loading. Without it a GPU with the MXFP4 kernels keeps them packed, and transformers'
+    MXFP4 layers do not train. None when the key is unset."""
+    if cfg.model_quantization_config != "Mxfp4Config":
+        return None
+    from transformers import Mxfp4Config
+
+    log.info("model_quantization_config: Mxfp4Config(dequantize=True): MXFP4 experts load as plain weights")
+    return Mxfp4Config(dequantize=True)
+
+
+def match_unpacked_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """transformers unpacks MXFP4 experts to bf16 whatever `dtype` the load asked for: in a run of
+    another dtype (float32 on CPU, fp16) those weights take the run's dtype. Only bf16 weights change,
+    so the modules the model keeps in float32 (`_keep_in_fp32_modules`, e.g. gpt-oss' norms) stay."""
+    if dtype == torch.bfloat16:
+        return
+    for param in model.parameters():
+        if param.dtype == torch.bfloat16:
+            param.data = param.data.to(dtype)
+
+
+@contextlib.contextmanager
+def experts_layout(cfg) -> Iterator[None]:
+    """Around a base model's from_pretrained: `llama4_linearized_experts` has Llama 4's experts built as
+    per-expert linear layers (train/llama4_experts.py); a model with no Llama 4 experts is refused."""
+    if not cfg.llama4_linearized_experts:
+        yield
+        return
+    from kubetune.train.llama4_experts import linearized_llama4_experts
+
+    with linearized_llama4_experts() as built:
+        yield
+    if not built:
+        raise UserError(
+            "llama4_linearized_experts builds Llama 4's experts as linear layers, and this model has no "
+            "Llama 4 experts.",
+            "Remove llama4_linearized_experts (it applies to Llama 4 MoE checkpoints only).",
+            key="llama4_linearized_experts",
+        )
+    log.info("llama4_linearized_experts: %d MoE layers with per-expert linear layers", len(built))

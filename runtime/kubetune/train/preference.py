@@ -20,7 +20,7 @@ from torch import nn
 
 from kubetune.config.preference import PreferenceObjective
 from kubetune.train import preference_losses as losses
-from kubetune.train.loss import IGNORE_INDEX, causal_lm, causal_lm_loss_sum
+from kubetune.train.loss import IGNORE_INDEX, causal_lm, causal_lm_loss_sum, decoder_of
 
 
 def pair_logps(
@@ -107,7 +107,7 @@ class PreferenceLoss(nn.Module):
 
     def _hidden(self, model, input_ids, decoder_inputs):
         lm = causal_lm(model)
-        out = lm.get_decoder()(input_ids=input_ids, use_cache=False, **decoder_inputs)
+        out = decoder_of(lm)(input_ids=input_ids, use_cache=False, **decoder_inputs)
         return out.last_hidden_state, lm.get_output_embeddings()
 
     def _logps(self, input_ids, targets, position_ids, decoder_inputs, model=None):

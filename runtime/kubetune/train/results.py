@@ -8,6 +8,7 @@ import torch
 
 from kubetune.train.errors import UserError
 from kubetune.train.model import model_source
+from kubetune.train.model_options import experts_layout
 
 
 def result_kind(output_dir: Path) -> str | None:
@@ -61,9 +62,10 @@ def load_base_with_adapter(
 
     model_cls = getattr(transformers, cfg.model_type or "AutoModelForCausalLM")
     source = model_source(cfg, cfg.base_model, "base_model")
-    base = model_cls.from_pretrained(
-        source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **cfg.revision_for(source)
-    ).to(device)
+    with experts_layout(cfg):  # llama4_linearized_experts: the layout the adapter trained on
+        base = model_cls.from_pretrained(
+            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **cfg.revision_for(source)
+        ).to(device)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
     config = PeftConfig.from_pretrained(output_dir)
@@ -111,5 +113,6 @@ def load_result(cfg, *, device: torch.device):
     if kind == "adapter":
         model = load_base_with_adapter(cfg, output_dir, tokenizer, dtype=dtype, device=device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype).to(device).eval()
+        with experts_layout(cfg):  # a full fine-tune saved its linearized experts as such
+            model = AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype).to(device).eval()
     return model, tokenizer

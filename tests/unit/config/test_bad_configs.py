@@ -148,6 +148,51 @@ BAD = [
         {"flash_attention": True, "attn_implementation": "sdpa"},
         "attn_implementation",
     ),
+    (
+        "hub-kernel-outside-kernels-community",
+        {"attn_implementation": "someone/flash-attn3"},
+        "attn_implementation",
+    ),
+    (
+        "mxfp4-without-dequantize",
+        {"model_quantization_config": "Mxfp4Config"},
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-dequantize-false",
+        {
+            "model_quantization_config": "Mxfp4Config",
+            "model_quantization_config_kwargs": {"dequantize": False},
+        },
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-kwargs-without-config",
+        {"model_quantization_config_kwargs": {"dequantize": True}},
+        "model_quantization_config_kwargs",
+    ),
+    (
+        "mxfp4-and-bitsandbytes",
+        {
+            **QLORA,
+            "model_quantization_config": "Mxfp4Config",
+            "model_quantization_config_kwargs": {"dequantize": True},
+        },
+        "model_quantization_config",
+    ),
+    (
+        "quantization-config-not-mxfp4",
+        {"model_quantization_config": "GPTQConfig"},
+        "model_quantization_config",
+    ),
+    (
+        "flex-compile-kwargs-without-flex",
+        {"flex_attn_compile_kwargs": {"dynamic": False}},
+        "flex_attn_compile_kwargs",
+    ),
+    ("streaming-without-max-steps", {"streaming": True}, "max_steps"),
+    ("lisa-with-an-adapter", {"lisa_n_layers": 2, "lisa_step_interval": 5}, "lisa_n_layers"),
+    ("lisa-interval-alone", {"lisa_step_interval": 5}, "lisa_step_interval"),
     ("packing-without-sequence-len", {"sequence_len": DROP}, "sequence_len"),
     ("val-set-size-one", {"val_set_size": 1.0}, "val_set_size"),
     (
@@ -217,7 +262,7 @@ BAD = [
         "dp_replicate_size",
     ),
     ("sequence-parallel-degree", {"sequence_parallel_degree": 2}, "sequence_parallel_degree"),
-    ("chat-template-unshipped", {"chat_template": "jamba"}, "chat_template"),
+    ("chat-template-unshipped", {"chat_template": "nemotron_h"}, "chat_template"),
     (
         "unfrozen-parameters-row-range",
         {"unfrozen_parameters": ["^lm_head.weight$[:32000]"]},

@@ -6,8 +6,9 @@ import sys
 import typing
 
 from kubetune.config import DatasetConfig, TrainConfig, training_config_json_schema
-from kubetune.config.adapter import LoftQ, PeftOptions
+from kubetune.config.adapter import LoftQ, Mxfp4Kwargs, PeftOptions
 from kubetune.config.docs import render_markdown
+from kubetune.config.hardware import FlexCompileKwargs
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
 from kubetune.config.preference import TrlConfig
@@ -22,6 +23,8 @@ MODELS = (
     GradientCheckpointingKwargs,
     PeftOptions,
     LoftQ,
+    Mxfp4Kwargs,
+    FlexCompileKwargs,
     TrlConfig,
 )
 

@@ -41,6 +41,8 @@ MARKERS = [
     "[/INST]",
     "[SYSTEM_PROMPT]",
     "[/SYSTEM_PROMPT]",
+    "<|bom|>",
+    "<|eom|>",
 ]
 
 CONVERSATION = [
@@ -132,6 +134,13 @@ EXPECTED = {
         "<｜User｜>Colour in French? red<｜Assistant｜>rouge</s>",
         ["six</s>", "rouge</s>"],
     ),
+    # Jamba: every message <|bom|><|role|> content<|eom|>; the <|eom|> after a reply is its end of turn.
+    "jamba": (
+        "<s><|bom|><|system|> You are terse.<|eom|><|bom|><|user|> Spell the digit. 6<|eom|>"
+        "<|bom|><|assistant|> six<|eom|><|bom|><|user|> Colour in French? red<|eom|>"
+        "<|bom|><|assistant|> rouge<|eom|>",
+        ["six<|eom|>", "rouge<|eom|>"],
+    ),
     # Mistral: the system message opens the first (v1) or the last (v2v3, v3 tekken) user turn.
     "mistral_v1": (
         "<s> [INST] You are terse.\n\nSpell the digit. 6 [/INST] six</s> [INST] Colour in French? red [/INST] rouge</s>",
@@ -218,6 +227,7 @@ def test_generation_prompts(tok):
     assert prompt("gemma4").endswith("<turn|>\n<|turn>model\n<|channel>thought\n<channel|>")
     assert prompt("qwen3").endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert prompt("qwen3_5").endswith("<|im_end|>\n<|im_start|>assistant\n<think>\n\n")
+    assert prompt("jamba") == "<s><|bom|><|user|> hi<|eom|><|bom|><|assistant|>"
 
 
 THINKING = [

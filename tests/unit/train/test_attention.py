@@ -217,3 +217,87 @@ def test_xformers_on_a_model_without_registered_attention_functions_is_refused_b
     with pytest.raises(UserError) as err:
         check_model_takes(efficient, GPTJForCausalLM)  # no SDPA path at all: the fix says eager
     assert "attn_implementation: eager" in err.value.fix
+
+
+# -- attn_implementation: kernels-community/NAME = a hub flash-attention kernel (GPU-untested here) ---------
+
+HUB = "kernels-community/vllm-flash-attn3"
+
+
+def test_a_hub_kernel_is_loaded_by_transformers_and_fed_cu_seqlens(monkeypatch, caplog):
+    """transformers loads the kernel under its name and wraps it as a flash attention: kubetune passes the
+    name through and hands packed rows over as cu_seqlens (flash_varlen), never a dense mask."""
+    monkeypatch.setattr("kubetune.train.attention.kernels_installed", lambda: True)
+    with caplog.at_level(logging.INFO, logger="kubetune.train.attention"):
+        backend = select_backend(Cfg(attn_implementation=HUB), cuda=True)
+    assert (backend.name, backend.hf_implementation) == ("flash_varlen", HUB)
+    assert HUB in caplog.text
+    batch = PackedCollator(pad_token_id=0, pad_to=8)([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
+    inputs = backend.model_inputs(batch)
+    assert inputs["attention_mask"] is None and inputs["cu_seq_lens_q"].tolist() == [0, 3, 8]
+
+
+@pytest.mark.parametrize(
+    ("keys", "cuda", "installed", "says"),
+    [
+        ({}, False, True, "no CUDA GPU"),
+        ({"bf16": False}, True, True, "float32"),
+        ({}, True, False, "kernels"),
+    ],
+)
+def test_a_hub_kernel_that_cannot_run_here_is_refused_at_start(monkeypatch, keys, cuda, installed, says):
+    monkeypatch.setattr("kubetune.train.attention.kernels_installed", lambda: installed)
+    monkeypatch.setattr("kubetune.train.attention.torch.cuda.is_bf16_supported", lambda: True)
+    with pytest.raises(UserError) as err:
+        check_request(Cfg(attn_implementation=HUB, **keys), cuda=cuda)
+    assert err.value.key == "attn_implementation" and says in err.value.problem
+
+
+# -- flex_attn_compile_kwargs: the options of flex attention's torch.compile (GPU-untested here) -----------
+
+
+def test_flex_attn_compile_kwargs_compile_the_flex_attention_transformers_calls(monkeypatch):
+    """transformers' flex attention calls its module-level compile_friendly_flex_attention: with the key, that
+    is flex_attention compiled with the given options (recorded here; `backend: eager` so CPU runs it), and
+    it computes what flex_attention computes."""
+    from kubetune.config.hardware import FlexCompileKwargs
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as hf_flex
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", hf_flex.compile_friendly_flex_attention)
+    seen = []
+    real_compile = torch.compile
+
+    def spy(function, **options):
+        seen.append((function, options))
+        return real_compile(function, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    options = FlexCompileKwargs(dynamic=False, mode="max-autotune-no-cudagraphs")
+    backend = select_backend(
+        Cfg(attn_implementation="flex_attention", flex_attn_compile_kwargs=options), cuda=True
+    )
+    assert backend.name == "flex"
+    assert seen == [(flex_attention, {"dynamic": False, "mode": "max-autotune-no-cudagraphs"})]
+    query, key, value = (
+        torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(k)) for k in range(3)
+    )
+    out = hf_flex.compile_friendly_flex_attention(query, key, value, training=True)
+    torch.testing.assert_close(out, flex_attention(query, key, value))
+
+
+@pytest.mark.parametrize(("cuda", "bf16"), [(False, True), (True, False)])
+def test_flex_attn_compile_kwargs_where_flex_attention_cannot_run_are_refused_at_start(
+    monkeypatch, cuda, bf16
+):
+    from kubetune.config.hardware import FlexCompileKwargs
+
+    monkeypatch.setattr("kubetune.train.attention.torch.cuda.is_bf16_supported", lambda: bf16)
+    cfg = Cfg(
+        attn_implementation="flex_attention",
+        flex_attn_compile_kwargs=FlexCompileKwargs(dynamic=False),
+        bf16=bf16,
+    )
+    with pytest.raises(UserError) as err:
+        select_backend(cfg, cuda=cuda)
+    assert err.value.key == "flex_attn_compile_kwargs" and "SDPA" in err.value.problem

@@ -192,5 +192,15 @@ def test_attn_implementations_without_a_kubetune_backend_are_refused_with_the_fi
     }
     assert validate_mapping({**base, "attn_implementation": "flex_attention"}) == []
     assert validate_mapping({**base, "attn_implementation": "xformers"}) == []
-    (problem,) = validate_mapping({**base, "attn_implementation": "kernels-community/vllm-flash-attn3"})
-    assert problem.path == "attn_implementation" and "flash_attention_3" in problem.fix
+    # Hub kernels of kernels-community load through transformers (train/attention.py); other orgs are refused.
+    assert validate_mapping({**base, "attn_implementation": "kernels-community/vllm-flash-attn3"}) == []
+    assert (
+        validate_mapping({**base, "flash_attention": True, "attn_implementation": "kernels-community/x"})
+        == []
+    )
+    (problem,) = validate_mapping({**base, "attn_implementation": "someone/flash-attn3"})
+    assert problem.path == "attn_implementation" and "kernels-community" in problem.fix
+    (problem,) = validate_mapping({**base, "attn_implementation": "sage"})
+    assert problem.path == "attn_implementation" and "flash_attention_2" in problem.fix
+    (problem,) = validate_mapping({**base, "attn_implementation": "foo"})
+    assert "xformers" in problem.fix and "'foo'" in problem.message

@@ -156,6 +156,17 @@ DEEPSEEK_V2 = (
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
 
+# Jamba 1.5: bos, then <|bom|><|role|> content<|eom|> for each message (system, user, assistant); the
+# generation prompt is <|bom|><|assistant|> (the reply brings its own leading space). AI21's documents,
+# tool and output-mode blocks are not rendered.
+JAMBA = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ('system', 'user', 'assistant') %}" + _NO_TOOLS + "{% endif %}"
+    "{{ '<|bom|><|' + message['role'] + '|> ' + message['content'] + '<|eom|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|bom|><|assistant|>' }}{% endif %}"
+)
+
 
 def _mistral(inst_open: str, inst_close: str, reply: str, system_in: str) -> str:
     """Mistral's [INST] turns: bos, user turns `inst_open`content`inst_close`, replies `reply` (a Jinja
@@ -210,6 +221,7 @@ NAMED_TEMPLATES: dict[str, str] = {
     "qwen3_5": QWEN3_5,
     "cohere": COHERE,
     "deepseek_v2": DEEPSEEK_V2,
+    "jamba": JAMBA,
     "mistral_v1": MISTRAL_V1,
     "mistral_v2v3": MISTRAL_V2V3,
     "mistral_v3_tekken": MISTRAL_V3_TEKKEN,
