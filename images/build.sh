@@ -112,6 +112,14 @@ host_wheel() {  # pip wheel on the host, its isolated build environments held to
   PIP_BUILD_CONSTRAINT="$BUILD_CONSTRAINTS" PIP_CONSTRAINT="$BUILD_CONSTRAINTS" "$PY" -m pip wheel --no-cache-dir "$@"
 }
 
+unpinned_wheels() {  # $1: a wheelhouse, then constraints files: the wheels' names that no file pins, one a line
+  # Names compared in their normalized form (PEP 503: lower case, runs of -_. as -); kubetune is the checkout.
+  local norm='s/[-_.]\+/-/g'
+  LC_ALL=C comm -23 \
+    <(find "$1" -maxdepth 1 -name '*.whl' -printf '%f\n' | cut -d- -f1 | tr 'A-Z' 'a-z' | sed "$norm" | grep -v -x kubetune | LC_ALL=C sort -u) \
+    <(sed -n 's/^[[:space:]]*\([A-Za-z0-9._-]*\)[[:space:]]*==.*/\1/p' "${@:2}" | tr 'A-Z' 'a-z' | sed "$norm" | LC_ALL=C sort -u)
+}
+
 wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing compiles inside the image.
   local extras wheel
   extras="$(extras_of "$1")"
@@ -136,6 +144,16 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
     cp "$HERE/runtime/check_gpu_stack.py" "$2/.."
   else
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" "$wheel[$extras]"
+  fi
+  # A dependency that no constraints file pins comes in at its newest version: the image would depend on the
+  # day it was built (a new dependency of a pinned package does this without any change here).
+  local unpinned pins=("$REPO/constraints.txt")
+  [ "$1" = runtime ] && pins+=("$HERE/runtime/constraints-cuda.txt")  # the files its downloads were held to
+  unpinned="$(unpinned_wheels "$2" "${pins[@]}" | paste -sd' ')"
+  if [ -n "$unpinned" ]; then
+    log "$1: the wheelhouse holds $unpinned, which no constraints file pins: pin the versions pip chose"
+    log "(ls $2) in constraints.txt, or images/runtime/constraints-cuda.txt for what only the GPU stack needs"
+    exit 2
   fi
 }
 

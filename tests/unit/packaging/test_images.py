@@ -224,6 +224,35 @@ def test_host_built_wheels_get_the_pinned_build_backends(tmp_path):
     ]
 
 
+def test_a_wheelhouse_with_an_unpinned_wheel_stops_the_build(tmp_path):
+    """Reproducibility: a wheel no constraints file pins comes in at its newest version (a new dependency of a
+    pinned package does that without any change to the pins); build.sh's wheelhouse step names it and stops.
+    Names compare normalized (PEP 503), so PyYAML / pyyaml and huggingface_hub / huggingface-hub match."""
+    text = BUILD.read_text()
+    function = re.search(r"^unpinned_wheels\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in (
+        "kubetune-0.1.0-py3-none-any.whl",
+        "PyYAML-6.0.4-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "huggingface_hub-1.0-py3-none-any.whl",
+        "nvidia_nccl_cu13-2.28-py3-none-manylinux_2_18_x86_64.whl",
+        "zope.interface-7.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "Some_Thing-1.0-py3-none-any.whl",
+    ):
+        (wheels / name).touch()
+    (tmp_path / "a.txt").write_text("# a comment\nPyYAML==6.0.4\nhuggingface-hub==1.0\n")
+    (tmp_path / "b.txt").write_text("nvidia-nccl-cu13==2.28  # why\n")
+    script = f"{function}\nunpinned_wheels {wheels} {tmp_path / 'a.txt'} {tmp_path / 'b.txt'}"
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert p.stdout.splitlines() == ["some-thing", "zope-interface"]
+    wheelhouse = re.search(r"^wheelhouse\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    assert (
+        'unpinned_wheels "$2" "${pins[@]}"' in wheelhouse and 'pins=("$REPO/constraints.txt")' in wheelhouse
+    )
+    assert "exit 2" in wheelhouse.split("unpinned_wheels", 1)[1]
+
+
 def test_cuda_pins_satisfy_the_gpu_extra():
     import tomllib
 
