@@ -28,6 +28,7 @@ BASE_PACKAGES=python3,python3-venv,ca-certificates,libstdc++6
 # Fixed timestamps, so two builds from the same inputs give the same files (mmdebstrap and buildah honour it).
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1767225600}"  # 2026-01-01T00:00:00Z
 PY="${PYTHON:-$REPO/.venv/bin/python}"
+BUILD_CONSTRAINTS="$HERE/build-constraints.txt"  # the pinned build backends of the wheels built on the host
 # The images' tag and version label: the project's version (the Helm chart's appVersion names the same).
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)"
 
@@ -49,7 +50,7 @@ image_key() {  # the Containerfile, this script, the pins and every file that go
   local name=$1
   {
     base_key
-    cat "$HERE/$name"/* "${BASH_SOURCE[0]}" "$REPO/constraints.txt" "$REPO/pyproject.toml" "$REPO/README.md"
+    cat "$HERE/$name"/* "${BASH_SOURCE[0]}" "$BUILD_CONSTRAINTS" "$REPO/constraints.txt" "$REPO/pyproject.toml" "$REPO/README.md"
     (cd "$REPO" && git ls-files -co --exclude-standard -- runtime/kubetune operator/kubetune_operator \
       | grep -v -e __pycache__ -e '\.pyc$' | LC_ALL=C sort | xargs -d '\n' sha256sum)
   } | sha256sum | cut -c1-16
@@ -103,6 +104,22 @@ base_image() {  # imports the base rootfs into buildah as localhost/kubetune/bas
   buildah_ rmi --prune >/dev/null 2>&1 || true  # untagged leftovers of earlier bases and builds
 }
 
+host_wheel() {  # pip wheel on the host, its isolated build environments held to images/build-constraints.txt
+  # PIP_BUILD_CONSTRAINT for pip >= 25.3 (which keeps PIP_CONSTRAINT out of build environments), PIP_CONSTRAINT
+  # for older pips (which apply it there too): the wheel's content must not depend on the host's pip either.
+  # --no-cache-dir: pip's wheel cache would hand back a wheel built earlier by whatever backend was newest then
+  # (its key ignores build constraints); what is rebuilt is small (deepspeed's sdist, the backends).
+  PIP_BUILD_CONSTRAINT="$BUILD_CONSTRAINTS" PIP_CONSTRAINT="$BUILD_CONSTRAINTS" "$PY" -m pip wheel --no-cache-dir "$@"
+}
+
+unpinned_wheels() {  # $1: a wheelhouse, then constraints files: the wheels' names that no file pins, one a line
+  # Names compared in their normalized form (PEP 503: lower case, runs of -_. as -); kubetune is the checkout.
+  local norm='s/[-_.]\+/-/g'
+  LC_ALL=C comm -23 \
+    <(find "$1" -maxdepth 1 -name '*.whl' -printf '%f\n' | cut -d- -f1 | tr 'A-Z' 'a-z' | sed "$norm" | grep -v -x kubetune | LC_ALL=C sort -u) \
+    <(sed -n 's/^[[:space:]]*\([A-Za-z0-9._-]*\)[[:space:]]*==.*/\1/p' "${@:2}" | tr 'A-Z' 'a-z' | sed "$norm" | LC_ALL=C sort -u)
+}
+
 wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing compiles inside the image.
   local extras wheel
   extras="$(extras_of "$1")"
@@ -113,20 +130,30 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
   fi
   mkdir -p "$2"
   # setuptools' deprecation notices go to the log, not the terminal
-  "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$2" "$REPO" 2>"$2/../pip-wheel.log"
+  host_wheel --quiet --no-deps --wheel-dir "$2" "$REPO" 2>"$2/../pip-wheel.log"
   wheel="$(echo "$2"/kubetune-*.whl)"
   if [ "$1" = runtime ]; then
     # The GPU stack too (one image for CPU and GPU nodes), flash-attn left out (source only). deepspeed is an
     # sdist: built here as a pure-Python wheel (DS_BUILD_OPS=0; its setup runs without torch, CUDA ops build at first use).
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
       -c "$HERE/runtime/constraints-cuda.txt" "$wheel[$extras]" bitsandbytes liger-kernel kernels
-    DS_BUILD_OPS=0 "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$2" \
+    DS_BUILD_OPS=0 host_wheel --quiet --no-deps --wheel-dir "$2" \
       -c "$HERE/runtime/constraints-cuda.txt" deepspeed 2>>"$2/../pip-wheel.log"
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
       -c "$HERE/runtime/constraints-cuda.txt" "$(echo "$2"/deepspeed-*.whl)"
     cp "$HERE/runtime/check_gpu_stack.py" "$2/.."
   else
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" "$wheel[$extras]"
+  fi
+  # A dependency that no constraints file pins comes in at its newest version: the image would depend on the
+  # day it was built (a new dependency of a pinned package does this without any change here).
+  local unpinned pins=("$REPO/constraints.txt")
+  [ "$1" = runtime ] && pins+=("$HERE/runtime/constraints-cuda.txt")  # the files its downloads were held to
+  unpinned="$(unpinned_wheels "$2" "${pins[@]}" | paste -sd' ')"
+  if [ -n "$unpinned" ]; then
+    log "$1: the wheelhouse holds $unpinned, which no constraints file pins: pin the versions pip chose"
+    log "(ls $2) in constraints.txt, or images/runtime/constraints-cuda.txt for what only the GPU stack needs"
+    exit 2
   fi
 }
 

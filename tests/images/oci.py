@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -80,6 +81,19 @@ class Image:
                             continue
                         members.append(member)
                     tar.extractall(rootfs, members=members, numeric_owner=True, filter="fully_trusted")
+
+
+def wheel_generator(rootfs: Path, distribution: str) -> str:
+    """The build backend that made an installed distribution's wheel: its .dist-info/WHEEL's Generator line."""
+    (wheel,) = rootfs.glob(f"opt/kubetune/lib/python3*/site-packages/{distribution}-*.dist-info/WHEEL")
+    return next(line.split(":", 1)[1].strip() for line in wheel.read_text().splitlines()
+                if line.startswith("Generator:"))  # fmt: skip
+
+
+def pinned_setuptools() -> str:
+    """The generator images/build-constraints.txt pins for the wheels images/build.sh builds on the host."""
+    pins = (REPO / "images" / "build-constraints.txt").read_text()
+    return "setuptools (" + re.search(r"^setuptools==(\S+)$", pins, re.M).group(1) + ")"
 
 
 def runc_run(rootfs: Path, image: Image, bundle: Path, argv: list[str], *, user: tuple[int, int] | None = None,

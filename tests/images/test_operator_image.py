@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.images.oci import BUILD, Image, build_or_skip, runc_run
+from tests.images.oci import BUILD, Image, build_or_skip, pinned_setuptools, runc_run, wheel_generator
 
 pytestmark = pytest.mark.slow
 MAX_UNCOMPRESSED_BYTES = 200_000_000
@@ -85,6 +85,11 @@ def test_no_private_key_material_in_any_file(image, rootfs):
             if PRIVATE_KEY.search(path.read_bytes()):
                 hits.append(str(path.relative_to(rootfs)))
     assert not hits, hits
+
+
+def test_the_project_wheel_was_built_with_the_pinned_backend(rootfs):
+    """images/build-constraints.txt reaches the image (reproducibility: not the newest setuptools on PyPI)."""
+    assert wheel_generator(rootfs, "kubetune") == pinned_setuptools()
 
 
 def test_size_budget(image):

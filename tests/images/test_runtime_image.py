@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.oci import BUILD, Image, runc_run
+from tests.images.oci import BUILD, Image, pinned_setuptools, runc_run, wheel_generator
 from tests.paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -73,6 +73,12 @@ def test_validate_and_train_as_1000_on_a_read_only_root(image, rootfs, tmp_path)
     losses = [e["loss"] for e in events if e.get("event") in ("train", "done") and "loss" in e]
     assert len(losses) >= 3 and losses[-1] < 0.75 * losses[0], (losses, p.stdout[-3000:])
     assert any((work / "tiny" / "out").iterdir())
+
+
+def test_host_built_wheels_were_built_with_the_pinned_backend(rootfs):
+    """images/build-constraints.txt reaches the image (reproducibility: not the newest setuptools on PyPI)."""
+    for distribution in ("kubetune", "deepspeed"):
+        assert wheel_generator(rootfs, distribution) == pinned_setuptools(), distribution
 
 
 def test_labels_user_and_size(image):

@@ -195,6 +195,64 @@ def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
     assert ("ENTRYPOINT", '["kubetune"]') in instructions
 
 
+def test_host_built_wheels_get_the_pinned_build_backends(tmp_path):
+    """Reproducibility: the wheels build.sh builds on the host (the project's; deepspeed's, an sdist) take their
+    build backend from images/build-constraints.txt, not the newest on PyPI (its version is written into the
+    image: .dist-info/WHEEL's generator), through old and new pips alike; the file is in the cache key.
+    tests/images checks the pinned generator inside the built images."""
+    constraints = IMAGES / "build-constraints.txt"
+    assert {"setuptools", "wheel"} <= _pins(constraints).keys()
+    text = BUILD.read_text()
+    assert re.search(r'^BUILD_CONSTRAINTS="\$HERE/build-constraints.txt"', text, re.M)
+    assert text.count("-m pip wheel") == 1, "every wheel built on the host goes through host_wheel"
+    assert text.count("host_wheel --") == 2, "the project's wheel and deepspeed's"
+    image_key = re.search(r"^image_key\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    assert '"$BUILD_CONSTRAINTS"' in image_key
+    # host_wheel hands the file to pip as build constraints: PIP_BUILD_CONSTRAINT (pip >= 25.3) and
+    # PIP_CONSTRAINT (older pips apply it inside build environments too), bypassing pip's wheel cache (a wheel
+    # cached earlier was built by whatever backend was newest then)
+    function = re.search(r"^host_wheel\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$PIP_BUILD_CONSTRAINT" "$PIP_CONSTRAINT" "$*"\n')
+    fake.chmod(0o755)
+    script = f"{function}\nPY={fake}\nBUILD_CONSTRAINTS={constraints}\nhost_wheel --no-deps x"
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert p.stdout.splitlines() == [
+        str(constraints),
+        str(constraints),
+        "-m pip wheel --no-cache-dir --no-deps x",
+    ]
+
+
+def test_a_wheelhouse_with_an_unpinned_wheel_stops_the_build(tmp_path):
+    """Reproducibility: a wheel no constraints file pins comes in at its newest version (a new dependency of a
+    pinned package does that without any change to the pins); build.sh's wheelhouse step names it and stops.
+    Names compare normalized (PEP 503), so PyYAML / pyyaml and huggingface_hub / huggingface-hub match."""
+    text = BUILD.read_text()
+    function = re.search(r"^unpinned_wheels\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in (
+        "kubetune-0.1.0-py3-none-any.whl",
+        "PyYAML-6.0.4-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "huggingface_hub-1.0-py3-none-any.whl",
+        "nvidia_nccl_cu13-2.28-py3-none-manylinux_2_18_x86_64.whl",
+        "zope.interface-7.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "Some_Thing-1.0-py3-none-any.whl",
+    ):
+        (wheels / name).touch()
+    (tmp_path / "a.txt").write_text("# a comment\nPyYAML==6.0.4\nhuggingface-hub==1.0\n")
+    (tmp_path / "b.txt").write_text("nvidia-nccl-cu13==2.28  # why\n")
+    script = f"{function}\nunpinned_wheels {wheels} {tmp_path / 'a.txt'} {tmp_path / 'b.txt'}"
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert p.stdout.splitlines() == ["some-thing", "zope-interface"]
+    wheelhouse = re.search(r"^wheelhouse\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    assert (
+        'unpinned_wheels "$2" "${pins[@]}"' in wheelhouse and 'pins=("$REPO/constraints.txt")' in wheelhouse
+    )
+    assert "exit 2" in wheelhouse.split("unpinned_wheels", 1)[1]
+
+
 def test_cuda_pins_satisfy_the_gpu_extra():
     import tomllib
 
@@ -226,11 +284,43 @@ def _build_sh_python() -> str:
     return re.search(r"^PYTHON_VERSION=([0-9.]+)", BUILD.read_text(), re.M).group(1)
 
 
+def _assert_cache_dir_is_the_runners(steps: list[dict]) -> None:
+    """actions/cache restores the archives as the runner user: a cache directory made by `sudo mkdir` (root's)
+    makes every restore fail with only a warning, so each run would rebuild the images cold."""
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert 'sudo install -d -o "$(id -u)" -g "$(id -g)" "$KUBETUNE_CACHE_DIR"' in runs
+    assert not re.search(r"sudo mkdir[^\n]*KUBETUNE_CACHE_DIR", runs)
+    cached = [step for step in steps if step.get("uses", "").startswith("actions/cache")]
+    assert cached and all("KUBETUNE_CACHE_DIR" in step["with"]["path"] for step in cached)
+
+
+def test_both_workflows_share_the_archives_cache_entries():
+    """One cache entry per archive (key images-<name>-<hash>, the path build.sh writes), the same in both
+    workflows: the runtime archive is 3 GB of the repository's 10 GB of GitHub Actions cache."""
+
+    def caches(workflow: str, job: str) -> list[tuple[str, str]]:
+        steps = _steps(WORKFLOWS / workflow, job)
+        return [
+            (s["with"]["path"], s["with"]["key"])
+            for s in steps
+            if s.get("uses", "").startswith("actions/cache")
+        ]
+
+    expected = [
+        (f"${{{{ env.KUBETUNE_CACHE_DIR }}}}/images/${{{{ steps.keys.outputs.{name} }}}}",
+         f"images-${{{{ steps.keys.outputs.{name} }}}}")
+        for name in ("operator", "runtime")
+    ]  # fmt: skip
+    assert caches("images.yaml", "images") == expected
+    assert caches("kind-e2e.yaml", "kind-e2e") == expected
+
+
 def test_kind_workflow_copies_are_identical():
     source = REPO / "e2e" / "kind" / "github-workflow.yaml"
     assert (WORKFLOWS / "kind-e2e.yaml").read_text() == source.read_text()
     steps = _steps(source, "kind-e2e")
     assert any(step.get("run", "").strip().endswith("e2e/kind/run.sh") for step in steps)
+    _assert_cache_dir_is_the_runners(steps)
     python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
     assert python == [_build_sh_python()], "images/build.sh downloads the wheelhouse with the image's Python"
 
@@ -250,6 +340,7 @@ def test_images_workflow_builds_with_build_sh_and_runs_the_image_tests():
     assert "docker" not in runs.lower()
     python = [step["with"]["python-version"] for step in steps if "setup-python" in step.get("uses", "")]
     assert python == [_build_sh_python()]
+    _assert_cache_dir_is_the_runners(steps)
     # A change to any input of the images' cache key (images/build.sh image_key) triggers the workflow.
     paths = yaml.safe_load(workflow.read_text())[True]["pull_request"]["paths"]
     for path in ("images/**", "runtime/**", "operator/**", "pyproject.toml", "constraints.txt", "README.md"):
