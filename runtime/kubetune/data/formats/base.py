@@ -35,9 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from kubetune.data.loading import option
-
 IGNORE_INDEX = -100
+
+
+def option(entry: Any, name: str, default: Any = None) -> Any:
+    """A key of a dataset entry (a DatasetConfig, or a mapping in a custom format's tests); default when unset.
+
+    Formats are the one reader of entries that may be plain mappings: the pipeline reads the typed config."""
+    value = entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
+    return default if value is None else value
+
 
 # (text or token ids, trained)
 Segment = tuple["str | Sequence[int]", bool]
