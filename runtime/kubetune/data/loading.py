@@ -225,10 +225,11 @@ def _builder_for(files: Any, where: str) -> str:
     flat = [flat] if isinstance(flat, str) else flat
     suffixes = {Path(f).suffix for f in flat}
     builders = {FILE_TYPES.get(suffix) for suffix in suffixes}
-    if len(builders) != 1 or None in builders:
+    builder = builders.pop() if len(builders) == 1 else None
+    if builder is None:
         raise data_error(
             f"{where}.ds_type",
             f"cannot tell the file type from the suffixes {sorted(suffixes)}",
             "set ds_type: json, parquet, csv, arrow or text",
         )
-    return builders.pop()
+    return builder

@@ -429,11 +429,12 @@ def _format_source(entry: DatasetConfig, source_dir: Path | None) -> str | None:
     if not isinstance(type_name, str) or type_name in BUILTIN_FORMATS or "." not in type_name:
         return None
     try:
-        source = inspect.getsource(
-            inspect.getmodule(resolve_format(type_name, path="", source_dir=source_dir))
-        )
+        module = inspect.getmodule(resolve_format(type_name, path="", source_dir=source_dir))
+        source = inspect.getsource(module) if module is not None else None
     except (DataError, OSError, TypeError):
         return None  # reported by make_format when the data is prepared
+    if source is None:
+        return None
     return cache.digest(source)
 
 
