@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch.nn.attention import SDPBackend
@@ -125,8 +126,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
-    out = varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, scale=scaling, window_size=(-1, 0)
+    out = cast(  # a tensor: the log-sum-exp (return_aux) is not asked for
+        torch.Tensor,
+        varlen_attn(
+            q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, scale=scaling, window_size=(-1, 0)
+        ),
     )
     return out.view(batch, length, heads, dim), None
 

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from kubetune.config.deepspeed_presets import resolve_deepspeed_path
 from kubetune.config.mesh import MeshLayout, layout_problems, mesh_requested, resolve_layout
@@ -238,7 +239,7 @@ def report_host_memory(accelerator, read_weights: bool) -> None:
     import torch.distributed as dist
 
     mine = (round(peak_host_memory_mib()), read_weights)
-    ranks = [mine]
+    ranks: list[Any] = [mine]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, mine)
