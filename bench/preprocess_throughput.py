@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     naive_s, naive_cpu, _ = measured(naive, baseline_rows, tokenizer, args.sequence_len)
     from kubetune.data.pipeline import num_proc
 
-    processes = num_proc({"dataset_num_proc": args.num_proc})  # the pipeline's own default when unset
+    processes = num_proc(args.num_proc)  # the pipeline's own default when unset
     one_s, one_cpu, _ = measured(fast, dataset, tokenizer, args.sequence_len, 1)
     fast_s, fast_cpu, (_, stats, _) = measured(fast, dataset, tokenizer, args.sequence_len, processes)
     texts = [segment for row in rows for segment in prompt_and_response(row)]

@@ -87,9 +87,9 @@ def setup_console(requested: str | None, *, export: bool = False, rank: int | No
     level = logging.INFO if rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
     root = logging.getLogger()
-    for handler in list(root.handlers):  # a second call replaces ours; handlers of others stay (pytest's)
-        if getattr(handler, "kubetune_console", False):
-            root.removeHandler(handler)
+    for existing in list(root.handlers):  # a second call replaces ours; handlers of others stay (pytest's)
+        if getattr(existing, "kubetune_console", False):
+            root.removeHandler(existing)
     if fmt == "display":
         from rich.logging import RichHandler
 

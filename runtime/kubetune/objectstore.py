@@ -75,7 +75,8 @@ def filesystem(uri: str):
         ) from None
     # A new instance each call: obstore builds each bucket's client from the environment when first
     # used, and listings must be fresh (an object may have changed since the last call).
-    fs = FsspecStore(scheme, skip_instance_cache=True)
+    # skip_instance_cache is fsspec's (its instance-cache metaclass takes it), not in obstore's stubs.
+    fs = FsspecStore(scheme, skip_instance_cache=True)  # type: ignore[call-overload]
     return fs, uri.split("://", 1)[1].strip("/")
 
 

@@ -79,7 +79,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         chat_template_kwargs chunked_cross_entropy chunked_cross_entropy_num_chunks
         comet_api_key comet_experiment_config comet_experiment_key comet_mode comet_online
         comet_project_name comet_workspace curriculum_sampling
-        dataloader_drop_last dataset_keep_in_memory dataset_num_proc dataset_processes dataset_shard_idx
+        dataloader_drop_last dataset_keep_in_memory dataset_processes dataset_shard_idx
         dataset_shard_num ddp_broadcast_buffers ddp_bucket_cap_mb deepcompile
         default_system_message dion_lr dion_momentum dion_rank_fraction dion_rank_multiple_of do_bench_eval
         dpo_generate_during_eval

@@ -141,6 +141,12 @@ class DataKeys(Section):
         "off evaluation examples; with `test_datasets`, evaluation examples equal to a training example are "
         "dropped too. Default: keep duplicates.",
     )
+    dataset_num_proc: int | None = field(
+        None,
+        description="Processes that tokenize a dataset of 8192 rows or more (forked, each single-threaded; "
+        "the result does not depend on it). Default: the CPUs available, at most 8.",
+        ge=1,
+    )
     sample_packing: bool = field(
         False,
         description="Pack several examples into each `sequence_len` row. Position ids restart per example and "

@@ -90,7 +90,8 @@ RULES_TEXT = """\
 - `load_in_8bit` cannot be combined with FSDP or DeepSpeed.
 - `deepspeed` given as a path must name an existing JSON file (relative to the config's directory), or
   `deepspeed_configs/<name>.json` of a kubetune preset (zero1, zero2, zero3, zero3_bf16,
-  zero3_bf16_cpuoffload_params, zero3_bf16_cpuoffload_all).
+  zero3_bf16_cpuoffload_params, zero3_bf16_cpuoffload_all); a DeepSpeed config (file or inline) may not
+  define its own `optimizer` or `scheduler` (kubetune builds them from the config).
 - `dataloader_prefetch_factor` needs `dataloader_num_workers` > 0.
 - `hub_model_id`, `hf_mlflow_log_artifacts`, `wandb_watch` and `wandb_log_model` are known but not implemented
   yet: accepted when empty, refused when set.

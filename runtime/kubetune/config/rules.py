@@ -6,7 +6,6 @@ rule may assume well-typed values. A rule never raises; `run_all` collects them 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from pydantic import BaseModel
 
 from .compat import Unimplemented
 from .datasets import COMMON_DATASET_KEYS, DATASET_KEYS_BY_TYPE, DatasetConfig
-from .deepspeed_presets import PRESET_FOLDER, preset_for, preset_names, resolve_deepspeed_path
 from .hardware import is_hub_kernel
-from .parallel import FSDP_SHARDING_STRATEGIES, MESH_KEYS
+from .parallel import MESH_KEYS
 from .problems import ConfigProblem
 from .schema import TrainConfig
+from .sharding import fsdp_version, sharding_problems
 
 Rule = Callable[[TrainConfig, "Path | None"], Iterator[ConfigProblem]]
 RULES: list[Rule] = []
@@ -489,7 +488,7 @@ def _mesh(cfg: TrainConfig) -> Iterator[ConfigProblem]:
             f"{set_keys[0]} builds a device mesh for FSDP2 and DTensor; DeepSpeed does not run on it",
             "remove deepspeed and set `fsdp: [full_shard, auto_wrap]` with fsdp_config.fsdp_version: 2",
         )
-    if cfg.fsdp and (cfg.fsdp_config is None or cfg.fsdp_config.fsdp_version != 2):
+    if cfg.fsdp and fsdp_version(cfg) != 2:
         yield ConfigProblem(
             "fsdp_config.fsdp_version",
             f"{set_keys[0]} shards over a device mesh, which only FSDP2 (fully_shard) does; fsdp_version is 1",
@@ -543,137 +542,13 @@ _ATTENTION_KEYS = ("attn_implementation", "flash_attention", "sdp_attention", "x
 @rule
 def distributed(cfg: TrainConfig, source_dir: Path | None) -> Iterator[ConfigProblem]:
     yield from _mesh(cfg)
-    if cfg.fsdp and cfg.deepspeed is not None:
-        yield ConfigProblem(
-            "deepspeed",
-            "fsdp and deepspeed are both configured; a job uses one of them",
-            "keep only fsdp or deepspeed",
-        )
-    if cfg.fsdp_config is not None and cfg.fsdp_config.model_fields_set and not cfg.fsdp:
-        yield ConfigProblem(
-            "fsdp_config",
-            "fsdp_config is set but FSDP is not enabled",
-            "add `fsdp: [full_shard, auto_wrap]`, or remove fsdp_config",
-        )
-    if cfg.fsdp:
-        yield from _fsdp(cfg)
-    if cfg.load_in_8bit and (cfg.fsdp or cfg.deepspeed is not None):
-        yield ConfigProblem(
-            "load_in_8bit",
-            "8-bit base weights cannot be sharded by FSDP or DeepSpeed",
-            "use `load_in_4bit: true` with `adapter: qlora`, or drop the sharding",
-        )
-    if isinstance(cfg.deepspeed, str):
-        yield from _deepspeed_file(cfg.deepspeed, source_dir)
+    yield from sharding_problems(cfg, source_dir)
     if cfg.dataloader_prefetch_factor is not None and cfg.dataloader_num_workers == 0:
         yield ConfigProblem(
             "dataloader_prefetch_factor",
             "dataloader_prefetch_factor needs background workers, but dataloader_num_workers is 0",
             "set `dataloader_num_workers` to 1 or more, or remove dataloader_prefetch_factor",
         )
-
-
-def _fsdp(cfg: TrainConfig) -> Iterator[ConfigProblem]:
-    options = list(cfg.fsdp or [])
-    strategies = [o for o in options if o in FSDP_SHARDING_STRATEGIES]
-    if len(strategies) > 1:
-        yield ConfigProblem(
-            "fsdp",
-            f"fsdp names {len(strategies)} sharding strategies ({', '.join(strategies)})",
-            "keep one of them",
-        )
-    duplicates = sorted({o for o in options if options.count(o) > 1})
-    if duplicates:
-        yield ConfigProblem(
-            "fsdp", f"fsdp lists {', '.join(duplicates)} more than once", "list each option once"
-        )
-    fc = cfg.fsdp_config
-    if fc is None:
-        return
-    if "offload" in options and fc.fsdp_offload_params is False:
-        yield ConfigProblem(
-            "fsdp_config.fsdp_offload_params",
-            "fsdp lists offload but fsdp_config.fsdp_offload_params is false",
-            "remove offload from fsdp, or set fsdp_offload_params: true",
-        )
-    if fc.fsdp_activation_checkpointing and cfg.gradient_checkpointing:
-        # Both true (and non-reentrant) are folded into FSDP's checkpointing by ParallelKeys.
-        yield ConfigProblem(
-            "gradient_checkpointing",
-            "gradient_checkpointing with use_reentrant: true disagrees with fsdp_activation_checkpointing "
-            "(FSDP checkpoints non-reentrantly)",
-            "keep only one of them",
-        )
-    size_based = fc.fsdp_auto_wrap_policy == "SIZE_BASED_WRAP"
-    if size_based and fc.fsdp_min_num_params is None:
-        yield ConfigProblem(
-            "fsdp_config.fsdp_min_num_params",
-            "fsdp_auto_wrap_policy SIZE_BASED_WRAP needs fsdp_min_num_params",
-            "add `fsdp_min_num_params: 100000000` (or use TRANSFORMER_BASED_WRAP)",
-        )
-    if not size_based and fc.fsdp_min_num_params is not None:
-        yield ConfigProblem(
-            "fsdp_config.fsdp_min_num_params",
-            "fsdp_min_num_params applies to SIZE_BASED_WRAP only",
-            "remove it, or set `fsdp_auto_wrap_policy: SIZE_BASED_WRAP`",
-        )
-    if size_based and fc.fsdp_transformer_layer_cls_to_wrap:
-        yield ConfigProblem(
-            "fsdp_config.fsdp_transformer_layer_cls_to_wrap",
-            "fsdp_transformer_layer_cls_to_wrap applies to TRANSFORMER_BASED_WRAP, not SIZE_BASED_WRAP",
-            "remove one of the two",
-        )
-    if (fc.fsdp_transformer_layer_cls_to_wrap or fc.fsdp_auto_wrap_policy) and "auto_wrap" not in options:
-        key = (
-            "fsdp_transformer_layer_cls_to_wrap"
-            if fc.fsdp_transformer_layer_cls_to_wrap
-            else "fsdp_auto_wrap_policy"
-        )
-        yield ConfigProblem(
-            f"fsdp_config.{key}", f"{key} needs auto_wrap in the fsdp list", "add auto_wrap to fsdp"
-        )
-    version_only = {1: ("fsdp_use_orig_params", "fsdp_backward_prefetch"), 2: ("fsdp_reshard_after_forward",)}
-    for version, keys in version_only.items():
-        if fc.fsdp_version != version:
-            for key in keys:
-                if key in fc.model_fields_set:
-                    yield ConfigProblem(
-                        f"fsdp_config.{key}",
-                        f"{key} is an FSDP{version} option, but fsdp_version is {fc.fsdp_version}",
-                        f"remove it, or set `fsdp_version: {version}`",
-                    )
-    if fc.fsdp_version == 2:
-        others = [s for s in strategies if s != "full_shard"]
-        if others:
-            yield ConfigProblem(
-                "fsdp",
-                f"fsdp_version 2 shards fully (resharding is fsdp_reshard_after_forward); {others[0]} is FSDP1 only",
-                "use full_shard (with fsdp_reshard_after_forward: false for shard_grad_op behaviour)",
-            )
-
-
-def _deepspeed_file(value: str, source_dir: Path | None) -> Iterator[ConfigProblem]:
-    if source_dir is None and not Path(value).expanduser().is_absolute() and preset_for(value) is None:
-        return  # a mapping without a file: nothing to resolve against
-    path = resolve_deepspeed_path(value, source_dir)
-    if not path.is_file():
-        presets = ", ".join(f"{PRESET_FOLDER}/{name}.json" for name in preset_names())
-        yield ConfigProblem(
-            "deepspeed",
-            f"the DeepSpeed config file does not exist: {path}",
-            "give the path of a DeepSpeed JSON file (relative to the config's directory), inline the JSON "
-            f"as a mapping, or name one of kubetune's presets: {presets}",
-        )
-        return
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        yield ConfigProblem(
-            "deepspeed", f"the DeepSpeed config {path} is not valid JSON: {exc}", "fix the file"
-        )
-        return
-    if not isinstance(content, dict):
-        yield ConfigProblem("deepspeed", f"the DeepSpeed config {path} is not a JSON object", "fix the file")
 
 
 # -- outputs and trackers -------------------------------------------------------------------------

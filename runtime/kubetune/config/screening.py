@@ -24,6 +24,7 @@ from .parallel import FsdpConfig
 from .preference import TrlConfig
 from .problems import ConfigProblem, join, short, suggest, unknown_key
 from .schema import TrainConfig
+from .sharding import FSDP_CONFIG_ALIASES, TOP_LEVEL_ALIASES, normalise_fsdp
 
 _DROPPED = object()  # a value already reported by the screening
 
@@ -87,7 +88,7 @@ def screen(
         name = key
         if model is TrainConfig and name in compat.RENAMED:
             name = compat.RENAMED[name]
-        elif model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *_FSDP_ALIASES}:
+        elif model is FsdpConfig and name not in fields and f"fsdp_{name}" in {*fields, *FSDP_CONFIG_ALIASES}:
             name = f"fsdp_{name}"
         if name != key and mapping.get(name) is not None:  # another spelling of a key that is also set
             problems.append(
@@ -103,10 +104,10 @@ def screen(
             if screened is not _DROPPED:
                 out[name] = screened
             continue
-        if (model is TrainConfig and name == "fsdp_version") or (
-            model is FsdpConfig and name in _FSDP_ALIASES
+        if (model is TrainConfig and name in TOP_LEVEL_ALIASES) or (
+            model is FsdpConfig and name in FSDP_CONFIG_ALIASES
         ):
-            out[name] = value  # folded into fsdp / fsdp_config by _normalise_fsdp
+            out[name] = value  # folded into fsdp / fsdp_config by sharding.normalise_fsdp
             continue
         if model is TrainConfig and name in ("batch_size", "bfloat16", "bnb_config_kwargs"):
             out[name] = value  # folded into gradient_accumulation_steps / bf16 / the bnb_4bit_* keys
@@ -125,7 +126,7 @@ def screen(
             continue
         problems.append(_unknown_key(model, path, key))
     if model is TrainConfig:
-        _normalise_fsdp(out, problems)
+        normalise_fsdp(out, problems)
         _normalise_axolotl_spellings(out, problems)
     return out
 
@@ -224,89 +225,6 @@ def _fold_bnb_config_kwargs(out: dict[str, Any], problems: list[ConfigProblem]) 
             )
         elif value is not None:
             out[key] = value
-
-
-# Axolotl's other spellings of FSDP settings, folded into the `fsdp` list / `fsdp_config`.
-_FSDP_ALIASES = frozenset({"fsdp_sharding_strategy"})
-_STRATEGIES = {"FULL_SHARD": "full_shard", "SHARD_GRAD_OP": "shard_grad_op", "HYBRID_SHARD": "hybrid_shard",
-               "NO_SHARD": "no_shard", 1: "full_shard", 2: "shard_grad_op", 3: "no_shard", 4: "hybrid_shard"}  # fmt: skip
-
-
-def _normalise_fsdp(out: dict[str, Any], problems: list[ConfigProblem]) -> None:
-    """Axolotl's newer FSDP spellings, in kubetune's one form (as Axolotl itself folds them).
-
-    - `fsdp: "full_shard auto_wrap"` (transformers' string form) -> a list;
-    - top-level `fsdp_version` -> `fsdp_config.fsdp_version`;
-    - `fsdp_config.(fsdp_)sharding_strategy: FULL_SHARD` -> the strategy in the `fsdp` list;
-    - `fsdp_config` without an `fsdp` list enables FSDP (as in Axolotl): the list becomes
-      [<strategy, default full_shard>, auto_wrap] plus offload when fsdp_offload_params is true.
-    """
-    if isinstance(out.get("fsdp"), str):  # transformers' spelling: "full_shard auto_wrap"
-        out["fsdp"] = out["fsdp"].split() or None
-        if out["fsdp"] is None:
-            del out["fsdp"]
-    fsdp_config = out.get("fsdp_config")
-    version = out.pop("fsdp_version", None)
-    if version is not None:
-        if fsdp_config is None and out.get("fsdp") is None:
-            problems.append(
-                ConfigProblem(
-                    "fsdp_version",
-                    "fsdp_version is set but FSDP is not enabled",
-                    "add `fsdp: [full_shard, auto_wrap]` (or an fsdp_config), or remove fsdp_version",
-                )
-            )
-            return
-        if fsdp_config is None:
-            fsdp_config = out["fsdp_config"] = {}
-        if isinstance(fsdp_config, dict):
-            inner = fsdp_config.get("fsdp_version")
-            if inner is not None and inner != version:
-                problems.append(
-                    ConfigProblem(
-                        "fsdp_version",
-                        f"fsdp_version ({short(version)}) and fsdp_config.fsdp_version ({short(inner)}) disagree",
-                        "keep one of them",
-                    )
-                )
-            else:
-                fsdp_config["fsdp_version"] = version
-    if not isinstance(fsdp_config, dict):
-        return
-    enables = bool(fsdp_config)  # a non-empty fsdp_config turns FSDP on, as in Axolotl
-    strategy = None
-    raw = fsdp_config.pop("fsdp_sharding_strategy", None)
-    if raw is not None:
-        key = raw.upper() if isinstance(raw, str) else raw
-        strategy = _STRATEGIES.get(key) if not isinstance(key, bool) else None
-        if strategy is None:
-            problems.append(
-                ConfigProblem(
-                    "fsdp_config.fsdp_sharding_strategy",
-                    f"unknown sharding strategy {short(raw)}",
-                    "use FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD or NO_SHARD (or put full_shard, ... in the fsdp list)",
-                )
-            )
-    fsdp = out.get("fsdp")
-    if fsdp is None:
-        if not enables:
-            return
-        derived = [strategy or "full_shard", "auto_wrap"]
-        if fsdp_config.get("fsdp_offload_params") is True:
-            derived.append("offload")
-        out["fsdp"] = derived
-    elif strategy is not None and isinstance(fsdp, list):
-        listed = [o for o in fsdp if o in _STRATEGIES.values()]
-        if not listed:
-            out["fsdp"] = [strategy, *fsdp]
-        elif strategy not in listed:
-            problems.append(
-                ConfigProblem(
-                    "fsdp_config.fsdp_sharding_strategy",
-                    f"fsdp_sharding_strategy {short(raw)} contradicts {listed[0]} in the fsdp list",
-                    "keep the strategy in one place (the fsdp list)",
-                )
-            )
 
 
 def _numeric_only(annotation: Any) -> bool:

@@ -93,6 +93,7 @@ def build_or_wait(
     if lock is None:
         log.info("another process is preparing %s; waiting for it to finish", final)
         lock = _lock(root, key, wait=True)
+        assert lock is not None  # waiting returns once the lock is ours
     try:
         if (final / COMPLETE).exists():  # the process we waited for built it
             return final, False

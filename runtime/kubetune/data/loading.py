@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.config.sources import is_object_store_uri
 from kubetune.data.errors import DataError, data_error
 from kubetune.objectstore import ObjectStoreError, describe_objects, fetch_source
+
+if TYPE_CHECKING:
+    from kubetune.config.data import PretrainingDatasetConfig
+    from kubetune.config.datasets import DatasetConfig
+
+    # The keys load_rows reads are the same in both kinds of entry.
+    DataSource = DatasetConfig | PretrainingDatasetConfig
 
 # file suffix -> datasets builder
 FILE_TYPES = {
@@ -24,12 +31,6 @@ FILE_TYPES = {
     ".txt": "text",
 }
 HUB_FIX = "for a local file give its path; hub datasets need network access and the right name/split"
-
-
-def option(entry: Any, name: str, default: Any = None) -> Any:
-    """A key of a config or a dataset entry (pydantic model, plain object or mapping); default when unset."""
-    value = entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
-    return default if value is None else value
 
 
 def local_path(path: str, source_dir: str | Path | None) -> Path | None:
@@ -48,22 +49,24 @@ def local_path(path: str, source_dir: str | Path | None) -> Path | None:
     return None
 
 
-def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, streaming: bool = False):
+def load_rows(
+    entry: DataSource, where: str, source_dir: str | Path | None = None, *, streaming: bool = False
+) -> Any:
     """The rows of one dataset entry as a `datasets.Dataset` (with `streaming`, an IterableDataset read
     lazily: a hub corpus is never downloaded whole); DataError naming `where` otherwise."""
     import datasets
     import pyarrow as pa
 
-    path = option(entry, "path")
-    if not path:
-        raise data_error(f"{where}.path", "no path given", "set path to a data file, a directory or a hub id")
-    ds_type = option(entry, "ds_type")
-    split = option(entry, "split", "train")
-    name = option(entry, "name")
-    data_files = option(entry, "data_files")
+    path, ds_type, split, name, data_files = (
+        entry.path,
+        entry.ds_type,
+        entry.split,
+        entry.name,
+        entry.data_files,
+    )
     try:
-        remote = is_object_store_uri(str(path))
-        local = fetch_source(str(path)) if remote else local_path(str(path), source_dir)
+        remote = is_object_store_uri(path)
+        local = fetch_source(path) if remote else local_path(path, source_dir)
     except ObjectStoreError as err:
         raise data_error(f"{where}.path", err.message, err.fix) from None
     except FileNotFoundError as missing:
@@ -75,10 +78,10 @@ def load_rows(entry: Any, where: str, source_dir: str | Path | None = None, *, s
         ) from None
     try:
         if local is None:
-            revision = option(entry, "revision")
-            fetched = fetched_snapshot(str(path), revision, where)
+            revision = entry.revision
+            fetched = fetched_snapshot(path, revision, where)
             rows = datasets.load_dataset(
-                fetched or str(path),
+                fetched or path,
                 name=name,
                 split=split,
                 data_files=data_files,
@@ -155,26 +158,36 @@ def fetched_snapshot(repo_id: str, revision: str | None, where: str) -> str | No
         ) from None
 
 
-def data_fingerprint(entry: Any, source_dir: str | Path | None) -> dict[str, Any]:
+def data_fingerprint(entry: DataSource, source_dir: str | Path | None) -> dict[str, Any]:
     """What identifies an entry's data without loading it: local file contents, the objects' ETags
     for an object-store URI (a listing, no download), or the hub id."""
     import hashlib
 
-    path = str(option(entry, "path", ""))
+    path = entry.path
     if is_object_store_uri(path):
         try:
             objects, _ = describe_objects(path)
         except ObjectStoreError:
             return {"unreadable": path}  # load_rows reports it properly
-        keys = ("name", "split", "data_files")
-        return {"remote": path, "objects": objects, **{key: option(entry, key) for key in keys}}
+        return {
+            "remote": path,
+            "objects": objects,
+            **{"name": entry.name, "split": entry.split, "data_files": entry.data_files},
+        }
     try:
         local = local_path(path, source_dir)
     except FileNotFoundError:
         return {"missing": path}  # load_rows reports it properly
     if local is None:
-        keys = ("path", "name", "split", "data_files", "revision")
-        return {"hub": {key: option(entry, key) for key in keys}}
+        return {
+            "hub": {
+                "path": path,
+                "name": entry.name,
+                "split": entry.split,
+                "data_files": entry.data_files,
+                "revision": entry.revision,
+            }
+        }
     files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
     digest = hashlib.sha256()
     for file in files:
@@ -212,10 +225,11 @@ def _builder_for(files: Any, where: str) -> str:
     flat = [flat] if isinstance(flat, str) else flat
     suffixes = {Path(f).suffix for f in flat}
     builders = {FILE_TYPES.get(suffix) for suffix in suffixes}
-    if len(builders) != 1 or None in builders:
+    builder = builders.pop() if len(builders) == 1 else None
+    if builder is None:
         raise data_error(
             f"{where}.ds_type",
             f"cannot tell the file type from the suffixes {sorted(suffixes)}",
             "set ds_type: json, parquet, csv, arrow or text",
         )
-    return builders.pop()
+    return builder

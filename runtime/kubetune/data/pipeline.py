@@ -9,10 +9,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from kubetune.data.formats.base import gather_index
 from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.instruct import Pretokenized
 from kubetune.data.formats.mistral_chat import MistralChat, is_mistral_common
-from kubetune.data.loading import data_fingerprint, load_rows, option
+from kubetune.data.loading import data_fingerprint, load_rows
 from kubetune.data.packing import pack, packing_efficiency
 from kubetune.data.pairs import drop_unusable_pairs, pair_rows, split_eval_pairs
 from kubetune.data.pretraining import needed_tokens, stream_pretraining
@@ -31,7 +31,9 @@ from kubetune.data.streaming import needed_rows, stream_datasets
 from kubetune.data.tokenizing import tokenize_dataset
 
 if TYPE_CHECKING:
-    from kubetune.config import TrainConfig
+    from kubetune.config import DatasetConfig, TrainConfig
+
+Entry = TypeVar("Entry")
 
 log = logging.getLogger("kubetune.data")
 
@@ -95,36 +97,29 @@ def prepare_datasets(cfg: TrainConfig, tokenizer, *, rank: int = 0, world_size: 
     return data
 
 
-def prepared_root(cfg) -> Path:
+def prepared_root(cfg: TrainConfig) -> Path:
     """dataset_prepared_path, default <output_dir>/prepared; relative to the config's directory."""
-    value = option(cfg, "dataset_prepared_path")
-    if not value:
-        value = Path(option(cfg, "output_dir") or "outputs") / "prepared"
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(option(cfg, "source_dir") or Path.cwd()) / path
+    return cfg.resolve_path(cfg.dataset_prepared_path or Path(cfg.output_dir) / "prepared")
 
 
 def preparation_key(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> str:
     """The cache key: data content, tokenizer, token-affecting config keys, pipeline version (and for a
     pretraining stream, how many tokens are read from it)."""
-    source_dir = option(cfg, "source_dir")
-    entries = [*_entries(cfg, "datasets"), *_entries(cfg, "test_datasets")]
+    source_dir = cfg.source_dir
+    entries = [*_entries("datasets", cfg.datasets), *_entries("test_datasets", cfg.test_datasets)]
     parts = {
         "version": cache.PIPELINE_VERSION,
-        "config": {name: _plain(option(cfg, name)) for name in TOKEN_KEYS},
+        "config": {name: _plain(getattr(cfg, name)) for name in TOKEN_KEYS},
         "data": [data_fingerprint(entry, source_dir) for _, entry in entries],
         "formats": [_format_source(entry, source_dir) for _, entry in entries],
         "tokenizer": cache.tokenizer_fingerprint(tokenizer),
     }
-    if option(cfg, "pretraining_dataset"):
-        sequence_len = cfg.sequence_len  # the schema's default (512) when unset
+    if cfg.pretraining_dataset:
         parts["stream"] = {
-            "data": [
-                data_fingerprint(entry, source_dir) for _, entry in _entries(cfg, "pretraining_dataset")
-            ],
-            "tokens": needed_tokens(cfg, sequence_len, world_size),
+            "data": [data_fingerprint(entry, source_dir) for entry in cfg.pretraining_dataset],
+            "tokens": needed_tokens(cfg, cfg.sequence_len, world_size),
         }
-    elif option(cfg, "streaming"):  # how much of each stream is read
+    elif cfg.streaming:  # how much of each stream is read
         parts["stream"] = {"rows": needed_rows(cfg, world_size)}
     return cache.digest(parts)
 
@@ -133,36 +128,40 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
     """Everything prepare_datasets does, in memory, without the cache (world_size: the processes that
     will train, which decides how much of a pretraining stream is read)."""
     started = time.perf_counter()
-    sequence_len = cfg.sequence_len  # the schema's default (512) when unset
-    seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))  # seed 0 is a seed
-    streamed = bool(option(cfg, "pretraining_dataset"))
-    if not streamed and not _entries(cfg, "datasets"):
+    sequence_len = cfg.sequence_len
+    seed = cfg.seed
+    streamed = bool(cfg.pretraining_dataset)
+    if not streamed and not cfg.datasets:
         raise data_error("datasets", "no datasets configured", "add at least one entry under datasets")
     per_dataset: list[dict[str, Any]] = []  # counts of the training entries
     per_test_dataset: list[dict[str, Any]] = []
     if streamed:
         train = stream_pretraining(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
-    elif option(cfg, "streaming"):
+    elif cfg.streaming:
         train = stream_datasets(cfg, tokenizer, sequence_len, per_dataset, world_size=world_size)
     else:
-        train = _tokenize_entries(cfg, tokenizer, "datasets", sequence_len, per_dataset)
-    preference = bool(option(cfg, "rl"))  # two examples per row, kept and split by pair (data/pairs.py)
+        train = _tokenize_entries(
+            cfg, tokenizer, _entries("datasets", cfg.datasets), sequence_len, per_dataset
+        )
+    preference = bool(cfg.rl)  # two examples per row, kept and split by pair (data/pairs.py)
     if not len(train):
         raise nothing_left_error(per_dataset, sequence_len)
-    deduplicate = bool(option(cfg, "dataset_exact_deduplication"))
+    deduplicate = bool(cfg.dataset_exact_deduplication)
     seen: set[bytes] = set()
     duplicates = 0
     if deduplicate:  # before the split, so no example is both trained on and evaluated (as Axolotl does)
         train, duplicates = drop_duplicates(train, seen)
-    val_set_size = float(option(cfg, "val_set_size") or 0)
-    if _entries(cfg, "test_datasets"):
+    val_set_size = float(cfg.val_set_size)
+    if cfg.test_datasets:
         if val_set_size:
             raise data_error(
                 "val_set_size",
                 "both test_datasets and val_set_size are set",
                 "set val_set_size: 0 to evaluate on test_datasets, or drop test_datasets",
             )
-        evaluation = _tokenize_entries(cfg, tokenizer, "test_datasets", sequence_len, per_test_dataset)
+        evaluation = _tokenize_entries(
+            cfg, tokenizer, _entries("test_datasets", cfg.test_datasets), sequence_len, per_test_dataset
+        )
         if deduplicate:  # also drops evaluation examples that are training examples
             evaluation, eval_duplicates = drop_duplicates(evaluation, seen)
             duplicates += eval_duplicates
@@ -170,9 +169,8 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
             raise nothing_left_error(per_test_dataset, sequence_len)
     else:
         train, evaluation = (split_eval_pairs if preference else split_eval)(train, val_set_size, seed)
-    packed = bool(option(cfg, "sample_packing"))
-    eval_packed = option(cfg, "eval_sample_packing")
-    eval_packed = packed if eval_packed is None else bool(eval_packed)
+    packed = cfg.sample_packing
+    eval_packed = packed if cfg.eval_sample_packing is None else cfg.eval_sample_packing
     rows_of = (
         (lambda examples, _packed: pair_rows(examples))
         if preference
@@ -196,9 +194,11 @@ def build_prepared(cfg: TrainConfig, tokenizer, *, world_size: int = 1) -> Prepa
     return PreparedData(train=train_rows, eval=eval_rows, stats=stats)
 
 
-def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = None) -> PromptFormat:
+def make_format(
+    entry: DatasetConfig, where: str, cfg: TrainConfig, tokenizer: Any, columns: list[str] | None = None
+) -> PromptFormat:
     """The format object for one dataset entry (type None with input_ids columns = pretokenized)."""
-    type_name = option(entry, "type")
+    type_name = entry.type
     if type_name is None and columns is not None and "input_ids" in columns:
         cls: type[PromptFormat] = Pretokenized
     elif type_name is None:
@@ -207,14 +207,8 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
             "no type given",
             f"set type to one of {', '.join(BUILTIN_FORMATS)} or my_module.MyFormat",
         )
-    elif not isinstance(type_name, str):
-        raise data_error(
-            f"{where}.type", f"type must be a name, got {type(type_name).__name__}", "e.g. type: alpaca"
-        )
     else:
-        cls = resolve_format(
-            type_name, path=f"{where}.type", source_dir=option(cfg, "source_dir"), rl=option(cfg, "rl")
-        )
+        cls = resolve_format(type_name, path=f"{where}.type", source_dir=cfg.source_dir, rl=cfg.rl)
     if issubclass(cls, ChatTemplate) and is_mistral_common(tokenizer):
         if cls is not ChatTemplate:
             raise data_error(
@@ -225,15 +219,15 @@ def make_format(entry, where: str, cfg, tokenizer, columns: list[str] | None = N
                 "tokenizer_use_mistral_common",
             )
         cls = MistralChat  # the encoder of mistral-common, not a Jinja template
-    chat_template = option(cfg, "chat_template")
-    if option(cfg, "chat_template_jinja") and chat_template in (None, "jinja"):
-        chat_template = option(cfg, "chat_template_jinja")  # the template text itself
-    extra = {"eot_tokens": option(cfg, "eot_tokens")} if issubclass(cls, ChatTemplate) else {}
+    chat_template = cfg.chat_template
+    if cfg.chat_template_jinja and chat_template in (None, "jinja"):
+        chat_template = cfg.chat_template_jinja  # the template text itself
+    extra = {"eot_tokens": cfg.eot_tokens} if issubclass(cls, ChatTemplate) else {}
     try:
         return cls(
             tokenizer,
             entry,
-            train_on_inputs=bool(option(cfg, "train_on_inputs")),
+            train_on_inputs=cfg.train_on_inputs,
             chat_template=chat_template,
             **extra,
         )
@@ -376,15 +370,21 @@ def load_prepared(path: Path) -> PreparedData:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: list) -> TokenizedExamples:
+def _tokenize_entries(
+    cfg: TrainConfig,
+    tokenizer: Any,
+    entries: list[tuple[str, DatasetConfig]],
+    sequence_len: int,
+    per_dataset: list[dict[str, Any]],
+) -> TokenizedExamples:
     parts = []
-    for where, entry in _entries(cfg, key):
-        rows = load_rows(entry, where, option(cfg, "source_dir"))
+    for where, entry in entries:
+        rows = load_rows(entry, where, cfg.source_dir)
         fmt = make_format(entry, where, cfg, tokenizer, rows.column_names)
-        tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg))
-        drop = drop_unusable_pairs if option(cfg, "rl") else drop_unusable
+        tokenized = tokenize_dataset(rows, fmt, where, num_proc=num_proc(cfg.dataset_num_proc))
+        drop = drop_unusable_pairs if cfg.rl else drop_unusable
         examples, too_long, untrained = drop(tokenized, sequence_len)
-        examples, too_short = drop_short(examples, option(cfg, "min_sample_len"))
+        examples, too_short = drop_short(examples, cfg.min_sample_len)
         per_dataset.append(
             {
                 "dataset": where,
@@ -406,43 +406,42 @@ def _tokenize_entries(cfg, tokenizer, key: str, sequence_len: int, per_dataset: 
     return TokenizedExamples.concat(parts)
 
 
-def num_proc(cfg) -> int:
+def num_proc(configured: int | None) -> int:
     """dataset_num_proc, default the CPUs this process may use, at most 8."""
-    configured = option(cfg, "dataset_num_proc")
     if configured:
-        return int(configured)
+        return configured
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(8, cpus)
 
 
-def _entries(cfg, key: str) -> list[tuple[str, Any]]:
-    return [(f"{key}[{index}]", entry) for index, entry in enumerate(option(cfg, key) or [])]
+def _entries(key: str, entries: Sequence[Entry] | None) -> list[tuple[str, Entry]]:
+    """(`key[i]`, entry) of each entry: the key path problems name."""
+    return [(f"{key}[{index}]", entry) for index, entry in enumerate(entries or ())]
 
 
 def _plain(value: Any) -> Any:
-    """JSON-able form of config values (pydantic models, plain objects, containers)."""
+    """JSON-able form of config values (pydantic models, containers)."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return {k: _plain(v) for k, v in vars(value).items() if v is not None and not k.startswith("_")}
     return value
 
 
-def _format_source(entry, source_dir) -> str | None:
+def _format_source(entry: DatasetConfig, source_dir: Path | None) -> str | None:
     """Hash of a user format's source file, so editing it invalidates the cache."""
-    type_name = option(entry, "type")
+    type_name = entry.type
     if not isinstance(type_name, str) or type_name in BUILTIN_FORMATS or "." not in type_name:
         return None
     try:
-        source = inspect.getsource(
-            inspect.getmodule(resolve_format(type_name, path="", source_dir=source_dir))
-        )
+        module = inspect.getmodule(resolve_format(type_name, path="", source_dir=source_dir))
+        source = inspect.getsource(module) if module is not None else None
     except (DataError, OSError, TypeError):
         return None  # reported by make_format when the data is prepared
+    if source is None:
+        return None
     return cache.digest(source)
 
 

@@ -12,27 +12,35 @@ packed with `sample_packing`) and the prepared-data cache, keyed by the corpus a
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kubetune.data.errors import data_error
 from kubetune.data.formats.base import IGNORE_INDEX, TokenizedExamples, encode_texts, special_prefix_ids
-from kubetune.data.loading import load_rows, option
+from kubetune.data.loading import load_rows
 from kubetune.data.streaming import needed_rows, shuffled_stream
+
+if TYPE_CHECKING:
+    from kubetune.config import TrainConfig
 
 log = logging.getLogger("kubetune.data")
 
 _BATCH = 256  # documents tokenized per call
 
 
-def needed_tokens(cfg, sequence_len: int, world_size: int) -> int:
+def needed_tokens(cfg: TrainConfig, sequence_len: int, world_size: int) -> int:
     """Tokens that max_steps optimizer steps consume (rows of sequence_len tokens)."""
     return needed_rows(cfg, world_size) * sequence_len
 
 
 def stream_pretraining(
-    cfg, tokenizer, sequence_len: int, per_dataset: list[dict[str, Any]], *, world_size: int = 1
+    cfg: TrainConfig,
+    tokenizer: Any,
+    sequence_len: int,
+    per_dataset: list[dict[str, Any]],
+    *,
+    world_size: int = 1,
 ) -> TokenizedExamples:
     """The pieces of the documents read from cfg.pretraining_dataset, until needed_tokens are read."""
     need = needed_tokens(cfg, sequence_len, world_size)
@@ -40,14 +48,14 @@ def stream_pretraining(
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     pieces: list[list[int]] = []
     total = 0
-    for index, entry in enumerate(option(cfg, "pretraining_dataset") or []):
+    for index, entry in enumerate(cfg.pretraining_dataset or ()):
         if total >= need:
             break
         where = f"pretraining_dataset[{index}]"
-        column = option(entry, "text_column") or "text"
+        column = entry.text_column or "text"
         documents, first_piece = 0, len(pieces)
         batch: list[str] = []
-        stream = shuffled_stream(load_rows(entry, where, option(cfg, "source_dir"), streaming=True), cfg)
+        stream = shuffled_stream(load_rows(entry, where, cfg.source_dir, streaming=True), cfg)
         for row in stream:
             text = row.get(column)
             if not isinstance(text, str):

@@ -16,37 +16,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.data.errors import data_error
 from kubetune.data.formats import RowProblem, TokenizedExamples
-from kubetune.data.loading import load_rows, option
+from kubetune.data.loading import load_rows
+
+if TYPE_CHECKING:
+    from datasets import IterableDataset
+
+    from kubetune.config import TrainConfig
 
 log = logging.getLogger("kubetune.data")
 
 _BATCH = 256  # rows tokenized per call
 
 
-def needed_rows(cfg, world_size: int) -> int:
-    """Rows (training sequences) that max_steps optimizer steps consume."""
-    return (
-        int(option(cfg, "max_steps") or 0)
-        * int(option(cfg, "micro_batch_size") or 1)
-        * int(option(cfg, "gradient_accumulation_steps") or 1)
-        * world_size
-    )
+def needed_rows(cfg: TrainConfig, world_size: int) -> int:
+    """Rows (training sequences) that max_steps optimizer steps consume (a stream needs max_steps, which
+    the config's rules require)."""
+    return (cfg.max_steps or 0) * cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
 
 
-def shuffled_stream(rows, cfg):
-    """`rows` (an IterableDataset) through a shuffle buffer of streaming_multipack_buffer_size rows."""
-    buffer = option(cfg, "streaming_multipack_buffer_size")
+def shuffled_stream(rows: IterableDataset, cfg: TrainConfig) -> IterableDataset:
+    """`rows` through a shuffle buffer of streaming_multipack_buffer_size rows."""
+    buffer = cfg.streaming_multipack_buffer_size
     if not buffer:
         return rows
-    seed = 42 if option(cfg, "seed") is None else int(option(cfg, "seed"))
-    return rows.shuffle(seed=seed, buffer_size=int(buffer))
+    return rows.shuffle(seed=cfg.seed, buffer_size=buffer)
 
 
-def _batches(rows, size: int) -> Iterator[list[dict[str, Any]]]:
+def _batches(rows: IterableDataset, size: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     for row in rows:
         batch.append(row)
@@ -58,19 +58,24 @@ def _batches(rows, size: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def stream_datasets(
-    cfg, tokenizer, sequence_len: int, per_dataset: list[dict[str, Any]], *, world_size: int = 1
+    cfg: TrainConfig,
+    tokenizer: Any,
+    sequence_len: int,
+    per_dataset: list[dict[str, Any]],
+    *,
+    world_size: int = 1,
 ) -> TokenizedExamples:
     """The examples of cfg.datasets read as streams until max_steps has enough of them."""
     from kubetune.data.pipeline import drop_short, drop_unusable, make_format
 
-    packed = bool(option(cfg, "sample_packing"))
+    packed = cfg.sample_packing
     need = needed_rows(cfg, world_size) * (sequence_len if packed else 1)
     got, parts = 0, []
-    for index, entry in enumerate(option(cfg, "datasets") or []):
+    for index, entry in enumerate(cfg.datasets or []):
         if got >= need:
             break
         where = f"datasets[{index}]"
-        stream = shuffled_stream(load_rows(entry, where, option(cfg, "source_dir"), streaming=True), cfg)
+        stream = shuffled_stream(load_rows(entry, where, cfg.source_dir, streaming=True), cfg)
         fmt, read, kept = None, 0, 0
         too_long = untrained = too_short = 0
         for batch in _batches(stream, _BATCH):
@@ -92,7 +97,7 @@ def stream_datasets(
                 ) from None
             read += len(batch)
             examples, long_, untrained_ = drop_unusable(tokenized, sequence_len)
-            examples, short_ = drop_short(examples, option(cfg, "min_sample_len"))
+            examples, short_ = drop_short(examples, cfg.min_sample_len)
             too_long, untrained, too_short = too_long + long_, untrained + untrained_, too_short + short_
             parts.append(examples)
             kept += len(examples)

@@ -6,30 +6,32 @@ same way: this function is that way.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kubetune.config.sources import is_object_store_uri
 from kubetune.data.errors import data_error
 from kubetune.data.formats.chat_template import resolve_chat_template
 from kubetune.data.formats.named_templates import NAMED_TEMPLATES
-from kubetune.data.loading import option
+
+if TYPE_CHECKING:
+    from kubetune.config import TrainConfig
 
 SOURCE_KEYS = ("tokenizer_config", "base_model_config", "base_model")  # Axolotl's order
 
 
-def tokenizer_source(cfg) -> str:
+def tokenizer_source(cfg: TrainConfig) -> str:
     """The directory or hub id the tokenizer loads from, the way the engine finds the model
     (kubetune.train.model.model_source): a path relative to the config file's directory (or the
     working directory for a config built in memory) that is a directory there is that directory;
     anything else is passed on as written (a hub id, or an absolute path)."""
-    key = next((k for k in SOURCE_KEYS if option(cfg, k)), None)
+    key = next((k for k in SOURCE_KEYS if getattr(cfg, k)), None)
     if key is None:
         raise data_error(
             "base_model",
             "no tokenizer to load: base_model is not set",
             "set base_model (or tokenizer_config)",
         )
-    value = str(option(cfg, key))
+    value = str(getattr(cfg, key))
     if is_object_store_uri(value):  # the local copy (the fetch step made it, or this downloads it once)
         from kubetune import objectstore
 
@@ -37,18 +39,11 @@ def tokenizer_source(cfg) -> str:
             return str(objectstore.fetch_source(value))
         except objectstore.ObjectStoreError as err:
             raise data_error(key, err.message, err.fix) from None
-    resolve = getattr(cfg, "resolve_path", None)
-    if resolve is not None:
-        path = resolve(value)
-    else:
-        path = Path(value).expanduser()
-        source_dir = option(cfg, "source_dir")
-        if not path.is_absolute():
-            path = Path(source_dir or Path.cwd()) / path
+    path = cfg.resolve_path(value)
     return str(path) if path.is_dir() else value
 
 
-def load_tokenizer(cfg):
+def load_tokenizer(cfg: TrainConfig) -> Any:
     """AutoTokenizer from tokenizer_config / base_model_config / base_model, with special_tokens,
     tokens and the selected chat template applied (so the saved tokenizer carries them).
 
@@ -57,15 +52,15 @@ def load_tokenizer(cfg):
     import transformers
 
     source = tokenizer_source(cfg)
-    revision = cfg.revision_for(source) if hasattr(cfg, "revision_for") else {}  # revision_of_model
-    if option(cfg, "tokenizer_use_mistral_common"):
+    revision = cfg.revision_for(source)  # revision_of_model
+    if cfg.tokenizer_use_mistral_common:
         return load_mistral_common_tokenizer(source, revision)
-    kwargs = {"trust_remote_code": bool(option(cfg, "trust_remote_code"))} | revision
-    if option(cfg, "tokenizer_legacy") is not None:
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.trust_remote_code)} | revision
+    if cfg.tokenizer_legacy is not None:
         # Llama-family sentencepiece-style tokenizers: `legacy` decides whether text after a special
         # token gets the word-start marker (true) or not (false, transformers' default).
-        kwargs["legacy"] = bool(option(cfg, "tokenizer_legacy"))
-    tokenizer_type = option(cfg, "tokenizer_type")
+        kwargs["legacy"] = cfg.tokenizer_legacy
+    tokenizer_type = cfg.tokenizer_type
     if tokenizer_type:
         loader = getattr(transformers, tokenizer_type)
     else:
@@ -76,10 +71,10 @@ def load_tokenizer(cfg):
         kwargs["mistral_format"] = False
     tokenizer = loader.from_pretrained(source, **kwargs)
     # TrainConfig.special_tokens is a model whose unset tokens are None: pass only the ones given.
-    special = {k: v for k, v in dict(option(cfg, "special_tokens") or {}).items() if v is not None}
+    special = {k: v for k, v in dict(cfg.special_tokens or {}).items() if v is not None}
     if special:
         tokenizer.add_special_tokens(special)
-    tokens = list(option(cfg, "tokens") or [])
+    tokens = list(cfg.tokens or [])
     if tokens:
         tokenizer.add_tokens(tokens)
     if tokenizer.pad_token is None:
@@ -92,13 +87,13 @@ def load_tokenizer(cfg):
             f'Add to the config:  special_tokens: {{pad_token: "{suggestion}"}}  (the eos token is the usual '
             "choice; padding never carries a label, so it is never trained on).",
         )
-    choice = option(cfg, "chat_template")
+    choice = cfg.chat_template
     if (
         choice in NAMED_TEMPLATES
         or choice == "jinja"
         or (isinstance(choice, str) and choice.startswith("tokenizer_default_fallback_"))
     ):
-        tokenizer.chat_template = resolve_chat_template(choice, tokenizer, option(cfg, "chat_template_jinja"))
+        tokenizer.chat_template = resolve_chat_template(choice, tokenizer, cfg.chat_template_jinja)
     return tokenizer
 
 

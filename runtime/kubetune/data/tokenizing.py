@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import sys
+from typing import Any
 
 from kubetune.data.errors import DataError, data_error
 from kubetune.data.formats import PromptFormat, RowProblem, TokenizedExamples
@@ -22,7 +23,7 @@ MIN_ROWS_PER_PROCESS = 4096  # below this a process costs more than it saves
 
 # What forked workers read: set just before the pool forks, so rows and format are inherited
 # (memory-mapped arrow, compiled templates) rather than pickled.
-_WORK: tuple | None = None
+_WORK: tuple[Any, PromptFormat, str] | None = None
 
 
 def tokenize_dataset(rows, fmt: PromptFormat, where: str, *, num_proc: int = 1) -> TokenizedExamples:
@@ -84,6 +85,7 @@ def _in_processes(rows, fmt, where, ranges, processes) -> list[TokenizedExamples
 
 
 def _worker(span: tuple[int, int]):
+    assert _WORK is not None  # set by _in_processes before the fork
     rows, fmt, where = _WORK
     try:
         return _tokenize_range(rows, fmt, where, span)

@@ -160,6 +160,10 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
             if commit is None:
                 revision = source.revision or constants.DEFAULT_REVISION
                 commit = api.repo_info(source.uri, repo_type=repo_type, revision=revision).sha
+                if commit is None:  # huggingface_hub types it optional; the hub always names it
+                    raise FetchError(
+                        source, f"the hub named no commit for revision {revision}", permanent=False
+                    )
             marker = marker_path(hub_cache, repo_type, source.uri, commit)
             snapshot = str(
                 hub_cache / f"{repo_type}s--{source.uri.replace('/', '--')}" / "snapshots" / commit

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch.nn.attention import SDPBackend
@@ -130,8 +131,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
-    out = varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, scale=scaling, window_size=(-1, 0)
+    out = cast(  # a tensor: the log-sum-exp (return_aux) is not asked for
+        torch.Tensor,
+        varlen_attn(
+            q, k, v, cu_seqlens, cu_seqlens, max_length, max_length, scale=scaling, window_size=(-1, 0)
+        ),
     )
     return out.view(batch, length, heads, dim), None
 
@@ -297,11 +301,11 @@ def select_backend(cfg, *, cuda: bool, context_parallel: bool = False) -> Attent
     `context_parallel`: the mesh has a cp dim (the config rules leave attn_implementation unset then)."""
     check_request(cfg, cuda=cuda)
     if context_parallel:
-        from kubetune.train import context_parallel
+        from kubetune.train import context_parallel as ring
 
-        context_parallel.register()
+        ring.register()
         log.info("attention: ring attention over the context-parallel ranks (packed examples kept apart)")
-        return AttentionBackend("ring", context_parallel.RING_ATTENTION)
+        return AttentionBackend("ring", ring.RING_ATTENTION)
     wanted = requested_backend(cfg)
     if wanted == "hub_kernel":
         # transformers loads it (kernels.get_kernel) and calls its flash_attn_varlen_func through the same

@@ -92,10 +92,12 @@ def problem(path: Path, *, verify_hashes: bool = True) -> str | None:
             return f"{name} is truncated ({file.stat().st_size} of {size} bytes)"
     if not verify_hashes:
         return None
-    hashed = [name for name, (_, sha256) in manifest.items() if sha256 is not None]
-    for name, actual in zip(hashed, _digests(path, hashed, fsync=False), strict=True):
-        if actual != manifest[name][1]:
-            return f"{name} is corrupt (sha256 {actual[:12]}…, the manifest says {manifest[name][1][:12]}…)"
+    hashed = {name: sha256 for name, (_, sha256) in manifest.items() if sha256 is not None}
+    for (name, expected), actual in zip(
+        hashed.items(), _digests(path, list(hashed), fsync=False), strict=True
+    ):
+        if actual != expected:
+            return f"{name} is corrupt (sha256 {actual[:12]}…, the manifest says {expected[:12]}…)"
     return None
 
 

@@ -85,7 +85,8 @@ def ring_attention_forward(module, query, key, value, attention_mask, scaling=No
     positions = torch.arange(length, device=query.device)
     q_index = positions + rank * length
     q_doc = documents[:, q_index]
-    out = lse = None
+    out: torch.Tensor | None = None
+    lse: torch.Tensor | None = None
     block = torch.stack([key, value])  # one message per ring step
     for step in range(size):
         # Every block is computed, also those wholly in the future of this rank's queries (merge weight
@@ -97,7 +98,7 @@ def ring_attention_forward(module, query, key, value, attention_mask, scaling=No
         allowed = (q_index[:, None] >= k_index[None, :]) & (q_doc[:, :, None] == k_doc[:, None, :])
         k, v = repeat_kv(block[0], groups), repeat_kv(block[1], groups)
         block_out, block_lse = _block(query, k, v, allowed[:, None], scaling)
-        if out is None:
+        if out is None or lse is None:
             out, lse = block_out, block_lse
         else:
             merged = torch.logaddexp(lse, block_lse)

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from kubetune.config.deepspeed_presets import resolve_deepspeed_path
 from kubetune.config.mesh import MeshLayout, layout_problems, mesh_requested, resolve_layout
+from kubetune.config.sharding import fsdp_version, sharding_strategy
 from kubetune.train.errors import UserError
 from kubetune.train.model import Precision
 
@@ -27,7 +29,6 @@ PEFT_LAYER_CLASSES_ENV = "FSDP_TRANSFORMER_CLS_TO_WRAP"
 
 # Test and development switch: FSDP on CPU processes (gloo) instead of the DDP fallback; see docs/training.md.
 CPU_FSDP_ENV = "KUBETUNE_CPU_FSDP"
-SHARDING_STRATEGIES = ("full_shard", "shard_grad_op", "hybrid_shard", "no_shard")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def mesh_layout(cfg, topo: Topology) -> MeshLayout:
 
 
 def check_request(cfg, *, cuda: bool) -> None:
+    """What the config's rules (kubetune.config.sharding) cannot know: CUDA and installed packages."""
     if cfg.deepspeed is not None:
         if not cuda:
             raise UserError(
@@ -86,22 +88,17 @@ def check_request(cfg, *, cuda: bool) -> None:
                 key="deepspeed",
             )
         deepspeed_config(cfg)  # read and check the file now, before anything is loaded
-    if cfg.fsdp and cfg.deepspeed is not None:
-        raise UserError("fsdp and deepspeed are both set.", "Keep one of the two.", key="fsdp")
     if cfg.ddp_backend == "nccl" and not cuda:
         raise UserError(
             "ddp_backend: nccl needs CUDA GPUs, and this machine has none.",
             "Set `ddp_backend: auto` (gloo on CPU).",
             key="ddp_backend",
         )
-    if cfg.fsdp:
-        fsdp_plugin_kwargs(cfg, Precision(None, "no"))  # type: ignore[arg-type]  # raises on a bad combination
 
 
 def fsdp2_requested(cfg, *, cuda: bool) -> bool:
     """The config asks for FSDP2 and it will run: on GPUs, or on CPU processes with KUBETUNE_CPU_FSDP."""
-    version = cfg.fsdp_config.fsdp_version if cfg.fsdp_config else 1
-    return bool(cfg.fsdp) and version == 2 and (cuda or cpu_fsdp_requested())
+    return bool(cfg.fsdp) and fsdp_version(cfg) == 2 and (cuda or cpu_fsdp_requested())
 
 
 def is_sharded(accelerator) -> bool:
@@ -245,7 +242,7 @@ def report_host_memory(accelerator, read_weights: bool) -> None:
     import torch.distributed as dist
 
     mine = (round(peak_host_memory_mib()), read_weights)
-    ranks = [mine]
+    ranks: list[Any] = [mine]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, mine)
@@ -364,15 +361,8 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
     """accelerate FullyShardedDataParallelPlugin arguments from `fsdp: [...]` and `fsdp_config`."""
     options = set(cfg.fsdp)
     fc = cfg.fsdp_config
-    strategies = [option for option in cfg.fsdp if option in SHARDING_STRATEGIES]
-    if len(strategies) > 1:
-        raise UserError(
-            f"fsdp lists several sharding strategies: {', '.join(strategies)}.",
-            "Keep one of full_shard, shard_grad_op, hybrid_shard, no_shard.",
-            key="fsdp",
-        )
-    strategy = strategies[0] if strategies else "full_shard"
-    version = fc.fsdp_version if fc else 1
+    strategy = sharding_strategy(cfg)  # one strategy, FSDP2 with full_shard only: config/sharding.py's rules
+    version = fsdp_version(cfg)
     get = (lambda name: getattr(fc, name)) if fc else (lambda name: None)
 
     wrap = get("fsdp_auto_wrap_policy")
@@ -410,12 +400,6 @@ def fsdp_plugin_kwargs(cfg, precision: Precision) -> dict:
         use_orig = get("fsdp_use_orig_params")
         kwargs["use_orig_params"] = True if use_orig is None else use_orig
     else:
-        if strategy in ("hybrid_shard", "no_shard"):
-            raise UserError(
-                f"fsdp: {strategy} is an FSDP1 sharding strategy; FSDP2 (fsdp_version: 2) shards fully.",
-                "Use full_shard (or shard_grad_op) with fsdp_version 2, or set fsdp_version: 1.",
-                key="fsdp",
-            )
         reshard = get("fsdp_reshard_after_forward")
         kwargs["reshard_after_forward"] = (strategy == "full_shard") if reshard is None else reshard
     return kwargs
@@ -436,14 +420,6 @@ def deepspeed_config(cfg, *, precision: Precision | None = None, world_size: int
             ) from err
     else:
         ds = copy.deepcopy(dict(cfg.deepspeed))
-    for owned in ("optimizer", "scheduler"):
-        if owned in ds:
-            raise UserError(
-                f"the DeepSpeed config defines its own {owned}; kubetune builds it from the config "
-                f"(`optimizer`, `lr_scheduler`).",
-                f"Remove the `{owned}` section from the DeepSpeed config.",
-                key="deepspeed",
-            )
     mbs, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation_steps
     fill = {
         "train_micro_batch_size_per_gpu": mbs,

@@ -11,7 +11,7 @@ def format_prompt(cfg, tokenizer, prompt: str, template: str = "auto") -> str | 
     """The prompt as training saw prompts: alpaca scaffolding, the chat template, or the raw text."""
     if template == "auto":
         kind = cfg.datasets[0].type if cfg.datasets else None
-        template = {"alpaca": "alpaca", "chat_template": "chat"}.get(kind, "raw")
+        template = {"alpaca": "alpaca", "chat_template": "chat"}.get(kind or "", "raw")
     if template == "alpaca":
         from kubetune.data.formats.instruct import ALPACA_NO_INPUT
 

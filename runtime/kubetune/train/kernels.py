@@ -82,7 +82,7 @@ def _swap_llama_kernels(model: nn.Module, kinds: list[str]) -> list[str]:
     done = [f"{kind} x{count}" for kind, count in swapped.items() if count]
     if "rope" in kinds and hasattr(modeling, "apply_rotary_pos_emb"):
         # The attention modules look the function up in their module's globals at call time.
-        modeling.apply_rotary_pos_emb = rotary
+        modeling.apply_rotary_pos_emb = rotary  # type: ignore[attr-defined]  # the module is found at run time
         done.append("rope")
     return done
 
@@ -97,7 +97,7 @@ def _swap_layer_norms(model: nn.Module) -> list[str]:
     count = 0
     for module in model.modules():
         if isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None:
-            module.forward = layer_norm_forward.__get__(module)
+            module.forward = layer_norm_forward.__get__(module)  # type: ignore[method-assign]  # per instance
             count += 1
     if not count:
         log.info("liger kernels: layer_norm not applied (the model has no affine nn.LayerNorm)")

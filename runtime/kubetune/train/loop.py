@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -37,6 +38,12 @@ from kubetune.train.preference_setup import preference_module
 from kubetune.train.progress import Progress, Reporters, build_reporters
 from kubetune.train.watchdog import LossWatchdog
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from kubetune.config import TrainConfig
+    from kubetune.data import PreparedData
+
 log = logging.getLogger(__name__)
 
 
@@ -44,13 +51,13 @@ log = logging.getLogger(__name__)
 class Run:
     """Everything setup builds; the training loop only reads it (and mutates `state`)."""
 
-    cfg: object
-    accelerator: object
+    cfg: TrainConfig
+    accelerator: Accelerator
     module: torch.nn.Module  # the prepared CausalLMLoss
-    optimizer: object
-    scheduler: object
-    tokenizer: object
-    data: object
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch's LRScheduler or ReduceLROnPlateau (optim.build_scheduler)
+    tokenizer: Any  # a transformers tokenizer or mistral-common's backend (kubetune.data.load_tokenizer)
+    data: PreparedData
     plan: Plan
     backend: attention.AttentionBackend
     collate: Collate
@@ -140,13 +147,17 @@ def setup(cfg, stop: StopFlag) -> Run | None:
         tp_mesh=distributed.tensor_parallel_mesh(accelerator),
     )
     read_weights = distributed.read_the_weights(model, accelerator, topo)
-    trainable, total = model_lib.parameter_counts(model)
+    trainable_count, total = model_lib.parameter_counts(model)
     log.info(
-        "model: %s trainable of %s parameters; attention: %s", f"{trainable:,}", f"{total:,}", backend.name
+        "model: %s trainable of %s parameters; attention: %s",
+        f"{trainable_count:,}",
+        f"{total:,}",
+        backend.name,
     )
 
     objective = cfg.preference_objective()  # rl: what is optimised, else None
     collate = Collate(_collator(cfg, tokenizer), per_pair=objective is not None)
+    module: torch.nn.Module
     if objective is None:
         split = distributed.sequence_split(accelerator, tokenizer) if layout.cp > 1 else None
         module = CausalLMLoss(model, loss_fn=loss_function(cfg), sequence_split=split)  # fused-loss switch
@@ -171,7 +182,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     distributed.report_host_memory(accelerator, read_weights)
     scheduler = optim.build_scheduler(cfg, optimizer, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    trainable = None
+    trainable: checkpoint.ShardedTrainableState | None = None
     if cfg.adapter and (layout.tp > 1 or (cfg.fsdp and distributed.is_sharded(accelerator))):
         # DTensor adapters (FSDP2 shards, tensor-parallel layers): gathered whole, scattered back on resume
         trainable = checkpoint.ShardedTrainableState(accelerator, module, optimizer, scheduler)
@@ -269,7 +280,9 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     grad_norm = None
     watchdog = LossWatchdog.from_config(cfg, seen=len(state.history))
     lisa = (
-        Lisa.from_config(cfg, causal_lm(_objective(run).model), processes=acc.num_processes)
+        Lisa.from_config(
+            cfg, causal_lm(cast("torch.nn.Module", _objective(run).model)), processes=acc.num_processes
+        )
         if cfg.lisa_n_layers
         else None
     )
@@ -554,6 +567,7 @@ def evaluate_and_track(run: Run) -> bool:
     state, patience = run.state, run.cfg.early_stopping_patience
     flush_log(run)  # the eval report carries the latest train loss
     objective = _objective(run)
+    perplexity: float | None  # None for a pair loss (below)
     with objective.metrics_apart() if isinstance(objective, PreferenceLoss) else nullcontext():
         loss, perplexity = evaluate(run)
         eval_rewards = _take_rewards(run)  # the eval pairs' (rank 0's), apart from the train pairs
@@ -568,7 +582,7 @@ def evaluate_and_track(run: Run) -> bool:
     report(
         run, "eval", eval_loss=loss, eval_perplexity=perplexity, loss=state.last_loss, rewards=eval_rewards
     )
-    return bool(patience) and state.evals_without_improvement >= patience
+    return patience is not None and patience > 0 and state.evals_without_improvement >= patience
 
 
 def save_checkpoint(run: Run) -> str:

@@ -114,7 +114,8 @@ def fuse_lora_layers(model: nn.Module, groups: frozenset[str] | None = None) -> 
     """
     from kubetune.train.fast_paths import lora_group
 
-    fused, reasons = 0, {}
+    fused = 0
+    reasons: dict[str, int] = {}
     for name, module in model.named_modules():
         if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
             continue

@@ -12,10 +12,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
@@ -152,14 +156,14 @@ def decoder_of(lm: nn.Module) -> nn.Module:
     names no attribute (Llama4ForCausalLM: prefix `language_model`, decoder at `.model`; and so
     Llama4ForConditionalGeneration, whose get_decoder asks it) gets itself back, the head included.
     """
-    found = lm.get_decoder()
+    found = cast("PreTrainedModel", lm).get_decoder()
     inner = getattr(found, "model", None)
     if isinstance(inner, nn.Module) and found.get_output_embeddings() is not None:
         return inner
     return found
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
+def causal_lm(model: nn.Module) -> PreTrainedModel:
     """The transformers *ForCausalLM inside a peft model (or the model itself)."""
     get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if callable(get_base_model) else model
+    return cast("PreTrainedModel", get_base_model() if callable(get_base_model) else model)

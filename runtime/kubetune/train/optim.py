@@ -62,7 +62,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Decided by name, not shape: under FSDP1 the parameters are flat shards by the time the optimizer
     is built, but their names are the original ones.
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if _never_decayed(name) else decay).append(param)

@@ -175,10 +175,12 @@ class PreferenceLoss(nn.Module):
             ref_logps = self.reference_logps(input_ids, targets, position_ids, decoder_inputs)
         if objective.rl in ("dpo", "ipo"):
             weights = wpo[0] if wpo else None
+            assert ref_logps is not None  # dpo / ipo need the reference: set above
             result = losses.dpo(objective, logps, counts, ref_logps.to(logps.dtype), scored, weights)
         elif objective.rl == "kto":
             if desirable is None:
                 raise ValueError("rl: kto needs each row's desirable label (a KTO dataset type)")
+            assert ref_logps is not None  # kto needs the reference: set above
             result = losses.kto(
                 objective, logps, ref_logps.to(logps.dtype), desirable, scored, kl_group=self.kl_group()
             )

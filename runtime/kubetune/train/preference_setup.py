@@ -68,7 +68,7 @@ def preference_module(cfg, objective, model, data, *, collate, backend, accelera
 
 
 def reference_key(cfg, accelerator) -> str:
-    parts = {name: str(getattr(cfg, name, None)) for name in REFERENCE_KEYS}
+    parts: dict[str, str | bool] = {name: str(getattr(cfg, name, None)) for name in REFERENCE_KEYS}
     parts["adapter"] = bool(cfg.adapter)
     parts["device"] = accelerator.device.type  # kernels differ between CPU and GPU
     return "ref-logps-" + cache.digest(parts)[:24]

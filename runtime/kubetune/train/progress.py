@@ -130,7 +130,8 @@ STATUS_REWARDS = {
 
 def status_rewards(metrics: dict[str, float] | None) -> dict:
     """`{"rewards": {...}}` for status.progress from trl's metric names; {} for an SFT run."""
-    rewards = {key: _round(metrics[name]) for name, key in STATUS_REWARDS.items() if name in (metrics or {})}
+    given = metrics or {}
+    rewards = {key: _round(given[name]) for name, key in STATUS_REWARDS.items() if name in given}
     return {"rewards": rewards} if rewards else {}
 
 

@@ -105,12 +105,12 @@ def start(cfg: TrainConfig, output_dir: Path, *, resumed_from_step: int | None) 
     state: dict[str, dict] = {}
     trackers: list = []
     if cfg.use_tensorboard:
-        tracker = TensorBoardTracker(output_dir, previous.get("tensorboard"), resumed_from_step)
-        state["tensorboard"] = tracker.identity()
-        trackers.append(tracker)
+        board = TensorBoardTracker(output_dir, previous.get("tensorboard"), resumed_from_step)
+        state["tensorboard"] = board.identity()
+        trackers.append(board)
     if mlflow_enabled(cfg):
         try:
-            tracker = MlflowTracker(cfg, previous.get("mlflow"))
+            mlflow_run = MlflowTracker(cfg, previous.get("mlflow"))
         except Exception as err:  # noqa: BLE001 - whatever the client raises, the job cannot track: say why
             raise UserError(
                 f"could not start the MLflow run at "
@@ -119,12 +119,12 @@ def start(cfg: TrainConfig, output_dir: Path, *, resumed_from_step: int | None) 
                 "reach, with its credentials (MLFLOW_TRACKING_TOKEN, ...) in the pods' environment.",
                 key="mlflow_tracking_uri",
             ) from err
-        state["mlflow"] = tracker.identity()
-        trackers.append(tracker)
+        state["mlflow"] = mlflow_run.identity()
+        trackers.append(mlflow_run)
     if wandb_enabled(cfg):
-        tracker = WandbTracker(cfg, output_dir, previous.get("wandb"))
-        state["wandb"] = tracker.identity()
-        trackers.append(tracker)
+        wandb_run = WandbTracker(cfg, output_dir, previous.get("wandb"))
+        state["wandb"] = wandb_run.identity()
+        trackers.append(wandb_run)
     if state:
         save_state(output_dir, state)
     return trackers

@@ -149,6 +149,17 @@ def test_deepspeed_inline_mapping_is_accepted(seed_mapping):
     assert cfg.deepspeed == {"zero_optimization": {"stage": 2}}
 
 
+@pytest.mark.parametrize("owned", ["optimizer", "scheduler"])
+def test_a_deepspeed_config_with_its_own_optimizer_is_refused(seed_mapping, tmp_path, owned):
+    """kubetune builds the optimizer and schedule from the config; DeepSpeed's own would replace them."""
+    inline = {"zero_optimization": {"stage": 2}, owned: {"type": "AdamW"}}
+    (problem,) = validate_mapping({**seed_mapping, "deepspeed": inline})
+    assert problem.path == "deepspeed" and f"defines its own {owned}" in problem.message
+    (tmp_path / "ds.json").write_text(json.dumps(inline))
+    (problem,) = validate_mapping({**seed_mapping, "deepspeed": "ds.json"}, source_dir=tmp_path)
+    assert problem.path == "deepspeed" and f"defines its own {owned}" in problem.message
+
+
 def test_yaml_1_1_scientific_notation_string_is_a_number(tmp_path):
     cfg = load_config(_write(tmp_path, BASE.read_text().replace("0.0002", "2e-4")))
     assert cfg.learning_rate == pytest.approx(2e-4)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
+from kubetune.config import DatasetConfig, TrainConfig, load_config
 from kubetune.data import IGNORE_INDEX
 from kubetune.data.formats.instruct import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 from kubetune.tiny import alpaca_rows, train_tokenizer
@@ -13,6 +18,27 @@ def tokenizer():
     corpus = [" ".join(row.values()) for row in alpaca_rows(200)]
     corpus += [ALPACA_WITH_INPUT, ALPACA_NO_INPUT, "system user assistant human gpt"]
     return train_tokenizer(corpus)
+
+
+def train_config(source_dir: Path | None = None, **keys: Any) -> TrainConfig:
+    """A whole TrainConfig for the data functions, which take the typed config: `keys` over a minimal
+    valid one, written into `source_dir` when given (relative paths and custom formats resolve there)."""
+    mapping = {
+        "base_model": "unused",
+        "learning_rate": 1e-4,
+        "num_epochs": 1,
+        "datasets": [{"path": "unused.jsonl", "type": "alpaca"}],
+    } | keys
+    if source_dir is None:
+        return load_config(mapping)
+    path = source_dir / "kubetune-test-config.yml"
+    path.write_text(yaml.safe_dump(mapping))
+    return load_config(path)
+
+
+def entry(**keys: Any) -> DatasetConfig:
+    """One `datasets[i]` entry (path given when the test does not care)."""
+    return DatasetConfig.model_validate({"path": "unused.jsonl"} | keys)
 
 
 def example(examples, k: int) -> tuple[list[int], list[int]]:

@@ -10,7 +10,8 @@ from kubetune.data.formats.base import RowProblem
 from kubetune.data.pipeline import make_format
 from kubetune.tiny import _corpus, alpaca_rows, chat_rows, write_tekken
 
-from .conftest import example, trained_spans
+from .conftest import entry as dataset
+from .conftest import example, train_config, trained_spans
 
 CONVERSATION = {
     "messages": [
@@ -30,13 +31,17 @@ def model_dir(tmp_path_factory):
     return directory
 
 
+def mistral_config(model_dir):
+    return train_config(base_model=str(model_dir), tokenizer_use_mistral_common=True)
+
+
 @pytest.fixture(scope="session")
 def mistral(model_dir):
-    return load_tokenizer({"base_model": str(model_dir), "tokenizer_use_mistral_common": True})
+    return load_tokenizer(mistral_config(model_dir))
 
 
 def tokenize(tokenizer, rows, **entry):
-    fmt = make_format({"type": "chat_template", **entry}, "datasets[0]", {}, tokenizer)
+    fmt = make_format(dataset(type="chat_template", **entry), "datasets[0]", train_config(), tokenizer)
     return fmt.tokenize_rows(rows)
 
 
@@ -115,7 +120,9 @@ def test_reasoning_chunks_and_field_thinking_are_trained_with_the_answer(mistral
 
 
 def test_train_on_inputs_trains_every_token_after_the_first(mistral):
-    fmt = make_format({"type": "chat_template"}, "datasets[0]", {"train_on_inputs": True}, mistral)
+    fmt = make_format(
+        dataset(type="chat_template"), "datasets[0]", train_config(train_on_inputs=True), mistral
+    )
     input_ids, labels = example(fmt.tokenize_rows([CONVERSATION]), 0)
     assert labels == [-100, *input_ids[1:]]
 
@@ -144,12 +151,12 @@ def test_rows_mistral_common_cannot_train_name_the_reason(mistral, messages, pro
 
 def test_alpaca_and_completion_rows_train_their_output_with_the_tekken_vocabulary(mistral):
     row = alpaca_rows(1)[0]
-    alpaca = make_format({"type": "alpaca"}, "datasets[0]", {}, mistral).tokenize_rows([row])
+    alpaca = make_format(dataset(type="alpaca"), "datasets[0]", train_config(), mistral).tokenize_rows([row])
     assert spans(mistral, alpaca) == [row["output"] + "</s>"]
     assert example(alpaca, 0)[0][0] == mistral.bos_token_id
-    completion = make_format({"type": "completion"}, "datasets[0]", {}, mistral).tokenize_rows(
-        [{"text": "one two"}]
-    )
+    completion = make_format(
+        dataset(type="completion"), "datasets[0]", train_config(), mistral
+    ).tokenize_rows([{"text": "one two"}])
     assert mistral.decode(example(completion, 0)[0], skip_special_tokens=False) == "<s>one two</s>"
 
 
@@ -158,12 +165,13 @@ def test_a_template_subclass_is_refused_for_a_mistral_common_tokenizer(mistral, 
         "from kubetune.data.formats.chat_template import ChatTemplate\nclass Mine(ChatTemplate):\n    pass\n"
     )
     with pytest.raises(DataError, match="use type: chat_template"):
-        make_format({"type": "my_formats.Mine"}, "datasets[0]", {"source_dir": str(tmp_path)}, mistral)
+        cfg = train_config(tmp_path, datasets=[{"path": "data.jsonl", "type": "my_formats.Mine"}])
+        make_format(cfg.datasets[0], "datasets[0]", cfg, mistral)
 
 
 def test_a_directory_without_a_mistral_tokenizer_file_is_refused_with_the_fix(tmp_path):
     with pytest.raises(DataError) as caught:
-        load_tokenizer({"base_model": str(tmp_path), "tokenizer_use_mistral_common": True})
+        load_tokenizer(mistral_config(tmp_path))
     [problem] = caught.value.problems
     assert problem.path == "tokenizer_use_mistral_common"
     assert "tekken.json" in problem.fix
@@ -172,8 +180,8 @@ def test_a_directory_without_a_mistral_tokenizer_file_is_refused_with_the_fix(tm
 def test_the_cache_fingerprint_follows_the_tokenizer_file(mistral, model_dir, tmp_path):
     other = tmp_path / "other"
     write_tekken(other / "tekken.json", [" ".join(r["messages"][1]["content"] for r in chat_rows(50))])
-    changed = load_tokenizer({"base_model": str(other), "tokenizer_use_mistral_common": True})
-    same = load_tokenizer({"base_model": str(model_dir), "tokenizer_use_mistral_common": True})
+    changed = load_tokenizer(mistral_config(other))
+    same = load_tokenizer(mistral_config(model_dir))
     assert tokenizer_fingerprint(mistral) == tokenizer_fingerprint(same) != tokenizer_fingerprint(changed)
 
 
@@ -188,6 +196,6 @@ def test_off_a_mistral_model_keeps_the_transformers_tokenizer_autotokenizer_woul
     shutil.copytree(model_dir, directory)
     MistralConfig(vocab_size=512).save_pretrained(directory)  # a Mistral architecture beside tekken.json
     assert type(AutoTokenizer.from_pretrained(directory)).__name__ == "MistralCommonBackend"
-    loaded = load_tokenizer({"base_model": str(directory), "special_tokens": {"pad_token": "<pad>"}})
+    loaded = load_tokenizer(train_config(base_model=str(directory), special_tokens={"pad_token": "<pad>"}))
     assert type(loaded).__name__ == "TokenizersBackend"  # editable: special_tokens applied
     assert loaded.pad_token == "<pad>"

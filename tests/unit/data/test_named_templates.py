@@ -4,7 +4,6 @@ and the spans it trains (assistant contents, reasoning traces, end-of-turn token
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 from kubetune.config.model import CHAT_TEMPLATE_NAMES, SHIPPED_CHAT_TEMPLATES
@@ -13,7 +12,7 @@ from kubetune.data.formats.chat_template import ChatTemplate
 from kubetune.data.formats.named_templates import NAMED_TEMPLATES
 from kubetune.data.pipeline import make_format
 
-from .conftest import decoded_spans, example
+from .conftest import decoded_spans, example, train_config
 
 # The turn markers of every family, special in the test tokenizer (as in the real ones).
 MARKERS = [
@@ -288,13 +287,8 @@ def test_eot_tokens_name_the_turn_terminator(tokenizer):
 
 
 def test_the_pipeline_passes_the_top_level_eot_tokens(tokenizer):
-    entry = {"path": "x", "type": "chat_template"}
-    cfg = SimpleNamespace(
-        source_dir=None,
-        train_on_inputs=False,
-        chat_template="phi_3",
-        eot_tokens=["<|end|>"],
-        datasets=[entry],
+    cfg = train_config(
+        chat_template="phi_3", eot_tokens=["<|end|>"], datasets=[{"path": "x", "type": "chat_template"}]
     )
-    fmt = make_format(entry, "datasets[0]", cfg, tokenizer)
+    fmt = make_format(cfg.datasets[0], "datasets[0]", cfg, tokenizer)
     assert fmt.end_tokens == ["<|end|>"]

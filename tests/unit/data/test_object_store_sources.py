@@ -14,6 +14,8 @@ from kubetune.objectstore import ObjectStoreError, check_writable, describe_obje
 
 from tests.s3_server import s3_server
 
+from .conftest import entry
+
 ROWS = [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(5)]
 
 
@@ -71,21 +73,21 @@ def test_load_rows_reads_an_s3_file_and_data_files_inside_an_s3_prefix(store, s3
     monkeypatch.setenv("KUBETUNE_SOURCE_CACHE", str(tmp_path / "cache"))
     s3.pipe_file(f"{store.bucket}/rows/train.jsonl", jsonl(ROWS))
     s3.pipe_file(f"{store.bucket}/rows/other.jsonl", jsonl(ROWS[:1]))
-    rows = load_rows({"path": f"s3://{store.bucket}/rows/train.jsonl"}, "datasets[0]")
+    rows = load_rows(entry(path=f"s3://{store.bucket}/rows/train.jsonl"), "datasets[0]")
     assert [row["output"] for row in rows] == [row["output"] for row in ROWS]
-    only = load_rows({"path": f"s3://{store.bucket}/rows/", "data_files": "other.jsonl"}, "datasets[0]")
+    only = load_rows(entry(path=f"s3://{store.bucket}/rows/", data_files="other.jsonl"), "datasets[0]")
     assert len(only) == 1
     # The fingerprint (the prepared-data cache key) follows the object's ETag, without downloading.
-    before = data_fingerprint({"path": f"s3://{store.bucket}/rows/train.jsonl"}, None)
+    before = data_fingerprint(entry(path=f"s3://{store.bucket}/rows/train.jsonl"), None)
     s3.pipe_file(f"{store.bucket}/rows/train.jsonl", jsonl(ROWS[:3]))
-    after = data_fingerprint({"path": f"s3://{store.bucket}/rows/train.jsonl"}, None)
+    after = data_fingerprint(entry(path=f"s3://{store.bucket}/rows/train.jsonl"), None)
     assert before["remote"] == after["remote"] and before["objects"] != after["objects"]
 
 
 def test_a_missing_object_names_the_uri_and_the_fix(store, s3, tmp_path):
     uri = f"s3://{store.bucket}/nothing/here.jsonl"
     with pytest.raises(DataError) as err:
-        load_rows({"path": uri}, "datasets[1]", tmp_path)
+        load_rows(entry(path=uri), "datasets[1]", tmp_path)
     (problem,) = err.value.problems
     assert problem.path == "datasets[1].path"
     assert uri in problem.message and "no such object" in problem.message

@@ -12,6 +12,7 @@ from kubetune.data import DataError, build_prepared, preparation_key, prepare_da
 from kubetune.tiny import alpaca_rows, chat_rows, write_jsonl
 
 from .conftest import decoded_spans
+from .conftest import entry as dataset_entry
 
 SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
 
@@ -362,7 +363,7 @@ def test_hub_ids_go_to_the_hub_and_fail_clearly_offline(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no network in tests
     with pytest.raises(DataError) as caught:
-        load_rows({"path": "someone/no-such-dataset", "type": "alpaca"}, "datasets[2]", None)
+        load_rows(dataset_entry(path="someone/no-such-dataset", type="alpaca"), "datasets[2]", None)
     (problem,) = caught.value.problems
     assert problem.path == "datasets[2].path"
     assert "cannot load hub dataset 'someone/no-such-dataset'" in problem.message
@@ -374,7 +375,7 @@ def test_malformed_local_file(tmp_path):
 
     (tmp_path / "broken.jsonl").write_text('{"instruction": "a", "output": "b"}\n{not json\n')
     with pytest.raises(DataError) as caught:
-        load_rows({"path": str(tmp_path / "broken.jsonl")}, "datasets[0]", None)
+        load_rows(dataset_entry(path=str(tmp_path / "broken.jsonl")), "datasets[0]", None)
     (problem,) = caught.value.problems
     assert (
         problem.path == "datasets[0].path" and f"cannot read {tmp_path / 'broken.jsonl'}" in problem.message
@@ -449,3 +450,21 @@ def test_an_unset_sequence_len_prepares_with_the_schema_default(tmp_path, data_d
     assert "sequence_len" not in cfg.model_fields_set and cfg.sequence_len == 512
     data = build_prepared(cfg, tokenizer)
     assert data.stats["sequence_len"] == 512 and data.stats["dropped_too_long"] == 1
+
+
+def test_dataset_num_proc_sets_the_tokenizing_processes(tmp_path, data_dir, tokenizer, monkeypatch):
+    # The pipeline once read dataset_num_proc by name from a config that had no such key (the schema
+    # refused it), so the default always applied; now the key is in the schema and reaches the tokenizer.
+    from kubetune.data import pipeline
+
+    seen = []
+    real = pipeline.tokenize_dataset
+
+    def recording(rows, fmt, where, *, num_proc):
+        seen.append(num_proc)
+        return real(rows, fmt, where, num_proc=num_proc)
+
+    monkeypatch.setattr(pipeline, "tokenize_dataset", recording)
+    build_prepared(config(tmp_path, data_dir, dataset_num_proc=3), tokenizer)
+    build_prepared(config(tmp_path, data_dir), tokenizer)
+    assert seen == [3, pipeline.num_proc(None)] and 1 <= seen[1] <= 8

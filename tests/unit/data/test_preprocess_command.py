@@ -45,6 +45,23 @@ def test_preprocess_prepares_once_and_reports(tmp_path, tokenizer, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == stats["path"]
 
 
+def test_preprocess_prepares_a_pretraining_stream(tmp_path, tokenizer, capsys):
+    # It once counted len(cfg.datasets), None with pretraining_dataset (a TypeError; found by mypy).
+    write_jsonl([{"text": f"blue {k} " * 6} for k in range(200)], tmp_path / "corpus.jsonl")
+    stream = {
+        "datasets": None,
+        "pretraining_dataset": [{"path": "corpus.jsonl", "type": "pretrain"}],
+        "max_steps": 10,
+        "num_epochs": None,
+        "sequence_len": 32,
+        "sample_packing": False,
+        "pad_to_sequence_len": False,
+    }
+    config = write_config(tmp_path, tokenizer, **stream)
+    assert main(["preprocess", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] > 0
+
+
 def test_preprocess_exits_2_naming_the_dataset(tmp_path, tokenizer, capsys):
     config = write_config(tmp_path, tokenizer, datasets=[{"path": "data/missing.jsonl", "type": "alpaca"}])
     assert main(["preprocess", str(config)]) == 2

@@ -11,6 +11,8 @@ from kubetune.data import DataError, load_tokenizer
 from kubetune.data.formats.named_templates import LLAMA3
 from kubetune.data.tokenizer import tokenizer_source
 
+from .conftest import train_config
+
 SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed-configs" / "llama3-lora.yml"
 
 
@@ -64,10 +66,8 @@ def test_a_relative_base_model_resolves_against_the_config_directory(tmp_path, t
         config_dir / "train.yml", overrides={"base_model": "org/name", "tokenizer_config": "model"}
     )
     assert tokenizer_source(cfg) == str(config_dir / "model")  # tokenizer_config first, resolved too
-    assert tokenizer_source({"base_model": "org/name"}) == "org/name"  # a hub id stays as written
-    assert tokenizer_source({"base_model": "model", "source_dir": str(config_dir)}) == str(
-        config_dir / "model"
-    )
+    assert tokenizer_source(train_config(base_model="org/name")) == "org/name"  # a hub id stays as written
+    assert tokenizer_source(train_config(config_dir, base_model="model")) == str(config_dir / "model")
 
 
 def test_tokenizer_legacy_decides_the_word_marker_after_a_special_token(tmp_path):

@@ -48,10 +48,11 @@ def test_an_object_store_dataset_is_fetched_once_and_the_loader_reads_that_copy(
     (second,) = fetch_sources(config(uri), reports.append)  # another pod of the job, or a later job
     assert second.downloaded_files == 0 and second.local_path == first.local_path
 
+    from kubetune.config import DatasetConfig
     from kubetune.data.loading import load_rows
 
     caplog.set_level("INFO", logger="kubetune.objectstore")
-    rows = load_rows({"path": uri, "type": "alpaca"}, None)
+    rows = load_rows(DatasetConfig(path=uri, type="alpaca"), "datasets[0]")
     assert len(rows) == len(ROWS) and "using the copy" in caplog.text  # no second download
 
 

@@ -57,9 +57,7 @@ def test_full_fine_tune_on_mistral_common_chat_data_learns_and_the_result_loads(
     assert type(result_tokenizer(out, cfg)).__name__ == "MistralCommonBackend"
     assert (out / "tekken.json").read_bytes() == (Path(mistral_tiny["model"]) / "tekken.json").read_bytes()
     rows = [json.loads(line) for line in Path(mistral_tiny["chat"]).read_text().splitlines()[:32]]
-    examples = make_format({"type": "chat_template"}, "datasets[0]", {}, load_tokenizer(cfg)).tokenize_rows(
-        rows
-    )
+    examples = make_format(cfg.datasets[0], "datasets[0]", cfg, load_tokenizer(cfg)).tokenize_rows(rows)
     before = chat_loss(load_full_model(mistral_tiny["model"]), examples)
     after = chat_loss(load_full_model(out), examples)
     assert after < 0.6 * before, (before, after)

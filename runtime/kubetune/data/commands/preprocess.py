@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        with phase(fmt, f"tokenizing and packing {len(cfg.datasets)} dataset(s)"):
+        with phase(
+            fmt, f"tokenizing and packing {len(cfg.datasets or cfg.pretraining_dataset or ())} dataset(s)"
+        ):
             data = prepare_datasets(cfg, tokenizer)
     except DataError as exc:
         print(exc, file=sys.stderr)

@@ -95,6 +95,7 @@ def _import_user_module(module_name: str, source_dir, path: str):
             if candidate.is_file():
                 # Loaded from its file every time: two configs may have different my_formats.py.
                 spec = importlib.util.spec_from_file_location(module_name, candidate)
+                assert spec is not None and spec.loader is not None  # a .py file always has both
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[module_name] = module
                 spec.loader.exec_module(module)

@@ -35,9 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from kubetune.data.loading import option
-
 IGNORE_INDEX = -100
+
+
+def option(entry: Any, name: str, default: Any = None) -> Any:
+    """A key of a dataset entry (a DatasetConfig, or a mapping in a custom format's tests); default when unset.
+
+    Formats are the one reader of entries that may be plain mappings: the pipeline reads the typed config."""
+    value = entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
+    return default if value is None else value
+
 
 # (text or token ids, trained)
 Segment = tuple["str | Sequence[int]", bool]
@@ -197,14 +204,16 @@ class PromptFormat:
         """A `datasets[i]` config key, `default` when unset (works for objects and mappings)."""
         return option(self.dataset, name, default)
 
-    def segments(self, row: Mapping[str, Any]) -> list[Segment]:
+    # A row is a mapping; formats whose tokenize_rows expands rows (preference pairs: one item per
+    # side) hand segments their own items, hence Any here.
+    def segments(self, row: Any) -> list[Segment]:
         raise NotImplementedError(f"{type(self).__name__} must implement segments(row) or tokenize_row(row)")
 
     def tokenize_row(self, row: Mapping[str, Any]) -> dict[str, list[int]]:
         examples = self.tokenize_rows([row])
         return {"input_ids": examples.input_ids.tolist(), "labels": examples.labels.tolist()}
 
-    def tokenize_rows(self, rows: Sequence[Mapping[str, Any]], first_index: int = 0) -> TokenizedExamples:
+    def tokenize_rows(self, rows: Sequence[Any], first_index: int = 0) -> TokenizedExamples:
         """Tokenize many rows at once; RowProblem carries the failing row's index."""
         if type(self).tokenize_row is not PromptFormat.tokenize_row:
             examples = self._per_row(rows, first_index)

@@ -173,7 +173,8 @@ class ChatTemplate(PromptFormat):
             )
             self._marked[key] = marked
         for transform in (None, str.strip):  # templates like llama3's trim the content
-            spans, pieces, cursor, position = {}, [], 0, 0
+            spans: dict[int, list[tuple[int, int]]] = {}
+            pieces, cursor, position = [], 0, 0
             for match in _SENTINEL.finditer(marked):
                 scaffold = marked[cursor : match.start()]
                 k = int(match.group(1))
@@ -214,7 +215,7 @@ class ChatTemplate(PromptFormat):
             eot = self.end_of_turn(text, end)
             if eot and self._train_eos(k, trained, trained_turns):
                 marks.append((end, end + eot))
-        segments: list[Segment] = []
+        segments: list[tuple[str, bool]] = []  # text only: returned as Segments
         cursor = 0
         for start, end in marks:
             if start > cursor:
@@ -227,7 +228,7 @@ class ChatTemplate(PromptFormat):
             cursor = max(cursor, end)
         if cursor < len(text):
             segments.append((text[cursor:], False))
-        return segments
+        return [*segments]
 
     def _train_eos(self, turn: int, trained: bool, trained_turns: list[int]) -> bool:
         if self.train_on_eos == "all":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetune.data.formats.base import PromptFormat, RowProblem, Segment, TokenizedExamples, encode_texts
@@ -93,9 +93,9 @@ class Alpaca(PromptFormat):
             plan.append((prefix_ids, slots[rest], slots[output]))
         encoded = encode_texts(self.tokenizer, texts)
         bos, eos = self.bos_ids, self.eos_ids
-        segment_ids = []
-        for prefix_ids, prompt, output in plan:
-            segment_ids += (bos, prefix_ids, encoded[prompt], encoded[output], eos)
+        segment_ids: list[Sequence[int]] = []
+        for prefix_ids, prompt_slot, output_slot in plan:
+            segment_ids += (bos, prefix_ids, encoded[prompt_slot], encoded[output_slot], eos)
         return self._assemble(segment_ids, [False, False, False, True, True] * len(plan), [5] * len(plan))
 
     def segments(self, row: Mapping[str, Any]) -> list[Segment]:

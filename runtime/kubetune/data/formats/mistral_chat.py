@@ -72,7 +72,7 @@ class MistralChat(ChatTemplate):
         chunks = []
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else None
-            key = CHUNK_TYPES.get(kind)
+            key = CHUNK_TYPES.get(kind) if isinstance(kind, str) else None
             if key is None or not isinstance(part.get(key), str):
                 raise RowProblem(
                     f"{self.messages_field}[{number}] has a content chunk of type {kind!r}: only text and "

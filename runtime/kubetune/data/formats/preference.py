@@ -66,7 +66,8 @@ class ChatTemplatePairs(ChatTemplate, PreferencePairs):
         self.rejected_field = self.option("field_rejected", "rejected")
         self.required_fields = (self.messages_field, self.chosen_field, self.rejected_field)
 
-    segments = PreferencePairs.segments
+    # It renders with ChatTemplate but tokenizes (row, side) items, so it does not take ChatTemplate's rows.
+    segments = PreferencePairs.segments  # type: ignore[assignment]
     tokenize_rows = PreferencePairs.tokenize_rows
 
     def prompt_messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:

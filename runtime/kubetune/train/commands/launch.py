@@ -50,8 +50,8 @@ def give_workers(seconds: int) -> None:
     def close_with_grace(self, death_sig=None, timeout=seconds):
         return close(self, death_sig, timeout)
 
-    close_with_grace.torch_close = close  # not __wrapped__: inspect.signature would follow it
-    PContext.close = close_with_grace
+    close_with_grace.torch_close = close  # type: ignore[attr-defined]  # not __wrapped__: inspect.signature would follow it
+    PContext.close = close_with_grace  # type: ignore[method-assign]  # torch's own, patched on purpose
 
 
 def launch(torchrun_args: list[str]) -> int:
