@@ -241,33 +241,49 @@ def dns_objects(node: Node) -> list[dict]:
 
 
 # ---------------------------------------------------------------- images
-def archive_ref(archive: Path) -> str | None:
-    """The image name an OCI archive's index carries (buildah writes it as ref.name)."""
+def archive_image(archive: Path) -> tuple[str, str] | None:
+    """(name, manifest digest) of the image an OCI archive's index carries (buildah writes the name as
+    ref.name)."""
     with tarfile.open(archive) as t:
         member = t.extractfile("index.json")
         index = json.load(member) if member else {}
     for m in index.get("manifests", []):
         ref = m.get("annotations", {}).get("org.opencontainers.image.ref.name")
         if ref:
-            return ref
+            return ref, m["digest"]
     return None
 
 
+def present_images(node: Node) -> dict[str, str]:
+    """containerd's images: name -> target digest (`ctr images list`: REF TYPE DIGEST ...)."""
+    rows = ctr(node, "images", "list").stdout.splitlines()[1:]
+    return {cols[0]: cols[2] for cols in (row.split() for row in rows) if len(cols) >= 3}
+
+
 def import_images(node: Node, archives: list[tuple[Path, list[str]]], log) -> None:
-    """Import each archive unless its image is already in containerd; tag it with the extra names."""
-    present = set(ctr(node, "images", "list", "--quiet").stdout.split())
+    """Import each archive unless containerd already holds its image (same name and manifest digest);
+    point the extra names at it. A rebuilt image keeps its name (ghcr.io/kubetune/runtime:0.1.0 for every
+    checkout), so an image of that name with another digest is removed first, synchronously: its content
+    and unpacked snapshot (8 GB for the runtime) are garbage-collected instead of piling up in containerd/,
+    which `down` keeps."""
+    present = present_images(node)
     for archive, tags in archives:
-        ref = archive_ref(archive)
-        if ref is None:
+        image = archive_image(archive)
+        if image is None:
             raise SystemExit(f"localcluster: {archive} names no image (index.json has no ref.name)")
-        if ref not in present:
+        ref, digest = image
+        if present.get(ref) != digest:
+            stale = [name for name in (ref, *map(normalized, tags)) if name in present]
+            if stale:
+                ctr(node, "images", "rm", "--sync", *stale)
             t0 = time.monotonic()
             ctr(node, "images", "import", "--no-unpack=false", str(archive))
             log(f"imported {ref} from {archive} in {time.monotonic() - t0:.0f}s")
-        for tag in tags:
-            full = normalized(tag)
-            if full not in present:
-                ctr(node, "images", "tag", "--force", ref, full)
+            present[ref] = digest
+        for tag in map(normalized, tags):
+            if present.get(tag) != digest:
+                ctr(node, "images", "tag", "--force", ref, tag)
+                present[tag] = digest
 
 
 def images_to_import(node_bin_dir: Path, repo: Path, log) -> list[tuple[Path, list[str]]]:

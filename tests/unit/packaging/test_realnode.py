@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -46,20 +47,64 @@ def test_image_names_are_completed_like_the_cri_does(ref: str, full: str) -> Non
     assert realnode.normalized(ref) == full
 
 
-def test_archive_ref_reads_the_name_buildah_writes(tmp_path: Path) -> None:
+def _archive(path: Path, ref: str, digest: str) -> Path:
     index = {
         "schemaVersion": 2,
-        "manifests": [
-            {"annotations": {"org.opencontainers.image.ref.name": "ghcr.io/kubetune/runtime:0.1.0"}}
-        ],
+        "manifests": [{"digest": digest, "annotations": {"org.opencontainers.image.ref.name": ref}}],
     }
-    archive = tmp_path / "a.oci.tar"
-    with tarfile.open(archive, "w") as t:
+    with tarfile.open(path, "w") as t:
         data = json.dumps(index).encode()
         info = tarfile.TarInfo("index.json")
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
-    assert realnode.archive_ref(archive) == "ghcr.io/kubetune/runtime:0.1.0"
+    return path
+
+
+def test_archive_image_reads_the_name_and_digest_buildah_writes(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "a.oci.tar", "ghcr.io/kubetune/runtime:0.1.0", "sha256:aa")
+    assert realnode.archive_image(archive) == ("ghcr.io/kubetune/runtime:0.1.0", "sha256:aa")
+
+
+class _FakeCtr:
+    """containerd's image store as `ctr` shows and changes it (the calls import_images makes)."""
+
+    def __init__(self, images: dict[str, str]) -> None:
+        self.images = dict(images)
+        self.calls: list[tuple[str, ...]] = []
+
+    def __call__(self, node, *args: str, **_):
+        self.calls.append(args)
+        out = ""
+        if args[:2] == ("images", "list"):
+            out = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n" + "".join(
+                f"{ref} application/vnd.oci.image.manifest.v1+json {d} 1.0 GiB linux/amd64 -\n"
+                for ref, d in self.images.items()
+            )
+        elif args[:3] == ("images", "rm", "--sync"):
+            for ref in args[3:]:
+                del self.images[ref]
+        elif args[:2] == ("images", "import"):
+            ref, digest = realnode.archive_image(Path(args[-1])) or ("", "")
+            self.images[ref] = digest
+        elif args[:2] == ("images", "tag"):
+            self.images[args[-1]] = self.images[args[-2]]
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+
+def test_a_rebuilt_image_of_the_same_name_replaces_the_old_one_and_its_tags(tmp_path, monkeypatch):
+    ref, tag = "ghcr.io/kubetune/runtime:0.1.0", "docker.io/kubetune/runtime:dev"
+    fake = _FakeCtr({ref: "sha256:old", tag: "sha256:old", "localhost/kubetune/pause:3.10": "sha256:p"})
+    monkeypatch.setattr(realnode, "ctr", fake)
+    new = _archive(tmp_path / "rt.oci.tar", ref, "sha256:new")
+    realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
+    assert fake.images == {ref: "sha256:new", tag: "sha256:new", "localhost/kubetune/pause:3.10": "sha256:p"}
+    # the old image goes synchronously (its content and snapshot garbage-collected) before the import
+    assert fake.calls.index(("images", "rm", "--sync", ref, tag)) < fake.calls.index(
+        ("images", "import", "--no-unpack=false", str(new))
+    )
+    fake.calls.clear()
+    realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
+    assert fake.calls == [("images", "list")]  # the same image again: nothing to do
 
 
 def test_dns_service_leads_to_coredns_on_the_node(tmp_path: Path) -> None:
