@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -171,3 +173,12 @@ def test_pod_logs_are_kept_by_hard_links_that_outlive_the_kubelets_removal(tmp_p
     kept = (tmp_path / "kept" / "ns_p-0_uid" / "trainer" / "0.log").read_text()
     assert without_cri_prefix(kept) == "first\nsecond"
     assert podlogs.link_new(tmp_path / "kubelet", tmp_path / "kept") == 0
+
+
+def test_the_removed_node_agent_is_refused_by_name(tmp_path):
+    script = Path(realnode.__file__).with_name("localcluster.py")
+    env = {**os.environ, "KUBETUNE_NODE": "agent", "KUBETUNE_STATE_DIR": str(tmp_path)}
+    p = subprocess.run([sys.executable, str(script), "status"], capture_output=True, text=True, env=env)
+    assert (
+        p.returncode == 1 and "the node agent was removed" in p.stderr and "Unset KUBETUNE_NODE" in p.stderr
+    )
