@@ -19,54 +19,32 @@ GPU_TOLERANCE = {"losses_rel": 1e-3, "resumed_rel": 1e-4, "logits_atol": 1e-3}
 FLOAT32 = {"bf16": False, "fp16": False, "tf32": False}
 
 
-def needs_gpus(count: int):
-    return pytest.mark.skipif(torch.cuda.device_count() < count, reason=f"needs {count} GPUs")
+# (id, processes, gradient accumulation, extra common keys, layout keys): the layouts of test_nd_cpu.py.
+# Each needs one GPU per process; the global batch (accumulation x data-parallel ranks) is the reference's.
+PACKED = {"sequence_len": 256}
+LAYOUTS = [
+    ("tensor_parallel_2", 2, 1, {}, {"tensor_parallel_size": 2}),
+    ("dp_shard_2", 2, 2, {}, {"dp_shard_size": 2, **CPU_FSDP2}),
+    ("hsdp_2x2", 4, 4, {}, {"dp_replicate_size": 2, "dp_shard_size": 2, **CPU_FSDP2}),
+    ("tensor_parallel_2_x_dp_shard_2", 4, 2, {}, {"tensor_parallel_size": 2, "dp_shard_size": 2, **CPU_FSDP2}),
+    ("context_parallel_2", 2, 1, PACKED, {"context_parallel_size": 2, "ring_attn": True, **CPU_FSDP2}),
+    ("tensor_parallel_2_x_context_parallel_2", 4, 1, PACKED,
+     {"tensor_parallel_size": 2, "context_parallel_size": 2, "ring_attn": True, **CPU_FSDP2}),
+]  # fmt: skip
 
 
-@needs_gpus(2)
-def test_tensor_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(
+    ("nproc", "accumulation", "common", "layout"),
+    [
+        pytest.param(
+            nproc, accumulation, common, layout, id=name,
+            marks=pytest.mark.skipif(torch.cuda.device_count() < nproc, reason=f"needs {nproc} GPUs"),
+        )
+        for name, nproc, accumulation, common, layout in LAYOUTS
+    ],
+)  # fmt: skip
+def test_layout_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path, nproc, accumulation, common, layout):  # noqa: F811
     run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, tolerance=GPU_TOLERANCE, common=FLOAT32,
-        tensor_parallel_size=2,
-    )  # fmt: skip
-
-
-@needs_gpus(2)
-def test_dp_shard_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
-    run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=2, tolerance=GPU_TOLERANCE, common=FLOAT32,
-        dp_shard_size=2, **CPU_FSDP2,
-    )  # fmt: skip
-
-
-@needs_gpus(4)
-def test_hsdp_2x2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
-    run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=4, tolerance=GPU_TOLERANCE, common=FLOAT32,
-        dp_replicate_size=2, dp_shard_size=2, **CPU_FSDP2,
-    )  # fmt: skip
-
-
-@needs_gpus(4)
-def test_tensor_parallel_2_x_dp_shard_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
-    run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=2, tolerance=GPU_TOLERANCE, common=FLOAT32,
-        tensor_parallel_size=2, dp_shard_size=2, **CPU_FSDP2,
-    )  # fmt: skip
-
-
-@needs_gpus(2)
-def test_context_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
-    run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, tolerance=GPU_TOLERANCE,
-        common={**FLOAT32, "sequence_len": 256}, context_parallel_size=2, ring_attn=True, **CPU_FSDP2,
-    )  # fmt: skip
-
-
-@needs_gpus(4)
-def test_tensor_parallel_2_x_context_parallel_2_on_gpus(seed_mapping, tiny_tp, start_adapter, tmp_path):  # noqa: F811
-    run_resume_and_reload(
-        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=4, accumulation=1, tolerance=GPU_TOLERANCE,
-        common={**FLOAT32, "sequence_len": 256}, tensor_parallel_size=2, context_parallel_size=2, ring_attn=True,
-        **CPU_FSDP2,
+        seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=nproc, accumulation=accumulation,
+        tolerance=GPU_TOLERANCE, common={**FLOAT32, **common}, **layout,
     )  # fmt: skip
