@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kubetune.config.sharding import fsdp_version
 from kubetune.train import fast_paths, model_options
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
@@ -400,7 +401,7 @@ def lora_target_modules(cfg, model: nn.Module) -> list[str] | str:
 
 def fsdp_needs_uniform_dtype(cfg, model: nn.Module) -> bool:
     """FSDP1 with a half-precision base: adapter weights must stay in the base's dtype."""
-    if not cfg.fsdp or (cfg.fsdp_config is not None and cfg.fsdp_config.fsdp_version == 2):
+    if not cfg.fsdp or fsdp_version(cfg) == 2:
         return False
     return next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
 
