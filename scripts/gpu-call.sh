@@ -9,5 +9,5 @@ export PYTHONPATH="/tmp/site:$PWD/runtime:$PWD/operator:$PWD" PYTHONUNBUFFERED=1
 mkdir -p ../shared && cp -r .whl/shared/seed-configs ../shared/
 log="${OUT:-/tmp}/gpu_pytest.log"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } | tee "$log"
-if [[ $# -eq 0 ]]; then set -- -m gpu tests/gpu; fi
+if [[ $# -eq 0 ]]; then set -- -m gpu -n 4 tests/gpu; fi
 timeout "${GPU_CALL_SECONDS:-560}" python3 -m pytest -v -rs -p no:cacheprovider --timeout 400 "$@" 2>&1 | tee -a "$log"

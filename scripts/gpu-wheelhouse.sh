@@ -21,6 +21,9 @@ done
 "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "${specs[@]}"
+# the test runner's parallel workers (the device image has pytest and pytest-timeout, not xdist): one
+# device call runs the GPU tests four at a time, the torchrun ones included (--standalone picks free ports)
+"$python" -m pip download --quiet --no-deps --only-binary=:all: -d .whl pytest-xdist==3.8.0 execnet==2.1.2
 # deepspeed publishes no wheel: build its pure-Python one here (DS_BUILD_OPS=0 compiles nothing)
 if ! ls .whl/deepspeed-*.whl >/dev/null 2>&1; then
   DS_BUILD_OPS=0 "$python" -m pip wheel --quiet --no-deps -w .whl "$(pin deepspeed)"

@@ -58,6 +58,9 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
             dist.all_reduce(grad)
         if rank == 0:
             torch.save({"total": total, "grads": grads, "kl": kl}, out)
+        # Neither rank tears gloo down while the other may still be in a collective: a rank that
+        # destroyed its pairs first aborted the other ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
