@@ -94,12 +94,16 @@ def events(kube, namespace: str, name: str) -> list[tuple[str, str, str]]:
     return [(e["type"], e["reason"], e.get("message", "")) for e in items]
 
 
-def local_outputs(cluster, kube, namespace: str, claim: str, output_dir: str) -> Path:
-    """The host directory of the run's output_dir: the local provisioner backs a claim with a hostPath PV."""
+def claim_directory(kube, namespace: str, claim: str) -> Path:
+    """The host directory behind a claim: the local provisioner backs each claim with a hostPath PV."""
     pvc = kube.get("PersistentVolumeClaim", namespace, claim)
     volume = kube.request("GET", f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
-    root = Path(volume["spec"]["hostPath"]["path"])
-    return root / Path(output_dir).relative_to(OUTPUTS_MOUNT)
+    return Path(volume["spec"]["hostPath"]["path"])
+
+
+def local_outputs(cluster, kube, namespace: str, claim: str, output_dir: str) -> Path:
+    """The host directory of the run's output_dir."""
+    return claim_directory(kube, namespace, claim) / Path(output_dir).relative_to(OUTPUTS_MOUNT)
 
 
 def trainer_logs(cluster, namespace: str, pod: str) -> str:
