@@ -73,7 +73,8 @@ def mesh_layout(cfg, topo: Topology) -> MeshLayout:
 
 
 def check_request(cfg, *, cuda: bool) -> None:
-    """What the config's rules (kubetune.config.sharding) cannot know: CUDA and installed packages."""
+    """What the config's rules (kubetune.config.sharding) cannot know: CUDA, installed packages and the
+    environment."""
     if cfg.deepspeed is not None:
         if not cuda:
             raise UserError(
@@ -93,6 +94,17 @@ def check_request(cfg, *, cuda: bool) -> None:
             "ddp_backend: nccl needs CUDA GPUs, and this machine has none.",
             "Set `ddp_backend: auto` (gloo on CPU).",
             key="ddp_backend",
+        )
+    if cfg.fsdp and (cfg.tensor_parallel_size or 1) > 1 and not cuda and not cpu_fsdp_requested():
+        # On CPU, `fsdp` falls back to DDP unless KUBETUNE_CPU_FSDP is set; DDP over a tensor-parallel
+        # model is the tp × plain-replication layout accelerate refuses, and its optimizer step fails on
+        # the mix of DTensor and plain parameters (torch 2.11: "got mixed torch.Tensor and DTensor").
+        raise UserError(
+            f"tensor_parallel_size {cfg.tensor_parallel_size} with fsdp on CPU processes needs FSDP over gloo, "
+            f"which runs only with {CPU_FSDP_ENV}=1: the DDP that otherwise stands in for FSDP on CPU cannot "
+            "carry a tensor-parallel model.",
+            f"Set {CPU_FSDP_ENV}=1 in the environment (a FineTuneJob's spec.env), or run on GPUs.",
+            key="tensor_parallel_size",
         )
 
 

@@ -103,6 +103,27 @@ def test_deepspeed_and_nccl_need_cuda(make_config):
         check_request(cfg, cuda=False)
 
 
+def test_tensor_parallel_with_fsdp_on_cpu_needs_fsdp_over_gloo(make_config, monkeypatch):
+    """Without KUBETUNE_CPU_FSDP, `fsdp` on CPU runs DDP, which cannot carry a tensor-parallel model (its
+    optimizer step crashed on mixed DTensor / plain tensors): refused before anything loads, naming the
+    switch. With the switch, on GPUs, or without tensor parallelism (context parallel trains under DDP), it runs."""
+    monkeypatch.delenv("KUBETUNE_CPU_FSDP", raising=False)
+    fsdp2 = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2}}
+    cfg, _ = make_config(tensor_parallel_size=2, dp_shard_size=2, **fsdp2)
+    with pytest.raises(UserError) as caught:
+        check_request(cfg, cuda=False)
+    assert caught.value.key == "tensor_parallel_size"
+    assert "cannot carry a tensor-parallel model" in caught.value.problem
+    assert "KUBETUNE_CPU_FSDP=1" in caught.value.fix and "spec.env" in caught.value.fix
+    check_request(cfg, cuda=True)
+    tp_alone = cfg.model_copy(update={"fsdp": None, "dp_shard_size": None})  # nothing wraps it: no DDP
+    check_request(tp_alone, cuda=False)
+    cp, _ = make_config(context_parallel_size=2, ring_attn=True, **fsdp2)
+    check_request(cp, cuda=False)
+    monkeypatch.setenv("KUBETUNE_CPU_FSDP", "1")
+    check_request(cfg, cuda=False)
+
+
 @pytest.mark.parametrize(
     ("name", "stage", "offload"),
     [
