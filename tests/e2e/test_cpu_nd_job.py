@@ -1,16 +1,21 @@
-"""An N-D FineTuneJob on the local cluster: 2 pods × 2 processes, tensor parallel 2 × FSDP2 over 2.
+"""N-D FineTuneJobs on the local cluster: 2 pods of several processes, a tensor-parallel model sharded by FSDP2.
 
 The CPU smoke example's documents (the setup Job writes the tiny Llama and its data), with the
-FineTuneJob asking for `processesPerWorker: 2` and a LoRA config whose device mesh is
-tensor_parallel_size 2 × dp_shard_size 2 on the 4 ranks. torchrun numbers the ranks pod after pod,
-so each pod holds one tensor-parallel group (ranks 0-1, 2-3) and FSDP2 shards across the pods
-({0,2}, {1,3}): the layout the seed's nd-parallel overlay uses at GPU size. The numbers themselves
-(losses against one process) are proven in tests/unit/train/test_nd_cpu.py; here the operator's
-pods, torchrun's rendezvous over two pods and the runtime's mesh over them run the job to the end.
+FineTuneJob asking for `processesPerWorker` and a LoRA config whose device mesh fills the ranks.
+torchrun numbers the ranks pod after pod and tp is the innermost mesh dim, so every tensor-parallel
+group sits inside a pod. Two layouts (LAYOUTS):
 
-Why dp_shard and not dp_replicate: tensor parallelism with plain replication (tp 2 × dp_replicate 2,
-dp_shard 1) is refused by accelerate's ParallelismConfig (it composes TP only with FSDP2 or HSDP),
-and so by kubetune's mesh rules at apply time; HSDP × TP needs 8 ranks (2 × 2 × 2).
+  * 2 pods × 2 processes, tensor_parallel_size 2 × dp_shard_size 2: a tp group per pod (ranks 0-1,
+    2-3), FSDP2 shards across the pods ({0,2}, {1,3}), as the seed's nd-parallel overlay does at GPU size;
+  * 2 pods × 4 processes, dp_replicate_size 2 × dp_shard_size 2 × tensor_parallel_size 2 (HSDP × TP):
+    tp and the FSDP shards inside each pod, the replicas across the pods ({0,4}, ...).
+
+tp 2 × dp_replicate 2 on 2 × 2 processes (replication without sharding) is refused at apply time, before
+any pod starts: accelerate's ParallelismConfig composes tensor parallelism only with FSDP2 or HSDP
+(config/mesh.py; the last test here).
+The numbers of tp × dp_shard (losses against one process) are proven in tests/unit/train/test_nd_cpu.py;
+here the operator's pods, torchrun's rendezvous over two pods and the runtime's mesh over them run the
+job to the end.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -46,42 +52,82 @@ from tests.unit.train.reload import load_adapter
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 8
-ND_CONFIG = {
-    "tensor_parallel_size": 2,
-    "dp_shard_size": 2,
-    "fsdp": ["full_shard", "auto_wrap"],
-    "fsdp_config": {"fsdp_version": 2},
+FSDP2 = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2}}
+TRAINING = {
     "max_steps": STEPS,
     "save_steps": STEPS // 2,
-    "micro_batch_size": 2,  # 2 data-parallel groups × 2 rows = 4 rows a step
+    "micro_batch_size": 2,
     "learning_rate": 0.02,
     "lr_scheduler": "constant",
 }
+
+
+@dataclass(frozen=True)
+class Layout:
+    processes: int  # per pod (spec.processesPerWorker); 2 pods
+    sizes: dict[str, int]  # the config's mesh keys
+    mesh: str  # how rank 0 logs the mesh
+
+
+LAYOUTS = {
+    "tp2_x_dp_shard2": Layout(2, {"tensor_parallel_size": 2, "dp_shard_size": 2}, "(dp_shard=2, tp=2)"),
+    "hsdp2x2_x_tp2": Layout(
+        4,
+        {"tensor_parallel_size": 2, "dp_shard_size": 2, "dp_replicate_size": 2},
+        "(dp_replicate=2, dp_shard=2, tp=2)",
+    ),
+}
 # A row of `kubectl get ftj`: NAME PHASE PROGRESS STEP LOSS WORKERS ...
 ROW = re.compile(rf"^{JOB}\s+Running\s+\d+%\s+(\d+)\s+([0-9.]+)\s+2/2\s")
-MESH_LINE = "device mesh on CPU processes (gloo): DeviceMesh((dp_shard=2, tp=2), 'cpu'"
-RANK_TAG = re.compile(r"\[rank (\d+)\]")
+# torchrun's own log at LOGLEVEL=INFO (glog lines): its launch configs, and its rendezvous's result.
+GLOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+\] ", re.MULTILINE)
+LAUNCH_CONFIG = re.compile(r"^  (\w+)\s+: (.*)$", re.MULTILINE)
+RENDEZVOUS = re.compile(
+    r"group_rank=(\d+)\s+group_world_size=(\d+)\s+local_ranks=\[[^\]]*\]\s+role_ranks=\[[^\]]*\]\s+"
+    r"global_ranks=\[([\d, ]*)\]\s+role_world_sizes=\[[^\]]*\]\s+global_world_sizes=\[([\d, ]*)\]"
+)
 
 
-def _check_pods(api, namespace: str) -> None:
+def _check_pods(api, namespace: str, layout: Layout) -> None:
     """torchrun's options in the workers' env (the pods are gone after success; their template stays):
-    2 nodes of 2 processes, each pod's node rank from its StatefulSet index, the rendezvous on pod 0."""
+    2 nodes of `layout.processes` processes, each pod's node rank from its StatefulSet index, the
+    rendezvous on pod 0."""
     spec = api.get("StatefulSet", namespace, JOB)["spec"]
     trainer = spec["template"]["spec"]["containers"][0]
     env = {entry["name"]: entry for entry in trainer["env"]}
     assert spec["serviceName"] and env["PET_NNODES"]["value"] == "2"
-    assert env["PET_NPROC_PER_NODE"]["value"] == "2", "processesPerWorker did not reach torchrun"
+    assert env["PET_NPROC_PER_NODE"]["value"] == str(layout.processes), (
+        "processesPerWorker did not reach torchrun"
+    )
     assert "apps.kubernetes.io/pod-index" in env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert env["PET_RDZV_ENDPOINT"]["value"].startswith(f"{JOB}-0.")
     assert trainer["args"][:3] == ["-m", "kubetune", "train"]
 
 
-def _check_ranks(cluster, namespace: str) -> None:
-    """4 ranks over the 2 pods, a tensor-parallel group in each: torchrun numbers ranks pod after pod."""
-    logs = {pod: trainer_logs(cluster, namespace, f"{JOB}-{pod}") for pod in (0, 1)}
-    ranks = {pod: {int(r) for r in RANK_TAG.findall(log)} for pod, log in logs.items()}
-    assert ranks == {0: {0, 1}, 1: {2, 3}}, f"ranks seen in each pod's log: {ranks}"
-    assert MESH_LINE in logs[0], "rank 0 did not log the dp_shard 2 × tp 2 mesh"
+def _check_torchrun(cluster, namespace: str, layout: Layout) -> None:
+    """What torchrun made of the pods' PET_* variables, from its own log in each pod: 2 nodes of
+    `layout.processes` processes meeting at pod 0; pod i is node i and runs ranks i·n .. i·n+n-1 of 2n (so
+    the consecutive ranks of a tp group share a pod). Then the mesh rank 0 built over them."""
+    n, logs = layout.processes, {}
+    for pod in (0, 1):
+        logs[pod] = trainer_logs(cluster, namespace, f"{JOB}-{pod}")
+        text = GLOG_PREFIX.sub("", logs[pod])
+        launch = dict(LAUNCH_CONFIG.findall(text))
+        assert launch, f"{JOB}-{pod}: torchrun logged no launch configs (LOGLEVEL=INFO)"
+        assert (launch["min_nodes"], launch["max_nodes"], launch["nproc_per_node"]) == ("2", "2", str(n)), (
+            launch
+        )
+        assert launch["rdzv_backend"] == "c10d" and launch["rdzv_endpoint"].startswith(f"{JOB}-0."), launch
+        found = RENDEZVOUS.findall(text)
+        assert found, f"{JOB}-{pod}: torchrun logged no rendezvous result"
+        node, nodes, ranks, sizes = found[-1]
+        assert (int(node), int(nodes)) == (pod, 2), f"{JOB}-{pod} is torchrun node {node} of {nodes}"
+        assert [int(r) for r in ranks.split(",")] == list(range(pod * n, pod * n + n)), (
+            f"{JOB}-{pod}: {ranks}"
+        )
+        assert {int(size) for size in sizes.split(",")} == {2 * n}, f"{JOB}-{pod}: world sizes {sizes}"
+    mesh = f"device mesh on CPU processes (gloo): DeviceMesh({layout.mesh}, 'cpu'"
+    assert mesh in logs[0], f"rank 0 did not log {mesh!r}"
 
 
 def _check_adapter(api, namespace: str, out) -> None:
@@ -103,29 +149,33 @@ def _check_adapter(api, namespace: str, out) -> None:
     assert (logits - plain).abs().max() > 1e-4, "the adapter does not change the logits"
 
 
-def test_a_tensor_parallel_x_fsdp_job_on_two_pods_of_two_processes_trains_to_succeeded(
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_an_nd_job_on_two_pods_of_several_processes_trains_to_succeeded(
     kube_cluster,
     operator,  # noqa: F811
     kube,  # noqa: F811
     ns,  # noqa: F811
+    name,
 ):
+    layout = LAYOUTS[name]
     docs = _documents(ns, kube_cluster)
     job = the_job(docs)
-    job["spec"]["processesPerWorker"] = 2
+    job["spec"]["processesPerWorker"] = layout.processes
     # FSDP on CPU processes (gloo) is a development switch: accelerate runs FSDP only on accelerators.
     job["spec"]["env"].append({"name": "KUBETUNE_CPU_FSDP", "value": "1"})
-    job["spec"]["config"] |= ND_CONFIG
+    job["spec"]["env"].append({"name": "LOGLEVEL", "value": "INFO"})  # torchrun logs each pod's ranks
+    job["spec"]["config"] |= {**layout.sizes, **FSDP2, **TRAINING}
     watch = Watch(kube_cluster, ns).start()
     started = time.monotonic()
     try:
         kube_cluster.kubectl("apply", "-f", "-", input=manifest(docs))
         status = _wait_for_phase(kube, ns, "Succeeded", "Failed")
         assert status["phase"] == "Succeeded", f"the N-D job failed: {status.get('message')}"
-        print(f"Succeeded {time.monotonic() - started:.1f}s after kubectl apply")
+        print(f"{name}: Succeeded {time.monotonic() - started:.1f}s after kubectl apply")
         time.sleep(1)  # the watch prints the last rows
         rows = watch.stop()
 
-        _check_pods(kube, ns)
+        _check_pods(kube, ns, layout)
         progress = status["progress"]
         assert progress["completed"] is True and progress["step"] == progress["totalSteps"] == STEPS
         _check_clean_finish(kube, ns, status, STEPS)  # status.progress.loss is the run's final loss
@@ -136,18 +186,35 @@ def test_a_tensor_parallel_x_fsdp_job_on_two_pods_of_two_processes_trains_to_suc
 
         if not kube_cluster.local:
             return
-        _check_ranks(kube_cluster, ns)
+        _check_torchrun(kube_cluster, ns, layout)
         out = local_outputs(kube_cluster, kube, ns, f"{JOB}-outputs", status["outputs"]["outputDir"])
         summary = json.loads((out / "training_summary.json").read_text())
-        assert summary["world_size"] == 4 and summary["steps"] == STEPS
+        assert summary["world_size"] == 2 * layout.processes and summary["steps"] == STEPS
         logged = [line["loss"] for line in progress_lines(trainer_logs(kube_cluster, ns, f"{JOB}-0"))
                   if line["event"] == "train"]  # fmt: skip
         assert len(logged) == STEPS and sum(logged[-3:]) < sum(logged[:3]), f"losses did not fall: {logged}"
         assert (out / "checkpoints" / f"checkpoint-{STEPS // 2}" / "COMPLETE").is_file()
         _check_adapter(kube, ns, out)
-        print(f"loss {logged[0]:.4f} -> {logged[-1]:.4f} over {STEPS} steps on 4 ranks; "
+        print(f"{name}: loss {logged[0]:.4f} -> {logged[-1]:.4f} over {STEPS} steps on {2 * layout.processes} ranks; "
               f"{summary['wall_time_s']}s in the trainer")  # fmt: skip
     except BaseException:
         watch.stop()
         _diagnostics(kube_cluster, operator, ns)
         raise
+
+
+def test_tensor_parallel_with_plain_replication_is_refused_at_apply_time(kube_cluster, operator, kube, ns):  # noqa: F811
+    """tp 2 × dp_replicate 2 on 2 pods × 2 processes replicates a tensor-parallel model without sharding it,
+    which accelerate does not compose: the job fails before any pod exists, saying why and with the pods'
+    arithmetic."""
+    job = the_job(_documents(ns, kube_cluster))
+    job["spec"]["processesPerWorker"] = 2
+    job["spec"]["config"] |= {"tensor_parallel_size": 2, "dp_replicate_size": 2, **FSDP2}
+    kube_cluster.kubectl("apply", "-f", "-", input=manifest([job]))
+    status = _wait_for_phase(kube, ns, "Failed", "Succeeded", timeout=60)
+    assert status["phase"] == "Failed" and status["reason"] == "InvalidConfig", status
+    message = status["message"]
+    assert "replicates a tensor/context-parallel model without sharding it" in message, message
+    assert "(workers 2 × 2 processes per pod (processesPerWorker))" in message, message
+    assert "dp_shard_size 2 in place of dp_replicate_size 2" in message, message  # what to do
+    assert kube.get("StatefulSet", ns, JOB) is None

@@ -134,12 +134,19 @@ def layout_problems(cfg, *, world_size: int, processes_per_node: int) -> list[Co
         )
     if layout.in_pod > 1 and layout.dp_replicate > 1 and layout.dp_shard == 1:
         # accelerate composes TP/CP with FSDP2 (2-D) or HSDP (3-D), never with plain replication (DDP).
+        if cfg.fsdp:  # fsdp is there, but dp_replicate_size took the data-parallel ranks
+            shard = (
+                f"shard instead of replicating: dp_shard_size {layout.dp_replicate} in place of "
+                f"dp_replicate_size {layout.dp_replicate}"
+            )
+        else:
+            shard = "add `fsdp` to shard the data-parallel ranks"
         problems.append(
             ConfigProblem(
                 _key("tp") if layout.tp > 1 else _key("cp"),
                 f"{layout.describe()} replicates a tensor/context-parallel model without sharding it; "
                 "accelerate composes them with FSDP2 only",
-                f"run {layout.in_pod} processes (one model), or add `fsdp` to shard the data-parallel ranks",
+                f"{shard}, or run {layout.in_pod} processes (one model)",
             )
         )
     if cfg.fsdp and layout.tp > 1 and layout.dp_shard * layout.cp == 1:

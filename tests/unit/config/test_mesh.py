@@ -80,6 +80,21 @@ def test_tensor_parallel_beside_pure_replication_is_refused(seed_mapping):
     (problem,) = layout_problems(cfg, world_size=4, processes_per_node=4)
     assert problem.path == "tensor_parallel_size"
     assert "dp_replicate 2 × dp_shard 1 × cp 1 × tp 2 = 4 replicates" in problem.message
+    assert problem.fix == "add `fsdp` to shard the data-parallel ranks, or run 2 processes (one model)"
+
+
+def test_tensor_parallel_beside_a_set_replication_size_is_told_to_shard_instead(seed_mapping):
+    """With fsdp already set, dp_replicate_size 2 leaves dp_shard 1 on 2 pods × 2 processes (the FineTuneJob
+    of issue 19's point 4): the fix names the size to change, not `fsdp`."""
+    cfg = typed(seed_mapping, **FSDP2, tensor_parallel_size=2, dp_replicate_size=2)
+    replicated, no_shards = layout_problems(cfg, world_size=4, processes_per_node=2)
+    assert replicated.path == "tensor_parallel_size" and "replicates" in replicated.message
+    assert replicated.fix == (
+        "shard instead of replicating: dp_shard_size 2 in place of dp_replicate_size 2, or run 2 processes (one model)"
+    )
+    assert no_shards.path == "fsdp" and "run a multiple of 8 processes" in no_shards.fix
+    fixed = typed(seed_mapping, **FSDP2, tensor_parallel_size=2, dp_shard_size=2)
+    assert layout_problems(fixed, world_size=4, processes_per_node=2) == []
 
 
 def test_fsdp_beside_tensor_parallel_needs_ranks_to_shard_over(seed_mapping):
