@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,12 @@ from kubetune.config.sharding import fsdp_version
 from kubetune.train import fast_paths, model_options
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kubetune.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,20 +218,42 @@ def load_tokenizer(cfg):
 
 
 def load_model(
-    cfg,
-    tokenizer,
+    cfg: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     precision: Precision,
     backend: AttentionBackend,
     device: torch.device | None,
-    tp_mesh=None,
-):
+    tp_mesh: DeviceMesh | None = None,
+) -> nn.Module:
     """The model ready for training: trainable parameters are exactly what the config trains.
 
     `device`: where to load the weights directly (one process per GPU); None loads on CPU and leaves
     placement to the distributed wrapper (FSDP, DeepSpeed). `tp_mesh`: the tensor-parallel dimension of
     the run's mesh; the model is sharded over it by its transformers `tp_plan` (DTensor layers).
+
+    The order of the steps is part of the result: k-bit preparation freezes (outside bf16: upcasts) the
+    base before the adapter is attached, the adapter's dtype is chosen from the base as prepared (FSDP1
+    needs one dtype per wrapped block), and the speed-ups replace or compile layers the adapter wraps.
     """
+    model, kbit = load_base(cfg, precision=precision, backend=backend, device=device, tp_mesh=tp_mesh)
+    fit_tokenizer(cfg, model, tokenizer)
+    model = prepare_base(cfg, model, kbit=kbit, precision=precision)
+    trained = select_trainable(cfg, model)
+    speed_up(cfg, trained, precision=precision, sharded=device is None)
+    return trained
+
+
+def load_base(
+    cfg: TrainConfig,
+    *,
+    precision: Precision,
+    backend: AttentionBackend,
+    device: torch.device | None,
+    tp_mesh: DeviceMesh | None,
+) -> tuple[PreTrainedModel, bool]:
+    """The base model as transformers loads it (dtype, attention implementation, `model_config`,
+    quantization, placement), and whether its weights are bitsandbytes-quantized (k-bit)."""
     import transformers
 
     source = model_source(cfg, cfg.base_model, "base_model")
@@ -274,7 +303,11 @@ def load_model(
         model_options.match_unpacked_dtype(model, precision.load_dtype)
     model.config.use_cache = False  # training never reuses a KV cache
     model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
+    return model, quantization is not None
 
+
+def fit_tokenizer(cfg: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Embedding rows for every token of the tokenizer, and its pad / bos / eos ids on the model config."""
     rows, before = model_options.embedding_rows(cfg, tokenizer), model.get_input_embeddings().num_embeddings
     if rows > before:  # added tokens, or resize_token_embeddings_to_32x rounding up (as Axolotl resizes)
         log.info("resizing the embeddings from %d to %d rows", before, rows)
@@ -287,12 +320,18 @@ def load_model(
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.config, name, getattr(tokenizer, name))
 
+
+def prepare_base(
+    cfg: TrainConfig, model: PreTrainedModel, *, kbit: bool, precision: Precision
+) -> PreTrainedModel:
+    """A k-bit base frozen for training (outside bf16 through peft, which also upcasts the frozen
+    weights to float32), and gradient checkpointing switched on when the config asks for it."""
     checkpointing = {
         "use_reentrant": bool(
             cfg.gradient_checkpointing_kwargs and cfg.gradient_checkpointing_kwargs.use_reentrant
         )
     }
-    if quantization is not None and precision.mixed_precision != "bf16":
+    if kbit and precision.mixed_precision != "bf16":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -300,7 +339,7 @@ def load_model(
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs=checkpointing,
         )
-    elif quantization is not None:
+    elif kbit:
         # peft's prepare_model_for_kbit_training would also upcast every frozen bf16 weight (embeddings,
         # output head, norms) to float32: +2 GiB on an 8B model for no gain in bf16, where nothing
         # frozen is ever updated. Freeze and checkpoint only.
@@ -310,18 +349,30 @@ def load_model(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    return model
 
-    switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
-    if cfg.adapter:
-        model = attach_adapter(cfg, model)
+
+def select_trainable(cfg: TrainConfig, model: PreTrainedModel) -> nn.Module:
+    """What trains: the adapter when the config has one (the model becomes a PeftModel), narrowed by
+    `unfrozen_parameters`; without an adapter every weight, or those `unfrozen_parameters` matches."""
+    trained: nn.Module = attach_adapter(cfg, model) if cfg.adapter else model
     if cfg.unfrozen_parameters:  # only the matching weights (with an adapter: adapter weights) train
-        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
+        model_options.freeze_all_but(
+            trained, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing
+        )
+    return trained
+
+
+def speed_up(cfg: TrainConfig, model: nn.Module, *, precision: Precision, sharded: bool) -> None:
+    """Same result, faster, in place: fused LoRA layers, liger's fused kernels, regional torch.compile.
+    `sharded`: FSDP / DeepSpeed will wrap the model (it was loaded on the CPU for them)."""
+    switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
     if cfg.adapter:
         # By default eager only: with torch_compile the compiler fuses peft's element-wise adds into their
         # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).
         # One process per GPU or DDP only: the fused layers read the weights directly, bypassing the
-        # hooks in which FSDP / DeepSpeed gather sharded weights (device is None exactly then).
-        groups = fast_paths.lora_groups(switches, default_on=not cfg.torch_compile, sharded=device is None)
+        # hooks in which FSDP / DeepSpeed gather sharded weights.
+        groups = fast_paths.lora_groups(switches, default_on=not cfg.torch_compile, sharded=sharded)
         if groups:
             from kubetune.train.lora_fused import fuse_lora_layers
 
@@ -342,7 +393,6 @@ def load_model(
             log.info("torch.compile mode: %s", cfg.torch_compile_mode)
         for layer in _decoder_layers(model):
             layer.compile(**compile_options(cfg))
-    return model
 
 
 def compile_options(cfg) -> dict:
