@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from kubetune.train.results import load_result
@@ -36,7 +38,8 @@ def generate(
     input_ids = torch.tensor([ids], device=device)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.no_grad():
-        out = model.generate(
+        # transformers 5.17 types generate with `self` twice (its decorators), which no call satisfies.
+        out = model.generate(  # type: ignore[misc]
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,
@@ -44,4 +47,5 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
             **sampling,
         )
-    return tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+    # One sequence of ids decodes to one string (a batch would decode to a list).
+    return cast(str, tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))

@@ -36,6 +36,7 @@ from kubetune.train.model_options import activation_offloading
 from kubetune.train.preference import PreferenceLoss
 from kubetune.train.preference_setup import preference_module
 from kubetune.train.progress import Progress, Reporters, build_reporters
+from kubetune.train.sync import Interval, PendingLog, StepCounts, log_values
 from kubetune.train.watchdog import LossWatchdog
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         pin_memory=device.type == "cuda",
     )
     run.module.train()
-    interval = _Interval(time.perf_counter())
+    interval = Interval(time.perf_counter())
     run.clock = loop_start = time.perf_counter()
     first_step = state.step
     grad_norm = None
@@ -334,7 +335,7 @@ def train_loop(run: Run, stop: StopFlag) -> str:
             elapsed = time.perf_counter() - loop_start
             eta = (plan.total_steps - state.step) * elapsed / max(1, state.step - first_step)
             run.pending_log = begin_log(run, interval, grad_norm, eta)
-            interval = _Interval(time.perf_counter())
+            interval = Interval(time.perf_counter())
         stop_early = False
         if plan.eval_every and (state.step % plan.eval_every == 0 or last):
             stop_early = evaluate_and_track(run)
@@ -352,76 +353,6 @@ def train_loop(run: Run, stop: StopFlag) -> str:
     flush_log(run)
     _tick(run)
     return "completed"
-
-
-class HostCopy:
-    """A device tensor's values on their way to the host: the copy is queued behind the work already on
-    the GPU, and `tolist` waits only for that copy. Reading a device value with .item() right after
-    queueing a step would instead drain the queue (the GPU idles until the host queues more work)."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.ready = None
-        if tensor.is_cuda:
-            self.values = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            self.values.copy_(tensor, non_blocking=True)
-            self.ready = torch.cuda.Event()
-            self.ready.record()
-        else:
-            self.values = tensor.detach().clone()
-
-    def tolist(self) -> list:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return self.values.tolist()
-
-
-class StepCounts:
-    """(trained tokens, non-pad tokens, stop?) of one optimizer step, summed over all ranks.
-
-    One small all-reduce per step carries the token counts and whether any rank was asked to stop (so
-    that all of them stop at the same boundary). The loss scale takes the reduced count as a device
-    tensor, and the host reads the counts once the step is queued (`resolve`). A single process has
-    the counts on the host already.
-    """
-
-    def __init__(self, acc, window: list[dict], stop: StopFlag, *, group: int = 1):
-        self.stop = stop
-        # Each of the `group` ranks that share these rows adds its share, so the sum counts them once.
-        self.local = [
-            sum(b["n_trained"] for b in window) / group,
-            sum(b["n_tokens"] for b in window) / group,
-            int(stop.requested),
-        ]
-        self.reduced = None
-        if acc.num_processes == 1:
-            return
-        counts = torch.tensor(self.local, dtype=torch.float64)
-        if acc.device.type == "cuda":
-            counts = counts.pin_memory().to(acc.device, non_blocking=True)
-        self.reduced = acc.reduce(counts, reduction="sum")  # collective, queued behind the previous step
-        self.host = HostCopy(self.reduced)
-
-    def trained_for_scale(self) -> float | torch.Tensor:
-        """Trained tokens of the step on all ranks (at least 1): a float, or a device scalar."""
-        if self.reduced is None:
-            return max(float(self.local[0]), 1.0)
-        return self.reduced[0].clamp(min=1.0).float()
-
-    def resolve(self) -> tuple[float, float, bool]:
-        if self.reduced is None:  # the flag as of now: a SIGTERM during this step stops after it
-            return float(self.local[0]), float(self.local[1]), self.stop.requested
-        trained, tokens, stopping = self.host.tolist()
-        return trained, tokens, bool(stopping)
-
-
-@dataclass
-class _Interval:
-    """Sums since the last log line."""
-
-    started: float
-    loss_sum: torch.Tensor | float = 0.0
-    trained: float = 0.0
-    tokens: float = 0.0
 
 
 def _tick(run: Run) -> None:
@@ -444,42 +375,18 @@ def _model_inputs(run: Run, batch: dict, device: torch.device) -> dict:
     }
 
 
-@dataclass
-class PendingLog:
-    """A train log line whose summed loss (and grad norm) are still on their way from the GPU."""
-
-    step: int
-    trained_tokens: int
-    input_tokens: int
-    values: HostCopy  # [loss sum over all ranks] + [grad norm] when the step has one
-    interval: _Interval
-    eta: float
-    learning_rate: float
-    rewards: dict | None = None  # preference runs: trl's reward means since the last line (rank 0's pairs)
-
-
-def begin_log(run: Run, interval: _Interval, grad_norm, eta: float) -> PendingLog:
-    """Queue the log line's reduction and its copy to the host; nothing here waits for the GPU."""
-    acc, state = run.accelerator, run.state
-    device = acc.device
-    loss_sum = (
-        interval.loss_sum.reshape(1).to(device, torch.float32)
-        if isinstance(interval.loss_sum, torch.Tensor)
-        else torch.zeros(1, device=device)
-    )
-    loss_sum = loss_sum / run.group  # the ranks of a tensor/context-parallel group hold the same loss
-    values = [acc.reduce(loss_sum, reduction="sum").reshape(1).float()]  # collective: all ranks log here
-    if grad_norm is not None:
-        values.append(local_tensor(grad_norm).to(device, torch.float32).reshape(1))
+def begin_log(run: Run, interval: Interval, grad_norm: torch.Tensor | float | None, eta: float) -> PendingLog:
+    """The train log line of this step, its values queued for the host; nothing here waits for the GPU."""
+    state = run.state
     return PendingLog(
         step=state.step,
         trained_tokens=state.trained_tokens,
         input_tokens=state.input_tokens,
-        values=HostCopy(torch.cat(values)),
+        values=log_values(run.accelerator, interval, grad_norm, group=run.group),
         interval=interval,
         eta=eta,
         learning_rate=float(run.scheduler.get_last_lr()[0]),  # torchao keeps it as a tensor
-        rewards=_take_rewards(run),
+        rewards=_take_rewards(run),  # after the values are queued: it reads its sums from the GPU
     )
 
 
@@ -500,26 +407,13 @@ def _take_rewards(run: Run) -> dict | None:
     return objective.take_metrics() if isinstance(objective, PreferenceLoss) else None
 
 
-def local_tensor(value) -> torch.Tensor:
-    """A plain tensor of a value that may be a DTensor: FSDP2's clip_grad_norm_ returns the grad norm as
-    a DTensor, which mixes with no plain tensor (torch.cat, copy_ into host memory, tolist all refuse).
-    full_tensor() is a collective when the norm is still a partial sum: every rank logs the same steps."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(value, DTensor):
-        return value.full_tensor()
-    return torch.as_tensor(value)
-
-
 def flush_log(run: Run) -> None:
     """Report the pending train log line (waits until its values have reached the host)."""
     pending, run.pending_log = run.pending_log, None
     if pending is None:
         return
-    total, *norm = pending.values.tolist()
-    interval, state = pending.interval, run.state
-    loss = total / max(interval.trained, 1.0)
-    seconds = max(time.perf_counter() - interval.started, 1e-9)
+    line = pending.read()
+    state, loss = run.state, line.loss
     state.last_loss = loss
     state.best_loss = loss if state.best_loss is None else min(state.best_loss, loss)
     state.history.append({"step": pending.step, "loss": round(loss, 6), "lr": pending.learning_rate})
@@ -531,8 +425,8 @@ def flush_log(run: Run) -> None:
         input_tokens=pending.input_tokens,
         loss=loss,
         learning_rate=pending.learning_rate,
-        grad_norm=norm[0] if norm else None,
-        tokens_per_second=interval.tokens / seconds,
+        grad_norm=line.grad_norm,
+        tokens_per_second=line.tokens_per_second,
         eta_seconds=pending.eta,
         rewards=pending.rewards,
     )

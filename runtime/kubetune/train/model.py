@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypedDict, cast
 
 import torch
 from torch import nn
@@ -20,6 +21,16 @@ from kubetune.config.sharding import fsdp_version
 from kubetune.train import fast_paths, model_options
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
+
+if TYPE_CHECKING:
+    from peft import LoftQConfig, PeftMixedModel, PeftModel
+    from torch.distributed.device_mesh import DeviceMesh
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from kubetune.config import TrainConfig
+
+    # What load_model returns: the transformers model, or the peft model around it (with an adapter).
+    TrainableModel = PreTrainedModel | PeftModel | PeftMixedModel
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +41,7 @@ class Precision:
     mixed_precision: str  # accelerate's autocast setting: "no" | "bf16" | "fp16"
 
 
-def resolve_precision(cfg, *, cuda: bool) -> Precision:
+def resolve_precision(cfg: TrainConfig, *, cuda: bool) -> Precision:
     """bf16 / fp16 / auto on a GPU; always float32 on CPU (CPU autocast is slow and rarely what you want)."""
     if not cuda:
         if cfg.bf16 is True or cfg.fp16 or cfg.float16:
@@ -47,7 +58,7 @@ def resolve_precision(cfg, *, cuda: bool) -> Precision:
     return Precision(torch.float32, "no")
 
 
-def check_request(cfg, *, cuda: bool) -> None:
+def check_request(cfg: TrainConfig, *, cuda: bool) -> None:
     """Quantization needs CUDA and bitsandbytes; say so before loading anything."""
     if cfg.peft and cfg.peft.loftq_config:
         # peft computes LoftQ's quantization with bitsandbytes on the GPU (it moves each weight to "cuda").
@@ -96,7 +107,7 @@ def cpu_nf4_requested() -> bool:
     return os.environ.get(CPU_NF4_ENV, "").lower() in ("1", "true", "yes")
 
 
-def model_source(cfg, value: str, key: str) -> str:
+def model_source(cfg: TrainConfig, value: str, key: str) -> str:
     """A local directory (resolved against the config's directory) or a hub id, checked for existence;
     for an object-store prefix (s3://, gs://, az://) the local copy of it (the job's fetch step made it,
     or this downloads it once into the source cache)."""
@@ -130,7 +141,7 @@ def model_source(cfg, value: str, key: str) -> str:
     return value  # a hub id
 
 
-def object_store_copy(cfg, value: str, key: str) -> str:
+def object_store_copy(cfg: TrainConfig, value: str, key: str) -> str:
     """The local directory holding the objects under the prefix `value` (a model or tokenizer)."""
     from kubetune import objectstore
 
@@ -162,7 +173,7 @@ def _load_error(key: str, source: str, err: Exception) -> UserError:
     )
 
 
-def check_pad_token(cfg) -> None:
+def check_pad_token(cfg: TrainConfig) -> None:
     """Batching needs a pad token: the tokenizer's own, or `special_tokens.pad_token` from the config.
 
     A tokenizer without one is bad input (exit 2) rather than silently padded with eos: the fix is one
@@ -200,7 +211,7 @@ def check_pad_token(cfg) -> None:
         )
 
 
-def load_tokenizer(cfg):
+def load_tokenizer(cfg: TrainConfig) -> PreTrainedTokenizerBase:
     """kubetune.data's tokenizer (the prepared-data cache is keyed by it), with load errors as UserError."""
     from kubetune.data import load_tokenizer as data_load_tokenizer
 
@@ -211,20 +222,42 @@ def load_tokenizer(cfg):
 
 
 def load_model(
-    cfg,
-    tokenizer,
+    cfg: TrainConfig,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     precision: Precision,
     backend: AttentionBackend,
     device: torch.device | None,
-    tp_mesh=None,
-):
+    tp_mesh: DeviceMesh | None = None,
+) -> nn.Module:
     """The model ready for training: trainable parameters are exactly what the config trains.
 
     `device`: where to load the weights directly (one process per GPU); None loads on CPU and leaves
     placement to the distributed wrapper (FSDP, DeepSpeed). `tp_mesh`: the tensor-parallel dimension of
     the run's mesh; the model is sharded over it by its transformers `tp_plan` (DTensor layers).
+
+    The order of the steps is part of the result: k-bit preparation freezes (outside bf16: upcasts) the
+    base before the adapter is attached, the adapter's dtype is chosen from the base as prepared (FSDP1
+    needs one dtype per wrapped block), and the speed-ups replace or compile layers the adapter wraps.
     """
+    model, kbit = load_base(cfg, precision=precision, backend=backend, device=device, tp_mesh=tp_mesh)
+    fit_tokenizer(cfg, model, tokenizer)
+    model = prepare_base(cfg, model, kbit=kbit, precision=precision)
+    trained = select_trainable(cfg, model)
+    speed_up(cfg, trained, precision=precision, sharded=device is None)
+    return trained
+
+
+def load_base(
+    cfg: TrainConfig,
+    *,
+    precision: Precision,
+    backend: AttentionBackend,
+    device: torch.device | None,
+    tp_mesh: DeviceMesh | None,
+) -> tuple[PreTrainedModel, bool]:
+    """The base model as transformers loads it (dtype, attention implementation, `model_config`,
+    quantization, placement), and whether its weights are bitsandbytes-quantized (k-bit)."""
     import transformers
 
     source = model_source(cfg, cfg.base_model, "base_model")
@@ -235,12 +268,13 @@ def load_model(
             "Use AutoModelForCausalLM (the default) or a class transformers exports, e.g. LlamaForCausalLM.",
             key="model_type",
         )
-    kwargs = {
+    kwargs: model_options.LoadOptions = {
         "dtype": precision.load_dtype,
         "attn_implementation": backend.hf_implementation,
         "trust_remote_code": cfg.trust_remote_code,
-        **cfg.revision_for(source),
     }
+    if revision := cfg.revision_for(source).get("revision"):
+        kwargs["revision"] = revision
     if cfg.base_model_config or cfg.model_config_overrides:  # Axolotl's model_config: set on the config
         key = "base_model_config" if cfg.base_model_config else "base_model"
         kwargs["config"] = model_options.model_config(
@@ -260,6 +294,7 @@ def load_model(
         kwargs |= {"tp_plan": "auto", "device_mesh": tp_mesh}
     elif device is not None:
         kwargs["device_map"] = {"": device}
+    model: PreTrainedModel
     try:
         with model_options.experts_layout(cfg):  # llama4_linearized_experts
             if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
@@ -274,8 +309,14 @@ def load_model(
         model_options.match_unpacked_dtype(model, precision.load_dtype)
     model.config.use_cache = False  # training never reuses a KV cache
     model_options.router_aux_loss(model)  # output_router_logits on a model without that loss: refused now
+    return model, quantization is not None
 
-    rows, before = model_options.embedding_rows(cfg, tokenizer), model.get_input_embeddings().num_embeddings
+
+def fit_tokenizer(cfg: TrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Embedding rows for every token of the tokenizer, and its pad / bos / eos ids on the model config."""
+    # transformers types get_input_embeddings() as any nn.Module; a causal LM's is an nn.Embedding.
+    embeddings = cast("nn.Embedding", model.get_input_embeddings())
+    rows, before = model_options.embedding_rows(cfg, tokenizer), embeddings.num_embeddings
     if rows > before:  # added tokens, or resize_token_embeddings_to_32x rounding up (as Axolotl resizes)
         log.info("resizing the embeddings from %d to %d rows", before, rows)
         model.resize_token_embeddings(rows)
@@ -287,12 +328,18 @@ def load_model(
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.config, name, getattr(tokenizer, name))
 
+
+def prepare_base(
+    cfg: TrainConfig, model: PreTrainedModel, *, kbit: bool, precision: Precision
+) -> PreTrainedModel:
+    """A k-bit base frozen for training (outside bf16 through peft, which also upcasts the frozen
+    weights to float32), and gradient checkpointing switched on when the config asks for it."""
     checkpointing = {
         "use_reentrant": bool(
             cfg.gradient_checkpointing_kwargs and cfg.gradient_checkpointing_kwargs.use_reentrant
         )
     }
-    if quantization is not None and precision.mixed_precision != "bf16":
+    if kbit and precision.mixed_precision != "bf16":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -300,7 +347,7 @@ def load_model(
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs=checkpointing,
         )
-    elif quantization is not None:
+    elif kbit:
         # peft's prepare_model_for_kbit_training would also upcast every frozen bf16 weight (embeddings,
         # output head, norms) to float32: +2 GiB on an 8B model for no gain in bf16, where nothing
         # frozen is ever updated. Freeze and checkpoint only.
@@ -310,18 +357,30 @@ def load_model(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    return model
 
-    switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
-    if cfg.adapter:
-        model = attach_adapter(cfg, model)
+
+def select_trainable(cfg: TrainConfig, model: PreTrainedModel) -> TrainableModel:
+    """What trains: the adapter when the config has one (the model becomes a PeftModel), narrowed by
+    `unfrozen_parameters`; without an adapter every weight, or those `unfrozen_parameters` matches."""
+    trained: TrainableModel = attach_adapter(cfg, model) if cfg.adapter else model
     if cfg.unfrozen_parameters:  # only the matching weights (with an adapter: adapter weights) train
-        model_options.freeze_all_but(model, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing)
+        model_options.freeze_all_but(
+            trained, cfg.unfrozen_parameters, checkpointing=cfg.gradient_checkpointing
+        )
+    return trained
+
+
+def speed_up(cfg: TrainConfig, model: nn.Module, *, precision: Precision, sharded: bool) -> None:
+    """Same result, faster, in place: fused LoRA layers, liger's fused kernels, regional torch.compile.
+    `sharded`: FSDP / DeepSpeed will wrap the model (it was loaded on the CPU for them)."""
+    switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
     if cfg.adapter:
         # By default eager only: with torch_compile the compiler fuses peft's element-wise adds into their
         # neighbours itself, and the fused layers' addmm measured 3% slower there (H200, 8B).
         # One process per GPU or DDP only: the fused layers read the weights directly, bypassing the
-        # hooks in which FSDP / DeepSpeed gather sharded weights (device is None exactly then).
-        groups = fast_paths.lora_groups(switches, default_on=not cfg.torch_compile, sharded=device is None)
+        # hooks in which FSDP / DeepSpeed gather sharded weights.
+        groups = fast_paths.lora_groups(switches, default_on=not cfg.torch_compile, sharded=sharded)
         if groups:
             from kubetune.train.lora_fused import fuse_lora_layers
 
@@ -342,21 +401,20 @@ def load_model(
             log.info("torch.compile mode: %s", cfg.torch_compile_mode)
         for layer in _decoder_layers(model):
             layer.compile(**compile_options(cfg))
-    return model
 
 
-def compile_options(cfg) -> dict:
+def compile_options(cfg: TrainConfig) -> dict[str, str]:
     """Keyword arguments of each decoder layer's torch.compile: `mode` when torch_compile_mode sets it."""
     return {"mode": cfg.torch_compile_mode} if cfg.torch_compile_mode else {}
 
 
-def wants_fused_kernels(cfg, precision: Precision, *, cuda: bool) -> bool:
+def wants_fused_kernels(cfg: TrainConfig, precision: Precision, *, cuda: bool) -> bool:
     """Fused Triton kernels for RMSNorm / SwiGLU / RoPE (+17% tokens/s on an 8B LoRA, H200) go in on a
     GPU in bf16/fp16 when the compiler is off; with `torch_compile` the compiler fuses those ops itself."""
     return cuda and not cfg.torch_compile and precision.mixed_precision != "no"
 
 
-def quantization_config(cfg, precision: Precision):
+def quantization_config(cfg: TrainConfig, precision: Precision) -> BitsAndBytesConfig | None:
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
         return None
     from transformers import BitsAndBytesConfig
@@ -378,7 +436,7 @@ def quantization_config(cfg, precision: Precision):
     )
 
 
-def lora_target_modules(cfg, model: nn.Module) -> list[str] | str:
+def lora_target_modules(cfg: TrainConfig, model: PreTrainedModel) -> list[str] | str | None:
     """The configured targets; lora_target_linear adds every linear layer except the output head."""
     targets = cfg.lora_target_modules
     if not cfg.lora_target_linear:
@@ -399,14 +457,14 @@ def lora_target_modules(cfg, model: nn.Module) -> list[str] | str:
     return sorted((linear - head_names) | set(targets or ()))
 
 
-def fsdp_needs_uniform_dtype(cfg, model: nn.Module) -> bool:
+def fsdp_needs_uniform_dtype(cfg: TrainConfig, model: nn.Module) -> bool:
     """FSDP1 with a half-precision base: adapter weights must stay in the base's dtype."""
     if not cfg.fsdp or fsdp_version(cfg) == 2:
         return False
     return next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
 
 
-def attach_adapter(cfg, model: nn.Module) -> nn.Module:
+def attach_adapter(cfg: TrainConfig, model: PreTrainedModel) -> PeftModel | PeftMixedModel:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if cfg.lora_model_dir:
@@ -453,7 +511,14 @@ def attach_adapter(cfg, model: nn.Module) -> nn.Module:
         ) from err
 
 
-def loftq_options(cfg) -> dict:
+class LoftQOptions(TypedDict, total=False):
+    """LoraConfig's LoftQ arguments; empty: peft's default init."""
+
+    init_lora_weights: Literal["loftq"]
+    loftq_config: LoftQConfig
+
+
+def loftq_options(cfg: TrainConfig) -> LoftQOptions:
     """LoraConfig arguments of `peft.loftq_config`: peft's LoftQ init (one iteration, as Axolotl)."""
     if not (cfg.peft and cfg.peft.loftq_config):
         return {}
@@ -473,7 +538,7 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def _saves_embeddings(cfg) -> bool:
+def _saves_embeddings(cfg: TrainConfig) -> bool:
     saved = set(cfg.lora_modules_to_save or ())
     return bool(saved & {"embed_tokens", "wte", "word_embeddings"}) and bool(
         saved & {"lm_head", "output", "embed_out"}

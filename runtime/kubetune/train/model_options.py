@@ -11,17 +11,50 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import nn
 
 from kubetune.config.adapter import unfrozen_parameter_regex
 from kubetune.train.errors import UserError
+from kubetune.train.loss import causal_lm
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from transformers import (
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    from transformers.utils.quantization_config import Mxfp4Config, QuantizationConfigMixin
+
+    from kubetune.config import TrainConfig
+    from kubetune.train.model import TrainableModel
+
+    # A class load_model may name: an Auto class (AutoModelForCausalLM) or a model class (LlamaForCausalLM).
+    ModelClass = type[PreTrainedModel] | type[_BaseAutoModelClass]
+
+
+class LoadOptions(TypedDict, total=False):
+    """The keyword arguments of the base model's from_pretrained (model.load_base builds them)."""
+
+    dtype: torch.dtype
+    attn_implementation: str
+    trust_remote_code: bool
+    revision: str
+    config: PretrainedConfig
+    quantization_config: QuantizationConfigMixin
+    tp_plan: str
+    device_mesh: DeviceMesh
+    device_map: dict[str, torch.device]
+
 
 log = logging.getLogger("kubetune.train")
 
 
-def freeze_all_but(model: nn.Module, patterns: list[str], *, checkpointing: bool) -> list[str]:
+def freeze_all_but(model: TrainableModel, patterns: list[str], *, checkpointing: bool) -> list[str]:
     """Freeze every parameter whose name matches none of `patterns` (Axolotl's reading: see
     unfrozen_parameter_regex); returns the names left trainable. UserError when none is.
 
@@ -61,14 +94,19 @@ def freeze_all_but(model: nn.Module, patterns: list[str], *, checkpointing: bool
     return trained
 
 
-def embedding_rows(cfg, tokenizer) -> int:
+def embedding_rows(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> int:
     """Rows the embedding matrix needs: the tokenizer's size, rounded up to a multiple of 32 with
     `resize_token_embeddings_to_32x` (tensor-core-friendly shapes); load_model grows it when smaller."""
     rows = len(tokenizer)
     return math.ceil(rows / 32) * 32 if cfg.resize_token_embeddings_to_32x else rows
 
 
-def new_model(model_cls, source: str, load_kwargs: dict, device) -> nn.Module:
+def new_model(
+    model_cls: ModelClass,
+    source: str,
+    load_kwargs: LoadOptions,
+    device: torch.device | None,
+) -> PreTrainedModel:
     """`reinit_weights`: the model `from_pretrained` would build, with freshly initialised weights instead
     of the pretrained ones (which are never read): its config (with `model_config` applied), dtype and
     attention implementation."""
@@ -89,12 +127,13 @@ def new_model(model_cls, source: str, load_kwargs: dict, device) -> nn.Module:
     return model.to(device) if device is not None else model
 
 
-def model_class(model_cls, source: str, load_kwargs: dict) -> type:
+def model_class(model_cls: ModelClass, source: str, load_kwargs: LoadOptions) -> type:
     """The concrete transformers class `model_cls.from_pretrained(source)` builds (an Auto class resolved
     through the model's config; a named class as it is). A remote-code model resolves to the Auto class."""
     import transformers
 
-    if not hasattr(model_cls, "_model_mapping"):
+    mapping = getattr(model_cls, "_model_mapping", None)  # an Auto class's config -> model class
+    if mapping is None:
         return model_cls
     config = load_kwargs.get("config")
     if config is None:
@@ -106,12 +145,14 @@ def model_class(model_cls, source: str, load_kwargs: dict) -> type:
         except (OSError, ValueError):
             return model_cls  # from_pretrained reports it, with the key to fix
     try:
-        return model_cls._model_mapping[type(config)]
+        return mapping[type(config)]
     except (KeyError, ValueError):
         return model_cls
 
 
-def model_config(source: str, overrides: dict | None, trust_remote_code: bool, revision: dict | None = None):
+def model_config(
+    source: str, overrides: dict | None, trust_remote_code: bool, revision: dict[str, str] | None = None
+) -> PretrainedConfig:
     """The model's transformers config with Axolotl's `model_config` attributes set; UserError naming
     the ones the config class does not have (transformers would drop them silently)."""
     import transformers
@@ -132,12 +173,12 @@ def model_config(source: str, overrides: dict | None, trust_remote_code: bool, r
     return config
 
 
-def router_aux_loss(lm: nn.Module) -> Callable[[tuple], torch.Tensor] | None:
+def router_aux_loss(model: nn.Module) -> Callable[[tuple], torch.Tensor] | None:
     """With `output_router_logits` on the config of a mixture-of-experts model: the function of the
     decoder's router logits giving router_aux_loss_coef x the model family's own load-balancing loss
     (what its ForCausalLM adds to the loss); None when the flag is off. UserError when the flag is
     on but the model has no such loss."""
-    lm = lm.get_base_model() if callable(getattr(lm, "get_base_model", None)) else lm
+    lm = causal_lm(model)
     if not getattr(lm.config, "output_router_logits", False):
         return None
     balance = getattr(sys.modules.get(type(lm).__module__), "load_balancing_loss_func", None)
@@ -153,7 +194,7 @@ def router_aux_loss(lm: nn.Module) -> Callable[[tuple], torch.Tensor] | None:
     return lambda router_logits: coef * balance(router_logits, experts, top_k, None)
 
 
-def activation_offloading(cfg) -> contextlib.AbstractContextManager:
+def activation_offloading(cfg: TrainConfig) -> contextlib.AbstractContextManager:
     """Around each forward and backward: the tensors autograd saves for the backward pass go to CPU
     memory (pinned on a GPU machine) and come back when the backward pass needs them. With gradient
     checkpointing those are the checkpointed layers' inputs. Off: a no-op context."""
@@ -162,14 +203,14 @@ def activation_offloading(cfg) -> contextlib.AbstractContextManager:
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
 
 
-def checkpoint_quantization(cfg):
+def checkpoint_quantization(cfg: TrainConfig) -> Mxfp4Config | None:
     """`model_quantization_config: Mxfp4Config` with `dequantize: true` (config rules refuse any other
     form): transformers' Mxfp4Config that unpacks a gpt-oss checkpoint's MXFP4 experts into plain
     weights while loading. Without it a GPU with the MXFP4 kernels keeps them packed, and transformers'
     MXFP4 layers do not train. None when the key is unset."""
     if cfg.model_quantization_config != "Mxfp4Config":
         return None
-    from transformers import Mxfp4Config
+    from transformers.utils.quantization_config import Mxfp4Config
 
     log.info("model_quantization_config: Mxfp4Config(dequantize=True): MXFP4 experts load as plain weights")
     return Mxfp4Config(dequantize=True)
@@ -187,7 +228,7 @@ def match_unpacked_dtype(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 @contextlib.contextmanager
-def experts_layout(cfg) -> Iterator[None]:
+def experts_layout(cfg: TrainConfig) -> Iterator[None]:
     """Around a base model's from_pretrained: `llama4_linearized_experts` has Llama 4's experts built as
     per-expert linear layers (train/llama4_experts.py); a model with no Llama 4 experts is refused."""
     if not cfg.llama4_linearized_experts:

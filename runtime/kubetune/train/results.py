@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from kubetune.train.errors import UserError
 from kubetune.train.model import model_source
 from kubetune.train.model_options import experts_layout
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+    from transformers.models.auto.modeling_auto import _BaseModelWithGenerate
+
+    from kubetune.config import TrainConfig
 
 
 def result_kind(output_dir: Path) -> str | None:
@@ -20,7 +28,7 @@ def result_kind(output_dir: Path) -> str | None:
     return None
 
 
-def require_result(cfg) -> tuple[Path, str]:
+def require_result(cfg: TrainConfig) -> tuple[Path, str]:
     output_dir = cfg.resolve_path(cfg.output_dir)
     kind = result_kind(output_dir)
     if kind is None:
@@ -32,7 +40,7 @@ def require_result(cfg) -> tuple[Path, str]:
     return output_dir, kind
 
 
-def inference_dtype(cfg, device: torch.device) -> torch.dtype:
+def inference_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     if cfg.bf16 is True or (cfg.bf16 == "auto" and torch.cuda.is_bf16_supported()):
@@ -40,7 +48,7 @@ def inference_dtype(cfg, device: torch.device) -> torch.dtype:
     return torch.float16 if cfg.fp16 else torch.float32
 
 
-def load_tokenizer(output_dir: Path, cfg=None):
+def load_tokenizer(output_dir: Path, cfg: TrainConfig | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer the run saved (special tokens included); with tokenizer_use_mistral_common the
     saved tekken.json through mistral-common, as the run used it (an adapter's folder has no model
     config from which AutoTokenizer could tell)."""
@@ -54,8 +62,13 @@ def load_tokenizer(output_dir: Path, cfg=None):
 
 
 def load_base_with_adapter(
-    cfg, output_dir: Path, tokenizer, *, dtype: torch.dtype | str, device: torch.device
-):
+    cfg: TrainConfig,
+    output_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: torch.dtype | str,
+    device: torch.device,
+) -> PeftModel:
     """The base model (unquantized, even after a QLoRA run) with the trained adapter attached."""
     import transformers
     from peft import PeftConfig, PeftModel
@@ -68,7 +81,7 @@ def load_base_with_adapter(
         ).to(device)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
-    config = PeftConfig.from_pretrained(output_dir)
+    config = PeftConfig.from_pretrained(str(output_dir))
     loftq = getattr(config, "init_lora_weights", None) == "loftq"
     if loftq:  # peft would run LoftQ's init again on load, on "cuda" only; the weights are loaded anyway
         config.init_lora_weights = True
@@ -78,7 +91,7 @@ def load_base_with_adapter(
     return model
 
 
-def quantize_loftq_base(model) -> int:
+def quantize_loftq_base(model: PeftModel) -> int:
     """Give a LoftQ adapter the base it trained on: peft's LoftQ init replaced every targeted weight W by
     its NF4 round trip Q(W) (one iteration: bitsandbytes Params4bit, blocks of 64, no double quant), and
     the adapter learned on top of Q(W). Applied to W itself the adapter would add the quantization error a
@@ -89,21 +102,25 @@ def quantize_loftq_base(model) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, LoraLayer) and module.lora_A:
-            base = module.get_base_layer()
-            weight = base.weight.data
+            param = module.get_base_layer().get_parameter("weight")
+            weight = param.data
             packed = bnb.nn.Params4bit(
                 weight.detach().to("cpu", torch.float32),
                 requires_grad=False,
                 compress_statistics=False,
                 quant_type="nf4",
-            ).to(weight.device)
+            )
+            # bitsandbytes 0.50 types Params4bit.to's self as an nn.Module (its TypeVar T), which it is not.
+            packed = packed.to(weight.device)  # type: ignore[misc]
             dequantized = bnb.functional.dequantize_4bit(packed.data, packed.quant_state)
-            base.weight.data = dequantized.to(weight.dtype)
+            param.data = dequantized.to(weight.dtype)
             count += 1
     return count
 
 
-def load_result(cfg, *, device: torch.device):
+def load_result(
+    cfg: TrainConfig, *, device: torch.device
+) -> tuple[PeftModel | _BaseModelWithGenerate, PreTrainedTokenizerBase]:
     """(model, tokenizer) ready for generation."""
     from transformers import AutoModelForCausalLM
 
@@ -114,5 +131,8 @@ def load_result(cfg, *, device: torch.device):
         model = load_base_with_adapter(cfg, output_dir, tokenizer, dtype=dtype, device=device)
     else:
         with experts_layout(cfg):  # a full fine-tune saved its linearized experts as such
-            model = AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype).to(device).eval()
+            loaded = AutoModelForCausalLM.from_pretrained(output_dir, dtype=dtype)
+            # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to): mypy reads the
+            # wrapper as a plain callable whose first argument is the model.
+            model = loaded.to(device).eval()  # type: ignore[arg-type]
     return model, tokenizer

@@ -24,10 +24,19 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    from torch.distributed.checkpoint.stateful import Stateful
+    from torch.distributed.fsdp import FullyShardedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,13 @@ OPTIMIZER = "adapter_optimizer.pt"
 class ShardedTrainableState:
     """Save / load the trainable weights, optimizer, schedule and RNG of an FSDP (1 or 2) adapter run."""
 
-    def __init__(self, accelerator, module, optimizer, scheduler):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Stateful,  # the LR schedule (optim.build_scheduler): saved as accelerate's custom state
+    ):
         self.accelerator, self.module, self.optimizer, self.scheduler = (
             accelerator,
             module,
@@ -50,7 +65,7 @@ class ShardedTrainableState:
         from kubetune.train.outputs import clean_key
 
         if self._flattened():
-            return [name for _, fqns in self._trained_flat_units() for name in fqns]
+            return [name for _, _, names in self._trained_flat_units() for name in names]
         return [clean_key(name) for name, param in self.module.named_parameters() if param.requires_grad]
 
     def _flattened(self) -> bool:
@@ -60,7 +75,7 @@ class ShardedTrainableState:
         return is_fsdp1(self.accelerator) and not self.accelerator.state.fsdp_plugin.use_orig_params
 
     @contextmanager
-    def key_names_without_collectives(self):
+    def key_names_without_collectives(self) -> Iterator[None]:
         """On the main process alone, while it writes the adapter: peft reads the key names of each
         `modules_to_save` copy by calling its state_dict(), and with flat parameters that copy is an FSDP
         unit whose state_dict() is a collective the other ranks never enter (the save hung). Inside, each
@@ -68,20 +83,26 @@ class ShardedTrainableState:
         come from gather_trainable."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        units = []
+        units: list[tuple[FSDP, tuple[str, ...]]] = []
         if self._flattened():
-            units = [u for u in self.module.modules() if isinstance(u, FSDP) and u._flat_param is not None]
-        for unit in units:
-            unit.state_dict = functools.partial(dict.fromkeys, unit._flat_param._fqns)
+            units = [
+                (u, u._flat_param._fqns)
+                for u in self.module.modules()
+                if isinstance(u, FSDP) and u._flat_param is not None
+            ]
+        for unit, fqns in units:
+            # This instance's state_dict only, and only until the `finally` below.
+            unit.state_dict = functools.partial(dict.fromkeys, fqns)  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:
-            for unit in units:
+            for unit, _ in units:
                 del unit.state_dict
 
-    def _trained_flat_units(self):
-        """(FSDP unit, clean names of the original parameters in its trained FlatParameter), in module
-        order; a unit's flat parameter is trained or frozen as a whole (distributed.wrap_trainable_leaves_apart)."""
+    def _trained_flat_units(self) -> Iterator[tuple[FullyShardedDataParallel, tuple[str, ...], list[str]]]:
+        """(FSDP unit, the names of the original parameters in its trained FlatParameter as FSDP knows
+        them, the same names clean), in module order; a unit's flat parameter is trained or frozen as a
+        whole (distributed.wrap_trainable_leaves_apart)."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         from kubetune.train.outputs import clean_key
@@ -90,7 +111,7 @@ class ShardedTrainableState:
             flat = unit._flat_param if isinstance(unit, FSDP) else None
             if flat is not None and flat.requires_grad:
                 prefix = f"{unit_name}." if unit_name else ""
-                yield unit, [clean_key(prefix + fqn) for fqn in flat._fqns]
+                yield unit, flat._fqns, [clean_key(prefix + fqn) for fqn in flat._fqns]
 
     def save(self, directory: Path) -> None:
         """Collective: every rank calls it."""
@@ -158,13 +179,13 @@ class ShardedTrainableState:
             else:
                 param.copy_(value.to(param.device, param.dtype))
 
-    def _options(self):
+    def _options(self) -> StateDictOptions:
         """Whole optimizer tensors (an adapter's are small), moved off the GPU while gathered."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions
 
         return StateDictOptions(full_state_dict=True, cpu_offload=self.accelerator.device.type == "cuda")
 
-    def _each_trainable(self, *, writeback: bool):
+    def _each_trainable(self, *, writeback: bool) -> Iterator[tuple[str, nn.Parameter]]:
         """(clean name, parameter) of every trainable parameter, in the same order on every rank.
 
         FSDP1: each FSDP unit is unsharded alone (summon_full_params without recursing) while its own
@@ -188,14 +209,14 @@ class ShardedTrainableState:
                 # the root first, always: it initialises FSDP's state before a nested unit is unsharded
                 with FSDP.summon_full_params(self.module, recurse=False):
                     pass
-            for unit, names in trained:
+            for unit, fqns, clean in trained:
                 with FSDP.summon_full_params(unit, recurse=False, writeback=writeback):
-                    for fqn, name in zip(unit._flat_param._fqns, names, strict=True):
+                    for fqn, name in zip(fqns, clean, strict=True):
                         yield name, unit.module.get_parameter(fqn)
             return
         # Names and owners are read outside summon_full_params (inside it FSDP renames the parameters);
         # with use_orig_params the parameter objects stay the same, so identity finds them again.
-        names = {id(param): clean_key(name) for name, param in self.module.named_parameters()}
+        name_of = {id(param): clean_key(name) for name, param in self.module.named_parameters()}
         units = [unit for unit in self.module.modules() if isinstance(unit, FSDP)]
         for unit in units:
             nested = {
@@ -209,4 +230,4 @@ class ShardedTrainableState:
                 continue  # state before a nested unit is unsharded (on resume no forward has run yet)
             with FSDP.summon_full_params(unit, recurse=False, writeback=writeback):
                 for param in own:
-                    yield names[id(param)], param
+                    yield name_of[id(param)], param

@@ -11,6 +11,7 @@ import pytest
 import torch
 from kubetune.train import loop
 from kubetune.train.checkpoint import TrainerState
+from kubetune.train.sync import Interval
 
 
 def test_early_stopping_after_patience_evaluations_without_a_new_best(monkeypatch):
@@ -54,35 +55,6 @@ def test_sigterm_sets_the_flag_and_the_previous_handler_comes_back():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def test_step_counts_of_several_ranks_are_reduced_once_and_read_after_the_step():
-    """The loss scale takes the reduced count as a tensor; the host reads the counts only in resolve()."""
-    reduced = []
-
-    def reduce(tensor, reduction):
-        assert reduction == "sum"
-        reduced.append(tensor.clone())
-        return tensor * 2  # two ranks with the same window
-
-    acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
-    window = [{"n_trained": 10, "n_tokens": 16}, {"n_trained": 5, "n_tokens": 16}]
-    stop = loop.StopFlag()
-    counts = loop.StepCounts(acc, window, stop)
-    assert len(reduced) == 1 and reduced[0].tolist() == [15.0, 32.0, 0.0]
-    scale_source = counts.trained_for_scale()
-    assert isinstance(scale_source, torch.Tensor) and float(scale_source) == 30.0
-    stop.requested = True  # after the all-reduce: this step's agreed flag does not carry it
-    assert counts.resolve() == (30.0, 64.0, False)
-
-
-def test_a_single_process_stops_after_the_step_in_which_sigterm_arrived():
-    acc = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
-    stop = loop.StopFlag()
-    counts = loop.StepCounts(acc, [{"n_trained": 0, "n_tokens": 4}], stop)
-    assert counts.trained_for_scale() == 1.0  # never divides by zero trained tokens
-    stop.requested = True
-    assert counts.resolve() == (0.0, 4.0, True)
-
-
 @pytest.mark.parametrize("grad_norm", [None, torch.tensor(2.5), torch.tensor(float("nan"))])
 def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, grad_norm):
     """A NaN grad norm (a diverging run) is reported as NaN, not dropped; a step without one reports None."""
@@ -97,7 +69,7 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
         module=torch.nn.Linear(1, 1),  # an SFT objective: no reward metrics
         group=1,
     )
-    interval = loop._Interval(started=0.0, loss_sum=torch.tensor(30.0), trained=20.0, tokens=32.0)
+    interval = Interval(started=0.0, loss_sum=torch.tensor(30.0), trained=20.0, tokens=32.0)
     run.pending_log = loop.begin_log(run, interval, grad_norm, eta=5.0)
     run.state.step = 8  # the next step is queued before the line is read
     loop.flush_log(run)
@@ -115,15 +87,3 @@ def test_a_logged_step_reports_its_loss_and_grad_norm_once_flushed(monkeypatch, 
     else:
         assert metrics["grad_norm"] == 2.5
     assert run.state.history == [{"step": 7, "loss": 3.0, "lr": 0.01}]
-
-
-def test_ranks_of_a_tensor_parallel_group_count_their_shared_rows_once():
-    """2 ranks of one tp group hold the same 10 trained tokens and the same loss: the sums are 10 and the
-    loss once, not twice (the reduce sums over all ranks)."""
-    acc = SimpleNamespace(
-        num_processes=2, device=torch.device("cpu"), reduce=lambda tensor, reduction: tensor * 2
-    )
-    window = [{"n_trained": 10, "n_tokens": 16}]
-    counts = loop.StepCounts(acc, window, loop.StopFlag(), group=2)
-    assert counts.resolve() == (10.0, 16.0, False)
-    assert float(counts.trained_for_scale()) == 10.0
