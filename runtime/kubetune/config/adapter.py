@@ -174,8 +174,9 @@ class AdapterKeys(Section):
         "...), which load_in_4bit / load_in_8bit miss (they replace linear layers only): with bitsandbytes, "
         "as each loads, to 4-bit (the bnb_4bit_* settings) or 8-bit row-wise; the experts stay frozen. "
         "About 4x (4-bit) less memory for the experts. Needs `adapter` with load_in_4bit or load_in_8bit and "
-        "a CUDA GPU; one process per GPU (not with FSDP, DeepSpeed or tensor parallelism), LoRA on modules "
-        "(not `lora_target_parameters`). A model without fused experts stops at start. Default: false.",
+        "a CUDA GPU; one process per GPU, DDP or FSDP2 (not FSDP1, DeepSpeed, tensor parallelism or "
+        "fsdp_cpu_ram_efficient_loading), LoRA on modules (not `lora_target_parameters`). A model without "
+        "fused experts stops at start. Default: false.",
     )
     model_quantization_config: Literal["Mxfp4Config"] | None = field(
         None,

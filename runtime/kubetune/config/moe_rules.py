@@ -1,7 +1,9 @@
 """Cross-field rules of `quantize_moe_experts` (the runtime side: kubetune.train.moe_quant).
 
 The expert tensors are quantized by bitsandbytes into packed tensors behind a torch parametrization:
-they are frozen base weights of a LoRA run on a bitsandbytes-quantized base, held whole by one process.
+frozen base weights of a LoRA run on a bitsandbytes-quantized base. FSDP2 shards them as plain tensors
+(each rank quantizes the experts it loaded); FSDP1's flat parameters, DeepSpeed and tensor parallelism
+do not take them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from .problems import ConfigProblem
 from .rules import rule
 from .schema import TrainConfig
+from .sharding import fsdp_version
 
 _KEY = "quantize_moe_experts"
 
@@ -31,7 +34,7 @@ def quantized_experts(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProble
     sharded = [
         key
         for key, on in (
-            ("fsdp", bool(cfg.fsdp)),
+            ("fsdp", bool(cfg.fsdp) and fsdp_version(cfg) != 2),  # FSDP1 flattens them with the others
             ("deepspeed", cfg.deepspeed is not None),
             ("tensor_parallel_size", (cfg.tensor_parallel_size or 1) > 1),
         )
@@ -43,6 +46,15 @@ def quantized_experts(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProble
             f"quantize_moe_experts keeps the packed expert tensors whole in each process (a bitsandbytes "
             f"parametrization that {sharded[0]} does not shard)",
             f"remove {sharded[0]} (one process per GPU; DDP over several), or remove quantize_moe_experts",
+        )
+    fc = cfg.fsdp_config
+    if cfg.fsdp and fc is not None and fc.fsdp_cpu_ram_efficient_loading:
+        yield ConfigProblem(
+            "fsdp_config.fsdp_cpu_ram_efficient_loading",
+            "fsdp_cpu_ram_efficient_loading with quantize_moe_experts: the ranks that do not read the weights "
+            "build the experts unquantized, and the first rank's packed experts cannot be broadcast into them",
+            "remove fsdp_cpu_ram_efficient_loading (each rank loads and quantizes the experts itself), or "
+            "remove quantize_moe_experts",
         )
     if cfg.lora_target_parameters:
         yield ConfigProblem(

@@ -94,6 +94,9 @@ class ExpertQuantizer:
     """Quantizes expert tensors the way the run's load_in_4bit / load_in_8bit and bnb_4bit_* keys say."""
 
     def __init__(self, cfg) -> None:
+        # FSDP shards the packed bytes as the dtype of the weights around them (as bnb_4bit_quant_storage
+        # for the linear layers): the expert tensor's own dtype; uint8 otherwise.
+        self.sharded = bool(cfg.fsdp)
         self.eight_bit = bool(cfg.load_in_8bit)
         self.quant_type: Literal["nf4", "fp4"] = cfg.bnb_4bit_quant_type or "nf4"
         self.double_quant = True if cfg.bnb_4bit_use_double_quant is None else cfg.bnb_4bit_use_double_quant
@@ -103,12 +106,24 @@ class ExpertQuantizer:
         if self.eight_bit:
             _quantize_8bit(module, name)
         else:
-            from bitsandbytes.nn.parametrize import replace_parameter_4bit
-
-            replace_parameter_4bit(
-                module, name, compress_statistics=self.double_quant, quant_type=self.quant_type
-            )
+            self._quantize_4bit(module, name)
         self.done.append(f"{path}.{name}" if path else name)
+
+    def _quantize_4bit(self, module: nn.Module, name: str) -> None:
+        """bitsandbytes' replace_parameter_4bit, with the packed bytes stored as `quant_storage`."""
+        import bitsandbytes.functional as F
+        from bitsandbytes.nn import parametrize as bnb_parametrize
+
+        weight = getattr(module, name).data
+        storage = weight.dtype if self.sharded else torch.uint8
+        packed, state = F.quantize_4bit(
+            weight, compress_statistics=self.double_quant, quant_type=self.quant_type, quant_storage=storage
+        )
+        setattr(module, name, nn.Parameter(packed, requires_grad=False))
+        parametrize.register_parametrization(
+            module, name, bnb_parametrize.Bnb4bitParametrization(state), unsafe=True
+        )
+        bnb_parametrize._register_parametrization_hooks(module, name)
 
     def sweep(self, model: nn.Module) -> None:
         """Whatever did not pass through the loader's setter (weights initialised rather than loaded)."""

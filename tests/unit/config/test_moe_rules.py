@@ -19,13 +19,16 @@ def test_with_qlora_or_an_8bit_lora_it_is_valid(seed_mapping):
     assert validate_mapping(_qlora(seed_mapping, adapter="lora", load_in_4bit=False, load_in_8bit=True)) == []
     # lora_target_linear adds linear layers only (the expert tensors' containers are excluded at runtime)
     assert validate_mapping(_qlora(seed_mapping, lora_target_linear=True)) == []
+    fsdp2 = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2}}
+    assert validate_mapping(_qlora(seed_mapping, **fsdp2)) == []
 
 
 @pytest.mark.parametrize(
     ("keys", "path", "reason", "fix"),
     [
         ({"adapter": "lora", "load_in_4bit": False}, "quantize_moe_experts", "bitsandbytes-quantized base", "load_in_4bit: true"),
-        ({"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2}}, "quantize_moe_experts", "fsdp does not shard", "remove fsdp"),
+        ({"fsdp": ["full_shard", "auto_wrap"]}, "quantize_moe_experts", "fsdp does not shard", "remove fsdp"),
+        ({"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2, "fsdp_cpu_ram_efficient_loading": True}}, "fsdp_config.fsdp_cpu_ram_efficient_loading", "cannot be broadcast", "each rank loads"),
         ({"deepspeed": "deepspeed_configs/zero2.json"}, "quantize_moe_experts", "deepspeed does not shard", "remove deepspeed"),
         ({"lora_target_parameters": ["mlp.experts.gate_up_proj"]}, "lora_target_parameters", "packed 4/8-bit", "lora_target_modules"),
     ],
