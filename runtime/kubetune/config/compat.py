@@ -42,9 +42,8 @@ def _table(names: str, hint: str = "", **kwargs) -> dict[str, Unimplemented]:
 
 _MOE = (
     "kubetune runs the model's own (transformers) MoE experts: it has no expert kernels (ScatterMoE, "
-    "SonicMoE, grouped_mm), no 4/8-bit quantization of the fused expert tensors (load_in_4bit quantizes the "
-    "linear layers only, the experts load in bf16) and no NVFP4 expert merge; remove it (same result; the "
-    "experts need their bf16 memory)"
+    "SonicMoE, grouped_mm) and no NVFP4 expert merge; remove it (the experts compute the same; quantize_moe_experts "
+    "is what quantizes their weights)"
 )
 _QAT = (
     "quantization-aware training (fake-quantized weights and activations) is not implemented; remove qat to "
@@ -127,7 +126,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     # With something to say.
     **_table(
-        "quantize_moe_experts use_scattermoe use_sonicmoe experts_implementation nvfp4_merge_aware use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode",
+        "use_scattermoe use_sonicmoe experts_implementation nvfp4_merge_aware use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode",
         _MOE,
     ),
     **_table("qat", _QAT),

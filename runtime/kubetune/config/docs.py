@@ -38,6 +38,9 @@ RULES_TEXT = """\
   read as those keys (other arguments refused).
 - `model_quantization_config: Mxfp4Config` needs `model_quantization_config_kwargs: {dequantize: true}` and
   no `load_in_4bit` / `load_in_8bit`; the kwargs need the config.
+- `quantize_moe_experts` needs an adapter with `load_in_4bit` or `load_in_8bit`, and is refused with FSDP1, DeepSpeed,
+  `tensor_parallel_size` > 1, `fsdp_cpu_ram_efficient_loading` and `lora_target_parameters`; on a machine
+  without CUDA the run stops at start.
 - `lora_*` / `peft_*` keys and `peft` set (to a non-default value) without an `adapter` are refused;
   `peft.loftq_config` needs `adapter: lora` (no 4/8-bit base) and no `lora_model_dir`.
 - With an adapter, `lora_target_modules` or `lora_target_linear` is required (unless `lora_model_dir` is given).

@@ -63,9 +63,10 @@ class KernelKeys(Section):
         "Cut cross-entropy (the CutCrossEntropyPlugin's switch): kubetune's fused linear cross-entropy "
         "does the same (no logits kept)."
     )
-    liger_rms_norm_gated: bool | None = field(
-        None,
-        description="Fused gated RMSNorm: kubetune has no such kernel, so only false (or unset) is accepted.",
+    liger_rms_norm_gated: bool | None = _switch(
+        "The gated RMSNorms of linear-attention / Mamba layers (Qwen3-Next, Qwen3.5, OLMo-Hybrid: norm, then "
+        "silu(gate); Mamba2, Bamba, Granite-MoE-Hybrid, Zamba2, NemotronH: silu(gate), then the grouped norm) "
+        "as liger-kernel's fused RMSNorm and SiLU-multiply kernels (CUDA); off unless switched on."
     )
     lora_mlp_kernel: bool | None = _switch(
         "Fused LoRA layers (the adapter update accumulated into the frozen GEMM) for the MLP projections."
@@ -92,17 +93,4 @@ class KernelKeys(Section):
                         or "remove it; kubetune runs no plugin code (supported: CutCrossEntropyPlugin, LigerPlugin)",
                     },
                 )
-        return value
-
-    @field_validator("liger_rms_norm_gated")
-    @classmethod
-    def _no_gated_norm(cls, value: bool | None) -> bool | None:
-        if value:
-            raise PydanticCustomError(
-                "gated_rms_norm",
-                "kubetune has no fused gated RMSNorm kernel",
-                {
-                    "fix": "remove liger_rms_norm_gated (the model's own gated norm runs; the result is the same)"
-                },
-            )
         return value

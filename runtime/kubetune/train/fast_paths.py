@@ -6,7 +6,7 @@
     sw.fused_loss                                            -> the loss's fused linear cross-entropy switch
 
 Axolotl's keys map onto kubetune's paths: `liger_rms_norm` / `liger_glu_activation` / `liger_rope` /
-`liger_layer_norm` (and `flash_attn_fuse_mlp`, the SwiGLU one, and `flash_attn_rms_norm`) onto kubetune.train.kernels, `liger_fused_linear_cross_entropy` (and
+`liger_layer_norm` / `liger_rms_norm_gated` (and `flash_attn_fuse_mlp`, the SwiGLU one, and `flash_attn_rms_norm`) onto kubetune.train.kernels, `liger_fused_linear_cross_entropy` (and
 `liger_cross_entropy`, `cut_cross_entropy`, the CutCrossEntropyPlugin) onto kubetune.train.loss's fused
 loss, `lora_{mlp,qkv,o}_kernel` onto kubetune.train.lora_fused, `use_kernels` onto the default of the
 three Llama-family liger switches. Unset keeps kubetune's choice; true forces the path on wherever it
@@ -23,7 +23,9 @@ from kubetune.config.kernels import CUT_CROSS_ENTROPY_PLUGIN
 log = logging.getLogger(__name__)
 
 
-LIGER_KINDS = ("rms_norm", "swiglu", "rope", "layer_norm")
+LIGER_KINDS = ("rms_norm", "swiglu", "rope", "layer_norm", "rms_norm_gated")
+# Swapped in only when switched on (kubetune's default leaves them to the model's own modules).
+_OPT_IN = ("layer_norm", "rms_norm_gated")
 LORA_GROUPS = ("mlp", "qkv", "o")
 
 
@@ -35,6 +37,7 @@ class Switches:
     swiglu: bool | None = None
     rope: bool | None = None
     layer_norm: bool | None = None
+    rms_norm_gated: bool | None = None
     fused_loss: bool | None = None
     lora_mlp: bool | None = None
     lora_qkv: bool | None = None
@@ -63,6 +66,7 @@ def switches(cfg) -> Switches:
         ),
         rope=or_kernels(cfg.liger_rope),
         layer_norm=cfg.liger_layer_norm,
+        rms_norm_gated=cfg.liger_rms_norm_gated,
         fused_loss=fused_loss_switch(cfg),
         lora_mlp=cfg.lora_mlp_kernel,
         lora_qkv=cfg.lora_qkv_kernel,
@@ -72,12 +76,13 @@ def switches(cfg) -> Switches:
 
 def liger_kinds(sw: Switches, *, default_on: bool, cuda: bool, compiled: bool) -> list[str]:
     """The liger kernels to swap in. By default RMSNorm / SwiGLU / RoPE go in where kubetune's default
-    (`default_on`: a GPU in half precision without the compiler) says so, LayerNorm never."""
+    (`default_on`: a GPU in half precision without the compiler) says so, LayerNorm and the gated RMSNorm
+    only when switched on."""
     kinds = []
     for kind in LIGER_KINDS:
         value = getattr(sw, kind)
         if value is None:
-            if default_on and kind != "layer_norm":
+            if default_on and kind not in _OPT_IN:
                 kinds.append(kind)
         elif value is False:
             log.info("fast paths: liger %s kept off by the config", kind)

@@ -31,15 +31,20 @@ def liger_available() -> bool:
 
 
 def apply_liger_kernels(model: nn.Module, kinds=("rms_norm", "swiglu", "rope")) -> list[str]:
-    """Swap in liger's kernels (`kinds` of rms_norm, swiglu, rope, layer_norm) on a peft-wrapped or plain
-    model: RMSNorm / SwiGLU / RoPE of Llama-like architectures, LayerNorm (nn.LayerNorm) of any."""
+    """Swap in liger's kernels (`kinds` of rms_norm, swiglu, rope, layer_norm, rms_norm_gated) on a peft-wrapped
+    or plain model: RMSNorm / SwiGLU / RoPE of Llama-like architectures, LayerNorm (nn.LayerNorm) of any, the
+    gated RMSNorms of the linear-attention / Mamba families (kubetune.train.gated_norm)."""
     if not liger_available():
         log.info("liger kernels: not applied (liger-kernel is not installed)")
         return []
     done = []
     if "layer_norm" in kinds:
         done += _swap_layer_norms(model)
-    llama_kinds = [kind for kind in kinds if kind != "layer_norm"]
+    if "rms_norm_gated" in kinds:
+        from kubetune.train.gated_norm import swap_gated_norms
+
+        done += swap_gated_norms(model)
+    llama_kinds = [kind for kind in kinds if kind not in ("layer_norm", "rms_norm_gated")]
     if llama_kinds:
         done += _swap_llama_kernels(model, llama_kinds)
     log.info("liger kernels: %s", ", ".join(done) or "nothing matched")

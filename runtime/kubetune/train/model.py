@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kubetune.config.sharding import fsdp_version
-from kubetune.train import fast_paths, model_options
+from kubetune.train import fast_paths, model_options, moe_quant
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
 
@@ -73,6 +73,7 @@ def check_request(cfg: TrainConfig, *, cuda: bool) -> None:
                 "the adapter from peft's default init.",
                 key="peft.loftq_config",
             )
+    moe_quant.check_request(cfg, cuda=cuda, cpu_nf4=cpu_nf4_requested())
     quantized = cfg.load_in_4bit or cfg.load_in_8bit or cfg.adapter == "qlora"
     if not quantized:
         return
@@ -296,11 +297,12 @@ def load_base(
         kwargs["device_map"] = {"": device}
     model: PreTrainedModel
     try:
-        with model_options.experts_layout(cfg):  # llama4_linearized_experts
+        with model_options.experts_layout(cfg), moe_quant.quantized_experts(cfg) as experts:
             if cfg.reinit_weights:  # the architecture only: new weights drawn from the seed (set before this)
                 model = model_options.new_model(model_cls, source, kwargs, device)
             else:
                 model = model_cls.from_pretrained(source, **kwargs)
+        moe_quant.finish(experts, model)  # quantize_moe_experts
     except UserError:
         raise  # already names its key and fix (a ValueError too)
     except (OSError, ValueError) as err:
@@ -496,6 +498,7 @@ def attach_adapter(cfg: TrainConfig, model: PreTrainedModel) -> PeftModel | Peft
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
         bias="none",
+        exclude_modules=moe_quant.LORA_EXCLUDED if cfg.quantize_moe_experts else None,
         **loftq_options(cfg),
     )
     # FSDP1 flattens each wrapped block's parameters into one tensor of one dtype; peft's default upcast

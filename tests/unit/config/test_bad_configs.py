@@ -116,7 +116,6 @@ BAD = [
     ("find-unused-with-fsdp", {**FSDP, "ddp_find_unused_parameters": True}, "ddp_find_unused_parameters"),
     ("adam-eps-twice", {"adam_eps": 1e-9, "adam_epsilon": 1e-8}, "adam_eps"),
     ("unknown-plugin", {"plugins": ["axolotl.integrations.kernels.KernelsPlugin"]}, "plugins"),
-    ("gated-rms-norm", {"liger_rms_norm_gated": True}, "liger_rms_norm_gated"),
     (
         "fused-loss-on-and-off",
         {
