@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kubetune.config.sharding import fsdp_version
-from kubetune.train import fast_paths, model_options
+from kubetune.train import fast_paths, model_options, qat
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
 
@@ -49,6 +49,7 @@ def resolve_precision(cfg, *, cuda: bool) -> Precision:
 
 def check_request(cfg, *, cuda: bool) -> None:
     """Quantization needs CUDA and bitsandbytes; say so before loading anything."""
+    qat.check_request(cfg, cuda=cuda)  # nvfp4 QAT: a Blackwell GPU
     if cfg.peft and cfg.peft.loftq_config:
         # peft computes LoftQ's quantization with bitsandbytes on the GPU (it moves each weight to "cuda").
         missing = "a CUDA GPU" if not cuda else None
@@ -311,6 +312,8 @@ def load_model(
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
 
+    if cfg.qat is not None:  # fake-quantized linear layers (torchao), before FSDP or DDP wrap them
+        qat.prepare(cfg, model)
     switches = fast_paths.switches(cfg)  # the config's liger_* / lora_*_kernel keys over the defaults
     if cfg.adapter:
         model = attach_adapter(cfg, model)
