@@ -45,10 +45,6 @@ _MOE = (
     "SonicMoE, grouped_mm) and no NVFP4 expert merge; remove it (the experts compute the same; quantize_moe_experts "
     "is what quantizes their weights)"
 )
-_QAT = (
-    "quantization-aware training (fake-quantized weights and activations) is not implemented; remove qat to "
-    "train in bf16, and quantize the result afterwards"
-)
 _REWARD = "reward and process-reward models (a classification head) are not supported yet; remove it"
 _TRACKERS = "kubetune reports to TensorBoard, MLflow or W&B (use_tensorboard, use_mlflow, wandb_*); remove it"
 _RAY = "kubetune schedules its workers itself (torchrun, or the operator on Kubernetes): remove it"
@@ -64,10 +60,6 @@ _GPTQ = (
     "GPTQ-quantized base models are not supported; train on the unquantized model with load_in_4bit instead"
 )
 _RELORA = "ReLoRA (periodic merge and restart of the adapter) is not implemented; remove it"
-_SAVE_ONLY = (
-    "kubetune's checkpoints always hold the optimizer and scheduler state, so a run resumes exactly where it "
-    "stopped; remove it"
-)
 
 # Top-level keys.
 TOP_LEVEL: dict[str, Unimplemented] = {
@@ -129,7 +121,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         "use_scattermoe use_sonicmoe experts_implementation nvfp4_merge_aware use_glm_dsa_kernels use_dsv4_kernels dsv4_fp4_grouped_mode",
         _MOE,
     ),
-    **_table("qat", _QAT),
     **_table(
         "reward_model process_reward_model num_labels cls_model_config center_rewards_coefficient", _REWARD
     ),
@@ -145,7 +136,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         "relora relora_steps relora_warmup_steps relora_anneal_steps relora_prune_ratio relora_prune_method relora_cpu_offload jagged_restart_steps jagged_restart_warmup_steps jagged_restart_anneal_steps",
         _RELORA,
     ),
-    **_table("save_only_model", _SAVE_ONLY),
     **_table(
         "sequence_parallel_degree context_parallel_degree heads_k_stride ring_attn_func",
         _SP,

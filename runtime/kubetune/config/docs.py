@@ -16,6 +16,7 @@ from .hardware import FlexCompileKwargs
 from .model import SpecialTokens
 from .parallel import FsdpConfig
 from .preference import TrlConfig
+from .qat import QATBlock, scheme_names
 from .schema import SECTIONS, TrainConfig
 from .training import GradientCheckpointingKwargs
 
@@ -28,6 +29,7 @@ _NESTED_ANCHORS = {
     LoftQ: "peftloftq_config",
     Mxfp4Kwargs: "model_quantization_config_kwargs",
     FlexCompileKwargs: "flex_attn_compile_kwargs",
+    QATBlock: "qat",
     TrlConfig: "trl",
 }
 
@@ -75,6 +77,11 @@ RULES_TEXT = """\
 - The fused-loss keys (`liger_fused_linear_cross_entropy`, `liger_cross_entropy`, `cut_cross_entropy`, the
   CutCrossEntropyPlugin), the SwiGLU keys (`liger_glu_activation`, `flash_attn_fuse_mlp`) and the RMSNorm keys
   (`liger_rms_norm`, `flash_attn_rms_norm`) must agree.
+- `qat` runs the schemes int8/int4, none/int4, mxfp4/mxfp4 (group_size 32) and nvfp4/nvfp4 (group_size 16);
+  `fake_quant_after_n_steps` the int4 ones only. Refused beside it: `adapter`, `load_in_4bit` / `load_in_8bit`,
+  `deepspeed`, `torch_compile`, `rl`, `tensor_parallel_size` / `context_parallel_size` > 1.
+- `save_only_model` is refused with `deepspeed`, with an adapter under `fsdp` or tensor parallelism, and with
+  `reduce_lr_on_plateau` / `greedy`.
 - `early_stopping_patience` needs evaluation data (`val_set_size` or `test_datasets`).
 - `context_parallel_size` > 1 needs `fsdp` (FSDP2 reduces the gradients over the cp ranks), attends with
   kubetune's ring attention (so `attn_implementation`, `flash_attention`, `sdp_attention` and `xformers_attention`
@@ -210,6 +217,11 @@ def render_markdown() -> str:
         ("peft.loftq_config", LoftQ, (LoftQ.__doc__ or "").strip()),
         ("model_quantization_config_kwargs", Mxfp4Kwargs, (Mxfp4Kwargs.__doc__ or "").strip()),
         ("flex_attn_compile_kwargs", FlexCompileKwargs, (FlexCompileKwargs.__doc__ or "").strip()),
+        (
+            "qat",
+            QATBlock,
+            f"{(QATBlock.__doc__ or '').strip()} Schemes (activation/weight): {scheme_names()}.",
+        ),
     ]
     for title, model, blurb in nested:
         out += [f"## {title}", "", blurb, "", *_table(model, model.model_fields), ""]

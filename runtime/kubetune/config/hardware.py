@@ -9,6 +9,7 @@ from pydantic import StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section, field
+from .qat import QATBlock
 
 ATTN_IMPLEMENTATIONS = (
     "eager",
@@ -98,6 +99,13 @@ class PrecisionKeys(Section):
         "`{dynamic: false, mode: max-autotune-no-cudagraphs}` as in Axolotl's Llama 4 examples. Flex "
         "attention runs on a CUDA GPU in bf16/fp16 only: elsewhere the run stops at start rather than fall "
         "back to SDPA with these options unused.",
+    )
+    qat: QATBlock | None = field(
+        None,
+        description="Quantization-aware training (a full fine-tune): every linear layer trains with torchao's "
+        "fake quantization to the scheme given (int8/int4, int4, mxfp4 or nvfp4), so the weights learn to "
+        "survive quantizing the result afterwards. The saved model has plain weights (transformers loads it); "
+        "quantize it with the same scheme after training (docs/training.md). Default: off.",
     )
     torch_compile: bool = field(False, description="Compile the model with `torch.compile`.")
     torch_compile_mode: (

@@ -318,6 +318,13 @@ class TrainingKeys(Section):
         description="Keep at most this many checkpoints (oldest deleted first). Default: keep all.",
         ge=1,
     )
+    save_only_model: bool = field(
+        False,
+        description="Checkpoints hold the model weights and the trainer state only, without the optimizer and "
+        "scheduler state (transformers' meaning): a fraction of the disk. A run resumed from such a "
+        "checkpoint continues at its step, data position and learning rate with a fresh optimizer "
+        "(its moments restart from zero, logged). Not with DeepSpeed or an adapter under FSDP. Default: false.",
+    )
     save_strategy: Literal["steps", "epoch", "no"] | None = field(
         None,
         description="transformers' spelling of the checkpoint interval: `steps` (every `save_steps`, default "

@@ -2,7 +2,9 @@
 
 Layout: <output_dir>/checkpoints/checkpoint-<step>/ holds accelerate's state (model or adapter
 weights, optimizer, scheduler, RNG of every rank), `trainer_state.json` (step, epoch, data position,
-counters) and `COMPLETE`, a manifest of every file's size and sha256, written last. All of it is
+counters) and `COMPLETE`, a manifest of every file's size and sha256, written last. With
+`save_only_model` the optimizer and scheduler state are left out (the manifest says `model_only`); a
+run resumed from such a checkpoint continues at its step with a fresh optimizer (see `load`). All of it is
 first written to `.tmp-checkpoint-<step>`, fsynced, and renamed into place, so a reader sees a whole
 checkpoint or none; a directory whose files do not match its manifest (missing, truncated, a flipped
 byte) is skipped. Manifests written before hashes were recorded (`{name: size}`) are checked by size.
@@ -10,12 +12,14 @@ byte) is skipped. Manifests written before hashes were recorded (`{name: size}`)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -218,11 +222,13 @@ def save(
     *,
     total_limit: int | None,
     trainable: ShardedTrainableState | None = None,
+    model_only: bool = False,
 ) -> Path:
     """Write checkpoint-<step> atomically (collective: every rank calls it). Returns its path.
 
     `trainable`: an adapter under FSDP checkpoints its trainable weights only (see ShardedTrainableState);
-    everything else goes through accelerate's save_state."""
+    everything else goes through accelerate's save_state. `model_only` (save_only_model): without the
+    optimizer and scheduler state (the config rules keep it away from `trainable` and DeepSpeed)."""
     root = checkpoints_root(output_dir)
     final = root / f"checkpoint-{state.step}"
     temp = root / f".tmp-checkpoint-{state.step}"
@@ -233,11 +239,13 @@ def save(
     if trainable is not None:
         trainable.save(temp)
     else:
-        accelerator.save_state(str(temp))
+        with _without_training_state(accelerator) if model_only else contextlib.nullcontext():
+            accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(temp / STATE_FILE, asdict(state))
-        _write_json(temp / MARKER, {"step": state.step, "files": _manifest(temp)})
+        marker = {"step": state.step, "files": _manifest(temp)}
+        _write_json(temp / MARKER, marker | {"model_only": True} if model_only else marker)
         for directory in sorted({p.parent for p in temp.rglob("*")} | {temp}, reverse=True):
             _fsync_dir(directory)  # the entries of every (sub)directory, deepest first
         trash = root / f".tmp-replaced-{state.step}"
@@ -265,7 +273,27 @@ def _manifest(directory: Path) -> dict[str, dict]:
 
 
 def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = None) -> TrainerState:
-    """Restore model/adapter, optimizer, scheduler and RNG from `path` (collective); return its state."""
+    """Restore model/adapter, optimizer, scheduler and RNG from `path` (collective); return its state.
+
+    A model-only checkpoint (save_only_model) restores the weights, RNG and trainer state (step, data
+    position); the optimizer starts fresh (zero moments, as transformers' Trainer does) and the schedule
+    is stepped forward to the checkpoint's step, so the learning rate is the one the run had there."""
+    state = TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+    if is_model_only(path):
+        log.warning(
+            "checkpoint %s holds the model without optimizer state (save_only_model): resuming at step %d "
+            "with a fresh optimizer (its moments restart from zero)",
+            path,
+            state.step,
+        )
+        with _without_training_state(accelerator) as schedules:
+            accelerator.load_state(str(path))
+        with warnings.catch_warnings():  # torch warns of a scheduler stepped before its optimizer
+            warnings.simplefilter("ignore", UserWarning)
+            for schedule in schedules:
+                for _ in range(state.step):
+                    schedule.step()
+        return state
     if trainable is not None:
         trainable.load(path)
     else:
@@ -273,7 +301,25 @@ def load(accelerator, path: Path, *, trainable: ShardedTrainableState | None = N
             for optimizer in accelerator._optimizers:
                 materialize_optimizer_state(optimizer.optimizer)
         accelerator.load_state(str(path))
-    return TrainerState.from_dict(json.loads((path / STATE_FILE).read_text()))
+    return state
+
+
+def is_model_only(path: Path) -> bool:
+    """Whether the (complete) checkpoint was written by save_only_model."""
+    return bool(json.loads((path / MARKER).read_text()).get("model_only"))
+
+
+@contextlib.contextmanager
+def _without_training_state(accelerator):
+    """accelerate's save_state / load_state with no optimizer or scheduler registered, so they write or
+    read the model and RNG only. Yields the schedules set aside (kubetune registers its scheduler as
+    accelerate's one custom object, loop.setup)."""
+    kept = accelerator._optimizers, accelerator._schedulers, accelerator._custom_objects
+    accelerator._optimizers, accelerator._schedulers, accelerator._custom_objects = [], [], []
+    try:
+        yield list(kept[2])
+    finally:
+        accelerator._optimizers, accelerator._schedulers, accelerator._custom_objects = kept
 
 
 def _sharded_fsdp1_optimizer(accelerator) -> bool:

@@ -36,6 +36,7 @@ from kubetune.train.model_options import activation_offloading
 from kubetune.train.preference import PreferenceLoss
 from kubetune.train.preference_setup import preference_module
 from kubetune.train.progress import Progress, Reporters, build_reporters
+from kubetune.train.qat import FakeQuantSwitch
 from kubetune.train.sync import Interval, PendingLog, StepCounts, log_values
 from kubetune.train.watchdog import LossWatchdog
 
@@ -287,10 +288,13 @@ def train_loop(run: Run, stop: StopFlag) -> str:
         if cfg.lisa_n_layers
         else None
     )
+    fake_quant = FakeQuantSwitch.from_config(cfg, run.module)  # qat.fake_quant_after_n_steps, else None
     window = next(windows)
     while state.step < plan.total_steps:
         if lisa is not None:
             lisa.step_begins(state.step)
+        if fake_quant is not None:
+            fake_quant.step_begins(state.step)
         counts = StepCounts(acc, window, stop, group=run.group)
         # accelerate divides by gradient_accumulation_steps and DDP/FSDP average over the data-parallel
         # ranks: undo both, so the gradient is that of (sum of token losses) / (trained tokens of the step).
@@ -488,6 +492,7 @@ def save_checkpoint(run: Run) -> str:
         run.output_dir,
         total_limit=run.cfg.save_total_limit,
         trainable=run.trainable,
+        model_only=run.cfg.save_only_model,
     )
     run.last_checkpoint = str(path)
     report(run, "checkpoint", force=True, loss=run.state.last_loss)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kubetune.config.sharding import fsdp_version
-from kubetune.train import fast_paths, model_options, moe_quant
+from kubetune.train import fast_paths, model_options, moe_quant, qat
 from kubetune.train.attention import SDPA_EFFICIENT, AttentionBackend, check_model_takes
 from kubetune.train.errors import UserError
 
@@ -60,6 +60,7 @@ def resolve_precision(cfg: TrainConfig, *, cuda: bool) -> Precision:
 
 def check_request(cfg: TrainConfig, *, cuda: bool) -> None:
     """Quantization needs CUDA and bitsandbytes; say so before loading anything."""
+    qat.check_request(cfg, cuda=cuda)  # nvfp4 QAT: a Blackwell GPU
     if cfg.peft and cfg.peft.loftq_config:
         # peft computes LoftQ's quantization with bitsandbytes on the GPU (it moves each weight to "cuda").
         missing = "a CUDA GPU" if not cuda else None
@@ -359,6 +360,8 @@ def prepare_base(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if cfg.qat is not None:  # fake-quantized linear layers (torchao), before the adapter and FSDP or DDP
+        qat.prepare(cfg, model)
     return model
 
 

@@ -12,6 +12,7 @@ from kubetune.config.hardware import FlexCompileKwargs
 from kubetune.config.model import SpecialTokens
 from kubetune.config.parallel import FsdpConfig
 from kubetune.config.preference import TrlConfig
+from kubetune.config.qat import QATBlock
 from kubetune.config.training import GradientCheckpointingKwargs, Optimizer
 from pydantic import BaseModel
 
@@ -25,6 +26,7 @@ MODELS = (
     LoftQ,
     Mxfp4Kwargs,
     FlexCompileKwargs,
+    QATBlock,
     TrlConfig,
 )
 
