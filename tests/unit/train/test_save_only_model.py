@@ -68,3 +68,35 @@ def test_a_resume_restores_weights_step_data_and_schedule_with_a_fresh_optimizer
     # Step 5's update came from an optimizer without Adam's moments: step 6 is another loss.
     assert after[6]["loss"] != pytest.approx(expected[6]["loss"], rel=1e-4)
     assert json.loads((Path(cfg.output_dir) / "training_summary.json").read_text())["steps"] == 8
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_under_fsdp_the_sharded_checkpoint_has_no_optimizer_and_resumes(make_config, version):
+    """As Axolotl's 3b-qat-fsdp2 example runs it: FSDP writes the model's shards and no optimizer ones."""
+    import shutil
+
+    from .support import torchrun_train
+    from .test_fsdp_cpu import CPU_FSDP, fsdp, losses
+
+    keys = {"max_steps": 6, "save_steps": 3, "learning_rate": 0.01, "micro_batch_size": 2, **FULL}
+    cfg, path = make_config(
+        f"fsdp{version}", save_only_model=True, **keys, **fsdp(version, "SHARDED_STATE_DICT")
+    )
+    out = Path(cfg.output_dir)
+    first = torchrun_train(path, 2, timeout=600, env=CPU_FSDP)
+    assert first.returncode == 0, first.stderr[-4000:]
+    checkpoint = out / "checkpoints" / "checkpoint-3"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert any(name.startswith("pytorch_model_fsdp") for name in names), names
+    assert not any("optimizer" in name for name in names) and "custom_checkpoint_0.pkl" not in names, names
+    uninterrupted = losses(json.loads((out / "training_summary.json").read_text()))
+
+    for leftover in out.iterdir():
+        if leftover.name != "checkpoints":
+            leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
+    second = torchrun_train(path, 2, timeout=600, env=CPU_FSDP)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "fresh optimizer" in second.stderr
+    resumed = json.loads((out / "training_summary.json").read_text())
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
+    assert losses(resumed)[4] == pytest.approx(uninterrupted[4], rel=1e-5)  # weights and data came back
