@@ -62,7 +62,7 @@ def test_the_experts_take_a_quarter_of_their_bf16_memory(make_config, tiny, tmp_
     # NF4 with double quantization: 0.5 byte a weight + 1 byte a block of 64 (+ a float a 256 blocks)
     assert 0.70 * expert_bytes < saved < 0.76 * expert_bytes, (saved, expert_bytes)
     assert peak_on < held_off  # quantized as they load: the bf16 experts were never all on the GPU
-    experts = [m for n, m in model.named_modules() if n.endswith("experts")]
+    experts = [m for n, m in model.named_modules() if n.endswith(".experts")]
     assert experts and all(m.parametrizations.down_proj.original.is_cuda for m in experts)
 
 
