@@ -62,7 +62,7 @@ def test_the_experts_take_a_quarter_of_their_bf16_memory(make_config, tiny, tmp_
     # NF4 with double quantization: 0.5 byte a weight + 1 byte a block of 64 (+ a float a 256 blocks)
     assert 0.70 * expert_bytes < saved < 0.76 * expert_bytes, (saved, expert_bytes)
     assert peak_on < held_off  # quantized as they load: the bf16 experts were never all on the GPU
-    experts = [m for n, m in model.named_modules() if n.endswith("experts")]
+    experts = [m for n, m in model.named_modules() if n.endswith(".experts")]
     assert experts and all(m.parametrizations.down_proj.original.is_cuda for m in experts)
 
 
@@ -110,3 +110,24 @@ def test_a_qlora_run_with_quantized_experts_trains_and_its_adapter_reloads_on_cu
         again = reloaded.eval()(input_ids=ids).logits.float()
     assert float((again - trained).norm() / trained.norm()) < 1e-2
     assert_adapter_matters(reloaded, ids, trained, atol=1e-2)
+
+
+def test_8bit_experts_on_cuda_run_in_bf16(make_config, tiny, tmp_path):
+    """load_in_8bit (adapter: lora): the experts in bitsandbytes' row-wise int8, read back in bf16, and
+    the adapter gets gradients through them outside autocast too."""
+    cpu.tiny_moe(tmp_path / "moe", "qwen3_moe", tiny["model"])
+    keys = {
+        "adapter": "lora",
+        "load_in_4bit": False,
+        "load_in_8bit": True,
+        "base_model": str(tmp_path / "moe"),
+    }
+    cfg, _ = make_config(**cpu.QLORA | keys | {"lora_target_modules": cpu.ATTENTION})
+    model, _, _ = _load_on_gpu(cfg)
+    experts = model.get_base_model().model.layers[0].mlp.experts
+    assert experts.parametrizations.gate_up_proj.original.dtype == torch.int8
+    assert experts.gate_up_proj.dtype == torch.bfloat16 and experts.gate_up_proj.is_cuda
+    ids = torch.randint(3, 300, (2, 16), device="cuda")
+    model(input_ids=ids).logits.float().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

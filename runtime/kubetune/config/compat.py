@@ -142,13 +142,6 @@ TOP_LEVEL: dict[str, Unimplemented] = {
     ),
     **_table("expert_parallel_size expert_parallel_num_nvl_bytes expert_parallel_token_capacity", _EP),
     **_table("local_rank world_size ddp device device_map", _LAUNCHER),
-    # Axolotl's own Triton kernel fusing q_norm + RoPE (Qwen3 / Qwen3.5 / Gemma 4 attention); kubetune has no such
-    # fused launch, only liger's separate RMSNorm and RoPE kernels, so accepting it would change nothing.
-    "fused_attn_kernel": Unimplemented(
-        "kubetune has no fused q_norm + RoPE kernel; its liger RMSNorm and RoPE kernels cover those ops "
-        "separately (liger_rms_norm / liger_rope, on by default on a GPU in bf16 without torch_compile): "
-        "remove fused_attn_kernel"
-    ),
     "torch_dtype": Unimplemented("use bf16 / fp16"),
     "full_finetune": Unimplemented("leave adapter unset for a full fine-tune"),
     **_table(

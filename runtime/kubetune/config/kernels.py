@@ -68,6 +68,11 @@ class KernelKeys(Section):
         "silu(gate); Mamba2, Bamba, Granite-MoE-Hybrid, Zamba2, NemotronH: silu(gate), then the grouped norm) "
         "as liger-kernel's fused RMSNorm and SiLU-multiply kernels (CUDA); off unless switched on."
     )
+    fused_attn_kernel: bool | None = _switch(
+        "Axolotl's fused q_norm + RoPE switch (one Triton launch in Axolotl): kubetune's liger RMSNorm (the "
+        "attention's q/k norms included) and RoPE kernels, two fused kernels, on Llama-family and Qwen3 models "
+        "(CUDA): the value of `liger_rms_norm` and `liger_rope` where those are unset."
+    )
     lora_mlp_kernel: bool | None = _switch(
         "Fused LoRA layers (the adapter update accumulated into the frozen GEMM) for the MLP projections."
     )

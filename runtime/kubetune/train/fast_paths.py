@@ -8,8 +8,9 @@
 Axolotl's keys map onto kubetune's paths: `liger_rms_norm` / `liger_glu_activation` / `liger_rope` /
 `liger_layer_norm` / `liger_rms_norm_gated` (and `flash_attn_fuse_mlp`, the SwiGLU one, and `flash_attn_rms_norm`) onto kubetune.train.kernels, `liger_fused_linear_cross_entropy` (and
 `liger_cross_entropy`, `cut_cross_entropy`, the CutCrossEntropyPlugin) onto kubetune.train.loss's fused
-loss, `lora_{mlp,qkv,o}_kernel` onto kubetune.train.lora_fused, `use_kernels` onto the default of the
-three Llama-family liger switches. Unset keeps kubetune's choice; true forces the path on wherever it
+loss, `lora_{mlp,qkv,o}_kernel` onto kubetune.train.lora_fused, `fused_attn_kernel` (Axolotl's q_norm + RoPE
+kernel) onto the liger RMSNorm and RoPE switches, `use_kernels` onto the default of the three Llama-family
+liger switches. Unset keeps kubetune's choice; true forces the path on wherever it
 can run (where it cannot, the reason is logged); false keeps it off. None of them changes the result.
 """
 
@@ -57,14 +58,13 @@ def switches(cfg) -> Switches:
     def or_kernels(value):
         return cfg.use_kernels if value is None else value
 
+    def first(*values):
+        return next((value for value in values if value is not None), None)
+
     return Switches(
-        rms_norm=or_kernels(
-            cfg.liger_rms_norm if cfg.liger_rms_norm is not None else cfg.flash_attn_rms_norm
-        ),
-        swiglu=or_kernels(
-            cfg.liger_glu_activation if cfg.liger_glu_activation is not None else cfg.flash_attn_fuse_mlp
-        ),
-        rope=or_kernels(cfg.liger_rope),
+        rms_norm=or_kernels(first(cfg.liger_rms_norm, cfg.flash_attn_rms_norm, cfg.fused_attn_kernel)),
+        swiglu=or_kernels(first(cfg.liger_glu_activation, cfg.flash_attn_fuse_mlp)),
+        rope=or_kernels(first(cfg.liger_rope, cfg.fused_attn_kernel)),
         layer_norm=cfg.liger_layer_norm,
         rms_norm_gated=cfg.liger_rms_norm_gated,
         fused_loss=fused_loss_switch(cfg),

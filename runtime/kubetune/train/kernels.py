@@ -23,7 +23,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 # transformers model types whose RMSNorm / SiLU MLP / apply_rotary_pos_emb are the Llama ones.
-LLAMA_LIKE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+# Qwen3 adds RMSNorms of the same kind on the attention's queries and keys (q_norm / k_norm).
+LLAMA_LIKE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 
 def liger_available() -> bool:

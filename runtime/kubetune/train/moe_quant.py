@@ -62,11 +62,12 @@ def check_request(cfg, *, cuda: bool, cpu_nf4: bool) -> None:
 
 
 class _Int8Rows(nn.Module):
-    """Parametrization: bitsandbytes' row-wise int8 weights (and their row scales) back to float16."""
+    """Parametrization: bitsandbytes' row-wise int8 weights (and their row scales) back to the weight's dtype."""
 
-    def __init__(self, row_stats: torch.Tensor) -> None:
+    def __init__(self, row_stats: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.register_buffer("row_stats", row_stats)
+        self.dtype = dtype
 
     @torch.no_grad()
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class _Int8Rows(nn.Module):
 
         # bitsandbytes quantizes 2-D row-wise: the expert dims are folded into rows and back.
         rows = F.int8_vectorwise_dequant(packed.reshape(-1, packed.shape[-1]), self.get_buffer("row_stats"))
-        return rows.reshape(packed.shape)
+        return rows.reshape(packed.shape).to(self.dtype)  # bitsandbytes dequantizes to float32
 
 
 def _quantize_8bit(module: nn.Module, name: str) -> None:
@@ -84,7 +85,7 @@ def _quantize_8bit(module: nn.Module, name: str) -> None:
     weight = getattr(module, name).data
     packed, row_stats, _ = F.int8_vectorwise_quant(weight.reshape(-1, weight.shape[-1]).to(torch.float16))
     setattr(module, name, nn.Parameter(packed.reshape(weight.shape), requires_grad=False))
-    parametrize.register_parametrization(module, name, _Int8Rows(row_stats), unsafe=True)
+    parametrize.register_parametrization(module, name, _Int8Rows(row_stats, weight.dtype), unsafe=True)
     # bitsandbytes' own caching hooks: one dequantization per module forward, not one per access.
     module.register_forward_pre_hook(bnb_parametrize._enable_parametrization_cache)
     module.register_forward_hook(bnb_parametrize._disable_parametrization_cache, always_call=True)
