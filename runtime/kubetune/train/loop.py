@@ -41,10 +41,14 @@ from kubetune.train.sync import Interval, PendingLog, StepCounts, log_values
 from kubetune.train.watchdog import LossWatchdog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
     from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
     from kubetune.config import TrainConfig
-    from kubetune.data import PreparedData
+    from kubetune.data import PackedCollator, PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Run:
     module: torch.nn.Module  # the prepared CausalLMLoss
     optimizer: torch.optim.Optimizer
     scheduler: Any  # torch's LRScheduler or ReduceLROnPlateau (optim.build_scheduler)
-    tokenizer: Any  # a transformers tokenizer or mistral-common's backend (kubetune.data.load_tokenizer)
+    tokenizer: PreTrainedTokenizerBase  # a transformers tokenizer or its mistral-common backend
     data: PreparedData
     plan: Plan
     backend: attention.AttentionBackend
@@ -79,9 +83,9 @@ class Run:
 class StopFlag:
     """Set by SIGTERM (Kubernetes preemption); the loop checks it at every step boundary."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: signal.Handlers | Callable[[int, FrameType | None], Any] | int | None = None
 
     def install(self) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -90,13 +94,13 @@ class StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:
             log.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
         self.requested = True
 
 
-def preflight(cfg, topo: distributed.Topology) -> None:
+def preflight(cfg: TrainConfig, topo: distributed.Topology) -> None:
     """Every check that needs no model weights: bad input stops here, before anything is written."""
     attention.check_request(cfg, cuda=topo.cuda)
     model_lib.check_request(cfg, cuda=topo.cuda)
@@ -116,7 +120,7 @@ def preflight(cfg, topo: distributed.Topology) -> None:
     model_lib.check_pad_token(cfg)
 
 
-def setup(cfg, stop: StopFlag) -> Run | None:
+def setup(cfg: TrainConfig, stop: StopFlag) -> Run | None:
     """Build the run; None when output_dir already holds a completed run (a restarted worker)."""
     topo = distributed.topology()
     output_dir = cfg.resolve_path(cfg.output_dir)
@@ -240,7 +244,7 @@ def setup(cfg, stop: StopFlag) -> Run | None:
     return run
 
 
-def train(cfg) -> dict:
+def train(cfg: TrainConfig) -> dict:
     """Run the whole fine-tune; returns the training summary (raises ConfigError for bad input, Preempted)."""
     started = time.time()
     stop = StopFlag()
@@ -581,7 +585,9 @@ def finish(run: Run, status: str, *, wall_time: float) -> dict:
     return summary
 
 
-def _prepare_data(cfg, tokenizer, accelerator):
+def _prepare_data(
+    cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
+) -> PreparedData:
     from kubetune.data import prepare_datasets
 
     # Raises DataError: bad input like a UserError (a ConfigError, reported by the runner, exit 2).
@@ -590,7 +596,7 @@ def _prepare_data(cfg, tokenizer, accelerator):
     )
 
 
-def _collator(cfg, tokenizer):
+def _collator(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PackedCollator:
     from kubetune.data import PackedCollator
 
     return PackedCollator(
@@ -598,7 +604,7 @@ def _collator(cfg, tokenizer):
     )
 
 
-def _resume_point(cfg, output_dir: Path, accelerator) -> Path | None:
+def _resume_point(cfg: TrainConfig, output_dir: Path, accelerator: Accelerator) -> Path | None:
     if cfg.resume_from_checkpoint:
         return checkpoint.explicit_checkpoint(cfg, cfg.resume_from_checkpoint, accelerator)
     if cfg.auto_resume_from_checkpoints:
