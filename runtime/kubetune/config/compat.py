@@ -107,7 +107,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
-        skip_prepare_dataset strict
+        strict
         torch_compile_backend
         torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
