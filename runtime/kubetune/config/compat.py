@@ -114,7 +114,7 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_eaft
         use_onebitllms use_pose vllm
         xpos_rope
-        llmcompressor diffusion base_model_ignore_patterns"""
+        llmcompressor diffusion"""
     ),
     # With something to say.
     **_table(

@@ -108,6 +108,15 @@ class ModelKeys(Section):
         "revisions).",
         min_length=1,
     )
+    base_model_ignore_patterns: list[str] | None = field(
+        None,
+        description="Glob patterns (fnmatch, as huggingface_hub's `ignore_patterns`) of files of `base_model`'s "
+        'hub repository not to download, e.g. `["*.pth", "original/*"]`; a pattern ending in `/` means the '
+        "folder. Applied by the fetch step (`kubetune fetch`, a job's fetch container), which otherwise "
+        "downloads the whole repository (less foreign weight formats); a fetch whose patterns leave out "
+        "`config.json` or every weight file stops with an error. Without a fetch step transformers downloads only "
+        "the files it loads. Only for a hub id: a local directory or object-store prefix is refused.",
+    )
     base_model_config: str | None = field(
         None,
         description="Hub id, directory or object-store prefix to read the model config from. Default: "
