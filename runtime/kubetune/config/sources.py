@@ -89,7 +89,8 @@ def remote_sources(config: Any, *, check_local: bool = True) -> list[Source]:
     base_model = _get(config, "base_model")
     pin = _get(config, "revision_of_model")
     # First: base_model's repository is fetched once, with its patterns, whichever keys also name it.
-    add("base_model", "model", base_model, pin, tuple(_get(config, "base_model_ignore_patterns") or ()))
+    ignore = _get(config, "base_model_ignore_patterns") or ()  # one string in a raw mapping is one pattern
+    add("base_model", "model", base_model, pin, (ignore,) if isinstance(ignore, str) else tuple(ignore))
     for key in ("base_model_config", "tokenizer_config"):
         value = _get(config, key)
         # revision_of_model pins base_model's repository only (TrainConfig.revision_for)

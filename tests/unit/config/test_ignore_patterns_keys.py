@@ -52,3 +52,12 @@ def test_an_empty_pattern_is_refused_and_an_empty_list_is_no_patterns(seed_mappi
     with pytest.raises(ConfigError, match="an empty pattern matches no file"):
         config(seed_mapping, base_model="org/model", base_model_ignore_patterns=["*.pth", " "])
     assert load_config(seed_mapping | {"base_model": "org/model", "base_model_ignore_patterns": []})
+
+
+def test_one_pattern_may_be_a_string_as_in_older_axolotl_configs(seed_mapping):
+    cfg = config(seed_mapping, base_model="org/model", base_model_ignore_patterns="pytorch*")
+    assert cfg.base_model_ignore_patterns == ["pytorch*"]
+    assert remote_sources(cfg)[0].ignore_patterns == ("pytorch*",)
+    # The operator holds the job's config as a mapping: one string there is one pattern too.
+    raw = {"base_model": "org/model", "base_model_ignore_patterns": "pytorch*"}
+    assert remote_sources(raw, check_local=False)[0].ignore_patterns == ("pytorch*",)
