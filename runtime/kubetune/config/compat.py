@@ -107,14 +107,14 @@ TOP_LEVEL: dict[str, Unimplemented] = {
         sample_packing_group_size sample_packing_mp_start_method sample_packing_sequentially save_first_step
         scaling_softmax scaling_softmax_bias scaling_softmax_factor sdpa_varlen
         selective_checkpointing shrink_embeddings shuffle_before_merging_datasets
-        skip_prepare_dataset strict
+        strict
         torch_compile_backend
         torch_compile_options torch_empty_cache_steps torchdistx_path trackio_project_name
         trackio_run_name trackio_space_id trainer_cls unsloth_cross_entropy_loss
         unsloth_lora_mlp unsloth_lora_o unsloth_lora_qkv unsloth_rms_norm unsloth_rope use_eaft
         use_onebitllms use_pose vllm
         xpos_rope
-        llmcompressor diffusion base_model_ignore_patterns"""
+        llmcompressor diffusion"""
     ),
     # With something to say.
     **_table(

@@ -117,6 +117,14 @@ class DataKeys(Section):
         "tokenizer and token-affecting keys (rank 0 prepares, the other ranks wait and reuse it). "
         "Relative paths resolve against the config's directory. Default: `<output_dir>/prepared`.",
     )
+    skip_prepare_dataset: bool = field(
+        False,
+        description="Prepare the datasets in memory in the training process, without the prepared-dataset "
+        "cache: nothing is written to or read from `dataset_prepared_path`, and every rank tokenizes the data "
+        "itself (the same examples, in the same order, as the cached path gives). For data that is cheap to "
+        "tokenize, or storage the ranks do not share. Not with `kubetune preprocess` (which writes the cache) "
+        "nor `precompute_ref_log_probs` (kept in the cache). Default: false.",
+    )
     val_set_size: ValSetSize = field(
         0,
         description="Held-out evaluation split taken from the training data: a fraction in [0, 1) or a "

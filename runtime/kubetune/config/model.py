@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import BeforeValidator, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from .base import IDENTIFIER, Section, field
@@ -74,6 +74,19 @@ def check_chat_template_name(value: object) -> object:
     return value
 
 
+def _one_or_more(value: object) -> object:
+    # Axolotl's older configs give a single pattern as a string (`base_model_ignore_patterns: pytorch*`).
+    return [value] if isinstance(value, str) else value
+
+
+# A list of strings, or one string read as a list of it (the schema says so: a FineTuneJob may hold either).
+Patterns = Annotated[
+    list[str],
+    BeforeValidator(_one_or_more),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
+
+
 class SpecialTokens(Section):
     """Special tokens to set on the tokenizer (added to the vocabulary when missing)."""
 
@@ -107,6 +120,15 @@ class ModelKeys(Section):
         "hub id: with a local directory as `base_model` the run refuses it at start (a directory has no "
         "revisions).",
         min_length=1,
+    )
+    base_model_ignore_patterns: Patterns | None = field(
+        None,
+        description="Glob patterns (fnmatch, as huggingface_hub's `ignore_patterns`) of files of `base_model`'s "
+        'hub repository not to download, e.g. `["*.pth", "original/*"]` (one pattern may be written as a string); a '
+        "pattern ending in `/` means the folder. Applied by the fetch step (`kubetune fetch`, a job's fetch container), which otherwise "
+        "downloads the whole repository (less foreign weight formats); a fetch whose patterns leave out "
+        "`config.json` or every weight file stops with an error. Without a fetch step transformers downloads only "
+        "the files it loads. Only for a hub id: a local directory or object-store prefix is refused.",
     )
     base_model_config: str | None = field(
         None,

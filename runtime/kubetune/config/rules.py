@@ -598,4 +598,11 @@ def not_implemented(cfg: TrainConfig, _: Path | None) -> Iterator[ConfigProblem]
             )
 
 
-from . import moe_rules, preference_rules, qat_rules, tokenizer_rules, training_rules  # noqa: E402, F401  (register the MoE, rl:, qat, tokenizer, optimizer, schedule and strategy rules)
+from . import (  # noqa: E402, F401  (register the MoE, rl:, qat, tokenizer, optimizer, schedule, strategy and preparation rules)
+    moe_rules,
+    preference_rules,
+    preparation_rules,
+    qat_rules,
+    tokenizer_rules,
+    training_rules,
+)

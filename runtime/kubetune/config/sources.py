@@ -40,6 +40,8 @@ class Source:
     uri: str  # a hub id, or a URI such as s3://bucket/train.jsonl
     revision: str | None = None  # hub revision (branch, tag or commit); None: the default branch
     scheme: str = HUB
+    # fnmatch patterns of repository files not to download (base_model_ignore_patterns; hub only)
+    ignore_patterns: tuple[str, ...] = ()
 
     def describe(self) -> str:
         at = f" at revision {self.revision}" if self.revision else ""
@@ -73,7 +75,7 @@ def remote_sources(config: Any, *, check_local: bool = True) -> list[Source]:
     seen: set[tuple[str, str, str | None]] = set()
     source_dir = _get(config, "source_dir")
 
-    def add(key: str, kind: SourceKind, value: Any, revision: Any) -> None:
+    def add(key: str, kind: SourceKind, value: Any, revision: Any, ignore: tuple[str, ...] = ()) -> None:
         if not value or not isinstance(value, str):
             return
         scheme = scheme_of(value, source_dir, check_local=check_local)
@@ -82,11 +84,13 @@ def remote_sources(config: Any, *, check_local: bool = True) -> list[Source]:
         revision = revision if scheme == HUB and isinstance(revision, str) else None
         if (kind, value, revision) not in seen:
             seen.add((kind, value, revision))
-            found.append(Source(key, kind, value, revision, scheme))
+            found.append(Source(key, kind, value, revision, scheme, ignore if scheme == HUB else ()))
 
     base_model = _get(config, "base_model")
     pin = _get(config, "revision_of_model")
-    add("base_model", "model", base_model, pin)
+    # First: base_model's repository is fetched once, with its patterns, whichever keys also name it.
+    ignore = _get(config, "base_model_ignore_patterns") or ()  # one string in a raw mapping is one pattern
+    add("base_model", "model", base_model, pin, (ignore,) if isinstance(ignore, str) else tuple(ignore))
     for key in ("base_model_config", "tokenizer_config"):
         value = _get(config, key)
         # revision_of_model pins base_model's repository only (TrainConfig.revision_for)

@@ -73,27 +73,27 @@ def prepare_datasets(cfg: TrainConfig, tokenizer, *, rank: int = 0, world_size: 
     """Tokenize, mask, split and pack cfg.datasets into cfg.dataset_prepared_path (or reuse it).
 
     Under torchrun pass the global rank: rank 0 prepares, the others wait for the finished
-    directory and load it. Raises DataError naming `datasets[i]` when a dataset is unusable.
+    directory and load it. With skip_prepare_dataset every rank builds the same data in memory (the
+    pipeline is deterministic for a given config) and the cache is neither read nor written.
+    Raises DataError naming `datasets[i]` when a dataset is unusable.
     """
-    key = preparation_key(cfg, tokenizer, world_size=world_size)
-    root = prepared_root(cfg)
     started = time.perf_counter()
-    path, built = cache.build_or_wait(
-        root,
-        key,
-        lambda out: write_prepared(build_prepared(cfg, tokenizer, world_size=world_size), out),
-        rank=rank if world_size > 1 else 0,
-    )
-    data = load_prepared(path)
-    log.info(
-        "%s prepared data %s in %.1fs: %s",
-        "built" if built else "reused",
-        path,
-        time.perf_counter() - started,
-        json.dumps(
-            {k: data.stats[k] for k in ("examples", "packed_rows", "packing_efficiency") if k in data.stats}
-        ),
-    )
+    if cfg.skip_prepare_dataset:
+        if cfg.dataset_prepared_path:
+            log.info("skip_prepare_dataset: dataset_prepared_path is neither read nor written")
+        data = build_prepared(cfg, tokenizer, world_size=world_size)
+        done = f"built prepared data in memory on rank {rank} (skip_prepare_dataset)"
+    else:
+        path, built = cache.build_or_wait(
+            prepared_root(cfg),
+            preparation_key(cfg, tokenizer, world_size=world_size),
+            lambda out: write_prepared(build_prepared(cfg, tokenizer, world_size=world_size), out),
+            rank=rank if world_size > 1 else 0,
+        )
+        data = load_prepared(path)
+        done = f"{'built' if built else 'reused'} prepared data {path}"
+    counts = {k: data.stats[k] for k in ("examples", "packed_rows", "packing_efficiency") if k in data.stats}
+    log.info("%s in %.1fs: %s", done, time.perf_counter() - started, json.dumps(counts))
     return data
 
 

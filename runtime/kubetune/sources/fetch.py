@@ -15,6 +15,7 @@ an offline load by branch or tag name finds that commit. The marker is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ FOREIGN_WEIGHTS = re.compile(
     r"(\.(h5|msgpack|onnx|onnx_data|ot|gguf|tflite|mlmodel|mlpackage)$|^(onnx|openvino|coreml)/)"
 )
 PICKLED_WEIGHTS = re.compile(r"\.(bin|pt|pth|ckpt)$")
+# What transformers loads a model from: a top-level safetensors or pickled weight file (or shard).
+MODEL_WEIGHTS = re.compile(r"^[^/]+\.(safetensors|bin|pt|pth|ckpt)$")
 
 
 class FetchError(Exception):
@@ -140,8 +143,46 @@ def wanted_files(kind: str, files: list[str]) -> list[str]:
     return kept
 
 
-def marker_path(hub_cache: Path, repo_type: str, repo_id: str, commit: str) -> Path:
-    return hub_cache / ".kubetune-fetched" / f"{repo_type}s--{repo_id.replace('/', '--')}--{commit}.json"
+def not_ignored(source: Source, files: list[str]) -> list[str]:
+    """`files` less those matching the source's ignore patterns (base_model_ignore_patterns), with
+    huggingface_hub's own matching (snapshot_download's `ignore_patterns`). A FetchError when they leave
+    out what the run loads: config.json, or every weight file."""
+    if not source.ignore_patterns:
+        return files
+    from huggingface_hub.utils import filter_repo_objects
+
+    kept = list(filter_repo_objects(files, ignore_patterns=list(source.ignore_patterns)))
+    lost = []
+    if "config.json" in files and "config.json" not in kept:
+        lost.append("config.json")
+    weights = [f for f in files if MODEL_WEIGHTS.match(f) and f != "training_args.bin"]
+    if weights and not set(weights) & set(kept):
+        lost.append(f"every weight file ({', '.join(weights[:4])}{', ...' if len(weights) > 4 else ''})")
+    if lost:
+        raise FetchError(
+            source,
+            f"base_model_ignore_patterns {list(source.ignore_patterns)} leave out {' and '.join(lost)}, which "
+            "the run loads (fix: narrow or remove those patterns)",
+            permanent=True,
+        )
+    ignored = sorted(set(files) - set(kept))
+    log.info(
+        "%s: base_model_ignore_patterns leave out %d files: %s",
+        source.describe(),
+        len(ignored),
+        ", ".join(ignored[:20]) + (", ..." if len(ignored) > 20 else ""),
+    )
+    return kept
+
+
+def marker_path(
+    hub_cache: Path, repo_type: str, repo_id: str, commit: str, ignore: tuple[str, ...] = ()
+) -> Path:
+    """The completion marker of a fetch; one per set of ignore patterns (each fetches other files)."""
+    name = f"{repo_type}s--{repo_id.replace('/', '--')}--{commit}"
+    if ignore:
+        name += "--ignore-" + hashlib.sha256(json.dumps(sorted(ignore)).encode()).hexdigest()[:16]
+    return hub_cache / ".kubetune-fetched" / f"{name}.json"
 
 
 def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetched:
@@ -164,7 +205,7 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
                     raise FetchError(
                         source, f"the hub named no commit for revision {revision}", permanent=False
                     )
-            marker = marker_path(hub_cache, repo_type, source.uri, commit)
+            marker = marker_path(hub_cache, repo_type, source.uri, commit, source.ignore_patterns)
             snapshot = str(
                 hub_cache / f"{repo_type}s--{source.uri.replace('/', '--')}" / "snapshots" / commit
             )
@@ -182,7 +223,7 @@ def fetch_hub(source: Source, progress: FetchProgress, report: Reporter) -> Fetc
                 return Fetched(source, commit, done["files"], done["bytes"], 0, snapshot)
             entries = _listing(api, source, repo_type, commit)
             sizes = {e.path: e.size for e in entries}
-            files = wanted_files(source.kind, sorted(sizes))
+            files = wanted_files(source.kind, not_ignored(source, sorted(sizes)))
             total = sum(sizes[f] for f in files)
             progress.files_total, progress.bytes_total = len(files), progress.bytes_total + total
             report(progress)

@@ -114,3 +114,54 @@ def test_preprocess_exits_2_when_the_tokenizer_cannot_be_loaded(tmp_path, tokeni
     config = write_config(tmp_path, tokenizer, base_model=str(tmp_path / "no-model-here"))
     assert main(["preprocess", str(config)]) == 2
     assert "cannot load the tokenizer" in capsys.readouterr().err
+
+
+RANK_DATA = """
+import hashlib, json, sys
+from kubetune.config import load_config
+from kubetune.data import load_tokenizer, prepare_datasets
+cfg = load_config(sys.argv[1])
+data = prepare_datasets(cfg, load_tokenizer(cfg), rank=int(sys.argv[2]), world_size=2)
+digest = hashlib.sha256()
+for split in (data.train, data.eval):
+    for name in ("input_ids", "labels", "position_ids", "seq_lens"):
+        digest.update(json.dumps(list(split[name])).encode())
+print(json.dumps({"path": data.path, "rows": len(data.train), "digest": digest.hexdigest()}))
+"""
+
+
+@pytest.mark.slow
+def test_skip_prepare_dataset_ranks_each_tokenize_the_same_data_and_write_no_cache(tmp_path, tokenizer):
+    (tmp_path / "counting.py").write_text(COUNTING_FORMAT)
+    config = write_config(
+        tmp_path,
+        tokenizer,
+        datasets=[{"path": "data/train.jsonl", "type": "counting.CountingAlpaca"}],
+        skip_prepare_dataset=True,
+        val_set_size=0.1,
+    )
+    # PYTHONHASHSEED differs per process, so nothing in the pipeline may depend on set or hash order.
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_DATA, str(config), str(rank)],
+            env=os.environ
+            | {"TOKENIZED_BY": str(tmp_path / "tokenized_by.log"), "PYTHONHASHSEED": str(rank + 1)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (1, 0)  # rank 1 first: it waits for nobody
+    ]
+    outputs = [json.loads(process.communicate(timeout=300)[0]) for process in ranks]
+    assert [process.returncode for process in ranks] == [0, 0]
+    assert outputs[0] == outputs[1] and outputs[0]["path"] is None and outputs[0]["rows"] > 0
+    pids = set((tmp_path / "tokenized_by.log").read_text().split())
+    assert pids == {str(process.pid) for process in ranks}  # each rank tokenized for itself
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_preprocess_refuses_skip_prepare_dataset(tmp_path, tokenizer, capsys):
+    config = write_config(tmp_path, tokenizer, skip_prepare_dataset=True)
+    assert main(["preprocess", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "skip_prepare_dataset: true" in err and "fix: remove skip_prepare_dataset" in err
+    assert not (tmp_path / "prepared").exists()

@@ -192,3 +192,67 @@ def test_an_interrupted_fetch_resumes_without_downloading_its_files_again(hub, t
     assert [x["downloaded_files"] for x in fetched_lines(again.stdout)] == [0, 0]
     assert hub.server.downloads() - before == Counter()
     assert len(list((cache / "hub" / ".kubetune-fetched").glob("*.json"))) == 2
+
+
+LOAD_MODEL = """
+import json, sys, transformers
+from kubetune.config import load_config
+from kubetune.data import load_tokenizer
+cfg = load_config(sys.argv[1])
+model = transformers.AutoModelForCausalLM.from_pretrained(cfg.base_model, **cfg.revision_for(cfg.base_model))
+print(json.dumps({"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(load_tokenizer(cfg))}))
+"""
+
+
+def test_base_model_ignore_patterns_leave_those_files_out_and_the_model_still_loads(hub, tmp_path):
+    """Axolotl's base_model_ignore_patterns: the files they match are not downloaded (huggingface_hub's
+    glob matching), the offline run loads the model from the rest; the same commit fetched without them
+    downloads just the files left out; patterns that leave out what the run loads stop the fetch."""
+    from kubetune.tiny import make_fixture
+
+    files = tmp_path / "repo"
+    tiny = make_fixture(tmp_path / "tiny", examples=8, seed=0)
+    import shutil
+
+    shutil.copytree(tiny["model"], files)
+    (files / "original").mkdir()
+    (files / "original" / "params.json").write_text('{"dim": 64}')
+    (files / "original" / "tokenizer.model").write_bytes(b"\0" * 2048)
+    (files / "README.md").write_text("# tiny\n")
+    repo = "acme/tiny-with-originals"
+    commit = hub.server.commit("model", repo, files, "with original/ and a README")
+    extras = {
+        f"models/{repo}/{name}": 1
+        for name in ("original/params.json", "original/tokenizer.model", "README.md")
+    }
+    model_files = {f"models/{repo}/{name}": 1 for name in MODEL_FILES}
+    cache = tmp_path / "cache"
+    keys = {
+        "base_model": repo,
+        "revision_of_model": commit,
+        "datasets": [{"path": "train.jsonl", "type": "alpaca"}],
+    }
+    config = write_config(
+        tmp_path / "job" / "config.yml", base_model_ignore_patterns=["original/*", "*.md"], **keys
+    )
+    before = hub.server.downloads()
+    fetched = hub.fetch(config, cache)
+    assert fetched.returncode == 0, fetched.stderr
+    assert new_downloads(hub, before) == Counter(model_files)  # none of the ignored files
+    assert fetched_lines(fetched.stdout)[0]["files"] == len(MODEL_FILES)
+    assert "base_model_ignore_patterns leave out 3 files" in fetched.stderr
+    load = subprocess.run([sys.executable, "-c", LOAD_MODEL, str(config)], env=hub.env(cache, HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert load.returncode == 0, load.stderr[-3000:]
+    assert json.loads(load.stdout.strip().splitlines()[-1])["parameters"] > 100_000
+
+    # Without the patterns the same commit is another fetch (its own marker): only the files left out come.
+    before = hub.server.downloads()
+    whole = hub.fetch(write_config(tmp_path / "whole" / "config.yml", **keys), cache)
+    assert whole.returncode == 0, whole.stderr
+    assert new_downloads(hub, before) == Counter(extras)
+
+    refused = hub.fetch(write_config(tmp_path / "bad" / "config.yml", base_model_ignore_patterns=["*.json", "*.safetensors"],
+                                     **keys), tmp_path / "other-cache")  # fmt: skip
+    assert refused.returncode == 2
+    assert "leave out config.json and every weight file (model.safetensors)" in refused.stderr, refused.stderr

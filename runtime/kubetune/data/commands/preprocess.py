@@ -38,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if cfg.skip_prepare_dataset:
+        print(
+            f"{args.config}: skip_prepare_dataset: true: the run prepares its data in memory and never reads "
+            "the prepared-dataset cache that preprocess writes\n"
+            "    fix: remove skip_prepare_dataset (the run then reuses what preprocess prepares), or train "
+            "without running preprocess",
+            file=sys.stderr,
+        )
+        return 2
     try:
         tokenizer = load_tokenizer(cfg)
     except OSError as exc:  # not a model directory, or a hub id that cannot be reached
