@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import re
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +36,63 @@ def _render(relative: str) -> str:
     return GENERATED[relative]()
 
 
+AXOLOTL_RESULTS = "bench/results/axolotl_examples.jsonl"
+
+
+def _key_of(problem_path: str) -> str:
+    """`datasets[0].type` -> `datasets[].type`: the key as the results count it."""
+    return re.sub(r"\[\d+\]", "[]", problem_path)
+
+
+def axolotl_refusals_markdown(results: Path) -> str:
+    """docs/config.md's closing section: every key that still refuses one of Axolotl's example configs,
+    with the files it refuses and the reason kubetune gives, from the committed benchmark results
+    (`bench/axolotl_examples.py`), so the counts in the docs are the measured ones."""
+    rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text_only = [row for row in rows if not row["multimodal"] and not row["rl"]]
+    every: Counter[str] = Counter()
+    text: Counter[str] = Counter()
+    alone: Counter[str] = Counter()
+    reason: dict[str, str] = {}
+    for row in rows:
+        for key in row["refused"]:
+            every[key] += 1
+        for problem in row["problems"]:
+            reason.setdefault(_key_of(problem["path"]), problem["fix"])
+    for row in text_only:
+        keys = set(row["refused"])
+        text.update(keys)
+        if len(keys) == 1:
+            alone.update(keys)
+    accepted = sum(row["accepted"] for row in text_only)
+    out = [
+        "",
+        "## Axolotl's example configs still refused",
+        "",
+        f"Measured by `bench/axolotl_examples.py` over Axolotl's `examples/` (results: `{AXOLOTL_RESULTS}`):",
+        f"{sum(row['accepted'] for row in rows)} of {len(rows)} files accepted; of the {len(text_only)} text-only,",
+        f"non-RL ones {accepted} ({100 * accepted / len(text_only):.1f}%). Every key that still refuses a file, with",
+        "the files it refuses (text-only non-RL / of those, refused for this key alone / all files) and what",
+        "kubetune says to do instead:",
+        "",
+        "| key | text-only non-RL | alone | all | instead |",
+        "|---|---|---|---|---|",
+    ]
+    for key, count in sorted(every.items(), key=lambda item: (-text[item[0]], -item[1], item[0])):
+        fix = reason.get(key, "").replace("|", "\\|")
+        out.append(f"| `{key}` | {text[key]} | {alone[key]} | {count} | {fix} |")
+    return "\n".join(out) + "\n"
+
+
+def _config_reference() -> str:
+    from kubetune.config.docs import render_markdown
+
+    return render_markdown() + axolotl_refusals_markdown(REPO / AXOLOTL_RESULTS)
+
+
 # output path (relative to the repo) -> producer of its text
 GENERATED: dict[str, Callable[[], str]] = {
-    "docs/config.md": _call("kubetune.config.docs:render_markdown"),
+    "docs/config.md": _config_reference,
     "crds/finetunejob.yaml": _call("kubetune_operator.crd:render_crd_yaml"),
     # The Helm chart's copies (rendered by helm/kubetune/templates/crds/).
     "helm/kubetune/files/crds/finetunejob.yaml": _copy_of("crds/finetunejob.yaml"),
