@@ -4,7 +4,8 @@ First the libraries themselves: peft's LoRA layers over transformers' DTensor te
 (the Llama tp_plan), with the DTensor collectives carried by gloo. Then `kubetune train` under torchrun
 with tensor_parallel_size / dp_shard_size / dp_replicate_size / context_parallel_size (and their
 compositions tp × dp_shard, tp × cp): 6 steps with a checkpoint at 3, resumed
-from it at the same layout, the saved adapter loaded by plain peft. Every run starts from the same
+from it at the same layout, the saved adapter loaded by plain peft (and, for TP 2, merged by
+`kubetune merge` into a model plain transformers loads). Every run starts from the same
 adapter (`lora_model_dir`): peft initialises a fresh adapter differently on a tensor-parallel model
 than on a plain one, so only a common start makes the curves comparable.
 """
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from kubetune.cli import main as cli
 
 from . import tp_lora_worker
-from .reload import assert_adapter_matters, assert_reproduces, load_result
+from .reload import assert_adapter_matters, assert_reproduces, load_full_model, load_result
 from .support import build_config, subprocess_env, torchrun_train
 from .test_runs import logits_of, probe_ids, train_in_process
 
@@ -108,9 +110,9 @@ def run_resume_and_reload(
     tolerance=TOLERANCE,
     common=None,
     **keys,
-):
+) -> tuple[Path, torch.Tensor]:
     """The N-D run (`keys`) on `nproc` processes against one process with `accumulation` micro-batches;
-    `common` keys go to both."""
+    `common` keys go to both. Returns the N-D run's config file and the one process's trained logits."""
     expected_summary, expected_logits = reference(
         seed_mapping, tiny_tp, start_adapter, tmp_path / "reference", accumulation, **(common or {})
     )
@@ -143,13 +145,21 @@ def run_resume_and_reload(
     model = load_result(tiny_tp["model"], out)  # plain peft on an un-sharded base
     assert_reproduces(model, probe_ids(tiny_tp), expected_logits, atol=tolerance["logits_atol"])
     assert_adapter_matters(model, probe_ids(tiny_tp), expected_logits, atol=tolerance["logits_atol"])
+    return path, expected_logits
 
 
 def test_tensor_parallel_2_matches_one_process(seed_mapping, tiny_tp, start_adapter, tmp_path):
-    """TP 2: both ranks read the same rows; one process with the same 2-row batch."""
-    run_resume_and_reload(
+    """TP 2: both ranks read the same rows; one process with the same 2-row batch. Then `kubetune merge`
+    with the TP run's own config (tensor_parallel_size 2, one process) folds the gathered adapter into
+    the base: plain transformers loads the merged model and gives the one-process run's trained logits."""
+    path, expected_logits = run_resume_and_reload(
         seed_mapping, tiny_tp, start_adapter, tmp_path, nproc=2, accumulation=1, tensor_parallel_size=2
     )
+    target = tmp_path / "merged"
+    assert cli(["merge", str(path), "--output", str(target)]) == 0
+    merged = load_full_model(target)  # a "newly initialized" / missing-weights warning fails here
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert_reproduces(merged, probe_ids(tiny_tp), expected_logits, atol=TOLERANCE["logits_atol"])
 
 
 def test_dp_shard_2_matches_one_process(seed_mapping, tiny_tp, start_adapter, tmp_path):
