@@ -1,7 +1,8 @@
 """Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and a node, each a detached process group with its own log. The node is the node
 agent (``KUBETUNE_NODE=agent``, the default: pods run as host processes) or a real one
-(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py).
+(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py). The
+certificates come from pki.py.
 
 Driven by e2e/localcluster.sh (which builds the binaries first); usable directly:
 
@@ -56,155 +57,6 @@ COMPONENTS = CONTROL_PLANE + (["nodeagent"] if NODE_KIND == "agent" else realnod
 
 def log(msg: str) -> None:
     print(f"localcluster: {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- certificates
-def new_ca(common_name: str, not_before: dt.datetime, not_after: dt.datetime):
-    """(key, certificate) of a self-signed EC P-256 certificate authority."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def issue_certificate(
-    ca_key,
-    ca_cert,
-    common_name: str,
-    org: str | None = None,
-    *,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
-    server: bool = False,
-    client: bool = False,
-    dns: tuple[str, ...] = (),
-    ips: tuple[str, ...] = (),
-):
-    """(key, certificate) for a server and/or client, signed by the CA (EC P-256)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if dns or ips:
-        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def key_pem(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def cert_pem(cert) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _pki(pki: Path) -> None:
-    """CA, serving and client certificates and the service-account key pair (EC P-256)."""
-    if (pki / "done").exists():
-        return
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    pki.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
-    later = now + dt.timedelta(days=3650)
-
-    def write(name: str, key, cert=None) -> None:
-        (pki / f"{name}.key").write_bytes(key_pem(key))
-        os.chmod(pki / f"{name}.key", 0o600)
-        if cert is not None:
-            (pki / f"{name}.crt").write_bytes(cert_pem(cert))
-
-    ca_key, ca = new_ca("kubetune-local-ca", now, later)
-    write("ca", ca_key, ca)
-
-    def leaf(fname: str, cn: str, org: str | None = None, **usage) -> None:
-        write(fname, *issue_certificate(ca_key, ca, cn, org, not_before=now, not_after=later, **usage))
-
-    svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
-    leaf(
-        "apiserver",
-        "kube-apiserver",
-        server=True,
-        dns=(
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ),
-        ips=("127.0.0.1", GATEWAY, svc_ip),
-    )
-    leaf("admin", "kubernetes-admin", "system:masters", client=True)
-    leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True)
-    leaf(
-        "kubelet",
-        f"system:node:{NODE_NAME}",
-        "system:nodes",
-        server=True,
-        client=True,
-        dns=("localhost", NODE_NAME),
-        ips=("127.0.0.1", GATEWAY),
-    )
-    sa_key = ec.generate_private_key(ec.SECP256R1())
-    write("sa", sa_key)
-    (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    (pki / "done").write_text("ok\n")
 
 
 def _kubeconfig(path: Path, pki: Path) -> None:
@@ -387,7 +239,10 @@ def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = N
     t0 = time.monotonic()
     for d in ("logs", "pids", "etcd", "node"):
         (STATE / d).mkdir(parents=True, exist_ok=True)
-    _pki(pki)
+    # imported here: down, env and status also run on a python3 without cryptography
+    from pki import write_cluster_pki
+
+    write_cluster_pki(pki, node_name=NODE_NAME, gateway=GATEWAY, service_cidr=SERVICE_CIDR)
     _kubeconfig(kubeconfig, pki)
     _bridge()
     b = bin_dir
