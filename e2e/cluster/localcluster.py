@@ -1,7 +1,8 @@
 """Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and a node, each a detached process group with its own log. The node is the node
 agent (``KUBETUNE_NODE=agent``, the default: pods run as host processes) or a real one
-(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py).
+(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py). The components'
+command lines come from controlplane.py, the certificates from pki.py.
 
 Driven by e2e/localcluster.sh (which builds the binaries first); usable directly:
 
@@ -30,6 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realnode  # noqa: E402 - beside this file, not a package
+from controlplane import (  # noqa: E402
+    ControlPlane,
+    apiserver_argv,
+    controller_manager_argv,
+    etcd_argv,
+    scheduler_argv,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("KUBETUNE_STATE_DIR", "/tmp/kubetune-cluster"))
@@ -56,155 +64,6 @@ COMPONENTS = CONTROL_PLANE + (["nodeagent"] if NODE_KIND == "agent" else realnod
 
 def log(msg: str) -> None:
     print(f"localcluster: {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- certificates
-def new_ca(common_name: str, not_before: dt.datetime, not_after: dt.datetime):
-    """(key, certificate) of a self-signed EC P-256 certificate authority."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def issue_certificate(
-    ca_key,
-    ca_cert,
-    common_name: str,
-    org: str | None = None,
-    *,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
-    server: bool = False,
-    client: bool = False,
-    dns: tuple[str, ...] = (),
-    ips: tuple[str, ...] = (),
-):
-    """(key, certificate) for a server and/or client, signed by the CA (EC P-256)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if dns or ips:
-        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def key_pem(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def cert_pem(cert) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _pki(pki: Path) -> None:
-    """CA, serving and client certificates and the service-account key pair (EC P-256)."""
-    if (pki / "done").exists():
-        return
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    pki.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
-    later = now + dt.timedelta(days=3650)
-
-    def write(name: str, key, cert=None) -> None:
-        (pki / f"{name}.key").write_bytes(key_pem(key))
-        os.chmod(pki / f"{name}.key", 0o600)
-        if cert is not None:
-            (pki / f"{name}.crt").write_bytes(cert_pem(cert))
-
-    ca_key, ca = new_ca("kubetune-local-ca", now, later)
-    write("ca", ca_key, ca)
-
-    def leaf(fname: str, cn: str, org: str | None = None, **usage) -> None:
-        write(fname, *issue_certificate(ca_key, ca, cn, org, not_before=now, not_after=later, **usage))
-
-    svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
-    leaf(
-        "apiserver",
-        "kube-apiserver",
-        server=True,
-        dns=(
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ),
-        ips=("127.0.0.1", GATEWAY, svc_ip),
-    )
-    leaf("admin", "kubernetes-admin", "system:masters", client=True)
-    leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True)
-    leaf(
-        "kubelet",
-        f"system:node:{NODE_NAME}",
-        "system:nodes",
-        server=True,
-        client=True,
-        dns=("localhost", NODE_NAME),
-        ips=("127.0.0.1", GATEWAY),
-    )
-    sa_key = ec.generate_private_key(ec.SECP256R1())
-    write("sa", sa_key)
-    (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    (pki / "done").write_text("ok\n")
 
 
 def _kubeconfig(path: Path, pki: Path) -> None:
@@ -239,7 +98,6 @@ def _kubeconfig(path: Path, pki: Path) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-# ---------------------------------------------------------------- processes
 def _pidfile(comp: str) -> Path:
     return STATE / "pids" / f"{comp}.pid"
 
@@ -387,102 +245,25 @@ def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = N
     t0 = time.monotonic()
     for d in ("logs", "pids", "etcd", "node"):
         (STATE / d).mkdir(parents=True, exist_ok=True)
-    _pki(pki)
+    # imported here: down, env and status also run on a python3 without cryptography
+    from pki import write_cluster_pki
+
+    write_cluster_pki(pki, node_name=NODE_NAME, gateway=GATEWAY, service_cidr=SERVICE_CIDR)
     _kubeconfig(kubeconfig, pki)
     _bridge()
-    b = bin_dir
-    _spawn(
-        "etcd",
-        [
-            str(b / "etcd"),
-            "--name=kubetune",
-            f"--data-dir={STATE / 'etcd'}",
-            f"--listen-client-urls=http://127.0.0.1:{ETCD_PORT}",
-            f"--advertise-client-urls=http://127.0.0.1:{ETCD_PORT}",
-            f"--listen-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PORT + 10}",
-            f"--initial-cluster=kubetune=http://127.0.0.1:{ETCD_PORT + 10}",
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-            "--quota-backend-bytes=4294967296",
-        ],
-    )
-    _spawn(
-        "kube-apiserver",
-        [
-            str(b / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-            # a real node's pods reach the API through the kubernetes Service: kube-proxy sends them to
-            # the advertised address (the bridge's); the node agent's pods use the host's 127.0.0.1
-            f"--bind-address={'0.0.0.0' if NODE_KIND == 'kubelet' else '127.0.0.1'}",
-            f"--secure-port={APISERVER_PORT}",
-            f"--advertise-address={GATEWAY}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-            "--kubelet-preferred-address-types=InternalIP",
-            # webhooks and aggregated APIs behind a Service are called at an endpoint's pod IP
-            # (there is no kube-proxy; pod IPs are reachable from the host through the bridge)
-            "--enable-aggregator-routing=true",
-            "--profiling=false",
-            "--v=1",
-        ],
-    )
+    cp = _control_plane(bin_dir)
+    _spawn("etcd", etcd_argv(cp))
+    _spawn("kube-apiserver", apiserver_argv(cp))
     _wait("etcd", lambda: _port_open(ETCD_PORT), 30, ["etcd"])
     _wait(
         "kube-apiserver /readyz", lambda: _get(pki, "/readyz")[0] == 200, timeout, ["etcd", "kube-apiserver"]
     )
-    _spawn(
-        "kube-controller-manager",
-        [
-            str(b / "kube-controller-manager"),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={KCM_PORT}",
-            "--leader-elect=false",
-            "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-statefulset-syncs=5",
-            "--concurrent-gc-syncs=10",
-            "--profiling=false",
-            "--v=1",
-        ],
-    )
-    _spawn(
-        "kube-scheduler",
-        [
-            str(b / "kube-scheduler"),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={SCHEDULER_PORT}",
-            "--leader-elect=false",
-            "--profiling=false",
-            "--v=1",
-        ],
-    )
+    _spawn("kube-controller-manager", controller_manager_argv(cp))
+    _spawn("kube-scheduler", scheduler_argv(cp))
     if NODE_KIND == "kubelet":
         if node_bin_dir is None:
             raise SystemExit("localcluster: KUBETUNE_NODE=kubelet needs --node-bin-dir (e2e/node/build.sh)")
-        _start_real_node(b, node_bin_dir, kubeconfig, pki, python, timeout)
+        _start_real_node(bin_dir, node_bin_dir, kubeconfig, pki, python, timeout)
         _wait(
             "node Ready, nvidia.com/gpu and the default ServiceAccount",
             lambda: _is_ready(pki),
@@ -491,24 +272,40 @@ def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = N
         )
         log(f"ready in {time.monotonic() - t0:.1f}s (real node); logs in {STATE / 'logs'}")
         return kubeconfig
-    env = dict(os.environ)
-    env.update(
-        {
-            "PYTHONPATH": str(REPO / "e2e"),
-            "PYTHONUNBUFFERED": "1",
-            "KUBECONFIG": str(kubeconfig),
-            "KUBETUNE_STATE_DIR": str(STATE),
-            "KUBETUNE_NODE_NAME": NODE_NAME,
-            "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
-            "KUBETUNE_BRIDGE": BRIDGE,
-            "KUBETUNE_POD_CIDR": str(POD_CIDR),
-            "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
-        }
-    )
-    _spawn("nodeagent", [python, "-m", "nodeagent"], env=env)
+    _spawn("nodeagent", [python, "-m", "nodeagent"], env=_nodeagent_env(kubeconfig))
     _wait("node Ready and the default ServiceAccount", lambda: _is_ready(pki), timeout, COMPONENTS)
     log(f"ready in {time.monotonic() - t0:.1f}s; logs in {STATE / 'logs'}")
     return kubeconfig
+
+
+def _control_plane(bin_dir: Path) -> ControlPlane:
+    return ControlPlane(
+        state=STATE,
+        bin_dir=bin_dir,
+        etcd_port=ETCD_PORT,
+        apiserver_port=APISERVER_PORT,
+        controller_manager_port=KCM_PORT,
+        scheduler_port=SCHEDULER_PORT,
+        service_cidr=SERVICE_CIDR,
+        gateway=GATEWAY,
+        real_node=NODE_KIND == "kubelet",
+    )
+
+
+def _nodeagent_env(kubeconfig: Path) -> dict[str, str]:
+    """The node agent reads the cluster's settings from the same variables as this script."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "e2e"),
+        "PYTHONUNBUFFERED": "1",
+        "KUBECONFIG": str(kubeconfig),
+        "KUBETUNE_STATE_DIR": str(STATE),
+        "KUBETUNE_NODE_NAME": NODE_NAME,
+        "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
+        "KUBETUNE_BRIDGE": BRIDGE,
+        "KUBETUNE_POD_CIDR": str(POD_CIDR),
+        "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
+    }
 
 
 def _port_open(port: int) -> bool:

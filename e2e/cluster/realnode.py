@@ -65,7 +65,6 @@ def ctr(node: Node, *args: str, check: bool = True, timeout: float = 600) -> sub
     )
 
 
-# ---------------------------------------------------------------- configuration files
 def containerd_config(node: Node) -> str:
     d = node.dir
     # restrict_oom_score_adj: these machines withhold CAP_SYS_RESOURCE, so runc cannot lower a
@@ -240,7 +239,6 @@ def dns_objects(node: Node) -> list[dict]:
     ]
 
 
-# ---------------------------------------------------------------- images
 def archive_image(archive: Path) -> tuple[str, str] | None:
     """(name, manifest digest) of the image an OCI archive's index carries (buildah writes the name as
     ref.name)."""
@@ -321,7 +319,6 @@ def normalized(ref: str) -> str:
     return f"docker.io/{ref}"
 
 
-# ---------------------------------------------------------------- lifecycle
 def prepare(node: Node) -> None:
     """Write every configuration file the node's processes read."""
     import yaml
@@ -375,18 +372,21 @@ def start_kubelet(node: Node, spawn, python: str) -> None:
     )
     kubeconfig = node.dir / "kubelet.kubeconfig"
     node_kubeconfig(node, kubeconfig, "kubelet")
-    spawn(
-        "kubelet",
-        [
-            str(node.bin_dir / "kubelet"),
-            f"--config={node.dir / 'kubelet.yaml'}",
-            f"--kubeconfig={kubeconfig}",
-            f"--root-dir={node.dir / 'kubelet'}",
-            f"--hostname-override={node.name}",
-            f"--node-ip={node.gateway}",
-            "--v=1",
-        ],
-    )
+    spawn("kubelet", kubelet_argv(node, kubeconfig))
+
+
+def kubelet_argv(node: Node, kubeconfig: Path) -> list[str]:
+    return [
+        str(node.bin_dir / "kubelet"),
+        f"--config={node.dir / 'kubelet.yaml'}",
+        f"--kubeconfig={kubeconfig}",
+        f"--root-dir={node.dir / 'kubelet'}",
+        # the node's name is the one in its client certificate (system:node:<name>, NodeRestriction)
+        f"--hostname-override={node.name}",
+        # the bridge's address: pods, the API server's kubelet calls and CoreDNS all reach the node there
+        f"--node-ip={node.gateway}",
+        "--v=1",
+    ]
 
 
 def start_services(node: Node, spawn, kubeconfig: Path, python: str) -> None:

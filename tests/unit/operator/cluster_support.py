@@ -51,8 +51,8 @@ def install_crd(cluster) -> None:
 def write_certificates(directory: Path) -> bytes:
     """A CA and a server certificate for 127.0.0.1 (tls.crt, tls.key); returns the CA in PEM.
 
-    Built by the local cluster's own certificate functions (e2e/cluster/localcluster.py)."""
-    from e2e.cluster.localcluster import cert_pem, issue_certificate, key_pem, new_ca
+    Built by the local cluster's own certificate functions (e2e/cluster/pki.py)."""
+    from e2e.cluster.pki import cert_pem, issue_certificate, key_pem, new_ca
 
     now = datetime.datetime.now(datetime.timezone.utc)
     window = {

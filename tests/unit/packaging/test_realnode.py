@@ -171,3 +171,13 @@ def test_pod_logs_are_kept_by_hard_links_that_outlive_the_kubelets_removal(tmp_p
     kept = (tmp_path / "kept" / "ns_p-0_uid" / "trainer" / "0.log").read_text()
     assert without_cri_prefix(kept) == "first\nsecond"
     assert podlogs.link_new(tmp_path / "kubelet", tmp_path / "kept") == 0
+
+
+def test_kubelet_registers_as_the_node_its_certificate_names_at_the_bridge_address(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    argv = realnode.kubelet_argv(node, tmp_path / "kubelet.kubeconfig")
+    assert argv[0] == str(node.bin_dir / "kubelet")
+    assert f"--hostname-override={node.name}" in argv
+    assert f"--node-ip={node.gateway}" in argv
+    assert f"--config={node.dir / 'kubelet.yaml'}" in argv
+    assert f"--kubeconfig={tmp_path / 'kubelet.kubeconfig'}" in argv
