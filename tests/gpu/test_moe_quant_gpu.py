@@ -76,13 +76,7 @@ def test_a_qlora_run_with_quantized_experts_trains_and_its_adapter_reloads_on_cu
     from tests.unit.train.test_runs import logits_of, probe_ids, train_in_process
 
     cpu.tiny_moe(tmp_path / "moe", "qwen3_moe", tiny["model"])
-    steps = {
-        "max_steps": 8,
-        "learning_rate": 0.01,
-        "warmup_steps": 1,
-        "saves_per_epoch": None,
-        "eval_steps": None,
-    }
+    steps = cpu.SHORT_RUN
     cfg, _ = make_config(
         base_model=str(tmp_path / "moe"), lora_target_modules=cpu.ATTENTION, lora_modules_to_save=["lm_head"],
         bf16=True, **cpu.QLORA | steps,

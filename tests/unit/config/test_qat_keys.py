@@ -1,24 +1,17 @@
 """qat: and save_only_model: the combinations accepted, and each refusal at its key with a fix."""
 
-import copy
-
 import pytest
 from kubetune.config import validate_mapping
 
-DROP = object()
+from .test_bad_configs import DROP, _apply
+
 FULL = dict.fromkeys(("adapter", "lora_r", "lora_alpha", "lora_target_modules"), DROP)
 INT4 = {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32}
 FSDP2 = {"fsdp": ["full_shard", "auto_wrap"], "fsdp_config": {"fsdp_version": 2}}
 
 
 def _problems(seed_mapping, **changes):
-    config = copy.deepcopy(seed_mapping)
-    for key, value in changes.items():
-        if value is DROP:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    return validate_mapping(config)
+    return validate_mapping(_apply(seed_mapping, changes))
 
 
 # Axolotl's example blocks (examples/llama-3/3b-qat-*.yaml, qwen3/8b-qat-fsdp2.yml, qat_nvfp4/), plus

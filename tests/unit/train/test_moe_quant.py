@@ -66,6 +66,16 @@ FAMILIES = {
 }
 
 
+# A short run that trains (the loss falls in 8 steps at this rate), no mid-run saves or evaluations.
+SHORT_RUN = {
+    "max_steps": 8,
+    "learning_rate": 0.01,
+    "warmup_steps": 1,
+    "saves_per_epoch": None,
+    "eval_steps": None,
+}
+
+
 def tiny_moe(directory, family: str, tokenizer_dir: str) -> dict[str, torch.Tensor]:
     """A random-init model of `family` saved with the tiny fixture's tokenizer; returns its weights."""
     import transformers
@@ -182,13 +192,7 @@ def test_a_qlora_run_with_quantized_experts_trains_and_its_adapter_reloads(
 
     monkeypatch.setenv(CPU_NF4_ENV, "1")
     tiny_moe(tmp_path / "moe", "qwen3_moe", tiny["model"])
-    steps = {
-        "max_steps": 8,
-        "learning_rate": 0.01,
-        "warmup_steps": 1,
-        "saves_per_epoch": None,
-        "eval_steps": None,
-    }
+    steps = SHORT_RUN
     cfg, _ = make_config(
         base_model=str(tmp_path / "moe"),
         lora_target_modules=ATTENTION,
