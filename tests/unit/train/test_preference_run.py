@@ -88,7 +88,11 @@ def test_dpo_lora_learns_the_right_answers_and_the_adapter_loads_in_plain_peft(
     assert [line["step"] for line in evals] == [30, 60]
     assert "eval_perplexity" not in evals[-1]  # a pair loss has none
     assert evals[-1]["eval_rewards/accuracies"] > 0.9 and evals[-1]["eval_rewards/margins"] > 0.5
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 0.6931
+    # Both evals sit far below ln 2 (the pair loss before training). Between steps 30 and 60 the held-out
+    # loss has plateaued, and on some CPUs it drifts up by a few thousandths (0.16421 -> 0.16567 on an AMD
+    # EPYC CI machine), so only a bounded drift is asserted, not an order.
+    assert all(line["eval_loss"] < 0.5 * 0.6931 for line in evals), evals
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] + 0.05, evals
 
     accuracy = _held_out_accuracy(tiny["model"], cfg.output_dir, held_out)
     _record("kto", steps=KTO_STEPS, margins_first=margins[0], margins_last5=_mean(margins[-5:]),
