@@ -60,7 +60,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.barrier()  # rank 0 has written the result before either rank leaves
     # Leave without tearing gloo down: destroy_process_group (and the interpreter's own teardown of the
     # group) aborted rank 1 now and then with "terminate called without an active exception", even after
-    # the barrier (CI runs at 8614a6c's predecessor and 0c7a101), failing a run whose result was written.
+    # the barrier (stop 25's CI, then the CI of 0c7a101), failing a run whose result was written.
     os._exit(0)
 
 
