@@ -24,19 +24,20 @@ images: venv
 	scripts/system-deps.sh install images
 	images/build.sh operator
 
-# The training runtime (torch's CUDA build, one image for CPU and GPU nodes): not in `make test` (cold build
-# time and size in images/README.md).
+# The training runtime (torch's CUDA build, one image for CPU and GPU nodes): the local cluster's pods run it,
+# so `make test` and `make demo` build it (cold build time and size in images/README.md; docs/testing.md).
 images-runtime: venv
 	scripts/system-deps.sh install images
 	images/build.sh runtime
 
 # A local control plane, the operator, and a tiny CPU fine-tune through it (examples/finetune-cpu-smoke.yaml).
-demo: venv system-deps
+demo: venv system-deps cluster-build node-build images images-runtime
 	bash e2e/demo.sh
 
-# Every tier that needs no GPU: unit, integration (real control plane) and e2e (pods train). Installs
-# what it needs first: the virtualenv, the host tools, the control plane's binaries and the S3 store (cached).
-test: venv system-deps cluster-build s3store-build
+# Every tier that needs no GPU: unit, integration (real control plane and node) and e2e (pods train from the
+# runtime image). Installs what it needs first: the virtualenv, the host tools, the control plane's and the
+# node's binaries, the images the node runs and the S3 store (each cached by the hash of its inputs).
+test: venv system-deps cluster-build node-build images images-runtime s3store-build
 	$(PY) -m pytest
 
 test-unit: venv
@@ -60,7 +61,7 @@ generate: venv
 # ---- local Kubernetes for tests (e2e/localcluster.sh; docs/testing.md) ----------------------------
 # cluster-build: etcd + kube-apiserver/controller-manager/scheduler/kubectl + helm from Go modules
 # into ~/.cache/kubetune/cluster/<hash>/bin (cold: ~15 min on 2 cores; a no-op while cached).
-.PHONY: cluster cluster-build cluster-down test-integration s3store-build
+.PHONY: cluster cluster-build node-build cluster-down test-integration s3store-build
 # s3store-build: the tests' S3-compatible object store, SeaweedFS's `weed`, from its Go module into
 # ~/.cache/kubetune/seaweedfs/<hash>/bin (tests/s3_server.py starts it; cold build time: docs/testing.md).
 s3store-build:
@@ -69,11 +70,17 @@ s3store-build:
 cluster-build:
 	e2e/cluster/build.sh build
 
-cluster: venv cluster-build
+# node-build: the real node (kubelet, kube-proxy, CoreDNS, containerd, the pause image) from Go modules into
+# ~/.cache/kubetune/node/<hash>/bin, and the Debian tools it runs (runc, CNI plugins, iptables).
+node-build:
+	scripts/system-deps.sh install node
+	e2e/node/build.sh build
+
+cluster: venv cluster-build node-build images images-runtime
 	e2e/localcluster.sh up
 
 cluster-down:
 	e2e/localcluster.sh down
 
-test-integration: venv cluster-build
+test-integration: venv cluster-build node-build images images-runtime
 	$(PY) -m pytest -m integration tests/integration

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The host tools `make test` and `make demo` need beyond Python and Go, installed where missing:
-#   ip (iproute2), unshare/flock/mount (util-linux, mount)   the local node agent's pod sandboxes
-#   lua5.1                                                   the ArgoCD health check is tested in real Lua 5.1
+#   ip (iproute2), flock/mount (util-linux, mount)   the local cluster's bridge, build locks, unmounting on `down`
+#   lua5.1                                           the ArgoCD health check is tested in real Lua 5.1
 # Installing needs root and apt-get (Debian/Ubuntu); otherwise it names what is missing and exits 1.
 # `scripts/system-deps.sh check` only reports (exit 1 when something is missing).
 # `scripts/system-deps.sh [install|check] images` adds what images/build.sh and tests/images need:
 #   mmdebstrap (the base root filesystem), buildah (the image build), runc (the tests run the images)
-# `scripts/system-deps.sh [install|check] node` adds what the real node (KUBETUNE_NODE=kubelet) needs:
+# `scripts/system-deps.sh [install|check] node` adds what the local cluster's node (kubelet + containerd) needs:
 #   runc, the CNI plugins (bridge, host-local, loopback, portmap), iptables (kube-proxy), gcc + buildah
 #   (e2e/node/build.sh builds the static pause binary and its image)
 set -euo pipefail
-declare -A package_of=([ip]=iproute2 [unshare]=util-linux [flock]=util-linux [mount]=mount [lua5.1]=lua5.1
+declare -A package_of=([ip]=iproute2 [flock]=util-linux [mount]=mount [lua5.1]=lua5.1
   [mmdebstrap]=mmdebstrap [buildah]=buildah [runc]=runc [gcc]=gcc [iptables]=iptables)
-tools=(ip unshare flock mount lua5.1)
+tools=(ip flock mount lua5.1)
 [ "${2:-}" = images ] && tools+=(mmdebstrap buildah runc)
 [ "${2:-}" = node ] && tools+=(runc iptables gcc buildah)
 missing=()

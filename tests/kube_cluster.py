@@ -137,8 +137,9 @@ def _build() -> str:
 
 
 def pytest_collection_finish(session):
-    """Build the binaries before the first test when any selected test needs the local cluster:
-    a cold build (about 15 minutes on 2 cores) then does not count against a test's timeout."""
+    """Build what the local cluster needs before the first test when any selected test uses it (the
+    control plane, the node, the images its pods run: e2e/localcluster.sh build, a no-op while cached):
+    a cold build (tens of minutes on 2 cores, docs/testing.md) then counts against no test's timeout."""
     if os.environ.get("KUBETUNE_USE_EXISTING_CLUSTER") == "1" or os.geteuid() != 0:
         return
     if session.config.option.collectonly:
@@ -146,17 +147,12 @@ def pytest_collection_finish(session):
     if not any("kube_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    bindir = subprocess.run(
-        [str(REPO / "e2e" / "cluster" / "build.sh"), "bindir"], capture_output=True, text=True
-    )
-    if bindir.returncode == 0 and (Path(bindir.stdout.strip()) / ".complete").exists():
-        return
     if tr is not None:
         tr.write_line(
-            "kube_cluster: building etcd, kube-* and helm from Go modules (cold: ~15 min; "
-            "later runs reuse the cache) ..."
+            "kube_cluster: e2e/localcluster.sh build (control plane, node, operator and runtime images; "
+            "cold: see docs/testing.md; a no-op while cached) ..."
         )
-    p = subprocess.run([str(REPO / "e2e" / "cluster" / "build.sh"), "build"], capture_output=True, text=True)
+    p = subprocess.run([str(LOCALCLUSTER), "build"], capture_output=True, text=True)
     if p.returncode != 0 and tr is not None:  # the kube_cluster fixture reports it as the tests' failure
         tr.write_line(f"kube_cluster: build failed:\n{p.stderr[-3000:]}")
 
@@ -175,8 +171,8 @@ def pytest_runtest_makereport(item, call):
 
 
 # ---------------------------------------------------------------- helpers for cluster tests
-# On the local node agent pods run as processes of the project's Python environment (the image is
-# not pulled); on a real cluster they need an image that carries the same environment.
+# The image the pod tests run: the runtime image, which the local node imports under this name (it carries
+# the project's environment); on another cluster, one that carries the same environment.
 TEST_IMAGE = os.environ.get("KUBETUNE_TEST_IMAGE", "kubetune/runtime:dev")
 
 

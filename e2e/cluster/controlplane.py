@@ -20,7 +20,6 @@ class ControlPlane:
     scheduler_port: int
     service_cidr: str
     gateway: str  # host side of the pods' bridge: the API server's advertised address
-    real_node: bool  # a kubelet (realnode.py) rather than the node agent
 
     @property
     def pki(self) -> Path:
@@ -61,9 +60,9 @@ def apiserver_argv(cp: ControlPlane) -> list[str]:
     return [
         str(cp.bin_dir / "kube-apiserver"),
         f"--etcd-servers={cp.etcd_url}",
-        # a real node's pods reach the API through the kubernetes Service: kube-proxy sends them to
-        # the advertised address (the bridge's); the node agent's pods use the host's 127.0.0.1
-        f"--bind-address={'0.0.0.0' if cp.real_node else '127.0.0.1'}",
+        # pods reach the API through the kubernetes Service: kube-proxy sends them to the advertised
+        # address (the bridge's)
+        "--bind-address=0.0.0.0",
         f"--secure-port={cp.apiserver_port}",
         f"--advertise-address={cp.gateway}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -80,8 +79,8 @@ def apiserver_argv(cp: ControlPlane) -> list[str]:
         f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         "--kubelet-preferred-address-types=InternalIP",
-        # webhooks and aggregated APIs behind a Service are called at an endpoint's pod IP
-        # (there is no kube-proxy; pod IPs are reachable from the host through the bridge)
+        # webhooks and aggregated APIs behind a Service are called at an endpoint's pod IP (the host
+        # reaches pods through the bridge; a Service IP is routed for pods only)
         "--enable-aggregator-routing=true",
         "--profiling=false",
         "--v=1",

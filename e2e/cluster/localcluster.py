@@ -1,17 +1,17 @@
 """Start / stop the local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and a node, each a detached process group with its own log. The node is the node
-agent (``KUBETUNE_NODE=agent``, the default: pods run as host processes) or a real one
-(``KUBETUNE_NODE=kubelet``: containerd, kubelet, kube-proxy, CoreDNS; realnode.py). The components'
-command lines come from controlplane.py, the certificates from pki.py.
+kube-scheduler and a real node (containerd, kubelet, kube-proxy, CoreDNS: realnode.py), each a
+detached process group with its own log. The components' command lines come from controlplane.py,
+the certificates from pki.py.
 
-Driven by e2e/localcluster.sh (which builds the binaries first); usable directly:
+Driven by e2e/localcluster.sh (which builds the binaries and images first); usable directly:
 
-    python e2e/cluster/localcluster.py up --bin-dir DIR [--node-bin-dir DIR]  # last line: kubeconfig path
+    python e2e/cluster/localcluster.py up --bin-dir DIR --node-bin-dir DIR  # last line: kubeconfig path
     python e2e/cluster/localcluster.py down
     python e2e/cluster/localcluster.py env                  # export KUBECONFIG=...
 
 Everything lives in the state directory (``$KUBETUNE_STATE_DIR``, default /tmp/kubetune-cluster):
-pki/, etcd/, logs/<component>.log, pids/<component>.pid, kubeconfig, node/ (pods' files).
+pki/, etcd/, logs/<component>.log, pids/<component>.pid, kubeconfig, node/ (the kubelet's and
+containerd's state), containerd/ (images: kept by ``down``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import realnode  # noqa: E402 - beside this file, not a package
+import nodecleanup  # noqa: E402 - beside this file, not a package
+import realnode  # noqa: E402
 from controlplane import (  # noqa: E402
     ControlPlane,
     apiserver_argv,
@@ -53,13 +54,14 @@ GATEWAY = str(next(POD_CIDR.hosts()))  # 10.244.0.1: host side of the bridge; po
 SERVICE_CIDR = os.environ.get("KUBETUNE_SERVICE_CIDR", "10.96.0.0/16")
 DNS_IP = str(ipaddress.ip_network(SERVICE_CIDR)[10])  # 10.96.0.10, the kube-dns Service
 NODE_NAME = os.environ.get("KUBETUNE_NODE_NAME", "kubetune-node")
-NODE_KIND = os.environ.get("KUBETUNE_NODE", "agent")
-if NODE_KIND not in ("agent", "kubelet"):
+# The node used to be chosen by KUBETUNE_NODE (agent or kubelet); only the real node is left.
+if os.environ.get("KUBETUNE_NODE", "kubelet") != "kubelet":
     raise SystemExit(
-        f"localcluster: KUBETUNE_NODE={NODE_KIND!r}: use agent (the node agent) or kubelet (a real node)"
+        f"localcluster: KUBETUNE_NODE={os.environ['KUBETUNE_NODE']!r}: the node agent was removed; the local"
+        " cluster's node is always the real one (kubelet + containerd). Unset KUBETUNE_NODE."
     )
 CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-COMPONENTS = CONTROL_PLANE + (["nodeagent"] if NODE_KIND == "agent" else realnode.COMPONENTS)
+COMPONENTS = CONTROL_PLANE + realnode.COMPONENTS
 
 
 def log(msg: str) -> None:
@@ -179,7 +181,7 @@ def _is_ready(pki: Path) -> bool:
     conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
     if conds.get("Ready") != "True":
         return False
-    if NODE_KIND == "kubelet" and node["status"].get("allocatable", {}).get("nvidia.com/gpu") != _gpus():
+    if node["status"].get("allocatable", {}).get("nvidia.com/gpu") != _gpus():
         return False
     code, _ = _get(pki, "/api/v1/namespaces/default/serviceaccounts/default")
     return code == 200
@@ -195,8 +197,8 @@ def _bridge() -> None:
     if addr not in ip("-o", "addr", "show", "dev", BRIDGE).stdout:
         ip("addr", "add", addr, "dev", BRIDGE)
     ip("link", "set", BRIDGE, "up")
-    # No kube-proxy here: a ClusterIP leads nowhere. Without this route, traffic to a Service IP
-    # (e.g. an apiserver calling a webhook Service) would follow the default route off the machine.
+    # Service IPs are kube-proxy's DNAT of pods' traffic; from the host, without this route, traffic to a
+    # Service IP would follow the default route off the machine instead of failing at once.
     ip("route", "replace", "blackhole", SERVICE_CIDR)
 
 
@@ -235,7 +237,7 @@ def _start_real_node(
     realnode.advertise_gpus(node, kubeconfig)
 
 
-def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = None) -> Path:
+def up(bin_dir: Path, node_bin_dir: Path, python: str, timeout: float) -> Path:
     pki = STATE / "pki"
     kubeconfig = STATE / "kubeconfig"
     if kubeconfig.exists() and _is_ready(pki):
@@ -260,20 +262,8 @@ def up(bin_dir: Path, python: str, timeout: float, node_bin_dir: Path | None = N
     )
     _spawn("kube-controller-manager", controller_manager_argv(cp))
     _spawn("kube-scheduler", scheduler_argv(cp))
-    if NODE_KIND == "kubelet":
-        if node_bin_dir is None:
-            raise SystemExit("localcluster: KUBETUNE_NODE=kubelet needs --node-bin-dir (e2e/node/build.sh)")
-        _start_real_node(bin_dir, node_bin_dir, kubeconfig, pki, python, timeout)
-        _wait(
-            "node Ready, nvidia.com/gpu and the default ServiceAccount",
-            lambda: _is_ready(pki),
-            timeout,
-            COMPONENTS,
-        )
-        log(f"ready in {time.monotonic() - t0:.1f}s (real node); logs in {STATE / 'logs'}")
-        return kubeconfig
-    _spawn("nodeagent", [python, "-m", "nodeagent"], env=_nodeagent_env(kubeconfig))
-    _wait("node Ready and the default ServiceAccount", lambda: _is_ready(pki), timeout, COMPONENTS)
+    _start_real_node(bin_dir, node_bin_dir, kubeconfig, pki, python, timeout)
+    _wait("node Ready, GPUs, default ServiceAccount", lambda: _is_ready(pki), timeout, COMPONENTS)
     log(f"ready in {time.monotonic() - t0:.1f}s; logs in {STATE / 'logs'}")
     return kubeconfig
 
@@ -288,24 +278,7 @@ def _control_plane(bin_dir: Path) -> ControlPlane:
         scheduler_port=SCHEDULER_PORT,
         service_cidr=SERVICE_CIDR,
         gateway=GATEWAY,
-        real_node=NODE_KIND == "kubelet",
     )
-
-
-def _nodeagent_env(kubeconfig: Path) -> dict[str, str]:
-    """The node agent reads the cluster's settings from the same variables as this script."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "e2e"),
-        "PYTHONUNBUFFERED": "1",
-        "KUBECONFIG": str(kubeconfig),
-        "KUBETUNE_STATE_DIR": str(STATE),
-        "KUBETUNE_NODE_NAME": NODE_NAME,
-        "KUBETUNE_KUBELET_PORT": str(KUBELET_PORT),
-        "KUBETUNE_BRIDGE": BRIDGE,
-        "KUBETUNE_POD_CIDR": str(POD_CIDR),
-        "KUBETUNE_APISERVER_PORT": str(APISERVER_PORT),
-    }
 
 
 def _port_open(port: int) -> bool:
@@ -317,14 +290,12 @@ def _port_open(port: int) -> bool:
 
 
 def down(wipe: bool = True, quiet: bool = False) -> None:
-    # the node first (whichever kind ran): the node agent stops its pods' process groups; the
-    # kubelet leaves its containers to containerd, which realnode.stop_pods empties before it stops
-    real = (STATE / "node" / "containerd.toml").exists()
-    order = ["provisioner", "kube-proxy", "coredns", "kubelet", "podlogs"] if real else []
-    order += [c for c in reversed(CONTROL_PLANE + ["nodeagent", "containerd"]) if c not in order]
-    for comp in order:
-        if comp == "containerd" and real:
-            realnode.stop_pods(_node_for_cleanup())
+    # the node first: the kubelet leaves its containers to containerd, which nodecleanup.stop_pods
+    # empties before containerd stops; the control plane last
+    node = _node_for_cleanup()
+    for comp in reversed(COMPONENTS):
+        if comp == "containerd":
+            nodecleanup.stop_pods(node)
         pid = _alive(comp)
         if pid is None:
             continue
@@ -332,7 +303,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
             os.killpg(pid, signal.SIGTERM)
         except OSError:
             continue
-        deadline = time.monotonic() + (15 if comp in ("nodeagent", "containerd") else 10)
+        deadline = time.monotonic() + (15 if comp == "containerd" else 10)
         while time.monotonic() < deadline and _alive(comp) is not None:
             time.sleep(0.1)
         if _alive(comp) is not None:
@@ -342,13 +313,7 @@ def down(wipe: bool = True, quiet: bool = False) -> None:
                 pass
         if not quiet:
             log(f"stopped {comp}")
-    # leftovers of the node agent: pods' process groups, mounts, network namespaces
-    sys.path.insert(0, str(REPO / "e2e"))
-    from nodeagent import cleanup
-
-    if real:
-        realnode.cleanup(_node_for_cleanup(), wipe=wipe)
-    cleanup.cleanup_node(STATE / "node", BRIDGE, delete_bridge=wipe)
+    nodecleanup.cleanup(node, wipe=wipe)
     if wipe:
         subprocess.run(["ip", "route", "del", "blackhole", SERVICE_CIDR], capture_output=True, check=False)
         import shutil
@@ -367,9 +332,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["up", "down", "env", "status"])
     ap.add_argument("--bin-dir", type=Path)
-    ap.add_argument(
-        "--node-bin-dir", type=Path, help="e2e/node/build.sh's bin directory (KUBETUNE_NODE=kubelet)"
-    )
+    ap.add_argument("--node-bin-dir", type=Path, help="e2e/node/build.sh's bin directory")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--timeout", type=float, default=120)
     a = ap.parse_args()
@@ -381,9 +344,9 @@ def main() -> None:
         lock = open(STATE / ".lock", "w")  # noqa: SIM115 - held until exit
         fcntl.flock(lock, fcntl.LOCK_EX)
     if a.cmd == "up":
-        if a.bin_dir is None:
-            ap.error("up needs --bin-dir")
-        kc = up(a.bin_dir, a.python, a.timeout, a.node_bin_dir)
+        if a.bin_dir is None or a.node_bin_dir is None:
+            ap.error("up needs --bin-dir and --node-bin-dir")
+        kc = up(a.bin_dir, a.node_bin_dir, a.python, a.timeout)
         print(kc)
     elif a.cmd == "down":
         down()

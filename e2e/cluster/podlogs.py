@@ -1,4 +1,4 @@
-"""Keeps the real node's pod logs after their pods are deleted, as the node agent does.
+"""Keeps the local node's pod logs after their pods are deleted.
 
 The kubelet writes ``<kubelet dir>/<ns>_<pod>_<uid>/<container>/<n>.log`` and removes a pod's directory
 with the pod; the suites read a finished run's logs afterwards (a job scales its workers to zero). Each

@@ -1,6 +1,6 @@
 """The real node's volume provisioner: binds each PVC of the default StorageClass ``standard`` to a
 PersistentVolume backed by a directory under ``<state>/node/pv`` and deletes released ones, as kind's
-local-path provisioner does (the node agent has its own copy; this one goes with the kubelet).
+local-path provisioner does.
 
 Directories are mode 0777: a hostPath volume is not re-owned by the kubelet for ``fsGroup``, and the
 trainer runs as uid 1000 (the KCM's built-in hostPath provisioner makes them 0750 root, unwritable).

@@ -1,4 +1,4 @@
-"""The local cluster's real node (``KUBETUNE_NODE=kubelet``): containerd + runc + the bridge/host-local CNI
+"""The local cluster's node: containerd + runc + the bridge/host-local CNI
 plugins, the kubelet, kube-proxy (iptables) and CoreDNS behind the ``kube-dns`` Service, all host
 processes started by localcluster.py from binaries of e2e/node/build.sh (runc and the CNI plugins are
 Debian's). Images reach containerd only from OCI archives (``ctr -n k8s.io images import``); nothing is
@@ -6,7 +6,7 @@ pulled.
 
 Layout under the state directory: ``node/`` (kubelet root, CNI config and IPAM, configs: removed by
 ``down``), ``containerd/`` (content and snapshots: kept by ``down`` so a 3 GB image is imported once),
-``logs/pods/`` (the kubelet's pod logs, the node agent's layout). docs/testing.md "Real node" says why
+``logs/pods/`` (the kubelet's pod logs, kept after their pods: podlogs.py). docs/testing.md "Real node" says why
 each setting is what it is on these machines.
 """
 
@@ -24,6 +24,8 @@ from pathlib import Path
 CONTAINERD_NAMESPACE = "k8s.io"
 PAUSE_IMAGE = "localhost/kubetune/pause:3.10"
 CLUSTER_DOMAIN = "cluster.local"
+# in start order; `down` stops them in reverse (the kubelet before containerd, whose remaining containers
+# nodecleanup.stop_pods removes)
 COMPONENTS = ["containerd", "podlogs", "kubelet", "kube-proxy", "coredns", "provisioner"]
 
 
@@ -150,7 +152,7 @@ def kubelet_config(node: Node) -> dict:
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": "/etc/resolv.conf",
         "failSwapOn": False,
-        # podlogs.py keeps each file (hard links) in logs/pods, the node agent's layout, after the pod goes
+        # podlogs.py keeps each file (hard links) in logs/pods after the pod goes
         "podLogsDir": str(node.state / "logs" / "kubelet-pods"),
         "containerLogMaxSize": "1Gi",
         # test images are imported, never pulled back: the image GC must not remove them
@@ -434,53 +436,3 @@ def advertise_gpus(node: Node, kubeconfig: Path) -> None:
         "-p",
         json.dumps(patch),
     )
-
-
-def stop_pods(node: Node) -> None:
-    """After the kubelet stopped: kill and delete what containerd still runs (tasks, containers); the
-    kubelet's sandboxes' network namespaces and IPAM go with node/ and cleanup_network."""
-    if not containerd_ready(node):
-        return
-    for task in ctr(node, "tasks", "list", "--quiet", check=False).stdout.split():
-        ctr(node, "tasks", "kill", "--signal", "SIGKILL", task, check=False)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and ctr(node, "tasks", "list", "--quiet", check=False).stdout.strip():
-        for task in ctr(node, "tasks", "list", "--quiet", check=False).stdout.split():
-            ctr(node, "tasks", "delete", "--force", task, check=False)
-        time.sleep(0.2)
-    for c in ctr(node, "containers", "list", "--quiet", check=False).stdout.split():
-        ctr(node, "containers", "delete", c, check=False)
-
-
-def cleanup(node: Node, wipe: bool) -> None:
-    """After every node process stopped: the sandboxes' network namespaces, the IPAM leases (all
-    sandboxes are gone), and on wipe kube-proxy's iptables chains."""
-    cleanup_network(node)
-    shutil.rmtree(node.dir / "ipam", ignore_errors=True)
-    if wipe and (node.bin_dir / "kube-proxy").exists():
-        subprocess.run(
-            [str(node.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, check=False, timeout=60
-        )
-
-
-def cleanup_network(node: Node) -> None:
-    """Network namespaces the CRI made for this node's sandboxes (named in containerd's state)."""
-    for f in Path("/var/run/netns").glob("cni-*"):
-        # containerd 2 keeps its sandboxes' netns under /var/run/netns; one per sandbox of this node's
-        # containerd: remove those no process is in any more
-        if not any(_proc_in_netns(f)):
-            subprocess.run(["ip", "netns", "delete", f.name], capture_output=True, check=False)
-
-
-def _proc_in_netns(ns_file: Path):
-    try:
-        ino = ns_file.stat().st_ino
-    except OSError:
-        return
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if (p / "ns" / "net").stat().st_ino == ino:
-                    yield int(p.name)
-            except OSError:
-                continue

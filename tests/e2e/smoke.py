@@ -107,8 +107,8 @@ def local_outputs(cluster, kube, namespace: str, claim: str, output_dir: str) ->
 
 
 def trainer_logs(cluster, namespace: str, pod: str) -> str:
-    """Every run of `pod`'s trainer container the local node agent kept (pods deleted on restart and on
-    success included), oldest first."""
+    """Every run of `pod`'s trainer container the local node kept (e2e/cluster/podlogs.py: pods deleted on
+    restart and on success included), oldest first."""
     assert cluster.logs_dir is not None
     runs = sorted(
         (cluster.logs_dir / "pods").glob(f"{namespace}_{pod}_*/trainer/*.log"),
@@ -118,12 +118,12 @@ def trainer_logs(cluster, namespace: str, pod: str) -> str:
 
 
 # A kubelet's container log line: `<RFC 3339 time> <stdout|stderr> <F|P> <text>` (P: the line goes on in
-# the next entry). The node agent writes the text alone.
+# the next entry).
 CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) ([FP]) (.*)$")
 
 
 def without_cri_prefix(log: str) -> str:
-    """The container's own output from a log in the CRI format (a real node's); other text unchanged."""
+    """The container's own output from a log in the CRI format (the kubelet's); other text unchanged."""
     lines, partial = [], ""
     for line in log.splitlines():
         m = CRI_LINE.match(line)

@@ -22,7 +22,7 @@ TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "600"))
 def bridge_address() -> str:
     """The host's address on the local cluster's pod bridge: where pods reach a server of the host."""
     cidr = ipaddress.ip_network(os.environ.get("KUBETUNE_POD_CIDR", "10.244.0.0/24"))
-    return str(next(cidr.hosts()))  # the node agent gives the bridge the first host address
+    return str(next(cidr.hosts()))  # localcluster.py gives the bridge the first host address
 
 
 @pytest.fixture(scope="module")

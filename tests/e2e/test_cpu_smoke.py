@@ -8,8 +8,8 @@ LoRA, checkpoints, an adapter in the outputs volume. Three runs:
   * a worker pod deleted after the first checkpoint: the group restarts and resumes from a checkpoint;
   * a config whose model directory does not exist exhausts backoffLimit and fails, saying why.
 
-Outputs are read from the host directory backing the outputs claim and trainer logs from the node
-agent's log directory, so the file and log checks need the local cluster (`kube_cluster.local`).
+Outputs are read from the host directory backing the outputs claim and trainer logs from the local
+node's kept pod logs, so the file and log checks need the local cluster (`kube_cluster.local`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Helm chart installed into the real local cluster: the operator runs in-cluster from the
-chart's Deployment (the node agent runs its `kubetune-operator` command in the project's
-virtualenv) and the CPU smoke FineTuneJob trains to Succeeded through it.
+chart's Deployment (the operator image, imported into the local node's containerd) and the CPU smoke
+FineTuneJob trains to Succeeded through it.
 
 Namespaced scope, so the operator (and its Role) see only this test's namespace. The FineTuneJob
 CRD is cluster-wide and shared with the other suites: the release takes it over
@@ -154,13 +154,15 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
         assert base64.b64decode(secret_before["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
 
         # --- admission through the webhook Service -------------------------------------------------
-        # The API server calls the webhook through its Service. The local cluster has no kube-proxy:
-        # its API server reaches a Service only with --enable-aggregator-routing=true (it then dials
-        # the pod's IP on the local bridge); without it the call would go to an unrouted ClusterIP,
-        # so the webhook is switched off before any FineTuneJob is applied, and the test says so.
+        # The API server calls the webhook through its Service. The local cluster's kube-proxy routes
+        # Service IPs for pods only: its API server (a host process) reaches a Service only with
+        # --enable-aggregator-routing=true (it then dials the pod's IP on the local bridge); without it the
+        # call would go nowhere, so the webhook is switched off before any FineTuneJob is applied, and the
+        # test says so.
         bad_job = cases.bad_job("unknown-dataset-type", namespace=ns)
         if _apiserver_reaches_services(kube_cluster):
-            # The local node agent runs no readiness probes: the webhook server may still be starting.
+            # Available replicas listen on the webhook port (the readiness probe checks it), but the API
+            # server may not see their endpoints yet: ask again until the webhook answers.
             def answered():
                 p = kube_cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(bad_job), check=False)
                 return None if "failed calling webhook" in p.stderr else p
@@ -175,9 +177,8 @@ def test_chart_installs_and_runs_the_cpu_smoke_job(kube_cluster, helm_binary, ku
             # An operator pod goes (a restart, an upgrade, a node drain): creates keep being admitted
             # by the other replica, every second while the replacement starts.
             # The deleted pod must keep answering until it has left the endpoints (--shutdown-drain).
-            # Its replacement is listed as soon as it starts, before it listens: the chart's readiness
-            # probe would keep it out, but the local node agent runs no probes (the real-node issue), so
-            # a refusal by the replacement's address is that node's, and counted apart.
+            # Its replacement is listed once the chart's readiness probe (a TCP check of the webhook port)
+            # passes; a refusal by the replacement's address is counted apart.
             good = cases.job("restart-probe", ns, workers=1, suspend=True)
             deleted = _json(kube_cluster, "-n", ns, "get", "pod", pods[0]["metadata"]["name"])["status"][
                 "podIP"

@@ -72,7 +72,7 @@ def finetunejob(name: str, ns: str, hub, model: str, store) -> dict:
 
 
 def fetch_logs(cluster, ns: str, name: str) -> list[str]:
-    """The fetch step's log of every worker pod (the node agent keeps each container's log)."""
+    """The fetch step's log of every worker pod (the local node keeps each container's log)."""
     return [
         path.read_text(errors="replace")
         for worker in (f"{name}-0", f"{name}-1")

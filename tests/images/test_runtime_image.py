@@ -1,7 +1,8 @@
 """The runtime image (images/build.sh runtime, `make images-runtime`), run with runc: validate and a tiny train.
 
-Not built by `make test` (its cold build is minutes and gigabytes: images/README.md); these tests run where the
-archive for the current inputs exists, and say so when it does not.
+`make test` builds it first (the local cluster's pods run it; its cold build is minutes and gigabytes:
+images/README.md); run alone, these tests run where the archive for the current inputs exists, and say so when
+it does not.
 """
 
 from __future__ import annotations

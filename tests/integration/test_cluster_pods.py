@@ -6,7 +6,6 @@ import json
 import subprocess
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -134,11 +133,8 @@ def test_pod_environment_volumes_and_termination_message(kube_cluster, kube_name
     assert out["config"] == "a: 1\n"
     assert 'apps.kubernetes.io/pod-index="1"' in out["labels"]
     assert out["sa_namespace"] == ns and out["has_token"] and out["has_ca"] and out["scratch_writable"]
-    # An emptyDir over /tmp hides neither the other volumes nor the agent's state, and it holds nothing
-    # but the way to the project's environment when the checkout lives under /tmp (a CI clone, say).
-    project = Path(__file__).resolve().parents[2]
-    under_tmp = project.is_relative_to("/tmp")
-    assert out["tmp_entries"] == ([project.relative_to("/tmp").parts[0]] if under_tmp else [])
+    # An emptyDir over /tmp starts empty and hides none of the other volumes.
+    assert out["tmp_entries"] == []
     assert out["hostname"] == "envpod"
     assert out["cwd"] == "/scratch/wd"
     conds = {c.type: c.status for c in st.conditions}
@@ -162,8 +158,14 @@ def test_failing_container_is_restarted_with_rising_restart_count(kube_cluster, 
     assert cs.last_state.terminated.exit_code == 1
     assert cs.last_state.terminated.reason == "Error"
     assert _status(core, ns, "crasher").phase == "Running"
-    prev = kube_cluster.kubectl("logs", "crasher", "-n", ns, "--previous").stdout
-    assert "attempt" in prev
+    # A real kubelet can answer for a dead container it is removing just then (its GC keeps one per pod and
+    # container while this one crash-loops): "unable to retrieve container logs for containerd://...", exit 0.
+    # Ask again until the previous run's own output is there.
+    wait_for(
+        lambda: "attempt" in kube_cluster.kubectl("logs", "crasher", "-n", ns, "--previous").stdout,
+        30,
+        what="kubectl logs --previous showing the previous run's output",
+    )
     # the count keeps rising
     first = cs.restart_count
     wait_for(

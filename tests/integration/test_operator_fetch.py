@@ -1,4 +1,4 @@
-"""The fetch step through the real control plane and node agent: the operator's init container runs
+"""The fetch step through the real control plane and node: the operator's init container runs
 first, its reports become the Fetching phase and the Fetched column, and a source that cannot be
 fetched fails the job at once with reason FetchFailed, naming it.
 

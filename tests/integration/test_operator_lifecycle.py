@@ -14,7 +14,6 @@ import yaml
 
 from tests.kube_cluster import TEST_IMAGE, wait_for
 from tests.unit.operator.cases import job
-from tests.unit.operator.cluster_support import runs_containers
 
 pytestmark = pytest.mark.integration
 
@@ -213,8 +212,6 @@ def test_crashes_beyond_backoff_limit_fail_the_job(kube_cluster, operator, ns, k
 
 
 def test_a_worker_over_its_memory_limit_is_reported_oomkilled(kube_cluster, operator, ns, kube):
-    if not runs_containers(kube_cluster):
-        pytest.skip("the node agent runs workers as host processes: no memory limit is enforced")
     apply(kube_cluster, fake_job("hungry", ns, mode="oom", workers=1, runPolicy={"backoffLimit": 0},
                                  resources={"limits": {"memory": "256Mi"}}))  # fmt: skip
     failed = wait_for(lambda: phase_is(kube, ns, "hungry", "Failed"), 120, what="Failed")

@@ -1,9 +1,7 @@
 """The operator's workers in a namespace that enforces the restricted Pod Security Standard.
 
-The API server's PodSecurity admission judges the pod spec whatever node runs it (the local node
-agent runs pods as processes and does not switch users; that the container really runs as a
-non-root user is for a real node to show). A pod the StatefulSet controller cannot create reaches
-the job's status as FailedCreate.
+The API server's PodSecurity admission judges the pod spec; the kubelet runs it as the image's
+non-root user. A pod the StatefulSet controller cannot create reaches the job's status as FailedCreate.
 """
 
 from __future__ import annotations
@@ -47,6 +45,13 @@ def test_workers_run_in_a_namespace_enforcing_restricted(kube_cluster, operator,
     (pod,) = kube.list("Pod", restricted_ns, {"kubetune.dev/job-name": "strict"})
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    if kube_cluster.local:  # the local node's runtime reports the identity its process runs as
+        user = wait_for(lambda: kube.get("Pod", restricted_ns, pod["metadata"]["name"])["status"]
+                        ["containerStatuses"][0]["user"]["linux"], 30, what="the container's user")  # fmt: skip
+        context = pod["spec"]["securityContext"]
+        assert (
+            user["uid"] == context["runAsUser"] != 0 and context["fsGroup"] in user["supplementalGroups"]
+        ), user
 
 
 def test_a_pod_the_namespace_refuses_shows_failed_create(kube_cluster, operator, restricted_ns, kube):

@@ -138,8 +138,8 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
-            "KUBETUNE_OPERATOR_TORCHRUN": fake_trainer_launcher(self.cluster),
-            "KUBETUNE_OPERATOR_FETCH": fake_trainer_launcher(self.cluster, "--fetch"),
+            "KUBETUNE_OPERATOR_TORCHRUN": fake_trainer_launcher(),
+            "KUBETUNE_OPERATOR_FETCH": fake_trainer_launcher("--fetch"),
             **self.extra_env,
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
@@ -196,20 +196,10 @@ class OperatorProcess:
             return "(no log)"
 
 
-def runs_containers(cluster) -> bool:
-    """Whether the cluster's nodes run images (a kubelet), not host processes (the local node agent)."""
-    runtimes = cluster.kubectl(
-        "get", "nodes", "-o", "jsonpath={.items[*].status.nodeInfo.containerRuntimeVersion}"
-    )
-    return any(not r.startswith("kubetune://") for r in runtimes.stdout.split())
-
-
-def fake_trainer_launcher(cluster, *args: str) -> str:
-    """The operator's launcher: the fake trainer. The node agent runs pods as processes of this Python;
-    a real node runs the image's Python, which gets the trainer's source in the command instead."""
-    if runs_containers(cluster):
-        return shlex.join(["python", "-u", "-c", FAKE_TRAINER.read_text(), *args])
-    return shlex.join([sys.executable, str(FAKE_TRAINER), *args])
+def fake_trainer_launcher(*args: str) -> str:
+    """The operator's launcher: the fake trainer, run by the image's Python, with its source in the command
+    (the pods see nothing of this checkout)."""
+    return shlex.join(["python", "-u", "-c", FAKE_TRAINER.read_text(), *args])
 
 
 @contextlib.contextmanager

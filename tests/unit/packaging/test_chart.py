@@ -124,7 +124,7 @@ def test_explicitly_single_replica_is_recreate(helm):
     assert pod["serviceAccountName"] == FULLNAME
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = _container(docs)
-    # The node agent of the local test cluster runs the command in the project's virtualenv.
+    # The operator image's console script (images/operator/Containerfile installs the project's wheel).
     assert container["command"] == ["kubetune-operator"]
     args = container["args"]
     assert "--all-namespaces" in args and "--standalone" in args

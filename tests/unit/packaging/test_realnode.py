@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -181,3 +183,12 @@ def test_kubelet_registers_as_the_node_its_certificate_names_at_the_bridge_addre
     assert f"--node-ip={node.gateway}" in argv
     assert f"--config={node.dir / 'kubelet.yaml'}" in argv
     assert f"--kubeconfig={tmp_path / 'kubelet.kubeconfig'}" in argv
+
+
+def test_the_removed_node_agent_is_refused_by_name(tmp_path):
+    script = Path(realnode.__file__).with_name("localcluster.py")
+    env = {**os.environ, "KUBETUNE_NODE": "agent", "KUBETUNE_STATE_DIR": str(tmp_path)}
+    p = subprocess.run([sys.executable, str(script), "status"], capture_output=True, text=True, env=env)
+    assert (
+        p.returncode == 1 and "the node agent was removed" in p.stderr and "Unset KUBETUNE_NODE" in p.stderr
+    )

@@ -1,3 +1,0 @@
-from nodeagent.agent import main
-
-main()
