@@ -4,9 +4,13 @@
 #   base      Debian bookworm (Python 3.11, the Python CI tests constraints.txt with), made by mmdebstrap
 #   wheels    the project's wheel + its pinned dependencies, downloaded on the host (pip download, -c constraints.txt)
 #   image     buildah bud --isolation chroot of images/<name>/Containerfile, FROM the base, pip install --no-index
+#   deps      the runtime only: its dependencies (5.6 GB) are the Containerfile's `deps` stage, built once per
+#             set of pins into buildah's storage (localhost/kubetune/runtime-deps:<hash>); a change to
+#             kubetune's code rebuilds only the final stage, kubetune's own wheel on top of it
 #
 # usage: images/build.sh [operator|runtime]            build if needed; prints the OCI archive's path last
 #        images/build.sh path <name>                   print where the archive is (or would be), build nothing
+#        images/build.sh deps-key                      print the hash that names the runtime's deps image
 #        images/build.sh verify-reproducible <name>    build it again from the same inputs into a scratch
 #                                                      directory and compare with the cached archive
 #                                                      (manifest, config, layer digests, file lists)
@@ -37,7 +41,8 @@ log() { printf 'images: %s\n' "$*" >&2; }
 # Free space a build needs at its peak on the cache's filesystem (which holds /var/tmp here): the runtime's was
 # measured at 28.3 GB (images/README.md): the wheelhouse, the build container's virtualenv, buildah's temporary
 # copy of it in /var/tmp while committing, and the committed layer.
-min_free_gb() { case "$1" in operator) echo 2 ;; runtime) echo 30 ;; esac; }
+# The runtime's final stage on a cached deps image needs room for its archive (3.1 GB) and push's temporary copy.
+min_free_gb() { case "$1" in operator) echo 2 ;; runtime-deps) echo 30 ;; runtime) echo 8 ;; esac; }
 
 extras_of() { case "$1" in operator) echo operator ;; runtime) echo runtime,tracking,cloud ;; *) log "unknown image: $1"; exit 2 ;; esac; }
 
@@ -46,13 +51,29 @@ base_key() {  # the suite, the mirror, the packages and the two functions that m
     | sha256sum | cut -c1-16
 }
 
+wheel_sources() {  # the files kubetune's wheel is built from, relative to the checkout, one a line: the
+  # packages' files that git tracks or would (not ignored ones, not deleted ones), pyproject.toml, README.md
+  (cd "$REPO" && { printf '%s\n' pyproject.toml README.md
+    git ls-files -co --exclude-standard -- runtime/kubetune operator/kubetune_operator \
+      | grep -v -e __pycache__ -e '\.pyc$' | LC_ALL=C sort | while IFS= read -r f; do [ -f "$f" ] && echo "$f"; done; })
+}
+
 image_key() {  # the Containerfile, this script, the pins and every file that goes into the project's wheel
   local name=$1
   {
     base_key
-    cat "$HERE/$name"/* "${BASH_SOURCE[0]}" "$BUILD_CONSTRAINTS" "$REPO/constraints.txt" "$REPO/pyproject.toml" "$REPO/README.md"
-    (cd "$REPO" && git ls-files -co --exclude-standard -- runtime/kubetune operator/kubetune_operator \
-      | grep -v -e __pycache__ -e '\.pyc$' | LC_ALL=C sort | xargs -d '\n' sha256sum)
+    cat "$HERE/$name"/* "${BASH_SOURCE[0]}" "$BUILD_CONSTRAINTS" "$REPO/constraints.txt"
+    (cd "$REPO" && wheel_sources | xargs -d '\n' sha256sum)
+  } | sha256sum | cut -c1-16
+}
+
+deps_key() {  # the runtime's deps stage: the base, the pins, that stage of the Containerfile, the functions that
+  # download its wheelhouse and build it, and pyproject.toml (kubetune's requirements and extras)
+  {
+    base_key
+    sed '/^FROM \${DEPS}/q' "$HERE/runtime/Containerfile"
+    sed -n '/^host_wheel()/,/^}/p;/^wheel_sources()/,/^}/p;/^project_wheel()/,/^}/p;/^wheelhouse()/,/^}/p;/^deps_image()/,/^}/p;/^extras_of()/p' "${BASH_SOURCE[0]}"
+    cat "$BUILD_CONSTRAINTS" "$REPO/constraints.txt" "$HERE/runtime/constraints-cuda.txt" "$REPO/pyproject.toml"
   } | sha256sum | cut -c1-16
 }
 
@@ -104,12 +125,36 @@ base_image() {  # imports the base rootfs into buildah as localhost/kubetune/bas
   buildah_ rmi --prune >/dev/null 2>&1 || true  # untagged leftovers of earlier bases and builds
 }
 
+deps_image() {  # builds the runtime's deps stage into buildah's storage unless present; prints its name
+  local ref dir
+  ref="localhost/kubetune/runtime-deps:$(deps_key)"
+  if ! buildah_ inspect --type image "$ref" >/dev/null 2>&1; then
+    dir="$CACHE_ROOT/runtime-deps-build"
+    rm -rf "$dir"
+    mkdir -p "$dir/context"
+    check_free_space runtime-deps "$dir"
+    log "runtime: deps wheelhouse (pins changed or no deps image yet)"
+    wheelhouse runtime "$dir/context/wheels"
+    log "runtime: deps stage, buildah bud --target deps ($STORAGE_DRIVER)"
+    buildah_ bud --quiet --isolation chroot --pull-never --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
+      --target deps -f "$HERE/runtime/Containerfile" -t "$ref" "$dir/context" >/dev/null
+    rm -rf "$dir"
+    # deps images of other pins: each is 5.6 GB, and a pin change back rebuilds (builds hold the lock)
+    buildah_ images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/kubetune/runtime-deps:' | grep -v -x "$ref" \
+      | xargs -r buildah --root "$CACHE_ROOT/storage-$STORAGE_DRIVER" --storage-driver "$STORAGE_DRIVER" rmi >/dev/null || true
+  fi
+  echo "$ref"
+}
+
 host_wheel() {  # pip wheel on the host, its isolated build environments held to images/build-constraints.txt
   # PIP_BUILD_CONSTRAINT for pip >= 25.3 (which keeps PIP_CONSTRAINT out of build environments), PIP_CONSTRAINT
   # for older pips (which apply it there too): the wheel's content must not depend on the host's pip either.
   # --no-cache-dir: pip's wheel cache would hand back a wheel built earlier by whatever backend was newest then
   # (its key ignores build constraints); what is rebuilt is small (deepspeed's sdist, the backends).
-  PIP_BUILD_CONSTRAINT="$BUILD_CONSTRAINTS" PIP_CONSTRAINT="$BUILD_CONSTRAINTS" "$PY" -m pip wheel --no-cache-dir "$@"
+  # PYTHONHASHSEED=0: deepspeed's setup.py gathers its "all" extra in a set, so its METADATA's order followed
+  # the hash seed of each build (two deps layers differed by that alone, 2026-12-05).
+  PYTHONHASHSEED=0 PIP_BUILD_CONSTRAINT="$BUILD_CONSTRAINTS" PIP_CONSTRAINT="$BUILD_CONSTRAINTS" \
+    "$PY" -m pip wheel --no-cache-dir "$@"
 }
 
 unpinned_wheels() {  # $1: a wheelhouse, then constraints files: the wheels' names that no file pins, one a line
@@ -120,6 +165,19 @@ unpinned_wheels() {  # $1: a wheelhouse, then constraints files: the wheels' nam
     <(sed -n 's/^[[:space:]]*\([A-Za-z0-9._-]*\)[[:space:]]*==.*/\1/p' "${@:2}" | tr 'A-Z' 'a-z' | sed "$norm" | LC_ALL=C sort -u)
 }
 
+project_wheel() {  # $1: directory. kubetune's wheel, built on the host from the checkout; prints its path
+  # Built from a copy of exactly the files the cache key hashes (wheel_sources): built in the checkout,
+  # setuptools' ignored build/ directory would add files deleted since an earlier build (it did, 2026-12-05).
+  local src="$1/../wheel-src"
+  rm -rf "$src"
+  mkdir -p "$1" "$src"
+  wheel_sources | (cd "$REPO" && xargs -d '\n' cp --parents -t "$src")
+  # setuptools' deprecation notices go to the log, not the terminal
+  host_wheel --quiet --no-deps --wheel-dir "$1" "$src" 2>"$1/../pip-wheel.log"
+  rm -rf "$src"
+  echo "$1"/kubetune-*.whl
+}
+
 wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing compiles inside the image.
   local extras wheel
   extras="$(extras_of "$1")"
@@ -128,10 +186,7 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
     log "the wheelhouse needs a host Python $PYTHON_VERSION (the image's); $PY is not: set PYTHON=python$PYTHON_VERSION"
     exit 2
   fi
-  mkdir -p "$2"
-  # setuptools' deprecation notices go to the log, not the terminal
-  host_wheel --quiet --no-deps --wheel-dir "$2" "$REPO" 2>"$2/../pip-wheel.log"
-  wheel="$(echo "$2"/kubetune-*.whl)"
+  wheel="$(project_wheel "$2")"
   if [ "$1" = runtime ]; then
     # The GPU stack too (one image for CPU and GPU nodes), flash-attn left out (source only). deepspeed is an
     # sdist: built here as a pure-Python wheel (DS_BUILD_OPS=0; its setup runs without torch, CUDA ops build at first use).
@@ -141,7 +196,6 @@ wheelhouse() {  # $1: image name, $2: directory. Binary wheels only: nothing com
       -c "$HERE/runtime/constraints-cuda.txt" deepspeed 2>>"$2/../pip-wheel.log"
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" \
       -c "$HERE/runtime/constraints-cuda.txt" "$(echo "$2"/deepspeed-*.whl)"
-    cp "$HERE/runtime/check_gpu_stack.py" "$2/.."
   else
     "$PY" -m pip download --quiet --only-binary=:all: --dest "$2" -c "$REPO/constraints.txt" "$wheel[$extras]"
   fi
@@ -197,14 +251,23 @@ build_into() {  # $1: image name, $2: the OCI archive to write (+ build.json nex
   trap "rm -rf '$dir'" EXIT
   pick_storage_driver
   base_image
-  log "$name: wheelhouse"
-  wheelhouse "$name" "$dir/context/wheels"
+  local from=() deps
+  if [ "$name" = runtime ]; then
+    # the deps image stays cached even if this build fails (trap's cleanup is this build's directory)
+    deps="$(deps_image)"
+    from=(--build-arg "DEPS=$deps")
+    project_wheel "$dir/context/wheels" >/dev/null
+    cp "$HERE/runtime/check_gpu_stack.py" "$dir/context/"
+  else
+    log "$name: wheelhouse"
+    wheelhouse "$name" "$dir/context/wheels"
+  fi
   log "$name: buildah bud ($STORAGE_DRIVER)"
   # The label names the commit that first built these inputs; the key leaves the commit out on purpose (a
   # commit that changes none of the inputs reuses the archive), so verify-reproducible passes the cached one.
   revision="${KUBETUNE_IMAGE_REVISION:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
   buildah_ bud --quiet --isolation chroot --pull-never --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
-    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
+    "${from[@]}" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)" \
     -f "$HERE/$name/Containerfile" -t "$tag" "$dir/context" >/dev/null
   rm -rf "$dir/context"  # before the push: it writes the compressed layers twice (a temporary layout, the tar)
   buildah_ push --quiet "$tag" "oci-archive:$out.part:ghcr.io/kubetune/$name:$VERSION"
@@ -246,6 +309,8 @@ print(config["config"]["Labels"]["org.opencontainers.image.revision"])' "$cached
   # price of the mirror's state: a package update between the two builds is a real difference.
   if [ "${KUBETUNE_VERIFY_FRESH_BASE:-0}" = 1 ]; then
     pick_storage_driver
+    # the runtime's deps stage is built on the base: remade too (removed first: it is the base's child)
+    if [ "$name" = runtime ]; then buildah_ rmi "localhost/kubetune/runtime-deps:$(deps_key)" >/dev/null 2>&1 || true; fi
     buildah_ rmi "localhost/kubetune/base:$SUITE-$(base_key)" "localhost/kubetune/base:$SUITE" >/dev/null
   fi
   build_into "$name" "$scratch/$name.oci.tar"
@@ -295,6 +360,7 @@ PY
 
 case "${1:-operator}" in
   path) archive_path "${2:-operator}" ;;
+  deps-key) deps_key ;;
   verify-reproducible) verify_reproducible "${2:-operator}" ;;
   *) build "${1:-operator}" ;;
 esac

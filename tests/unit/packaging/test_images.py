@@ -101,8 +101,15 @@ def test_non_root_labelled_without_build_tools(dockerfile):
     for word, args in final:
         if word == "RUN" and "pip install" in args:
             assert "pip uninstall --yes pip" in args, "the image must not keep pip"
-    froms = [args for word, args in _instructions(dockerfile) if word == "FROM"]
-    assert len(froms) == 1 or any(word == "COPY" and args.startswith("--from=build") for word, args in final)
+    # one stage; or a build stage whose result is copied; or (the runtime) a final stage FROM the image of a
+    # dependencies stage, which ARG DEPS names (build.sh passes the cached image's name, the default is the stage)
+    instructions = _instructions(dockerfile)
+    froms = [args for word, args in instructions if word == "FROM"]
+    assert (
+        len(froms) == 1
+        or any(word == "COPY" and args.startswith("--from=build") for word, args in final)
+        or (froms[-1] == "${DEPS}" and ("ARG", "DEPS=deps") in instructions and "${BASE} AS deps" in froms)
+    ), froms
 
 
 def test_operator_image_has_no_torch():
@@ -166,7 +173,9 @@ def test_images_install_only_the_pinned_wheelhouse(containerfile):
     runs = [args for word, args in _instructions(containerfile) if word == "RUN" and "pip install" in args]
     assert all("--no-index" in args and "--find-links /wheels" in args for args in runs)
     requirements = [Requirement(r) for r in _pip_installs(containerfile)]
-    (project,) = [r for r in requirements if r.name == "kubetune"]
+    # kubetune with its extras resolves the dependencies; the runtime's final stage adds kubetune's own wheel
+    # again without extras (--no-deps: test_runtime_image_... below)
+    (project,) = [r for r in requirements if r.name == "kubetune" and r.extras]
     name = containerfile.parent.name
     assert ",".join(sorted(project.extras)) == ",".join(sorted(_build_sh_extras()[name].split(","))), name
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -186,13 +195,55 @@ def test_runtime_image_holds_the_gpu_stack_without_copying_the_wheelhouse():
     assert "flash-attn" not in installed
     instructions = _instructions(RUNTIME)
     assert not any(word in ("COPY", "ADD") and "wheels" in args for word, args in instructions)
-    assert any(
-        word == "RUN" and args.startswith("--mount=type=bind,source=wheels") for word, args in instructions
-    )
-    # One stage: a build stage copied into a runtime stage would hold the 5.6 GB virtualenv twice more while
-    # building (images/README.md, the build's peak disk use).
-    assert [word for word, _ in instructions].count("FROM") == 1
-    assert ("ENTRYPOINT", '["kubetune"]') in instructions
+    runs = [args for word, args in instructions if word == "RUN" and "pip install" in args]
+    assert len(runs) == 2 and all(args.startswith("--mount=type=bind,source=wheels") for args in runs)
+    # Nothing is copied from stage to stage (a copied 5.6 GB virtualenv is held twice more while building:
+    # images/README.md, the build's peak disk use): the final stage is FROM the deps stage's image and adds
+    # kubetune's wheel alone, checked against the dependencies below it.
+    assert not any(word == "COPY" and "--from" in args for word, args in instructions)
+    deps_stage, final = runs
+    assert "pip uninstall --yes kubetune" in deps_stage, "the deps layer holds no kubetune code"
+    assert "--no-deps" in final and "pip check" in final and "pip uninstall --yes pip" in final
+    assert ("ENTRYPOINT", '["kubetune"]') in _final_stage(RUNTIME)
+    text = BUILD.read_text()
+    assert "--target deps" in text and '--build-arg "DEPS=$deps"' in text
+
+
+def _keys_of(repo: Path) -> tuple[str, str]:
+    """(the runtime archive's path, the runtime deps image's key) that images/build.sh computes for `repo`."""
+    build = repo / "images" / "build.sh"
+    path = subprocess.run([build, "path", "runtime"], capture_output=True, text=True, check=True, timeout=60)
+    deps = subprocess.run([build, "deps-key"], capture_output=True, text=True, check=True, timeout=60)
+    return path.stdout.strip(), deps.stdout.strip()
+
+
+def test_kubetune_code_changes_rebuild_the_final_stage_only(tmp_path):
+    """The runtime's cache keys: a change to kubetune's code gives a new archive on the same deps image (one
+    thin layer rebuilt); a change to the pins or to kubetune's requirements gives a new deps image too."""
+    repo = tmp_path / "repo"
+    shutil.copytree(IMAGES, repo / "images")
+    for name in ("constraints.txt", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, repo / name)
+    for package in ("runtime/kubetune", "operator/kubetune_operator"):
+        (repo / package).mkdir(parents=True)
+        (repo / package / "__init__.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=60)
+    archive, deps = _keys_of(repo)
+    assert len(deps) == 16 and archive.endswith("/runtime.oci.tar")
+
+    (repo / "runtime/kubetune/__init__.py").write_text("VERSION_NOTE = 'a code change'\n")
+    code_changed = _keys_of(repo)
+    assert code_changed[0] != archive and code_changed[1] == deps
+
+    with (repo / "constraints.txt").open("a") as f:
+        f.write("# a pin changes\n")
+    pins_changed = _keys_of(repo)
+    assert pins_changed[0] != code_changed[0] and pins_changed[1] != deps
+
+    containerfile = repo / "images/runtime/Containerfile"
+    final_stage_edit = containerfile.read_text() + "# the final stage changes\n"
+    containerfile.write_text(final_stage_edit)
+    assert _keys_of(repo)[1] == pins_changed[1], "the final stage is not an input of the deps image"
 
 
 def test_host_built_wheels_get_the_pinned_build_backends(tmp_path):
@@ -213,13 +264,17 @@ def test_host_built_wheels_get_the_pinned_build_backends(tmp_path):
     # cached earlier was built by whatever backend was newest then)
     function = re.search(r"^host_wheel\(\) \{.*?^\}$", text, re.M | re.S).group(0)
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$PIP_BUILD_CONSTRAINT" "$PIP_CONSTRAINT" "$*"\n')
+    fake.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$PIP_BUILD_CONSTRAINT" "$PIP_CONSTRAINT" "$PYTHONHASHSEED" "$*"\n'
+    )
     fake.chmod(0o755)
     script = f"{function}\nPY={fake}\nBUILD_CONSTRAINTS={constraints}\nhost_wheel --no-deps x"
     p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    # a fixed hash seed: deepspeed's setup.py writes its "all" extra from a set (METADATA's order varied)
     assert p.stdout.splitlines() == [
         str(constraints),
         str(constraints),
+        "0",
         "-m pip wheel --no-cache-dir --no-deps x",
     ]
 
@@ -364,3 +419,35 @@ def test_kind_script_is_valid_bash():
     assert "docker build" not in text and "docker tag" not in text, (
         "the images come from images/build.sh only"
     )
+
+
+def test_the_project_wheel_is_built_from_the_keyed_files_only(tmp_path):
+    """kubetune's wheel is built from a copy of the files the cache key hashes: built in the checkout,
+    setuptools' ignored build/ directory put files deleted since an earlier build into the image."""
+    text = BUILD.read_text()
+    functions = "\n".join(
+        re.search(rf"^{name}\(\) \{{.*?^\}}$", text, re.M | re.S).group(0)
+        for name in ("wheel_sources", "project_wheel")
+    )
+    repo = tmp_path / "repo"
+    for path in ("pyproject.toml", "README.md", "runtime/kubetune/__init__.py", "runtime/kubetune/kept.py",
+                 "operator/kubetune_operator/__init__.py", "build/lib/kubetune/deleted_since.py",
+                 "runtime/kubetune/__pycache__/kept.cpython-311.pyc", "docs/not_in_the_wheel.md"):  # fmt: skip
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("x = 1\n")
+    (repo / ".gitignore").write_text("build/\n__pycache__/\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=60)
+    # host_wheel stands in for pip: it lists the source tree it is given and writes a wheel file
+    fake = 'host_wheel() { (cd "${@: -1}" && find . -type f | LC_ALL=C sort) > "$WHEEL_DIR/sources"; touch "$WHEEL_DIR/kubetune-0.1.0-py3-none-any.whl"; }'
+    out = tmp_path / "ctx" / "wheels"
+    script = f"{functions}\n{fake}\nREPO={repo}\nWHEEL_DIR={out}\nproject_wheel {out}"
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert p.stdout.strip() == f"{out}/kubetune-0.1.0-py3-none-any.whl"
+    assert (out / "sources").read_text().split() == [
+        "./README.md",
+        "./operator/kubetune_operator/__init__.py",
+        "./pyproject.toml",
+        "./runtime/kubetune/__init__.py",
+        "./runtime/kubetune/kept.py",
+    ]
+    assert not (tmp_path / "ctx" / "wheel-src").exists(), "the copy is removed after the build"

@@ -95,18 +95,31 @@ class _FakeCtr:
 
 def test_a_rebuilt_image_of_the_same_name_replaces_the_old_one_and_its_tags(tmp_path, monkeypatch):
     ref, tag = "ghcr.io/kubetune/runtime:0.1.0", "docker.io/kubetune/runtime:dev"
-    fake = _FakeCtr({ref: "sha256:old", tag: "sha256:old", "localhost/kubetune/pause:3.10": "sha256:p"})
+    pause = realnode.PAUSE_IMAGE
+    fake = _FakeCtr({ref: "sha256:old", tag: "sha256:old", pause: "sha256:p"})
     monkeypatch.setattr(realnode, "ctr", fake)
     new = _archive(tmp_path / "rt.oci.tar", ref, "sha256:new")
     realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
-    assert fake.images == {ref: "sha256:new", tag: "sha256:new", "localhost/kubetune/pause:3.10": "sha256:p"}
-    # the old image goes synchronously (its content and snapshot garbage-collected) before the import
-    assert fake.calls.index(("images", "rm", "--sync", ref, tag)) < fake.calls.index(
-        ("images", "import", "--no-unpack=false", str(new))
-    )
+    assert fake.images == {ref: "sha256:new", tag: "sha256:new", pause: "sha256:p"}
+    # The import comes first, while the old image still holds the layers they share (the runtime's
+    # dependencies), so containerd neither writes nor unpacks those again; the old image's own content is
+    # collected afterwards, synchronously, by removing a throwaway name.
+    calls = fake.calls
+    imported = calls.index(("images", "import", "--no-unpack=false", str(new)))
+    collected = calls.index(("images", "rm", "--sync", realnode.GC_TRIGGER))
+    assert imported < calls.index(("images", "tag", "--force", ref, tag)) < collected == len(calls) - 1
+    assert not any(call[:2] == ("images", "rm") and ref in call for call in calls), "the name never goes away"
     fake.calls.clear()
     realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
-    assert fake.calls == [("images", "list")]  # the same image again: nothing to do
+    assert fake.calls == [("images", "list")]  # the same image again: nothing to do, nothing collected
+
+
+def test_a_first_import_collects_nothing(tmp_path, monkeypatch):
+    fake = _FakeCtr({realnode.PAUSE_IMAGE: "sha256:p"})
+    monkeypatch.setattr(realnode, "ctr", fake)
+    new = _archive(tmp_path / "rt.oci.tar", "ghcr.io/kubetune/runtime:0.1.0", "sha256:new")
+    realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
+    assert not any(call[:2] == ("images", "rm") for call in fake.calls)
 
 
 def test_dns_service_leads_to_coredns_on_the_node(tmp_path: Path) -> None:
