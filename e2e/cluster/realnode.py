@@ -266,12 +266,13 @@ def import_images(node: Node, archives: list[tuple[Path, list[str]]], log) -> No
     """Import each archive unless containerd already holds its image (same name and manifest digest);
     point the extra names at it. A rebuilt image keeps its name (ghcr.io/kubetune/runtime:0.1.0 for every
     checkout): the import moves the name to the new image first, so the layers the two share stay in
-    containerd and are neither written nor unpacked again (the runtime's 5.6 GB of dependencies, whose layer
-    images/build.sh rebuilds only when the pins change); then the old image's own content and snapshots are
-    garbage-collected at once (`images rm --sync` of a throwaway name) instead of piling up in containerd/,
-    which `down` keeps."""
+    containerd and are not stored twice (the runtime's 5.6 GB of dependencies, whose layer images/build.sh
+    rebuilds only when the pins change). Then what no name points to any more is collected, synchronously,
+    instead of piling up in containerd/, which `down` keeps: the CRI's `sha256:<image id>` records of
+    replaced images (the kubelet has not started yet, so no container uses them) and their content and
+    snapshots."""
     present = present_images(node)
-    replaced = False
+    replaced = False  # a name of ours moved to another image: the old one's own content is garbage now
     for archive, tags in archives:
         image = archive_image(archive)
         if image is None:
@@ -288,10 +289,13 @@ def import_images(node: Node, archives: list[tuple[Path, list[str]]], log) -> No
                 replaced = replaced or tag in present
                 ctr(node, "images", "tag", "--force", ref, tag)
                 present[tag] = digest
-    if replaced:
-        # containerd collects garbage synchronously only on a removal: remove a name made for the purpose
+    named = {digest for name, digest in present.items() if not name.startswith("sha256:")}
+    orphans = [name for name, digest in present.items() if name.startswith("sha256:") and digest not in named]
+    if orphans or replaced:
+        # containerd collects garbage synchronously only on a removal: with the orphans, a name made for it
         ctr(node, "images", "tag", "--force", PAUSE_IMAGE, GC_TRIGGER)
-        ctr(node, "images", "rm", "--sync", GC_TRIGGER)
+        ctr(node, "images", "rm", "--sync", *orphans, GC_TRIGGER)
+        log(f"removed {len(orphans)} image(s) no name points to; containerd collected their content")
 
 
 def images_to_import(node_bin_dir: Path, repo: Path, log) -> list[tuple[Path, list[str]]]:

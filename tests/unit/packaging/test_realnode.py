@@ -95,18 +95,21 @@ class _FakeCtr:
 
 def test_a_rebuilt_image_of_the_same_name_replaces_the_old_one_and_its_tags(tmp_path, monkeypatch):
     ref, tag = "ghcr.io/kubetune/runtime:0.1.0", "docker.io/kubetune/runtime:dev"
-    pause = realnode.PAUSE_IMAGE
-    fake = _FakeCtr({ref: "sha256:old", tag: "sha256:old", pause: "sha256:p"})
+    pause, cri_id, pause_id = realnode.PAUSE_IMAGE, "sha256:cfg-old", "sha256:cfg-pause"
+    # the CRI names each image it has seen by its id too: the old image's id record keeps it alive
+    fake = _FakeCtr(
+        {ref: "sha256:old", tag: "sha256:old", pause: "sha256:p", cri_id: "sha256:old", pause_id: "sha256:p"}
+    )
     monkeypatch.setattr(realnode, "ctr", fake)
     new = _archive(tmp_path / "rt.oci.tar", ref, "sha256:new")
     realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
-    assert fake.images == {ref: "sha256:new", tag: "sha256:new", pause: "sha256:p"}
+    assert fake.images == {ref: "sha256:new", tag: "sha256:new", pause: "sha256:p", pause_id: "sha256:p"}
     # The import comes first, while the old image still holds the layers they share (the runtime's
-    # dependencies), so containerd neither writes nor unpacks those again; the old image's own content is
-    # collected afterwards, synchronously, by removing a throwaway name.
+    # dependencies), so containerd does not store them twice; then the old image's id record and a throwaway
+    # name are removed synchronously, which makes containerd collect the old image's own content.
     calls = fake.calls
     imported = calls.index(("images", "import", "--no-unpack=false", str(new)))
-    collected = calls.index(("images", "rm", "--sync", realnode.GC_TRIGGER))
+    collected = calls.index(("images", "rm", "--sync", cri_id, realnode.GC_TRIGGER))
     assert imported < calls.index(("images", "tag", "--force", ref, tag)) < collected == len(calls) - 1
     assert not any(call[:2] == ("images", "rm") and ref in call for call in calls), "the name never goes away"
     fake.calls.clear()
@@ -115,7 +118,7 @@ def test_a_rebuilt_image_of_the_same_name_replaces_the_old_one_and_its_tags(tmp_
 
 
 def test_a_first_import_collects_nothing(tmp_path, monkeypatch):
-    fake = _FakeCtr({realnode.PAUSE_IMAGE: "sha256:p"})
+    fake = _FakeCtr({realnode.PAUSE_IMAGE: "sha256:p", "sha256:cfg-pause": "sha256:p"})
     monkeypatch.setattr(realnode, "ctr", fake)
     new = _archive(tmp_path / "rt.oci.tar", "ghcr.io/kubetune/runtime:0.1.0", "sha256:new")
     realnode.import_images(_node(tmp_path), [(new, ["kubetune/runtime:dev"])], print)
