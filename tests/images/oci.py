@@ -20,6 +20,14 @@ from tests.paths import REPO
 
 BUILD = REPO / "images" / "build.sh"
 HOST_TOOLS = ("mmdebstrap", "buildah", "runc")
+# Names that must never be in an image: a checkout's history, keys, credentials, environment files.
+FORBIDDEN = re.compile(
+    r"(^|/)(\.git|\.netrc|\.pypirc|\.env|id_rsa|id_ed25519|\.docker|credentials(\.json)?)(/|$)"
+)
+# What a build reads and must leave behind: the wheelhouse, the wheel's source copy, pip's cache.
+BUILD_INPUTS = ("wheels/", "wheel-src/", "root/.cache")
+# A PEM private key with its body (a library's parser that names the marker is not key material).
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}")
 
 
 def build_or_skip(name: str) -> Path:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.oci import BUILD, Image, pinned_setuptools, runc_run, wheel_generator
+from tests.images.oci import (
+    BUILD,
+    BUILD_INPUTS,
+    FORBIDDEN,
+    PRIVATE_KEY,
+    Image,
+    pinned_setuptools,
+    runc_run,
+    wheel_generator,
+)
 from tests.paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -88,3 +97,27 @@ def test_labels_user_and_size(image):
     assert config["Labels"]["org.opencontainers.image.title"] == "kubetune-runtime"
     build = json.loads((image.archive.parent / "build.json").read_text())
     assert build["uncompressed_bytes"] <= MAX_UNCOMPRESSED_BYTES, build
+
+
+def test_no_git_or_secrets_in_any_layer(image):
+    """Every layer's file list, whiteouts included: a file a later layer hides (pip, in the deps layer) is
+    still in the archive a user pulls."""
+    layers = image.layer_members()
+    assert len(layers) == 3, "the base, the dependencies, kubetune (images/runtime/Containerfile)"
+    members = [m for layer in layers for m in layer]
+    assert len(members) > 40_000, "the listing covers the base and the virtualenv"
+    kubetune = [m.name for m in layers[2] if m.isfile()]
+    assert any(name.endswith("site-packages/kubetune/__init__.py") for name in kubetune)
+    assert not any("site-packages/kubetune/" in m.name for m in layers[1]), "the deps layer holds no kubetune"
+    bad = [m.name for m in members if FORBIDDEN.search(m.name.lstrip("./"))]
+    assert not bad, bad
+    assert not any(m.name.lstrip("./").startswith(BUILD_INPUTS) for m in members), "build inputs leaked"
+
+
+def test_no_private_key_material_in_any_file(rootfs):
+    hits = []
+    for path in rootfs.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 2_000_000:
+            if PRIVATE_KEY.search(path.read_bytes()):
+                hits.append(str(path.relative_to(rootfs)))
+    assert not hits, hits
