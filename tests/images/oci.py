@@ -91,6 +91,16 @@ class Image:
                     tar.extractall(rootfs, members=members, numeric_owner=True, filter="fully_trusted")
 
 
+def private_key_files(rootfs: Path) -> list[str]:
+    """The files under 2 MB in an unpacked image that hold PEM private key material (PRIVATE_KEY)."""
+    hits = []
+    for path in rootfs.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 2_000_000:
+            if PRIVATE_KEY.search(path.read_bytes()):
+                hits.append(str(path.relative_to(rootfs)))
+    return hits
+
+
 def wheel_generator(rootfs: Path, distribution: str) -> str:
     """The build backend that made an installed distribution's wheel: its .dist-info/WHEEL's Generator line."""
     (wheel,) = rootfs.glob(f"opt/kubetune/lib/python3*/site-packages/{distribution}-*.dist-info/WHEEL")

@@ -12,10 +12,10 @@ from tests.images.oci import (
     BUILD,
     BUILD_INPUTS,
     FORBIDDEN,
-    PRIVATE_KEY,
     Image,
     build_or_skip,
     pinned_setuptools,
+    private_key_files,
     runc_run,
     wheel_generator,
 )
@@ -80,11 +80,7 @@ def test_no_git_or_secrets_in_any_layer(image):
 
 
 def test_no_private_key_material_in_any_file(image, rootfs):
-    hits = []
-    for path in rootfs.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_size < 2_000_000:
-            if PRIVATE_KEY.search(path.read_bytes()):
-                hits.append(str(path.relative_to(rootfs)))
+    hits = private_key_files(rootfs)
     assert not hits, hits
 
 
